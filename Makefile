@@ -1,0 +1,35 @@
+# One command runs the demo (`make demo`), one runs the tests (`make test`).
+# Both create .venv/ and install the project on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint model kafka-start kafka-stop soak bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/fusionstream demo
+
+test: install
+	scripts/test.sh
+
+lint: install
+	$(BIN)/ruff check stream engines consumers tests
+
+kafka-start:
+	scripts/kafka.sh start
+
+kafka-stop:
+	scripts/kafka.sh stop
+
+clean:
+	rm -rf $(VENV) docker/kafka/target .kafka

@@ -1,0 +1,1 @@
+"""What runs: the Kafka inference service, the embedded pipeline, subscribers and the CLI."""

@@ -1,0 +1,135 @@
+"""The ``fusionstream`` command line (typer). Each command imports its heavy parts lazily,
+so ``fusionstream --help`` answers at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from consumers.settings import Settings
+
+app = typer.Typer(
+    name="fusionstream",
+    help=(
+        "Streaming multimodal inference: video frames, audio and transcripts from Kafka, aligned by "
+        "event time into windows per stream, one prediction per window.\n\n"
+        "Start with `fusionstream demo` (no broker needed). Settings come from flags, "
+        "FUSIONSTREAM_* environment variables and an optional --config TOML file (see docs/settings.md)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (lowest precedence after defaults).")]  # noqa: UP045
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", help="Model directory (default: the model shipped in the package).")]  # noqa: UP045
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="onnxruntime (CPU default), torch, or tensorrt.")]  # noqa: UP045
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on the last line.")]
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def demo(
+    streams: Annotated[int, typer.Option(min=1, help="Synthetic streams to run side by side.")] = 2,
+    seconds: Annotated[float, typer.Option(min=1, help="Length of each synthetic stream.")] = 30.0,
+    fast: Annotated[bool, typer.Option("--fast", help="Replay as fast as possible instead of in real time.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic source (held-out voices are used).")] = 1234,
+    video: Annotated[Optional[Path], typer.Option("--video", exists=True, dir_okay=False, help="Run on your own media file (video + its audio track) instead.")] = None,  # noqa: UP045
+    captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions for --video.")] = None,  # noqa: UP045
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, no line per window.")] = False,
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the whole pipeline in-process on synthetic AV-digit streams (or your file) and print predictions.
+
+    Embedded mode: the same aligner, micro-batcher and engine as `serve`, fed from local
+    sources, no Kafka. Each line is one window: stream, window start, predicted digit and
+    score, the true digit, the modalities present (V A T), and close→prediction latency.
+    """
+    from consumers.demo import run_demo
+
+    settings = Settings.load(config, model_dir=model, backend=backend)
+    _setup_logging(settings)
+    summary = run_demo(
+        settings,
+        streams=streams,
+        seconds=seconds,
+        realtime=not fast,
+        seed=seed,
+        video=video,
+        captions=captions,
+        quiet=quiet or as_json,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, separators=(",", ":")))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Argument(help="Model directory to write (ONNX files + model.json).")],
+    fusion: Annotated[str, typer.Option(help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",
+    data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Your labelled clips (see docs/training.md) instead of the synthetic source.")] = None,  # noqa: UP045
+    train_seconds: Annotated[float, typer.Option(help="Seconds of synthetic streams to train on.")] = 4800.0,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of data generation and initialisation.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
+) -> None:
+    """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
+
+    This is the source article's `fit`. Encoders are trained end to end with modality
+    dropout; then every fusion head is fitted on the frozen embeddings and compared on
+    held-out validation data, and the chosen one is exported with a parity check.
+    """
+    from consumers.training.train import TrainOptions, train_command
+
+    train_command(
+        TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
+                     workers=workers, compare=compare)
+    )
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory to evaluate.")],
+    seconds: Annotated[float, typer.Option(help="Seconds of held-out synthetic streams.")] = 1200.0,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out data (other seeds and voices than training).")] = 10_000,
+    data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Evaluate on your labelled clips instead.")] = None,  # noqa: UP045
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy over clear windows: fused, each modality alone, and with each modality removed."""
+    from consumers.training.evaluate_cli import evaluate_command
+
+    result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=backend or "onnxruntime",
+                              quiet=as_json)
+    if as_json:
+        typer.echo(json.dumps(result, separators=(",", ":")))
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory holding model.pt and model.json.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the ONNX files here instead of in place.")] = None,  # noqa: UP045
+) -> None:
+    """Re-export a model directory's torch weights to ONNX and check parity against torch on random inputs."""
+    from consumers.training.train import export_command
+
+    export_command(model_dir, out or model_dir)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Topic administration: create the topics the service uses, with the layout it relies on.
+
+The input topics must have equal partition counts (co-partitioning, DESIGN §1): a
+stream's video, audio and text then land on the same partition number and the range
+assignor gives all three to one consumer. :func:`ensure_topics` creates what is
+missing and refuses a topic that exists with another partition count, instead of
+letting the service run with modalities split across consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
+
+from stream.errors import FusionStreamError
+
+_POLL_S = 0.1
+
+
+class TopicLayoutError(FusionStreamError):
+    """A topic exists with a partition count other than the one required.
+
+    Not retriable: the topic has to be recreated, or the service configured with the
+    topic's partition count.
+    """
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int,
+    *,
+    replication: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
+
+    "Usable" means every partition has a leader, so a producer or consumer started
+    right after this call does not race the topic creation. Raises
+    :class:`TopicLayoutError` if a topic exists with another partition count.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
+    names = list(dict.fromkeys(topics))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin")
+    try:
+        await admin.start()
+        layout = await _describe(admin, names)
+        _check_layout(layout, partitions)
+        missing = [name for name, (count, _) in layout.items() if count is None]
+        if missing:
+            response = await admin.create_topics([NewTopic(name, partitions, replication) for name in missing])
+            for topic, code, *message in response.topic_errors:
+                error = for_code(code)
+                # Already there: someone created it meanwhile; its layout is checked below.
+                if code and error is not TopicAlreadyExistsError:
+                    raise error(f"creating topic {topic!r}: {message[0] if message else ''}")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            layout = await _describe(admin, names)
+            _check_layout(layout, partitions)
+            waiting = [name for name, (_, led) in layout.items() if not led]
+            if not waiting:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics {waiting} have no leader for every partition after {timeout_s}s")
+            await asyncio.sleep(_POLL_S)
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 30.0) -> None:
+    """Delete ``topics``; topics that do not exist are ignored. Meant for tests and tooling."""
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin")
+    try:
+        await admin.start()
+        response = await admin.delete_topics(names, timeout_ms=int(timeout_s * 1000))
+        for topic, code in response.topic_error_codes:
+            if code and for_code(code) is not UnknownTopicOrPartitionError:
+                raise for_code(code)(f"deleting topic {topic!r}")
+    finally:
+        await admin.close()
+
+
+async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int | None, bool]]:
+    """Per topic: its partition count (None if it does not exist) and whether every partition has a leader."""
+    layout: dict[str, tuple[int | None, bool]] = dict.fromkeys(names, (None, False))
+    described: list[dict[str, Any]] = await admin.describe_topics(names)
+    for topic in described:
+        if topic["error_code"] or topic["topic"] not in layout:
+            continue
+        parts = topic["partitions"]
+        led = all(not p["error_code"] and p["leader"] >= 0 for p in parts)
+        layout[topic["topic"]] = (len(parts), led)
+    return layout
+
+
+def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int) -> None:
+    wrong = {name: count for name, (count, _) in layout.items() if count is not None and count != partitions}
+    if wrong:
+        found = ", ".join(f"{name} has {count}" for name, count in wrong.items())
+        raise TopicLayoutError(
+            f"topics must have {partitions} partitions each (co-partitioning of the input topics), "
+            f"but {found}; recreate them or configure the service with their partition count"
+        )

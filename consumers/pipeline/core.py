@@ -1,0 +1,196 @@
+"""The pipeline core shared by the embedded demo and the Kafka service (DESIGN.md §4).
+
+    feed(records) ─> decode (thread pool) ─> aligner ─> window queue ─> micro-batcher
+                         │ bad / late                                    │
+                         └─> returned as DeadLetter          engine thread ─> prediction queue
+
+Every queue is bounded: when the engine falls behind, ``feed`` waits on the full
+window queue, and the caller (a source, or the Kafka consumer loop) slows down.
+Nothing is dropped: a record is either in a window, or returned as a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from consumers.pipeline.batcher import MicroBatcher
+from consumers.pipeline.prediction import Prediction
+from consumers.pipeline.runner import ClosedWindow, WindowRunner
+from stream import wire
+from stream.aligner import Aligner
+from stream.errors import BadRecord
+from stream.media import decode_media
+from stream.records import MediaItem, Record
+from stream.windows import Window, WindowConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that will never be in a window, and why."""
+
+    reason: str
+    detail: str
+    ref: Any
+    stream_id: str | None = None
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    records: int = 0
+    dead_letters: int = 0
+    windows_closed: int = 0
+    predictions: int = 0
+    batches: int = 0
+
+
+def _decode(value: bytes | Record, ref: Any) -> MediaItem | DeadLetter:
+    try:
+        record = wire.decode(value) if isinstance(value, bytes | bytearray | memoryview) else value
+        return decode_media(record, ref)
+    except BadRecord as exc:
+        stream_id = value.stream_id if isinstance(value, Record) else None
+        return DeadLetter(exc.reason, exc.detail, ref, stream_id)
+
+
+class Pipeline:
+    """Records in, predictions out; use as ``async with Pipeline(...) as p``."""
+
+    def __init__(
+        self,
+        runner: WindowRunner,
+        window_config: WindowConfig,
+        *,
+        max_batch: int = 32,
+        max_delay_ms: float = 5.0,
+        queue_windows: int = 256,
+        decode_workers: int = 2,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.runner = runner
+        self.aligner = Aligner(window_config)
+        self.stats = PipelineStats()
+        self._clock = clock
+        self._windows: asyncio.Queue[ClosedWindow] = asyncio.Queue(maxsize=queue_windows)
+        self._predictions: asyncio.Queue[Prediction | None] = asyncio.Queue(maxsize=max(queue_windows, max_batch))
+        self._batcher = MicroBatcher(self._windows, max_batch, max_delay_ms / 1000)
+        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="fs-decode")
+        # One engine thread: backends are not re-entrant, and batching already fills the cores.
+        self._engine_pool = ThreadPoolExecutor(1, thread_name_prefix="fs-engine")
+        self._decode_workers = decode_workers
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __aenter__(self) -> Pipeline:
+        self._task = asyncio.create_task(self._infer_loop(), name="fs-infer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._batcher.close()
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        self._engine_pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def feed(self, records: Sequence[tuple[bytes | Record, Any]]) -> list[DeadLetter]:
+        """Decode, align and enqueue; waits while the window queue is full. Returns the rejects."""
+        if not records:
+            return []
+        items = await self._decode_all(records)
+        now = self._clock()
+        dead: list[DeadLetter] = []
+        for item in items:
+            if isinstance(item, DeadLetter):
+                dead.append(item)
+            elif self.aligner.add(item, now).late:
+                dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
+                                       item.stream_id))
+        self.stats.records += len(records)
+        self.stats.dead_letters += len(dead)
+        await self._enqueue(self.aligner.poll(now))
+        return dead
+
+    async def tick(self) -> None:
+        """Close windows by timeout when no record arrives (call it a few times a second)."""
+        await self._enqueue(self.aligner.poll(self._clock()))
+
+    async def flush(self, stream_ids: list[str] | None = None) -> None:
+        """Close every open window of these streams (all by default), e.g. at the end of input."""
+        await self._enqueue(self.aligner.flush(stream_ids))
+
+    async def drain(self) -> None:
+        """Wait until every enqueued window has come out as a prediction."""
+        await self._idle.wait()
+
+    async def _decode_all(self, records: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+        loop = asyncio.get_running_loop()
+        parts = max(1, min(self._decode_workers, len(records) // 8))
+        size = -(-len(records) // parts)
+        chunks = [records[i : i + size] for i in range(0, len(records), size)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._decode_pool, _decode_chunk, chunk) for chunk in chunks)
+        )
+        return [item for chunk in results for item in chunk]
+
+    async def _enqueue(self, windows: list[Window]) -> None:
+        if not windows:
+            return
+        closed_at = time.perf_counter_ns()
+        self.stats.windows_closed += len(windows)
+        self._in_flight += len(windows)
+        self._idle.clear()
+        for window in windows:
+            await self._windows.put(ClosedWindow(window, closed_at))
+
+    # -- output ---------------------------------------------------------------------------------
+
+    async def predictions(self) -> AsyncIterator[Prediction]:
+        """Predictions in the order they are made (ordered per stream)."""
+        while True:
+            prediction = await self._predictions.get()
+            if prediction is None:
+                return
+            yield prediction
+
+    def backlog(self) -> int:
+        """Windows closed but not yet predicted."""
+        return self._in_flight
+
+    async def _infer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._batcher.next_batch()
+            try:
+                predictions = await loop.run_in_executor(self._engine_pool, self.runner.run, batch)
+            except Exception:
+                # An engine failure is ours, not the input's: stop loudly rather than skip windows.
+                log.exception("inference failed on a batch of %d windows", len(batch))
+                await self._predictions.put(None)
+                raise
+            self.stats.batches += 1
+            for prediction in predictions:
+                await self._predictions.put(prediction)
+            self.stats.predictions += len(predictions)
+            self._in_flight -= len(batch)
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def close_output(self) -> None:
+        """Tell ``predictions()`` readers that no more will come."""
+        await self._predictions.put(None)
+
+
+def _decode_chunk(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+    return [_decode(value, ref) for value, ref in chunk]

@@ -1,0 +1,27 @@
+"""Windows to model inputs: the one featurisation that training, evaluation and serving share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from engines.features import Batch, frames_to_array, text_to_ids
+from engines.spec import ModelSpec
+from stream.windows import Window
+
+
+class Featurizer:
+    """Builds a :class:`~engines.features.Batch` from closed windows, zeros for absent modalities."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._no_video = np.zeros((spec.frames_per_window, 3, spec.image_size, spec.image_size), np.float32)
+        self._no_text = np.zeros(spec.text_max_len, np.int64)
+
+    def __call__(self, windows: Sequence[Window]) -> Batch:
+        video = np.stack([frames_to_array(w.frames, self.spec) if w.frames else self._no_video for w in windows])
+        audio = np.stack([w.audio for w in windows])
+        text = np.stack([text_to_ids(w.transcript, self.spec) if w.text else self._no_text for w in windows])
+        mask = np.array([w.mask for w in windows], dtype=np.float32)
+        return Batch(video=video, audio=audio, text=text, mask=mask)

@@ -1,0 +1,64 @@
+"""The prediction record: what the service publishes for each window (docs/predictions.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MODALITY_NAMES = ("video", "audio", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One window's prediction and how long it took.
+
+    ``latency_ms`` runs from the moment the aligner closed the window to the moment
+    the engine returned; ``queue_ms`` and ``inference_ms`` split it. The end-to-end
+    capture→publish figure is added when the record is published.
+    """
+
+    stream_id: str
+    t_start_ns: int
+    t_end_ns: int
+    label: str
+    score: float
+    scores: dict[str, float]
+    mask: tuple[bool, bool, bool]
+    coverage: tuple[float, float, float]
+    model_version: str
+    closed_by: str
+    queue_ms: float
+    inference_ms: float
+    latency_ms: float
+    batch_size: int
+    refs: tuple[Any, ...] = ()
+
+    @property
+    def window_id(self) -> str:
+        return f"{self.stream_id}@{self.t_start_ns}"
+
+    def to_dict(self, *, capture_to_publish_ms: float | None = None) -> dict[str, Any]:
+        return {
+            "window_id": self.window_id,
+            "stream_id": self.stream_id,
+            "t_start_ns": self.t_start_ns,
+            "t_end_ns": self.t_end_ns,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "scores": {k: round(v, 6) for k, v in self.scores.items()},
+            "modalities": dict(zip(MODALITY_NAMES, self.mask, strict=True)),
+            "coverage": dict(zip(MODALITY_NAMES, (round(c, 4) for c in self.coverage), strict=True)),
+            "model_version": self.model_version,
+            "closed_by": self.closed_by,
+            "latency_ms": {
+                "capture_to_publish": None if capture_to_publish_ms is None else round(capture_to_publish_ms, 3),
+                "queue": round(self.queue_ms, 3),
+                "inference": round(self.inference_ms, 3),
+                "close_to_prediction": round(self.latency_ms, 3),
+            },
+            "batch_size": self.batch_size,
+        }
+
+    def to_json(self, *, capture_to_publish_ms: float | None = None) -> bytes:
+        return json.dumps(self.to_dict(capture_to_publish_ms=capture_to_publish_ms), separators=(",", ":")).encode()

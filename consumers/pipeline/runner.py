@@ -1,0 +1,66 @@
+"""Turns closed windows into model inputs and predictions; runs on the engine thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from consumers.pipeline.prediction import Prediction
+from consumers.pipeline.featurize import Featurizer
+from engines.spec import ModelSpec
+from stream.windows import Window
+
+if TYPE_CHECKING:
+    from engines.backends.base import Backend
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window and the monotonic instant the aligner closed it (for latency)."""
+
+    window: Window
+    closed_at_ns: int
+
+
+class WindowRunner:
+    """Featurises a batch of windows, runs the backend, and labels the result."""
+
+    def __init__(self, backend: Backend, spec: ModelSpec) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.featurize = Featurizer(spec)
+
+    def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
+        started = time.perf_counter_ns()
+        probs = self.backend.infer(self.featurize([c.window for c in closed]))
+        finished = time.perf_counter_ns()
+        inference_ms = (finished - started) / 1e6
+        classes = self.spec.classes
+        predictions = []
+        for item, row in zip(closed, probs, strict=True):
+            window = item.window
+            top = int(np.argmax(row))
+            predictions.append(
+                Prediction(
+                    stream_id=window.stream_id,
+                    t_start_ns=window.t_start_ns,
+                    t_end_ns=window.t_end_ns,
+                    label=classes[top],
+                    score=float(row[top]),
+                    scores={c: float(p) for c, p in zip(classes, row, strict=True)},
+                    mask=window.mask,
+                    coverage=window.coverage,
+                    model_version=self.spec.version,
+                    closed_by=window.closed_by,
+                    queue_ms=(started - item.closed_at_ns) / 1e6,
+                    inference_ms=inference_ms,
+                    latency_ms=(finished - item.closed_at_ns) / 1e6,
+                    batch_size=len(closed),
+                    refs=window.refs,
+                )
+            )
+        return predictions

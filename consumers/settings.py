@@ -1,0 +1,139 @@
+"""One typed settings object for every command (DESIGN.md §6).
+
+Precedence, lowest first: defaults < a TOML file (``--config``) < environment
+variables ``FUSIONSTREAM_<FIELD>`` < command-line flags. Secrets are ``SecretStr``
+so they never appear in logs or ``repr``. docs/settings.md lists every field.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stream.windows import WindowConfig
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("fusionstream_config_file", default=None)
+MS = 1_000_000
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "engines" / "models" / "default"
+
+
+class Settings(BaseSettings):
+    """Every knob of fusionstream; see docs/settings.md."""
+
+    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_", frozen=True, extra="forbid")
+
+    # Kafka
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated.")
+    video_topic: str = Field("fs.video", description="Input topic of video frames.")
+    audio_topic: str = Field("fs.audio", description="Input topic of audio chunks.")
+    text_topic: str = Field("fs.text", description="Input topic of transcript segments.")
+    predictions_topic: str = Field("fs.predictions", description="Output topic: one prediction per window.")
+    deadletter_topic: str = Field("fs.deadletter", description="Where undecodable and late records go, with a reason.")
+    partitions: int = Field(4, ge=1, description="Partitions when fusionstream creates the topics (all three equal).")
+    group_id: str = Field("fusionstream", description="Consumer group of the inference service.")
+    client_id: str = Field("fusionstream", description="Kafka client id prefix.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    exactly_once: bool = Field(False, description="Publish predictions and commit offsets in one Kafka transaction.")
+
+    # Model
+    model_dir: Path = Field(default_factory=default_model_dir, description="Model directory (ONNX files + model.json).")
+    backend: Literal["onnxruntime", "torch", "tensorrt"] = Field("onnxruntime", description="Inference backend.")
+    device: str = Field("cpu", description="Device for the torch backend: cpu or cuda.")
+    threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = all cores).")
+
+    # Windows (DESIGN.md §2)
+    window_ms: int = Field(1000, gt=0, description="Window length W.")
+    hop_ms: int = Field(500, gt=0, description="Hop H between window starts (H = W: tumbling).")
+    lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
+    max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
+    idle_timeout_ms: int = Field(2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open.")
+    evict_after_s: float = Field(30.0, gt=0, description="Processing time after which a silent stream's state is dropped.")
+
+    # Pipeline
+    max_batch: int = Field(32, ge=1, description="Largest inference batch (windows across streams).")
+    max_delay_ms: float = Field(5.0, ge=0, description="Longest a closed window waits for its batch to fill.")
+    queue_windows: int = Field(256, ge=1, description="Closed windows buffered before intake pauses (backpressure).")
+    decode_workers: int = Field(2, ge=1, description="Threads decoding JPEG/PCM off the event loop.")
+
+    # Observability
+    metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.hop_ms > self.window_ms:
+            raise ValueError(f"hop_ms {self.hop_ms} is longer than window_ms {self.window_ms}")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
+        """Build settings from all sources; ``flags`` left as ``None`` fall through to lower sources."""
+        if config_file is not None and not config_file.is_file():
+            raise FileNotFoundError(f"settings file {config_file} does not exist")
+        token = _CONFIG_FILE.set(config_file)
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def window_config(self, *, frames_per_window: int, sample_rate: int) -> WindowConfig:
+        """The aligner's settings; K and the sample rate come from the model."""
+        return WindowConfig(
+            window_ns=self.window_ms * MS,
+            hop_ns=self.hop_ms * MS,
+            frames_per_window=frames_per_window,
+            sample_rate=sample_rate,
+            lateness_ns=self.lateness_ms * MS,
+            max_skew_ns=self.max_skew_ms * MS,
+            idle_timeout_ns=self.idle_timeout_ms * MS,
+            evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
+        )
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for authentication and TLS."""
+        options: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        return options

@@ -1,0 +1,1 @@
+"""What computes: encoders, fusion heads, export and inference backends."""

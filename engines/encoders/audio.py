@@ -1,0 +1,110 @@
+"""Audio encoder: a log-mel front end built from fixed convolutions, then a small 2D CNN.
+
+The STFT is a ``conv1d`` whose kernels are the real and imaginary parts of a Hann-windowed
+DFT, and the mel filterbank is a constant matrix: plain Conv/MatMul/Log nodes that ONNX
+Runtime and TensorRT both run, where ``torch.stft`` exports to ops TensorRT lacks.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.encoders.image import conv_block
+from engines.spec import AUDIO_HOP, AUDIO_N_FFT
+
+LOG_FLOOR = 1e-6
+
+
+def hann_dft_basis(n_fft: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real and imaginary DFT kernels ``[n_fft // 2 + 1, n_fft]`` with a periodic Hann window.
+
+    Row k of ``real + 1j * imag`` dotted with a frame gives bin k of ``rfft(hann * frame)``,
+    the same as ``torch.stft(..., window=torch.hann_window(n_fft), center=False)``.
+    """
+    n = np.arange(n_fft)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)
+    angle = 2 * np.pi * np.outer(np.arange(n_fft // 2 + 1), n) / n_fft
+    return (window * np.cos(angle)).astype(np.float32), (-window * np.sin(angle)).astype(np.float32)
+
+
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def mel_filterbank(
+    n_mels: int, n_fft: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> np.ndarray:
+    """Triangular mel filters ``float32 [n_mels, n_fft // 2 + 1]`` on the HTK mel scale.
+
+    Filters are area-normalised (Slaney style: each triangle scaled by ``2 / bandwidth``), so a
+    wide high-frequency filter does not dominate the narrow low ones.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins - lower) / (centre - lower)
+    falling = (upper - bins) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (upper - lower))
+    return weights.astype(np.float32)
+
+
+class LogMel(nn.Module):
+    """``wave [B, N]`` → ``log(mel power + 1e-6) [B, n_mels, frames]``.
+
+    No padding: ``frames = 1 + (N - n_fft) // hop``.
+
+    Always computes in float32, even inside an fp16 model: a full-scale tone reaches a power
+    of ~1e4 per bin, and summing bins into a mel band can overflow float16.
+    """
+
+    def __init__(self, sample_rate: int, n_mels: int, n_fft: int = AUDIO_N_FFT, hop: int = AUDIO_HOP) -> None:
+        super().__init__()
+        self.hop = hop
+        self.bins = n_fft // 2 + 1
+        real, imag = hann_dft_basis(n_fft)
+        # Constants derived from the spec, not learned: non-persistent, so model.pt stays small.
+        self.register_buffer("dft", torch.from_numpy(np.concatenate([real, imag])[:, None, :]), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(mel_filterbank(n_mels, n_fft, sample_rate)), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Log-mel spectrogram of each waveform, in the input's dtype."""
+        # .float() is a no-op in a float32 model (and in the exported graph); after .half() it
+        # brings the computation back to float32.
+        spec = nn.functional.conv1d(wave.float().unsqueeze(1), self.dft.float(), stride=self.hop)
+        real, imag = spec[:, : self.bins], spec[:, self.bins :]
+        power = real * real + imag * imag
+        return torch.log(torch.matmul(self.mel.float(), power) + LOG_FLOOR).to(wave.dtype)
+
+
+class AudioEncoder(nn.Module):
+    """``audio float32 [B, N]`` raw waveform in [-1, 1] → ``[B, embed_dim]``.
+
+    Each window's log-mel is normalised on its own: subtracting the per-band mean over time
+    removes any gain (a gain g adds ``2 log g`` to every log-power), and dividing by the RMS
+    deviation removes the spread, so loudness and microphone level do not matter.
+    """
+
+    def __init__(self, embed_dim: int, sample_rate: int, n_mels: int, channels: tuple[int, ...] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.frontend = LogMel(sample_rate, n_mels)
+        widths = (1, *channels)
+        self.features = nn.Sequential(*(conv_block(a, b) for a, b in itertools.pairwise(widths)))
+        self.proj = nn.Linear(channels[-1], embed_dim)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of waveforms."""
+        x = self.frontend(audio)
+        x = x - x.mean(dim=-1, keepdim=True)
+        # rsqrt(mean square + eps) rather than std: no NaN and no division by zero for digital silence
+        x = x * torch.rsqrt(x.pow(2).mean(dim=(1, 2), keepdim=True) + 1e-4)
+        x = self.features(x.unsqueeze(1)).mean(dim=(2, 3))
+        return self.proj(x)

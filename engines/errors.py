@@ -1,0 +1,32 @@
+"""Errors of the ``engines`` package.
+
+One root (:class:`EngineError`) so a caller can catch everything this package raises on
+purpose, and a few subclasses that say *whose* fault it is: a bad model directory, a
+runtime that is not installed on this machine, or a batch that does not fit the model.
+Like ``stream``'s errors, each class says whether retrying the same call could succeed;
+``engines`` does not import ``stream``, so the two roots are separate classes.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every error ``engines`` raises on purpose."""
+
+    #: Whether trying the same call again could succeed (none of ours: inputs and files do not heal).
+    retriable: bool = False
+
+
+class ModelDirError(EngineError):
+    """A model directory is missing, incomplete, or its ``model.json`` is invalid."""
+
+
+class BackendUnavailable(EngineError):  # noqa: N818 -- the name the pipeline catches
+    """A backend's runtime (TensorRT, CUDA, ...) is not usable on this machine."""
+
+
+class InputError(EngineError, ValueError):
+    """A batch (or a window's arrays) has the wrong shape, dtype or values for the model.
+
+    Also a ``ValueError``, so generic input-checking code that catches that still works.
+    """

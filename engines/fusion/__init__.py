@@ -1,0 +1,52 @@
+"""Fusion heads: one interface (``forward(emb_video, emb_audio, emb_text, mask) -> logits``), seven methods.
+
+=============  ==============================================================================
+``concat``     feature level: concatenated embeddings (+ mask) → MLP
+``weighted``   learned per-modality weights α, softmax-renormalised over present modalities
+``gmu``        gated multimodal unit (Arevalo et al.): tanh projections, softmax gates
+``attention``  model level: [CLS] + modality tokens, transformer layers with key padding mask
+``decision``   per-modality classifiers, probabilities averaged (or ``combine="vote"``)
+``graph``      GATv2 message passing over the present modality nodes, masked-mean readout
+``vae``        multimodal VAE: product-of-experts joint latent, classifier on its mean
+=============  ==============================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.fusion.attention import AttentionHead
+from engines.fusion.base import FusionHead
+from engines.fusion.concat import ConcatHead
+from engines.fusion.decision import DecisionHead
+from engines.fusion.gmu import GMUHead
+from engines.fusion.graph import GraphHead
+from engines.fusion.vae import VAEHead
+from engines.fusion.weighted import WeightedHead
+
+HEADS: dict[str, type[FusionHead]] = {
+    cls.name: cls for cls in (ConcatHead, WeightedHead, GMUHead, AttentionHead, DecisionHead, GraphHead, VAEHead)
+}
+
+
+def make_head(name: str, embed_dim: int, n_classes: int, **options: Any) -> FusionHead:
+    """Build the fusion head ``name`` (see the table above); ``options`` go to its constructor."""
+    try:
+        cls = HEADS[name]
+    except KeyError:
+        raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(HEADS)}") from None
+    return cls(embed_dim, n_classes, **options)
+
+
+__all__ = [
+    "HEADS",
+    "AttentionHead",
+    "ConcatHead",
+    "DecisionHead",
+    "FusionHead",
+    "GMUHead",
+    "GraphHead",
+    "VAEHead",
+    "WeightedHead",
+    "make_head",
+]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command (`make test`): runs pytest against a real Kafka broker.
+#
+#   scripts/test.sh [pytest args...]
+#
+# With KAFKA_BOOTSTRAP=<host:port> the tests use that broker. Otherwise a broker is
+# started here (scripts/kafka.sh, on KAFKA_PORT, default 9092) and stopped on exit,
+# whatever the outcome; a broker that was already running (`make kafka-start`) is
+# used and left running.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
+  if scripts/kafka.sh status >/dev/null 2>&1; then
+    KAFKA_BOOTSTRAP="$(scripts/kafka.sh bootstrap)"
+    echo "test.sh: using the running broker at $KAFKA_BOOTSTRAP" >&2
+  else
+    # Set the trap before starting, so a start that fails halfway is cleaned up too.
+    trap 'scripts/kafka.sh stop' EXIT
+    KAFKA_BOOTSTRAP="$(scripts/kafka.sh start)"
+  fi
+  export KAFKA_BOOTSTRAP
+fi
+
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+  # pytest's "no tests collected": a test command that tested nothing has failed.
+  echo "test.sh: pytest collected no tests; treating that as a failure" >&2
+fi
+exit "$status"

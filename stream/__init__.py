@@ -1,0 +1,21 @@
+"""What flows: the wire format, media decoding, sources, and event-time alignment into windows.
+
+``stream`` never imports ``engines`` or Kafka: it is a library of pure parts that the
+service (``consumers``), the embedded demo and the trainer all share.
+"""
+
+from stream.errors import BadRecord, FusionStreamError
+from stream.records import MODALITIES, AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
+
+__all__ = [
+    "MODALITIES",
+    "AudioChunk",
+    "BadRecord",
+    "Encoding",
+    "Frame",
+    "FusionStreamError",
+    "MediaItem",
+    "Modality",
+    "Record",
+    "TextSegment",
+]

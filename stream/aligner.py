@@ -1,0 +1,324 @@
+"""Event-time alignment of three modalities into hopping windows, per stream (DESIGN.md §2).
+
+The aligner is pure and synchronous: items in, closed windows out. It has no Kafka
+and no clock of its own; callers pass the processing time (``now_ns``), so tests,
+replays and the service all drive it the same way and get the same windows.
+
+Per stream it keeps each modality's items sorted by start time. A window
+``[s, s + W)`` with ``s`` a multiple of the hop is built only when it closes, by
+slicing those buffers, so overlapping windows share items without copies. Items
+are pruned once no unemitted window can contain them.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Record
+from stream.resample import resample
+from stream.windows import NS, Window, WindowConfig
+
+_NEVER = -(2**63)
+
+
+def last_instant(item: MediaItem | Record) -> int:
+    """The last nanosecond an item covers; a frame (or a zero-length segment) is an instant."""
+    if item.modality is Modality.VIDEO or item.t_end_ns <= item.t_start_ns:
+        return item.t_start_ns
+    return item.t_end_ns - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What became of one item: the starts of the windows it joined, empty when it was late."""
+
+    window_starts: tuple[int, ...]
+
+    @property
+    def late(self) -> bool:
+        return not self.window_starts
+
+
+@dataclass(slots=True)
+class AlignerStats:
+    """Counters for metrics; monotonic except ``open_streams``."""
+
+    items: int = 0
+    late: int = 0
+    windows: int = 0
+    closed_by_watermark: int = 0
+    closed_by_timeout: int = 0
+    closed_by_flush: int = 0
+    evicted_streams: int = 0
+    open_streams: int = 0
+
+
+@dataclass(slots=True)
+class _Buffer:
+    """One modality's items of one stream, sorted by start time."""
+
+    starts: list[int] = field(default_factory=list)
+    items: list[MediaItem] = field(default_factory=list)
+    latest_end_ns: int = _NEVER
+    last_arrival_ns: int = _NEVER
+
+    def insert(self, item: MediaItem) -> None:
+        index = bisect.bisect_right(self.starts, item.t_start_ns)
+        self.starts.insert(index, item.t_start_ns)
+        self.items.insert(index, item)
+
+    def prune_before(self, t_ns: int) -> None:
+        """Drop leading items that no window starting at ``t_ns`` or later can contain."""
+        keep = 0
+        while keep < len(self.items) and last_instant(self.items[keep]) < t_ns:
+            keep += 1
+        if keep:
+            del self.starts[:keep], self.items[:keep]
+
+
+@dataclass(slots=True)
+class _StreamState:
+    buffers: dict[Modality, _Buffer]
+    #: Start of the first window not yet emitted; ``None`` until the first emission.
+    next_start_ns: int | None
+    first_start_ns: int
+    last_arrival_ns: int
+
+
+class Aligner:
+    """Groups items into per-stream hopping windows and closes them by watermark or timeout."""
+
+    def __init__(self, config: WindowConfig | None = None) -> None:
+        self.config = config or WindowConfig()
+        self.stats = AlignerStats()
+        self._streams: dict[str, _StreamState] = {}
+        # Evicted streams remember how far they were emitted, so a stale record
+        # cannot re-open (and re-emit) a window that was already published.
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def add(self, item: MediaItem, now_ns: int) -> Admission:
+        """Buffer one decoded item; report which windows it joined (none means late)."""
+        cfg = self.config
+        starts = cfg.starts_overlapping(item.t_start_ns, last_instant(item))
+        first, last = starts.start, starts.stop - 1
+        state = self._streams.get(item.stream_id)
+        emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
+        if emitted_until is not None:
+            first = max(first, emitted_until)
+        if first > last:
+            self.stats.late += 1
+            return Admission(())
+        if state is None:
+            state = _StreamState({m: _Buffer() for m in MODALITIES}, emitted_until, first, now_ns)
+            self._streams[item.stream_id] = state
+            self._tombstones.pop(item.stream_id, None)
+            self.stats.open_streams = len(self._streams)
+        if isinstance(item, AudioChunk) and item.sample_rate != cfg.sample_rate:
+            item = AudioChunk(
+                item.stream_id,
+                item.t_start_ns,
+                item.t_end_ns,
+                resample(item.samples, item.sample_rate, cfg.sample_rate),
+                cfg.sample_rate,
+                item.ref,
+            )
+        buffer = state.buffers[item.modality]
+        buffer.insert(item)
+        buffer.latest_end_ns = max(buffer.latest_end_ns, item.t_end_ns)
+        buffer.last_arrival_ns = now_ns
+        state.last_arrival_ns = now_ns
+        state.first_start_ns = min(state.first_start_ns, first)
+        self.stats.items += 1
+        return Admission(tuple(range(first, last + 1, cfg.hop_ns)))
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def poll(self, now_ns: int) -> list[Window]:
+        """Close every window the watermark has passed, or whose stream has gone silent."""
+        cfg = self.config
+        closed: list[Window] = []
+        for stream_id in list(self._streams):
+            state = self._streams[stream_id]
+            silent_for = now_ns - state.last_arrival_ns
+            if silent_for >= cfg.idle_timeout_ns:
+                closed += self._emit_until(stream_id, state, None, "timeout")
+                if silent_for >= cfg.evict_after_ns:
+                    self._evict(stream_id, state)
+            else:
+                closed += self._emit_until(stream_id, state, self._watermark(state, now_ns), "watermark")
+        return closed
+
+    def flush(self, stream_ids: list[str] | None = None) -> list[Window]:
+        """Close every window of these streams (all by default): end of input, or shutdown."""
+        closed: list[Window] = []
+        for stream_id in list(self._streams) if stream_ids is None else stream_ids:
+            state = self._streams.get(stream_id)
+            if state is not None:
+                closed += self._emit_until(stream_id, state, None, "flush")
+        return closed
+
+    def drop(self, stream_ids: list[str]) -> None:
+        """Forget these streams without emitting (their partitions moved to another instance)."""
+        for stream_id in stream_ids:
+            self._streams.pop(stream_id, None)
+            self._tombstones.pop(stream_id, None)
+        self.stats.open_streams = len(self._streams)
+
+    def watermark(self, stream_id: str, now_ns: int) -> int | None:
+        """The stream's current watermark (None if unknown), for metrics and tests."""
+        state = self._streams.get(stream_id)
+        return None if state is None else self._watermark(state, now_ns)
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return list(self._streams)
+
+    def buffered_items(self) -> int:
+        return sum(len(b.items) for s in self._streams.values() for b in s.buffers.values())
+
+    def _watermark(self, state: _StreamState, now_ns: int) -> int:
+        cfg = self.config
+        seen = [b for b in state.buffers.values() if b.latest_end_ns != _NEVER]
+        newest = max(b.latest_end_ns for b in seen)
+        waited_for = [
+            b.latest_end_ns
+            for b in seen
+            if b.latest_end_ns >= newest - cfg.max_skew_ns and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
+        ]
+        return min(waited_for, default=newest) - cfg.lateness_ns
+
+    def _emit_until(self, stream_id: str, state: _StreamState, watermark: int | None, reason: str) -> list[Window]:
+        """Emit, in start order, the windows with data whose end is at or before ``watermark``."""
+        cfg = self.config
+        closed: list[Window] = []
+        while True:
+            earliest = min((b.starts[0] for b in state.buffers.values() if b.starts), default=None)
+            if earliest is None:
+                break
+            start = cfg.starts_overlapping(earliest, earliest).start
+            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
+            start = max(start, floor)
+            if watermark is not None and start + cfg.window_ns > watermark:
+                break
+            window = self._build(stream_id, state, start, reason)
+            state.next_start_ns = start + cfg.hop_ns
+            for buffer in state.buffers.values():
+                buffer.prune_before(state.next_start_ns)
+            if window is not None:
+                closed.append(window)
+        self._count(closed, reason)
+        return closed
+
+    def _count(self, closed: list[Window], reason: str) -> None:
+        self.stats.windows += len(closed)
+        if reason == "watermark":
+            self.stats.closed_by_watermark += len(closed)
+        elif reason == "timeout":
+            self.stats.closed_by_timeout += len(closed)
+        else:
+            self.stats.closed_by_flush += len(closed)
+
+    def _evict(self, stream_id: str, state: _StreamState) -> None:
+        del self._streams[stream_id]
+        if state.next_start_ns is not None:
+            self._tombstones[stream_id] = state.next_start_ns
+            while len(self._tombstones) > self.config.tombstones:
+                self._tombstones.popitem(last=False)
+        self.stats.evicted_streams += 1
+        self.stats.open_streams = len(self._streams)
+
+    # -- building -------------------------------------------------------------------------------
+
+    def _build(self, stream_id: str, state: _StreamState, start: int, reason: str) -> Window | None:
+        cfg = self.config
+        end = start + cfg.window_ns
+        frames = _overlapping(state.buffers[Modality.VIDEO], start, end)
+        chunks = _overlapping(state.buffers[Modality.AUDIO], start, end)
+        segments = _overlapping(state.buffers[Modality.TEXT], start, end)
+        if not (frames or chunks or segments):
+            return None
+        images, frame_times = self._sample_frames(frames, start)
+        audio, covered = self._stitch(chunks, start)
+        refs = tuple(item.ref for item in (*frames, *chunks, *segments) if item.ref is not None)
+        audio_coverage = float(covered.mean())
+        return Window(
+            stream_id=stream_id,
+            t_start_ns=start,
+            t_end_ns=end,
+            frames=images,
+            frame_times_ns=frame_times,
+            audio=audio,
+            audio_gaps=_gaps(covered) if audio_coverage > 0 else ((0, len(covered)),),
+            text=tuple(segments),  # type: ignore[arg-type]
+            mask=(bool(frames), audio_coverage > 0, bool(segments)),
+            coverage=(
+                _interval_coverage(frames, start, end),
+                audio_coverage,
+                _interval_coverage(segments, start, end),
+            ),
+            closed_by=reason,
+            refs=refs,
+        )
+
+    def _sample_frames(self, frames: list[MediaItem], start: int) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
+        """The frame nearest to each of K evenly spaced instants of the window."""
+        if not frames:
+            return (), ()
+        cfg = self.config
+        times = [f.t_start_ns for f in frames]
+        picked: list[Frame] = []
+        for k in range(cfg.frames_per_window):
+            target = start + (2 * k + 1) * cfg.window_ns // (2 * cfg.frames_per_window)
+            i = bisect.bisect_left(times, target)
+            if i == len(times) or (i > 0 and target - times[i - 1] <= times[i] - target):
+                i -= 1
+            picked.append(frames[i])  # type: ignore[arg-type]
+        return tuple(f.image for f in picked), tuple(f.t_start_ns for f in picked)
+
+    def _stitch(self, chunks: list[MediaItem], start: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exactly ``samples_per_window`` samples, cut at the window's edges; gaps stay zero."""
+        cfg = self.config
+        n = cfg.samples_per_window
+        audio = np.zeros(n, dtype=np.float32)
+        covered = np.zeros(n, dtype=bool)
+        for chunk in chunks:
+            assert isinstance(chunk, AudioChunk)
+            offset = round((chunk.t_start_ns - start) * cfg.sample_rate / NS)
+            lo, hi = max(offset, 0), min(offset + len(chunk.samples), n)
+            if lo < hi:
+                audio[lo:hi] = chunk.samples[lo - offset : hi - offset]
+                covered[lo:hi] = True
+        return audio, covered
+
+
+def _overlapping(buffer: _Buffer, start: int, end: int) -> list[MediaItem]:
+    """Items that share at least one instant with ``[start, end)``."""
+    stop = bisect.bisect_left(buffer.starts, end)
+    return [item for item in buffer.items[:stop] if last_instant(item) >= start]
+
+
+def _interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
+    """Fraction of ``[start, end)`` covered by the union of the items' intervals."""
+    covered = 0
+    reach = start
+    for item in sorted(items, key=lambda i: i.t_start_ns):
+        lo, hi = max(item.t_start_ns, reach), min(item.t_end_ns, end)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered / (end - start)
+
+
+def _gaps(covered: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Runs of uncovered samples as ``(first, end)`` index pairs."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([1], covered.view(np.int8), [1]))))
+    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+
+
+__all__ = ["Admission", "Aligner", "AlignerStats", "last_instant"]

@@ -1,0 +1,123 @@
+"""What flows: the wire record and the decoded media items the aligner consumes.
+
+A :class:`Record` is exactly what one Kafka value carries (see docs/wire-format.md).
+``stream.media.decode_media`` turns it into a :class:`Frame`, :class:`AudioChunk` or
+:class:`TextSegment`: validated, decoded, and ready for the aligner.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+WIRE_VERSION = 1
+
+
+class Modality(enum.IntEnum):
+    """The three input modalities; the value is the byte on the wire."""
+
+    VIDEO = 1
+    AUDIO = 2
+    TEXT = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Encoding(enum.IntEnum):
+    """Payload encodings; the value is the byte on the wire."""
+
+    JPEG = 1
+    RAW_RGB24 = 2
+    PCM_S16LE = 3
+    PCM_F32LE = 4
+    UTF8 = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def from_label(cls, label: str) -> Encoding:
+        return cls[label.upper().replace("-", "_")]
+
+
+#: Which encodings each modality may use.
+ENCODINGS_OF: dict[Modality, frozenset[Encoding]] = {
+    Modality.VIDEO: frozenset({Encoding.JPEG, Encoding.RAW_RGB24}),
+    Modality.AUDIO: frozenset({Encoding.PCM_S16LE, Encoding.PCM_F32LE}),
+    Modality.TEXT: frozenset({Encoding.UTF8}),
+}
+
+#: The modalities in the order every mask and coverage tuple uses.
+MODALITIES: tuple[Modality, ...] = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One media unit as carried on the wire: a frame, an audio chunk or a transcript segment.
+
+    Times are Unix-epoch nanoseconds of the media itself (capture time).
+    ``meta`` holds the encoding's parameters (width/height, sample_rate/channels,
+    language/is_final) and any extra keys a producer adds.
+    """
+
+    stream_id: str
+    modality: Modality
+    seq: int
+    t_start_ns: int
+    t_end_ns: int
+    encoding: Encoding
+    payload: bytes
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    version: int = WIRE_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded video frame: ``image`` is HxWx3 uint8 RGB."""
+
+    stream_id: str
+    t_start_ns: int
+    t_end_ns: int
+    image: np.ndarray
+    ref: Any = None
+
+    modality = Modality.VIDEO
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """Decoded mono audio: ``samples`` is float32 in [-1, 1] at ``sample_rate``."""
+
+    stream_id: str
+    t_start_ns: int
+    t_end_ns: int
+    samples: np.ndarray
+    sample_rate: int
+    ref: Any = None
+
+    modality = Modality.AUDIO
+
+
+@dataclass(frozen=True, slots=True)
+class TextSegment:
+    """A transcript segment (a word, a phrase or a caption cue)."""
+
+    stream_id: str
+    t_start_ns: int
+    t_end_ns: int
+    text: str
+    language: str = "und"
+    is_final: bool = True
+    ref: Any = None
+
+    modality = Modality.TEXT
+
+
+MediaItem = Frame | AudioChunk | TextSegment

@@ -1,0 +1,121 @@
+"""The speech bank: real espeak-ng clips of the ten digit words, split into train and test voices.
+
+``scripts/make_speech_bank.sh`` writes the bank (16 kHz mono 16-bit WAV, silence trimmed,
+peaks at -3 dBFS) and ``index.json``, which names the voices and which are held out for
+testing. This module reads it with the stdlib :mod:`wave` module: no audio library needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+#: Where the bank ships, inside the package (see ``[tool.setuptools.package-data]``).
+BANK_DIR = Path(__file__).with_name("speech_bank")
+
+#: The spoken word of each digit class, index = digit.
+DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+Split = Literal["train", "test", "all"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Clip:
+    """One utterance of one digit: float32 samples in [-1, 1] (read-only, shared by every user)."""
+
+    digit: int
+    voice: str
+    speed_wpm: int
+    samples: np.ndarray
+    sample_rate: int
+    #: Root mean square of the samples; the source sets speech level from it, per clip.
+    rms: float
+
+    @property
+    def word(self) -> str:
+        return DIGIT_WORDS[self.digit]
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechBank:
+    """Clips per digit for one split of the bank's voices."""
+
+    split: str
+    voices: tuple[str, ...]
+    sample_rate: int
+    #: ``clips[d]`` holds every clip of digit ``d`` (all voices and speeds of the split).
+    clips: tuple[tuple[Clip, ...], ...]
+
+    @classmethod
+    def load(cls, split: Split = "train", directory: str | Path | None = None) -> SpeechBank:
+        """Load the clips of ``split`` (``train``, ``test`` or ``all``); cached, so calling it again is free."""
+        return _load(split, str(Path(directory) if directory is not None else BANK_DIR))
+
+    def __getitem__(self, digit: int) -> tuple[Clip, ...]:
+        return self.clips[digit]
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.clips)
+
+
+def read_index(directory: str | Path = BANK_DIR) -> dict[str, object]:
+    """The bank's ``index.json`` (voices, speeds, split, sample rate)."""
+    with open(Path(directory) / "index.json", encoding="utf-8") as fh:
+        index: dict[str, object] = json.load(fh)
+    return index
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate of a 16-bit PCM WAV file."""
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ValueError(f"{path}: {8 * wav.getsampwidth()}-bit samples, expected 16-bit PCM")
+        channels, rate = wav.getnchannels(), wav.getframerate()
+        raw = wav.readframes(wav.getnframes())
+    samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+    return samples, rate
+
+
+@functools.lru_cache(maxsize=8)
+def _load(split: str, directory: str) -> SpeechBank:
+    index = read_index(directory)
+    groups: dict[str, Sequence[str]] = index["split"]  # type: ignore[assignment]
+    if split == "all":
+        voices = tuple(index["voices"])  # type: ignore[call-overload]
+    elif split in groups:
+        voices = tuple(groups[split])
+    else:
+        raise ValueError(f"unknown speech bank split {split!r}: choose train, test or all")
+    speeds: Sequence[int] = index["speeds_wpm"]  # type: ignore[assignment]
+    pattern = str(index["file_pattern"])
+    sample_rate = int(index["sample_rate"])  # type: ignore[call-overload]
+    clips: list[list[Clip]] = [[] for _ in DIGIT_WORDS]
+    for voice in voices:
+        for speed in speeds:
+            for digit in range(len(DIGIT_WORDS)):
+                path = Path(directory) / pattern.format(voice=voice, speed=speed, digit=digit)
+                samples, rate = read_wav(path)
+                if rate != sample_rate:
+                    raise ValueError(f"{path}: {rate} Hz, index.json says {sample_rate} Hz")
+                if samples.size == 0:
+                    raise ValueError(f"{path}: empty clip")
+                samples.setflags(write=False)  # shared by every caller through the cache
+                rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+                clips[digit].append(Clip(digit, voice, int(speed), samples, rate, rms))
+    return SpeechBank(split, voices, sample_rate, tuple(tuple(c) for c in clips))
+
+
+__all__ = ["BANK_DIR", "DIGIT_WORDS", "Clip", "SpeechBank", "Split", "read_index", "read_wav"]

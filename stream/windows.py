@@ -1,0 +1,91 @@
+"""Windows: the unit the model sees, and the settings that shape them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.records import TextSegment
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """How records become windows (DESIGN.md §2). Times are nanoseconds.
+
+    ``lateness_ns`` is how long the watermark waits behind the slowest modality.
+    A modality more than ``max_skew_ns`` of event time behind the stream's newest
+    record, or silent for ``idle_timeout_ns`` of processing time, is not waited for,
+    so a dead microphone cannot stall a camera's predictions. A stream silent for
+    ``idle_timeout_ns`` has all its windows closed; after ``evict_after_ns`` its
+    state is dropped so memory stays bounded.
+    """
+
+    window_ns: int = NS
+    hop_ns: int = NS // 2
+    frames_per_window: int = 8
+    sample_rate: int = 16_000
+    lateness_ns: int = 200_000_000
+    max_skew_ns: int = 2 * NS
+    idle_timeout_ns: int = 2 * NS
+    evict_after_ns: int = 30 * NS
+    #: How many evicted streams keep a tombstone (their emitted-up-to time) to reject stale records.
+    tombstones: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.window_ns <= 0 or self.hop_ns <= 0:
+            raise ValueError("window and hop must be positive")
+        if self.hop_ns > self.window_ns:
+            raise ValueError(f"hop {self.hop_ns} ns is longer than the window {self.window_ns} ns: records would fall between windows")
+        if self.frames_per_window < 1:
+            raise ValueError("frames_per_window must be at least 1")
+        if (self.window_ns * self.sample_rate) % NS:
+            raise ValueError(f"a {self.window_ns} ns window is not a whole number of samples at {self.sample_rate} Hz")
+        if min(self.lateness_ns, self.max_skew_ns, self.idle_timeout_ns) < 0 or self.evict_after_ns < self.idle_timeout_ns:
+            raise ValueError("timeouts must be non-negative and evict_after_ns >= idle_timeout_ns")
+
+    @property
+    def samples_per_window(self) -> int:
+        return self.window_ns * self.sample_rate // NS
+
+    def starts_overlapping(self, first_ns: int, last_ns: int) -> range:
+        """Starts of the windows that contain any instant of ``[first_ns, last_ns]``."""
+        first = (first_ns - self.window_ns) // self.hop_ns * self.hop_ns + self.hop_ns
+        last = last_ns // self.hop_ns * self.hop_ns
+        return range(first, last + 1, self.hop_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Everything one prediction is made from.
+
+    ``frames`` holds exactly ``frames_per_window`` images (nearest frame to K evenly
+    spaced instants, repeated when the window has fewer) or none when video is
+    absent; ``audio`` always holds exactly ``samples_per_window`` float32 samples,
+    zero where nothing covered them (listed in ``audio_gaps`` as sample ranges).
+    ``mask`` and ``coverage`` are in ``MODALITIES`` order: video, audio, text.
+    """
+
+    stream_id: str
+    t_start_ns: int
+    t_end_ns: int
+    frames: tuple[np.ndarray, ...]
+    frame_times_ns: tuple[int, ...]
+    audio: np.ndarray
+    audio_gaps: tuple[tuple[int, int], ...]
+    text: tuple[TextSegment, ...]
+    mask: tuple[bool, bool, bool]
+    coverage: tuple[float, float, float]
+    closed_by: str
+    refs: tuple[Any, ...] = ()
+
+    @property
+    def window_id(self) -> tuple[str, int]:
+        return (self.stream_id, self.t_start_ns)
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(segment.text for segment in self.text)

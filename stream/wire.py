@@ -1,0 +1,210 @@
+"""The wire envelope: a fixed 40-byte big-endian header, the stream id, JSON meta, the payload.
+
+Layout (docs/wire-format.md is the reference for other languages)::
+
+    offset size field
+    0      2    magic            b"FS"
+    2      1    version          1
+    3      1    modality         1 video, 2 audio, 3 text
+    4      1    encoding         1 jpeg, 2 raw-rgb24, 3 pcm-s16le, 4 pcm-f32le, 5 utf8
+    5      1    flags            0 (reserved)
+    6      2    stream_id_len    bytes of UTF-8 stream id, 1..1024
+    8      8    seq              unsigned, per stream and modality
+    16     8    t_start_ns       signed, Unix epoch ns
+    24     8    t_end_ns         signed, >= t_start_ns
+    32     4    meta_len         bytes of UTF-8 JSON object (0 = {})
+    36     4    payload_len
+    40     ...  stream_id, meta, payload
+
+``decode`` validates everything that can be checked without decoding media and
+raises :class:`~stream.errors.BadRecord` (and nothing else) on any input.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from stream.errors import BadRecord
+from stream.records import ENCODINGS_OF, WIRE_VERSION, Encoding, Modality, Record
+
+MAGIC = b"FS"
+HEADER = struct.Struct(">2sBBBBHQqqII")
+HEADER_SIZE = HEADER.size  # 40
+MAX_STREAM_ID_BYTES = 1024
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 32
+MAX_IMAGE_SIDE = 16_384
+# A chunk's duration may differ from len(samples) / sample_rate by producer rounding;
+# beyond this, the declared rate is wrong and the audio would be stretched.
+DURATION_TOLERANCE = 0.05
+DURATION_SLACK_NS = 2_000_000
+
+_EMPTY_META: Mapping[str, Any] = {}
+
+
+def encode(record: Record) -> bytes:
+    """Serialise ``record`` to its wire bytes (it is validated exactly as ``decode`` would)."""
+    stream_id = record.stream_id.encode("utf-8")
+    meta = (
+        json.dumps(dict(record.meta), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if record.meta
+        else b""
+    )
+    header = HEADER.pack(
+        MAGIC,
+        record.version,
+        int(record.modality),
+        int(record.encoding),
+        0,
+        len(stream_id),
+        record.seq,
+        record.t_start_ns,
+        record.t_end_ns,
+        len(meta),
+        len(record.payload),
+    )
+    data = b"".join((header, stream_id, meta, record.payload))
+    decode(data)  # a producer must never publish what the service would dead-letter
+    return data
+
+
+def decode(data: bytes) -> Record:
+    """Parse and validate wire bytes; raise ``BadRecord`` with a reason on anything wrong."""
+    view = memoryview(data)
+    if len(view) < 3:
+        raise BadRecord("truncated", f"{len(view)} bytes is shorter than any header")
+    if bytes(view[:2]) != MAGIC:
+        raise BadRecord("bad-magic", f"starts with {bytes(view[:2])!r}, expected {MAGIC!r}")
+    if view[2] != WIRE_VERSION:
+        raise BadRecord("unsupported-version", f"version {view[2]}, this build reads {WIRE_VERSION}")
+    if len(view) < HEADER_SIZE:
+        raise BadRecord("truncated", f"{len(view)} bytes, header needs {HEADER_SIZE}")
+    (_, version, modality_b, encoding_b, _flags, sid_len, seq, t_start, t_end, meta_len, payload_len) = (
+        HEADER.unpack_from(view)
+    )
+    expected = HEADER_SIZE + sid_len + meta_len + payload_len
+    if len(view) != expected:
+        kind = "truncated" if len(view) < expected else "trailing-bytes"
+        raise BadRecord(kind, f"{len(view)} bytes, header declares {expected}")
+    try:
+        modality = Modality(modality_b)
+    except ValueError:
+        raise BadRecord("unknown-modality", f"modality byte {modality_b}") from None
+    try:
+        encoding = Encoding(encoding_b)
+    except ValueError:
+        raise BadRecord("unknown-encoding", f"encoding byte {encoding_b}") from None
+    if encoding not in ENCODINGS_OF[modality]:
+        raise BadRecord("encoding-mismatch", f"{encoding.label} is not a {modality.label} encoding")
+    if t_end < t_start:
+        raise BadRecord("t_end-before-t_start", f"t_end {t_end} < t_start {t_start}")
+
+    pos = HEADER_SIZE
+    stream_id = _stream_id(view[pos : pos + sid_len])
+    pos += sid_len
+    meta = _meta(view[pos : pos + meta_len])
+    pos += meta_len
+    payload = bytes(view[pos:])
+
+    record = Record(
+        stream_id=stream_id,
+        modality=modality,
+        seq=seq,
+        t_start_ns=t_start,
+        t_end_ns=t_end,
+        encoding=encoding,
+        payload=payload,
+        meta=meta,
+        version=version,
+    )
+    _VALIDATORS[encoding](record)
+    return record
+
+
+def _stream_id(raw: memoryview) -> str:
+    if not 0 < len(raw) <= MAX_STREAM_ID_BYTES:
+        raise BadRecord("bad-stream-id", f"stream id of {len(raw)} bytes (1..{MAX_STREAM_ID_BYTES})")
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecord("bad-stream-id", "stream id is not UTF-8") from None
+
+
+def _meta(raw: memoryview) -> Mapping[str, Any]:
+    if not raw:
+        return _EMPTY_META
+    try:
+        meta = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRecord("bad-meta", f"meta is not UTF-8 JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise BadRecord("bad-meta", f"meta is a JSON {type(meta).__name__}, expected an object")
+    return meta
+
+
+def _int_field(record: Record, key: str, low: int, high: int, reason: str) -> int:
+    value = record.meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRecord(reason, f"meta.{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise BadRecord(reason, f"{key.replace('_', ' ')} {value} outside {low}..{high}")
+    return value
+
+
+def _validate_jpeg(record: Record) -> None:
+    # Full decoding is the media stage's job (it costs milliseconds); the markers are free.
+    if not record.payload.startswith(b"\xff\xd8"):
+        raise BadRecord("bad-jpeg", "payload does not start with a JPEG SOI marker")
+
+
+def _validate_raw_rgb24(record: Record) -> None:
+    width = _int_field(record, "width", 1, MAX_IMAGE_SIDE, "bad-size")
+    height = _int_field(record, "height", 1, MAX_IMAGE_SIDE, "bad-size")
+    if len(record.payload) != width * height * 3:
+        raise BadRecord("bad-size", f"{len(record.payload)} bytes for {width}x{height} rgb24")
+
+
+def _validate_pcm(record: Record) -> None:
+    rate = record.meta.get("sample_rate")
+    if rate == 0:
+        raise BadRecord("bad-sample-rate", "sample rate 0")
+    rate = _int_field(record, "sample_rate", 1, MAX_SAMPLE_RATE, "bad-sample-rate")
+    channels = _int_field(record, "channels", 1, MAX_CHANNELS, "bad-channels")
+    width = 2 if record.encoding is Encoding.PCM_S16LE else 4
+    frame_bytes = width * channels
+    if len(record.payload) % frame_bytes:
+        raise BadRecord("bad-pcm-size", f"{len(record.payload)} bytes is not whole {frame_bytes}-byte frames")
+    frames = len(record.payload) // frame_bytes
+    declared = record.t_end_ns - record.t_start_ns
+    actual = frames * 1_000_000_000 / rate
+    if abs(declared - actual) > max(DURATION_SLACK_NS, DURATION_TOLERANCE * actual):
+        raise BadRecord(
+            "sample-rate-mismatch",
+            f"{frames} frames at {rate} Hz last {actual / 1e6:.1f} ms, times span {declared / 1e6:.1f} ms",
+        )
+
+
+def _validate_utf8(record: Record) -> None:
+    try:
+        record.payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord("bad-utf8", f"text payload is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    language = record.meta.get("language", "und")
+    if not isinstance(language, str):
+        raise BadRecord("bad-meta", f"meta.language must be a string, got {language!r}")
+    if not isinstance(record.meta.get("is_final", True), bool):
+        raise BadRecord("bad-meta", "meta.is_final must be a boolean")
+
+
+_VALIDATORS = {
+    Encoding.JPEG: _validate_jpeg,
+    Encoding.RAW_RGB24: _validate_raw_rgb24,
+    Encoding.PCM_S16LE: _validate_pcm,
+    Encoding.PCM_F32LE: _validate_pcm,
+    Encoding.UTF8: _validate_utf8,
+}
+
+__all__ = ["HEADER_SIZE", "MAGIC", "decode", "encode"]

@@ -1,0 +1,259 @@
+"""The aligner, exhaustively: it is pure, so every case is a few lines of records in, windows out."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from stream.aligner import Aligner
+from stream.records import AudioChunk, Frame, TextSegment
+from stream.windows import NS, WindowConfig
+
+MS = 1_000_000
+T0 = 1_767_225_600 * NS  # a hop-aligned epoch instant
+RATE = 16_000
+
+
+def frame(t_ms: float, stream: str = "s", value: int = 0, period_ms: float = 1000 / 15) -> Frame:
+    t = T0 + round(t_ms * MS)
+    return Frame(stream, t, t + round(period_ms * MS), np.full((4, 4, 3), value, dtype=np.uint8), ref=("v", t_ms))
+
+
+def chunk(t_ms: float, ms: float = 40, stream: str = "s", value: float | None = None, rate: int = RATE) -> AudioChunk:
+    n = round(ms * rate / 1000)
+    t = T0 + round(t_ms * MS)
+    samples = np.full(n, value, dtype=np.float32) if value is not None else np.arange(n, dtype=np.float32) / n
+    return AudioChunk(stream, t, t + round(n * NS / rate), samples, rate, ref=("a", t_ms))
+
+
+def segment(t0_ms: float, t1_ms: float, text: str, stream: str = "s") -> TextSegment:
+    return TextSegment(stream, T0 + round(t0_ms * MS), T0 + round(t1_ms * MS), text, ref=("t", t0_ms))
+
+
+def av(stream: str, t0_ms: float, t1_ms: float, *, video: bool = True, audio: bool = True, text: bool = True) -> list:
+    """A stream's records over [t0, t1): 15 fps frames, 40 ms chunks, a word every 500 ms."""
+    items: list = []
+    if video:
+        items += [frame(t, stream) for t in np.arange(t0_ms, t1_ms, 1000 / 15)]
+    if audio:
+        items += [chunk(t, stream=stream, value=0.25) for t in np.arange(t0_ms, t1_ms, 40)]
+    if text:
+        items += [segment(t, t + 300, "seven", stream) for t in np.arange(t0_ms, t1_ms, 500)]
+    return items
+
+
+def feed(aligner: Aligner, items: list, now_ns: int = 0) -> list:
+    windows = []
+    for item in items:
+        assert not aligner.add(item, now_ns).late
+        windows += aligner.poll(now_ns)
+    return windows
+
+
+def by_id(windows: list) -> dict:
+    return {w.window_id: w for w in windows}
+
+
+def test_in_order_stream_gives_full_hopping_windows() -> None:
+    aligner = Aligner()
+    windows = feed(aligner, sorted(av("s", 0, 3000), key=lambda i: i.t_start_ns)) + aligner.flush()
+    starts = [(w.t_start_ns - T0) // MS for w in windows]
+    assert starts == list(range(-500, 3000, 500))
+    full = [w for w in windows if 0 <= w.t_start_ns - T0 and w.t_end_ns - T0 <= 3000 * MS]
+    assert len(full) == 5
+    for w in full:
+        assert w.mask == (True, True, True)
+        assert len(w.frames) == 8 and len(w.audio) == RATE
+        assert w.coverage[1] == pytest.approx(1.0) and w.coverage[0] > 1 - 1 / 15 - 1e-9
+        assert w.audio_gaps == ()
+        assert w.closed_by in {"watermark", "flush"}
+
+
+def test_watermark_waits_for_the_slowest_modality_then_closes() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=0))
+    for item in av("s", 0, 2000, text=False):
+        aligner.add(item, 0)
+    # Video and audio are at 2 s, text has not started: within max_skew, so the window waits.
+    aligner.add(segment(0, 300, "one"), 0)
+    assert aligner.watermark("s", 0) == T0 + 300 * MS
+    assert aligner.poll(0) == []
+    aligner.add(segment(1200, 1500, "one"), 0)
+    closed = aligner.poll(0)
+    assert [(w.t_start_ns - T0) // MS for w in closed] == [-500, 0, 500]
+    assert all(w.closed_by == "watermark" for w in closed)
+
+
+def test_out_of_order_within_lateness_lands_in_the_right_windows() -> None:
+    items = av("s", 0, 3000)
+    ordered = feed(Aligner(), sorted(items, key=lambda i: i.t_start_ns))
+    shuffled_items = items[:]
+    # Shuffle only inside 150 ms buckets: disorder smaller than the 200 ms allowed lateness.
+    random.Random(7).shuffle(shuffled_items)
+    shuffled_items.sort(key=lambda i: (i.t_start_ns - T0) // (150 * MS))
+    aligner = Aligner()
+    shuffled = feed(aligner, shuffled_items)
+    assert aligner.stats.late == 0
+    a, b = by_id(ordered), by_id(shuffled)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key].audio, b[key].audio)
+        assert a[key].frame_times_ns == b[key].frame_times_ns
+        assert a[key].transcript == b[key].transcript
+
+
+def test_record_older_than_every_open_window_is_late() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=0))
+    feed(aligner, sorted(av("s", 0, 4000), key=lambda i: i.t_start_ns))
+    admission = aligner.add(frame(100), 0)
+    assert admission.late and aligner.stats.late == 1
+    # A chunk straddling the emitted edge still joins the windows that are open.
+    edge = aligner._streams["s"].next_start_ns - T0  # noqa: SLF001 - asserting the boundary itself
+    partly = aligner.add(chunk(edge / MS - 20), 0)
+    assert not partly.late and min(partly.window_starts) == edge + T0
+
+
+def test_audio_is_stitched_across_chunk_boundaries_to_the_exact_sample_count() -> None:
+    cfg = WindowConfig(window_ns=NS, hop_ns=NS)
+    aligner = Aligner(cfg)
+    # 37 ms chunks (not a divisor of the window), each a distinct ramp, so a misplaced sample shows.
+    items = []
+    for i, t in enumerate(np.arange(-100, 1200, 37)):
+        n = round(37 * RATE / 1000)
+        start = T0 + round(t * MS)
+        items.append(AudioChunk("s", start, start + n * NS // RATE, np.arange(n, dtype=np.float32) + 1000 * i, RATE))
+    window = by_id(feed(aligner, items) + aligner.flush())[("s", T0)]
+    assert window.audio.shape == (RATE,) and window.audio.dtype == np.float32
+    assert window.coverage[1] == 1.0 and window.audio_gaps == ()
+    # Sample j of the window is sample (j - offset) of the chunk covering it.
+    expected = np.empty(RATE, dtype=np.float32)
+    for i, c in enumerate(items):
+        off = round((c.t_start_ns - T0) * RATE / NS)
+        lo, hi = max(off, 0), min(off + len(c.samples), RATE)
+        if lo < hi:
+            expected[lo:hi] = np.arange(lo - off, hi - off) + 1000 * i
+    assert np.array_equal(window.audio, expected)
+
+
+def test_a_gap_is_zero_filled_and_reported() -> None:
+    aligner = Aligner(WindowConfig(hop_ns=NS))
+    feed(aligner, [chunk(t, value=0.5) for t in range(0, 1000, 40) if not 400 <= t < 600])
+    window = by_id(aligner.flush())[("s", T0)]
+    assert window.coverage[1] == pytest.approx(0.8)
+    assert window.audio_gaps == ((6400, 9600),)
+    assert not window.audio[6400:9600].any() and (window.audio[:6400] == 0.5).all()
+    assert window.mask == (False, True, False)
+
+
+def test_a_modality_that_stops_is_masked_after_the_idle_timeout() -> None:
+    cfg = WindowConfig(lateness_ns=0, idle_timeout_ns=2 * NS, max_skew_ns=60 * NS)
+    aligner = Aligner(cfg)
+    clock = 0
+    windows = []
+    # Audio dies after 1 s; video and text go on to 6 s, fed in real time.
+    for item in sorted(av("s", 0, 6000, audio=False) + av("s", 0, 1000, video=False, text=False),
+                       key=lambda i: i.t_start_ns):
+        clock = item.t_start_ns - T0
+        aligner.add(item, clock)
+        windows += aligner.poll(clock)
+    late_windows = [w for w in windows if w.t_start_ns >= T0 + 2000 * MS]
+    assert late_windows, "windows after the audio died must still close"
+    assert all(w.mask == (True, False, True) for w in late_windows)
+    assert all(w.coverage[1] == 0.0 and not w.audio.any() for w in late_windows)
+
+
+def test_a_silent_stream_closes_by_timeout_and_its_state_is_evicted() -> None:
+    cfg = WindowConfig(idle_timeout_ns=2 * NS, evict_after_ns=10 * NS)
+    aligner = Aligner(cfg)
+    feed(aligner, av("s", 0, 1000), now_ns=0)
+    closed = aligner.poll(2 * NS)
+    assert closed and all(w.closed_by == "timeout" for w in closed)
+    assert aligner.buffered_items() == 0 and aligner.stream_ids == ["s"]
+    aligner.poll(10 * NS)
+    assert aligner.stream_ids == [] and aligner.stats.evicted_streams == 1
+    # The tombstone still rejects records of windows that were already published.
+    assert aligner.add(frame(100), 11 * NS).late
+
+
+def test_overlapping_windows_share_records() -> None:
+    aligner = Aligner(WindowConfig(window_ns=NS, hop_ns=250 * MS))
+    admission = aligner.add(segment(600, 700, "four"), 0)
+    assert [(s - T0) // MS for s in admission.window_starts] == [-250, 0, 250, 500]
+    aligner.add(frame(620, value=9), 0)
+    windows = aligner.flush()
+    assert [(w.t_start_ns - T0) // MS for w in windows] == [-250, 0, 250, 500]
+    for w in windows:
+        assert w.transcript == "four"
+        assert len(w.frames) == 8 and all(f[0, 0, 0] == 9 for f in w.frames)
+        assert ("t", 600) in w.refs and ("v", 620) in w.refs
+
+
+def test_frames_are_sampled_evenly_to_k() -> None:
+    aligner = Aligner(WindowConfig(hop_ns=NS, frames_per_window=4))
+    feed(aligner, [frame(t, value=int(t // 10)) for t in range(0, 1000, 10)])  # 100 fps
+    window = by_id(aligner.flush())[("s", T0)]
+    assert [(t - T0) // MS for t in window.frame_times_ns] == [120, 370, 620, 870]
+    assert [int(f[0, 0, 0]) for f in window.frames] == [12, 37, 62, 87]
+
+
+def test_many_interleaved_streams_stay_separate() -> None:
+    aligner = Aligner()
+    streams = [f"cam-{i:03d}" for i in range(50)]
+    items = []
+    for i, name in enumerate(streams):
+        items += [chunk(t, stream=name, value=i / 100) for t in range(0, 2000, 40)]
+        items += [segment(250, 750, name, name)]
+    items.sort(key=lambda it: (it.t_start_ns, it.stream_id))
+    windows = feed(aligner, items) + aligner.flush()
+    assert {w.stream_id for w in windows} == set(streams)
+    for w in windows:
+        i = streams.index(w.stream_id)
+        assert np.all(w.audio[w.audio != 0] == np.float32(i / 100))
+        assert w.transcript in ("", w.stream_id)
+    assert len(windows) == 50 * 5
+
+
+def test_replay_in_another_order_gives_identical_windows() -> None:
+    items = av("a", 0, 2500) + av("b", 300, 2000)
+    first = Aligner()
+    for item in items:
+        first.add(item, 0)
+    second = Aligner()
+    for item in random.Random(3).sample(items, len(items)):
+        second.add(item, 0)
+    a, b = by_id(first.flush()), by_id(second.flush())
+    assert list(a) == sorted(a, key=lambda k: (k[0] != "a", k[1])) and a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key].audio, b[key].audio)
+        assert a[key].frame_times_ns == b[key].frame_times_ns and a[key].mask == b[key].mask
+
+
+def test_memory_stays_bounded_over_a_long_stream() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=0))
+    peak = 0
+    for second in range(60):
+        for item in sorted(av("s", second * 1000, second * 1000 + 1000), key=lambda i: i.t_start_ns):
+            aligner.add(item, second * NS)
+        aligner.poll(second * NS)
+        peak = max(peak, aligner.buffered_items())
+    # About two windows' worth of records per modality, never the whole minute.
+    assert peak < 2 * (15 + 25 + 2) + 20
+    assert aligner.stats.windows >= 115
+
+
+def test_audio_at_another_rate_is_resampled_to_the_model_rate() -> None:
+    aligner = Aligner(WindowConfig(hop_ns=NS))
+    feed(aligner, [chunk(t, rate=48_000, value=0.3) for t in range(0, 1000, 20)])
+    window = by_id(aligner.flush())[("s", T0)]
+    assert window.audio.shape == (RATE,) and window.coverage[1] == pytest.approx(1.0)
+    assert np.allclose(window.audio[100:-100], 0.3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"hop_ns": 2 * NS}, {"window_ns": NS + 1}, {"frames_per_window": 0}, {"evict_after_ns": 0}],
+)
+def test_nonsense_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        WindowConfig(**kwargs)
