@@ -83,6 +83,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of data generation and initialisation.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 
@@ -94,7 +95,7 @@ def train(
 
     train_command(
         TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
-                     workers=workers, compare=compare)
+                     workers=workers, compare=compare, cache=cache)
     )
 
 
@@ -106,12 +107,13 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Evaluate on your labelled clips instead.")] = None,  # noqa: UP045
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them.")] = None,  # noqa: UP045
 ) -> None:
     """Accuracy over clear windows: fused, each modality alone, and with each modality removed."""
     from consumers.training.evaluate_cli import evaluate_command
 
     result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=backend or "onnxruntime",
-                              quiet=as_json)
+                              quiet=as_json, cache=cache)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
 

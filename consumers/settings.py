@@ -63,8 +63,12 @@ class Settings(BaseSettings):
     hop_ms: int = Field(500, gt=0, description="Hop H between window starts (H = W: tumbling).")
     lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
-    idle_timeout_ms: int = Field(2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open.")
-    evict_after_s: float = Field(30.0, gt=0, description="Processing time after which a silent stream's state is dropped.")
+    idle_timeout_ms: int = Field(
+        2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open."
+    )
+    evict_after_s: float = Field(
+        30.0, gt=0, description="Processing time after which a silent stream's state is dropped."
+    )
 
     # Pipeline
     max_batch: int = Field(32, ge=1, description="Largest inference batch (windows across streams).")

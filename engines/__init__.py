@@ -1,1 +1,70 @@
-"""What computes: encoders, fusion heads, export and inference backends."""
+"""What computes: encoders, fusion heads, export and inference backends (DESIGN.md §3).
+
+``engines`` takes plain numpy arrays and never imports ``stream`` or Kafka. Importing it is
+cheap: torch is imported only by the training/export API (``MultimodalModel``, ``make_head``,
+``export_model``, ``check_parity``, resolved lazily below) and each backend imports its
+runtime when activated.
+
+Typical use::
+
+    from engines import Batch, load_backend, make_row
+
+    with load_backend("onnxruntime", model_dir) as backend:
+        rows = [make_row(backend.spec, frames=f, audio=a, text=t) for f, a, t in windows]
+        probs = backend.infer(Batch.stack(rows))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from engines.backends import BACKENDS, Backend, load_backend
+from engines.errors import BackendUnavailable, EngineError, InputError, ModelDirError
+from engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
+from engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
+
+if TYPE_CHECKING:
+    from engines.export import check_parity, export_model
+    from engines.fusion import make_head
+    from engines.model import MultimodalModel, modality_dropout
+
+#: Names that need torch, and the module that defines each (imported on first access).
+_LAZY = {
+    "MultimodalModel": "engines.model",
+    "modality_dropout": "engines.model",
+    "make_head": "engines.fusion",
+    "export_model": "engines.export",
+    "check_parity": "engines.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'engines' has no attribute {name!r}")
+
+
+__all__ = [
+    "BACKENDS",
+    "FUSION_HEADS",
+    "MODALITIES",
+    "Backend",
+    "BackendUnavailable",
+    "Batch",
+    "EngineError",
+    "InputError",
+    "ModelDirError",
+    "ModelSpec",
+    "MultimodalModel",
+    "Row",
+    "check_parity",
+    "export_model",
+    "frames_to_array",
+    "load_backend",
+    "make_head",
+    "make_row",
+    "modality_dropout",
+    "random_batch",
+    "text_to_ids",
+]

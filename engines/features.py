@@ -197,3 +197,23 @@ class Batch:
         if self.text.size and (self.text.min() < 0 or self.text.max() >= spec.text_buckets):
             low, high = int(self.text.min()), int(self.text.max())
             raise InputError(f"text ids must be in [0, {spec.text_buckets}), got [{low}, {high}]")
+
+
+def random_batch(
+    spec: ModelSpec, size: int, rng: np.random.Generator | int | None = None, *, p_present: float = 0.7
+) -> Batch:
+    """A batch of random but well-formed inputs: for parity checks, tests and benchmarks.
+
+    Each modality of each row is present with probability ``p_present``; text rows hold a
+    random number of ids followed by padding. Absent rows hold random values too, which every
+    consumer of a batch must ignore.
+    """
+    rng = np.random.default_rng(rng)
+    shapes = spec.input_shapes
+    video = rng.random((size, *shapes["video"]), dtype=np.float32)
+    audio = (rng.random((size, *shapes["audio"]), dtype=np.float32) * 2 - 1) * rng.uniform(0.01, 1.0, (size, 1))
+    text = rng.integers(1, spec.text_buckets, (size, spec.text_max_len), dtype=np.int64)
+    lengths = rng.integers(0, spec.text_max_len + 1, size)
+    text[np.arange(spec.text_max_len) >= lengths[:, None]] = 0
+    mask = (rng.random((size, len(MODALITIES))) < p_present).astype(np.float32)
+    return Batch(video, audio.astype(np.float32), text, mask)

@@ -231,4 +231,3 @@ class ModelSpec:
             return cls.from_dict(doc)
         except ModelDirError as exc:
             raise ModelDirError(f"{path}: {exc}") from None
-

@@ -39,12 +39,15 @@ class WindowConfig:
         if self.window_ns <= 0 or self.hop_ns <= 0:
             raise ValueError("window and hop must be positive")
         if self.hop_ns > self.window_ns:
-            raise ValueError(f"hop {self.hop_ns} ns is longer than the window {self.window_ns} ns: records would fall between windows")
+            raise ValueError(
+                f"hop {self.hop_ns} ns is longer than the window {self.window_ns} ns: records would fall between windows"
+            )
         if self.frames_per_window < 1:
             raise ValueError("frames_per_window must be at least 1")
         if (self.window_ns * self.sample_rate) % NS:
             raise ValueError(f"a {self.window_ns} ns window is not a whole number of samples at {self.sample_rate} Hz")
-        if min(self.lateness_ns, self.max_skew_ns, self.idle_timeout_ns) < 0 or self.evict_after_ns < self.idle_timeout_ns:
+        timeouts = (self.lateness_ns, self.max_skew_ns, self.idle_timeout_ns)
+        if min(timeouts) < 0 or self.evict_after_ns < self.idle_timeout_ns:
             raise ValueError("timeouts must be non-negative and evict_after_ns >= idle_timeout_ns")
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from stream.errors import BadRecord
@@ -42,7 +43,8 @@ MAX_IMAGE_SIDE = 16_384
 DURATION_TOLERANCE = 0.05
 DURATION_SLACK_NS = 2_000_000
 
-_EMPTY_META: Mapping[str, Any] = {}
+# Read-only, so records sharing it cannot change each other's meta.
+_EMPTY_META: Mapping[str, Any] = MappingProxyType({})
 
 
 def encode(record: Record) -> bytes:
@@ -53,6 +55,12 @@ def encode(record: Record) -> bytes:
         if record.meta
         else b""
     )
+    if not 0 <= record.seq < 2**64:
+        raise ValueError(f"seq {record.seq} is outside 0..2**64-1")
+    if len(stream_id) > MAX_STREAM_ID_BYTES:
+        raise ValueError(f"stream id of {len(stream_id)} bytes exceeds {MAX_STREAM_ID_BYTES}")
+    if not all(-(2**63) <= t < 2**63 for t in (record.t_start_ns, record.t_end_ns)):
+        raise ValueError("event times must fit in a signed 64-bit integer of nanoseconds")
     header = HEADER.pack(
         MAGIC,
         record.version,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from consumers.pipeline.prediction import Prediction
 from consumers.pipeline.featurize import Featurizer
+from consumers.pipeline.prediction import Prediction
 from engines.spec import ModelSpec
 from stream.windows import Window
 

@@ -19,7 +19,7 @@ HELDOUT_SECONDS = 1200.0
 HELDOUT_SEED = 10_000
 
 
-def _ms_per_window(backend, data, batch: int, repeats: int = 5) -> float:  # noqa: ANN001
+def _ms_per_window(backend, data, batch: int, repeats: int = 5) -> float:
     rows = data.batch(np.arange(min(batch, len(data))))
     backend.infer(rows)
     best = float("inf")
@@ -30,11 +30,12 @@ def _ms_per_window(backend, data, batch: int, repeats: int = 5) -> float:  # noq
     return 1000 * best / len(rows)
 
 
-def compare_heads(encoders, heads: dict, spec: ModelSpec, out: Path, console: Console) -> str:  # noqa: ANN001
+def compare_heads(encoders, heads: dict, spec: ModelSpec, out: Path, console: Console,
+                  cache: Path | None = None) -> str:
     """Export every head with the shared encoders, evaluate each on ONNX Runtime, write a markdown table."""
     from consumers.training.train import assemble, export_dir
 
-    data = heldout(spec, HELDOUT_SECONDS, HELDOUT_SEED, console=console)
+    data = heldout(spec, HELDOUT_SECONDS, HELDOUT_SEED, console=console, cache=cache)
     lines = [
         f"Held-out data: {int(HELDOUT_SECONDS)} s of synthetic streams (test voices, seed {HELDOUT_SEED}), "
         f"{int((data.clear & (data.label >= 0)).sum())} clear windows. Accuracy over clear windows; "

@@ -15,10 +15,11 @@ from engines.backends import load_backend
 from engines.spec import ModelSpec
 
 
-def heldout(spec: ModelSpec, seconds: float, seed: int, workers: int = 2, console: Console | None = None) -> WindowSet:
+def heldout(spec: ModelSpec, seconds: float, seed: int, workers: int = 2, console: Console | None = None,
+            cache: Path | None = None) -> WindowSet:
     """Held-out synthetic windows: other seeds and the test voices of the speech bank."""
     with progress_bar(console) as progress:
-        return generate(spec, synthetic_configs(seconds, seed, "test"), "held-out streams", workers, progress)
+        return generate(spec, synthetic_configs(seconds, seed, "test"), "held-out streams", workers, progress, cache)
 
 
 def evaluation_table(result: Evaluation, title: str) -> Table:
@@ -35,7 +36,8 @@ def evaluation_table(result: Evaluation, title: str) -> Table:
 
 
 def evaluate_command(
-    model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool
+    model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     console = Console(stderr=quiet)
     spec = ModelSpec.load(model_dir)
@@ -43,9 +45,9 @@ def evaluate_command(
         from consumers.training.clips import load_clips
 
         with progress_bar(console) as progress:
-            windows = WindowSet.concat(load_clips(data, spec, seed=seed, progress=progress, split=False))
+            windows = load_clips(data, spec, progress=progress)
     else:
-        windows = heldout(spec, seconds, seed, console=console)
+        windows = heldout(spec, seconds, seed, console=console, cache=cache)
     with load_backend(backend, model_dir) as engine:
         result = evaluate(engine, windows)
     console.print(evaluation_table(result, f"{spec.fusion} model v{spec.version} on {backend}, "

@@ -10,6 +10,7 @@ Stages:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ class TrainOptions:
     seed: int = 0
     workers: int = 2
     compare: Path | None = None
+    cache: Path | None = None
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -68,11 +70,34 @@ def synthetic_configs(seconds: float, seed: int, voices: str) -> list[SyntheticC
     ]
 
 
-def generate(spec: ModelSpec, configs: Sequence[SyntheticConfig], what: str, workers: int, progress: Progress) -> WindowSet:
+def generate(
+    spec: ModelSpec,
+    configs: Sequence[SyntheticConfig],
+    what: str,
+    workers: int,
+    progress: Progress,
+    cache: Path | None = None,
+) -> WindowSet:
+    """Render, window and featurise synthetic runs; reuse a cached copy when the inputs are identical."""
+    key = hashlib.sha256(repr((_input_fields(spec), list(configs))).encode()).hexdigest()[:16]
+    path = cache / f"windows-{key}.npz" if cache else None
+    if path is not None and path.exists():
+        data = WindowSet.load(path)
+        progress.add_task(f"{what} (cached)", total=1, completed=1, info=f"{len(data)} windows")
+        return data
     task = progress.add_task(f"rendering {what}", total=len(configs), info="")
     data = synthesize_many(spec, configs, workers=workers, progress=lambda n: progress.advance(task, n))
     progress.update(task, info=f"{len(data)} windows")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data.save(path)
     return data
+
+
+def _input_fields(spec: ModelSpec) -> tuple:
+    """The spec fields that shape featurised windows (not the head, version or metrics)."""
+    return (spec.frames_per_window, spec.image_size, spec.sample_rate, spec.window_ns, spec.hop_ns,
+            spec.text_buckets, spec.text_ngrams, spec.text_max_len)
 
 
 # -- stage 1: encoders ------------------------------------------------------------------------------
@@ -102,7 +127,7 @@ def _drop(mask: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
     return dropped
 
 
-def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress):  # noqa: ANN201
+def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress):
     """Stage 1; returns the trained ``MultimodalModel`` (concat head)."""
     import torch
     from torch import nn
@@ -127,10 +152,11 @@ def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, pr
         for start in range(0, len(order), BATCH):
             index = np.sort(order[start : start + BATCH])
             mask = _drop(train.mask[index], rng, MODALITY_DROPOUT)
-            video, audio, text, mask_t = _torch_batch(train, index, mask)
+            video, audio, text, present_t = _torch_batch(train, index)
             labels = torch.from_numpy(train.label[index])
-            ev, ea, et = model.encode_video(video), model.encode_audio(audio), model.encode_text(text)
-            loss = loss_fn(model.head(ev, ea, et, mask_t), labels)
+            # Encoders see every present row (for the auxiliary losses); the head sees the dropped mask.
+            ev, ea, et = model.embed(video, audio, text, present_t)
+            loss = loss_fn(model.head(ev, ea, et, torch.from_numpy(mask.astype(np.float32))), labels)
             present = torch.from_numpy(train.mask[index])
             for m, emb in enumerate((ev, ea, et)):
                 rows = present[:, m]
@@ -140,7 +166,7 @@ def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, pr
             loss.backward()
             optimizer.step()
             scheduler.step()
-            running += float(loss) * len(index)
+            running += loss.item() * len(index)
             seen += len(index)
             progress.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / seen:.3f}")
     model.eval()
@@ -150,7 +176,7 @@ def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, pr
 # -- stage 2: heads on frozen embeddings -----------------------------------------------------------
 
 
-def embed(model, data: WindowSet, progress: Progress, what: str) -> np.ndarray:  # noqa: ANN001
+def embed(model, data: WindowSet, progress: Progress, what: str) -> np.ndarray:
     """Frozen embeddings ``[N, 3, D]`` (zeros where a modality is absent)."""
     import torch
 
@@ -159,16 +185,14 @@ def embed(model, data: WindowSet, progress: Progress, what: str) -> np.ndarray: 
     with torch.inference_mode():
         for start in range(0, len(data), 256):
             index = np.arange(start, min(start + 256, len(data)))
-            video, audio, text, _ = _torch_batch(data, index)
-            out[index, 0] = model.encode_video(video).numpy()
-            out[index, 1] = model.encode_audio(audio).numpy()
-            out[index, 2] = model.encode_text(text).numpy()
+            ev, ea, et = model.embed(*_torch_batch(data, index))
+            out[index] = torch.stack((ev, ea, et), dim=1).numpy()
             progress.advance(task, len(index))
-    return out * data.mask[:, :, None]
+    return out
 
 
 def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, seed: int,
-               options: dict | None = None):  # noqa: ANN201
+               options: dict | None = None):
     """Fit one fusion head on frozen embeddings with modality dropout."""
     import torch
     from torch import nn
@@ -191,11 +215,8 @@ def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, see
             index = order[start : start + 256]
             mask = torch.from_numpy(_drop(data.mask[index], rng, MODALITY_DROPOUT).astype(np.float32))
             e = emb_t[index] * mask[:, :, None]
-            logits = head(e[:, 0], e[:, 1], e[:, 2], mask)
-            loss = loss_fn(logits, torch.from_numpy(data.label[index]))
-            aux = getattr(head, "auxiliary_loss", None)
-            if callable(aux):
-                loss = loss + aux()
+            logits, aux = head.forward_train(e[:, 0], e[:, 1], e[:, 2], mask)
+            loss = loss_fn(logits, torch.from_numpy(data.label[index])) + aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -204,7 +225,7 @@ def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, see
     return head
 
 
-def head_accuracy(head, emb: np.ndarray, data: WindowSet, mask: np.ndarray | None = None) -> float:  # noqa: ANN001
+def head_accuracy(head, emb: np.ndarray, data: WindowSet, mask: np.ndarray | None = None) -> float:
     """Accuracy over clear windows of ``head`` on frozen embeddings."""
     import torch
 
@@ -217,7 +238,7 @@ def head_accuracy(head, emb: np.ndarray, data: WindowSet, mask: np.ndarray | Non
     return float((predicted[over] == data.label[over]).mean())
 
 
-def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:  # noqa: ANN001
+def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
     """(fused accuracy, worst accuracy with one modality removed): what a head is chosen on."""
     fused = head_accuracy(head, emb, data)
     worst = 1.0
@@ -231,7 +252,7 @@ def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
 # -- stage 3: export -------------------------------------------------------------------------------
 
 
-def assemble(encoders, head_name: str, head, spec: ModelSpec):  # noqa: ANN001, ANN201
+def assemble(encoders, head_name: str, head, spec: ModelSpec):
     """The encoders of stage 1 with a stage-2 head, as one ``MultimodalModel``."""
     from engines.model import MultimodalModel
 
@@ -243,10 +264,10 @@ def assemble(encoders, head_name: str, head, spec: ModelSpec):  # noqa: ANN001, 
     return model
 
 
-def export_dir(model, spec: ModelSpec, out: Path) -> dict[str, float]:  # noqa: ANN001
+def export_dir(model, spec: ModelSpec, out: Path) -> dict[str, float]:
     from engines.export import check_parity, export_model
 
-    export_model(model, spec, out)
+    export_model(model, spec, out, check=False)
     return check_parity(model, out)
 
 
@@ -258,14 +279,15 @@ def train_command(options: TrainOptions) -> ModelSpec:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
     with progress_bar(console) as progress:
         if options.data is not None:
-            from consumers.training.clips import load_clips
+            from consumers.training.clips import classes_of, load_clips, read_labels, split
 
-            train_set, val_set = load_clips(options.data, spec, seed=options.seed, progress=progress)
+            spec = spec.replace(classes=classes_of(read_labels(options.data)))
+            train_set, val_set = split(load_clips(options.data, spec, progress=progress), 0.2, options.seed)
         else:
-            train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train"), "training streams",
-                                 options.workers, progress)
+            train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train"),
+                                 "training streams", options.workers, progress, options.cache)
             val_set = generate(spec, synthetic_configs(VALIDATION_SECONDS, options.seed + 500, "train"),
-                               "validation streams", options.workers, progress)
+                               "validation streams", options.workers, progress, options.cache)
         encoders = train_encoders(spec, train_set, options.epochs, options.seed, progress)
         train_emb = embed(encoders, train_set, progress, "training windows")
         val_emb = embed(encoders, val_set, progress, "validation windows")
@@ -302,17 +324,23 @@ def train_command(options: TrainOptions) -> ModelSpec:
     if options.compare is not None:
         from consumers.training.compare import compare_heads
 
-        compare_heads(encoders, {n: h for n, (h, _) in scored.items()}, spec, options.compare, console)
+        compare_heads(encoders, {n: h for n, (h, _) in scored.items()}, spec, options.compare, console,
+                      cache=options.cache)
     return spec
 
 
 def export_command(model_dir: Path, out: Path) -> None:
     """Load ``model.pt`` from ``model_dir`` and write checked ONNX graphs to ``out``."""
+    import torch
+
     from engines.model import MultimodalModel
+    from engines.spec import TORCH_WEIGHTS
 
     console = Console()
     spec = ModelSpec.load(model_dir)
-    model = MultimodalModel.load(model_dir)
+    model = MultimodalModel(spec)
+    model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True))
+    model.eval()
     errors = export_dir(model, spec, out)
     console.print(f"exported {spec.fusion} model to {out}; parity against torch: "
                   + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))

@@ -15,13 +15,13 @@ class TextEncoder(nn.Module):
 
     def __init__(self, buckets: int, embed_dim: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(buckets, embed_dim, padding_idx=0)
+        self.ngrams = nn.Embedding(buckets, embed_dim, padding_idx=0)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """Embed a batch of id sequences; an all-padding row gives ``relu(bias)``, not NaN."""
         # The padding row is zero already; masking anyway keeps the mean right if weights are edited.
-        keep = (text != 0).unsqueeze(-1).to(self.embedding.weight.dtype)
-        total = (self.embedding(text) * keep).sum(dim=1)
+        keep = (text != 0).unsqueeze(-1).to(self.ngrams.weight.dtype)
+        total = (self.ngrams(text) * keep).sum(dim=1)
         count = keep.sum(dim=1).clamp_min(1.0)
         return torch.relu(self.proj(total / count))

@@ -1,0 +1,106 @@
+"""Your own labelled clips for `train --data DIR` and `evaluate --data DIR` (docs/training.md).
+
+    DIR/labels.csv      header ``file,start_s,end_s,label``; one row per labelled span
+    DIR/<file>          a video file with its audio track (anything FFmpeg reads)
+    DIR/<stem>.srt|.vtt optional captions of that file
+
+Every file is windowed by the serving aligner exactly as a live stream would be; a
+window is labelled with the span covering most of it (clear when ≥ 75 %).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from consumers.training.dataset import WindowSet, featurize_windows, window_config_for, windows_of
+from engines.spec import ModelSpec
+from stream.sources.files import media_file_records
+from stream.sources.truth import GroundTruth, Segment
+
+LABELS = "labels.csv"
+EPOCH_NS = 1_767_225_600 * 1_000_000_000
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start_s: float
+    end_s: float
+    label: str
+
+
+def read_labels(directory: Path) -> dict[str, list[Span]]:
+    """``labels.csv`` as spans per file, validated (file exists, times ordered, label present)."""
+    path = directory / LABELS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: it lists file,start_s,end_s,label (docs/training.md)")
+    spans: dict[str, list[Span]] = defaultdict(list)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or set(reader.fieldnames) < {"file", "start_s", "end_s", "label"}:
+            raise ValueError(f"{path}: the header must be file,start_s,end_s,label, got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                start, end = float(row["start_s"]), float(row["end_s"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: start_s and end_s must be numbers") from None
+            label = (row["label"] or "").strip()
+            if not label or not 0 <= start < end:
+                raise ValueError(f"{path}:{line}: need a label and 0 <= start_s < end_s")
+            if not (directory / row["file"]).is_file():
+                raise FileNotFoundError(f"{path}:{line}: {row['file']} is not in {directory}")
+            spans[row["file"]].append(Span(start, end, label))
+    if not spans:
+        raise ValueError(f"{path} labels nothing")
+    return dict(spans)
+
+
+def classes_of(spans: dict[str, list[Span]]) -> list[str]:
+    return sorted({s.label for file_spans in spans.values() for s in file_spans})
+
+
+def _captions_for(media: Path) -> Path | None:
+    for suffix in (".srt", ".vtt"):
+        candidate = media.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_clips(directory: Path, spec: ModelSpec, *, progress: Progress | None = None) -> WindowSet:
+    """Window and label every listed file; labels must be among ``spec.classes``."""
+    spans = read_labels(directory)
+    unknown = sorted(set(classes_of(spans)) - set(spec.classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not classes of the model ({spec.classes})")
+    task = progress.add_task("windowing clips", total=len(spans), info="") if progress else None
+    parts = []
+    for file, file_spans in spans.items():
+        media = directory / file
+        stream_id = Path(file).stem
+        truth = GroundTruth({stream_id: [
+            Segment(EPOCH_NS + round(s.start_s * NS), EPOCH_NS + round(s.end_s * NS), spec.classes.index(s.label))
+            for s in sorted(file_spans, key=lambda s: s.start_s)
+        ]})
+        records = media_file_records(media, stream_id, start_ns=EPOCH_NS, captions=_captions_for(media))
+        parts.append(featurize_windows(windows_of(records, window_config_for(spec)), spec, truth))
+        if progress is not None and task is not None:
+            progress.advance(task)
+    return WindowSet.concat(parts)
+
+
+def split(data: WindowSet, fraction: float, seed: int) -> tuple[WindowSet, WindowSet]:
+    """A random ``1 - fraction`` / ``fraction`` split of the labelled windows."""
+    index = np.random.default_rng(seed).permutation(np.flatnonzero(data.label >= 0))
+    cut = max(1, int(len(index) * fraction))
+    return data.select(np.sort(index[cut:])), data.select(np.sort(index[:cut]))
+
+
+__all__: Sequence[str] = ["Span", "classes_of", "load_clips", "read_labels", "split"]

@@ -1,0 +1,39 @@
+"""Inference backends behind one interface: ``load_backend(name, model_dir, **options) -> Backend``.
+
+Backend modules are imported on demand, and each imports its runtime only when activated,
+so a CPU deployment never imports TensorRT (or torch, if it uses ``onnxruntime``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from engines.backends.base import Backend, Embeddings
+from engines.errors import EngineError
+
+#: Backend name → "module:class", resolved lazily.
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "engines.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "engines.backends.torch:TorchBackend",
+    "tensorrt": "engines.backends.tensorrt:TensorRTBackend",
+}
+
+
+def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Backend:
+    """A backend for ``model_dir``, not yet active: use it as a context manager (or call ``activate()``).
+
+    Raises :class:`~engines.errors.ModelDirError` for a bad model directory,
+    :class:`~engines.errors.BackendUnavailable` when the runtime is missing here, and
+    :class:`~engines.errors.EngineError` for an unknown name or option.
+    """
+    try:
+        module_name, class_name = BACKENDS[name].split(":")
+    except KeyError:
+        raise EngineError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls(model_dir, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "Embeddings", "load_backend"]

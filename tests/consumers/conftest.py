@@ -1,0 +1,30 @@
+"""Models for the consumers tests: the shipped default model, and an untrained one for plumbing tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumers.settings import default_model_dir
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> Path:
+    """The model directory inside the package (made by `make model`)."""
+    path = default_model_dir()
+    assert (path / "model.json").is_file(), f"no shipped model at {path}: run `make model`"
+    return path
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised model at the default geometry: fast plumbing tests that need no accuracy."""
+    from engines.export import export_model
+    from engines.model import MultimodalModel
+    from engines.spec import ModelSpec
+
+    spec = ModelSpec(version="untrained", fusion="concat")
+    out = tmp_path_factory.mktemp("untrained-model")
+    export_model(MultimodalModel(spec).eval(), spec, out)
+    return out

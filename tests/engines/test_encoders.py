@@ -1,0 +1,76 @@
+"""Encoders: shapes, the fixed-basis log-mel front end against torch.stft, and the invariances they promise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
+
+from engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
+from engines.features import random_batch
+from engines.model import MultimodalModel
+from engines.spec import AUDIO_HOP, AUDIO_N_FFT
+
+
+def test_dft_conv_matches_torch_stft() -> None:
+    wave = torch.randn(3, 4000)
+    frontend = LogMel(16_000, 40)
+    spec = torch.nn.functional.conv1d(wave.unsqueeze(1), frontend.dft, stride=AUDIO_HOP)
+    power = spec[:, : frontend.bins] ** 2 + spec[:, frontend.bins :] ** 2
+    window = torch.hann_window(AUDIO_N_FFT)
+    stft = torch.stft(wave, AUDIO_N_FFT, AUDIO_HOP, window=window, center=False, return_complex=True)
+    torch.testing.assert_close(power, stft.abs() ** 2, rtol=1e-4, atol=1e-3)
+    assert frontend(wave).shape == (3, 40, 1 + (4000 - AUDIO_N_FFT) // AUDIO_HOP)
+
+
+def test_mel_filterbank_covers_the_spectrum_in_order() -> None:
+    bank = mel_filterbank(40, AUDIO_N_FFT, 16_000)
+    assert bank.shape == (40, AUDIO_N_FFT // 2 + 1) and bank.dtype == np.float32
+    assert (bank.max(axis=1) > 0).all()  # no empty filter
+    peaks = bank.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all() and peaks[-1] > peaks[0]
+
+
+def test_audio_encoder_ignores_loudness() -> None:
+    torch.manual_seed(0)
+    encoder = randomize(AudioEncoder(16, 16_000, 40)).eval()
+    wave = torch.randn(2, 16_000).clamp(-1, 1) * 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(wave * 0.05), encoder(wave), rtol=1e-3, atol=1e-3)
+        assert torch.isfinite(encoder(torch.zeros(1, 16_000))).all()  # digital silence
+
+
+def test_image_encoder_pools_over_time() -> None:
+    encoder = randomize(ImageEncoder(16, frames=4, image_size=32)).eval()
+    video = torch.rand(3, 4, 3, 32, 32)
+    with torch.no_grad():
+        out = encoder(video)
+        torch.testing.assert_close(encoder(video[:, [2, 0, 3, 1]]), out, rtol=1e-5, atol=1e-6)
+    assert out.shape == (3, 16)
+
+
+def test_text_encoder_ignores_padding() -> None:
+    encoder = TextEncoder(50, 8)
+    ids = torch.tensor([[5, 7, 9, 0, 0, 0]])
+    shifted = torch.tensor([[0, 5, 0, 7, 9, 0]])  # same ids, padding elsewhere
+    torch.testing.assert_close(encoder(shifted), encoder(ids))
+    assert torch.isfinite(encoder(torch.zeros(2, 6, dtype=torch.long))).all()
+
+
+@pytest.mark.parametrize(("name", "options"), HEAD_CONFIGS, ids=HEAD_IDS)
+def test_half_precision_model_stays_close(name: str, options: dict[str, Any]) -> None:
+    # What the torch backend does for fp16 on CUDA (CPU half runs the same code path here).
+    torch.manual_seed(0)
+    spec = tiny_spec(name, fusion_options=options)
+    model = randomize(MultimodalModel(spec)).eval()
+    batch = random_batch(spec, 3, 0)
+    inputs = [torch.from_numpy(getattr(batch, n)) for n in ("video", "audio", "text", "mask")]
+    with torch.no_grad():
+        expected = torch.softmax(model(*inputs), dim=-1)
+        model.half()
+        model.audio_encoder.frontend.float()
+        got = torch.softmax(model(*(t.half() if t.is_floating_point() else t for t in inputs)).float(), dim=-1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-2)
