@@ -45,11 +45,15 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="Partitions when fusionstream creates the topics (all three equal).")
     group_id: str = Field("fusionstream", description="Consumer group of the inference service.")
     client_id: str = Field("fusionstream", description="Kafka client id prefix.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (needs sasl_username and sasl_password)."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password; a secret, never printed.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
     exactly_once: bool = Field(False, description="Publish predictions and commit offsets in one Kafka transaction.")
 
     # Model
@@ -78,7 +82,7 @@ class Settings(BaseSettings):
 
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -21,7 +21,7 @@ class ModelDirError(EngineError):
     """A model directory is missing, incomplete, or its ``model.json`` is invalid."""
 
 
-class BackendUnavailable(EngineError):  # noqa: N818 -- the name the pipeline catches
+class BackendUnavailable(EngineError):
     """A backend's runtime (TensorRT, CUDA, ...) is not usable on this machine."""
 
 

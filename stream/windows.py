@@ -40,7 +40,8 @@ class WindowConfig:
             raise ValueError("window and hop must be positive")
         if self.hop_ns > self.window_ns:
             raise ValueError(
-                f"hop {self.hop_ns} ns is longer than the window {self.window_ns} ns: records would fall between windows"
+                f"hop {self.hop_ns} ns is longer than the window {self.window_ns} ns: "
+                "records would fall between windows"
             )
         if self.frames_per_window < 1:
             raise ValueError("frames_per_window must be at least 1")

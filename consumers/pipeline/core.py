@@ -73,8 +73,12 @@ class Pipeline:
         queue_windows: int = 256,
         decode_workers: int = 2,
         clock: Callable[[], int] = time.time_ns,
+        on_admit: Callable[[Any, int], None] | None = None,
     ) -> None:
         self.runner = runner
+        # Told (ref, number of windows) for every admitted record: the service's offset
+        # bookkeeping holds a record's offset until that many windows are published.
+        self._on_admit = on_admit
         self.aligner = Aligner(window_config)
         self.stats = PipelineStats()
         self._clock = clock
@@ -114,9 +118,13 @@ class Pipeline:
         for item in items:
             if isinstance(item, DeadLetter):
                 dead.append(item)
-            elif self.aligner.add(item, now).late:
+                continue
+            admission = self.aligner.add(item, now)
+            if admission.late:
                 dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
                                        item.stream_id))
+            elif self._on_admit is not None:
+                self._on_admit(item.ref, len(admission.window_starts))
         self.stats.records += len(records)
         self.stats.dead_letters += len(dead)
         await self._enqueue(self.aligner.poll(now))

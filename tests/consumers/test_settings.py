@@ -1,0 +1,57 @@
+"""Settings: defaults < TOML file < environment < flags, validated, secrets hidden, all documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from consumers.settings import Settings
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "fs.toml"
+    config.write_text('max_batch = 7\ngroup_id = "from-file"\nhop_ms = 250\n')
+    assert Settings.load(config).max_batch == 7
+    monkeypatch.setenv("FUSIONSTREAM_MAX_BATCH", "9")
+    settings = Settings.load(config)
+    assert (settings.max_batch, settings.group_id, settings.hop_ms) == (9, "from-file", 250)
+    assert Settings.load(config, max_batch=11, group_id=None).max_batch == 11
+    assert Settings.load().hop_ms == 500
+
+
+def test_window_settings_become_the_aligner_config() -> None:
+    config = Settings.load(window_ms=2000, hop_ms=1000, lateness_ms=50).window_config(
+        frames_per_window=4, sample_rate=16_000
+    )
+    assert (config.window_ns, config.hop_ns, config.lateness_ns) == (2 * 10**9, 10**9, 50 * 10**6)
+    assert config.samples_per_window == 32_000
+
+
+@pytest.mark.parametrize("flags", [{"hop_ms": 2000}, {"max_batch": 0}, {"sasl_mechanism": "PLAIN"},
+                                   {"backend": "tpu"}, {"no_such_setting": 1}])
+def test_bad_settings_are_refused(flags: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings.load(**flags)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml")
+
+
+def test_secrets_never_show() -> None:
+    settings = Settings.load(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc",
+                             sasl_password="hunter2")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    assert settings.kafka_security()["sasl_plain_password"] == "hunter2"
+
+
+def test_every_setting_is_documented() -> None:
+    text = DOC.read_text()
+    for name, field in Settings.model_fields.items():
+        assert f"`{name}`" in text and f"FUSIONSTREAM_{name.upper()}" in text, name
+        assert field.description, f"{name} has no description"
