@@ -31,5 +31,10 @@ kafka-start:
 kafka-stop:
 	scripts/kafka.sh stop
 
+# Retrains the shipped model and the fusion-head comparison (about 20 minutes on 2 cores).
+model: install
+	$(BIN)/fusionstream train engines/models/default --compare docs/fusion-heads.md --cache .cache/windows
+	$(BIN)/fusionstream evaluate engines/models/default --cache .cache/windows
+
 clean:
 	rm -rf $(VENV) docker/kafka/target .kafka

@@ -1,0 +1,54 @@
+"""`fusionstream train --data` on real labelled clips (MP4 with audio + SRT) that the test writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engines.spec import ModelSpec
+from tests.mediafiles import srt_for, write_digit_clip
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_labelled_clips(tmp_path: Path) -> None:
+    data = tmp_path / "clips"
+    data.mkdir()
+    rows = ["file,start_s,end_s,label"]
+    for n, digits in enumerate([[1, 4, 1], [4, 1, 4], [1, 1, 4]]):
+        name = f"clip{n}.mp4"
+        write_digit_clip(data / name, digits)
+        (data / f"clip{n}.srt").write_text(srt_for(digits))
+        rows += [f"{name},{2 * i},{2 * i + 2},{'one' if d == 1 else 'four'}" for i, d in enumerate(digits)]
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "consumers.cli"]
+    trained = subprocess.run([*cmd, "train", str(out), "--data", str(data), "--fusion", "concat", "--epochs", "3"],
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert trained.returncode == 0, trained.stderr + trained.stdout
+    spec = ModelSpec.load(out)
+    assert spec.classes == ["four", "one"] and spec.fusion == "concat"
+    assert all((out / name).is_file() for name in spec.files.values())
+
+    evaluated = subprocess.run([*cmd, "evaluate", str(out), "--data", str(data), "--json"],
+                               capture_output=True, text=True, timeout=600, check=False)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert result["windows"] >= 10 and set(result["single"]) == {"video", "audio", "text"}
+    assert 0.0 <= result["fused"] <= 1.0
+
+
+def test_bad_labels_file_names_the_line(tmp_path: Path) -> None:
+    from consumers.training.clips import read_labels
+
+    (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\nmissing.mp4,0,1,one\n")
+    with pytest.raises(FileNotFoundError, match="labels.csv:2"):
+        read_labels(tmp_path)
+    (tmp_path / "a.mp4").write_bytes(b"")
+    (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\na.mp4,2,1,one\n")
+    with pytest.raises(ValueError, match="labels.csv:2"):
+        read_labels(tmp_path)
