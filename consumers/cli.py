@@ -129,6 +129,72 @@ def export(
     export_command(model_dir, out or model_dir)
 
 
+from consumers.producers.cli import produce_app  # noqa: E402  (imports only typer and the settings)
+
+app.add_typer(produce_app, name="produce")
+
+
+@app.command()
+def tail(
+    as_json: Annotated[bool, typer.Option("--json", help="Print each prediction as its raw JSON value, one per line.")] = False,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest retained prediction instead of new ones.")] = False,
+    stream: Annotated[Optional[list[str]], typer.Option("--stream", help="Only this stream id (repeat for several).")] = None,  # noqa: UP045
+    limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N predictions.")] = None,  # noqa: UP045
+    read_committed: Annotated[bool, typer.Option("--read-committed", help="Hide predictions of aborted transactions (exactly-once mode).")] = False,
+    until_end: Annotated[bool, typer.Option("--until-end", help="Stop at the end of the topic instead of waiting for more.")] = False,
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    topic: Annotated[Optional[str], typer.Option("--topic", help="Predictions topic (default: settings).")] = None,  # noqa: UP045
+    config: ConfigOpt = None,
+) -> None:
+    """Print predictions as they are published, one line each (or raw JSON lines with --json).
+
+    Each line: stream, window start (local time), label and score, the modalities the window
+    had (V A T), and the capture→publish latency the service measured.
+    """
+    from aiokafka.errors import KafkaError
+    from rich.console import Console
+    from rich.markup import escape
+
+    from consumers.subscribers.tail import run_tail
+    from stream.errors import FusionStreamError
+
+    settings = Settings.load(config, bootstrap_servers=bootstrap, predictions_topic=topic)
+    try:
+        run_tail(settings, as_json=as_json, from_beginning=from_beginning, stream_ids=stream, limit=limit,
+                 read_committed=read_committed, until_end=until_end)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (FusionStreamError, KafkaError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc) or repr(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Publish predictions and commit offsets in one Kafka transaction (default: settings, at-least-once).")] = None,  # noqa: UP045
+    instance_id: Annotated[Optional[str], typer.Option("--instance-id", envvar="FUSIONSTREAM_INSTANCE_ID", help="Stable name of this instance (default: host name). Exactly-once derives its transactional id from it: keep it across restarts, make it differ between instances.")] = None,  # noqa: UP045
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    group: Annotated[Optional[str], typer.Option("--group", help="Consumer group (default: settings).")] = None,  # noqa: UP045
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /healthz; 0 turns them off (default: settings).")] = None,  # noqa: UP045
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the Kafka inference service: consume the input topics, publish one prediction per window.
+
+    Joins the consumer group (range assignment; run several instances to scale out), creates
+    missing topics, sends undecodable and late records to the dead-letter topic, serves
+    Prometheus /metrics and /healthz, and stops gracefully on SIGTERM/SIGINT (closed windows
+    published, offsets committed; open windows are completed by the next owner).
+    """
+    from consumers.service import run_service
+
+    settings = Settings.load(config, model_dir=model, backend=backend, exactly_once=exactly_once,
+                             bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port)
+    _setup_logging(settings)
+    raise typer.Exit(run_service(settings, instance_id=instance_id))
+
+
 def main() -> None:
     app()
 

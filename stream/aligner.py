@@ -170,6 +170,30 @@ class Aligner:
             self._tombstones.pop(stream_id, None)
         self.stats.open_streams = len(self._streams)
 
+    def resume(self, stream_id: str, emitted_until_ns: int) -> None:
+        """Treat every window of ``stream_id`` starting before ``emitted_until_ns`` as already emitted.
+
+        For a restart, or a new owner of the stream's partition: the windows published
+        before stay closed, so replayed records cannot emit them again (records that
+        belong only to them are late). The time is rounded up to a window start; a
+        stream never moves backwards. Meant for a stream with no open state: an open
+        stream's buffered windows before the time are discarded, not emitted.
+        """
+        hop = self.config.hop_ns
+        until = -(-emitted_until_ns // hop) * hop
+        state = self._streams.get(stream_id)
+        if state is not None:
+            if state.next_start_ns is None or state.next_start_ns < until:
+                state.next_start_ns = until
+                for buffer in state.buffers.values():
+                    buffer.prune_before(until)
+            return
+        if self._tombstones.get(stream_id, _NEVER) < until:
+            self._tombstones[stream_id] = until
+            self._tombstones.move_to_end(stream_id)
+            while len(self._tombstones) > self.config.tombstones:
+                self._tombstones.popitem(last=False)
+
     def watermark(self, stream_id: str, now_ns: int) -> int | None:
         """The stream's current watermark (None if unknown), for metrics and tests."""
         state = self._streams.get(stream_id)

@@ -46,9 +46,9 @@ def test_bad_labels_file_names_the_line(tmp_path: Path) -> None:
     from consumers.training.clips import read_labels
 
     (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\nmissing.mp4,0,1,one\n")
-    with pytest.raises(FileNotFoundError, match="labels.csv:2"):
+    with pytest.raises(FileNotFoundError, match=r"labels\.csv:2"):
         read_labels(tmp_path)
     (tmp_path / "a.mp4").write_bytes(b"")
     (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\na.mp4,2,1,one\n")
-    with pytest.raises(ValueError, match="labels.csv:2"):
+    with pytest.raises(ValueError, match=r"labels\.csv:2"):
         read_labels(tmp_path)

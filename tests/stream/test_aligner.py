@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from stream.aligner import Aligner
+from stream.aligner import Aligner, last_instant
 from stream.records import AudioChunk, Frame, TextSegment
 from stream.windows import NS, WindowConfig
 
@@ -174,6 +174,33 @@ def test_a_silent_stream_closes_by_timeout_and_its_state_is_evicted() -> None:
     assert aligner.stream_ids == [] and aligner.stats.evicted_streams == 1
     # The tombstone still rejects records of windows that were already published.
     assert aligner.add(frame(100), 11 * NS).late
+
+
+def test_resume_keeps_published_windows_closed_when_their_records_are_replayed() -> None:
+    items = sorted(av("s", 0, 3000), key=lambda i: i.t_start_ns)
+    reference = Aligner()
+    first_run = by_id(feed(reference, items) + reference.flush())
+    aligner = Aligner()
+    # Windows up to (not including) the one starting at 1.0 s were published; 0.9 s rounds up to 1.0 s.
+    aligner.resume("s", T0 + 900 * MS)
+    aligner.resume("s", T0 + 100 * MS)  # never backwards
+    admissions = [aligner.add(item, 0) for item in items]
+    windows = [*aligner.poll(0), *aligner.flush()]
+    starts = [(w.t_start_ns - T0) // MS for w in windows]
+    assert starts == list(range(1000, 3000, 500))
+    # A replayed record that belongs only to published windows is late; one that straddles joins the rest.
+    late = [item for item, a in zip(items, admissions, strict=True) if a.late]
+    assert late == [item for item in items if last_instant(item) < T0 + 1000 * MS]
+    assert all(min(a.window_starts) >= T0 + 1000 * MS for a in admissions if not a.late)
+    # The rebuilt windows equal the ones of an uninterrupted run.
+    for w in windows:
+        assert w.mask == first_run[w.window_id].mask and len(w.refs) == len(first_run[w.window_id].refs)
+    # An open stream is moved forward too, and resume does not resurrect dropped state.
+    aligner.resume("s", T0 + 10_000 * MS)
+    assert aligner.add(frame(2900), 0).late
+    aligner.drop(["s"])
+    aligner.resume("t", T0)
+    assert aligner.stream_ids == [] and not aligner.add(frame(0, "t"), 0).late
 
 
 def test_overlapping_windows_share_records() -> None:

@@ -1,0 +1,332 @@
+"""`fusionstream produce ...`: publish a source's records to the input topics, with a live status line.
+
+Imports only typer and the settings at module level: ``fusionstream --help`` must not pay
+for OpenCV, PyAV or aiokafka. Every command opens its source after the topics are ready,
+so that a replay's event times start when publishing does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+
+import typer
+
+from consumers.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from consumers.producers.publish import Published
+    from stream.records import Record
+
+produce_app = typer.Typer(
+    name="produce",
+    help=(
+        "Publish video frames, audio chunks and transcript text to the input topics (key = stream id, "
+        "timestamp = event time). Files and the synthetic source are replayed in real time by default."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (lowest precedence after defaults).")]  # noqa: E501, UP045
+BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")]  # noqa: E501, UP045
+PartitionsOpt = Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions of each input topic when creating them (default: settings).")]  # noqa: E501, UP045
+StreamOpt = Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (the Kafka key).")]  # noqa: UP045
+NoPacingOpt = Annotated[bool, typer.Option("--no-pacing", help="Send as fast as possible instead of in real time.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final counts as one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")]
+SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
+FpsOpt = Annotated[Optional[float], typer.Option("--fps", min=0.1, help="Highest frame rate to publish (frames are dropped to hold it).")]  # noqa: E501, UP045
+
+EXIT_INTERRUPTED = 130
+
+
+def _settings(config: Path | None, bootstrap: str | None, partitions: int | None) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings.load(config, bootstrap_servers=bootstrap, partitions=partitions)
+    except (ValidationError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _live_stream_id() -> str:
+    """Camera, microphone and live captions of one machine default to one stream: its host name."""
+    return socket.gethostname() or "live"
+
+
+@produce_app.command()
+def synthetic(
+    streams: Annotated[int, typer.Option(min=1, help="Synthetic streams side by side.")] = 2,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Length of each stream.")] = 30.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed: the same seed gives the same records.")] = 0,
+    fast: Annotated[bool, typer.Option("--fast", help="As fast as possible, with the source's own reproducible event times (from 2026-01-01).")] = False,  # noqa: E501
+    truth: Annotated[Optional[Path], typer.Option("--truth", dir_okay=False, help="Write the ground truth (JSON) here, for scoring the predictions later.")] = None,  # noqa: E501, UP045
+    prefix: Annotated[str, typer.Option(help="Stream ids are PREFIX-00, PREFIX-01, ...")] = "cam",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The synthetic AV-digit streams (video, speech, transcript) with ground truth."""
+    settings = _settings(config, bootstrap, partitions)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import synthetic_source
+        from stream.sources import SyntheticConfig
+
+        source, ground_truth = synthetic_source(
+            SyntheticConfig(streams=streams, seconds=seconds, seed=seed, stream_prefix=prefix), realtime=not fast
+        )
+        if truth is not None:
+            truth.write_text(json.dumps(ground_truth.to_dict()) + "\n")
+        return source
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+@produce_app.command()
+def video(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A media file (video and audio tracks).")],
+    captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions of the file.")] = None,  # noqa: E501, UP045
+    stream_id: StreamOpt = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Replay forever, each pass continuing the last one's timeline.")] = False,  # noqa: E501
+    no_pacing: NoPacingOpt = False,
+    fps: FpsOpt = None,
+    size: SizeOpt = None,
+    language: Annotated[str, typer.Option(help="Language of the captions.")] = "en",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A media file's frames (JPEG), its audio track (PCM) and optional captions, as one stream (default id: FILE's stem)."""  # noqa: E501
+    settings = _settings(config, bootstrap, partitions)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import media_source
+
+        return media_source(
+            file, stream_id or file.stem, captions=captions, loop=loop, realtime=not no_pacing, max_fps=fps,
+            size=size, language=language,
+        )
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+@produce_app.command()
+def camera(
+    index_or_url: Annotated[str, typer.Argument(metavar="INDEX_OR_URL", help="Camera index (0, 1, ...), device path or stream URL (rtsp://...).")],  # noqa: E501
+    stream_id: Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (default: this host's name, shared with `mic`).")] = None,  # noqa: E501, UP045
+    fps: FpsOpt = None,
+    size: SizeOpt = None,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 85,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Live frames from a camera or a video stream, stamped with the wall clock when grabbed. Ctrl-C stops."""
+    settings = _settings(config, bootstrap, partitions)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import camera_source
+
+        return camera_source(index_or_url, stream_id or _live_stream_id(), fps=fps, size=size, quality=quality)
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+@produce_app.command()
+def audio(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An audio or video file.")],
+    stream_id: StreamOpt = None,
+    no_pacing: NoPacingOpt = False,
+    sample_rate: Annotated[Optional[int], typer.Option(min=1000, help="Resample to this rate (default: the track's).")] = None,  # noqa: E501, UP045
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The first audio track of a file, as mono 16-bit PCM chunks (default id: FILE's stem)."""
+    settings = _settings(config, bootstrap, partitions)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import audio_source
+
+        return audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate)
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+@produce_app.command()
+def mic(
+    device: Annotated[Optional[str], typer.Option("--device", help="Input device index or name (default: the system's default input).")] = None,  # noqa: E501, UP045
+    stream_id: Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (default: this host's name, shared with `camera`).")] = None,  # noqa: E501, UP045
+    sample_rate: Annotated[int, typer.Option(min=1000, help="Capture rate.")] = 16_000,
+    chunk_ms: Annotated[float, typer.Option(min=1, help="Milliseconds of audio per record.")] = 40,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Live audio from a microphone (PortAudio), timed from the audio callback. Ctrl-C stops."""
+    settings = _settings(config, bootstrap, partitions)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import microphone_source
+
+        return microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
+                                 chunk_ms=chunk_ms)
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+@produce_app.command()
+def captions(
+    file: Annotated[str, typer.Argument(metavar="FILE|-", help="An SRT or WebVTT file, or - for live lines on stdin.")],
+    stream_id: Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (default: FILE's stem; for stdin this host's name).")] = None,  # noqa: E501, UP045
+    no_pacing: NoPacingOpt = False,
+    language: Annotated[str, typer.Option(help="Language tag of the text.")] = "en",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    bootstrap: BootstrapOpt = None,
+    partitions: PartitionsOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Transcript segments: a caption file's cues from now on, or one segment per stdin line as it arrives."""
+    settings = _settings(config, bootstrap, partitions)
+    if file != "-" and not Path(file).is_file():
+        _fail(f"no such caption file: {file}")
+    sid = stream_id or (_live_stream_id() if file == "-" else Path(file).stem)
+
+    def records() -> Iterator[Record]:
+        from consumers.producers.sources import captions_source
+
+        return captions_source(file, sid, realtime=not no_pacing, language=language)
+
+    _produce(settings, records, as_json=as_json, quiet=quiet)
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def _produce(settings: Settings, records: Callable[[], Iterator[Record]], *, as_json: bool, quiet: bool) -> None:
+    """Prepare the topics, open the source, publish with a status line; map failures to one clear line."""
+    from aiokafka.errors import KafkaError
+    from rich.console import Console
+
+    from consumers.producers.publish import Published, prepare_topics, publish
+    from stream.errors import FusionStreamError
+
+    console = Console(stderr=True)
+    status = _Status(console, settings, quiet=quiet)
+    latest = Published()
+
+    def progress(published: Published) -> None:
+        nonlocal latest
+        latest = published
+        status.update(published)
+
+    async def main() -> Published:
+        await prepare_topics(settings)
+        source = records()
+        status.start()
+        return await publish(source, settings, create_topics=False, progress=progress)
+
+    interrupted = False
+    try:
+        latest = asyncio.run(main())
+    except KeyboardInterrupt:
+        interrupted = True
+    except (FusionStreamError, KafkaError, OSError, ValueError) as exc:
+        status.stop()
+        _fail(str(exc) or repr(exc), console)
+    finally:
+        status.stop()
+    _summary(console, latest, interrupted=interrupted, quiet=quiet)
+    if as_json:
+        typer.echo(json.dumps(latest.to_dict(), separators=(",", ":")))
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+class _Status:
+    """One live line on stderr: records acknowledged per modality, rate and throughput."""
+
+    def __init__(self, console: Console, settings: Settings, *, quiet: bool) -> None:
+        self._console = console
+        self._quiet = quiet
+        self._where = f"{settings.bootstrap_servers}"
+        self._live: Live | None = None
+        self._since = time.monotonic()
+
+    def start(self) -> None:
+        from rich.live import Live
+
+        if self._quiet or self._live is not None:
+            return
+        live = Live(self._line(None), console=self._console, refresh_per_second=4, transient=True)
+        live.start()
+        self._live = live
+
+    def update(self, published: Published) -> None:
+        if self._live is not None:
+            self._live.update(self._line(published))
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _line(self, published: Published | None) -> Text:
+        from rich.text import Text
+
+        line = Text.assemble(("▶ ", "green"), ("producing to ", "dim"), (self._where, "cyan"), "  ")
+        if published is None:
+            return line + Text("waiting for the first record…", style="dim")
+        for label, style in (("video", "magenta"), ("audio", "yellow"), ("text", "blue")):
+            line.append(f"{label} ", style=style)
+            line.append(f"{published.records[label]:,}  ")
+        mb_s = published.bytes / published.elapsed_s / 1e6 if published.elapsed_s > 0 else 0.0
+        line.append(f"│ {published.rate:,.0f} rec/s  {mb_s:.2f} MB/s  │ {len(published.streams)} streams  "
+                    f"│ {published.elapsed_s:.1f} s", style="dim")
+        return line
+
+
+def _summary(console: Console, published: Published, *, interrupted: bool, quiet: bool) -> None:
+    if quiet:
+        return
+    counts = ", ".join(f"{label} {n:,}" for label, n in published.records.items())
+    how = "stopped after" if interrupted else "published"
+    console.print(
+        f"[green]{how}[/] {published.total:,} records ({counts}; {published.bytes / 1e6:.1f} MB) "
+        f"from {len(published.streams)} stream(s) in {published.elapsed_s:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _fail(message: str, console: Console | None = None) -> NoReturn:
+    from rich.console import Console
+    from rich.markup import escape
+
+    (console or Console(stderr=True)).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
+
+
+__all__ = ["produce_app"]

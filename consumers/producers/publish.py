@@ -1,0 +1,316 @@
+"""Publish wire records to the three input topics: the core of every `fusionstream produce` command.
+
+:func:`publish` takes any iterable of :class:`~stream.records.Record` (a file, a camera,
+the synthetic source; paced or not) and sends each one to the topic of its modality,
+keyed by its stream id, stamped with its event time in ms (DESIGN §1). Sources are
+blocking iterators (decoding, JPEG encoding, ``time.sleep`` while pacing, a camera's
+``grab``), so they run in a daemon thread that feeds the event loop through a bounded
+queue: aiokafka's sender runs on the loop and must never wait behind a source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from consumers.producers.errors import BrokerUnavailable, PublishError
+from consumers.settings import Settings
+from stream.records import MODALITIES, Modality, Record
+from stream.wire import encode
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger(__name__)
+
+#: Records a source may run ahead of the producer (backpressure on the source thread).
+SOURCE_QUEUE = 1024
+#: Sent but unacknowledged records before publishing waits for acknowledgements.
+MAX_IN_FLIGHT = 10_000
+#: How often ``progress`` is called, at most.
+PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass(slots=True)
+class Published:
+    """What :func:`publish` got acknowledged: records per modality, bytes, streams, time taken."""
+
+    records: dict[str, int] = field(default_factory=lambda: {m.label: 0 for m in MODALITIES})
+    bytes: int = 0
+    streams: set[str] = field(default_factory=set)
+    elapsed_s: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.records.values())
+
+    @property
+    def rate(self) -> float:
+        """Acknowledged records per second so far."""
+        return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": dict(self.records),
+            "total": self.total,
+            "bytes": self.bytes,
+            "streams": sorted(self.streams),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "records_per_s": round(self.rate, 1),
+        }
+
+
+def topics_of(settings: Settings) -> dict[Modality, str]:
+    """The input topic of each modality."""
+    return {
+        Modality.VIDEO: settings.video_topic,
+        Modality.AUDIO: settings.audio_topic,
+        Modality.TEXT: settings.text_topic,
+    }
+
+
+def producer_for(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
+    """An unstarted idempotent ``acks=all`` producer for ``settings``' cluster (call from a coroutine)."""
+    from consumers.kafka import make_producer
+
+    options = {"client_id": f"{settings.client_id}-producer", **settings.kafka_security(), **kwargs}
+    return make_producer(settings.bootstrap_servers, **options)
+
+
+async def prepare_topics(settings: Settings) -> None:
+    """Create the three input topics with ``settings.partitions`` each; refuse unequal existing ones."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from consumers.kafka import ensure_topics
+
+    try:
+        await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions)
+    except KafkaConnectionError as exc:
+        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+
+
+async def publish(
+    records: Iterable[Record] | AsyncIterable[Record],
+    settings: Settings,
+    *,
+    producer: AIOKafkaProducer | None = None,
+    create_topics: bool = True,
+    progress: Callable[[Published], None] | None = None,
+) -> Published:
+    """Send every record to its modality's topic; return once all of them are acknowledged.
+
+    Key = stream id (UTF-8), timestamp = ``t_start_ns // 1_000_000``, value = the wire
+    bytes. The topics are created first (``create_topics``) with equal partition counts.
+    Without ``producer`` one is made from ``settings`` and stopped at the end; a given
+    producer must be started and is left running. ``progress`` is called with the running
+    counts every :data:`PROGRESS_INTERVAL_S` and once at the end. A record the broker
+    refuses raises :class:`PublishError`; one the source could not make raises the
+    source's own error (a missing file, a camera that stopped). Either way, what was
+    sent before is flushed first.
+    """
+    from aiokafka.errors import KafkaConnectionError
+
+    if create_topics:
+        await prepare_topics(settings)
+    own = producer is None
+    if producer is None:
+        producer = producer_for(settings)
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+    sender = _Sender(producer, topics_of(settings), progress)
+    try:
+        async with contextlib.aclosing(_records(records)) as source:  # stops the source thread however we leave
+            async for record in source:
+                await sender.send(record)
+        await sender.drain()
+    finally:
+        try:
+            # What was sent goes out before an error propagates (stop flushes too).
+            await (producer.stop() if own else producer.flush())
+        except Exception:
+            log.exception("flushing the producer")
+        sender.finish()
+    return sender.published
+
+
+class _Sender:
+    """Sends records, counts each one as its acknowledgement arrives, and keeps the first failure."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: dict[Modality, str], progress: Callable[[Published], None] | None
+    ) -> None:
+        self.producer = producer
+        self.topics = topics
+        self.published = Published()
+        self._progress = progress
+        self._started = time.monotonic()
+        self._reported = 0.0
+        self._in_flight = 0
+        self._room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT are unacknowledged
+        self._room.set()
+        self._idle = asyncio.Event()  # set while nothing is unacknowledged
+        self._idle.set()
+        self._error: PublishError | None = None
+
+    async def send(self, record: Record) -> None:
+        from aiokafka.errors import KafkaError
+
+        self._raise_failure()
+        value = encode(record)
+        topic = self.topics[record.modality]
+        try:
+            future = await self.producer.send(
+                topic, value=value, key=record.stream_id.encode("utf-8"), timestamp_ms=record.t_start_ns // 1_000_000
+            )
+        except KafkaError as exc:
+            raise _failure(exc, record, topic, len(value)) from exc
+        self._in_flight += 1
+        self._idle.clear()
+        if self._in_flight >= MAX_IN_FLIGHT:
+            self._room.clear()
+        future.add_done_callback(functools.partial(self._acknowledged, record, len(value)))
+        await self._room.wait()
+
+    async def drain(self) -> None:
+        """Wait for every acknowledgement; raise the first failure."""
+        await self._idle.wait()
+        self._raise_failure()
+
+    def finish(self) -> None:
+        self.published.elapsed_s = time.monotonic() - self._started
+        if self._progress is not None:
+            self._progress(self.published)
+
+    def _acknowledged(self, record: Record, size: int, future: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
+        if self._in_flight < MAX_IN_FLIGHT:
+            self._room.set()
+        if not self._in_flight:
+            self._idle.set()
+        if future.cancelled() or future.exception() is not None:
+            if self._error is None:
+                exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+                self._error = _failure(exc, record, self.topics[record.modality], size)
+                self._error.__cause__ = exc
+            self._room.set()  # a sender waiting for room raises it at once
+            return
+        published = self.published
+        published.records[record.modality.label] += 1
+        published.bytes += size
+        published.streams.add(record.stream_id)
+        now = time.monotonic()
+        if self._progress is not None and now - self._reported >= PROGRESS_INTERVAL_S:
+            self._reported = now
+            published.elapsed_s = now - self._started
+            self._progress(published)
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+def _failure(exc: BaseException | None, record: Record, topic: str, size: int) -> PublishError:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    what = f"{record.modality.label} record {record.stream_id}#{record.seq} ({size} bytes) to {topic}"
+    if isinstance(exc, MessageSizeTooLargeError):
+        return PublishError(
+            f"{what} is too large for Kafka ({exc}); shrink frames with --size, or raise "
+            "max_request_size and the broker's message.max.bytes"
+        )
+    return PublishError(f"{what} was not delivered: {exc!r}", retriable=bool(getattr(exc, "retriable", False)))
+
+
+async def _records(records: Iterable[Record] | AsyncIterable[Record]) -> AsyncIterator[Record]:
+    if isinstance(records, AsyncIterable):
+        async for record in records:
+            yield record
+        return
+    pump = _Pump(iter(records), asyncio.get_running_loop())
+    try:
+        while (record := await pump.get()) is not None:
+            yield record
+    finally:
+        pump.stop()
+
+
+class _Pump:
+    """Iterates a blocking source in a daemon thread; the event loop awaits its records.
+
+    A daemon thread rather than the loop's executor: a source may block indefinitely (stdin,
+    a camera that hangs), and an executor thread would keep the process from exiting. The
+    thread also closes the source (a generator can only be closed by the thread running it).
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator[Record], loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: queue.Queue[Any] = queue.Queue(SOURCE_QUEUE)
+        self._ready = asyncio.Event()
+        self._stopped = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(source,), name="fusionstream-source", daemon=True)
+        self._thread.start()
+
+    async def get(self) -> Record | None:
+        """The next record, or None at the end of the source; re-raises what the source raised."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                self._ready.clear()
+                if self._queue.empty():  # the thread may have put one between the two checks
+                    await self._ready.wait()
+                continue
+            if item is self._END:
+                if self._error is not None:
+                    raise self._error
+                return None
+            return item
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self, source: Iterator[Record]) -> None:
+        try:
+            for record in source:
+                if not self._put(record):
+                    return
+        except BaseException as exc:  # handed to the loop, which re-raises it
+            self._error = exc
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing the source")
+        self._put(self._END)
+
+    def _put(self, item: object) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+            except queue.Full:
+                continue
+            try:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return False
+            return True
+        return False
+
+
+__all__ = ["Published", "prepare_topics", "producer_for", "publish", "topics_of"]

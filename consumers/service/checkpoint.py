@@ -1,0 +1,99 @@
+"""What a committed offset remembers besides the offset: the commit metadata string.
+
+Kafka stores a short string with every committed offset, atomically with it (and, in
+exactly-once mode, inside the same transaction as the predictions). The service
+keeps two things there, per input partition:
+
+- ``replay_mark``: records below this offset were fully handled; when a restart
+  re-reads them, their dead letters are not sent a second time;
+- ``streams``: per stream of the partition, the start of its first window that was
+  *not* published yet. On assignment the aligner is told (``Aligner.resume``), so
+  windows that were published before stay closed when their records are re-read.
+
+Encoding (JSON, ASCII, at most :data:`MAX_CHARS` characters, because brokers refuse
+commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
+
+    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...}}
+
+where a stream's time is ``(b + k) * h`` nanoseconds. When the streams do not fit,
+the ones furthest behind are left out (they lose only the duplicate protection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+#: Kafka's default ``offset.metadata.max.bytes`` is 4096; keep clear of it.
+MAX_CHARS = 3900
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The metadata committed with one input partition's offset."""
+
+    replay_mark: int = -1
+    #: stream id -> start (ns) of the stream's first window not yet published.
+    streams: Mapping[str, int] = field(default_factory=dict)
+
+    def encode(self, hop_ns: int, *, max_chars: int = MAX_CHARS) -> str:
+        """The metadata string; streams furthest behind are dropped when it would not fit."""
+        if hop_ns <= 0:
+            raise ValueError("hop_ns must be positive")
+        # Window starts are multiples of the hop; round up, as Aligner.resume does.
+        ticks = {sid: -(-until // hop_ns) for sid, until in self.streams.items()}
+        ordered = sorted(ticks.items(), key=lambda kv: kv[1], reverse=True)
+        keep = len(ordered)
+        while True:
+            chosen = ordered[:keep]
+            base = min((k for _, k in chosen), default=0)
+            text = json.dumps(
+                {"v": VERSION, "r": self.replay_mark, "h": hop_ns, "b": base, "s": {s: k - base for s, k in chosen}},
+                separators=(",", ":"),
+                ensure_ascii=True,
+            )
+            if len(text) <= max_chars or keep == 0:
+                break
+            # Shrink proportionally to the excess, at least by one stream.
+            keep = min(keep - 1, int(keep * max_chars / len(text)))
+        if keep < len(ordered):
+            log.warning(
+                "commit metadata holds %d of %d streams (limit %d characters); the %d furthest behind lose "
+                "duplicate protection on restart", keep, len(ordered), max_chars, len(ordered) - keep,
+            )
+        return text
+
+    @classmethod
+    def decode(cls, text: str | None) -> Checkpoint | None:
+        """Parse metadata written by :meth:`encode`; None for empty, foreign or damaged metadata."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("v") != VERSION:
+                return None
+            hop, base, mark = int(data["h"]), int(data["b"]), int(data["r"])
+            streams = {str(sid): (base + int(k)) * hop for sid, k in dict(data["s"]).items()}
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring commit metadata that is not a fusionstream checkpoint: %.80r", text)
+            return None
+        if hop <= 0:
+            return None
+        return cls(replay_mark=mark, streams=streams)
+
+    @staticmethod
+    def merge(checkpoints: list[Checkpoint | None]) -> dict[str, int]:
+        """The streams of several checkpoints (the three topics of one partition), latest time per stream."""
+        merged: dict[str, int] = {}
+        for checkpoint in checkpoints:
+            if checkpoint is None:
+                continue
+            for sid, until in checkpoint.streams.items():
+                if until > merged.get(sid, -(2**63)):
+                    merged[sid] = until
+        return merged

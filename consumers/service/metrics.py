@@ -1,0 +1,169 @@
+"""Prometheus metrics of one service instance, and the tiny HTTP server for ``/metrics`` and ``/healthz``.
+
+Every instance has its own :class:`~prometheus_client.CollectorRegistry` (not the
+global one), so several services can run in one process (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consumers.pipeline.prediction import MODALITY_NAMES, Prediction
+
+log = logging.getLogger(__name__)
+
+_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_COVERAGE = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServiceMetrics:
+    """The service's counters, gauges and histograms (names start with ``fusionstream_``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        ns = "fusionstream"
+        self.capture_to_publish = Histogram(
+            "capture_to_publish_seconds", "Window end (event time) to the prediction being sent, wall clock.",
+            namespace=ns, buckets=_LATENCY_S, registry=registry,
+        )
+        self.close_to_prediction = Histogram(
+            "close_to_prediction_seconds", "Window closed by the aligner to prediction made.",
+            namespace=ns, buckets=_LATENCY_S, registry=registry,
+        )
+        self.queue = Histogram(
+            "queue_seconds", "Window closed to its batch entering the engine.",
+            namespace=ns, buckets=_LATENCY_S, registry=registry,
+        )
+        self.inference = Histogram(
+            "inference_seconds", "Engine time of the batch a window was in.",
+            namespace=ns, buckets=_LATENCY_S, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "batch_size", "Size of the inference batch each window was in.",
+            namespace=ns, buckets=_BATCH, registry=registry,
+        )
+        self.coverage = Histogram(
+            "modality_coverage", "Fraction of each window covered by a modality.",
+            ["modality"], namespace=ns, buckets=_COVERAGE, registry=registry,
+        )
+        self.records = Counter(
+            "records_consumed", "Input records fetched, per topic.", ["topic"], namespace=ns, registry=registry
+        )
+        self.windows = Counter(
+            "windows_emitted", "Windows closed and predicted, by what closed them.", ["closed_by"],
+            namespace=ns, registry=registry,
+        )
+        self.published = Counter(
+            "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
+        )
+        self.late = Counter(
+            "late_records", "Records older than every open window of their stream.", namespace=ns, registry=registry
+        )
+        self.dead_letters = Counter(
+            "dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"],
+            namespace=ns, registry=registry,
+        )
+        self.replayed = Counter(
+            "replayed_dead_letters",
+            "Re-read records whose dead letter an earlier run already sent (not sent again).",
+            namespace=ns, registry=registry,
+        )
+        self.commits = Counter(
+            "commits", "Offset commits (or transactions) completed.", namespace=ns, registry=registry
+        )
+        self.rebalances = Counter(
+            "rebalances", "Partition assignments received.", namespace=ns, registry=registry
+        )
+        self.pauses = Counter(
+            "fetch_pauses", "Times fetching was paused for backpressure.", namespace=ns, registry=registry
+        )
+        self.lag = Gauge(
+            "consumer_lag", "High watermark minus the next offset to fetch, per input partition.",
+            ["topic", "partition"], namespace=ns, registry=registry,
+        )
+        self.backlog = Gauge(
+            "backlog_windows", "Windows closed but not yet predicted.", namespace=ns, registry=registry
+        )
+        self.held = Gauge(
+            "held_records", "Fetched records whose offsets cannot be committed yet.", namespace=ns, registry=registry
+        )
+        self.open_streams = Gauge(
+            "open_streams", "Streams with state in the aligner.", namespace=ns, registry=registry
+        )
+        self.assigned = Gauge(
+            "assigned_partitions", "Input partitions owned by this instance.", namespace=ns, registry=registry
+        )
+        self.paused = Gauge(
+            "paused", "1 while fetching is paused for backpressure.", namespace=ns, registry=registry
+        )
+        for modality in MODALITY_NAMES:
+            self.coverage.labels(modality)
+
+    def observe_prediction(self, prediction: Prediction, capture_to_publish_ms: float) -> None:
+        self.capture_to_publish.observe(max(capture_to_publish_ms, 0.0) / 1000)
+        self.close_to_prediction.observe(prediction.latency_ms / 1000)
+        self.queue.observe(prediction.queue_ms / 1000)
+        self.inference.observe(prediction.inference_ms / 1000)
+        self.batch_size.observe(prediction.batch_size)
+        self.windows.labels(prediction.closed_by).inc()
+        for modality, value in zip(MODALITY_NAMES, prediction.coverage, strict=True):
+            self.coverage.labels(modality).observe(value)
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` on a port, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
+                 port: int, host: str = "0.0.0.0") -> None:
+        handler = _handler(registry, health)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fs-metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics on http://0.0.0.0:%d/metrics, health on /healthz", self.port)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+
+def _handler(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/health"):
+                ok, detail = health()
+                body = json.dumps({"status": "ok" if ok else "unavailable", **detail}).encode()
+                self._reply(200 if ok else 503, body, "application/json")
+            else:
+                self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("metrics http: " + format, *args)
+
+    return Handler

@@ -1,0 +1,206 @@
+"""Publishing predictions and dead letters, and telling the offset tracker when the broker has them.
+
+At-least-once: every send is acknowledged by all in-sync replicas (``acks=all``,
+idempotent producer) before the records it came from are released for commit.
+
+Exactly-once: the producer is transactional. Sends go into the open transaction;
+:meth:`Publisher.commit_transaction` waits for every send of the transaction,
+adds the input offsets (with their checkpoints) and commits, so predictions, dead
+letters and offsets become visible together or not at all.
+
+A failed send or transaction is fatal: the service stops without committing past
+it, and the next run re-reads from the last commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from consumers.pipeline.core import DeadLetter, Pipeline
+from consumers.pipeline.prediction import Prediction
+from consumers.service.metrics import ServiceMetrics
+from consumers.service.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[TopicPartition, tuple[int, str]]
+
+
+class PublishError(RuntimeError):
+    """The broker did not take a prediction, a dead letter or a transaction; the service must stop."""
+
+
+class Publisher:
+    """Sends predictions and dead letters; releases their input records in the tracker on acknowledgement."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        tracker: OffsetTracker,
+        metrics: ServiceMetrics,
+        *,
+        predictions_topic: str,
+        deadletter_topic: str,
+        hop_ns: int,
+        transactional: bool,
+        group_id: str,
+    ) -> None:
+        self._producer = producer
+        self._tracker = tracker
+        self._metrics = metrics
+        self._predictions_topic = predictions_topic
+        self._deadletter_topic = deadletter_topic
+        self._hop_ns = hop_ns
+        self._transactional = transactional
+        self._group_id = group_id
+        self._outstanding: set[asyncio.Future[Any]] = set()
+        # Exactly-once: no send may slip between "wait for the transaction's sends" and its commit.
+        self._lock = asyncio.Lock()
+        self._in_transaction = False
+        #: Per stream, the start of its first window not yet acknowledged (for the commit checkpoints).
+        self.published_until: dict[str, int] = {}
+        #: Predictions taken from the pipeline and acknowledged (or failed).
+        self.done = 0
+        self.failure: BaseException | None = None
+        self.failed = asyncio.Event()
+        self.last_prediction_at = time.monotonic()
+        self._progress = asyncio.Event()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def run(self, pipeline: Pipeline) -> None:
+        """Publish every prediction the pipeline makes, until its output is closed."""
+        async for prediction in pipeline.predictions():
+            self.last_prediction_at = time.monotonic()
+            await self.publish(prediction)
+
+    async def publish(self, prediction: Prediction) -> None:
+        capture_ms = (time.time_ns() - prediction.t_end_ns) / 1e6
+        value = prediction.to_json(capture_to_publish_ms=capture_ms)
+        self._metrics.observe_prediction(prediction, capture_ms)
+        future = await self._send(
+            self._predictions_topic,
+            key=prediction.stream_id.encode("utf-8"),
+            value=value,
+            timestamp_ms=prediction.t_end_ns // 1_000_000,
+        )
+        future.add_done_callback(lambda f: self._on_prediction(f, prediction))
+
+    async def dead_letter(self, message: ConsumerRecord, dead: DeadLetter) -> None:
+        """Send the original record with ``fs.*`` headers; the record stays held until acknowledged."""
+        ref = (message.topic, message.partition, message.offset)
+        self._tracker.dead_lettered(ref)
+        headers = [
+            *(message.headers or ()),
+            ("fs.reason", dead.reason.encode()),
+            ("fs.detail", dead.detail.encode("utf-8", "replace")),
+            ("fs.topic", message.topic.encode()),
+            ("fs.partition", str(message.partition).encode()),
+            ("fs.offset", str(message.offset).encode()),
+            ("fs.timestamp", str(message.timestamp).encode()),
+        ]
+        self._metrics.dead_letters.labels(dead.reason).inc()
+        if dead.reason == "late":
+            self._metrics.late.inc()
+        # Stamped now: the original timestamp (kept in fs.timestamp) may be older than the topic's retention.
+        future = await self._send(self._deadletter_topic, key=message.key, value=message.value, headers=headers)
+        future.add_done_callback(lambda f: self._on_dead_letter(f, ref))
+
+    async def _send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+        if self.failure is not None:
+            raise PublishError("publishing stopped after an earlier failure") from self.failure
+        async with self._lock:
+            if self._transactional and not self._in_transaction:
+                await self._producer.begin_transaction()
+                self._in_transaction = True
+            future = await self._producer.send(topic, **kwargs)
+        self._outstanding.add(future)
+        return future
+
+    # -- acknowledgements -----------------------------------------------------------------------
+
+    def _on_prediction(self, future: asyncio.Future[Any], prediction: Prediction) -> None:
+        self._outstanding.discard(future)
+        if self._check(future, f"prediction {prediction.window_id}"):
+            self._tracker.published(prediction.refs)
+            until = prediction.t_start_ns + self._hop_ns
+            if until > self.published_until.get(prediction.stream_id, until - 1):
+                self.published_until[prediction.stream_id] = until
+            self._metrics.published.inc()
+        self.done += 1
+        self._progress.set()
+
+    def _on_dead_letter(self, future: asyncio.Future[Any], ref: tuple[str, int, int]) -> None:
+        self._outstanding.discard(future)
+        if self._check(future, f"dead letter of {ref}"):
+            self._tracker.settled(ref)
+
+    def _check(self, future: asyncio.Future[Any], what: str) -> bool:
+        if future.cancelled():
+            error: BaseException = PublishError(f"{what}: send cancelled")
+        elif (exc := future.exception()) is not None:
+            error = exc
+        else:
+            return True
+        if self.failure is None:
+            log.error("the broker did not take %s: %s; stopping without committing past it", what, error)
+            self.failure = error
+            self.failed.set()
+            self._progress.set()
+        return False
+
+    async def wait_done(self, count: int) -> None:
+        """Wait until ``count`` predictions in total were acknowledged (or publishing failed)."""
+        while self.done < count and self.failure is None:
+            self._progress.clear()
+            await self._progress.wait()
+        self._raise_failure()
+
+    async def settle(self) -> None:
+        """Wait for every outstanding send to be acknowledged."""
+        while self._outstanding:
+            await asyncio.gather(*list(self._outstanding), return_exceptions=True)
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise PublishError("publishing failed") from self.failure
+
+    # -- transactions (exactly-once) ------------------------------------------------------------
+
+    async def commit_transaction(self, offsets: Callable[[], Offsets]) -> Offsets | None:
+        """Commit the open transaction with the input ``offsets()`` computed once its sends are all acknowledged.
+
+        Returns the offsets committed, or None when there was nothing to commit.
+        """
+        async with self._lock:
+            await self.settle()
+            chosen = offsets()
+            if not chosen and not self._in_transaction:
+                return None
+            try:
+                if not self._in_transaction:
+                    await self._producer.begin_transaction()
+                    self._in_transaction = True
+                if chosen:
+                    await self._producer.send_offsets_to_transaction(chosen, self._group_id)
+                await self._producer.commit_transaction()
+            except Exception as exc:
+                self.failure = self.failure or exc
+                self.failed.set()
+                raise PublishError("committing the transaction failed") from exc
+            finally:
+                self._in_transaction = False
+            return chosen
+
+    async def abort_transaction(self) -> None:
+        """Exactly-once, after an error: drop the open transaction (its sends never become visible)."""
+        if self._in_transaction:
+            self._in_transaction = False
+            await self._producer.abort_transaction()

@@ -1,0 +1,110 @@
+"""`fusionstream tail`: print predictions as they are published, one line each (or raw JSON lines)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from consumers.settings import Settings
+from consumers.subscribers.api import PredictionRecord, subscribe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+_MODALITY_LETTERS = (("V", "magenta"), ("A", "yellow"), ("T", "blue"))
+
+
+def format_line(p: PredictionRecord) -> Text:
+    """``stream  window start  label score  V A T  capture→publish``: one prediction as a rich line."""
+    from rich.text import Text
+
+    start = datetime.fromtimestamp(p.t_start_ns / 1e9).astimezone()  # the reader's local time
+    line = Text.assemble(
+        (f"{p.stream_id:<12} ", "cyan"),
+        (f"{start:%H:%M:%S}.{start.microsecond // 1000:03d}  ", "dim"),
+        (f"{p.label:>6} ", "bold"),
+        (f"{p.score:5.2f}  ", "green" if p.score >= 0.5 else "red"),
+    )
+    for (letter, style), present in zip(_MODALITY_LETTERS, p.present, strict=True):
+        line.append(f"{letter} " if present else "· ", style=style if present else "dim")
+    latency = p.capture_to_publish_ms
+    line.append(" " + (f"{latency:8.1f} ms" if latency is not None else "       – ms"), style="dim")
+    return line
+
+
+async def _tail(
+    settings: Settings,
+    *,
+    as_json: bool,
+    from_beginning: bool,
+    stream_ids: Iterable[str] | None,
+    limit: int | None,
+    read_committed: bool,
+    until_end: bool,
+    console: Console,
+) -> int:
+    shown = 0
+    if limit == 0:
+        return 0
+    subscription = subscribe(
+        settings.bootstrap_servers,
+        settings.predictions_topic,
+        from_beginning=from_beginning,
+        read_committed=read_committed,
+        stream_ids=stream_ids,
+        until_end=until_end,
+        client_id=f"{settings.client_id}-tail",
+        **settings.kafka_security(),
+    )
+    async with subscription as predictions:
+        async for p in predictions:
+            if as_json:
+                sys.stdout.write(json.dumps(p.to_dict(), separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(format_line(p), soft_wrap=True)
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    return shown
+
+
+def run_tail(
+    settings: Settings,
+    *,
+    as_json: bool = False,
+    from_beginning: bool = False,
+    stream_ids: Iterable[str] | None = None,
+    limit: int | None = None,
+    read_committed: bool = False,
+    until_end: bool = False,
+) -> int:
+    """Print predictions until ``limit`` (or the end, with ``until_end``); return how many were printed."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not as_json:
+        what = "from the beginning" if from_beginning else "new predictions"
+        Console(stderr=True).print(
+            f"[dim]tailing {settings.predictions_topic} at {settings.bootstrap_servers} ({what}); Ctrl-C stops[/]"
+        )
+    return asyncio.run(
+        _tail(
+            settings,
+            as_json=as_json,
+            from_beginning=from_beginning,
+            stream_ids=stream_ids,
+            limit=limit,
+            read_committed=read_committed,
+            until_end=until_end,
+            console=console,
+        )
+    )
+
+
+__all__ = ["format_line", "run_tail"]

@@ -1,0 +1,225 @@
+"""The service's bookkeeping without a broker: offset tracking, commit checkpoints, event-time intake."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from consumers.service.checkpoint import MAX_CHARS, Checkpoint
+from consumers.service.intake import IntakeClock, PartitionMerger
+from consumers.service.offsets import OffsetTracker
+
+V, A, T = ("fs.video", 0), ("fs.audio", 0), ("fs.text", 0)
+HOP = 500_000_000
+
+
+def ref(tp: tuple[str, int], offset: int) -> tuple[str, int, int]:
+    return (tp[0], tp[1], offset)
+
+
+def fetch(tracker: OffsetTracker, tp: tuple[str, int], offsets: range) -> None:
+    for offset in offsets:
+        assert tracker.fetched(ref(tp, offset))
+
+
+# -- OffsetTracker ------------------------------------------------------------------------------
+
+
+def test_commit_position_is_the_lowest_offset_still_held_whatever_order_windows_are_acked_in() -> None:
+    tracker = OffsetTracker()
+    fetch(tracker, V, range(10, 16))
+    assert tracker.position(V) == 10 and tracker.held == 6
+    # Records 10..13 join window w1 (and 12, 13 also w2); 14, 15 join w2 only.
+    for offset in (10, 11):
+        tracker.admitted(ref(V, offset), 1)
+    for offset in (12, 13):
+        tracker.admitted(ref(V, offset), 2)
+    for offset in (14, 15):
+        tracker.admitted(ref(V, offset), 1)
+    w1 = [ref(V, o) for o in (10, 11, 12, 13)]
+    w2 = [ref(V, o) for o in (12, 13, 14, 15)]
+    tracker.published(w2)  # acknowledged before w1
+    assert tracker.position(V) == 10 and tracker.held == 4
+    tracker.published(w1)
+    assert tracker.position(V) == 16 and tracker.held == 0
+    # A record still waiting for admission holds the partition.
+    fetch(tracker, V, range(16, 18))
+    tracker.admitted(ref(V, 17), 1)
+    tracker.published([ref(V, 17)])
+    assert tracker.position(V) == 16
+
+
+def test_a_dead_letter_holds_its_offset_until_the_dead_letter_topic_acknowledges_it() -> None:
+    tracker = OffsetTracker()
+    fetch(tracker, A, range(3))
+    tracker.dead_lettered(ref(A, 0))
+    tracker.admitted(ref(A, 1), 1)
+    tracker.admitted(ref(A, 2), 1)
+    tracker.published([ref(A, 1), ref(A, 2)])
+    assert tracker.position(A) == 0
+    assert tracker.replay_mark(A) == 0, "the unacknowledged dead letter must be sent again after a crash"
+    tracker.settled(ref(A, 0))
+    assert tracker.position(A) == 3 and tracker.replay_mark(A) == 3
+
+
+def test_the_replay_mark_stays_below_records_not_yet_settled_but_passes_open_windows() -> None:
+    tracker = OffsetTracker()
+    fetch(tracker, T, range(5))
+    tracker.admitted(ref(T, 0), 2)  # in an open window: held, but its handling is settled
+    assert tracker.replay_mark(T) == 1  # 1..4 are not decoded yet
+    for offset in range(1, 5):
+        tracker.admitted(ref(T, offset), 1)
+    assert tracker.position(T) == 0 and tracker.replay_mark(T) == 5
+
+
+def test_commits_only_move_forward_and_refetched_offsets_are_refused() -> None:
+    tracker = OffsetTracker()
+    tracker.resume(V, committed=100, replay_mark=120)
+    assert tracker.position(V) == 100, "nothing fetched yet: the committed offset"
+    fetch(tracker, V, range(100, 105))
+    assert not tracker.fetched(ref(V, 103)), "an offset fetched twice is processed once"
+    tracker.mark_committed(V, 104)
+    assert tracker.position(V) == 104, "never below the last commit"
+    tracker.mark_committed(V, 90)
+    assert tracker.committed(V) == 104
+    # Records below the checkpoint's replay mark were handled by the earlier run.
+    assert tracker.is_replay(ref(V, 119)) and not tracker.is_replay(ref(V, 120))
+    assert tracker.replay_mark(V) == 120, "the earlier run's mark is kept while re-reading below it"
+
+
+def test_forgetting_revoked_partitions_drops_their_holds_and_ignores_late_acks() -> None:
+    tracker = OffsetTracker()
+    fetch(tracker, V, range(4))
+    fetch(tracker, A, range(4))
+    for offset in range(4):
+        tracker.admitted(ref(V, offset), 1)
+        tracker.admitted(ref(A, offset), 1)
+    tracker.forget([V])
+    assert tracker.held == 4 and tracker.position(V) is None and tracker.partitions() == [A]
+    tracker.published([ref(V, 0), ref(A, 0)])  # a prediction spanning both, acked after the revoke
+    assert tracker.held == 3 and tracker.position(A) == 1
+
+
+def test_a_record_admitted_to_no_window_is_released_at_once() -> None:
+    tracker = OffsetTracker()
+    fetch(tracker, V, range(2))
+    tracker.admitted(ref(V, 0), 0)
+    tracker.settled(ref(V, 1))
+    assert tracker.held == 0 and tracker.position(V) == 2
+
+
+# -- Checkpoint ---------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trips_and_rounds_times_up_to_window_starts() -> None:
+    t0 = 1_767_225_600_000_000_000
+    checkpoint = Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + HOP + 1})
+    text = checkpoint.encode(HOP)
+    assert json.loads(text)["v"] == 1 and text.isascii()
+    back = Checkpoint.decode(text)
+    assert back == Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + 2 * HOP})
+
+
+@pytest.mark.parametrize("text", [None, "", "hello", "{}", '{"v":2}', '{"v":1,"h":"x"}', "[1,2]", '{"v":1,"h":0,"b":0,'
+                                  '"r":0,"s":{}}'])
+def test_foreign_or_damaged_metadata_is_ignored(text: str | None) -> None:
+    assert Checkpoint.decode(text) is None
+
+
+def test_checkpoint_fits_the_broker_limit_by_dropping_the_streams_furthest_behind() -> None:
+    t0 = 1_767_225_600_000_000_000
+    streams = {f"camera-with-a-long-name-{i:05d}": t0 + i * HOP for i in range(1000)}
+    text = Checkpoint(7, streams).encode(HOP)
+    assert len(text) <= MAX_CHARS
+    kept = Checkpoint.decode(text)
+    assert kept is not None and 50 < len(kept.streams) < 1000
+    assert min(kept.streams.values()) > t0 + (1000 - len(kept.streams) - 1) * HOP, "the newest streams are kept"
+    assert all(streams[sid] == until for sid, until in kept.streams.items())
+
+
+def test_checkpoints_of_one_partitions_topics_merge_to_the_latest_time() -> None:
+    a = Checkpoint(1, {"s": 10 * HOP, "t": 4 * HOP})
+    b = Checkpoint(2, {"s": 12 * HOP})
+    assert Checkpoint.merge([a, None, b]) == {"s": 12 * HOP, "t": 4 * HOP}
+
+
+# -- PartitionMerger ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rec:
+    timestamp: int
+    name: str
+
+
+def lane(prefix: str, times: range) -> list[Rec]:
+    return [Rec(t, f"{prefix}{t}") for t in times]
+
+
+def test_a_partitions_topics_are_released_merged_by_time_up_to_the_slowest_topics_frontier() -> None:
+    merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=1000)
+    owned = [V, A, T]
+    merger.add(A, lane("a", range(0, 1000, 20)), now_ms=0)  # 1 s of audio arrived first
+    merger.add(V, lane("v", range(0, 300, 66)), now_ms=0)  # video only up to 264 ms so far
+    merger.add(T, lane("t", range(0, 1000, 500)), now_ms=0)
+    out = merger.release(owned, lambda tp: False, now_ms=10)
+    times = [r.timestamp for _, r in out]
+    assert times == sorted(times) and max(times) <= 264
+    assert {r.name for _, r in out} >= {"v264", "a260", "t0"} and merger.buffered(A) > 0
+    # The rest of the video arrives and the text topic has nothing more: the frontier moves on.
+    merger.add(V, lane("v", range(330, 1000, 66)), now_ms=20)
+    out = merger.release(owned, lambda tp: tp == T, now_ms=20)
+    assert [r.timestamp for _, r in out] == sorted(r.timestamp for _, r in out)
+    assert merger.buffered(A) == merger.buffered(T) == 0
+    assert merger.buffered(V) == 1, "990 ms waits for audio beyond 980 ms"
+    assert [r.name for _, r in merger.release(owned, lambda tp: tp != V, now_ms=30)] == ["v990"]
+
+
+def test_caught_up_or_idle_topics_do_not_hold_a_partition_back_and_partitions_are_independent() -> None:
+    merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=500)
+    v1, a1 = ("fs.video", 1), ("fs.audio", 1)
+    merger.add(A, lane("a", range(0, 200, 20)), now_ms=0)
+    merger.add(a1, lane("x", range(0, 100, 20)), now_ms=0)
+    owned = [V, A, v1, a1]
+    # Video of partition 0 has nothing to fetch: audio flows; partition 1's video is behind: it waits.
+    out = merger.release(owned, lambda tp: tp == V, now_ms=0)
+    assert {tp for tp, _ in out} == {A} and merger.buffered(a1) == 5
+    # After max_idle_ms without anything from partition 1's video, its audio goes on alone.
+    assert merger.release(owned, lambda tp: False, now_ms=400) == []
+    out = merger.release(owned, lambda tp: False, now_ms=600)
+    assert [r.name for _, r in out] == [f"x{t}" for t in range(0, 100, 20)]
+    merger.forget([A])
+    assert merger.buffered(A) == 0 and merger.total() == 0
+
+
+def test_a_topic_paused_by_the_service_is_never_idle_and_an_idle_one_counts_as_caught_up() -> None:
+    merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=500)
+    merger.add(V, lane("v", range(0, 100, 20)), now_ms=0)
+    merger.release([V], lambda tp: False, now_ms=0)
+    assert not merger.idle(V, 400) and merger.idle(V, 500)
+    merger.touch([V], now_ms=450)  # paused meanwhile: its timer restarts
+    assert not merger.idle(V, 900) and merger.idle(V, 950)
+    merger.add(V, lane("v", range(100, 120, 20)), now_ms=1000)
+    assert not merger.idle(V, 5000), "records waiting to be released: not idle"
+
+
+def test_the_intake_clock_stands_still_while_the_service_is_behind() -> None:
+    wall = [1_000]
+    clock = IntakeClock(lambda: wall[0])
+    wall[0] = 1_500
+    assert clock() == 1_500, "caught up: wall-clock time"
+    clock.observe(False)
+    wall[0] = 2_000
+    clock.observe(True)  # behind from some time in (1 500, 2 000]: the whole interval is discounted
+    wall[0] = 5_000
+    assert clock() == 1_500
+    clock.observe(True)
+    wall[0] = 6_000
+    clock.observe(False)  # caught up again: the interval that ended behind is discounted too
+    assert clock() == 1_500
+    wall[0] = 6_400
+    assert clock() == 1_900
+    clock.observe(True)
+    assert clock() == 1_900, "never backwards, even when an interval turns out to be discounted"
