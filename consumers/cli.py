@@ -79,7 +79,7 @@ def train(
     fusion: Annotated[str, typer.Option(help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Your labelled clips (see docs/training.md) instead of the synthetic source.")] = None,  # noqa: UP045
     train_seconds: Annotated[float, typer.Option(help="Seconds of synthetic streams to train on.")] = 4800.0,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 12,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of data generation and initialisation.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045

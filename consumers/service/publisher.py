@@ -69,7 +69,6 @@ class Publisher:
         self.done = 0
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
-        self.last_prediction_at = time.monotonic()
         self._progress = asyncio.Event()
 
     # -- sending --------------------------------------------------------------------------------
@@ -77,7 +76,6 @@ class Publisher:
     async def run(self, pipeline: Pipeline) -> None:
         """Publish every prediction the pipeline makes, until its output is closed."""
         async for prediction in pipeline.predictions():
-            self.last_prediction_at = time.monotonic()
             await self.publish(prediction)
 
     async def publish(self, prediction: Prediction) -> None:

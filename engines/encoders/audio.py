@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.encoders.image import conv_block
+from engines.encoders.image import pool_block, standardize
 from engines.spec import AUDIO_HOP, AUDIO_N_FFT
 
 LOG_FLOOR = 1e-6
@@ -89,22 +89,28 @@ class AudioEncoder(nn.Module):
     """``audio float32 [B, N]`` raw waveform in [-1, 1] → ``[B, embed_dim]``.
 
     Each window's log-mel is normalised on its own: subtracting the per-band mean over time
-    removes any gain (a gain g adds ``2 log g`` to every log-power), and dividing by the RMS
-    deviation removes the spread, so loudness and microphone level do not matter.
+    removes any gain and microphone colouring (a gain g adds ``2 log g`` to every log-power),
+    and dividing by the RMS deviation removes the spread, so loudness does not matter. Max-
+    pooling blocks then find word parts wherever they fall in the window; the mean over the
+    remaining time axis keeps the frequency layout.
     """
 
-    def __init__(self, embed_dim: int, sample_rate: int, n_mels: int, channels: tuple[int, ...] = (16, 32, 64)) -> None:
+    def __init__(
+        self, embed_dim: int, sample_rate: int, n_mels: int, channels: tuple[int, ...] = (32, 64, 96, 128)
+    ) -> None:
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels)
         widths = (1, *channels)
-        self.features = nn.Sequential(*(conv_block(a, b) for a, b in itertools.pairwise(widths)))
-        self.proj = nn.Linear(channels[-1], embed_dim)
+        self.features = nn.Sequential(*(pool_block(a, b) for a, b in itertools.pairwise(widths)))
+        bands = n_mels // 2 ** len(channels)
+        if bands < 1:
+            raise ValueError(f"n_mels {n_mels} is too few for {len(channels)} pooling blocks")
+        self.proj = nn.Linear(channels[-1] * bands, embed_dim)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Embed a batch of waveforms."""
         x = self.frontend(audio)
         x = x - x.mean(dim=-1, keepdim=True)
-        # rsqrt(mean square + eps) rather than std: no NaN and no division by zero for digital silence
-        x = x * torch.rsqrt(x.pow(2).mean(dim=(1, 2), keepdim=True) + 1e-4)
-        x = self.features(x.unsqueeze(1)).mean(dim=(2, 3))
-        return self.proj(x)
+        x = standardize(x, (1, 2), 1e-4)
+        x = self.features(x.unsqueeze(1)).mean(dim=3)
+        return self.proj(x.flatten(1))

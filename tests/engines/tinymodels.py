@@ -12,15 +12,15 @@ import torch
 
 from engines.spec import ModelSpec
 
-#: 2 frames of 16×16, 0.1 s of 8 kHz audio (800 samples → 3 STFT frames), 24 text ids, 16-d embeddings.
+#: 2 frames of 16×16, 0.2 s of 16 kHz audio (3200 samples → 18 STFT frames, enough for four 2× pools), 24 text ids, 16-d embeddings.
 TINY: dict[str, Any] = {
     "classes": ["a", "b", "c", "d", "e"],
     "embed_dim": 16,
     "frames_per_window": 2,
     "image_size": 16,
-    "sample_rate": 8000,
-    "window_ns": 100_000_000,
-    "hop_ns": 50_000_000,
+    "sample_rate": 16_000,
+    "window_ns": 200_000_000,
+    "hop_ns": 100_000_000,
     "text_buckets": 97,
     "text_max_len": 24,
     "n_mels": 16,
