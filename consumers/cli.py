@@ -84,6 +84,7 @@ def train(
     workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
+    init: Annotated[Optional[Path], typer.Option("--init", exists=True, file_okay=False, help="Fine-tune: start from this model directory's encoders.")] = None,  # noqa: UP045
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 
@@ -95,7 +96,7 @@ def train(
 
     train_command(
         TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
-                     workers=workers, compare=compare, cache=cache)
+                     workers=workers, compare=compare, cache=cache, init=init)
     )
 
 

@@ -46,6 +46,7 @@ class TrainOptions:
     workers: int = 2
     compare: Path | None = None
     cache: Path | None = None
+    init: Path | None = None
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -146,7 +147,9 @@ def speed_perturb(audio, rng: np.random.Generator, low: float = 0.88, high: floa
     return out
 
 
-def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress):
+def train_encoders(
+    spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress, init: Path | None = None
+):
     """Stage 1; returns the trained ``MultimodalModel`` (concat head)."""
     import torch
     from torch import nn
@@ -156,6 +159,15 @@ def train_encoders(spec: ModelSpec, train: WindowSet, epochs: int, seed: int, pr
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultimodalModel(spec.replace(fusion="concat", fusion_options={}))
+    if init is not None:
+        # Fine-tuning: start from another model directory's encoders (its head is not reused).
+        from engines.spec import TORCH_WEIGHTS
+
+        state = torch.load(init / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
+        encoders = {k: v for k, v in state.items() if not k.startswith("head.")}
+        missing = model.load_state_dict(encoders, strict=False).missing_keys
+        if any(not k.startswith("head.") for k in missing):
+            raise SystemExit(f"{init} has other encoders than this model: missing {missing[:3]}")
     aux = nn.ModuleList(nn.Linear(spec.embed_dim, spec.n_classes) for _ in range(3))
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
@@ -308,7 +320,7 @@ def train_command(options: TrainOptions) -> ModelSpec:
                                  "training streams", options.workers, progress, options.cache)
             val_set = generate(spec, synthetic_configs(VALIDATION_SECONDS, options.seed + 500, "train"),
                                "validation streams", options.workers, progress, options.cache)
-        encoders = train_encoders(spec, train_set, options.epochs, options.seed, progress)
+        encoders = train_encoders(spec, train_set, options.epochs, options.seed, progress, options.init)
         train_emb = embed(encoders, train_set, progress, "training windows")
         val_emb = embed(encoders, val_set, progress, "validation windows")
         names = list(FUSION_HEADS) if options.fusion == "best" else [options.fusion]

@@ -66,14 +66,14 @@ NOISE_FLOOR_RMS = (0.002, 0.01)
 class Corruption:
     """Per-segment, per-modality probabilities; a modality's states are exclusive, so each group sums to <= 1."""
 
-    video_blank: float = 0.08
-    video_occlude: float = 0.08
-    video_drop: float = 0.06
-    audio_silence: float = 0.08
-    audio_noise: float = 0.08
+    video_blank: float = 0.07
+    video_occlude: float = 0.06
+    video_drop: float = 0.05
+    audio_silence: float = 0.07
+    audio_noise: float = 0.07
     audio_drop: float = 0.06
-    text_missing: float = 0.16
-    text_wrong: float = 0.06
+    text_missing: float = 0.18
+    text_wrong: float = 0.04
     asr_error: float = 0.1
 
     def __post_init__(self) -> None:
