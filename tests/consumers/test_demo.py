@@ -42,7 +42,9 @@ def test_demo_runs_on_a_real_mp4_with_captions(tmp_path: Path, shipped_model: Pa
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("clip ")]
     assert len(lines) >= 10, result.stdout
-    assert all("V A T" in line or "V A ·" in line for line in lines)
+    # Inside the clip every window has all three modalities (the edges may hold audio padding only).
+    inside = [line for line in lines if 0.0 <= float(line.split()[1].rstrip("s")) <= 4.5]
+    assert len(inside) == 10 and all("V A T" in line for line in inside), result.stdout
     # Windows fully inside a digit's 2 s are predicted as that digit.
     predicted = {round(float(line.split()[1].rstrip("s")), 1): line.split()[2] for line in lines}
     for i, digit in enumerate(digits):

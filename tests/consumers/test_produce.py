@@ -177,7 +177,11 @@ def test_kafka_publish_synthetic_in_real_time(kafka_bootstrap: str, topic_prefix
     assert abs(first - started) < 0.5 * NS
     # Released on time: never before its event time, and not long after.
     lags = [(at - r.t_start_ns) / MS for r, at in sent_at]
-    assert min(lags) > -5 and np.percentile(lags, 90) < 100, (min(lags), max(lags))
+    assert min(lags) > -5, "a record left before its event time"
+    # Spacing is kept: relative to the first record, records leave on time (a busy machine may
+    # delay the whole run's start, which shifts every lag alike).
+    spread = np.asarray(lags) - lags[0]
+    assert np.percentile(spread, 90) < 100, (min(lags), max(lags))
     # The truth moved with the records.
     assert min(truth.span(s)[0] for s in truth.stream_ids) == first
     received = read_topics(kafka_bootstrap, topics)
