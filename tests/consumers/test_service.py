@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from test_subscribe import check_api, check_faust, check_tail, read_published  # same folder: shared checks
 
 from consumers.engine import open_engine
 from consumers.kafka import delete_topics, ensure_topics, make_producer
@@ -245,7 +246,7 @@ class Running:
 
 
 def test_kafka_service_predicts_every_window_exactly_once_with_metrics_and_health(
-    kafka_bootstrap: str, topic_prefix: str, untrained_model: Path
+    kafka_bootstrap: str, topic_prefix: str, untrained_model: Path, tmp_path: Path
 ) -> None:
     shipped = (default_model_dir() / "model.json").is_file()
     port = free_port()
@@ -276,10 +277,20 @@ def test_kafka_service_predicts_every_window_exactly_once_with_metrics_and_healt
             with pytest.raises(OSError):
                 await asyncio.to_thread(http_get, port, "/healthz")  # the server stopped with the service
             return reader, dead, health, body.decode(), elapsed
-        finally:
+        except BaseException:
             await delete_topics(kafka_bootstrap, all_topics(settings))
+            raise
 
     reader, dead, health, metrics, elapsed = asyncio.run(scenario())
+    try:
+        # The subscribers read this live run's predictions: the API, `fusionstream tail`, the Faust app.
+        published = read_published(kafka_bootstrap, settings.predictions_topic)
+        assert len(published.values) == len(reader.values())
+        check_api(published)
+        check_tail(published)
+        check_faust(published, f"{topic_prefix}-faust", tmp_path / "faust.log")
+    finally:
+        asyncio.run(delete_topics(kafka_bootstrap, all_topics(settings)))
 
     windows = reader.windows()
     duplicates = [w for w, n in Counter(windows).items() if n > 1]
