@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,5 +377,3 @@ def export_command(model_dir: Path, out: Path) -> None:
     console.print(f"exported {spec.fusion} model to {out}; parity against torch: "
                   + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
 
-
-Progressor = Callable[[int], None]
