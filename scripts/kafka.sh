@@ -4,7 +4,9 @@
 # through docker/kafka/pom.xml and are cached in docker/kafka/target/libs.
 #
 #   scripts/kafka.sh start      start (or find) the broker; prints the bootstrap address on stdout
-#   scripts/kafka.sh stop       stop it and delete its state (every run starts from an empty broker)
+#   scripts/kafka.sh stop       stop it and delete its state (every run starts from an empty broker;
+#                               with KAFKA_KEEP_STATE=1 the state stays, and `start` brings the same
+#                               broker back with its topics and offsets, as the broker-restart test needs)
 #   scripts/kafka.sh status     say whether it runs; exit 0 if it does, 1 if not
 #   scripts/kafka.sh bootstrap  print the bootstrap address of the running broker
 #
@@ -17,6 +19,7 @@
 #                                                                  fetched with mvn when missing or
 #                                                                  older than the pom)
 #   KAFKA_HEAP_OPTS          JVM heap flags                       (default: -Xms256m -Xmx1g)
+#   KAFKA_KEEP_STATE         1: `stop` keeps the state dir        (default: 0, delete it)
 #   JAVA                     the java binary (17+)                (default: java)
 #
 # Only the bootstrap address goes to stdout, so `addr=$(scripts/kafka.sh start)` works;
@@ -285,7 +288,9 @@ stop() {
     log "not running"
   fi
   # Every run starts from an empty broker: no topics, offsets or groups left over.
-  if [[ -f "$MARKER" ]]; then
+  if [[ "${KAFKA_KEEP_STATE:-0}" == 1 ]]; then
+    log "keeping $STATE_DIR (KAFKA_KEEP_STATE=1)"
+  elif [[ -f "$MARKER" ]]; then
     rm -rf "$STATE_DIR"
   elif [[ -e "$STATE_DIR" ]]; then
     log "leaving $STATE_DIR in place: it was not made by this script"
