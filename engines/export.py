@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.encoders.image import FrameEncoder
 from engines.errors import EngineError, ModelDirError
 from engines.features import random_batch
 from engines.model import MultimodalModel
-from engines.spec import MODALITIES, TORCH_WEIGHTS, ModelSpec
+from engines.spec import FRAME_GRAPH, MODALITIES, TORCH_WEIGHTS, ModelSpec
 
 if TYPE_CHECKING:
     import onnx
@@ -151,7 +152,8 @@ def export_model(
     check: bool = True,
     rtol: float = 1e-4,
 ) -> list[Path]:
-    """Write ``model_dir``: the four ONNX graphs named in ``spec.files``, ``model.pt`` and ``model.json``.
+    """Write ``model_dir``: the ONNX graphs named in ``spec.files`` (four, plus the per-frame image
+    encoder when the spec names one), ``model.pt`` and ``model.json``.
 
     ``spec`` may differ from ``model.spec`` in what does not change the weights (version,
     metrics, class names), so ``evaluate`` can record results. The model is exported from a
@@ -169,6 +171,9 @@ def export_model(
         name: (encoder, (torch.from_numpy(getattr(example, name)),), [name], EMBEDDING)
         for name, encoder in frozen.encoders.items()
     }
+    if spec.has_graph(FRAME_GRAPH):
+        frames = torch.from_numpy(example.video[:, 0])
+        graphs[FRAME_GRAPH] = (FrameEncoder(frozen.video_encoder).eval(), (frames,), [FRAME_GRAPH], EMBEDDING)
     embeddings = tuple(torch.randn(_TRACE_BATCH, d) for _ in MODALITIES)
     graphs["fusion"] = (
         FusionProbs(frozen.head).eval(),
@@ -225,7 +230,8 @@ def check_parity(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sessions = {}
-    for name in (*MODALITIES, "fusion"):
+    names = [*MODALITIES, "fusion"] + ([FRAME_GRAPH] if spec.has_graph(FRAME_GRAPH) else [])
+    for name in names:
         path = Path(model_dir) / spec.files[name]
         if not path.is_file():
             raise ModelDirError(f"missing {path}")
@@ -239,6 +245,11 @@ def check_parity(
                 ref = encoder(torch.from_numpy(x)).numpy()
                 got = sessions[name].run([EMBEDDING], {name: x})[0]
                 errors[name] = max(errors[name], _relative_error(got, ref))
+            if FRAME_GRAPH in sessions:
+                frames = batch.video.reshape(-1, *batch.video.shape[2:])
+                ref = reference.video_encoder.embed_frames(torch.from_numpy(frames)).numpy()
+                got = sessions[FRAME_GRAPH].run([EMBEDDING], {FRAME_GRAPH: frames})[0]
+                errors[FRAME_GRAPH] = max(errors[FRAME_GRAPH], _relative_error(got, ref))
             embeddings = [rng.standard_normal((size, spec.embed_dim), dtype=np.float32) for _ in MODALITIES]
             feeds = dict(zip(MODALITIES, embeddings, strict=True)) | {"mask": batch.mask}
             ref = fusion(*(torch.from_numpy(e) for e in embeddings), torch.from_numpy(batch.mask)).numpy()

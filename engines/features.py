@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,15 +41,29 @@ def frames_to_array(frames: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray
     k, s = spec.frames_per_window, spec.image_size
     out = np.empty((k, 3, s, s), dtype=np.float32)
     for slot, index in enumerate(_pick(len(frames), k)):
-        frame = frames[index]
-        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            got = (frame.dtype, frame.shape) if isinstance(frame, np.ndarray) else type(frame).__name__
-            raise InputError(f"frame {index} must be an H×W×3 uint8 RGB array, got {got}")
-        if frame.shape[:2] != (s, s):
-            # INTER_AREA averages when shrinking (no aliasing); it degrades to bilinear when growing.
-            frame = cv2.resize(frame, (s, s), interpolation=cv2.INTER_AREA)
-        np.multiply(frame.transpose(2, 0, 1), np.float32(1 / 255), out=out[slot], casting="unsafe")
+        _frame_into(frames[index], s, out[slot], cv2, index)
     return out
+
+
+def frame_to_array(frame: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """One RGB frame (``H×W×3`` uint8) → ``float32 [3, S, S]`` in [0, 1], as :func:`frames_to_array` does
+    for each of a window's frames (the input of the per-frame image graph)."""
+    import cv2
+
+    s = spec.image_size
+    out = np.empty((3, s, s), dtype=np.float32)
+    _frame_into(frame, s, out, cv2, 0)
+    return out
+
+
+def _frame_into(frame: np.ndarray, s: int, out: np.ndarray, cv2: Any, index: int) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        got = (frame.dtype, frame.shape) if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise InputError(f"frame {index} must be an H×W×3 uint8 RGB array, got {got}")
+    if frame.shape[:2] != (s, s):
+        # INTER_AREA averages when shrinking (no aliasing); it degrades to bilinear when growing.
+        frame = cv2.resize(frame, (s, s), interpolation=cv2.INTER_AREA)
+    np.multiply(frame.transpose(2, 0, 1), np.float32(1 / 255), out=out, casting="unsafe")
 
 
 @lru_cache(maxsize=65536)

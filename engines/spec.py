@@ -1,9 +1,10 @@
 """``ModelSpec``: what a model directory's ``model.json`` says, validated.
 
-A model directory is the unit of deployment (DESIGN.md §3): the four ONNX graphs, the
-torch weights they were exported from, and ``model.json``. Everything a runtime needs to
-build inputs (K frames of S×S pixels, samples per window, text ids) is derived from the
-spec, so the pipeline never hard-codes a shape the model may not share.
+A model directory is the unit of deployment (DESIGN.md §3): the four ONNX graphs (plus the
+optional per-frame and int8 ones), the torch weights they were exported from, and
+``model.json``. Everything a runtime needs to build inputs (K frames of S×S pixels, samples
+per window, text ids) is derived from the spec, so the pipeline never hard-codes a shape
+the model may not share.
 """
 
 from __future__ import annotations
@@ -40,8 +41,21 @@ def _default_classes() -> list[str]:
     return [str(d) for d in range(10)]
 
 
+#: Graphs every model directory has: one encoder per modality and the fusion head.
+REQUIRED_GRAPHS: tuple[str, ...] = (*MODALITIES, "fusion")
+#: The per-frame image encoder (``[N, 3, S, S] -> [N, D]``, before the mean over a window's K
+#: frames): lets a backend embed each frame once although overlapping windows share it.
+FRAME_GRAPH = "frame"
+#: Suffix of the int8-quantized encoder graphs ``fusionstream quantize`` adds (``video_int8``, ...).
+INT8 = "_int8"
+#: Graphs a model directory may have besides the required ones (older exports lack them).
+OPTIONAL_GRAPHS: tuple[str, ...] = (
+    FRAME_GRAPH, *(f"{name}{INT8}" for name in (*MODALITIES, FRAME_GRAPH))
+)
+
+
 def _default_files() -> dict[str, str]:
-    return {name: f"{name}.onnx" for name in (*MODALITIES, "fusion")}
+    return {name: f"{name}.onnx" for name in (*REQUIRED_GRAPHS, FRAME_GRAPH)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,9 +136,12 @@ class ModelSpec:
             out.append(f"n_mels {self.n_mels} exceeds the {AUDIO_N_FFT // 2 + 1} FFT bins")
         if not self.text_ngrams or not all(isinstance(n, int) and n >= 1 for n in self.text_ngrams):
             out.append(f"text_ngrams must be positive integers, got {self.text_ngrams!r}")
-        expected = set(_default_files())
-        if not isinstance(self.files, dict) or set(self.files) != expected:
-            out.append(f"files must map exactly {sorted(expected)} to file names, got {self.files!r}")
+        required, allowed = set(REQUIRED_GRAPHS), {*REQUIRED_GRAPHS, *OPTIONAL_GRAPHS}
+        if not isinstance(self.files, dict) or not required <= set(self.files) <= allowed:
+            out.append(
+                f"files must map {sorted(required)} (and optionally {sorted(OPTIONAL_GRAPHS)}) to file names, "
+                f"got {self.files!r}"
+            )
         else:
             for key, name in self.files.items():
                 if not isinstance(name, str) or not name or os.sep in name or "/" in name or name in {".", ".."}:
@@ -160,6 +177,10 @@ class ModelSpec:
             "text": (self.text_max_len,),
             "mask": (len(MODALITIES),),
         }
+
+    def has_graph(self, name: str) -> bool:
+        """Whether ``files`` names this graph (the optional ones may be absent)."""
+        return name in self.files
 
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with ``changes`` applied and validated (e.g. ``spec.replace(metrics=results)``)."""

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from consumers.pipeline.featurize import Featurizer
 from consumers.pipeline.prediction import Prediction
+from consumers.pipeline.reuse import WindowEmbedder
 from engines.spec import ModelSpec
 from stream.windows import Window
 
@@ -27,16 +27,16 @@ class ClosedWindow:
 
 
 class WindowRunner:
-    """Featurises a batch of windows, runs the backend, and labels the result."""
+    """Embeds a batch of windows (reusing shared frames and captions), fuses, and labels the result."""
 
-    def __init__(self, backend: Backend, spec: ModelSpec) -> None:
+    def __init__(self, backend: Backend, spec: ModelSpec, *, reuse: bool = True) -> None:
         self.backend = backend
         self.spec = spec
-        self.featurize = Featurizer(spec)
+        self.embed = WindowEmbedder(backend, spec, reuse=reuse)
 
     def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
         started = time.perf_counter_ns()
-        probs = self.backend.infer(self.featurize([c.window for c in closed]))
+        probs = self.backend.fuse(*self.embed([c.window for c in closed]))
         finished = time.perf_counter_ns()
         inference_ms = (finished - started) / 1e6
         classes = self.spec.classes

@@ -26,7 +26,7 @@ import numpy as np
 
 from engines.errors import EngineError, InputError, ModelDirError
 from engines.features import Batch
-from engines.spec import MODALITIES, ModelSpec
+from engines.spec import FRAME_GRAPH, MODALITIES, REQUIRED_GRAPHS, ModelSpec
 
 Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -55,7 +55,8 @@ class Backend(ABC):
 
     def required_files(self) -> list[str]:
         """Files of the model directory this backend reads (checked at construction)."""
-        return [self.spec.files[name] for name in (*MODALITIES, "fusion")]
+        names = [*REQUIRED_GRAPHS] + ([FRAME_GRAPH] if self.spec.has_graph(FRAME_GRAPH) else [])
+        return [self.spec.files[name] for name in names]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -118,6 +119,25 @@ class Backend(ABC):
             return np.zeros((0, self.spec.embed_dim), np.float32)
         return self._encode(modality, inputs)
 
+    @property
+    def embeds_frames(self) -> bool:
+        """Whether :meth:`encode_frames` works: the model has a per-frame image graph (or is torch)."""
+        return self.spec.has_graph(FRAME_GRAPH)
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Embed single frames ``float32 [N, 3, S, S]`` → ``[N, embed_dim]``; a window's video embedding
+        is the mean of its K frames' (so callers can cache frames that overlapping windows share)."""
+        self._check_active()
+        if not self.embeds_frames:
+            raise EngineError(f"{self.model_dir} has no per-frame graph: re-export it to embed frames one by one")
+        s = self.spec.image_size
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.float32 or frames.shape[1:] != (3, s, s):
+            got = (frames.dtype, frames.shape) if isinstance(frames, np.ndarray) else type(frames).__name__
+            raise InputError(f"frames must be float32 [n, 3, {s}, {s}], got {got}")
+        if len(frames) == 0:
+            return np.zeros((0, self.spec.embed_dim), np.float32)
+        return self._encode(FRAME_GRAPH, frames)
+
     def fuse(self, emb_video: np.ndarray, emb_audio: np.ndarray, emb_text: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Probabilities ``[B, n_classes]`` from embeddings ``float32 [B, embed_dim]`` and ``mask [B, 3]``."""
         self._check_active()
@@ -154,6 +174,7 @@ class Backend(ABC):
         return out
 
     def _encode(self, modality: str, inputs: np.ndarray) -> np.ndarray:
+        """``modality`` is one of ``MODALITIES`` or ``FRAME_GRAPH``."""
         out = np.asarray(self._encode_impl(modality, inputs), dtype=np.float32)
         if out.shape != (len(inputs), self.spec.embed_dim):  # a wrong model file, not a caller error
             raise EngineError(
@@ -192,7 +213,8 @@ class Backend(ABC):
 
     @abstractmethod
     def _encode_impl(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        """``[n, D]`` embeddings of ``n >= 1`` valid rows of one modality."""
+        """``[n, D]`` embeddings of ``n >= 1`` valid rows of one modality (or of single frames, for
+        ``FRAME_GRAPH``, when :attr:`embeds_frames`)."""
 
     @abstractmethod
     def _fuse_impl(

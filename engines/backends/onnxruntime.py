@@ -7,8 +7,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engines.backends.base import Backend
-from engines.errors import BackendUnavailable, EngineError
-from engines.spec import MODALITIES
+from engines.errors import BackendUnavailable, EngineError, ModelDirError
+from engines.spec import FRAME_GRAPH, INT8, MODALITIES, REQUIRED_GRAPHS
+
+PRECISIONS = ("fp32", "int8")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -17,7 +19,9 @@ class OnnxRuntimeBackend(Backend):
     Options: ``providers`` (default ``["CPUExecutionProvider"]``), ``threads`` (the option every
     backend takes; here an alias of ``intra_op_num_threads``), ``intra_op_num_threads`` and
     ``inter_op_num_threads`` (``None`` = ONNX Runtime's default, one thread per physical core),
-    ``allow_spinning`` (default False, see below). Graph optimisation is always ``ORT_ENABLE_ALL``.
+    ``allow_spinning`` (default False, see below), ``precision`` (``"fp32"``, or ``"int8"`` for the
+    encoder graphs ``fusionstream quantize`` added; the small fusion graph stays fp32). Graph
+    optimisation is always ``ORT_ENABLE_ALL``.
 
     Spinning is off by default because a window runs four sessions back to back, each with
     its own thread pool: a pool that keeps spinning after its graph finished takes the cores
@@ -31,12 +35,34 @@ class OnnxRuntimeBackend(Backend):
         "intra_op_num_threads": None,
         "inter_op_num_threads": None,
         "allow_spinning": False,
+        "precision": "fp32",
     }
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         super().__init__(model_dir, **options)
         if self.options["threads"] is not None and self.options["intra_op_num_threads"] is not None:
             raise EngineError("onnxruntime backend: give threads or intra_op_num_threads, not both")
+        if self.options["precision"] not in PRECISIONS:
+            raise EngineError(f"onnxruntime backend: precision must be one of {', '.join(PRECISIONS)}")
+        if self.options["precision"] == "int8":
+            missing = [f"{m}{INT8}" for m in MODALITIES if not self.spec.has_graph(f"{m}{INT8}")]
+            if missing:
+                raise ModelDirError(
+                    f"{self.model_dir} has no int8 graphs ({', '.join(missing)}): run `fusionstream quantize` first"
+                )
+            for name in self._graph_files().values():
+                if not (self.model_dir / name).is_file():
+                    raise ModelDirError(f"{self.model_dir} lacks {name}, needed by the onnxruntime backend")
+
+    def _graph_files(self) -> dict[str, str]:
+        """Graph name → file this backend runs: the int8 encoders instead of the fp32 ones if asked."""
+        names = [*REQUIRED_GRAPHS] + ([FRAME_GRAPH] if self.spec.has_graph(FRAME_GRAPH) else [])
+        files = {}
+        for name in names:
+            quantized = f"{name}{INT8}"
+            use_int8 = self.options["precision"] == "int8" and self.spec.has_graph(quantized)
+            files[name] = self.spec.files[quantized if use_int8 else name]
+        return files
 
     def _activate_impl(self) -> None:
         try:
@@ -61,8 +87,8 @@ class OnnxRuntimeBackend(Backend):
         if self.options["inter_op_num_threads"] is not None:
             options.inter_op_num_threads = int(self.options["inter_op_num_threads"])
         self._sessions = {
-            name: ort.InferenceSession(str(self.model_dir / self.spec.files[name]), options, providers=providers)
-            for name in (*MODALITIES, "fusion")
+            name: ort.InferenceSession(str(self.model_dir / file), options, providers=providers)
+            for name, file in self._graph_files().items()
         }
 
     def _release_impl(self) -> None:

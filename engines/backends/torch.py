@@ -8,7 +8,7 @@ import numpy as np
 
 from engines.backends.base import Backend
 from engines.errors import BackendUnavailable, EngineError
-from engines.spec import TORCH_WEIGHTS
+from engines.spec import FRAME_GRAPH, TORCH_WEIGHTS
 
 
 class TorchBackend(Backend):
@@ -65,9 +65,17 @@ class TorchBackend(Backend):
         tensor = self._torch.from_numpy(array).to(self._device, non_blocking=True)
         return tensor.to(self._dtype) if tensor.is_floating_point() else tensor
 
+    @property
+    def embeds_frames(self) -> bool:
+        """Always: the per-frame encoder is part of the torch module."""
+        return True
+
     def _encode_impl(self, modality: str, inputs: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            emb = self._model.encoders[modality](self._tensor(inputs))
+            if modality == FRAME_GRAPH:
+                emb = self._model.video_encoder.embed_frames(self._tensor(inputs))
+            else:
+                emb = self._model.encoders[modality](self._tensor(inputs))
         return emb.float().cpu().numpy()
 
     def _fuse_impl(

@@ -70,9 +70,26 @@ class ImageEncoder(nn.Module):
         """Embed a batch of windows' frames."""
         s = self.image_size
         # reshape with -1 (not video.shape[0]) so the exported graph keeps a symbolic batch axis
-        x = video.reshape(-1, 3, s, s).mean(dim=1, keepdim=True)
+        x = self.embed_frames(video.reshape(-1, 3, s, s))
+        return x.reshape(-1, self.frames, x.shape[-1]).mean(dim=1)
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` single frames → ``[N, embed_dim]``: a window's embedding is the mean of its
+        K frames', so a frame shared by overlapping windows needs embedding only once."""
+        x = frames.mean(dim=1, keepdim=True)
         if self.pool > 1:
             x = nn.functional.avg_pool2d(x, self.pool)
         x = standardize(x, (2, 3), 4e-4)
-        x = self.proj(self.features(x).flatten(1))
-        return x.reshape(-1, self.frames, x.shape[-1]).mean(dim=1)
+        return self.proj(self.features(x).flatten(1))
+
+
+class FrameEncoder(nn.Module):
+    """The per-frame half of an :class:`ImageEncoder`, as its own module for export."""
+
+    def __init__(self, encoder: ImageEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` → ``[N, embed_dim]``."""
+        return self.encoder.embed_frames(frame)

@@ -26,7 +26,7 @@ from engines import (
     random_batch,
 )
 from engines.model import MultimodalModel
-from engines.spec import MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
+from engines.spec import FRAME_GRAPH, MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
 
 #: Every presence pattern (all-absent and all-present included), then random rows.
 PATTERNS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=np.float32)
@@ -74,8 +74,25 @@ def with_junk(batch: Batch, seed: int = 1) -> Batch:
 def test_export_parity_errors_are_small(exported: tuple[MultimodalModel, Path]) -> None:
     model, model_dir = exported
     errors = check_parity(model, model_dir, batch_sizes=(1, 3))
-    assert set(errors) == {*MODALITIES, "fusion"}
+    assert set(errors) == {*MODALITIES, "fusion", FRAME_GRAPH}
     assert max(errors.values()) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_frame_embeddings_average_to_the_video_embedding(
+    name: str, exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]
+) -> None:
+    # The identity the pipeline's frame cache relies on: video(window) == mean(frame(f) for its K frames).
+    model, _ = exported
+    backend = backends[name]
+    video = random_batch(model.spec, 3, 7, p_present=1.0).video
+    whole = backend.encode("video", video)
+    frames = backend.encode_frames(video.reshape(-1, *video.shape[2:]))
+    assert backend.embeds_frames and frames.shape == (3 * model.spec.frames_per_window, model.spec.embed_dim)
+    np.testing.assert_allclose(frames.reshape(3, -1, frames.shape[1]).mean(axis=1), whole, rtol=0, atol=1e-5)
+    assert np.abs(whole).max() > 0.1
+    with pytest.raises(InputError, match="frames must be float32"):
+        backend.encode_frames(video)  # whole windows, not single frames
 
 
 def test_onnx_interfaces(exported: tuple[MultimodalModel, Path]) -> None:

@@ -20,7 +20,17 @@ def test_defaults_and_derived_shapes() -> None:
     assert spec.classes == [str(d) for d in range(10)] and spec.n_classes == 10
     assert spec.samples_per_window == 16_000 and spec.audio_frames == 98
     assert spec.input_shapes == {"video": (4, 3, 64, 64), "audio": (16_000,), "text": (256,), "mask": (3,)}
-    assert spec.files == {"video": "video.onnx", "audio": "audio.onnx", "text": "text.onnx", "fusion": "fusion.onnx"}
+    assert spec.files == {name: f"{name}.onnx" for name in ("video", "audio", "text", "fusion", "frame")}
+
+
+def test_files_need_the_four_graphs_and_allow_only_known_optional_ones() -> None:
+    four = {name: f"{name}.onnx" for name in ("video", "audio", "text", "fusion")}
+    assert ModelSpec(version="1", fusion="gmu", files=four).has_graph("frame") is False
+    assert ModelSpec(version="1", fusion="gmu", files=four | {"video_int8": "v8.onnx"}).has_graph("video_int8")
+    with pytest.raises(ModelDirError, match="files must map"):
+        ModelSpec(version="1", fusion="gmu", files={k: v for k, v in four.items() if k != "audio"})
+    with pytest.raises(ModelDirError, match="files must map"):
+        ModelSpec(version="1", fusion="gmu", files=four | {"extra": "x.onnx"})
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

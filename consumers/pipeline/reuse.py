@@ -1,0 +1,191 @@
+"""Embeddings for a batch of windows, reusing the work overlapping windows share.
+
+With hop < window every frame and every caption belongs to several windows (two, at the
+default 1 s window and 0.5 s hop). The aligner samples frames on a grid that overlapping
+windows share, so the same frame comes back; this module embeds each frame once, keyed by
+``(stream, frame time)``, and each distinct transcript once, keyed by its text. A window's
+video embedding is then the mean of its K frame embeddings: exactly what the video graph
+computes, since that graph also averages per-frame embeddings.
+
+Audio is not cached: its encoder reads the whole window at once, so no part of it can be
+reused without a different model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import numpy as np
+
+from engines.features import frame_to_array, frames_to_array, text_to_ids
+from engines.spec import ModelSpec
+from stream.windows import Window
+
+if TYPE_CHECKING:
+    from engines.backends.base import Backend
+
+K = TypeVar("K", bound=Hashable)
+
+
+class EmbeddingCache(Generic[K]):
+    """A bounded least-recently-used map from a key to one embedding row."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._rows: OrderedDict[K, np.ndarray] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: K) -> np.ndarray | None:
+        row = self._rows.get(key)
+        if row is None:
+            self.misses += 1
+            return None
+        self._rows.move_to_end(key)
+        self.hits += 1
+        return row
+
+    def put(self, key: K, row: np.ndarray) -> None:
+        self._rows[key] = row
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.capacity:
+            self._rows.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ReuseStats:
+    """Encoder work needed (one frame per sampled slot, one transcript per window) and actually done."""
+
+    frames_needed: int
+    frames_encoded: int
+    texts_needed: int
+    texts_encoded: int
+
+    @property
+    def frames_saved(self) -> float:
+        """Fraction of frame encodings the caches saved."""
+        return 1 - self.frames_encoded / self.frames_needed if self.frames_needed else 0.0
+
+
+class WindowEmbedder:
+    """Windows → ``(video, audio, text)`` embeddings ``float32 [B, D]`` and ``mask [B, 3]``.
+
+    With ``reuse`` (the default) and a backend that embeds single frames, frames and
+    transcripts are cached as described above; otherwise every window is encoded whole,
+    as a model that lacks the per-frame graph requires. Absent modalities get zero rows
+    and cost no encoder time either way. Not thread-safe: one per engine thread.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        spec: ModelSpec,
+        *,
+        reuse: bool = True,
+        frame_cache: int = 16384,
+        text_cache: int = 4096,
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.reuse_frames = reuse and backend.embeds_frames
+        self.reuse_text = reuse
+        self._frames: EmbeddingCache[tuple[str, int]] = EmbeddingCache(frame_cache)
+        self._texts: EmbeddingCache[str] = EmbeddingCache(text_cache)
+        self._needed = {"frames": 0, "texts": 0}
+        self._encoded = {"frames": 0, "texts": 0}
+
+    @property
+    def stats(self) -> ReuseStats:
+        return ReuseStats(
+            self._needed["frames"], self._encoded["frames"], self._needed["texts"], self._encoded["texts"]
+        )
+
+    def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        mask = np.array([w.mask for w in windows], dtype=np.float32).reshape(len(windows), 3)
+        video = self._video(windows) if self.reuse_frames else self._whole(windows, 0, self._encode_windows_video)
+        audio = self._whole(windows, 1, lambda rows: self.backend.encode("audio", np.stack([w.audio for w in rows])))
+        text = self._text(windows) if self.reuse_text else self._whole(windows, 2, self._encode_windows_text)
+        return video, audio, text, mask
+
+    def _zeros(self, n: int) -> np.ndarray:
+        return np.zeros((n, self.spec.embed_dim), np.float32)
+
+    def _whole(
+        self, windows: Sequence[Window], column: int, encode: Callable[[list[Window]], np.ndarray]
+    ) -> np.ndarray:
+        """Encode each window where modality ``column`` is present, no reuse; zeros elsewhere."""
+        out = self._zeros(len(windows))
+        present = [i for i, w in enumerate(windows) if w.mask[column]]
+        if present:
+            out[present] = encode([windows[i] for i in present])
+        kind, per_window = {0: ("frames", self.spec.frames_per_window), 1: ("", 0), 2: ("texts", 1)}[column]
+        if kind:
+            self._count(kind, len(present) * per_window, len(present) * per_window)
+        return out
+
+    def _encode_windows_video(self, windows: list[Window]) -> np.ndarray:
+        return self.backend.encode("video", np.stack([frames_to_array(w.frames, self.spec) for w in windows]))
+
+    def _encode_windows_text(self, windows: list[Window]) -> np.ndarray:
+        return self.backend.encode("text", np.stack([text_to_ids(w.transcript, self.spec) for w in windows]))
+
+    def _video(self, windows: Sequence[Window]) -> np.ndarray:
+        present = [(i, w) for i, w in enumerate(windows) if w.mask[0]]
+        sources = {
+            (w.stream_id, t): frame for _, w in present for t, frame in zip(w.frame_times_ns, w.frames, strict=True)
+        }
+        rows, encoded = self._lookup(
+            self._frames,
+            sources,
+            lambda frames: self.backend.encode_frames(np.stack([frame_to_array(f, self.spec) for f in frames])),
+        )
+        out = self._zeros(len(windows))
+        for i, w in present:
+            out[i] = np.mean([rows[(w.stream_id, t)] for t in w.frame_times_ns], axis=0)
+        self._count("frames", len(present) * self.spec.frames_per_window, encoded)
+        return out
+
+    def _text(self, windows: Sequence[Window]) -> np.ndarray:
+        present = [(i, w.transcript) for i, w in enumerate(windows) if w.mask[2]]
+        rows, encoded = self._lookup(
+            self._texts,
+            {text: text for _, text in present},
+            lambda texts: self.backend.encode("text", np.stack([text_to_ids(t, self.spec) for t in texts])),
+        )
+        out = self._zeros(len(windows))
+        for i, text in present:
+            out[i] = rows[text]
+        self._count("texts", len(present), encoded)
+        return out
+
+    def _count(self, kind: str, needed: int, encoded: int) -> None:
+        self._needed[kind] += needed
+        self._encoded[kind] += encoded
+
+    @staticmethod
+    def _lookup(
+        cache: EmbeddingCache[Any], sources: dict[Any, Any], encode: Callable[[list[Any]], np.ndarray]
+    ) -> tuple[dict[Any, np.ndarray], int]:
+        """Rows for every key of ``sources`` (cached ones, the rest encoded in one call), and how many
+        were encoded."""
+        rows: dict[Any, np.ndarray] = {}
+        missing: dict[Any, Any] = {}
+        for key, source in sources.items():
+            row = cache.get(key)
+            if row is None:
+                missing[key] = source
+            else:
+                rows[key] = row
+        if missing:
+            for key, row in zip(missing, encode(list(missing.values())), strict=True):
+                cache.put(key, row)
+                rows[key] = row
+        return rows, len(missing)
