@@ -33,6 +33,9 @@ class Prediction:
     latency_ms: float
     batch_size: int
     refs: tuple[Any, ...] = ()
+    #: ``time.perf_counter_ns()`` when the aligner closed the window (not published: it is
+    #: this process's clock), so later stages can time close → acknowledged.
+    closed_at_ns: int = 0
 
     @property
     def window_id(self) -> str:

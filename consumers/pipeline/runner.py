@@ -61,6 +61,7 @@ class WindowRunner:
                     latency_ms=(finished - item.closed_at_ns) / 1e6,
                     batch_size=len(closed),
                     refs=window.refs,
+                    closed_at_ns=item.closed_at_ns,
                 )
             )
         return predictions

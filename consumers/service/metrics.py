@@ -38,6 +38,10 @@ class ServiceMetrics:
             "close_to_prediction_seconds", "Window closed by the aligner to prediction made.",
             namespace=ns, buckets=_LATENCY_S, registry=registry,
         )
+        self.close_to_ack = Histogram(
+            "close_to_ack_seconds", "Window closed by the aligner to its prediction acknowledged by the broker.",
+            namespace=ns, buckets=_LATENCY_S, registry=registry,
+        )
         self.queue = Histogram(
             "queue_seconds", "Window closed to its batch entering the engine.",
             namespace=ns, buckets=_LATENCY_S, registry=registry,

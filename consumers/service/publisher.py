@@ -50,7 +50,10 @@ class Publisher:
         hop_ns: int,
         transactional: bool,
         group_id: str,
+        on_acknowledged: Callable[[Prediction, float], None] | None = None,
     ) -> None:
+        #: Called with each acknowledged prediction and its close → acknowledged milliseconds.
+        self._on_acknowledged = on_acknowledged
         self._producer = producer
         self._tracker = tracker
         self._metrics = metrics
@@ -126,6 +129,10 @@ class Publisher:
     def _on_prediction(self, future: asyncio.Future[Any], prediction: Prediction) -> None:
         self._outstanding.discard(future)
         if self._check(future, f"prediction {prediction.window_id}"):
+            close_to_ack_ms = (time.perf_counter_ns() - prediction.closed_at_ns) / 1e6
+            self._metrics.close_to_ack.observe(close_to_ack_ms / 1000)
+            if self._on_acknowledged is not None:
+                self._on_acknowledged(prediction, close_to_ack_ms)
             self._tracker.published(prediction.refs)
             until = prediction.t_start_ns + self._hop_ns
             if until > self.published_until.get(prediction.stream_id, until - 1):

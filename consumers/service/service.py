@@ -33,7 +33,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.kafka import TopicLayoutError, ensure_topics, make_consumer, make_producer
 from consumers.pipeline.core import DeadLetter, Pipeline
+from consumers.pipeline.prediction import Prediction
 from consumers.pipeline.runner import WindowRunner
 from consumers.service.checkpoint import Checkpoint
 from consumers.service.intake import IntakeClock, PartitionMerger
@@ -86,6 +87,9 @@ class ServiceOptions:
     stall_after_s: float = 60.0
     #: Exactly-once: how long to wait for a committed transaction's offsets to become readable.
     visibility_timeout_s: float = 10.0
+    #: Called with each prediction the broker acknowledged and its close → acknowledged milliseconds
+    #: (``fusionstream bench`` times the service with it).
+    on_acknowledged: Callable[[Prediction, float], None] | None = None
 
 
 class InferenceService:
@@ -185,6 +189,7 @@ class InferenceService:
                 producer, self.tracker, self.metrics,
                 predictions_topic=s.predictions_topic, deadletter_topic=s.deadletter_topic,
                 hop_ns=self.window_config.hop_ns, transactional=s.exactly_once, group_id=s.group_id,
+                on_acknowledged=self.options.on_acknowledged,
             )
             if s.metrics_port:
                 server = MetricsServer(self.metrics.registry, self.health, s.metrics_port)
