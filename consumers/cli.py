@@ -171,6 +171,47 @@ def tail(
 
 
 @app.command()
+def view(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 serves other machines too.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="HTTP port of the page (0 = any free port).")] = 8090,
+    fps: Annotated[float, typer.Option("--fps", min=0.2, max=30, help="Most updates (and frames) per second and stream sent to a browser.")] = 5.0,
+    lookback: Annotated[float, typer.Option("--lookback", min=0, help="Seconds of past predictions to show at start (by window end time); 0 = only new ones.")] = 30.0,
+    stream: Annotated[Optional[list[str]], typer.Option("--stream", help="Only this stream id (repeat for several).")] = None,  # noqa: UP045
+    sync: Annotated[bool, typer.Option("--sync/--no-sync", help="Delay the video by the prediction latency so each label is drawn on a frame of its own window; --no-sync shows the newest frame with the newest prediction.")] = True,
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    config: ConfigOpt = None,
+) -> None:
+    """Serve a live web page: per stream, the latest frame with the prediction drawn on it, audio level, transcript, modality mask and a timeline.
+
+    Reads the input and prediction topics (names from settings) without a consumer group,
+    from their end (predictions: --lookback seconds back), and pushes updates to the
+    browser with Server-Sent Events. Open the printed URL; Ctrl-C stops. See docs/viewer.md.
+    """
+    from aiokafka.errors import KafkaError
+    from rich.console import Console
+    from rich.markup import escape
+
+    from consumers.viewer import run_viewer
+    from stream.errors import FusionStreamError
+
+    settings = Settings.load(config, bootstrap_servers=bootstrap)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def ready(url: str) -> None:
+        err.print(f"viewing {settings.bootstrap_servers} at [bold]{url}[/] ; Ctrl-C stops")
+
+    try:
+        run_viewer(settings, host=host, port=port, fps=fps, lookback_s=lookback, stream_ids=stream, sync=sync,
+                   on_ready=ready)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (FusionStreamError, KafkaError, OSError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc) or repr(exc))}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def serve(
     exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Publish predictions and commit offsets in one Kafka transaction (default: settings, at-least-once).")] = None,  # noqa: UP045
     instance_id: Annotated[Optional[str], typer.Option("--instance-id", envvar="FUSIONSTREAM_INSTANCE_ID", help="Stable name of this instance (default: host name). Exactly-once derives its transactional id from it: keep it across restarts, make it differ between instances.")] = None,  # noqa: UP045

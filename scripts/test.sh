@@ -24,6 +24,14 @@ if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
   export KAFKA_BOOTSTRAP
 fi
 
+# The viewer test loads its page in Debian's Chromium. A fresh CI machine runs this as
+# root with apt available: install it there once; elsewhere the test skips with a reason.
+if ! command -v chromium >/dev/null 2>&1 && [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "test.sh: installing chromium (apt) for the viewer test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+    || echo "test.sh: could not install chromium; the viewer test will be skipped" >&2
+fi
+
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [[ $status -eq 5 ]]; then
