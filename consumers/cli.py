@@ -183,9 +183,9 @@ def view(
 ) -> None:
     """Serve a live web page: per stream, the latest frame with the prediction drawn on it, audio level, transcript, modality mask and a timeline.
 
-    Reads the input and prediction topics (names from settings) without a consumer group,
-    from their end (predictions: --lookback seconds back), and pushes updates to the
-    browser with Server-Sent Events. Open the printed URL; Ctrl-C stops. See docs/viewer.md.
+    Reads the input and prediction topics (names from settings) without a consumer group, from their end (predictions: --lookback seconds back), and pushes updates to the browser with Server-Sent Events.
+
+    Open the printed URL; Ctrl-C stops. See docs/viewer.md.
     """
     from aiokafka.errors import KafkaError
     from rich.console import Console
