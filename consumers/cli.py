@@ -130,6 +130,59 @@ def export(
     export_command(model_dir, out or model_dir)
 
 
+@app.command()
+def bench(
+    streams: Annotated[int, typer.Option(min=1, help="Synthetic streams in the workload of the throughput stages.")] = 8,
+    seconds: Annotated[float, typer.Option(min=5, help="Seconds of each workload stream.")] = 30.0,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes the engine stage tries (comma-separated); the best is used everywhere.")] = "8,16,32,64",
+    naive_streams: Annotated[int, typer.Option(min=1, help="Streams the (slow) naive baseline runs on.")] = 2,
+    kafka: Annotated[bool, typer.Option("--kafka/--no-kafka", help="Run the service stages against the broker (skipped with a note when none answers).")] = True,
+    realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about a minute).")] = True,
+    trial_seconds: Annotated[float, typer.Option(min=4, help="Length of each real-time trial.")] = 8.0,
+    bound_ms: Annotated[float, typer.Option(help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the int8 encoders when the model has them (fusionstream quantize).")] = True,
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    as_json: JsonOpt = False,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Throughput and latency of every stage, side by side on one synthetic workload and one model.
+
+    Stages: `engine` (encoders + fusion head alone on decoded, aligned windows, best batch size),
+    `pipeline` (the embedded pipeline from wire bytes at maximum rate), `kafka` (the service
+    consuming its own topics on the broker at maximum rate), `naive` (one window at a time,
+    PyTorch eager, no batching or reuse). Then the most live streams (1 s windows, 0.5 s hop,
+    15 fps, 16 kHz) sustained under --bound-ms p99, and the service's close → broker-ack
+    latency at half that load. Reports windows/s, latency percentiles and the ratios
+    pipeline/engine, kafka/engine, pipeline/naive. Takes two to four minutes.
+    """
+    from rich.console import Console
+
+    from consumers.bench.run import BenchOptions, run_bench
+
+    settings = Settings.load(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        sizes = tuple(sorted({int(size) for size in batch_sizes.split(",") if size.strip()}))
+    except ValueError:
+        raise typer.BadParameter(f"not a list of integers: {batch_sizes!r}", param_hint="--batch-sizes") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter("give at least one batch size >= 1", param_hint="--batch-sizes")
+    options = BenchOptions(
+        streams=streams, seconds=seconds, batch_sizes=sizes, naive_streams=min(naive_streams, streams), kafka=kafka,
+        realtime=realtime, trial_seconds=trial_seconds, bound_ms=bound_ms, int8=int8,
+    )
+    console = Console(stderr=as_json, highlight=False)
+    report = run_bench(settings, options, console)
+    if as_json:
+        typer.echo(json.dumps(report, separators=(",", ":")))
+    else:
+        from consumers.bench.report import print_report
+
+        print_report(report, console)
+
+
 from consumers.producers.cli import produce_app  # noqa: E402  (imports only typer and the settings)
 
 app.add_typer(produce_app, name="produce")

@@ -12,15 +12,23 @@ import cv2
 import numpy as np
 
 from stream.errors import BadRecord
+from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
 from stream.records import AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
 
-JPEG_EOI = b"\xff\xd9"
 
+def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem:
+    """Decode a validated record's payload; raise ``BadRecord`` if the media is corrupt.
 
-def decode_media(record: Record, ref: Any = None) -> MediaItem:
-    """Decode a validated record's payload; raise ``BadRecord`` if the media is corrupt."""
+    With ``lazy_jpeg`` a JPEG frame is only checked (:func:`stream.jpeg.check_jpeg`) and its
+    ``image`` is a :class:`~stream.jpeg.LazyJpeg`, decoded when a window samples it: the
+    pipeline's way of decoding only the frames windows use.
+    """
     if record.modality is Modality.VIDEO:
-        return Frame(record.stream_id, record.t_start_ns, record.t_end_ns, decode_image(record), ref)
+        if lazy_jpeg and record.encoding is Encoding.JPEG:
+            image: np.ndarray | LazyJpeg = LazyJpeg(record.payload)
+        else:
+            image = decode_image(record)
+        return Frame(record.stream_id, record.t_start_ns, record.t_end_ns, image, ref)
     if record.modality is Modality.AUDIO:
         samples = decode_pcm(record)
         return AudioChunk(
@@ -42,14 +50,8 @@ def decode_image(record: Record) -> np.ndarray:
     if record.encoding is Encoding.RAW_RGB24:
         height, width = int(record.meta["height"]), int(record.meta["width"])
         return np.frombuffer(record.payload, dtype=np.uint8).reshape(height, width, 3)
-    # libjpeg "recovers" from a truncated stream by returning a grey-padded image,
-    # so a missing end-of-image marker is the reliable sign of truncation.
-    if not record.payload.rstrip(b"\x00").endswith(JPEG_EOI):
-        raise BadRecord("bad-jpeg", "JPEG has no end-of-image marker (truncated)")
-    bgr = cv2.imdecode(np.frombuffer(record.payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise BadRecord("bad-jpeg", "OpenCV could not decode the JPEG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    check_jpeg(record.payload)
+    return decode_jpeg(record.payload)
 
 
 def decode_pcm(record: Record) -> np.ndarray:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream.jpeg import LazyJpeg
 
 WIRE_VERSION = 1
 
@@ -80,12 +83,14 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A decoded video frame: ``image`` is HxWx3 uint8 RGB."""
+    """A video frame: ``image`` is HxWx3 uint8 RGB, or a checked JPEG not decoded yet
+    (``decode_media(..., lazy_jpeg=True)``, which only the pipeline uses; it decodes the
+    frames windows sample before the windows leave it)."""
 
     stream_id: str
     t_start_ns: int
     t_end_ns: int
-    image: np.ndarray
+    image: np.ndarray | LazyJpeg
     ref: Any = None
 
     modality = Modality.VIDEO

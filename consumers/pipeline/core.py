@@ -4,6 +4,9 @@
                          │ bad / late                                    │
                          └─> returned as DeadLetter          engine thread ─> prediction queue
 
+JPEG frames are only checked at intake; the pixels of the frames a closed window samples
+are decoded (in the same pool) just before it is queued, each frame once.
+
 Every queue is bounded: when the engine falls behind, ``feed`` waits on the full
 window queue, and the caller (a source, or the Kafka consumer loop) slows down.
 Nothing is dropped: a record is either in a window, or returned as a dead letter.
@@ -12,6 +15,7 @@ Nothing is dropped: a record is either in a window, or returned as a dead letter
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +29,7 @@ from consumers.pipeline.runner import ClosedWindow, WindowRunner
 from stream import wire
 from stream.aligner import Aligner
 from stream.errors import BadRecord
+from stream.jpeg import LazyJpeg
 from stream.media import decode_media
 from stream.records import MediaItem, Record
 from stream.windows import Window, WindowConfig
@@ -49,12 +54,14 @@ class PipelineStats:
     windows_closed: int = 0
     predictions: int = 0
     batches: int = 0
+    #: Sampled JPEG frames that passed the intake check but failed to decode (shown black).
+    frames_undecodable: int = 0
 
 
 def _decode(value: bytes | Record, ref: Any) -> MediaItem | DeadLetter:
     try:
         record = wire.decode(value) if isinstance(value, bytes | bytearray | memoryview) else value
-        return decode_media(record, ref)
+        return decode_media(record, ref, lazy_jpeg=True)
     except BadRecord as exc:
         stream_id = value.stream_id if isinstance(value, Record) else None
         return DeadLetter(exc.reason, exc.detail, ref, stream_id)
@@ -156,11 +163,31 @@ class Pipeline:
         if not windows:
             return
         closed_at = time.perf_counter_ns()
+        windows = await self._decode_frames(windows)
         self.stats.windows_closed += len(windows)
         self._in_flight += len(windows)
         self._idle.clear()
         for window in windows:
             await self._windows.put(ClosedWindow(window, closed_at))
+
+    async def _decode_frames(self, windows: list[Window]) -> list[Window]:
+        """Decode the JPEG frames these windows sampled (each frame once, however many windows share it)."""
+        lazy = [w for w in windows if any(isinstance(f, LazyJpeg) for f in w.frames)]
+        if not lazy:
+            return windows
+        loop = asyncio.get_running_loop()
+        parts = max(1, min(self._decode_workers, len(lazy) // 4))
+        size = -(-len(lazy) // parts)
+        done = await asyncio.gather(
+            *(loop.run_in_executor(self._decode_pool, _decoded_windows, lazy[i : i + size])
+              for i in range(0, len(lazy), size))
+        )
+        decoded = {id(old): new for part in done for old, new, _ in part}
+        failed = sum(failures for part in done for _, _, failures in part)
+        if failed:
+            self.stats.frames_undecodable += failed
+            log.warning("%d sampled JPEG frame(s) passed the intake check but did not decode; shown black", failed)
+        return [decoded.get(id(w), w) for w in windows]
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -198,6 +225,21 @@ class Pipeline:
     async def close_output(self) -> None:
         """Tell ``predictions()`` readers that no more will come."""
         await self._predictions.put(None)
+
+
+def _decoded_windows(windows: list[Window]) -> list[tuple[Window, Window, int]]:
+    out = []
+    for window in windows:
+        frames, failures = [], 0
+        for frame in window.frames:
+            if isinstance(frame, LazyJpeg):
+                already = frame.decoded
+                frames.append(frame.decode())
+                failures += frame.failed and not already
+            else:
+                frames.append(frame)
+        out.append((window, dataclasses.replace(window, frames=tuple(frames)), failures))
+    return out
 
 
 def _decode_chunk(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:

@@ -3,9 +3,9 @@
 With hop < window every frame and every caption belongs to several windows (two, at the
 default 1 s window and 0.5 s hop). The aligner samples frames on a grid that overlapping
 windows share, so the same frame comes back; this module embeds each frame once, keyed by
-``(stream, frame time)``, and each distinct transcript once, keyed by its text. A window's
-video embedding is then the mean of its K frame embeddings: exactly what the video graph
-computes, since that graph also averages per-frame embeddings.
+``(stream, frame time)``, and each distinct transcript of a stream once, keyed by
+``(stream, text)``. A window's video embedding is then the mean of its K frame embeddings:
+exactly what the video graph computes, since that graph also averages per-frame embeddings.
 
 Audio is not cached: its encoder reads the whole window at once, so no part of it can be
 reused without a different model.
@@ -98,7 +98,7 @@ class WindowEmbedder:
         self.reuse_frames = reuse and backend.embeds_frames
         self.reuse_text = reuse
         self._frames: EmbeddingCache[tuple[str, int]] = EmbeddingCache(frame_cache)
-        self._texts: EmbeddingCache[str] = EmbeddingCache(text_cache)
+        self._texts: EmbeddingCache[tuple[str, str]] = EmbeddingCache(text_cache)
         self._needed = {"frames": 0, "texts": 0}
         self._encoded = {"frames": 0, "texts": 0}
 
@@ -154,15 +154,15 @@ class WindowEmbedder:
         return out
 
     def _text(self, windows: Sequence[Window]) -> np.ndarray:
-        present = [(i, w.transcript) for i, w in enumerate(windows) if w.mask[2]]
+        present = [(i, (w.stream_id, w.transcript)) for i, w in enumerate(windows) if w.mask[2]]
         rows, encoded = self._lookup(
             self._texts,
-            {text: text for _, text in present},
+            {key: key[1] for _, key in present},
             lambda texts: self.backend.encode("text", np.stack([text_to_ids(t, self.spec) for t in texts])),
         )
         out = self._zeros(len(windows))
-        for i, text in present:
-            out[i] = rows[text]
+        for i, key in present:
+            out[i] = rows[key]
         self._count("texts", len(present), encoded)
         return out
 

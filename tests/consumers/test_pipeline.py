@@ -152,3 +152,41 @@ def test_memory_stays_bounded_when_the_engine_is_slower_than_the_source(untraine
     # The aligner holds about two windows of records per stream, not the whole 10 s.
     per_stream_second = 15 + 25 + 3
     assert peaks["buffered"] < 4 * 3 * per_stream_second
+
+
+def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
+    untrained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stream.jpeg
+    from consumers.pipeline.featurize import Featurizer
+    from consumers.training.dataset import windows_of
+
+    decoded: list[int] = []
+    real_decode = stream.jpeg.decode_jpeg
+    monkeypatch.setattr(stream.jpeg, "decode_jpeg", lambda data: decoded.append(1) or real_decode(data))
+    source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
+    records = list(source.records())
+    frames = sum(1 for r in records if r.modality.name == "VIDEO")
+    spec = ModelSpec.load(untrained_model)
+    runners: list[WindowRunner] = []
+
+    class Spy(WindowRunner):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    result, _ = asyncio.run(_run(untrained_model, records, runner_cls=Spy))
+    stats = runners[0].embed.stats
+    # 15 fps, 4 samples per 1 s window, 0.5 s hop: about 4 distinct frames a second are ever looked at.
+    assert len(decoded) <= 0.35 * frames
+    assert stats.frames_encoded == len(decoded)  # a frame is decoded only to be embedded, and only once
+    assert 0.45 <= stats.frames_saved <= 0.55  # overlapping windows share half their samples
+    assert stats.texts_encoded < stats.texts_needed
+    # ... and the predictions are exactly those of every window decoded and encoded whole.
+    windows = list(windows_of(records, _config(spec)))
+    with load_backend("onnxruntime", untrained_model) as backend:
+        expected = backend.infer(Featurizer(spec)(windows))
+    got = {(p.stream_id, p.t_start_ns): np.array([p.scores[c] for c in spec.classes]) for p in result.predictions}
+    assert len(got) == len(windows)
+    for window, probs in zip(windows, expected, strict=True):
+        np.testing.assert_allclose(got[(window.stream_id, window.t_start_ns)], probs, rtol=0, atol=1e-5)

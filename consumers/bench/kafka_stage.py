@@ -1,0 +1,210 @@
+"""The service stages of ``fusionstream bench``: the real consumer loop against a real broker.
+
+Each run gets topics and a consumer group of its own (``bench-<id>.*``, deleted after), so a
+benchmark never touches production topics or another run's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from consumers.bench.stages import StageResult
+from consumers.bench.workload import NS, Workload
+from consumers.pipeline.prediction import Prediction
+from consumers.pipeline.runner import WindowRunner
+from consumers.producers.publish import publish
+from consumers.producers.sources import on_time
+from consumers.report import WindowCensus
+from consumers.service.service import InferenceService, ServiceOptions
+from consumers.settings import Settings
+from engines.spec import ModelSpec
+
+#: Longest a stage waits for its last prediction before giving up (a stalled service).
+STALL_S = 120.0
+
+
+async def broker_reachable(settings: Settings, timeout_s: float = 5.0) -> bool:
+    """Whether a broker answers at ``settings.bootstrap_servers`` (the kafka stages need one)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
+        **settings.kafka_security(),
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+    return True
+
+
+@dataclass
+class _Run:
+    settings: Settings
+    topics: list[str]
+
+
+def _run_settings(settings: Settings, tag: str) -> _Run:
+    prefix = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
+    updated = settings.model_copy(
+        update={
+            "video_topic": f"{prefix}.video",
+            "audio_topic": f"{prefix}.audio",
+            "text_topic": f"{prefix}.text",
+            "predictions_topic": f"{prefix}.predictions",
+            "deadletter_topic": f"{prefix}.deadletter",
+            "group_id": prefix,
+            "metrics_port": 0,
+        }
+    )
+    topics = [getattr(updated, f"{name}_topic") for name in ("video", "audio", "text", "predictions", "deadletter")]
+    return _Run(updated, topics)
+
+
+def kafka_max_rate(
+    make_runner: Callable[[], WindowRunner], spec: ModelSpec, settings: Settings, workload: Workload, expected: int
+) -> StageResult:
+    """Produce the whole workload first, then time the service consuming it: from its first
+    fetched record to the broker acknowledging its last prediction."""
+    return asyncio.run(_max_rate(make_runner, spec, settings, workload, expected))
+
+
+async def _max_rate(
+    make_runner: Callable[[], WindowRunner], spec: ModelSpec, settings: Settings, workload: Workload, expected: int
+) -> StageResult:
+    run = _run_settings(settings, "max")
+    try:
+        await publish(workload.records, run.settings)
+        latencies: list[float] = []
+        service = _service(run.settings, make_runner, spec, lambda _p, ms: latencies.append(ms))
+        first_fetch, last_ack = await _serve_until(service, latencies, expected)
+    finally:
+        await _delete(run)
+    return StageResult("kafka", len(latencies), last_ack - first_fetch, latencies)
+
+
+def kafka_realtime(
+    make_runner: Callable[[], WindowRunner],
+    spec: ModelSpec,
+    settings: Settings,
+    workload: Workload,
+    streams: int,
+    *,
+    seconds: float,
+    warmup_s: float,
+) -> StageResult:
+    """``streams`` live streams produced at capture rate while the service runs; latency is window
+    closed → prediction acknowledged by the broker, after the warm-up."""
+    return asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))
+
+
+async def _realtime(
+    make_runner: Callable[[], WindowRunner],
+    spec: ModelSpec,
+    settings: Settings,
+    workload: Workload,
+    streams: int,
+    seconds: float,
+    warmup_s: float,
+) -> StageResult:
+    run = _run_settings(settings, "live")
+    config = run.settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    span: list[int] = []  # [first, last) window start measured: after the warm-up, before the end's burst
+    census = WindowCensus(config)
+    try:
+        await publish([], run.settings)  # topics first, so the group has joined before the first record
+        acknowledged: list[float] = []
+        measured: list[float] = []
+
+        def on_ack(prediction: Prediction, ms: float) -> None:
+            acknowledged.append(ms)
+            if span and span[0] <= prediction.t_start_ns < span[1]:
+                measured.append(ms)
+
+        async def produce() -> int:
+            start_ns = time.time_ns() + NS // 2
+            records = list(census.watch(workload.cloned(streams, start_ns, seconds)))
+            span[:] = [start_ns + int(warmup_s * NS), records[-1].t_start_ns - config.window_ns - config.hop_ns]
+            await publish(on_time(records), run.settings, create_topics=False)
+            return len(census.expected)
+
+        service = _service(run.settings, make_runner, spec, on_ack)
+        first_fetch, last_ack = await _serve_until(service, acknowledged, produce)
+    finally:
+        await _delete(run)
+    extra = {"streams": streams, "windows_total": len(acknowledged), "expected": len(census.expected)}
+    return StageResult("kafka_realtime", len(measured), last_ack - first_fetch, measured, extra)
+
+
+def _service(
+    settings: Settings, make_runner: Callable[[], WindowRunner], spec: ModelSpec,
+    on_ack: Callable[[Prediction, float], None],
+) -> InferenceService:
+    options = ServiceOptions(instance_id="bench", on_acknowledged=on_ack)
+    return InferenceService(settings, make_runner(), spec, options=options)
+
+
+def _fetched(service: InferenceService) -> float:
+    """Input records the service has fetched so far (its records_consumed counter)."""
+    return sum(
+        sample.value
+        for metric in service.metrics.records.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def _serve_until(
+    service: InferenceService, acknowledged: list[float], target: int | Callable[[], Awaitable[int]]
+) -> tuple[float, float]:
+    """Run the service until ``target`` predictions are acknowledged; a live target is a producer
+    coroutine started once the service has its partitions, returning how many windows it made.
+    Returns the instants of the first fetched record and of the last acknowledgement."""
+    serving = asyncio.create_task(service.run(), name="bench-service")
+    producer: asyncio.Task[int] | None = None
+    first_fetch = last_ack = 0.0
+    try:
+        while not service.health()[0]:
+            await _alive(serving)
+        if not isinstance(target, int):
+            producer = asyncio.create_task(target(), name="bench-producer")
+        seen, last_change = 0, time.monotonic()
+        while True:
+            await _alive(serving)
+            if not first_fetch and _fetched(service):
+                first_fetch = time.perf_counter()
+            if len(acknowledged) != seen:
+                seen, last_change = len(acknowledged), time.monotonic()
+                last_ack = time.perf_counter()
+            goal = target if producer is None else (producer.result() if producer.done() else None)
+            if goal is not None and seen >= goal:
+                break
+            if time.monotonic() - last_change > STALL_S:
+                raise RuntimeError(f"the service stalled: {seen} predictions acknowledged, expected {goal}")
+    finally:
+        if producer is not None and not producer.done():
+            producer.cancel()
+        service.stop()
+        await asyncio.gather(serving, return_exceptions=True)
+    return first_fetch, last_ack
+
+
+async def _alive(serving: asyncio.Task[None]) -> None:
+    if serving.done():
+        serving.result()  # raises the service's error
+        raise RuntimeError("the service stopped before the benchmark was done")
+    await asyncio.sleep(0.005)
+
+
+async def _delete(run: _Run) -> None:
+    from consumers.kafka.admin import delete_topics
+
+    with contextlib.suppress(Exception):  # best effort: a leftover bench topic is harmless
+        await delete_topics(run.settings.bootstrap_servers, run.topics)

@@ -1,0 +1,197 @@
+"""``fusionstream bench``: every stage on the same input and model, in one process, side by side.
+
+Ratios are what the benchmark is for: each is two stages measured minutes apart on the same
+machine, so the machine's speed mostly cancels out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from consumers.bench.realtime import Trial, realtime_trial, search_max_streams
+from consumers.bench.stages import StageResult, engine_stage, engine_without_reuse, naive_stage, pipeline_stage
+from consumers.bench.workload import Workload
+from consumers.pipeline.runner import WindowRunner
+from consumers.settings import Settings
+from engines.backends import load_backend
+from engines.spec import INT8, MODALITIES, ModelSpec
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    streams: int = 8
+    seconds: float = 30.0
+    seed: int = 0
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    naive_streams: int = 2
+    kafka: bool = True
+    realtime: bool = True
+    trial_seconds: float = 8.0
+    warmup_s: float = 2.0
+    bound_ms: float = 100.0
+    start_streams: int = 8
+    int8: bool = True
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
+    """Run every stage and return the report (figures, ratios, trials)."""
+    spec = ModelSpec.load(settings.model_dir)
+    config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    backend_options: dict[str, Any] = {"threads": settings.threads} if settings.threads else {}
+    if settings.backend == "torch":
+        backend_options["device"] = settings.device
+    stages: dict[str, StageResult] = {}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "model": {"dir": str(settings.model_dir), "version": spec.version, "fusion": spec.fusion},
+        "backend": settings.backend,
+        "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
+                     "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate},
+    }
+
+    def done(result: StageResult) -> None:
+        stages[result.name] = result
+        line = f"  {result.name:<16} {result.windows_per_s:8.1f} windows/s"
+        if result.latencies_ms:
+            p = result.summary()["latency_ms"]
+            line += f"   latency p50 {p['p50']:.1f} ms  p99 {p['p99']:.1f} ms"
+        console.print(line)
+
+    with console.status("making the synthetic workload"):
+        workload = Workload.synthetic(options.streams, options.seconds, options.seed)
+        windows = workload.windows(config)
+        _ = workload.encoded
+    console.print(
+        f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
+        f"{len(workload.records)} records; model {spec.fusion} v{spec.version} on {settings.backend}"
+    )
+    with load_backend(settings.backend, settings.model_dir, **backend_options) as backend:
+
+        def make_runner() -> WindowRunner:
+            return WindowRunner(backend, spec)
+
+        with console.status("engine: the model alone, per batch size"):
+            done(engine_stage(backend, spec, windows, options.batch_sizes))
+        best_batch = int(stages["engine"].extra["batch_size"])
+        with console.status("engine without reuse"):
+            done(engine_without_reuse(backend, spec, windows, best_batch))
+        with console.status("pipeline: the embedded pipeline at maximum rate"):
+            done(pipeline_stage(backend, spec, workload, config, max_batch=best_batch,
+                                decode_workers=settings.decode_workers))
+        kafka_settings = settings.model_copy(update={"max_batch": best_batch})
+        broker = options.kafka and _broker(kafka_settings, console)
+        if broker:
+            from consumers.bench.kafka_stage import kafka_max_rate
+
+            with console.status("kafka: the service consuming the local broker at maximum rate"):
+                done(kafka_max_rate(make_runner, spec, kafka_settings, workload, stages["pipeline"].windows))
+        with console.status("naive: one window at a time, PyTorch eager, no batching, no reuse"):
+            done(naive_stage(settings.model_dir, spec, workload, config, options.naive_streams))
+        if options.int8 and all(spec.has_graph(f"{m}{INT8}") for m in MODALITIES) and settings.backend == "onnxruntime":
+            with (
+                load_backend("onnxruntime", settings.model_dir, precision="int8", **backend_options) as quantized,
+                console.status("engine with the int8 encoders"),
+            ):
+                result = engine_stage(quantized, spec, windows, (best_batch,))
+            result.name = "engine_int8"
+            done(result)
+        if options.realtime:
+            report |= _realtime(options, workload, config, make_runner, best_batch, settings, console)
+            if broker and report["max_realtime_streams"] >= 2:
+                from consumers.bench.kafka_stage import kafka_realtime
+
+                half = report["max_realtime_streams"] // 2
+                with console.status(f"kafka at half the maximum load: {half} live streams"):
+                    result = kafka_realtime(make_runner, spec, kafka_settings, workload, half,
+                                            seconds=max(options.trial_seconds, 10.0), warmup_s=options.warmup_s)
+                done(result)
+                report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms")}
+
+    rate = {name: round(result.windows_per_s, 1) for name, result in stages.items()}
+    ratios = {
+        "pipeline/engine": _ratio(rate["pipeline"], rate["engine"]),
+        "pipeline/naive": _ratio(rate["pipeline"], rate["naive"]),
+        "engine/engine_no_reuse": _ratio(rate["engine"], rate["engine_no_reuse"]),
+    }
+    if "kafka" in rate:
+        ratios["kafka/engine"] = _ratio(rate["kafka"], rate["engine"])
+    if "engine_int8" in rate:
+        ratios["engine_int8/engine"] = _ratio(rate["engine_int8"], rate["engine"])
+    report["windows_per_s"] = rate
+    report["latency_ms"] = {
+        name: result.summary()["latency_ms"] for name, result in stages.items() if result.latencies_ms
+    }
+    report["ratios"] = ratios
+    report["stages"] = {name: result.summary() for name, result in stages.items()}
+    report.setdefault("max_realtime_streams", None)
+    return report
+
+
+def _broker(settings: Settings, console: Console) -> bool:
+    from consumers.bench.kafka_stage import broker_reachable
+
+    if asyncio.run(broker_reachable(settings)):
+        return True
+    console.print(f"[yellow]no broker at {settings.bootstrap_servers}: skipping the kafka stages[/] "
+                  "(start one with `make kafka-start`, or pass --bootstrap)")
+    return False
+
+
+def _realtime(
+    options: BenchOptions,
+    workload: Workload,
+    config: Any,
+    make_runner: Callable[[], WindowRunner],
+    max_batch: int,
+    settings: Settings,
+    console: Console,
+) -> dict[str, Any]:
+    def trial(streams: int) -> Trial:
+        with console.status(f"real time: {streams} live streams for {options.trial_seconds:g} s"):
+            return realtime_trial(
+                make_runner, workload, config, streams, seconds=options.trial_seconds, warmup_s=options.warmup_s,
+                bound_ms=options.bound_ms, max_batch=max_batch, decode_workers=settings.decode_workers,
+            )
+
+    def show(t: Trial) -> None:
+        verdict = "[green]sustained[/]" if t.sustained else "[red]not sustained[/]"
+        console.print(
+            f"  {t.streams:4d} live streams: latency p99 {t.latency_ms['p99']:.1f} ms, intake lag p99 "
+            f"{t.intake_lag_ms['p99']:.1f} ms, {t.predicted}/{t.expected} windows: {verdict}"
+        )
+
+    best, trials = search_max_streams(trial, start=options.start_streams, progress=show)
+    return {
+        "max_realtime_streams": best,
+        "realtime": {"bound_ms": options.bound_ms, "trial_seconds": options.trial_seconds,
+                     "trials": [t.summary() for t in trials]},
+    }

@@ -1,0 +1,181 @@
+"""The in-process benchmark stages: the model alone, the embedded pipeline, and the naive baseline.
+
+Each stage runs the same workload and returns a :class:`StageResult`; ``fusionstream bench``
+puts them side by side (see ``consumers.bench.run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from consumers.bench.workload import Workload, chunks
+from consumers.pipeline.core import Pipeline
+from consumers.pipeline.featurize import Featurizer
+from consumers.pipeline.reuse import WindowEmbedder
+from consumers.pipeline.runner import WindowRunner
+from consumers.report import percentiles
+from engines.spec import ModelSpec
+from stream.windows import Window, WindowConfig
+
+if TYPE_CHECKING:
+    from engines.backends.base import Backend
+
+#: Records handed to ``Pipeline.feed`` at a time at maximum rate (what one Kafka fetch brings).
+FEED_CHUNK = 500
+
+
+@dataclass
+class StageResult:
+    """Windows a stage turned into predictions, in how long, and each window's latency."""
+
+    name: str
+    windows: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "windows": self.windows,
+            "seconds": round(self.seconds, 3),
+            "windows_per_s": round(self.windows_per_s, 1),
+        }
+        if self.latencies_ms:
+            out["latency_ms"] = percentiles(self.latencies_ms)
+        return out | self.extra
+
+
+def _batches(windows: Sequence[Window], size: int) -> list[Sequence[Window]]:
+    return [windows[i : i + size] for i in range(0, len(windows), size)]
+
+
+def engine_stage(
+    backend: Backend, spec: ModelSpec, windows: Sequence[Window], batch_sizes: Sequence[int], *, repeats: int = 2
+) -> StageResult:
+    """Encoders + fusion head alone on already aligned, decoded windows, at the best batch size.
+
+    The model does the same work per window as in the pipeline (each frame and caption
+    embedded once, fresh caches per pass), so the pipeline's ratio to this is the cost of
+    the streaming machinery alone. Each batch size gets ``repeats`` passes; the best counts.
+    """
+    best: StageResult | None = None
+    tried: dict[str, float] = {}
+    _run_engine(backend, spec, windows[: max(batch_sizes)], max(batch_sizes))  # warm-up: sessions, caches, cv2
+    for size in batch_sizes:
+        seconds = min(_run_engine(backend, spec, windows, size) for _ in range(repeats))
+        result = StageResult("engine", len(windows), seconds)
+        tried[str(size)] = round(result.windows_per_s, 1)
+        if best is None or result.windows_per_s > best.windows_per_s:
+            best = result
+            best.extra["batch_size"] = size
+    assert best is not None
+    best.extra["by_batch_size"] = tried
+    return best
+
+
+def _run_engine(backend: Backend, spec: ModelSpec, windows: Sequence[Window], size: int) -> float:
+    embed = WindowEmbedder(backend, spec)
+    started = time.perf_counter()
+    for batch in _batches(windows, size):
+        backend.fuse(*embed(batch))
+    return time.perf_counter() - started
+
+
+def engine_without_reuse(backend: Backend, spec: ModelSpec, windows: Sequence[Window], size: int) -> StageResult:
+    """The model on whole windows (every frame of every window encoded), inputs prepared beforehand:
+    the usual way to time a model, for comparison with the reuse above."""
+    featurize = Featurizer(spec)
+    batches = [featurize(batch) for batch in _batches(windows, size)]
+    backend.infer(batches[0])
+    started = time.perf_counter()
+    for batch in batches:
+        backend.infer(batch)
+    return StageResult("engine_no_reuse", len(windows), time.perf_counter() - started, extra={"batch_size": size})
+
+
+def pipeline_stage(
+    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, *, max_batch: int,
+    decode_workers: int,
+) -> StageResult:
+    """The embedded pipeline (wire decode, media decode, aligner, micro-batcher, engine thread) fed
+    the workload's wire bytes as fast as it takes them."""
+    return asyncio.run(_pipeline(backend, spec, workload, config, max_batch, decode_workers))
+
+
+async def _pipeline(
+    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, max_batch: int, decode_workers: int
+) -> StageResult:
+    runner = WindowRunner(backend, spec)
+    latencies: list[float] = []
+    async with Pipeline(runner, config, max_batch=max_batch, decode_workers=decode_workers) as pipeline:
+
+        async def collect() -> None:
+            async for prediction in pipeline.predictions():
+                latencies.append(prediction.latency_ms)
+
+        collector = asyncio.create_task(collect())
+        started = time.perf_counter()
+        dead = 0
+        for chunk in chunks(workload.encoded, FEED_CHUNK):
+            dead += len(await pipeline.feed(chunk))
+        await pipeline.flush()
+        await pipeline.drain()
+        seconds = time.perf_counter() - started
+        await pipeline.close_output()
+        await collector
+    stats = runner.embed.stats
+    extra = {"dead_letters": dead, "frames_saved": round(stats.frames_saved, 3), "max_batch": max_batch}
+    return StageResult("pipeline", len(latencies), seconds, latencies, extra)
+
+
+def naive_stage(model_dir: Any, spec: ModelSpec, workload: Workload, config: WindowConfig, streams: int) -> StageResult:
+    """What the classic tutorial does: decode every record, then per window (one at a time, batch 1)
+    prepare all inputs and run the PyTorch model eagerly, every encoder on every window.
+
+    Runs on the first ``streams`` streams of the workload only: it is slow.
+    """
+    import torch
+
+    from engines.model import MultimodalModel
+    from engines.spec import TORCH_WEIGHTS
+    from stream import wire
+    from stream.aligner import Aligner
+    from stream.media import decode_media
+
+    model = MultimodalModel(spec)
+    model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True))
+    model.eval()
+    featurize = Featurizer(spec)
+    keep = set(workload.stream_ids()[:streams])
+    values = [v for v, r in zip(workload.encoded, workload.records, strict=True) if r.stream_id in keep]
+    latencies: list[float] = []
+
+    def predict(window: Window) -> None:
+        started = time.perf_counter()
+        batch = featurize([window])
+        with torch.no_grad():
+            arrays = (batch.video, batch.audio, batch.text, batch.mask)
+            logits = model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+            torch.softmax(logits, dim=-1).argmax(dim=-1)
+        latencies.append((time.perf_counter() - started) * 1e3)
+
+    aligner = Aligner(config)
+    started = time.perf_counter()
+    for value in values:
+        aligner.add(decode_media(wire.decode(value)), 0)
+        for window in aligner.poll(0):
+            predict(window)
+    for window in aligner.flush():
+        predict(window)
+    seconds = time.perf_counter() - started
+    return StageResult("naive", len(latencies), seconds, latencies, {"streams": streams})

@@ -1,0 +1,213 @@
+"""JPEG frames checked at intake and decoded only when a window samples them.
+
+A window samples K of the ~15 frames a second brings (4 of 15 by default), and overlapping
+windows share their samples, so decoding every frame on arrival wastes most of the decoding
+work. :func:`check_jpeg` walks the marker segments up to the start of the scan (a few
+microseconds, no pixel work): what libjpeg refuses to decode — no start or end marker, a
+segment running past the end, no quantisation table, a frame header with zero size or an
+odd component count, no scan — is refused here, at intake, where a bad record can still go
+to the dead-letter topic. :class:`LazyJpeg` then decodes on first use, once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+from stream.errors import BadRecord
+
+SOI = b"\xff\xd8"
+EOI = b"\xff\xd9"
+_SOS = 0xDA
+_DQT = 0xDB
+_DHT = 0xC4
+#: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+#: Markers without a length field.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _bad(detail: str) -> BadRecord:
+    return BadRecord("bad-jpeg", detail)
+
+
+def check_jpeg(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from the frame header of a well-formed JPEG; ``BadRecord("bad-jpeg")`` if not.
+
+    Checks the marker segments up to the first scan the way libjpeg reads them: lengths,
+    quantisation and Huffman tables, the frame header's size, precision, components and
+    sampling factors, and that the scan only names components and tables that exist.
+    The entropy-coded data after it is not read (libjpeg survives damage there).
+    """
+    if not data.startswith(SOI):
+        raise _bad("payload does not start with a JPEG SOI marker")
+    # libjpeg "recovers" from a truncated stream by returning a grey-padded image,
+    # so a missing end-of-image marker is the reliable sign of truncation.
+    if not data.rstrip(b"\x00").endswith(EOI):
+        raise _bad("JPEG has no end-of-image marker (truncated)")
+    frame: _FrameHeader | None = None
+    quant: set[int] = set()
+    huffman: set[tuple[int, int]] = set()
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            raise _bad(f"expected a JPEG marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker in (0xD8, 0xD9):
+            raise _bad("JPEG has a second start-of-image, or ends before its first scan")
+        if i + 4 > n:
+            raise _bad("JPEG segment header cut off")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2 or i + 2 + length > n:
+            raise _bad(f"JPEG segment 0x{marker:02X} at byte {i} runs past the end")
+        body = data[i + 4 : i + 2 + length]
+        if marker == _DQT:
+            quant |= _quant_tables(body)
+        elif marker == _DHT:
+            huffman |= _huffman_tables(body)
+        elif marker in _SOF:
+            if frame is not None:
+                raise _bad("JPEG has two frame headers")
+            frame = _frame_header(body)
+        elif marker == _SOS:
+            _check_scan(body, frame, quant, huffman)
+            assert frame is not None
+            return frame.height, frame.width
+        i += 2 + length
+    raise _bad("JPEG has no scan")
+
+
+class _FrameHeader:
+    __slots__ = ("components", "height", "width")
+
+    def __init__(self, height: int, width: int, components: dict[int, int]) -> None:
+        self.height, self.width, self.components = height, width, components
+
+
+def _quant_tables(body: bytes) -> set[int]:
+    ids, j = set(), 0
+    while j < len(body):
+        precision, table = body[j] >> 4, body[j] & 0x0F
+        if precision > 1 or table > 3:
+            raise _bad("bogus JPEG quantisation table")
+        j += 1 + 64 * (precision + 1)
+        ids.add(table)
+    if j != len(body) or not ids:
+        raise _bad("JPEG quantisation table segment has the wrong length")
+    return ids
+
+
+def _huffman_tables(body: bytes) -> set[tuple[int, int]]:
+    ids, j = set(), 0
+    while j < len(body):
+        if j + 17 > len(body):
+            raise _bad("JPEG Huffman table cut off")
+        kind, table = body[j] >> 4, body[j] & 0x0F
+        counts = body[j + 1 : j + 17]
+        if kind > 1 or table > 3 or not 0 < sum(counts) <= 256:
+            raise _bad("bogus JPEG Huffman table")
+        code = 0  # canonical codes: too many codes of some length overflow the code space
+        for count in counts:
+            code = (code + count) << 1
+            if code > 1 << 17:
+                raise _bad("bogus JPEG Huffman table")
+        j += 17 + sum(counts)
+        ids.add((kind, table))
+    if j != len(body):
+        raise _bad("JPEG Huffman table segment has the wrong length")
+    return ids
+
+
+def _frame_header(body: bytes) -> _FrameHeader:
+    if len(body) < 6:
+        raise _bad("JPEG frame header too short")
+    precision = body[0]
+    height = int.from_bytes(body[1:3], "big")
+    width = int.from_bytes(body[3:5], "big")
+    count = body[5]
+    if precision not in (8, 12) or height == 0 or width == 0 or count not in (1, 3, 4):
+        raise _bad(f"JPEG frame header says {width}x{height}, {precision}-bit, {count} components")
+    if len(body) != 6 + 3 * count:
+        raise _bad("JPEG frame header has the wrong length")
+    components = {}
+    for k in range(count):
+        cid, sampling, table = body[6 + 3 * k : 9 + 3 * k]
+        if not (1 <= sampling >> 4 <= 4 and 1 <= sampling & 0x0F <= 4) or table > 3 or cid in components:
+            raise _bad("bogus JPEG component in the frame header")
+        components[cid] = table
+    return _FrameHeader(height, width, components)
+
+
+def _check_scan(
+    body: bytes, frame: _FrameHeader | None, quant: set[int], huffman: set[tuple[int, int]]
+) -> None:
+    if frame is None:
+        raise _bad("JPEG scan before any frame header")
+    missing = set(frame.components.values()) - quant
+    if missing:
+        raise _bad(f"JPEG quantisation table(s) {sorted(missing)} not defined")
+    count = body[0] if body else 0
+    if not 1 <= count <= len(frame.components) or len(body) != 4 + 2 * count:
+        raise _bad("bogus JPEG scan header")
+    first, last = body[-3], body[-2]  # spectral selection: a progressive DC scan uses no AC table
+    for k in range(count):
+        cid, tables = body[1 + 2 * k], body[2 + 2 * k]
+        if cid not in frame.components:
+            raise _bad("JPEG scan names a component the frame does not have")
+        # No DHT at all is legal (motion-JPEG: libjpeg supplies the standard tables).
+        needed = {(0, tables >> 4)} if first == 0 else set()
+        if last > 0:
+            needed.add((1, tables & 0x0F))
+        if huffman and not needed <= huffman:
+            raise _bad("JPEG scan uses a Huffman table that is not defined")
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB; ``BadRecord("bad-jpeg")`` when OpenCV cannot decode it."""
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise _bad("OpenCV could not decode the JPEG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class LazyJpeg:
+    """A checked JPEG whose pixels are decoded on first :meth:`decode` (then kept).
+
+    A JPEG that passed :func:`check_jpeg` and still fails to decode (corrupt entropy-coded
+    data that libjpeg gives up on, which is rare: it usually returns a damaged picture)
+    decodes to a black frame of the declared size, and :attr:`failed` says so; by then the
+    record is in windows already, so the caller counts it rather than dead-lettering it.
+    """
+
+    __slots__ = ("_data", "_lock", "_pixels", "failed", "shape")
+
+    def __init__(self, data: bytes) -> None:
+        height, width = check_jpeg(data)
+        self._data = data
+        self._pixels: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self.shape = (height, width, 3)
+        self.failed = False
+
+    def decode(self) -> np.ndarray:
+        if self._pixels is None:
+            with self._lock:  # two decode threads may reach a frame two windows share
+                if self._pixels is None:
+                    try:
+                        self._pixels = decode_jpeg(self._data)
+                    except BadRecord:
+                        self._pixels = np.zeros(self.shape, np.uint8)
+                        self.failed = True
+        return self._pixels
+
+    @property
+    def decoded(self) -> bool:
+        return self._pixels is not None
