@@ -109,12 +109,13 @@ def evaluate(
     backend: BackendOpt = None,
     as_json: JsonOpt = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them.")] = None,  # noqa: UP045
+    int8: Annotated[bool, typer.Option("--int8", help="Also evaluate the int8 encoders (fusionstream quantize) on the same windows: accuracy change and speed.")] = False,
 ) -> None:
     """Accuracy over clear windows: fused, each modality alone, and with each modality removed."""
     from consumers.training.evaluate_cli import evaluate_command
 
     result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=backend or "onnxruntime",
-                              quiet=as_json, cache=cache)
+                              quiet=as_json, cache=cache, int8=int8)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
 
@@ -128,6 +129,58 @@ def export(
     from consumers.training.train import export_command
 
     export_command(model_dir, out or model_dir)
+
+
+@app.command()
+def quantize(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory to add int8 encoders to.")],
+    seconds: Annotated[float, typer.Option(min=10, help="Seconds of synthetic streams (training voices) to calibrate on.")] = 120.0,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration streams.")] = 77,
+) -> None:
+    """Add int8 versions of the video, frame and audio encoders to a model directory (CPU speed).
+
+    Static quantization in ONNX Runtime, calibrated on rendered windows; the CNN bodies
+    become int8, the audio front end, the text encoder and the fusion head stay float32.
+    `fusionstream evaluate MODEL --int8` shows the accuracy change, `fusionstream bench`
+    the speed; serve with them by setting FUSIONSTREAM_PRECISION=int8.
+    """
+    from consumers.training.quantize_cli import quantize_command
+
+    quantize_command(model_dir, seconds=seconds, seed=seed)
+
+
+@app.command("build-engine")
+def build_engine(
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory whose ONNX graphs to build.")],
+    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Let TensorRT use fp16 kernels (inputs and outputs stay float32).")] = True,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch of the optimisation profile.")] = 64,
+    opt_batch: Annotated[int, typer.Option(min=1, help="Batch size TensorRT tunes its kernels for.")] = 32,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where plans are kept (default: $FUSIONSTREAM_ENGINE_CACHE or ~/.cache/fusionstream/tensorrt).")] = None,  # noqa: UP045
+    device: Annotated[int, typer.Option(min=0, help="CUDA device index.")] = 0,
+) -> None:
+    """Build the TensorRT engines of a model directory ahead of time (needs an NVIDIA GPU and the `gpu` extra).
+
+    One engine per graph, cached under a key of the ONNX file's hash, the GPU model, the
+    TensorRT version, the precision and the batch profile: the tensorrt backend finds them
+    there at start instead of building for minutes, and rebuilds by itself whenever any of
+    those change. Run it on the machine (the GPU model) that will serve.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from engines.backends.tensorrt import build_engines
+    from engines.errors import BackendUnavailable, EngineError
+
+    console = Console(highlight=False)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = {"fp16": fp16, "max_batch": max_batch, "opt_batch": opt_batch, "cache_dir": cache_dir, "device": device}
+    try:
+        plans = build_engines(model_dir, **options)
+    except (BackendUnavailable, EngineError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    for graph, (path, built) in plans.items():
+        console.print(f"{graph:<8} {'built ' if built else 'cached'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()
@@ -160,6 +213,7 @@ def bench(
     from rich.console import Console
 
     from consumers.bench.run import BenchOptions, run_bench
+    from engines.errors import EngineError
 
     settings = Settings.load(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -174,7 +228,13 @@ def bench(
         realtime=realtime, trial_seconds=trial_seconds, bound_ms=bound_ms, int8=int8,
     )
     console = Console(stderr=as_json, highlight=False)
-    report = run_bench(settings, options, console)
+    try:
+        report = run_bench(settings, options, console)
+    except EngineError as exc:  # BackendUnavailable, a bad model directory: one line, not a traceback
+        from rich.markup import escape
+
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(report, separators=(",", ":")))
     else:

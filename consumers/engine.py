@@ -8,17 +8,34 @@ from contextlib import contextmanager
 from consumers.pipeline.runner import WindowRunner
 from consumers.settings import Settings
 from engines.backends import load_backend
+from engines.errors import EngineError
 from engines.spec import ModelSpec
+
+
+def backend_options(settings: Settings) -> dict[str, object]:
+    """The options of ``settings.backend`` that the settings choose: threads, device, precision."""
+    options: dict[str, object] = {}
+    if settings.threads:
+        options["threads"] = settings.threads
+    if settings.backend == "torch":
+        options["device"] = settings.device
+        if settings.device.startswith("cuda"):
+            options["cuda_graphs"] = settings.cuda_graphs
+    precision = settings.precision
+    if precision == "int8":
+        if settings.backend != "onnxruntime":
+            raise EngineError(f"precision int8 runs on the onnxruntime backend, not {settings.backend}")
+        options["precision"] = "int8"
+    elif precision in ("fp16", "fp32") and settings.backend != "onnxruntime":
+        options["fp16"] = precision == "fp16"
+    elif precision == "fp16":
+        raise EngineError("precision fp16 is for GPU backends (tensorrt, or torch with device cuda)")
+    return options
 
 
 @contextmanager
 def open_engine(settings: Settings) -> Iterator[tuple[WindowRunner, ModelSpec]]:
     """Load ``settings.model_dir`` on ``settings.backend``; yields a runner and the model's spec."""
     spec = ModelSpec.load(settings.model_dir)
-    options: dict[str, object] = {}
-    if settings.threads:
-        options["threads"] = settings.threads
-    if settings.backend == "torch":
-        options["device"] = settings.device
-    with load_backend(settings.backend, settings.model_dir, **options) as backend:
+    with load_backend(settings.backend, settings.model_dir, **backend_options(settings)) as backend:
         yield WindowRunner(backend, spec), spec

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "torch", "tensorrt"] = Field("onnxruntime", description="Inference backend.")
     device: str = Field("cpu", description="Device for the torch backend: cpu or cuda.")
     threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = all cores).")
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto",
+        description="auto = the backend's default (fp16 for tensorrt, else fp32); int8 runs the int8 encoders "
+        "of `fusionstream quantize` (onnxruntime); fp16 is for GPUs (tensorrt, torch on cuda).",
+    )
+    cuda_graphs: bool = Field(True, description="torch on CUDA: capture each graph per batch size and replay it.")
 
     # Windows (DESIGN.md §2)
     window_ms: int = Field(1000, gt=0, description="Window length W.")

@@ -18,10 +18,11 @@ from rich.console import Console
 from consumers.bench.realtime import Trial, realtime_trial, search_max_streams
 from consumers.bench.stages import StageResult, engine_stage, engine_without_reuse, naive_stage, pipeline_stage
 from consumers.bench.workload import Workload
+from consumers.engine import backend_options
 from consumers.pipeline.runner import WindowRunner
 from consumers.settings import Settings
 from engines.backends import load_backend
-from engines.spec import INT8, MODALITIES, ModelSpec
+from engines.spec import INT8, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,13 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     """Run every stage and return the report (figures, ratios, trials)."""
     spec = ModelSpec.load(settings.model_dir)
     config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
-    backend_options: dict[str, Any] = {"threads": settings.threads} if settings.threads else {}
-    if settings.backend == "torch":
-        backend_options["device"] = settings.device
+    options_of_backend = backend_options(settings)
     stages: dict[str, StageResult] = {}
     report: dict[str, Any] = {
         "machine": machine(),
         "model": {"dir": str(settings.model_dir), "version": spec.version, "fusion": spec.fusion},
         "backend": settings.backend,
+        "backend_options": {k: str(v) for k, v in options_of_backend.items()},
         "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
                      "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate},
     }
@@ -94,7 +94,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
         f"{len(workload.records)} records; model {spec.fusion} v{spec.version} on {settings.backend}"
     )
-    with load_backend(settings.backend, settings.model_dir, **backend_options) as backend:
+    with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend:
 
         def make_runner() -> WindowRunner:
             return WindowRunner(backend, spec)
@@ -113,12 +113,13 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             from consumers.bench.kafka_stage import kafka_max_rate
 
             with console.status("kafka: the service consuming the local broker at maximum rate"):
-                done(kafka_max_rate(make_runner, spec, kafka_settings, workload, stages["pipeline"].windows))
+                done(kafka_max_rate(make_runner, spec, kafka_settings, workload))
         with console.status("naive: one window at a time, PyTorch eager, no batching, no reuse"):
             done(naive_stage(settings.model_dir, spec, workload, config, options.naive_streams))
-        if options.int8 and all(spec.has_graph(f"{m}{INT8}") for m in MODALITIES) and settings.backend == "onnxruntime":
+        if options.int8 and settings.backend == "onnxruntime" and settings.precision != "int8" and _has_int8(spec):
+            int8_options = options_of_backend | {"precision": "int8"}
             with (
-                load_backend("onnxruntime", settings.model_dir, precision="int8", **backend_options) as quantized,
+                load_backend("onnxruntime", settings.model_dir, **int8_options) as quantized,
                 console.status("engine with the int8 encoders"),
             ):
                 result = engine_stage(quantized, spec, windows, (best_batch,))
@@ -154,6 +155,10 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     report["stages"] = {name: result.summary() for name, result in stages.items()}
     report.setdefault("max_realtime_streams", None)
     return report
+
+
+def _has_int8(spec: ModelSpec) -> bool:
+    return any(name.endswith(INT8) for name in spec.files)
 
 
 def _broker(settings: Settings, console: Console) -> bool:

@@ -12,7 +12,8 @@ from consumers.training.dataset import WindowSet
 from consumers.training.evaluate import Evaluation, evaluate
 from consumers.training.train import generate, progress_bar, synthetic_configs
 from engines.backends import load_backend
-from engines.spec import ModelSpec
+from engines.errors import ModelDirError
+from engines.spec import INT8, ModelSpec
 
 
 def heldout(spec: ModelSpec, seconds: float, seed: int, workers: int = 2, console: Console | None = None,
@@ -37,10 +38,12 @@ def evaluation_table(result: Evaluation, title: str) -> Table:
 
 def evaluate_command(
     model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
-    cache: Path | None = None,
+    cache: Path | None = None, int8: bool = False,
 ) -> dict[str, Any]:
     console = Console(stderr=quiet)
     spec = ModelSpec.load(model_dir)
+    if int8 and not _int8_graphs(spec):
+        raise ModelDirError(f"{model_dir} has no int8 graphs: run `fusionstream quantize {model_dir}` first")
     if data is not None:
         from consumers.training.clips import load_clips
 
@@ -52,4 +55,34 @@ def evaluate_command(
         result = evaluate(engine, windows)
     console.print(evaluation_table(result, f"{spec.fusion} model v{spec.version} on {backend}, "
                                            f"{result.clear_windows} clear of {result.windows} windows"))
-    return result.to_dict()
+    out = result.to_dict()
+    if int8:
+        out["int8"] = _int8(model_dir, spec, windows, result, console)
+    return out
+
+
+def _int8(model_dir: Path, spec: ModelSpec, windows: WindowSet, fp32: Evaluation, console: Console) -> dict[str, Any]:
+    """The same windows through the int8 encoders: accuracy and its change, and speed beside fp32."""
+    from engines.bench import measure_latency
+
+    with load_backend("onnxruntime", model_dir, precision="int8") as engine:
+        result = evaluate(engine, windows)
+        int8_ms = measure_latency(engine, 32)["per_window"]
+    with load_backend("onnxruntime", model_dir) as engine:
+        fp32_ms = measure_latency(engine, 32)["per_window"]
+    graphs = ", ".join(_int8_graphs(spec))
+    console.print(evaluation_table(result, f"the same windows with the int8 encoders ({graphs})"))
+    change = round(result.fused - fp32.fused, 4)
+    console.print(
+        f"int8: fused accuracy {result.fused:.4f} ({change:+.4f} against fp32), "
+        f"{int8_ms:.2f} ms per window against {fp32_ms:.2f} ms at batch 32 ({fp32_ms / int8_ms:.2f}x)"
+    )
+    return result.to_dict() | {
+        "fused_change": change,
+        "ms_per_window": {"int8": round(int8_ms, 3), "fp32": round(fp32_ms, 3)},
+        "speedup": round(fp32_ms / int8_ms, 3),
+    }
+
+
+def _int8_graphs(spec: ModelSpec) -> list[str]:
+    return [name.removesuffix(INT8) for name in spec.files if name.endswith(INT8)]

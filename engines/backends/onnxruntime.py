@@ -20,7 +20,7 @@ class OnnxRuntimeBackend(Backend):
     backend takes; here an alias of ``intra_op_num_threads``), ``intra_op_num_threads`` and
     ``inter_op_num_threads`` (``None`` = ONNX Runtime's default, one thread per physical core),
     ``allow_spinning`` (default False, see below), ``precision`` (``"fp32"``, or ``"int8"`` for the
-    encoder graphs ``fusionstream quantize`` added; the small fusion graph stays fp32). Graph
+    encoder graphs ``fusionstream quantize`` added, fp32 for graphs it left alone). Graph
     optimisation is always ``ORT_ENABLE_ALL``.
 
     Spinning is off by default because a window runs four sessions back to back, each with
@@ -45,11 +45,8 @@ class OnnxRuntimeBackend(Backend):
         if self.options["precision"] not in PRECISIONS:
             raise EngineError(f"onnxruntime backend: precision must be one of {', '.join(PRECISIONS)}")
         if self.options["precision"] == "int8":
-            missing = [f"{m}{INT8}" for m in MODALITIES if not self.spec.has_graph(f"{m}{INT8}")]
-            if missing:
-                raise ModelDirError(
-                    f"{self.model_dir} has no int8 graphs ({', '.join(missing)}): run `fusionstream quantize` first"
-                )
+            if not any(self.spec.has_graph(f"{name}{INT8}") for name in (*MODALITIES, FRAME_GRAPH)):
+                raise ModelDirError(f"{self.model_dir} has no int8 graphs: run `fusionstream quantize` on it first")
             for name in self._graph_files().values():
                 if not (self.model_dir / name).is_file():
                     raise ModelDirError(f"{self.model_dir} lacks {name}, needed by the onnxruntime backend")

@@ -12,7 +12,9 @@ from engines.spec import FRAME_GRAPH, TORCH_WEIGHTS
 
 
 class TorchBackend(Backend):
-    """Options: ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), ``fp16`` (CUDA only) and ``threads``
+    """Options: ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), ``fp16`` (CUDA only), ``cuda_graphs``
+    (CUDA only: capture each graph once per power-of-two batch size up to ``max_batch`` and replay
+    it, which removes the per-kernel launch cost that dominates small encoders) and ``threads``
     (CPU threads; torch's setting is process-wide, so it applies to all torch work in the process).
 
     Useful as the reference the compiled backends are compared with, and on GPUs without
@@ -20,12 +22,16 @@ class TorchBackend(Backend):
     """
 
     name = "torch"
-    defaults: ClassVar[dict[str, Any]] = {"device": "cpu", "fp16": False, "threads": None}
+    defaults: ClassVar[dict[str, Any]] = {
+        "device": "cpu", "fp16": False, "cuda_graphs": False, "max_batch": 64, "threads": None,
+    }
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         super().__init__(model_dir, **options)
         if self.options["fp16"] and not str(self.options["device"]).startswith("cuda"):
             raise EngineError("torch backend: fp16 needs a CUDA device (CPU half precision is slow and inexact)")
+        if self.options["cuda_graphs"] and not str(self.options["device"]).startswith("cuda"):
+            raise EngineError("torch backend: cuda_graphs needs a CUDA device")
 
     def required_files(self) -> list[str]:
         """Only the saved weights; the ONNX graphs are not read."""
@@ -54,9 +60,11 @@ class TorchBackend(Backend):
         self._model.audio_encoder.frontend.float()
         self._device = device
         self._torch = torch
+        self._graphs: dict[tuple[str, int], tuple[Any, list[Any], Any]] = {}
 
     def _release_impl(self) -> None:
         device = self._device
+        self._graphs.clear()
         del self._model
         if device.type == "cuda":
             self._torch.cuda.empty_cache()  # give the memory back to other processes, not just our cache
@@ -71,16 +79,51 @@ class TorchBackend(Backend):
         return True
 
     def _encode_impl(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            if modality == FRAME_GRAPH:
-                emb = self._model.video_encoder.embed_frames(self._tensor(inputs))
-            else:
-                emb = self._model.encoders[modality](self._tensor(inputs))
-        return emb.float().cpu().numpy()
+        encoders = {**self._model.encoders, FRAME_GRAPH: self._model.video_encoder.embed_frames}
+        return self._call(modality, encoders[modality], [inputs])
 
     def _fuse_impl(
         self, emb_video: np.ndarray, emb_audio: np.ndarray, emb_text: np.ndarray, mask: np.ndarray
     ) -> np.ndarray:
-        with self._torch.inference_mode():
-            logits = self._model.head(*(self._tensor(a) for a in (emb_video, emb_audio, emb_text, mask)))
-            return self._torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        def probs(*tensors: Any) -> Any:
+            return self._torch.softmax(self._model.head(*tensors).float(), dim=-1)
+
+        return self._call("fusion", probs, [emb_video, emb_audio, emb_text, mask])
+
+    def _call(self, name: str, fn: Any, inputs: list[np.ndarray]) -> np.ndarray:
+        if not self.options["cuda_graphs"]:
+            with self._torch.inference_mode():
+                return fn(*(self._tensor(a) for a in inputs)).float().cpu().numpy()
+        limit = int(self.options["max_batch"])
+        size = len(inputs[0])
+        if size > limit:
+            return np.concatenate(
+                [self._call(name, fn, [a[i : i + limit] for a in inputs]) for i in range(0, size, limit)]
+            )
+        return self._replay(name, fn, inputs, min(1 << (size - 1).bit_length(), limit))
+
+    def _replay(self, name: str, fn: Any, inputs: list[np.ndarray], bucket: int) -> np.ndarray:
+        """Run ``fn`` through a CUDA graph captured for batches of ``bucket`` rows (inputs zero-padded)."""
+        torch = self._torch
+        entry = self._graphs.get((name, bucket))
+        with torch.inference_mode():
+            if entry is None:
+                static = [self._tensor(np.zeros((bucket, *a.shape[1:]), a.dtype)) for a in inputs]
+                side = torch.cuda.Stream(self._device)
+                side.wait_stream(torch.cuda.current_stream(self._device))
+                with torch.cuda.stream(side):  # warm up (cuDNN picks its kernels) outside the capture
+                    for _ in range(2):
+                        fn(*static)
+                torch.cuda.current_stream(self._device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    output = fn(*static)
+                entry = (graph, static, output)
+                self._graphs[(name, bucket)] = entry
+            graph, static, output = entry
+            size = len(inputs[0])
+            for buffer, array in zip(static, inputs, strict=True):
+                buffer[:size].copy_(self._tensor(array))
+                buffer[size:].zero_()
+            graph.replay()
+            return output[:size].float().cpu().numpy()
