@@ -1,0 +1,66 @@
+"""`fusionstream bench`: every stage runs on the same workload and the report holds what the README
+quotes. Speed itself is never asserted here (a benchmark measures it, a test cannot)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from consumers.bench.realtime import Trial, search_max_streams
+
+
+def _trial(limit: int):
+    def run(streams: int) -> Trial:
+        ok = streams <= limit
+        latency = {"p50": 10.0, "p95": 20.0, "p99": 50.0 if ok else 500.0}
+        return Trial(streams, 100, 100, 0, latency, {"p50": 0.0, "p95": 1.0, "p99": 2.0}, 100.0)
+
+    return run
+
+
+@pytest.mark.parametrize("limit", [0, 1, 5, 8, 13, 40, 100, 600])
+def test_search_finds_the_largest_sustained_count_within_an_eighth(limit: int) -> None:
+    seen: list[int] = []
+    best, trials = search_max_streams(_trial(limit), start=8, limit=512, progress=lambda t: seen.append(t.streams))
+    assert best <= limit and all(t.sustained == (t.streams <= limit) for t in trials)
+    assert best >= min(limit, 512) - max(1, min(limit, 512) // 8)
+    assert seen == [t.streams for t in trials] and len(trials) <= 12
+
+
+def test_a_trial_fails_on_lag_loss_or_dead_letters_not_only_latency() -> None:
+    good = Trial(4, 10, 10, 0, {"p50": 1.0, "p95": 2.0, "p99": 3.0}, {"p50": 1.0, "p95": 2.0, "p99": 3.0}, 100.0)
+    assert good.sustained
+    lagging = Trial(4, 10, 10, 0, good.latency_ms, {"p50": 1.0, "p95": 2.0, "p99": 300.0}, 100.0)
+    lost = Trial(4, 10, 9, 0, good.latency_ms, good.intake_lag_ms, 100.0)
+    dead = Trial(4, 10, 10, 2, good.latency_ms, good.intake_lag_ms, 100.0)
+    assert not (lagging.sustained or lost.sustained or dead.sustained)
+
+
+@pytest.mark.kafka
+def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "8", "--batch-sizes", "8,16",
+        "--naive-streams", "1", "--trial-seconds", "5", "--bootstrap", kafka_bootstrap, "--json",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    stages = report["stages"]
+    assert set(report["windows_per_s"]) >= {"engine", "engine_no_reuse", "pipeline", "kafka", "naive", "engine_int8"}
+    # The pipeline predicted every window the engine stage ran on, with nothing dead-lettered.
+    assert stages["pipeline"]["windows"] == stages["engine"]["windows"] > 20
+    assert stages["pipeline"]["dead_letters"] == 0 and 0.4 < stages["pipeline"]["frames_saved"] < 0.6
+    # The kafka stage timed the steady part of the same input (the streams' last seconds are left out).
+    assert stages["kafka"]["windows"] + stages["kafka"]["windows_left_out_at_the_end"] == stages["engine"]["windows"]
+    for name in ("pipeline/engine", "kafka/engine", "pipeline/naive"):
+        assert report["ratios"][name] > 0
+    assert report["max_realtime_streams"] >= 1
+    trials = report["realtime"]["trials"]
+    assert any(t["sustained"] and t["streams"] == report["max_realtime_streams"] for t in trials)
+    half = report["half_load"]
+    assert half["streams"] == report["max_realtime_streams"] // 2 and half["close_to_ack_ms"]["p99"] > 0
+    assert report["machine"]["cores"] >= 1 and report["model"]["fusion"]
