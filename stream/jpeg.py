@@ -20,6 +20,9 @@ from stream.errors import BadRecord
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
+#: The largest frame accepted (8K UHD). The size is the header's claim: a few hundred bytes can
+#: declare 65535 x 65535, and libjpeg (or the black stand-in of a frame that fails) would allocate it.
+MAX_PIXELS = 7680 * 4320
 _SOS = 0xDA
 _DQT = 0xDB
 _DHT = 0xC4
@@ -135,6 +138,8 @@ def _frame_header(body: bytes) -> _FrameHeader:
     count = body[5]
     if precision not in (8, 12) or height == 0 or width == 0 or count not in (1, 3, 4):
         raise _bad(f"JPEG frame header says {width}x{height}, {precision}-bit, {count} components")
+    if width * height > MAX_PIXELS:
+        raise _bad(f"JPEG frame header says {width}x{height}, more than {MAX_PIXELS:,} pixels")
     if len(body) != 6 + 3 * count:
         raise _bad("JPEG frame header has the wrong length")
     components = {}

@@ -42,6 +42,9 @@ MAX_IMAGE_SIDE = 16_384
 # beyond this, the declared rate is wrong and the audio would be stretched.
 DURATION_TOLERANCE = 0.05
 DURATION_SLACK_NS = 2_000_000
+# The longest media unit (a transcript segment, a slow camera's frame). A record joins every
+# window it overlaps, so an unbounded t_end (one flipped bit) would open billions of windows.
+MAX_DURATION_NS = 60_000_000_000
 
 # Read-only, so records sharing it cannot change each other's meta.
 _EMPTY_META: Mapping[str, Any] = MappingProxyType({})
@@ -109,6 +112,8 @@ def decode(data: bytes) -> Record:
         raise BadRecord("encoding-mismatch", f"{encoding.label} is not a {modality.label} encoding")
     if t_end < t_start:
         raise BadRecord("t_end-before-t_start", f"t_end {t_end} < t_start {t_start}")
+    if t_end - t_start > MAX_DURATION_NS:
+        raise BadRecord("too-long", f"lasts {(t_end - t_start) / 1e9:.6g} s, at most {MAX_DURATION_NS / 1e9:g} s")
 
     pos = HEADER_SIZE
     stream_id = _stream_id(view[pos : pos + sid_len])
@@ -215,4 +220,4 @@ _VALIDATORS = {
     Encoding.UTF8: _validate_utf8,
 }
 
-__all__ = ["HEADER_SIZE", "MAGIC", "decode", "encode"]
+__all__ = ["HEADER_SIZE", "MAGIC", "MAX_DURATION_NS", "decode", "encode"]

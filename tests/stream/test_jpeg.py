@@ -79,6 +79,14 @@ def test_malformed_jpegs_are_refused_at_intake(kind: str) -> None:
     assert refused.value.reason == "bad-jpeg" and refused.value.detail
 
 
+def test_a_size_claim_beyond_8k_is_refused_before_anything_is_allocated() -> None:
+    data = bytearray(jpeg())
+    sof = segment(bytes(data), 0xC0)
+    data[sof + 5 : sof + 9] = (65535).to_bytes(2, "big") * 2  # a 3 KB frame claiming 65535 x 65535
+    with pytest.raises(BadRecord, match="pixels"):
+        LazyJpeg(bytes(data))
+
+
 def test_a_missing_quantisation_table_is_refused() -> None:
     data = bytearray(jpeg())
     while b"\xff\xdb" in data:

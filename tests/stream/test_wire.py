@@ -88,6 +88,7 @@ def _raw(**overrides: object) -> bytes:
         (_raw(encoding=9), "unknown-encoding"),
         (_raw(encoding=1), "encoding-mismatch"),
         (_raw(t1=T - 1), "t_end-before-t_start"),
+        (_raw(modality=3, encoding=5, meta=b"", payload=b"one", t1=T + wire.MAX_DURATION_NS + 1), "too-long"),
         (_raw(sid=b""), "bad-stream-id"),
         (_raw(sid=b"\xff\xfe"), "bad-stream-id"),
         (_raw(meta=b"[1]"), "bad-meta"),
@@ -134,7 +135,7 @@ times = st.integers(min_value=-(2**62), max_value=2**62)
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream_ids, st.integers(0, 2**64 - 1), times, st.integers(0, 2**40), texts, st.booleans())
+@given(stream_ids, st.integers(0, 2**64 - 1), times, st.integers(0, wire.MAX_DURATION_NS), texts, st.booleans())
 def test_text_round_trips(sid: str, seq: int, t0: int, dur: int, text: str, final: bool) -> None:
     record = text_record(sid, seq, t0, t0 + dur, text, is_final=final)
     assert wire.decode(wire.encode(record)) == record
