@@ -268,9 +268,10 @@ class Aligner:
         if not (frames or chunks or segments):
             return None
         images, frame_times = self._sample_frames(frames, start)
-        audio, covered = self._stitch(chunks, start)
+        audio, spans = self._stitch(chunks, start)
         refs = tuple(item.ref for item in (*frames, *chunks, *segments) if item.ref is not None)
-        audio_coverage = float(covered.mean())
+        n = self.config.samples_per_window
+        audio_coverage = sum(hi - lo for lo, hi in spans) / n
         return Window(
             stream_id=stream_id,
             t_start_ns=start,
@@ -278,7 +279,7 @@ class Aligner:
             frames=images,
             frame_times_ns=frame_times,
             audio=audio,
-            audio_gaps=_gaps(covered) if audio_coverage > 0 else ((0, len(covered)),),
+            audio_gaps=_gaps(spans, n),
             text=tuple(segments),  # type: ignore[arg-type]
             mask=(bool(frames), audio_coverage > 0, bool(segments)),
             coverage=(
@@ -305,20 +306,32 @@ class Aligner:
             picked.append(frames[i])  # type: ignore[arg-type]
         return tuple(f.image for f in picked), tuple(f.t_start_ns for f in picked)
 
-    def _stitch(self, chunks: list[MediaItem], start: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exactly ``samples_per_window`` samples, cut at the window's edges; gaps stay zero."""
+    def _stitch(self, chunks: list[MediaItem], start: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Exactly ``samples_per_window`` samples, cut at the window's edges; gaps stay zero.
+
+        Also returns the covered sample ranges, merged and in order (arithmetic on a few
+        dozen ranges, where a per-sample mask would cost two 16,000-element passes a window).
+        """
         cfg = self.config
         n = cfg.samples_per_window
         audio = np.zeros(n, dtype=np.float32)
-        covered = np.zeros(n, dtype=bool)
+        spans: list[tuple[int, int]] = []
         for chunk in chunks:
             assert isinstance(chunk, AudioChunk)
             offset = round((chunk.t_start_ns - start) * cfg.sample_rate / NS)
             lo, hi = max(offset, 0), min(offset + len(chunk.samples), n)
             if lo < hi:
                 audio[lo:hi] = chunk.samples[lo - offset : hi - offset]
-                covered[lo:hi] = True
-        return audio, covered
+                spans.append((lo, hi))
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1]:
+                if hi > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        return audio, merged
 
 
 def _overlapping(buffer: _Buffer, start: int, end: int) -> list[MediaItem]:
@@ -339,10 +352,16 @@ def _interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
     return covered / (end - start)
 
 
-def _gaps(covered: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """Runs of uncovered samples as ``(first, end)`` index pairs."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([1], covered.view(np.int8), [1]))))
-    return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+def _gaps(spans: list[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
+    """The sample ranges ``(first, end)`` of ``[0, n)`` that merged, ordered ``spans`` leave uncovered."""
+    gaps, reach = [], 0
+    for lo, hi in spans:
+        if lo > reach:
+            gaps.append((reach, lo))
+        reach = max(reach, hi)
+    if reach < n:
+        gaps.append((reach, n))
+    return tuple(gaps)
 
 
 __all__ = ["Admission", "Aligner", "AlignerStats", "last_instant"]

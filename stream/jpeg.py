@@ -48,8 +48,34 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
         raise _bad("payload does not start with a JPEG SOI marker")
     # libjpeg "recovers" from a truncated stream by returning a grey-padded image,
     # so a missing end-of-image marker is the reliable sign of truncation.
-    if not data.rstrip(b"\x00").endswith(EOI):
+    if not (data.endswith(EOI) or data.rstrip(b"\x00").endswith(EOI)):
         raise _bad("JPEG has no end-of-image marker (truncated)")
+    # A camera's encoder writes the same headers (tables, size) into every frame: a frame that
+    # starts with headers already checked needs no second walk.
+    for header, size in _known_headers:
+        if data.startswith(header) and len(data) > len(header):
+            return size
+    size, end = _walk(data)
+    _remember(data[:end], size)
+    return size
+
+
+#: Checked header blocks (SOI up to the end of the first scan header) and their frame sizes:
+#: a few encoders' worth, newest first. Replaced whole (never changed in place), so decode
+#: threads read it without a lock.
+_known_headers: tuple[tuple[bytes, tuple[int, int]], ...] = ()
+_MAX_KNOWN_HEADERS = 16
+_remember_lock = threading.Lock()
+
+
+def _remember(header: bytes, size: tuple[int, int]) -> None:
+    global _known_headers
+    with _remember_lock:
+        _known_headers = ((header, size), *_known_headers[: _MAX_KNOWN_HEADERS - 1])
+
+
+def _walk(data: bytes) -> tuple[tuple[int, int], int]:
+    """Check the segments up to the first scan; ``((height, width), offset after the scan header)``."""
     frame: _FrameHeader | None = None
     quant: set[int] = set()
     huffman: set[tuple[int, int]] = set()
@@ -83,7 +109,7 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
         elif marker == _SOS:
             _check_scan(body, frame, quant, huffman)
             assert frame is not None
-            return frame.height, frame.width
+            return (frame.height, frame.width), i + 2 + length
         i += 2 + length
     raise _bad("JPEG has no scan")
 

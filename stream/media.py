@@ -58,7 +58,8 @@ def decode_pcm(record: Record) -> np.ndarray:
     """Mono float32 samples in [-1, 1] (channels are averaged)."""
     channels = int(record.meta["channels"])
     if record.encoding is Encoding.PCM_S16LE:
-        samples = np.frombuffer(record.payload, dtype="<i2").astype(np.float32) / 32768.0
+        samples = np.frombuffer(record.payload, dtype="<i2").astype(np.float32)
+        samples *= np.float32(1 / 32768)  # in place: one array per chunk, not two
     else:
         samples = np.frombuffer(record.payload, dtype="<f4").astype(np.float32)
         if not np.isfinite(samples).all():

@@ -22,6 +22,7 @@ raises :class:`~stream.errors.BadRecord` (and nothing else) on any input.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Mapping
@@ -140,8 +141,15 @@ def decode(data: bytes) -> Record:
 def _stream_id(raw: memoryview) -> str:
     if not 0 < len(raw) <= MAX_STREAM_ID_BYTES:
         raise BadRecord("bad-stream-id", f"stream id of {len(raw)} bytes (1..{MAX_STREAM_ID_BYTES})")
+    return _stream_id_text(bytes(raw))
+
+
+# A stream's id and meta repeat in every one of its records (15 frames and 25 audio chunks a
+# second), so each distinct one is parsed once. Bad ones raise, and exceptions are not cached.
+@functools.lru_cache(maxsize=8192)
+def _stream_id_text(raw: bytes) -> str:
     try:
-        return bytes(raw).decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRecord("bad-stream-id", "stream id is not UTF-8") from None
 
@@ -149,13 +157,19 @@ def _stream_id(raw: memoryview) -> str:
 def _meta(raw: memoryview) -> Mapping[str, Any]:
     if not raw:
         return _EMPTY_META
+    return _parsed_meta(bytes(raw))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_meta(raw: bytes) -> Mapping[str, Any]:
+    """Read-only, since records share the parsed object."""
     try:
-        meta = json.loads(bytes(raw).decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadRecord("bad-meta", f"meta is not UTF-8 JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise BadRecord("bad-meta", f"meta is a JSON {type(meta).__name__}, expected an object")
-    return meta
+    return MappingProxyType(meta)
 
 
 def _int_field(record: Record, key: str, low: int, high: int, reason: str) -> int:

@@ -148,8 +148,12 @@ class WindowEmbedder:
             lambda frames: self.backend.encode_frames(np.stack([frame_to_array(f, self.spec) for f in frames])),
         )
         out = self._zeros(len(windows))
-        for i, w in present:
-            out[i] = np.mean([rows[(w.stream_id, t)] for t in w.frame_times_ns], axis=0)
+        if present:
+            keys = list(rows)
+            slot = {key: i for i, key in enumerate(keys)}
+            table = np.stack([rows[key] for key in keys])
+            index = np.array([[slot[(w.stream_id, t)] for t in w.frame_times_ns] for _, w in present])
+            out[[i for i, _ in present]] = table[index].mean(axis=1)
         self._count("frames", len(present) * self.spec.frames_per_window, encoded)
         return out
 
