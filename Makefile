@@ -30,6 +30,11 @@ soak: install
 	FUSIONSTREAM_SOAK_SECONDS=$(SOAK_SECONDS) FUSIONSTREAM_ARTIFACTS=$(SOAK_ARTIFACTS) \
 		scripts/test.sh -m soak -s tests/consumers/test_soak.py
 
+# Every stage side by side (engine, pipeline, Kafka service, naive baseline), the most live
+# streams sustained, and the service's latency at half that load: about three minutes.
+bench: install
+	scripts/bench.sh $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check stream engines consumers tests
 

@@ -21,6 +21,8 @@ def backend_options(settings: Settings) -> dict[str, object]:
         options["device"] = settings.device
         if settings.device.startswith("cuda"):
             options["cuda_graphs"] = settings.cuda_graphs
+    if settings.backend == "tensorrt" and settings.engine_cache is not None:
+        options["cache_dir"] = settings.engine_cache
     precision = settings.precision
     if precision == "int8":
         if settings.backend != "onnxruntime":

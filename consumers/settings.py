@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         "of `fusionstream quantize` (onnxruntime); fp16 is for GPUs (tensorrt, torch on cuda).",
     )
     cuda_graphs: bool = Field(True, description="torch on CUDA: capture each graph per batch size and replay it.")
+    engine_cache: Path | None = Field(
+        None, description="Where the tensorrt backend keeps its engines (default ~/.cache/fusionstream/tensorrt)."
+    )
 
     # Windows (DESIGN.md §2)
     window_ms: int = Field(1000, gt=0, description="Window length W.")

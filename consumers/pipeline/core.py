@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,9 @@ from stream.records import MediaItem, Record
 from stream.windows import Window, WindowConfig
 
 log = logging.getLogger(__name__)
+
+#: GIL switch interval while a pipeline runs (see ``Pipeline.__aenter__``).
+GIL_SWITCH_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +104,19 @@ class Pipeline:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._switch_interval = sys.getswitchinterval()
 
     async def __aenter__(self) -> Pipeline:
+        # The engine thread gives the GIL up for every graph it runs (four per batch) and needs
+        # it back at once when the graph returns; at CPython's default 5 ms switch interval it
+        # can wait that long behind the intake's Python code each time, and the cores idle.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_S))
         self._task = asyncio.create_task(self._infer_loop(), name="fs-infer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        sys.setswitchinterval(self._switch_interval)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
