@@ -129,10 +129,16 @@ class IntakeClock:
     windows early and turn the rest of their records into late dead letters. So the
     clock advances only over intervals in which the service was caught up at both
     ends (as told by :meth:`observe`, a few times a second), and never goes backwards.
+
+    Nor does it advance more than ``max_step_ns`` between two observations: a longer
+    gap means the service itself stalled (its event loop starved of CPU, a long pause),
+    and records may be waiting unread in its buffers all that time; ageing the streams
+    by the whole stall would close their windows without them.
     """
 
-    def __init__(self, wall: Callable[[], int]) -> None:
+    def __init__(self, wall: Callable[[], int], max_step_ns: int = 500_000_000) -> None:
         self._wall = wall
+        self._max_step = max_step_ns
         self._last_wall = wall()
         self._virtual = self._last_wall
         self._behind = False
@@ -142,11 +148,12 @@ class IntakeClock:
         """Record whether the service is behind its input right now."""
         now = self._wall()
         if not (behind or self._behind):
-            self._virtual += now - self._last_wall
+            self._virtual += min(now - self._last_wall, self._max_step)
         self._last_wall = now
         self._behind = behind
 
     def __call__(self) -> int:
-        now = self._virtual if self._behind else self._virtual + (self._wall() - self._last_wall)
+        step = min(self._wall() - self._last_wall, self._max_step)
+        now = self._virtual if self._behind else self._virtual + step
         self._returned = max(self._returned, now)
         return self._returned

@@ -223,3 +223,19 @@ def test_the_intake_clock_stands_still_while_the_service_is_behind() -> None:
     assert clock() == 1_900
     clock.observe(True)
     assert clock() == 1_900, "never backwards, even when an interval turns out to be discounted"
+
+
+def test_a_stalled_service_does_not_age_its_streams_by_the_whole_stall() -> None:
+    # The event loop starved for 3 s between two observations: the records that arrived meanwhile
+    # wait unread in the fetch buffers; a 2 s idle timeout must not close their windows.
+    wall = [0]
+    clock = IntakeClock(lambda: wall[0], max_step_ns=500)
+    clock.observe(False)
+    wall[0] = 3_000
+    assert clock() == 500, "at most one step past the last observation"
+    clock.observe(False)
+    assert clock() == 500
+    wall[0] = 3_200
+    clock.observe(False)
+    assert clock() == 700, "ordinary gaps between observations count in full"
+
