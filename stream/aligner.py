@@ -314,14 +314,24 @@ class Aligner:
         """
         cfg = self.config
         n = cfg.samples_per_window
+        rate = cfg.sample_rate
+        placed = [(round((c.t_start_ns - start) * rate / NS), c.samples) for c in chunks]  # type: ignore[attr-defined]
+        if placed and _contiguous(placed):
+            # The usual case, a microphone's chunks back to back: one concatenation, not a copy per chunk.
+            first = placed[0][0]
+            joined = np.concatenate([samples for _, samples in placed])
+            lo, hi = max(first, 0), min(first + len(joined), n)
+            audio = np.zeros(n, dtype=np.float32)
+            if lo < hi:
+                audio[lo:hi] = joined[lo - first : hi - first]
+                return audio, [(lo, hi)]
+            return audio, []
         audio = np.zeros(n, dtype=np.float32)
         spans: list[tuple[int, int]] = []
-        for chunk in chunks:
-            assert isinstance(chunk, AudioChunk)
-            offset = round((chunk.t_start_ns - start) * cfg.sample_rate / NS)
-            lo, hi = max(offset, 0), min(offset + len(chunk.samples), n)
+        for offset, samples in placed:
+            lo, hi = max(offset, 0), min(offset + len(samples), n)
             if lo < hi:
-                audio[lo:hi] = chunk.samples[lo - offset : hi - offset]
+                audio[lo:hi] = samples[lo - offset : hi - offset]
                 spans.append((lo, hi))
         spans.sort()
         merged: list[tuple[int, int]] = []
@@ -332,6 +342,16 @@ class Aligner:
             else:
                 merged.append((lo, hi))
         return audio, merged
+
+
+def _contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:
+    """Whether the chunks follow each other sample for sample (no gap, no overlap)."""
+    end = placed[0][0]
+    for offset, samples in placed:
+        if offset != end:
+            return False
+        end = offset + len(samples)
+    return True
 
 
 def _overlapping(buffer: _Buffer, start: int, end: int) -> list[MediaItem]:
