@@ -50,22 +50,23 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield from service_processes(tmp_path)
 
 
-@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_kafka_service_rides_out_a_broker_restart_without_losing_a_window(
-    tmp_path: Path, topic_prefix: str, untrained_model: Path, processes: Callable[..., ServiceProcess],
-    exactly_once: bool,
-) -> None:
-    # A broker of this test's own: the shared one must not go away under other tests.
-    broker = PrivateBroker(tmp_path / "kafka", *free_ports(2))
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    """A broker of these tests' own: the shared one must not go away under other tests."""
+    broker = PrivateBroker(tmp_path_factory.mktemp("kafka"), *free_ports(2))
     broker.start()
     try:
-        _broker_restart(broker, topic_prefix, untrained_model, processes, exactly_once)
+        yield broker
     finally:
         broker.stop(keep_state=False)
 
 
-def _broker_restart(broker: PrivateBroker, prefix: str, model: Path, processes: Callable[..., ServiceProcess],
-                    exactly_once: bool) -> None:
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_kafka_service_rides_out_a_broker_restart_without_losing_a_window(
+    private_broker: PrivateBroker, topic_prefix: str, untrained_model: Path,
+    processes: Callable[..., ServiceProcess], exactly_once: bool,
+) -> None:
+    broker, prefix, model = private_broker, topic_prefix, untrained_model
     # The last windows before the outage close by timeout 4 s after their input, while the broker is away:
     # their predictions wait for it in the service.
     settings = service_settings(broker.bootstrap, prefix, model, idle_timeout_ms=4000, exactly_once=exactly_once)
@@ -104,7 +105,10 @@ def _broker_restart(broker: PrivateBroker, prefix: str, model: Path, processes: 
             await dead.to_end()
         return reader, dead, before, rc, down_s
 
-    reader, dead, before, rc, down_s = asyncio.run(scenario())
+    try:
+        reader, dead, before, rc, down_s = asyncio.run(scenario())
+    finally:
+        broker.start()  # back up for the next test, whatever happened (a no-op when it runs)
 
     figures = window_figures(reader.windows(), census.expected)
     mode = "exactly_once" if exactly_once else "at_least_once"
