@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ FUZZ_SEED = 20261129
 DEADLINE_S = 240.0
 #: Far above what the service needs (~200 MiB), far below what would hurt the machine.
 MAX_RSS_MIB = 3000
+#: Scores of the same window in batches of other sizes differ by float rounding, never by more.
+SCORE_TOLERANCE = 1e-4
 
 Raw = tuple[str, bytes | None, bytes, int, list[tuple[str, bytes]]]
 
@@ -91,16 +94,23 @@ def _fuzz(settings: Settings, base: list[Record], good_ids: set[str]) -> tuple[l
     return raws, admitted, kinds
 
 
-def _reference_labels(settings: Settings, records: list[Record]) -> dict[tuple[str, int], str]:
-    """The good streams' labels from an in-process run of the same records, without Kafka and without fuzz."""
-    async def run() -> dict[tuple[str, int], str]:
+def _reference(settings: Settings, records: list[Record]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The good streams' predictions from an in-process run of the same records, without Kafka and without fuzz."""
+    async def run() -> dict[tuple[str, int], dict[str, Any]]:
         with open_engine(settings) as (runner, spec):
             config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
             async with Pipeline(runner, config, max_batch=settings.max_batch) as pipeline:
                 result = await run_embedded(pipeline, records, realtime=False)
-        return {(p.stream_id, p.t_start_ns): p.label for p in result.predictions}
+        return {(p.stream_id, p.t_start_ns): p.to_dict() for p in result.predictions}
 
     return asyncio.run(run())
+
+
+def _same_window(served: dict[str, Any], reference: dict[str, Any] | None) -> bool:
+    """Made from the same records: the same coverage per modality, and scores equal up to batch-size rounding."""
+    if reference is None or served["coverage"] != reference["coverage"]:
+        return False
+    return all(abs(served["scores"][k] - v) <= SCORE_TOLERANCE for k, v in reference["scores"].items())
 
 
 def test_kafka_service_survives_fuzzed_records_and_good_streams_are_unaffected(
@@ -155,10 +165,12 @@ def test_kafka_service_survives_fuzzed_records_and_good_streams_are_unaffected(
                     Reader(kafka_bootstrap, settings.deadletter_topic) as dead:
                 await produce(settings, interleaved)
                 await until_covered(predictions, census.expected, DEADLINE_S, guard)
-                while accounted(predictions, dead)[2]:
-                    await dead.until(lambda _: not accounted(predictions, dead)[2], timeout_s=60,
-                                     on_wait=guard)
+                deadline = time.monotonic() + DEADLINE_S
+                while nowhere := accounted(predictions, dead)[2]:  # the fuzz streams' windows close last
+                    assert time.monotonic() < deadline, f"{len(nowhere)} fuzzed records unaccounted for"
+                    guard()
                     await predictions.poll()
+                    await dead.poll()
                 status, body = await asyncio.to_thread(http_get, service.port, "/healthz")
                 assert status == 200, f"/healthz after the fuzz: {status} {body!r}"
                 health = json.loads(body)
@@ -170,20 +182,25 @@ def test_kafka_service_survives_fuzzed_records_and_good_streams_are_unaffected(
             await delete_topics(kafka_bootstrap, all_topics(settings))
 
     predictions, dead, health, rc = asyncio.run(scenario())
-    reference = _reference_labels(settings, good)
+    reference = _reference(settings, good)
 
     predicted, letters, nowhere = accounted(predictions, dead)
     good_values = [v for v in predictions.values() if (v["stream_id"], v["t_start_ns"]) in census.expected]
     figures = window_figures([(v["stream_id"], v["t_start_ns"]) for v in good_values], census.expected)
-    same = sum(reference.get((v["stream_id"], v["t_start_ns"])) == v["label"] for v in good_values)
+    changed = [v["window_id"] for v in good_values if not _same_window(v, reference.get((v["stream_id"],
+                                                                                        v["t_start_ns"])))]
+    same_labels = sum(reference[(v["stream_id"], v["t_start_ns"])]["label"] == v["label"] for v in good_values
+                      if (v["stream_id"], v["t_start_ns"]) in reference)
+    good_letters = [r for r in dead.records if "fuzz-id" not in dict(r.headers)]
     report("fuzz", {
         **figures, "fuzzed": len(raws), "mutations": dict(kinds), "dead_lettered": len(letters),
         "in_predicted_windows": len(predicted), "unaccounted": len(nowhere), "reasons": dict(Counter(letters.values())),
-        "good_labels_same_as_without_fuzz": same, "good_windows": len(good_values), "health": health["status"],
+        "good_windows": len(good_values), "good_windows_changed": len(changed), "good_labels_same": same_labels,
+        "good_records_dead_lettered": len(good_letters), "health": health["status"],
     })
     assert rc == 0 and health["status"] == "ok"
     assert not nowhere, f"{len(nowhere)} fuzzed records neither dead-lettered nor predicted, e.g. {nowhere[:5]}"
     assert all(letters.values()), "every dead letter carries its reason"
     assert figures["windows_lost"] == 0 and figures["duplicates"] == 0, "the good streams are complete, once"
-    assert same == len(good_values) == len(reference), f"{len(good_values) - same} good windows changed label"
-    assert not [r for r in dead.records if "fuzz-id" not in dict(r.headers)], "no good record was dead-lettered"
+    assert not good_letters, f"good records dead-lettered: {[dict(r.headers)['fs.reason'] for r in good_letters][:5]}"
+    assert len(reference) == len(good_values) and not changed, f"good windows not as without the fuzz: {changed[:5]}"
