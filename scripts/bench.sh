@@ -10,12 +10,6 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
-if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-  if scripts/kafka.sh status >/dev/null 2>&1; then
-    KAFKA_BOOTSTRAP="$(scripts/kafka.sh bootstrap)"
-  else
-    trap 'scripts/kafka.sh stop' EXIT
-    KAFKA_BOOTSTRAP="$(scripts/kafka.sh start)"
-  fi
-fi
+# shellcheck source=scripts/broker_env.sh
+source scripts/broker_env.sh
 .venv/bin/fusionstream bench --bootstrap "$KAFKA_BOOTSTRAP" "$@"

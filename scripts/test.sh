@@ -12,17 +12,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
-if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-  if scripts/kafka.sh status >/dev/null 2>&1; then
-    KAFKA_BOOTSTRAP="$(scripts/kafka.sh bootstrap)"
-    echo "test.sh: using the running broker at $KAFKA_BOOTSTRAP" >&2
-  else
-    # Set the trap before starting, so a start that fails halfway is cleaned up too.
-    trap 'scripts/kafka.sh stop' EXIT
-    KAFKA_BOOTSTRAP="$(scripts/kafka.sh start)"
-  fi
-  export KAFKA_BOOTSTRAP
-fi
+# shellcheck source=scripts/broker_env.sh
+source scripts/broker_env.sh
 
 # The viewer test loads its page in Debian's Chromium. A fresh CI machine runs this as
 # root with apt available: install it there once; elsewhere the test skips with a reason.
