@@ -3,4 +3,5 @@
 
 from consumers.cli import app
 
-app(prog_name="fusionstream")
+if __name__ == "__main__":  # not when multiprocessing's spawn re-imports the main module
+    app(prog_name="fusionstream")

@@ -191,9 +191,10 @@ def bench(
     naive_streams: Annotated[int, typer.Option(min=1, help="Streams the (slow) naive baseline runs on.")] = 2,
     kafka: Annotated[bool, typer.Option("--kafka/--no-kafka", help="Run the service stages against the broker (skipped with a note when none answers).")] = True,
     realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about a minute).")] = True,
-    trial_seconds: Annotated[float, typer.Option(min=4, help="Length of each real-time trial.")] = 8.0,
+    trial_seconds: Annotated[float, typer.Option(min=6, help="Length of each real-time trial (the first 2 s and the last 3.2 s are not measured).")] = 10.0,
     bound_ms: Annotated[float, typer.Option(help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the int8 encoders when the model has them (fusionstream quantize).")] = True,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds the throughput stages take turns in; each stage reports its best round.")] = 3,
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
     model: ModelOpt = None,
@@ -225,7 +226,7 @@ def bench(
         raise typer.BadParameter("give at least one batch size >= 1", param_hint="--batch-sizes")
     options = BenchOptions(
         streams=streams, seconds=seconds, batch_sizes=sizes, naive_streams=min(naive_streams, streams), kafka=kafka,
-        realtime=realtime, trial_seconds=trial_seconds, bound_ms=bound_ms, int8=int8,
+        realtime=realtime, trial_seconds=trial_seconds, bound_ms=bound_ms, int8=int8, rounds=rounds,
     )
     console = Console(stderr=as_json, highlight=False)
     try:

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
     # Pipeline
     max_batch: int = Field(32, ge=1, description="Largest inference batch (windows across streams).")
-    max_delay_ms: float = Field(5.0, ge=0, description="Longest a closed window waits for its batch to fill.")
+    max_delay_ms: float = Field(2.0, ge=0, description="Longest a closed window waits for its batch to fill.")
     queue_windows: int = Field(256, ge=1, description="Closed windows buffered before intake pauses (backpressure).")
     decode_workers: int = Field(2, ge=1, description="Threads decoding JPEG/PCM off the event loop.")
 

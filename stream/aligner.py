@@ -62,6 +62,8 @@ class _Buffer:
     """One modality's items of one stream, sorted by start time."""
 
     starts: list[int] = field(default_factory=list)
+    #: ``last_instant`` of each item, kept beside it: windows ask for it on every emission.
+    lasts: list[int] = field(default_factory=list)
     items: list[MediaItem] = field(default_factory=list)
     latest_end_ns: int = _NEVER
     last_arrival_ns: int = _NEVER
@@ -69,15 +71,17 @@ class _Buffer:
     def insert(self, item: MediaItem) -> None:
         index = bisect.bisect_right(self.starts, item.t_start_ns)
         self.starts.insert(index, item.t_start_ns)
+        self.lasts.insert(index, last_instant(item))
         self.items.insert(index, item)
 
     def prune_before(self, t_ns: int) -> None:
         """Drop leading items that no window starting at ``t_ns`` or later can contain."""
+        lasts = self.lasts
         keep = 0
-        while keep < len(self.items) and last_instant(self.items[keep]) < t_ns:
+        while keep < len(lasts) and lasts[keep] < t_ns:
             keep += 1
         if keep:
-            del self.starts[:keep], self.items[:keep]
+            del self.starts[:keep], self.lasts[:keep], self.items[:keep]
 
 
 @dataclass(slots=True)
@@ -357,14 +361,14 @@ def _contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:
 def _overlapping(buffer: _Buffer, start: int, end: int) -> list[MediaItem]:
     """Items that share at least one instant with ``[start, end)``."""
     stop = bisect.bisect_left(buffer.starts, end)
-    return [item for item in buffer.items[:stop] if last_instant(item) >= start]
+    return [item for item, last in zip(buffer.items[:stop], buffer.lasts[:stop], strict=True) if last >= start]
 
 
 def _interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
-    """Fraction of ``[start, end)`` covered by the union of the items' intervals."""
+    """Fraction of ``[start, end)`` covered by the union of the items' intervals (``items`` in start order)."""
     covered = 0
     reach = start
-    for item in sorted(items, key=lambda i: i.t_start_ns):
+    for item in items:
         lo, hi = max(item.t_start_ns, reach), min(item.t_end_ns, end)
         if hi > lo:
             covered += hi - lo

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from consumers.bench.realtime import end_margin_ns
 from consumers.bench.stages import StageResult
 from consumers.bench.workload import NS, Workload
 from consumers.pipeline.prediction import Prediction
@@ -23,10 +25,13 @@ from consumers.report import WindowCensus
 from consumers.service.service import InferenceService, ServiceOptions
 from consumers.settings import Settings
 from engines.spec import ModelSpec
+from stream.records import Record
 from stream.windows import WindowConfig
 
 #: Longest a stage waits for its last prediction before giving up (a stalled service).
 STALL_S = 120.0
+#: The live producer process's head start: it imports, connects, then waits for the first record's time.
+PRODUCER_START_NS = 3 * NS
 #: Seconds at the end of each stream whose windows the maximum-rate stage does not time.
 TAIL_S = 3.0
 
@@ -162,10 +167,17 @@ async def _realtime(
                 measured.append(ms)
 
         async def produce() -> int:
-            start_ns = time.time_ns() + NS // 2
+            # The cameras are another process, as in production: a producer in this one would
+            # take the GIL from the service it is measuring.
+            start_ns = time.time_ns() + PRODUCER_START_NS
             records = list(census.watch(workload.cloned(streams, start_ns, seconds)))
-            span[:] = [start_ns + int(warmup_s * NS), records[-1].t_start_ns - config.window_ns - config.hop_ns]
-            await publish(on_time(records), run.settings, create_topics=False)
+            span[:] = [start_ns + int(warmup_s * NS), records[-1].t_start_ns - end_margin_ns(config)]
+            context = multiprocessing.get_context("spawn")
+            producer = context.Process(target=_produce_live, args=(records, run.settings), name="bench-cameras")
+            producer.start()
+            await asyncio.get_running_loop().run_in_executor(None, producer.join)
+            if producer.exitcode != 0:
+                raise RuntimeError(f"the benchmark's producer process failed (exit code {producer.exitcode})")
             return len(census.expected)
 
         service = _service(run.settings, make_runner, spec, on_ack)
@@ -174,6 +186,11 @@ async def _realtime(
         await _delete(run)
     extra = {"streams": streams, "windows_total": len(acknowledged), "expected": len(census.expected)}
     return StageResult("kafka_realtime", len(measured), last_ack - first_fetch, measured, extra)
+
+
+def _produce_live(records: list[Record], settings: Settings) -> None:
+    """In the producer process: publish each record at its event time."""
+    asyncio.run(publish(on_time(records), settings, create_topics=False))
 
 
 def _service(

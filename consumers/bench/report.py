@@ -19,7 +19,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         latency = stage.get("latency_ms") or {}
         notes = ", ".join(
             f"{key} {value}" for key, value in stage.items()
-            if key not in {"windows", "seconds", "windows_per_s", "latency_ms", "by_batch_size"}
+            if key not in {"windows", "seconds", "windows_per_s", "latency_ms", "by_batch_size", "rounds_windows_per_s"}
         )
         percentiles = (f"{latency[p]:.1f}" if latency else "-" for p in ("p50", "p95", "p99"))
         table.add_row(name, f"{stage['windows_per_s']:.1f}", *percentiles, notes)

@@ -80,7 +80,7 @@ class Pipeline:
         window_config: WindowConfig,
         *,
         max_batch: int = 32,
-        max_delay_ms: float = 5.0,
+        max_delay_ms: float = 2.0,
         queue_windows: int = 256,
         decode_workers: int = 2,
         clock: Callable[[], int] = time.time_ns,

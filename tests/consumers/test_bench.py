@@ -44,7 +44,7 @@ def test_a_trial_fails_on_lag_loss_or_dead_letters_not_only_latency() -> None:
 def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "8", "--batch-sizes", "8,16",
-        "--naive-streams", "1", "--trial-seconds", "5", "--bootstrap", kafka_bootstrap, "--json",
+        "--naive-streams", "1", "--trial-seconds", "7", "--rounds", "1", "--bootstrap", kafka_bootstrap, "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=None)
     assert done.returncode == 0, done.stderr[-3000:]
