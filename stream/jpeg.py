@@ -3,10 +3,10 @@
 A window samples K of the ~15 frames a second brings (4 of 15 by default), and overlapping
 windows share their samples, so decoding every frame on arrival wastes most of the decoding
 work. :func:`check_jpeg` walks the marker segments up to the start of the scan (a few
-microseconds, no pixel work): what libjpeg refuses to decode — no start or end marker, a
-segment running past the end, no quantisation table, a frame header with zero size or an
-odd component count, no scan — is refused here, at intake, where a bad record can still go
-to the dead-letter topic. :class:`LazyJpeg` then decodes on first use, once.
+microseconds, no pixel work), and :class:`LazyJpeg` adds an eighth-scale decode that reads
+the entropy-coded data (under half a full decode): what libjpeg refuses is refused at
+intake, where a bad record can still go to the dead-letter topic. The full decode happens
+on first use by a window, once.
 """
 
 from __future__ import annotations
@@ -212,16 +212,23 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 class LazyJpeg:
     """A checked JPEG whose pixels are decoded on first :meth:`decode` (then kept).
 
-    A JPEG that passed :func:`check_jpeg` and still fails to decode (corrupt entropy-coded
-    data that libjpeg gives up on, which is rare: it usually returns a damaged picture)
-    decodes to a black frame of the declared size, and :attr:`failed` says so; by then the
-    record is in windows already, so the caller counts it rather than dead-lettering it.
+    Construction checks the headers (:func:`check_jpeg`) and decodes at an eighth of the size
+    to check the rest, raising ``BadRecord("bad-jpeg")``; the full decode comes when a window
+    samples the frame. Should that still fail (a decoder that accepts the small decode and not
+    the full one), the frame decodes black and :attr:`failed` says so: by then the record is in
+    windows already, so the caller counts it rather than dead-lettering it.
     """
 
     __slots__ = ("_data", "_lock", "_pixels", "failed", "shape")
 
     def __init__(self, data: bytes) -> None:
         height, width = check_jpeg(data)
+        # The headers can be sound and the entropy-coded data broken (cut short, say), which only
+        # decoding finds. An eighth-scale grey decode reads all of that data for less than half
+        # the cost of a full decode, so a broken JPEG is refused here, at intake, where it can
+        # still go to the dead-letter topic, and not after it joined windows.
+        if cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            raise _bad("OpenCV could not decode the JPEG")
         self._data = data
         self._pixels: np.ndarray | None = None
         self._lock = threading.Lock()
