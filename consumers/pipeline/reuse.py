@@ -38,19 +38,14 @@ class EmbeddingCache(Generic[K]):
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self._rows: OrderedDict[K, np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def get(self, key: K) -> np.ndarray | None:
         row = self._rows.get(key)
-        if row is None:
-            self.misses += 1
-            return None
-        self._rows.move_to_end(key)
-        self.hits += 1
+        if row is not None:
+            self._rows.move_to_end(key)
         return row
 
     def put(self, key: K, row: np.ndarray) -> None:
