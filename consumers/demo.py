@@ -83,6 +83,7 @@ def run_demo(
                 max_delay_ms=settings.max_delay_ms,
                 queue_windows=settings.queue_windows,
                 decode_workers=settings.decode_workers,
+                speculate=settings.speculate,
             )
             async with pipeline:
                 return await run_embedded(pipeline, census.watch(records), realtime=realtime, on_prediction=show)

@@ -87,7 +87,12 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, description="Largest inference batch (windows across streams).")
     max_delay_ms: float = Field(2.0, ge=0, description="Longest a closed window waits for its batch to fill.")
     queue_windows: int = Field(256, ge=1, description="Closed windows buffered before intake pauses (backpressure).")
-    decode_workers: int = Field(2, ge=1, description="Threads decoding JPEG/PCM off the event loop.")
+    # One is enough: OpenCV releases the GIL while it decodes, and a second thread running the
+    # Python half of intake only contends for the GIL (about a quarter more intake CPU on 2 cores).
+    decode_workers: int = Field(1, ge=1, description="Threads decoding JPEG/PCM off the event loop.")
+    speculate: bool = Field(
+        True, description="Encode windows whose media is complete while they wait out the lateness (idle engine only)."
+    )
 
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")

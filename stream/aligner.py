@@ -68,10 +68,16 @@ class _Buffer:
     latest_end_ns: int = _NEVER
     last_arrival_ns: int = _NEVER
 
-    def insert(self, item: MediaItem) -> None:
-        index = bisect.bisect_right(self.starts, item.t_start_ns)
-        self.starts.insert(index, item.t_start_ns)
-        self.lasts.insert(index, last_instant(item))
+    def insert(self, item: MediaItem, last: int) -> None:
+        start = item.t_start_ns
+        if not self.starts or start >= self.starts[-1]:  # the usual case: items arrive in order
+            self.starts.append(start)
+            self.lasts.append(last)
+            self.items.append(item)
+            return
+        index = bisect.bisect_right(self.starts, start)
+        self.starts.insert(index, start)
+        self.lasts.insert(index, last)
         self.items.insert(index, item)
 
     def prune_before(self, t_ns: int) -> None:
@@ -91,6 +97,8 @@ class _StreamState:
     next_start_ns: int | None
     first_start_ns: int
     last_arrival_ns: int
+    #: Start of the first window not yet offered by ``Aligner.ready``.
+    offered_until_ns: int = _NEVER
 
 
 class Aligner:
@@ -109,7 +117,8 @@ class Aligner:
     def add(self, item: MediaItem, now_ns: int) -> Admission:
         """Buffer one decoded item; report which windows it joined (none means late)."""
         cfg = self.config
-        starts = cfg.starts_overlapping(item.t_start_ns, last_instant(item))
+        last_ns = last_instant(item)
+        starts = cfg.starts_overlapping(item.t_start_ns, last_ns)
         first, last = starts.start, starts.stop - 1
         state = self._streams.get(item.stream_id)
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
@@ -133,11 +142,13 @@ class Aligner:
                 item.ref,
             )
         buffer = state.buffers[item.modality]
-        buffer.insert(item)
-        buffer.latest_end_ns = max(buffer.latest_end_ns, item.t_end_ns)
+        buffer.insert(item, last_ns)
+        if item.t_end_ns > buffer.latest_end_ns:
+            buffer.latest_end_ns = item.t_end_ns
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
-        state.first_start_ns = min(state.first_start_ns, first)
+        if first < state.first_start_ns:
+            state.first_start_ns = first
         self.stats.items += 1
         return Admission(tuple(range(first, last + 1, cfg.hop_ns)))
 
@@ -157,6 +168,55 @@ class Aligner:
             else:
                 closed += self._emit_until(stream_id, state, self._watermark(state, now_ns), "watermark")
         return closed
+
+    def ready(self, now_ns: int, limit: int = 64) -> list[Window]:
+        """Open windows whose frames and audio look complete: the video and audio the watermark
+        waits for have passed the window's end, and only the allowed lateness (or a caption
+        still running) keeps it open. Each is offered once, built as it would close now, so
+        the caller can start on its encoders meanwhile (``closed_by`` is ``"ready"``). A record
+        arriving later still joins the window; what closes is the authority. Captions are not
+        waited for: they are cheap to encode at the close, and can hold a window open for up
+        to ``max_skew``. At most ``limit`` windows a call.
+        """
+        cfg = self.config
+        offered: list[Window] = []
+        for stream_id, state in self._streams.items():
+            if now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
+                continue
+            complete = self._media_complete(state, now_ns)
+            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
+            start = max(floor, state.offered_until_ns)
+            while start + cfg.window_ns <= complete and len(offered) < limit:
+                window = self._build(stream_id, state, start, "ready")
+                if window is not None:
+                    offered.append(window)
+                    start += cfg.hop_ns
+                else:  # a gap in the stream: on to the first window of the next item, if any yet
+                    following = self._first_start_after(state, start)
+                    if following is None:
+                        break
+                    start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
+                state.offered_until_ns = start
+        return offered
+
+    def _media_complete(self, state: _StreamState, now_ns: int) -> int:
+        """The watermark's rule without its lateness, over video and audio only."""
+        cfg = self.config
+        media = [
+            b for m, b in state.buffers.items()
+            if m is not Modality.TEXT and b.latest_end_ns != _NEVER and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
+        ]
+        if not media:
+            return self._watermark(state, now_ns) + cfg.lateness_ns
+        newest = max(b.latest_end_ns for b in media)
+        return min(b.latest_end_ns for b in media if b.latest_end_ns >= newest - cfg.max_skew_ns)
+
+    @staticmethod
+    def _first_start_after(state: _StreamState, t_ns: int) -> int | None:
+        later = [
+            b.starts[i] for b in state.buffers.values() if (i := bisect.bisect_left(b.starts, t_ns)) < len(b.starts)
+        ]
+        return min(later, default=None)
 
     def flush(self, stream_ids: list[str] | None = None) -> list[Window]:
         """Close every window of these streams (all by default): end of input, or shutdown."""

@@ -201,9 +201,19 @@ def _check_scan(
             raise _bad("JPEG scan uses a Huffman table that is not defined")
 
 
+#: OpenCV >= 4.10 can decode straight to RGB, which saves a colour-conversion pass per frame.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
     """HxWx3 uint8 RGB; ``BadRecord("bad-jpeg")`` when OpenCV cannot decode it."""
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if _IMREAD_RGB is not None:
+        rgb = cv2.imdecode(buffer, _IMREAD_RGB)
+        if rgb is None or rgb.size == 0:
+            raise _bad("OpenCV could not decode the JPEG")
+        return rgb
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise _bad("OpenCV could not decode the JPEG")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -6,11 +6,13 @@ event loop (the service uses a thread pool; OpenCV releases the GIL).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 
+from stream import wire
 from stream.errors import BadRecord
 from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
 from stream.records import AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
@@ -23,24 +25,45 @@ def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) ->
     ``image`` is a :class:`~stream.jpeg.LazyJpeg`, decoded when a window samples it: the
     pipeline's way of decoding only the frames windows use.
     """
-    if record.modality is Modality.VIDEO:
-        if lazy_jpeg and record.encoding is Encoding.JPEG:
-            image: np.ndarray | LazyJpeg = LazyJpeg(record.payload)
+    return _item(
+        record.stream_id, record.modality, record.t_start_ns, record.t_end_ns, record.encoding, record.payload,
+        record.meta, ref, lazy_jpeg,
+    )
+
+
+def decode_wire(data: bytes, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem:
+    """``decode_media(wire.decode(data), ...)`` without the intermediate :class:`Record`: the
+    intake's path, taken by every record the service consumes."""
+    stream_id, modality, _seq, t_start, t_end, encoding, payload, meta, _version = wire.parse(data)
+    return _item(stream_id, modality, t_start, t_end, encoding, payload, meta, ref, lazy_jpeg)
+
+
+def _item(
+    stream_id: str,
+    modality: Modality,
+    t_start: int,
+    t_end: int,
+    encoding: Encoding,
+    payload: bytes,
+    meta: Mapping[str, Any],
+    ref: Any,
+    lazy_jpeg: bool,
+) -> MediaItem:
+    if modality is Modality.AUDIO:
+        return AudioChunk(stream_id, t_start, t_end, _pcm(encoding, payload, meta), meta["sample_rate"], ref)
+    if modality is Modality.VIDEO:
+        if encoding is Encoding.JPEG:
+            image: np.ndarray | LazyJpeg = LazyJpeg(payload) if lazy_jpeg else _jpeg(payload)
         else:
-            image = decode_image(record)
-        return Frame(record.stream_id, record.t_start_ns, record.t_end_ns, image, ref)
-    if record.modality is Modality.AUDIO:
-        samples = decode_pcm(record)
-        return AudioChunk(
-            record.stream_id, record.t_start_ns, record.t_end_ns, samples, int(record.meta["sample_rate"]), ref
-        )
+            image = _raw_rgb24(payload, meta)
+        return Frame(stream_id, t_start, t_end, image, ref)
     return TextSegment(
-        record.stream_id,
-        record.t_start_ns,
-        record.t_end_ns,
-        record.payload.decode("utf-8"),
-        str(record.meta.get("language", "und")),
-        bool(record.meta.get("is_final", True)),
+        stream_id,
+        t_start,
+        t_end,
+        payload.decode("utf-8"),
+        str(meta.get("language", "und")),
+        bool(meta.get("is_final", True)),
         ref,
     )
 
@@ -48,22 +71,38 @@ def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) ->
 def decode_image(record: Record) -> np.ndarray:
     """HxWx3 uint8 RGB from a ``jpeg`` or ``raw-rgb24`` record."""
     if record.encoding is Encoding.RAW_RGB24:
-        height, width = int(record.meta["height"]), int(record.meta["width"])
-        return np.frombuffer(record.payload, dtype=np.uint8).reshape(height, width, 3)
-    check_jpeg(record.payload)
-    return decode_jpeg(record.payload)
+        return _raw_rgb24(record.payload, record.meta)
+    return _jpeg(record.payload)
 
 
 def decode_pcm(record: Record) -> np.ndarray:
     """Mono float32 samples in [-1, 1] (channels are averaged)."""
-    channels = int(record.meta["channels"])
-    if record.encoding is Encoding.PCM_S16LE:
-        samples = np.frombuffer(record.payload, dtype="<i2").astype(np.float32)
-        samples *= np.float32(1 / 32768)  # in place: one array per chunk, not two
+    return _pcm(record.encoding, record.payload, record.meta)
+
+
+def _raw_rgb24(payload: bytes, meta: Mapping[str, Any]) -> np.ndarray:
+    return np.frombuffer(payload, dtype=np.uint8).reshape(int(meta["height"]), int(meta["width"]), 3)
+
+
+def _jpeg(payload: bytes) -> np.ndarray:
+    check_jpeg(payload)
+    return decode_jpeg(payload)
+
+
+_S16 = np.dtype("<i2")
+_F32 = np.dtype("<f4")
+_S16_SCALE = np.float32(1 / 32768)
+
+
+def _pcm(encoding: Encoding, payload: bytes, meta: Mapping[str, Any]) -> np.ndarray:
+    if encoding is Encoding.PCM_S16LE:
+        # One float32 array from the int16 view, not a cast and then a scaled copy.
+        samples = np.multiply(np.frombuffer(payload, dtype=_S16), _S16_SCALE, dtype=np.float32)
     else:
-        samples = np.frombuffer(record.payload, dtype="<f4").astype(np.float32)
+        samples = np.frombuffer(payload, dtype=_F32).astype(np.float32)
         if not np.isfinite(samples).all():
             raise BadRecord("bad-pcm", "float PCM contains NaN or infinity")
+    channels = meta["channels"]
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
     return samples

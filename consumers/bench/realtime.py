@@ -70,6 +70,7 @@ def realtime_trial(
     bound_ms: float,
     max_batch: int,
     decode_workers: int,
+    speculate: bool = True,
 ) -> Trial:
     start_ns = time.time_ns() + NS // 2
     records = workload.cloned(streams, start_ns, seconds)
@@ -78,7 +79,7 @@ def realtime_trial(
         pass
     return asyncio.run(
         _trial(make_runner(), config, records, len(census.expected), streams, start_ns + int(warmup_s * NS),
-               bound_ms, max_batch, decode_workers)
+               bound_ms, max_batch, decode_workers, speculate)
     )
 
 
@@ -92,6 +93,7 @@ async def _trial(
     bound_ms: float,
     max_batch: int,
     decode_workers: int,
+    speculate: bool,
 ) -> Trial:
     # The last windows all close at once when every stream stops together (flushed, or by idle
     # timeout; a caption-less stretch can hold up to max_skew of them open): an artefact of the
@@ -100,7 +102,9 @@ async def _trial(
     latencies: list[float] = []
     lags: list[float] = []
     predicted = dead = 0
-    async with Pipeline(runner, config, max_batch=max_batch, decode_workers=decode_workers) as pipeline:
+    async with Pipeline(
+        runner, config, max_batch=max_batch, decode_workers=decode_workers, speculate=speculate
+    ) as pipeline:
 
         async def collect() -> None:
             nonlocal predicted

@@ -117,7 +117,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                 rounds.setdefault("engine", []).append(engine_stage(backend, spec, windows, (best_batch,), repeats=1))
             with console.status(f"{label}: pipeline (the embedded pipeline at maximum rate)"):
                 rounds.setdefault("pipeline", []).append(pipeline_stage(
-                    backend, spec, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers
+                    backend, spec, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
+                    speculate=settings.speculate,
                 ))
             if broker:
                 from consumers.bench.kafka_stage import kafka_max_rate
@@ -207,6 +208,7 @@ def _realtime(
             return realtime_trial(
                 make_runner, workload, config, streams, seconds=options.trial_seconds, warmup_s=options.warmup_s,
                 bound_ms=options.bound_ms, max_batch=max_batch, decode_workers=settings.decode_workers,
+                speculate=settings.speculate,
             )
 
     def show(t: Trial) -> None:

@@ -105,19 +105,22 @@ def engine_without_reuse(backend: Backend, spec: ModelSpec, windows: Sequence[Wi
 
 def pipeline_stage(
     backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, *, max_batch: int,
-    decode_workers: int,
+    decode_workers: int, speculate: bool = True,
 ) -> StageResult:
     """The embedded pipeline (wire decode, media decode, aligner, micro-batcher, engine thread) fed
     the workload's wire bytes as fast as it takes them."""
-    return asyncio.run(_pipeline(backend, spec, workload, config, max_batch, decode_workers))
+    return asyncio.run(_pipeline(backend, spec, workload, config, max_batch, decode_workers, speculate))
 
 
 async def _pipeline(
-    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, max_batch: int, decode_workers: int
+    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, max_batch: int, decode_workers: int,
+    speculate: bool,
 ) -> StageResult:
     runner = WindowRunner(backend, spec)
     latencies: list[float] = []
-    async with Pipeline(runner, config, max_batch=max_batch, decode_workers=decode_workers) as pipeline:
+    async with Pipeline(
+        runner, config, max_batch=max_batch, decode_workers=decode_workers, speculate=speculate
+    ) as pipeline:
 
         async def collect() -> None:
             async for prediction in pipeline.predictions():

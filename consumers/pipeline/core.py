@@ -7,6 +7,10 @@
 JPEG frames are only checked at intake; the pixels of the frames a closed window samples
 are decoded (in the same pool) just before it is queued, each frame once.
 
+While the engine is idle, windows whose data is complete but that still wait out the allowed
+lateness are encoded ahead (``speculate``, see ``consumers.pipeline.reuse``): when such a
+window closes, only what changed since (a late record) and the fusion head are left to run.
+
 Every queue is bounded: when the engine falls behind, ``feed`` waits on the full
 window queue, and the caller (a source, or the Kafka consumer loop) slows down.
 Nothing is dropped: a record is either in a window, or returned as a dead letter.
@@ -27,11 +31,10 @@ from typing import Any
 from consumers.pipeline.batcher import MicroBatcher
 from consumers.pipeline.prediction import Prediction
 from consumers.pipeline.runner import ClosedWindow, WindowRunner
-from stream import wire
 from stream.aligner import Aligner
 from stream.errors import BadRecord
 from stream.jpeg import LazyJpeg
-from stream.media import decode_media
+from stream.media import decode_media, decode_wire
 from stream.records import MediaItem, Record
 from stream.windows import Window, WindowConfig
 
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: GIL switch interval while a pipeline runs (see ``Pipeline.__aenter__``).
 GIL_SWITCH_S = 0.001
+#: Windows encoded ahead per engine call: small, since a closed window arriving meanwhile waits for it.
+WARM_CHUNK = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +65,15 @@ class PipelineStats:
     batches: int = 0
     #: Sampled JPEG frames that passed the intake check but failed to decode (shown black).
     frames_undecodable: int = 0
+    #: Open windows encoded ahead of their close.
+    windows_warmed: int = 0
 
 
 def _decode(value: bytes | Record, ref: Any) -> MediaItem | DeadLetter:
     try:
-        record = wire.decode(value) if isinstance(value, bytes | bytearray | memoryview) else value
-        return decode_media(record, ref, lazy_jpeg=True)
+        if isinstance(value, Record):
+            return decode_media(value, ref, lazy_jpeg=True)
+        return decode_wire(value, ref, lazy_jpeg=True)
     except BadRecord as exc:
         stream_id = value.stream_id if isinstance(value, Record) else None
         return DeadLetter(exc.reason, exc.detail, ref, stream_id)
@@ -82,11 +90,16 @@ class Pipeline:
         max_batch: int = 32,
         max_delay_ms: float = 2.0,
         queue_windows: int = 256,
-        decode_workers: int = 2,
+        decode_workers: int = 1,
         clock: Callable[[], int] = time.time_ns,
         on_admit: Callable[[Any, int], None] | None = None,
+        speculate: bool = True,
     ) -> None:
         self.runner = runner
+        self._prepare: Callable[[Sequence[Window]], None] | None = (
+            getattr(runner, "prepare", None) if speculate else None
+        )
+        self._warming: asyncio.Task[None] | None = None
         # Told (ref, number of windows) for every admitted record: the service's offset
         # bookkeeping holds a record's offset until that many windows are published.
         self._on_admit = on_admit
@@ -117,6 +130,9 @@ class Pipeline:
 
     async def __aexit__(self, *exc: object) -> None:
         sys.setswitchinterval(self._switch_interval)
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -146,11 +162,40 @@ class Pipeline:
         self.stats.records += len(records)
         self.stats.dead_letters += len(dead)
         await self._enqueue(self.aligner.poll(now))
+        self._maybe_warm(now)
         return dead
 
     async def tick(self) -> None:
         """Close windows by timeout when no record arrives (call it a few times a second)."""
-        await self._enqueue(self.aligner.poll(self._clock()))
+        now = self._clock()
+        await self._enqueue(self.aligner.poll(now))
+        self._maybe_warm(now)
+
+    def _maybe_warm(self, now: int) -> None:
+        """Start encoding complete, still open windows if the engine has nothing else to do."""
+        if self._prepare is None or self._warming is not None or self._in_flight:
+            return
+        windows = self.aligner.ready(now)
+        if windows:
+            self._warming = asyncio.create_task(self._warm(windows), name="fs-warm")
+
+    async def _warm(self, windows: list[Window]) -> None:
+        assert self._prepare is not None
+        loop = asyncio.get_running_loop()
+        try:
+            windows = await self._decode_frames(windows)  # the same frames the closing window samples
+            for i in range(0, len(windows), WARM_CHUNK):
+                if self._in_flight:  # closed windows come first; the rest are encoded when they close
+                    break
+                chunk = windows[i : i + WARM_CHUNK]
+                await loop.run_in_executor(self._engine_pool, self._prepare, chunk)
+                self.stats.windows_warmed += len(chunk)
+        except Exception:
+            # Only a head start is lost: the windows are encoded in full when they close.
+            log.exception("encoding windows ahead failed; not trying again")
+            self._prepare = None
+        finally:
+            self._warming = None
 
     async def flush(self, stream_ids: list[str] | None = None) -> None:
         """Close every open window of these streams (all by default), e.g. at the end of input."""

@@ -7,8 +7,12 @@ windows share, so the same frame comes back; this module embeds each frame once,
 ``(stream, text)``. A window's video embedding is then the mean of its K frame embeddings:
 exactly what the video graph computes, since that graph also averages per-frame embeddings.
 
-Audio is not cached: its encoder reads the whole window at once, so no part of it can be
-reused without a different model.
+Audio cannot be shared between windows: its encoder reads the whole window at once. But a
+window's data is usually complete well before it closes (the watermark waits out the allowed
+lateness, 200 ms by default), so :meth:`WindowEmbedder.warm` encodes such windows while they
+wait: frames and captions into the caches above, and the window's audio embedding kept with
+its samples. When the window closes, the embedding is used only if the samples are the same
+(a late chunk changes them, and the window is encoded again).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class WindowEmbedder:
         reuse: bool = True,
         frame_cache: int = 16384,
         text_cache: int = 4096,
+        warm_windows: int = 512,
     ) -> None:
         self.backend = backend
         self.spec = spec
@@ -94,6 +99,13 @@ class WindowEmbedder:
         self.reuse_text = reuse
         self._frames: EmbeddingCache[tuple[str, int]] = EmbeddingCache(frame_cache)
         self._texts: EmbeddingCache[tuple[str, str]] = EmbeddingCache(text_cache)
+        #: Audio embeddings of warmed windows, by (stream, window start): (the samples, the row).
+        #: An entry lives from a window's warm-up to its close (a few hundred ms), so few are held;
+        #: the bound (64 KiB of samples each) covers windows that never close here.
+        self._warm_audio: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._warm_capacity = warm_windows
+        #: Windows whose warmed audio embedding was used at close.
+        self.audio_warm_hits = 0
         self._needed = {"frames": 0, "texts": 0}
         self._encoded = {"frames": 0, "texts": 0}
 
@@ -106,9 +118,48 @@ class WindowEmbedder:
     def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         mask = np.array([w.mask for w in windows], dtype=np.float32).reshape(len(windows), 3)
         video = self._video(windows) if self.reuse_frames else self._whole(windows, 0, self._encode_windows_video)
-        audio = self._whole(windows, 1, lambda rows: self.backend.encode("audio", np.stack([w.audio for w in rows])))
+        audio = self._audio(windows) if self._warm_audio else self._whole(windows, 1, self._encode_windows_audio)
         text = self._text(windows) if self.reuse_text else self._whole(windows, 2, self._encode_windows_text)
         return video, audio, text, mask
+
+    def warm(self, windows: Sequence[Window]) -> None:
+        """Encode what these still-open windows will need when they close (see the module doc).
+
+        Counts the encoder work it does, not any work needed: that is counted when the
+        windows close and come through ``__call__``.
+        """
+        if not (self.reuse_frames and self.reuse_text) or not windows:
+            return
+        needed = dict(self._needed)
+        self._video(windows)
+        self._text(windows)
+        self._needed = needed
+        present = [w for w in windows if w.mask[1]]
+        if present:
+            for window, row in zip(present, self._encode_windows_audio(present), strict=True):
+                self._warm_audio[(window.stream_id, window.t_start_ns)] = (window.audio, row)
+            while len(self._warm_audio) > self._warm_capacity:  # windows that never closed here (moved away)
+                self._warm_audio.popitem(last=False)
+
+    def _audio(self, windows: Sequence[Window]) -> np.ndarray:
+        """Audio embeddings, taking those warmed on exactly these samples."""
+        out = self._zeros(len(windows))
+        todo = []
+        for i, window in enumerate(windows):
+            if not window.mask[1]:
+                continue
+            warmed = self._warm_audio.pop((window.stream_id, window.t_start_ns), None)
+            if warmed is not None and np.array_equal(warmed[0], window.audio):
+                out[i] = warmed[1]
+                self.audio_warm_hits += 1
+            else:
+                todo.append(i)
+        if todo:
+            out[todo] = self._encode_windows_audio([windows[i] for i in todo])
+        return out
+
+    def _encode_windows_audio(self, windows: Sequence[Window]) -> np.ndarray:
+        return self.backend.encode("audio", np.stack([w.audio for w in windows]))
 
     def _zeros(self, n: int) -> np.ndarray:
         return np.zeros((n, self.spec.embed_dim), np.float32)
@@ -188,3 +239,4 @@ class WindowEmbedder:
                 cache.put(key, row)
                 rows[key] = row
         return rows, len(missing)
+

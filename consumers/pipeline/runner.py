@@ -34,6 +34,10 @@ class WindowRunner:
         self.spec = spec
         self.embed = WindowEmbedder(backend, spec, reuse=reuse)
 
+    def prepare(self, windows: Sequence[Window]) -> None:
+        """Encode open windows whose data is complete, ahead of their close (``WindowEmbedder.warm``)."""
+        self.embed.warm(windows)
+
     def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
         started = time.perf_counter_ns()
         probs = self.backend.fuse(*self.embed([c.window for c in closed]))
@@ -41,17 +45,17 @@ class WindowRunner:
         inference_ms = (finished - started) / 1e6
         classes = self.spec.classes
         predictions = []
-        for item, row in zip(closed, probs, strict=True):
+        # Python floats in one call: converting numpy scalars one by one costs more than the fusion head.
+        for item, row, top in zip(closed, probs.tolist(), np.argmax(probs, axis=1).tolist(), strict=True):
             window = item.window
-            top = int(np.argmax(row))
             predictions.append(
                 Prediction(
                     stream_id=window.stream_id,
                     t_start_ns=window.t_start_ns,
                     t_end_ns=window.t_end_ns,
                     label=classes[top],
-                    score=float(row[top]),
-                    scores={c: float(p) for c, p in zip(classes, row, strict=True)},
+                    score=row[top],
+                    scores=dict(zip(classes, row, strict=True)),
                     mask=window.mask,
                     coverage=window.coverage,
                     model_version=self.spec.version,

@@ -186,6 +186,7 @@ class InferenceService:
                 max_delay_ms=s.max_delay_ms,
                 queue_windows=s.queue_windows,
                 decode_workers=s.decode_workers,
+                speculate=s.speculate,
                 clock=self._clock,
                 on_admit=self.tracker.admitted,
             )

@@ -190,3 +190,43 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     assert len(got) == len(windows)
     for window, probs in zip(windows, expected, strict=True):
         np.testing.assert_allclose(got[(window.stream_id, window.t_start_ns)], probs, rtol=0, atol=1e-5)
+
+
+async def _live(model_dir: Path, records: list, *, speculate: bool) -> tuple[dict, Pipeline, WindowRunner]:
+    """Feed ``records`` a few at a time, letting the engine go idle in between, as a live feed does."""
+    spec = ModelSpec.load(model_dir)
+    with load_backend("onnxruntime", model_dir) as backend:
+        runner = WindowRunner(backend, spec)
+        got: dict = {}
+        async with Pipeline(runner, _config(spec), speculate=speculate) as pipeline:
+
+            async def collect() -> None:
+                async for p in pipeline.predictions():
+                    got[(p.stream_id, p.t_start_ns)] = np.array([p.scores[c] for c in spec.classes])
+
+            collector = asyncio.create_task(collect())
+            for i in range(0, len(records), 12):
+                assert await pipeline.feed([(r, None) for r in records[i : i + 12]]) == []
+                await pipeline.drain()
+                while pipeline._warming is not None:
+                    await asyncio.sleep(0.002)
+            await pipeline.flush()
+            await pipeline.drain()
+            await pipeline.close_output()
+            await collector
+    return got, pipeline, runner
+
+
+def test_windows_encoded_ahead_give_the_same_predictions(untrained_model: Path) -> None:
+    source = SyntheticAV(SyntheticConfig(streams=2, seconds=6, seed=9))
+    records = list(source.records())
+    ahead, pipeline, runner = asyncio.run(_live(untrained_model, records, speculate=True))
+    plain, cold, cold_runner = asyncio.run(_live(untrained_model, records, speculate=False))
+    assert ahead.keys() == plain.keys() and len(ahead) > 20
+    for key, probs in plain.items():
+        np.testing.assert_allclose(ahead[key], probs, rtol=0, atol=1e-5)
+    # Most windows were encoded while they waited out the lateness; at the close they reused it.
+    assert pipeline.stats.windows_warmed >= 0.6 * len(ahead) and cold.stats.windows_warmed == 0
+    assert runner.embed.audio_warm_hits >= 0.5 * len(ahead) and cold_runner.embed.audio_warm_hits == 0
+    # No frame was encoded twice for it.
+    assert runner.embed.stats.frames_encoded == cold_runner.embed.stats.frames_encoded

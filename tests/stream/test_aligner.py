@@ -284,3 +284,55 @@ def test_audio_at_another_rate_is_resampled_to_the_model_rate() -> None:
 def test_nonsense_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         WindowConfig(**kwargs)
+
+
+def test_ready_offers_each_open_window_once_as_it_will_close() -> None:
+    aligner = Aligner()  # 200 ms lateness: a window with all its media stays open that long
+    items = sorted(av("s", 0, 3000), key=lambda i: i.t_start_ns)
+    offered, closed = [], []
+    for item in items:
+        aligner.add(item, 0)
+        offered += aligner.ready(0)
+        closed += aligner.poll(0)
+    closed += aligner.flush()
+    assert all(w.closed_by == "ready" for w in offered)
+    ids = [w.window_id for w in offered]
+    assert len(ids) == len(set(ids)) and len(ids) >= 4  # once each
+    done = by_id(closed)
+    for window in offered:
+        final = done[window.window_id]
+        # Offered before it closed (while the lateness still held it open) ...
+        assert final.closed_by in {"watermark", "flush"}
+        # ... and with the frames and audio it closed with.
+        assert window.frame_times_ns == final.frame_times_ns
+        assert np.array_equal(window.audio, final.audio) and window.audio_gaps == final.audio_gaps
+
+
+def test_a_record_arriving_after_the_offer_still_joins_the_window() -> None:
+    aligner = Aligner()
+    items = sorted(av("s", 0, 1500, text=False), key=lambda i: i.t_start_ns)
+    missing = next(i for i in items if isinstance(i, AudioChunk) and i.t_start_ns == T0 + 520 * MS)
+    for item in items:
+        if item is not missing:
+            aligner.add(item, 0)
+    early = by_id(aligner.ready(0))
+    assert (("s", T0)) in early and early[("s", T0)].audio_gaps  # offered with the hole
+    assert not aligner.add(missing, 0).late  # the window is still open: the chunk is not late
+    final = by_id(aligner.flush())[("s", T0)]
+    assert final.audio_gaps == () and not np.array_equal(final.audio, early[("s", T0)].audio)
+    assert aligner.ready(0) == []  # nothing left open to offer
+
+
+def test_ready_does_not_wait_for_captions_and_skips_gaps() -> None:
+    aligner = Aligner()
+    items = [*av("s", 0, 1500, text=False), segment(0, 300, "seven")]
+    for item in sorted(items, key=lambda i: i.t_start_ns):
+        aligner.add(item, 0)
+    # The caption ended at 0.3 s, within max_skew of the media: the watermark waits for the next one.
+    assert aligner.poll(0) == []
+    assert sorted((w.t_start_ns - T0) // MS for w in aligner.ready(0)) == [-500, 0, 500]
+    # A minute of silence, then more media: ready jumps the gap instead of stepping through it.
+    for item in sorted(av("s", 60_000, 61_500, text=False), key=lambda i: i.t_start_ns):
+        aligner.add(item, 0)
+    starts = sorted((w.t_start_ns - T0) // MS for w in aligner.ready(0))
+    assert starts == [1000, 1500, 59_500, 60_000, 60_500]  # 1500: the last chunk reaches 1.52 s

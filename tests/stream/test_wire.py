@@ -217,3 +217,21 @@ def test_wire_format_page_example_is_what_encode_writes() -> None:
     namespace: dict = {}
     exec(snippet.removeprefix("python"), namespace)
     assert namespace["value"] == expected
+
+
+def test_the_intake_path_gives_what_decode_then_decode_media_gives() -> None:
+    from stream.media import decode_wire
+    from stream.sources import SyntheticAV, SyntheticConfig
+
+    records = list(SyntheticAV(SyntheticConfig(streams=1, seconds=2, seed=2)).records())
+    assert {r.modality for r in records} == set(Modality)
+    for record in records:
+        data = wire.encode(record)
+        assert Record(*wire.parse(data)) == wire.decode(data) == record
+        fast, slow = decode_wire(data, "ref"), decode_media(wire.decode(data), "ref")
+        assert type(fast) is type(slow) and fast.ref == "ref"
+        for name in ("stream_id", "t_start_ns", "t_end_ns", "text", "language", "is_final", "sample_rate"):
+            assert getattr(fast, name, None) == getattr(slow, name, None)
+        for name in ("image", "samples"):
+            if hasattr(fast, name):
+                np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
