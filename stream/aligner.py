@@ -170,13 +170,11 @@ class Aligner:
         return closed
 
     def ready(self, now_ns: int, limit: int = 64) -> list[Window]:
-        """Open windows whose frames and audio look complete: the video and audio the watermark
-        waits for have passed the window's end, and only the allowed lateness (or a caption
-        still running) keeps it open. Each is offered once, built as it would close now, so
-        the caller can start on its encoders meanwhile (``closed_by`` is ``"ready"``). A record
-        arriving later still joins the window; what closes is the authority. Captions are not
-        waited for: they are cheap to encode at the close, and can hold a window open for up
-        to ``max_skew``. At most ``limit`` windows a call.
+        """Open windows whose audio (or, without audio, video) has passed the window's end, kept
+        open by the allowed lateness, a caption still running or a lagging modality: each is
+        offered once, built as it would close now, so the caller can start on its encoders
+        meanwhile (``closed_by`` is ``"ready"``). A record arriving later still joins the
+        window; what closes is the authority. At most ``limit`` windows a call.
         """
         cfg = self.config
         offered: list[Window] = []
@@ -200,16 +198,23 @@ class Aligner:
         return offered
 
     def _media_complete(self, state: _StreamState, now_ns: int) -> int:
-        """The watermark's rule without its lateness, over video and audio only."""
+        """How far a window's encoders could run on final data: as far as the audio has come (the
+        costly encoder), unless it lags the video by more than the allowed lateness (a gap in
+        the audio: the window closes without it), then as far as the video has come. A stream
+        with neither uses the watermark's rule without its lateness. Data arriving after all
+        costs only its own share of the encoding at the close."""
         cfg = self.config
-        media = [
-            b for m, b in state.buffers.items()
-            if m is not Modality.TEXT and b.latest_end_ns != _NEVER and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
-        ]
-        if not media:
+        live = {
+            modality: state.buffers[modality].latest_end_ns
+            for modality in (Modality.AUDIO, Modality.VIDEO)
+            if state.buffers[modality].latest_end_ns != _NEVER
+            and now_ns - state.buffers[modality].last_arrival_ns < cfg.idle_timeout_ns
+        }
+        if not live:
             return self._watermark(state, now_ns) + cfg.lateness_ns
-        newest = max(b.latest_end_ns for b in media)
-        return min(b.latest_end_ns for b in media if b.latest_end_ns >= newest - cfg.max_skew_ns)
+        newest = max(live.values())
+        audio = live.get(Modality.AUDIO, _NEVER)
+        return audio if audio >= newest - cfg.lateness_ns else newest
 
     @staticmethod
     def _first_start_after(state: _StreamState, t_ns: int) -> int | None:
@@ -257,6 +262,11 @@ class Aligner:
             self._tombstones.move_to_end(stream_id)
             while len(self._tombstones) > self.config.tombstones:
                 self._tombstones.popitem(last=False)
+
+    def is_open(self, stream_id: str, start_ns: int) -> bool:
+        """Whether the window of ``stream_id`` starting at ``start_ns`` can still take records."""
+        state = self._streams.get(stream_id)
+        return state is not None and (state.next_start_ns is None or start_ns >= state.next_start_ns)
 
     def watermark(self, stream_id: str, now_ns: int) -> int | None:
         """The stream's current watermark (None if unknown), for metrics and tests."""

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_S = 0.001
 #: Windows encoded ahead per engine call: small, since a closed window arriving meanwhile waits for it.
 WARM_CHUNK = 4
+#: Windows kept for encoding ahead before those that closed meanwhile are weeded out.
+MAX_AHEAD = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ class Pipeline:
             getattr(runner, "prepare", None) if speculate else None
         )
         self._warming: asyncio.Task[None] | None = None
+        #: Windows offered by ``Aligner.ready`` and not encoded yet, oldest first.
+        self._ahead: dict[tuple[str, int], Window] = {}
         # Told (ref, number of windows) for every admitted record: the service's offset
         # bookkeeping holds a record's offset until that many windows are published.
         self._on_admit = on_admit
@@ -172,24 +176,34 @@ class Pipeline:
         self._maybe_warm(now)
 
     def _maybe_warm(self, now: int) -> None:
-        """Start encoding complete, still open windows if the engine has nothing else to do."""
-        if self._prepare is None or self._warming is not None or self._in_flight:
+        """Collect complete, still open windows; encode them whenever the engine is idle."""
+        if self._prepare is None:
             return
-        windows = self.aligner.ready(now)
-        if windows:
-            self._warming = asyncio.create_task(self._warm(windows), name="fs-warm")
+        if self._windows.empty():  # closed windows waiting come first: no building windows ahead meanwhile
+            for window in self.aligner.ready(now):
+                self._ahead[window.window_id] = window
+            if len(self._ahead) > MAX_AHEAD:  # the engine has been busy for long: forget those closed since
+                self._ahead = {key: w for key, w in self._ahead.items() if self.aligner.is_open(*key)}
+        if self._ahead and self._warming is None and not self._in_flight:
+            self._warming = asyncio.create_task(self._warm(), name="fs-warm")
 
-    async def _warm(self, windows: list[Window]) -> None:
+    async def _warm(self) -> None:
         assert self._prepare is not None
         loop = asyncio.get_running_loop()
         try:
-            windows = await self._decode_frames(windows)  # the same frames the closing window samples
-            for i in range(0, len(windows), WARM_CHUNK):
-                if self._in_flight:  # closed windows come first; the rest are encoded when they close
-                    break
-                chunk = windows[i : i + WARM_CHUNK]
-                await loop.run_in_executor(self._engine_pool, self._prepare, chunk)
-                self.stats.windows_warmed += len(chunk)
+            # Closed windows come first: stop as soon as one is in flight (the rest wait for the next
+            # moment the engine is idle). A window closing meanwhile waits at most for one chunk.
+            while self._ahead and not self._in_flight:
+                chunk: list[Window] = []
+                while self._ahead and len(chunk) < WARM_CHUNK:
+                    key = next(iter(self._ahead))
+                    window = self._ahead.pop(key)
+                    if self.aligner.is_open(*key):
+                        chunk.append(window)
+                if chunk:
+                    chunk = await self._decode_frames(chunk)  # the same frames the closing window samples
+                    await loop.run_in_executor(self._engine_pool, self._prepare, chunk)
+                    self.stats.windows_warmed += len(chunk)
         except Exception:
             # Only a head start is lost: the windows are encoded in full when they close.
             log.exception("encoding windows ahead failed; not trying again")
