@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import pickle
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from consumers.bench.realtime import end_margin_ns
 from consumers.bench.stages import StageResult
@@ -172,10 +175,17 @@ async def _realtime(
             start_ns = time.time_ns() + PRODUCER_START_NS
             records = list(census.watch(workload.cloned(streams, start_ns, seconds)))
             span[:] = [start_ns + int(warmup_s * NS), records[-1].t_start_ns - end_margin_ns(config)]
-            context = multiprocessing.get_context("spawn")
-            producer = context.Process(target=_produce_live, args=(records, run.settings), name="bench-cameras")
-            producer.start()
-            await asyncio.get_running_loop().run_in_executor(None, producer.join)
+            # The cameras' records go to their process through a file, and leave this heap: tens of
+            # thousands of objects the service never holds in production would lengthen its garbage
+            # collections (the pauses this stage measures).
+            with tempfile.TemporaryDirectory(prefix="fs-bench-") as scratch:
+                path = Path(scratch) / "records.pickle"
+                path.write_bytes(pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL))
+                del records
+                context = multiprocessing.get_context("spawn")
+                producer = context.Process(target=_produce_live, args=(path, run.settings), name="bench-cameras")
+                producer.start()
+                await asyncio.get_running_loop().run_in_executor(None, producer.join)
             if producer.exitcode != 0:
                 raise RuntimeError(f"the benchmark's producer process failed (exit code {producer.exitcode})")
             return len(census.expected)
@@ -188,8 +198,9 @@ async def _realtime(
     return StageResult("kafka_realtime", len(measured), last_ack - first_fetch, measured, extra)
 
 
-def _produce_live(records: list[Record], settings: Settings) -> None:
-    """In the producer process: publish each record at its event time."""
+def _produce_live(path: Path, settings: Settings) -> None:
+    """In the producer process: publish each record of the pickled list at its event time."""
+    records: list[Record] = pickle.loads(path.read_bytes())
     asyncio.run(publish(on_time(records), settings, create_topics=False))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 GIL_SWITCH_S = 0.001
 #: Windows encoded ahead per engine call: small, since a closed window arriving meanwhile waits for it.
 WARM_CHUNK = 4
-#: Windows kept for encoding ahead before those that closed meanwhile are weeded out.
-MAX_AHEAD = 1024
+#: Most windows held for encoding ahead (each holds its audio, 64 KiB at 16 kHz): those beyond
+#: wait in the aligner until there is room, or close first.
+MAX_AHEAD = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class Pipeline:
         self._switch_interval = sys.getswitchinterval()
 
     async def __aenter__(self) -> Pipeline:
+        _freeze_heap()
         # The engine thread gives the GIL up for every graph it runs (four per batch) and needs
         # it back at once when the graph returns; at CPython's default 5 ms switch interval it
         # can wait that long behind the intake's Python code each time, and the cores idle.
@@ -133,6 +136,7 @@ class Pipeline:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        _thaw_heap()
         sys.setswitchinterval(self._switch_interval)
         if self._warming is not None:
             self._warming.cancel()
@@ -180,10 +184,12 @@ class Pipeline:
         if self._prepare is None:
             return
         if self._windows.empty():  # closed windows waiting come first: no building windows ahead meanwhile
-            for window in self.aligner.ready(now):
-                self._ahead[window.window_id] = window
-            if len(self._ahead) > MAX_AHEAD:  # the engine has been busy for long: forget those closed since
+            if self._ahead:  # forget those that closed before the engine got to them
                 self._ahead = {key: w for key, w in self._ahead.items() if self.aligner.is_open(*key)}
+            room = MAX_AHEAD - len(self._ahead)
+            if room > 0:
+                for window in self.aligner.ready(now, limit=room):
+                    self._ahead[window.window_id] = window
         if self._ahead and self._warming is None and not self._in_flight:
             self._warming = asyncio.create_task(self._warm(), name="fs-warm")
 
@@ -295,6 +301,28 @@ class Pipeline:
     async def close_output(self) -> None:
         """Tell ``predictions()`` readers that no more will come."""
         await self._predictions.put(None)
+
+
+# The objects alive when a pipeline starts (modules, the model's runtime, settings) live as long
+# as it does. A full garbage collection walks all of them, hundreds of thousands after torch and
+# ONNX Runtime are imported: a 50-70 ms pause of every thread, measured, which shows up as a p99
+# latency spike. Frozen, they are left out of every collection; they are thawed when the last
+# running pipeline stops (several can run in one process: tests, notebooks).
+_pipelines_running = 0
+
+
+def _freeze_heap() -> None:
+    global _pipelines_running
+    if _pipelines_running == 0:
+        gc.freeze()
+    _pipelines_running += 1
+
+
+def _thaw_heap() -> None:
+    global _pipelines_running
+    _pipelines_running -= 1
+    if _pipelines_running == 0:
+        gc.unfreeze()
 
 
 def _decoded_windows(windows: list[Window]) -> list[tuple[Window, Window, int]]:

@@ -65,6 +65,10 @@ class ServiceMetrics:
             "windows_emitted", "Windows closed and predicted, by what closed them.", ["closed_by"],
             namespace=ns, registry=registry,
         )
+        self.encoded_ahead = Counter(
+            "windows_encoded_ahead", "Open windows encoded while they waited out the lateness (speculate).",
+            namespace=ns, registry=registry,
+        )
         self.published = Counter(
             "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
         )

@@ -122,6 +122,7 @@ class InferenceService:
         self._merger: PartitionMerger[ConsumerRecord] = PartitionMerger(max_idle_ms=options.max_idle_ms)
         self._clock = IntakeClock(time.time_ns)
         self._fetch_ms = 0.0  # time spent waiting in getmany: the merger's clock
+        self._warmed_reported = 0  # the pipeline's windows_warmed already added to the metric
         self.input_topics = (settings.video_topic, settings.audio_topic, settings.text_topic)
         self._max_backlog = options.max_backlog_windows or settings.queue_windows
         self._stop = asyncio.Event()
@@ -633,6 +634,10 @@ class InferenceService:
         if consumer is None or pipeline is None:
             return
         self.metrics.backlog.set(pipeline.backlog())
+        warmed = pipeline.stats.windows_warmed
+        added = warmed - self._warmed_reported
+        self.metrics.encoded_ahead.inc(added if added >= 0 else warmed)  # negative: a new pipeline
+        self._warmed_reported = warmed
         self.metrics.held.set(self.tracker.held)
         self.metrics.open_streams.set(pipeline.aligner.stats.open_streams)
         self.metrics.assigned.set(len(self._owned))
