@@ -17,14 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.bench.realtime import end_margin_ns
+from prometheus_client import Counter
+
+from consumers.bench.realtime import Trial, end_margin_ns
 from consumers.bench.stages import StageResult
 from consumers.bench.workload import NS, Workload
 from consumers.pipeline.prediction import Prediction
 from consumers.pipeline.runner import WindowRunner
 from consumers.producers.publish import publish
 from consumers.producers.sources import on_time
-from consumers.report import WindowCensus
+from consumers.report import WindowCensus, percentiles
 from consumers.service.service import InferenceService, ServiceOptions
 from consumers.settings import Settings
 from engines.spec import ModelSpec
@@ -101,13 +103,22 @@ async def _max_rate(
     try:
         await publish(workload.records, run.settings)
         latencies: list[float] = []
+        acknowledged: set[tuple[str, int]] = set()
 
         def on_ack(prediction: Prediction, ms: float) -> None:
-            if (prediction.stream_id, prediction.t_start_ns) in steady:
+            key = (prediction.stream_id, prediction.t_start_ns)
+            if key in steady:
                 latencies.append(ms)
+                acknowledged.add(key)
 
         service = _service(run.settings, make_runner, spec, on_ack)
-        first_fetch, last_ack = await _serve_until(service, latencies, len(steady))
+        try:
+            first_fetch, last_ack = await _serve_until(service, latencies, len(steady))
+        except RuntimeError as exc:
+            first = min(start for _, start in steady)
+            missing = ", ".join(f"{sid}@+{(start - first) / NS:g}s" for sid, start in sorted(steady - acknowledged)[:8])
+            dead = int(_counted(service.metrics.dead_letters))
+            raise RuntimeError(f"{exc}; never acknowledged: {missing or 'none'}; dead letters: {dead}") from exc
     finally:
         await _delete(run)
     return StageResult("kafka", len(latencies), last_ack - first_fetch, latencies,
@@ -143,7 +154,26 @@ def kafka_realtime(
 ) -> StageResult:
     """``streams`` live streams produced at capture rate while the service runs; latency is window
     closed → prediction acknowledged by the broker, after the warm-up."""
-    return asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))
+    return asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))[0]
+
+
+def kafka_realtime_trial(
+    make_runner: Callable[[], WindowRunner],
+    spec: ModelSpec,
+    settings: Settings,
+    workload: Workload,
+    streams: int,
+    *,
+    seconds: float,
+    warmup_s: float,
+    bound_ms: float,
+) -> Trial:
+    """:func:`kafka_realtime` as a real-time trial: sustained when every window's prediction was
+    acknowledged, nothing was dead-lettered, and after the warm-up both the p99 close → broker
+    acknowledgement and the p99 intake lag (record timestamp → fetched) stayed under ``bound_ms``."""
+    result, lags, dead = asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))
+    return Trial(streams, result.extra["expected"], result.extra["windows_total"], dead,
+                 percentiles(result.latencies_ms), percentiles(lags), bound_ms)
 
 
 async def _realtime(
@@ -154,11 +184,13 @@ async def _realtime(
     streams: int,
     seconds: float,
     warmup_s: float,
-) -> StageResult:
+) -> tuple[StageResult, list[float], int]:
+    """The stage's result, the intake lags measured (ms) and the records dead-lettered."""
     run = _run_settings(settings, "live")
     config = run.settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
     span: list[int] = []  # [first, last) window start measured: after the warm-up, before the end's burst
     census = WindowCensus(config)
+    lags: list[float] = []
     try:
         await publish([], run.settings)  # topics first, so the group has joined before the first record
         acknowledged: list[float] = []
@@ -168,6 +200,10 @@ async def _realtime(
             acknowledged.append(ms)
             if span and span[0] <= prediction.t_start_ns < span[1]:
                 measured.append(ms)
+
+        def on_fetched(age_ms: float) -> None:
+            if span and span[0] <= time.time_ns() < span[1]:
+                lags.append(age_ms)
 
         async def produce() -> int:
             # The cameras are another process, as in production: a producer in this one would
@@ -190,12 +226,13 @@ async def _realtime(
                 raise RuntimeError(f"the benchmark's producer process failed (exit code {producer.exitcode})")
             return len(census.expected)
 
-        service = _service(run.settings, make_runner, spec, on_ack)
+        service = _service(run.settings, make_runner, spec, on_ack, on_fetched)
         first_fetch, last_ack = await _serve_until(service, acknowledged, produce)
+        dead = int(_counted(service.metrics.dead_letters))
     finally:
         await _delete(run)
     extra = {"streams": streams, "windows_total": len(acknowledged), "expected": len(census.expected)}
-    return StageResult("kafka_realtime", len(measured), last_ack - first_fetch, measured, extra)
+    return StageResult("kafka_realtime", len(measured), last_ack - first_fetch, measured, extra), lags, dead
 
 
 def _produce_live(path: Path, settings: Settings) -> None:
@@ -206,19 +243,21 @@ def _produce_live(path: Path, settings: Settings) -> None:
 
 def _service(
     settings: Settings, make_runner: Callable[[], WindowRunner], spec: ModelSpec,
-    on_ack: Callable[[Prediction, float], None],
+    on_ack: Callable[[Prediction, float], None], on_fetched: Callable[[float], None] | None = None,
 ) -> InferenceService:
-    options = ServiceOptions(instance_id="bench", on_acknowledged=on_ack)
+    options = ServiceOptions(instance_id="bench", on_acknowledged=on_ack, on_fetched=on_fetched)
     return InferenceService(settings, make_runner(), spec, options=options)
 
 
 def _fetched(service: InferenceService) -> float:
     """Input records the service has fetched so far (its records_consumed counter)."""
+    return _counted(service.metrics.records)
+
+
+def _counted(counter: Counter) -> float:
+    """The total of a (labelled) Prometheus counter, over its labels."""
     return sum(
-        sample.value
-        for metric in service.metrics.records.collect()
-        for sample in metric.samples
-        if sample.name.endswith("_total")
+        sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total")
     )
 
 

@@ -95,6 +95,9 @@ class ServiceOptions:
     #: Called with each prediction the broker acknowledged and its close → acknowledged milliseconds
     #: (``fusionstream bench`` times the service with it).
     on_acknowledged: Callable[[Prediction, float], None] | None = None
+    #: Called per fetched topic-partition batch with the age in milliseconds of its first record
+    #: (now minus the record's timestamp): how far intake runs behind the producers.
+    on_fetched: Callable[[float], None] | None = None
 
 
 class InferenceService:
@@ -346,10 +349,13 @@ class InferenceService:
         assert self._pipeline is not None and self._consumer is not None
         now_ms = self._fetch_ms
         self._merger.touch(self._consumer.paused(), now_ms)
+        on_fetched = self.options.on_fetched
         for tp, records in batch.items():
             if tp not in self._owned:
                 continue
             self.metrics.records.labels(tp.topic).inc(len(records))
+            if on_fetched is not None and records:
+                on_fetched(time.time() * 1000 - records[0].timestamp)
             streams = self._streams.setdefault(tp.partition, OrderedDict())
             accepted = []
             last_key = None

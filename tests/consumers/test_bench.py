@@ -44,7 +44,8 @@ def test_a_trial_fails_on_lag_loss_or_dead_letters_not_only_latency() -> None:
 def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "8", "--batch-sizes", "8,16",
-        "--naive-streams", "1", "--trial-seconds", "7", "--rounds", "1", "--bootstrap", kafka_bootstrap, "--json",
+        "--naive-streams", "1", "--trial-seconds", "7", "--rounds", "1", "--start-streams", "2", "--max-streams", "4",
+        "--bootstrap", kafka_bootstrap, "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=None)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,7 +61,9 @@ def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_pa
         assert report["ratios"][name] > 0
     assert report["max_realtime_streams"] >= 1
     trials = report["realtime"]["trials"]
+    assert report["realtime"]["through"] == "kafka" and [t["streams"] for t in trials][:1] == [2]
     assert any(t["sustained"] and t["streams"] == report["max_realtime_streams"] for t in trials)
+    assert all(t["windows"] == t["expected"] > 0 and t["intake_lag_ms"]["p99"] > 0 for t in trials if t["sustained"])
     half = report["half_load"]
     assert half["streams"] == report["max_realtime_streams"] // 2 and half["close_to_ack_ms"]["p99"] > 0
     assert report["machine"]["cores"] >= 1 and report["model"]["fusion"]
