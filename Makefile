@@ -31,7 +31,7 @@ soak: install
 		scripts/test.sh -m soak -s tests/consumers/test_soak.py
 
 # Every stage side by side (engine, pipeline, Kafka service, naive baseline), the most live
-# streams sustained, and the service's latency at half that load: about three minutes.
+# streams the service sustains through the broker, and its latency at half that load: about five minutes.
 bench: install
 	scripts/bench.sh $(BENCH_ARGS)
 

@@ -190,7 +190,7 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes the engine stage tries (comma-separated); the best is used everywhere.")] = "8,16,32,64",
     naive_streams: Annotated[int, typer.Option(min=1, help="Streams the (slow) naive baseline runs on.")] = 2,
     kafka: Annotated[bool, typer.Option("--kafka/--no-kafka", help="Run the service stages against the broker (skipped with a note when none answers).")] = True,
-    realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about a minute).")] = True,
+    realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about three minutes through the broker).")] = True,
     trial_seconds: Annotated[float, typer.Option(min=6, help="Length of each real-time trial (the first 2 s and the last 3.2 s are not measured).")] = 10.0,
     bound_ms: Annotated[float, typer.Option(help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
     start_streams: Annotated[int, typer.Option(min=1, help="Live streams of the first real-time trial (doubled until one fails, then bisected).")] = 8,
@@ -212,7 +212,7 @@ def bench(
     15 fps, 16 kHz) the service sustains under --bound-ms p99 close → broker ack (the embedded
     pipeline's close → prediction without a broker), and its latency at half that load. Reports
     windows/s, latency percentiles and the ratios pipeline/engine, kafka/engine, pipeline/naive.
-    Takes five to eight minutes with a broker.
+    Takes four to six minutes with a broker.
     """
     from rich.console import Console
 
