@@ -142,6 +142,12 @@ transaction.state.log.num.partitions=4
 
 # Tests start consumers and expect the group to form at once, not after 3 s.
 group.initial.rebalance.delay.ms=0
+
+# A record's timestamp is its media's capture time (the wire format's rule), and synthetic or
+# replayed media are often older than the default 7-day retention: the broker's retention check
+# (every 5 minutes) would delete a topic's records while a test or benchmark still reads them.
+# Here data lives until its topic is deleted.
+log.retention.ms=-1
 EOF
 }
 
