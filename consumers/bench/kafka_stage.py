@@ -151,29 +151,17 @@ def kafka_realtime(
     *,
     seconds: float,
     warmup_s: float,
-) -> StageResult:
-    """``streams`` live streams produced at capture rate while the service runs; latency is window
-    closed → prediction acknowledged by the broker, after the warm-up."""
-    return asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))[0]
-
-
-def kafka_realtime_trial(
-    make_runner: Callable[[], WindowRunner],
-    spec: ModelSpec,
-    settings: Settings,
-    workload: Workload,
-    streams: int,
-    *,
-    seconds: float,
-    warmup_s: float,
     bound_ms: float,
-) -> Trial:
-    """:func:`kafka_realtime` as a real-time trial: sustained when every window's prediction was
-    acknowledged, nothing was dead-lettered, and after the warm-up both the p99 close → broker
-    acknowledgement and the p99 intake lag (record timestamp → fetched) stayed under ``bound_ms``."""
+) -> tuple[StageResult, Trial]:
+    """``streams`` live streams produced at capture rate while the service runs; latency is window
+    closed → prediction acknowledged by the broker, after the warm-up. The trial is sustained
+    when every window's prediction was acknowledged, nothing was dead-lettered, and after the
+    warm-up both that latency's p99 and the p99 intake lag (record timestamp → fetched) stayed
+    under ``bound_ms``."""
     result, lags, dead = asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))
-    return Trial(streams, result.extra["expected"], result.extra["windows_total"], dead,
-                 percentiles(result.latencies_ms), percentiles(lags), bound_ms)
+    trial = Trial(streams, result.extra["expected"], result.extra["windows_total"], dead,
+                  percentiles(result.latencies_ms), percentiles(lags), bound_ms)
+    return result, trial
 
 
 async def _realtime(

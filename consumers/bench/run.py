@@ -151,8 +151,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
                 half = report["max_realtime_streams"] // 2
                 with console.status(f"kafka at half the maximum load: {half} live streams"):
-                    result = kafka_realtime(make_runner, spec, kafka_settings, workload, half,
-                                            seconds=max(options.trial_seconds, 12.0), warmup_s=options.warmup_s)
+                    result, _ = kafka_realtime(make_runner, spec, kafka_settings, workload, half,
+                                               seconds=max(options.trial_seconds, 12.0), warmup_s=options.warmup_s,
+                                               bound_ms=options.bound_ms)
                 done(result)
                 report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms")}
 
@@ -215,12 +216,12 @@ def _realtime(
         where = "through the broker" if kafka_settings is not None else "embedded"
         with console.status(f"real time: {streams} live streams for {options.trial_seconds:g} s, {where}"):
             if kafka_settings is not None:
-                from consumers.bench.kafka_stage import kafka_realtime_trial
+                from consumers.bench.kafka_stage import kafka_realtime
 
-                return kafka_realtime_trial(
+                return kafka_realtime(
                     make_runner, spec, kafka_settings, workload, streams, seconds=options.trial_seconds,
                     warmup_s=options.warmup_s, bound_ms=options.bound_ms,
-                )
+                )[1]
             return realtime_trial(
                 make_runner, workload, config, streams, seconds=options.trial_seconds, warmup_s=options.warmup_s,
                 bound_ms=options.bound_ms, max_batch=max_batch, decode_workers=settings.decode_workers,

@@ -184,7 +184,7 @@ class Pipeline:
         if self._prepare is None:
             return
         if self._windows.empty():  # closed windows waiting come first: no building windows ahead meanwhile
-            if self._ahead:  # forget those that closed before the engine got to them
+            if len(self._ahead) >= MAX_AHEAD:  # full: forget those that closed before the engine got to them
                 self._ahead = {key: w for key, w in self._ahead.items() if self.aligner.is_open(*key)}
             room = MAX_AHEAD - len(self._ahead)
             if room > 0:

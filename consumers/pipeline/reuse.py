@@ -130,10 +130,8 @@ class WindowEmbedder:
         """
         if not (self.reuse_frames and self.reuse_text) or not windows:
             return
-        needed = dict(self._needed)
-        self._video(windows)
-        self._text(windows)
-        self._needed = needed
+        self._video(windows, count_needed=False)
+        self._text(windows, count_needed=False)
         present = [w for w in windows if w.mask[1]]
         if present:
             for window, row in zip(present, self._encode_windows_audio(present), strict=True):
@@ -183,7 +181,7 @@ class WindowEmbedder:
     def _encode_windows_text(self, windows: list[Window]) -> np.ndarray:
         return self.backend.encode("text", np.stack([text_to_ids(w.transcript, self.spec) for w in windows]))
 
-    def _video(self, windows: Sequence[Window]) -> np.ndarray:
+    def _video(self, windows: Sequence[Window], *, count_needed: bool = True) -> np.ndarray:
         present = [(i, w) for i, w in enumerate(windows) if w.mask[0]]
         sources = {
             (w.stream_id, t): frame for _, w in present for t, frame in zip(w.frame_times_ns, w.frames, strict=True)
@@ -200,10 +198,10 @@ class WindowEmbedder:
             table = np.stack([rows[key] for key in keys])
             index = np.array([[slot[(w.stream_id, t)] for t in w.frame_times_ns] for _, w in present])
             out[[i for i, _ in present]] = table[index].mean(axis=1)
-        self._count("frames", len(present) * self.spec.frames_per_window, encoded)
+        self._count("frames", len(present) * self.spec.frames_per_window if count_needed else 0, encoded)
         return out
 
-    def _text(self, windows: Sequence[Window]) -> np.ndarray:
+    def _text(self, windows: Sequence[Window], *, count_needed: bool = True) -> np.ndarray:
         present = [(i, (w.stream_id, w.transcript)) for i, w in enumerate(windows) if w.mask[2]]
         rows, encoded = self._lookup(
             self._texts,
@@ -213,7 +211,7 @@ class WindowEmbedder:
         out = self._zeros(len(windows))
         for i, key in present:
             out[i] = rows[key]
-        self._count("texts", len(present), encoded)
+        self._count("texts", len(present) if count_needed else 0, encoded)
         return out
 
     def _count(self, kind: str, needed: int, encoded: int) -> None:
@@ -239,4 +237,3 @@ class WindowEmbedder:
                 cache.put(key, row)
                 rows[key] = row
         return rows, len(missing)
-

@@ -195,6 +195,7 @@ class InferenceService:
                 on_admit=self.tracker.admitted,
             )
             self._pipeline = await stack.enter_async_context(pipeline)
+            self._warmed_reported = 0
             self._publisher = Publisher(
                 producer, self.tracker, self.metrics,
                 predictions_topic=s.predictions_topic, deadletter_topic=s.deadletter_topic,
@@ -641,8 +642,7 @@ class InferenceService:
             return
         self.metrics.backlog.set(pipeline.backlog())
         warmed = pipeline.stats.windows_warmed
-        added = warmed - self._warmed_reported
-        self.metrics.encoded_ahead.inc(added if added >= 0 else warmed)  # negative: a new pipeline
+        self.metrics.encoded_ahead.inc(warmed - self._warmed_reported)
         self._warmed_reported = warmed
         self.metrics.held.set(self.tracker.held)
         self.metrics.open_streams.set(pipeline.aligner.stats.open_streams)

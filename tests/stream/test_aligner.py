@@ -323,7 +323,7 @@ def test_a_record_arriving_after_the_offer_still_joins_the_window() -> None:
     assert aligner.ready(0) == []  # nothing left open to offer
 
 
-def test_ready_does_not_wait_for_captions_and_skips_gaps() -> None:
+def test_ready_does_not_wait_for_captions_and_skips_gaps(monkeypatch: pytest.MonkeyPatch) -> None:
     aligner = Aligner()
     items = [*av("s", 0, 1500, text=False), segment(0, 300, "seven")]
     for item in sorted(items, key=lambda i: i.t_start_ns):
@@ -334,5 +334,9 @@ def test_ready_does_not_wait_for_captions_and_skips_gaps() -> None:
     # A minute of silence, then more media: ready jumps the gap instead of stepping through it.
     for item in sorted(av("s", 60_000, 61_500, text=False), key=lambda i: i.t_start_ns):
         aligner.add(item, 0)
+    built: list[int] = []
+    build = aligner._build
+    monkeypatch.setattr(aligner, "_build", lambda *a: built.append(a[2]) or build(*a))
     starts = sorted((w.t_start_ns - T0) // MS for w in aligner.ready(0))
     assert starts == [1000, 1500, 59_500, 60_000, 60_500]  # 1500: the last chunk reaches 1.52 s
+    assert len(built) <= len(starts) + 1  # one empty window looked at, not the 116 of the gap
