@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from consumers.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     name="fusionstream",
@@ -33,6 +38,21 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as one 
 
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def _engine_errors(console: Console) -> Iterator[None]:
+    """An engine error (no CUDA, no TensorRT, a bad model directory) as one line and exit status 1,
+    not a traceback: it is the user's setup, not a bug."""
+    from rich.markup import escape
+
+    from engines.errors import EngineError
+
+    try:
+        yield
+    except EngineError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -111,11 +131,20 @@ def evaluate(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them.")] = None,  # noqa: UP045
     int8: Annotated[bool, typer.Option("--int8", help="Also evaluate the int8 encoders (fusionstream quantize) on the same windows: accuracy change and speed.")] = False,
 ) -> None:
-    """Accuracy over clear windows: fused, each modality alone, and with each modality removed."""
+    """Accuracy over clear windows: fused, each modality alone, and with each modality removed.
+
+    The backend's device and precision come from the settings as for `serve`
+    (FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 with --backend torch measures a GPU's fp16).
+    """
+    from rich.console import Console
+
+    from consumers.engine import backend_options
     from consumers.training.evaluate_cli import evaluate_command
 
-    result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=backend or "onnxruntime",
-                              quiet=as_json, cache=cache, int8=int8)
+    settings = Settings.load(model_dir=model_dir, backend=backend)
+    with _engine_errors(Console(stderr=True, highlight=False)):
+        result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=settings.backend,
+                                  options=backend_options(settings), quiet=as_json, cache=cache, int8=int8)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
 
@@ -166,19 +195,14 @@ def build_engine(
     those change. Run it on the machine (the GPU model) that will serve.
     """
     from rich.console import Console
-    from rich.markup import escape
 
     from engines.backends.tensorrt import build_engines
-    from engines.errors import BackendUnavailable, EngineError
 
     console = Console(highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = {"fp16": fp16, "max_batch": max_batch, "opt_batch": opt_batch, "cache_dir": cache_dir, "device": device}
-    try:
+    with _engine_errors(console):
         plans = build_engines(model_dir, **options)
-    except (BackendUnavailable, EngineError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     for graph, (path, built) in plans.items():
         console.print(f"{graph:<8} {'built ' if built else 'cached'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -217,7 +241,6 @@ def bench(
     from rich.console import Console
 
     from consumers.bench.run import BenchOptions, run_bench
-    from engines.errors import EngineError
 
     settings = Settings.load(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -233,13 +256,8 @@ def bench(
         start_streams=start_streams, max_streams=max(max_streams, start_streams),
     )
     console = Console(stderr=as_json, highlight=False)
-    try:
+    with _engine_errors(console):
         report = run_bench(settings, options, console)
-    except EngineError as exc:  # BackendUnavailable, a bad model directory: one line, not a traceback
-        from rich.markup import escape
-
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(report, separators=(",", ":")))
     else:

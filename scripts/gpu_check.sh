@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one run, on a machine with an NVIDIA GPU; installs nothing.
 #
-#   scripts/gpu_check.sh            (about 5-8 minutes; made to fit one 10-minute slot)
+#   scripts/gpu_check.sh            (about 6-8 minutes; made to fit one 10-minute slot)
 #
 # 1. the GPU tests (pytest -m gpu: TensorRT parity with ONNX Runtime, engine cache reuse and
-#    rebuild, torch CUDA graphs), each skipping with its reason where its runtime is missing;
+#    rebuild, torch CUDA graphs and fp16 against the CPU), each skipping with its reason where its
+#    runtime is missing;
 # 2. `fusionstream bench` (engine, pipeline and naive stages; no broker, no real-time search)
 #    on every GPU backend this machine has: tensorrt fp16, torch cuda fp16 with CUDA graphs,
-#    torch cuda fp16 without, onnxruntime CUDA execution provider; onnxruntime CPU as the
-#    reference;
-# 3. one summary table.
+#    torch cuda fp16 without, torch cuda fp32 with graphs; onnxruntime CPU as the reference;
+# 3. `fusionstream evaluate` of the shipped model on the same held-out windows: accuracy on the
+#    GPU backends (fp16) beside onnxruntime fp32 on the CPU;
+# 4. one summary table;
+# 5. last, as time allows: the real-time search (most live streams under the latency bound) of
+#    the embedded pipeline on torch cuda fp16 with CUDA graphs.
 #
 # Settings (environment): PYTHON (default: .venv/bin/python if present, else python3),
-# OUT (where logs and JSON go, default: a temporary directory), BENCH_ARGS (extra bench flags).
+# OUT (where logs and JSON go, default: a temporary directory), BENCH_ARGS (bench flags),
+# EVAL_SECONDS (held-out seconds for step 3, default 600), REALTIME (0 skips step 5).
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +27,17 @@ OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export FUSIONSTREAM_ENGINE_CACHE="${FUSIONSTREAM_ENGINE_CACHE:-$OUT/engines}"
-BENCH_ARGS="${BENCH_ARGS:---streams 8 --seconds 20 --no-kafka --no-realtime --naive-streams 1}"
+# 32 streams: enough windows (about 1,300) that a GPU's engine stage runs long enough to time.
+BENCH_ARGS="${BENCH_ARGS:---streams 32 --seconds 20 --batch-sizes 1,8,32,64 --no-kafka --no-realtime --naive-streams 1}"
+EVAL_SECONDS="${EVAL_SECONDS:-600}"
+HELDOUT="$(mktemp -d)"  # rendered once, evaluated by every backend
+MODEL="$REPO_ROOT/engines/models/default"
+
+ORT=(FUSIONSTREAM_BACKEND=onnxruntime)
+TRT=(FUSIONSTREAM_BACKEND=tensorrt FUSIONSTREAM_PRECISION=fp16)
+CUDA_FP16_GRAPHS=(FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 FUSIONSTREAM_CUDA_GRAPHS=true)
+CUDA_FP16=(FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 FUSIONSTREAM_CUDA_GRAPHS=false)
+CUDA_FP32_GRAPHS=(FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp32 FUSIONSTREAM_CUDA_GRAPHS=true)
 
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi: not found"
@@ -48,36 +63,44 @@ echo "== GPU tests"
 "$PYTHON" -m pytest -q -m gpu -rs -p no:cacheprovider tests/engines 2>&1 | tee "$OUT/gpu-tests.log"
 tests_status=${PIPESTATUS[0]}
 
-declare -a NAMES=() RESULTS=()
+declare -a NAMES=()
 run_bench() {  # name, env assignments...
   local name=$1; shift
   echo "== bench: $name"
   if env "$@" timeout 240 "$PYTHON" -m consumers bench $BENCH_ARGS --json >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.log"; then
-    NAMES+=("$name"); RESULTS+=("$OUT/bench-$name.json")
+    NAMES+=("$name")
   else
     echo "   failed or unavailable (last lines of $OUT/bench-$name.log):"; tail -n 3 "$OUT/bench-$name.log" | sed 's/^/   /'
   fi
 }
-run_bench onnxruntime-cpu FUSIONSTREAM_BACKEND=onnxruntime
-run_bench tensorrt-fp16 FUSIONSTREAM_BACKEND=tensorrt FUSIONSTREAM_PRECISION=fp16
-run_bench torch-cuda-fp16-graphs FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 FUSIONSTREAM_CUDA_GRAPHS=true
-run_bench torch-cuda-fp16 FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 FUSIONSTREAM_CUDA_GRAPHS=false
-run_bench torch-cuda-fp32-graphs FUSIONSTREAM_BACKEND=torch FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp32 FUSIONSTREAM_CUDA_GRAPHS=true
+run_bench onnxruntime-cpu "${ORT[@]}"
+run_bench tensorrt-fp16 "${TRT[@]}"
+run_bench torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
+run_bench torch-cuda-fp16 "${CUDA_FP16[@]}"
+run_bench torch-cuda-fp32-graphs "${CUDA_FP32_GRAPHS[@]}"
+
+run_eval() {  # name, env assignments...
+  local name=$1; shift
+  echo "== evaluate: $name"
+  if ! env "$@" timeout 240 "$PYTHON" -m consumers evaluate "$MODEL" --seconds "$EVAL_SECONDS" --cache "$HELDOUT" \
+      --json >"$OUT/eval-$name.json" 2>"$OUT/eval-$name.log"; then
+    echo "   failed or unavailable:"; tail -n 2 "$OUT/eval-$name.log" | sed 's/^/   /'
+  fi
+}
+run_eval onnxruntime-cpu "${ORT[@]}"
+run_eval tensorrt-fp16 "${TRT[@]}"
+run_eval torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
 
 echo "== summary"
-"$PYTHON" - "${NAMES[@]}" -- "${RESULTS[@]}" <<'EOF'
-import json, sys
-args = sys.argv[1:]
-split = args.index("--")
-names, files = args[:split], args[split + 1:]
-print(f"{'backend':26s} {'engine w/s':>11s} {'pipeline w/s':>13s} {'naive w/s':>10s} {'pipe/engine':>12s} {'pipe/naive':>11s} {'batch':>6s}")
-for name, path in zip(names, files):
-    lines = [l for l in open(path) if l.strip()]
-    report = json.loads(lines[-1])
-    rate, ratios = report["windows_per_s"], report["ratios"]
-    batch = report["stages"]["engine"].get("batch_size", "?")
-    print(f"{name:26s} {rate['engine']:11.1f} {rate['pipeline']:13.1f} {rate['naive']:10.1f} "
-          f"{ratios['pipeline/engine']:12.3f} {ratios['pipeline/naive']:11.3f} {batch:>6}")
-EOF
+"$PYTHON" scripts/gpu_summary.py "$OUT" "${NAMES[@]}"
+
+if [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graphs "* ]]; then
+  echo "== real-time search: embedded pipeline, torch cuda fp16 + CUDA graphs"
+  env "${CUDA_FP16_GRAPHS[@]}" timeout 200 "$PYTHON" -m consumers bench --streams 8 --seconds 20 --no-kafka \
+      --rounds 1 --batch-sizes 32 --naive-streams 1 --start-streams 32 --json \
+      >"$OUT/realtime-torch-cuda.json" 2>"$OUT/realtime-torch-cuda.log" || echo "   did not finish (see $OUT/realtime-torch-cuda.log)"
+  "$PYTHON" scripts/gpu_summary.py --realtime "$OUT/realtime-torch-cuda.json" || true
+fi
+rm -rf "$HELDOUT"
 echo "logs and JSON: $OUT"
 exit "$tests_status"

@@ -41,5 +41,6 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         p99 = (half.get("close_to_ack_ms") or {}).get("p99")
         console.print(f"service at half that load ({half['streams']} streams): close -> broker ack p99 {p99} ms")
     machine = report["machine"]
-    console.print(f"[dim]{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
+    gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
+    console.print(f"[dim]{machine['cpu']}, {machine['cores']} cores{gpu}, Python {machine['python']}, "
                   f"ONNX Runtime {machine['onnxruntime']}[/]")

@@ -57,11 +57,15 @@ def machine() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    import torch  # the naive stage needs it anyway
+
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
     }
 
 

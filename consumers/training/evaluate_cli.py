@@ -38,7 +38,7 @@ def evaluation_table(result: Evaluation, title: str) -> Table:
 
 def evaluate_command(
     model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
-    cache: Path | None = None, int8: bool = False,
+    options: dict[str, Any] | None = None, cache: Path | None = None, int8: bool = False,
 ) -> dict[str, Any]:
     console = Console(stderr=quiet)
     spec = ModelSpec.load(model_dir)
@@ -51,11 +51,14 @@ def evaluate_command(
             windows = load_clips(data, spec, progress=progress)
     else:
         windows = heldout(spec, seconds, seed, console=console, cache=cache)
-    with load_backend(backend, model_dir) as engine:
+    options = options or {}
+    with load_backend(backend, model_dir, **options) as engine:
         result = evaluate(engine, windows)
-    console.print(evaluation_table(result, f"{spec.fusion} model v{spec.version} on {backend}, "
+    described = ", ".join(f"{key} {value}" for key, value in options.items())
+    console.print(evaluation_table(result, f"{spec.fusion} model v{spec.version} on {backend}"
+                                           f"{f' ({described})' if described else ''}, "
                                            f"{result.clear_windows} clear of {result.windows} windows"))
-    out = result.to_dict()
+    out = result.to_dict() | {"backend": backend, "backend_options": {k: str(v) for k, v in options.items()}}
     if int8:
         out["int8"] = _int8(model_dir, spec, windows, result, console)
     return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from engines.spec import ModelSpec
 from tests.mediafiles import srt_for, write_digit_clip
@@ -40,6 +42,29 @@ def test_train_and_evaluate_on_labelled_clips(tmp_path: Path) -> None:
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert result["windows"] >= 10 and set(result["single"]) == {"video", "audio", "text"}
     assert 0.0 <= result["fused"] <= 1.0
+    assert result["backend"] == "onnxruntime"
+
+    # The backend and its device come from the settings, as for `serve`: torch on the CPU gives the
+    # same windows the same answers (the exported graphs match the weights).
+    env = {**os.environ, "FUSIONSTREAM_BACKEND": "torch", "FUSIONSTREAM_DEVICE": "cpu"}
+    on_torch = subprocess.run([*cmd, "evaluate", str(out), "--data", str(data), "--json"],
+                              capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert on_torch.returncode == 0, on_torch.stderr
+    torch_result = json.loads(on_torch.stdout.strip().splitlines()[-1])
+    assert torch_result["backend"] == "torch" and torch_result["backend_options"]["device"] == "cpu"
+    assert torch_result["windows"] == result["windows"] and torch_result["fused"] == pytest.approx(result["fused"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_evaluate_on_a_missing_gpu_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "FUSIONSTREAM_BACKEND": "torch", "FUSIONSTREAM_DEVICE": "cuda"}
+    model = Path(__file__).resolve().parents[2] / "engines" / "models" / "default"
+    # The held-out windows render first (5 s of them); the error comes when the backend loads.
+    run = subprocess.run([sys.executable, "-m", "consumers.cli", "evaluate", str(model), "--seconds", "5"],
+                         capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert run.returncode == 1
+    assert "error: torch backend: device cuda requested but CUDA is not available" in " ".join(run.stderr.split())
+    assert "Traceback" not in run.stderr
 
 
 def test_bad_labels_file_names_the_line(tmp_path: Path) -> None:

@@ -1,0 +1,85 @@
+"""The summary table of ``scripts/gpu_check.sh``: one row per backend that ran, from the JSON it wrote.
+
+    python scripts/gpu_summary.py OUT NAME...      bench-NAME.json and eval-NAME.json under OUT
+    python scripts/gpu_summary.py --realtime FILE  the real-time search's result
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+#: The reference every accuracy is compared with: fp32 on the CPU.
+REFERENCE = "onnxruntime-cpu"
+
+
+def last_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object on the last line of a command's output, or None where it did not finish."""
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+
+
+def accuracy_cell(evaluated: dict[str, Any] | None, reference: dict[str, Any] | None, name: str) -> str:
+    if evaluated is None:
+        return "-"
+    cell = f"{evaluated['fused']:.4f}"
+    if reference is not None and name != REFERENCE:
+        cell += f" ({evaluated['fused'] - reference['fused']:+.4f})"
+    return cell
+
+
+def summary(out: Path, names: list[str]) -> list[str]:
+    reference = last_json(out / f"eval-{REFERENCE}.json")
+    lines = [f"{'backend':24s} {'engine w/s':>10s} {'pipeline w/s':>12s} {'naive w/s':>9s} {'pipe/eng':>8s} "
+             f"{'pipe/naive':>10s} {'batch':>5s} {'accuracy':>17s}  engine w/s by batch size"]
+    machine = None
+    for name in names:
+        report = last_json(out / f"bench-{name}.json")
+        if report is None:
+            continue
+        machine = machine or report["machine"]
+        rate, ratios, engine = report["windows_per_s"], report["ratios"], report["stages"]["engine"]
+        accuracy = accuracy_cell(last_json(out / f"eval-{name}.json"), reference, name)
+        sweep = ", ".join(f"{size}: {value:g}" for size, value in engine.get("by_batch_size", {}).items())
+        lines.append(
+            f"{name:24s} {rate['engine']:10.1f} {rate['pipeline']:12.1f} {rate['naive']:9.1f} "
+            f"{ratios['pipeline/engine']:8.3f} {ratios['pipeline/naive']:10.3f} {engine.get('batch_size', '?'):>5} "
+            f"{accuracy:>17s}  {sweep}"
+        )
+    if reference is not None:
+        lines.append(f"accuracy: fused, on the clear held-out windows ({reference['windows']} of "
+                     f"{reference['all_windows']}); in brackets the change against {REFERENCE} (fp32)")
+    if machine is not None:
+        lines.append(f"machine: {machine.get('gpu')}, {machine['cpu']}, {machine['cores']} cores, "
+                     f"torch {machine.get('torch')}, onnxruntime {machine['onnxruntime']}")
+    return lines
+
+
+def realtime_line(path: Path) -> str:
+    report = last_json(path)
+    if report is None or report.get("max_realtime_streams") is None:
+        return "real-time search: no result"
+    bound = report.get("realtime", {}).get("bound_ms")
+    return f"max real-time streams (embedded pipeline, p99 under {bound} ms): {report['max_realtime_streams']}"
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--realtime"] and len(argv) == 2:
+        print(realtime_line(Path(argv[1])))
+        return 0
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print("\n".join(summary(Path(argv[0]), argv[1:])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
