@@ -10,6 +10,7 @@ import asyncio
 import os
 import platform
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
         f"{len(workload.records)} records; model {spec.fusion} v{spec.version} on {settings.backend}"
     )
-    with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend:
+    with ExitStack() as stack:
+        backend = stack.enter_context(load_backend(settings.backend, settings.model_dir, **options_of_backend))
 
         def make_runner() -> WindowRunner:
             return WindowRunner(backend, spec)
@@ -112,14 +114,28 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         kafka_settings = settings.model_copy(update={"max_batch": best_batch})
         broker = options.kafka and _broker(kafka_settings, console)
         int8 = options.int8 and settings.backend == "onnxruntime" and settings.precision != "int8" and _has_int8(spec)
+        int8_backend = (
+            stack.enter_context(load_backend("onnxruntime", settings.model_dir, **options_of_backend, precision="int8"))
+            if int8 else None
+        )
         # The stages take turns, round after round, and each keeps its best round: a machine that
         # is busier during one stage's turn then distorts no ratio (the best of each is the least
         # disturbed), which one long measurement per stage could not promise.
         rounds: dict[str, list[StageResult]] = {}
         for turn in range(1, options.rounds + 1):
             label = f"round {turn}/{options.rounds}"
-            with console.status(f"{label}: engine (the model alone, batch {best_batch})"):
-                rounds.setdefault("engine", []).append(engine_stage(backend, spec, windows, (best_batch,), repeats=1))
+            turns = [("engine", backend)]
+            if int8_backend is not None:
+                # fp32 and int8 in the order A B B A, so a machine speeding up or slowing down
+                # during the turn favours neither; both before the pipeline and kafka stages,
+                # whose threads and broker flushes may still be winding down after them.
+                turns = [("engine", backend), ("engine_int8", int8_backend), ("engine_int8", int8_backend),
+                         ("engine", backend)]
+            for name, engine in turns:
+                with console.status(f"{label}: {name} (the model alone, batch {best_batch})"):
+                    result = engine_stage(engine, spec, windows, (best_batch,), repeats=1)
+                result.name = name
+                rounds.setdefault(name, []).append(result)
             with console.status(f"{label}: pipeline (the embedded pipeline at maximum rate)"):
                 rounds.setdefault("pipeline", []).append(pipeline_stage(
                     backend, spec, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
@@ -130,15 +146,6 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
                 with console.status(f"{label}: kafka (the service consuming the local broker at maximum rate)"):
                     rounds.setdefault("kafka", []).append(kafka_max_rate(make_runner, spec, kafka_settings, workload))
-            if int8:
-                int8_options = options_of_backend | {"precision": "int8"}
-                with (
-                    load_backend("onnxruntime", settings.model_dir, **int8_options) as q,
-                    console.status(f"{label}: engine with the int8 encoders"),
-                ):
-                    result = engine_stage(q, spec, windows, (best_batch,), repeats=1)
-                result.name = "engine_int8"
-                rounds.setdefault("engine_int8", []).append(result)
         for name in ("engine", "pipeline", "kafka", "engine_int8"):
             if name in rounds:
                 done(_best(rounds[name]))

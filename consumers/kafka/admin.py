@@ -10,7 +10,7 @@ letting the service run with modalities split across consumers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -36,17 +36,19 @@ async def ensure_topics(
     *,
     replication: int = 1,
     timeout_s: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
 
     "Usable" means every partition has a leader, so a producer or consumer started
     right after this call does not race the topic creation. Raises
     :class:`TopicLayoutError` if a topic exists with another partition count.
+    ``security``: aiokafka's authentication and TLS arguments (``Settings.kafka_security()``).
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     names = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin")
+    admin = _admin(bootstrap, security)
     try:
         await admin.start()
         layout = await _describe(admin, names)
@@ -73,12 +75,14 @@ async def ensure_topics(
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: float = 30.0) -> None:
+async def delete_topics(
+    bootstrap: str, topics: Sequence[str], *, timeout_s: float = 30.0, security: Mapping[str, Any] | None = None
+) -> None:
     """Delete ``topics``; topics that do not exist are ignored. Meant for tests and tooling."""
     names = list(dict.fromkeys(topics))
     if not names:
         return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin")
+    admin = _admin(bootstrap, security)
     try:
         await admin.start()
         response = await admin.delete_topics(names, timeout_ms=int(timeout_s * 1000))
@@ -87,6 +91,11 @@ async def delete_topics(bootstrap: str, topics: Sequence[str], *, timeout_s: flo
                 raise for_code(code)(f"deleting topic {topic!r}")
     finally:
         await admin.close()
+
+
+def _admin(bootstrap: str, security: Mapping[str, Any] | None) -> AIOKafkaAdminClient:
+    # A secured cluster refuses an admin client without its credentials as it would a consumer.
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin", **(security or {}))
 
 
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int | None, bool]]:

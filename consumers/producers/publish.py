@@ -92,7 +92,8 @@ async def prepare_topics(settings: Settings) -> None:
     from consumers.kafka import ensure_topics
 
     try:
-        await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions)
+        await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions,
+                            security=settings.kafka_security())
     except KafkaConnectionError as exc:
         raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
 

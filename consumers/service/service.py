@@ -164,12 +164,12 @@ class InferenceService:
     async def run(self) -> None:
         """Serve until :meth:`stop`; raises if the service had to stop on an error."""
         s = self.settings
-        await ensure_topics(s.bootstrap_servers, list(self.input_topics), s.partitions)
+        security = s.kafka_security()
+        await ensure_topics(s.bootstrap_servers, list(self.input_topics), s.partitions, security=security)
         for topic in (s.predictions_topic, s.deadletter_topic):
             with suppress(TopicLayoutError):  # outputs need no particular partition count
-                await ensure_topics(s.bootstrap_servers, [topic], s.partitions)
+                await ensure_topics(s.bootstrap_servers, [topic], s.partitions, security=security)
 
-        security = s.kafka_security()
         client_id = f"{s.client_id}-{self.instance_id}"
         transactional_id = f"{s.group_id}.{self.instance_id}" if s.exactly_once else None
         async with AsyncExitStack() as stack:

@@ -249,7 +249,7 @@ async def prepare(app: faust.App, settings: Settings) -> None:
     finally:
         await admin.close()
     # Waits for a leader on every partition, and refuses changelogs left with another partition count.
-    await ensure_topics(settings.bootstrap_servers, list(topics), partitions)
+    await ensure_topics(settings.bootstrap_servers, list(topics), partitions, security=settings.kafka_security())
 
 
 app = create_app()

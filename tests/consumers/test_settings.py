@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
+from consumers.kafka import delete_topics, ensure_topics
 from consumers.settings import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
@@ -55,3 +59,16 @@ def test_every_setting_is_documented() -> None:
     for name, field in Settings.model_fields.items():
         assert f"`{name}`" in text and f"FUSIONSTREAM_{name.upper()}" in text, name
         assert field.description, f"{name} has no description"
+
+
+def test_topic_administration_authenticates_like_the_clients(kafka_bootstrap: str) -> None:
+    # The test broker speaks PLAINTEXT only: a SASL handshake fails at once, which shows the admin
+    # client used the credentials instead of connecting without them (and creating the topic).
+    topic = f"security-{uuid.uuid4().hex[:8]}"
+    sasl = Settings.load(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="svc",
+                         sasl_password="hunter2")
+    with pytest.raises(KafkaConnectionError, match="Unable to bootstrap"):
+        asyncio.run(ensure_topics(kafka_bootstrap, [topic], 1, security=sasl.kafka_security(), timeout_s=5))
+    plain = Settings.load().kafka_security()
+    asyncio.run(ensure_topics(kafka_bootstrap, [topic], 1, security=plain, timeout_s=10))
+    asyncio.run(delete_topics(kafka_bootstrap, [topic], security=plain))
