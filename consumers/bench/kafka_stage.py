@@ -160,7 +160,7 @@ def kafka_realtime(
     under ``bound_ms``."""
     result, lags, dead = asyncio.run(_realtime(make_runner, spec, settings, workload, streams, seconds, warmup_s))
     trial = Trial(streams, result.extra["expected"], result.extra["windows_total"], dead,
-                  percentiles(result.latencies_ms), percentiles(lags), bound_ms)
+                  percentiles(result.latencies_ms), percentiles(lags), bound_ms, len(result.latencies_ms))
     return result, trial
 
 

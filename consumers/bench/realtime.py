@@ -37,11 +37,14 @@ class Trial:
     latency_ms: dict[str, float]
     intake_lag_ms: dict[str, float]
     bound_ms: float
+    measured: int  # windows whose latency counts: those after the warm-up
 
     @property
     def sustained(self) -> bool:
+        # A trial that measured nothing (every window inside the warm-up) proves nothing.
         return (
             self.predicted == self.expected
+            and self.measured > 0
             and self.dead_letters == 0
             and self.latency_ms["p99"] <= self.bound_ms
             and self.intake_lag_ms["p99"] <= self.bound_ms
@@ -53,6 +56,7 @@ class Trial:
             "sustained": self.sustained,
             "windows": self.predicted,
             "expected": self.expected,
+            "measured": self.measured,
             "dead_letters": self.dead_letters,
             "latency_ms": self.latency_ms,
             "intake_lag_ms": self.intake_lag_ms,
@@ -133,7 +137,8 @@ async def _trial(
         await pipeline.drain()
         await pipeline.close_output()
         await collector
-    return Trial(streams, expected, predicted, dead, percentiles(latencies), percentiles(lags), bound_ms)
+    return Trial(streams, expected, predicted, dead, percentiles(latencies), percentiles(lags), bound_ms,
+                 len(latencies))
 
 
 def end_margin_ns(config: WindowConfig) -> int:

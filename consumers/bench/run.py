@@ -35,7 +35,7 @@ class BenchOptions:
     naive_streams: int = 2
     kafka: bool = True
     realtime: bool = True
-    trial_seconds: float = 10.0
+    trial_seconds: float = 20.0
     warmup_s: float = 2.0
     bound_ms: float = 100.0
     start_streams: int = 8
@@ -101,8 +101,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
         f"{len(workload.records)} records; model {spec.fusion} v{spec.version} on {settings.backend}"
     )
-    with ExitStack() as stack:
-        backend = stack.enter_context(load_backend(settings.backend, settings.model_dir, **options_of_backend))
+    with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend, ExitStack() as int8_scope:
 
         def make_runner() -> WindowRunner:
             return WindowRunner(backend, spec)
@@ -115,7 +114,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         broker = options.kafka and _broker(kafka_settings, console)
         int8 = options.int8 and settings.backend == "onnxruntime" and settings.precision != "int8" and _has_int8(spec)
         int8_backend = (
-            stack.enter_context(load_backend("onnxruntime", settings.model_dir, **options_of_backend, precision="int8"))
+            int8_scope.enter_context(
+                load_backend("onnxruntime", settings.model_dir, **options_of_backend, precision="int8")
+            )
             if int8 else None
         )
         # The stages take turns, round after round, and each keeps its best round: a machine that
@@ -146,6 +147,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
                 with console.status(f"{label}: kafka (the service consuming the local broker at maximum rate)"):
                     rounds.setdefault("kafka", []).append(kafka_max_rate(make_runner, spec, kafka_settings, workload))
+        int8_scope.close()  # its sessions are not needed past the rounds
         for name in ("engine", "pipeline", "kafka", "engine_int8"):
             if name in rounds:
                 done(_best(rounds[name]))
@@ -163,7 +165,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                 half = report["max_realtime_streams"] // 2
                 with console.status(f"kafka at half the maximum load: {half} live streams"):
                     result, _ = kafka_realtime(make_runner, spec, kafka_settings, workload, half,
-                                               seconds=max(options.trial_seconds, 12.0), warmup_s=options.warmup_s,
+                                               seconds=min(max(options.trial_seconds, 12.0), options.seconds),
+                                               warmup_s=options.warmup_s,
                                                bound_ms=options.bound_ms)
                 done(result)
                 report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms")}
