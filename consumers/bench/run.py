@@ -51,6 +51,7 @@ def _ratio(a: float, b: float) -> float:
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import onnxruntime
+    import torch  # the naive stage needs it anyway
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -58,8 +59,6 @@ def machine() -> dict[str, Any]:
             cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import torch  # the naive stage needs it anyway
-
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
