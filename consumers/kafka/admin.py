@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
@@ -40,8 +41,8 @@ async def ensure_topics(
 ) -> None:
     """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
 
-    "Usable" means every partition has a leader, so a producer or consumer started
-    right after this call does not race the topic creation. Raises
+    "Usable" means every partition has a leader that serves it, so a producer or consumer
+    started right after this call does not race the topic creation. Raises
     :class:`TopicLayoutError` if a topic exists with another partition count.
     ``security``: aiokafka's authentication and TLS arguments (``Settings.kafka_security()``).
     """
@@ -67,12 +68,36 @@ async def ensure_topics(
             _check_layout(layout, partitions)
             waiting = [name for name, (_, led) in layout.items() if not led]
             if not waiting:
-                return
+                break
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"topics {waiting} have no leader for every partition after {timeout_s}s")
             await asyncio.sleep(_POLL_S)
     finally:
         await admin.close()
+    if missing:
+        await _until_served(bootstrap, [TopicPartition(t, p) for t in missing for p in range(partitions)], security,
+                            timeout_s)
+
+
+async def _until_served(
+    bootstrap: str, partitions: list[TopicPartition], security: Mapping[str, Any] | None, timeout_s: float
+) -> None:
+    """Return once each partition's leader answers for it (a ListOffsets request succeeds).
+
+    The metadata names a new partition's leader a moment before that broker serves it: until
+    then produce and fetch requests get NOT_LEADER_OR_FOLLOWER and are retried (seen on Kafka
+    4.4 in most topic creations). Retried sends reorder a fast replay's modalities by seconds of
+    event time, enough to make good records late.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **(security or {}))
+    await consumer.start()
+    try:
+        # aiokafka retries a NOT_LEADER answer itself, until the leader serves the partition.
+        await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
+    except TimeoutError:
+        raise TimeoutError(f"new partitions not served by their leaders after {timeout_s}s") from None
+    finally:
+        await consumer.stop()
 
 
 async def delete_topics(

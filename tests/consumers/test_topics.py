@@ -1,0 +1,37 @@
+"""Topic administration against the real broker: topics are served when `ensure_topics` returns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumers.kafka import delete_topics, ensure_topics
+
+PARTITIONS = 4
+
+
+def test_new_topics_take_writes_at_once(kafka_bootstrap: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Kafka names a new partition's leader a moment before that broker serves it; a producer
+    # sending in that moment gets NOT_LEADER_OR_FOLLOWER and retries (in most creations, on this
+    # broker, before ensure_topics waited for it), which reorders a fast replay's modalities.
+    async def create_and_write() -> None:
+        for _ in range(5):
+            names = [f"served-{uuid.uuid4().hex[:8]}-{kind}" for kind in ("video", "audio", "text")]
+            await ensure_topics(kafka_bootstrap, names, PARTITIONS)
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await producer.start()
+            try:
+                sent = [await producer.send(name, b"x", partition=p) for name in names for p in range(PARTITIONS)]
+                await asyncio.gather(*sent)
+            finally:
+                await producer.stop()
+                await delete_topics(kafka_bootstrap, names)
+
+    with caplog.at_level(logging.WARNING, logger="aiokafka"):
+        asyncio.run(create_and_write())
+    retried = [r.getMessage() for r in caplog.records if "NotLeaderForPartition" in r.getMessage()]
+    assert not retried, retried[:3]
