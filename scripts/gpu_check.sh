@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one run, on a machine with an NVIDIA GPU; installs nothing.
 #
-#   scripts/gpu_check.sh            (about 6-8 minutes; made to fit one 10-minute slot)
+#   scripts/gpu_check.sh            (about 5 minutes on an H200; made to fit one 10-minute slot)
 #
 # 1. the GPU tests (pytest -m gpu: TensorRT parity with ONNX Runtime, engine cache reuse and
 #    rebuild, torch CUDA graphs and fp16 against the CPU), each skipping with its reason where its
