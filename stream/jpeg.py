@@ -7,10 +7,17 @@ microseconds, no pixel work), and :class:`LazyJpeg` adds an eighth-scale decode 
 the entropy-coded data (under half a full decode): what libjpeg refuses is refused at
 intake, where a bad record can still go to the dead-letter topic. The full decode happens
 on first use by a window, once.
+
+A camera writes the same header block (tables, frame and scan headers) into every frame, and
+libjpeg refuses a frame only for what its marker segments say: damage in the entropy-coded
+data costs pixels, with a warning, never the decode. So once a frame with a given header block
+has decoded, later frames that start with the same block and carry no marker segment inside
+their scan (a byte search) skip the eighth-scale decode: most of the intake's JPEG work.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 
 import cv2
@@ -44,20 +51,30 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
     sampling factors, and that the scan only names components and tables that exist.
     The entropy-coded data after it is not read (libjpeg survives damage there).
     """
+    _check_soi_eoi(data)
+    return _checked_header(data)[0]
+
+
+def _check_soi_eoi(data: bytes) -> None:
     if not data.startswith(SOI):
         raise _bad("payload does not start with a JPEG SOI marker")
     # libjpeg "recovers" from a truncated stream by returning a grey-padded image,
     # so a missing end-of-image marker is the reliable sign of truncation.
     if not (data.endswith(EOI) or data.rstrip(b"\x00").endswith(EOI)):
         raise _bad("JPEG has no end-of-image marker (truncated)")
+
+
+def _checked_header(data: bytes) -> tuple[tuple[int, int], bytes]:
+    """:func:`check_jpeg`'s size, and the header block (SOI up to the end of the first scan header)."""
     # A camera's encoder writes the same headers (tables, size) into every frame: a frame that
     # starts with headers already checked needs no second walk.
     for header, size in _known_headers:
         if data.startswith(header) and len(data) > len(header):
-            return size
+            return size, header
     size, end = _walk(data)
-    _remember(data[:end], size)
-    return size
+    header = data[:end]
+    _remember(header, size)
+    return size, header
 
 
 #: Checked header blocks (SOI up to the end of the first scan header) and their frame sizes:
@@ -72,6 +89,31 @@ def _remember(header: bytes, size: tuple[int, int]) -> None:
     global _known_headers
     with _remember_lock:
         _known_headers = ((header, size), *_known_headers[: _MAX_KNOWN_HEADERS - 1])
+
+
+#: Header blocks of frames that decoded (at eighth scale), newest first; replaced whole, like
+#: ``_known_headers``. A frame starting with one of them needs no decode to be admitted (module doc).
+_decoded_headers: tuple[bytes, ...] = ()
+
+#: A marker inside a scan: 0xFF followed by anything but a stuffed zero, a restart marker or fill.
+_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _remember_decoded(header: bytes) -> None:
+    global _decoded_headers
+    with _remember_lock:
+        if header not in _decoded_headers:
+            _decoded_headers = (header, *_decoded_headers[: _MAX_KNOWN_HEADERS - 1])
+
+
+def _needs_decode_check(data: bytes, header: bytes) -> bool:
+    """Whether only a decode can tell if libjpeg accepts this (checked) frame: a header block never
+    decoded before, or marker segments after the first scan header (a progressive JPEG's later
+    scans and tables, or damage)."""
+    if header not in _decoded_headers:
+        return True
+    end = len(data) - 2 if data.endswith(EOI) else len(data.rstrip(b"\x00")) - 2
+    return _MARKER_IN_SCAN.search(data, len(header), end) is not None
 
 
 def _walk(data: bytes) -> tuple[tuple[int, int], int]:
@@ -205,15 +247,39 @@ def _check_scan(
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """HxWx3 uint8 RGB; ``BadRecord("bad-jpeg")`` when OpenCV cannot decode it."""
+#: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size (scaling in its inverse DCT), for a
+#: fraction of a full decode's work: OpenCV's reduced-size flags (the grey ones, as size bits).
+_REDUCED_BITS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                 (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+_REDUCED_BGR = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
+
+
+def reduction(height: int, width: int, min_side: int) -> int:
+    """The largest factor (8, 4, 2, else 1) by which libjpeg can shrink a ``height`` x ``width`` frame
+    while decoding and keep both sides at least ``min_side`` (0: full size)."""
+    if min_side > 0:
+        for factor, _ in _REDUCED_BITS:
+            if -(-height // factor) >= min_side and -(-width // factor) >= min_side:
+                return factor
+    return 1
+
+
+def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
+    """HxWx3 uint8 RGB; ``BadRecord("bad-jpeg")`` when OpenCV cannot decode it.
+
+    With ``min_side`` (a model's input side, say), decoded at the smallest of 1/2, 1/4, 1/8 of
+    the size whose sides are still at least that: a 1280x720 camera frame for a 96x96 model
+    comes out 320x180 for about a quarter of a full decode, and its resize costs less too.
+    """
+    factor = reduction(*check_jpeg(data), min_side) if min_side > 0 else 1
     buffer = np.frombuffer(data, dtype=np.uint8)
+    bits = dict(_REDUCED_BITS).get(factor, 0)
     if _IMREAD_RGB is not None:
-        rgb = cv2.imdecode(buffer, _IMREAD_RGB)
+        rgb = cv2.imdecode(buffer, _IMREAD_RGB | bits)
         if rgb is None or rgb.size == 0:
             raise _bad("OpenCV could not decode the JPEG")
         return rgb
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(buffer, _REDUCED_BGR.get(factor, cv2.IMREAD_COLOR))
     if bgr is None or bgr.size == 0:
         raise _bad("OpenCV could not decode the JPEG")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -222,39 +288,53 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 class LazyJpeg:
     """A checked JPEG whose pixels are decoded on first :meth:`decode` (then kept).
 
-    Construction checks the headers (:func:`check_jpeg`) and decodes at an eighth of the size
-    to check the rest, raising ``BadRecord("bad-jpeg")``; the full decode comes when a window
-    samples the frame. Should that still fail (a decoder that accepts the small decode and not
-    the full one), the frame decodes black and :attr:`failed` says so: by then the record is in
-    windows already, so the caller counts it rather than dead-lettering it.
+    Construction checks the headers (:func:`check_jpeg`) and, unless a frame with the same
+    header block decoded before (module doc), decodes at an eighth of the size to check the
+    rest, raising ``BadRecord("bad-jpeg")``; the pixels are decoded when a window samples the
+    frame. Should that still fail (a decoder that accepts the small decode and not the larger
+    one), the frame decodes black and :attr:`failed` says so: by then the record is in windows
+    already, so the caller counts it rather than dead-lettering it.
     """
 
     __slots__ = ("_data", "_lock", "_pixels", "failed", "shape")
 
     def __init__(self, data: bytes) -> None:
-        height, width = check_jpeg(data)
-        # The headers can be sound and the entropy-coded data broken (cut short, say), which only
-        # decoding finds. An eighth-scale grey decode reads all of that data for less than half
-        # the cost of a full decode, so a broken JPEG is refused here, at intake, where it can
-        # still go to the dead-letter topic, and not after it joined windows.
-        if cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
-            raise _bad("OpenCV could not decode the JPEG")
+        _check_soi_eoi(data)
+        (height, width), header = _checked_header(data)
+        # Sound marker segments can still be refused by libjpeg, which only decoding finds. An
+        # eighth-scale grey decode does it for less than half the cost of a full decode, so a
+        # broken JPEG is refused here, at intake, where it can still go to the dead-letter topic,
+        # and not after it joined windows. Frames like one that decoded before skip it (module doc).
+        if _needs_decode_check(data, header):
+            if cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+                raise _bad("OpenCV could not decode the JPEG")
+            _remember_decoded(header)
         self._data = data
         self._pixels: np.ndarray | None = None
         self._lock = threading.Lock()
         self.shape = (height, width, 3)
         self.failed = False
 
-    def decode(self) -> np.ndarray:
-        if self._pixels is None:
+    def decode(self, min_side: int = 0) -> np.ndarray:
+        """The pixels, at full size or (``min_side``, see :func:`decode_jpeg`) as small as that allows."""
+        pixels = self._pixels
+        if pixels is None or not self._serves(pixels, min_side):
             with self._lock:  # two decode threads may reach a frame two windows share
-                if self._pixels is None:
+                pixels = self._pixels
+                if pixels is None or not self._serves(pixels, min_side):
                     try:
-                        self._pixels = decode_jpeg(self._data)
+                        pixels = decode_jpeg(self._data, min_side)
                     except BadRecord:
-                        self._pixels = np.zeros(self.shape, np.uint8)
+                        factor = reduction(self.shape[0], self.shape[1], min_side)
+                        pixels = np.zeros((-(-self.shape[0] // factor), -(-self.shape[1] // factor), 3), np.uint8)
                         self.failed = True
-        return self._pixels
+                    self._pixels = pixels
+        return pixels
+
+    def _serves(self, pixels: np.ndarray, min_side: int) -> bool:
+        """Whether pixels decoded before do for this request: full size does for any."""
+        height, width = pixels.shape[:2]
+        return (height, width) == self.shape[:2] or (min_side > 0 and min(height, width) >= min_side)
 
     @property
     def decoded(self) -> bool:

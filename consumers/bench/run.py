@@ -17,7 +17,14 @@ from typing import Any
 from rich.console import Console
 
 from consumers.bench.realtime import Trial, realtime_trial, search_max_streams
-from consumers.bench.stages import StageResult, engine_stage, engine_without_reuse, naive_stage, pipeline_stage
+from consumers.bench.stages import (
+    StageResult,
+    engine_stage,
+    engine_without_reuse,
+    intake_stage,
+    naive_stage,
+    pipeline_stage,
+)
 from consumers.bench.workload import Workload
 from consumers.engine import backend_options
 from consumers.pipeline.runner import WindowRunner
@@ -136,6 +143,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                     result = engine_stage(engine, spec, windows, (best_batch,), repeats=1)
                 result.name = name
                 rounds.setdefault(name, []).append(result)
+            with console.status(f"{label}: intake (the pipeline's input work alone, one thread, no model)"):
+                rounds.setdefault("intake", []).append(intake_stage(workload, config, spec))
             with console.status(f"{label}: pipeline (the embedded pipeline at maximum rate)"):
                 rounds.setdefault("pipeline", []).append(pipeline_stage(
                     backend, spec, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
@@ -147,7 +156,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                 with console.status(f"{label}: kafka (the service consuming the local broker at maximum rate)"):
                     rounds.setdefault("kafka", []).append(kafka_max_rate(make_runner, spec, kafka_settings, workload))
         int8_scope.close()  # its sessions are not needed past the rounds
-        for name in ("engine", "pipeline", "kafka", "engine_int8"):
+        for name in ("engine", "intake", "pipeline", "kafka", "engine_int8"):
             if name in rounds:
                 done(_best(rounds[name]))
         stages["engine"].extra["by_batch_size"] = sweep.extra["by_batch_size"]

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consumers.bench.workload import Workload, chunks
-from consumers.pipeline.core import Pipeline
+from consumers.pipeline.core import DeadLetter, Pipeline, decode_records, decode_sampled_frames
 from consumers.pipeline.featurize import Featurizer
 from consumers.pipeline.reuse import WindowEmbedder
 from consumers.pipeline.runner import WindowRunner
 from consumers.report import percentiles
 from engines.spec import ModelSpec
+from stream.aligner import Aligner
 from stream.windows import Window, WindowConfig
 
 if TYPE_CHECKING:
@@ -139,6 +140,29 @@ async def _pipeline(
     stats = runner.embed.stats
     extra = {"dead_letters": dead, "frames_saved": round(stats.frames_saved, 3), "max_batch": max_batch}
     return StageResult("pipeline", len(latencies), seconds, latencies, extra)
+
+
+def intake_stage(workload: Workload, config: WindowConfig, spec: ModelSpec) -> StageResult:
+    """The pipeline's input work alone, on one thread, no model: wire decode, media checks, alignment,
+    and the decode of the frames each closed window samples, in the chunks ``pipeline`` is fed.
+
+    Its windows/s is the most one process's intake can hand an engine (the bound of a ``serve``
+    process on a GPU server); ``cpu_ms_per_window`` is what the streaming machinery costs beside
+    the model on any machine.
+    """
+    aligner = Aligner(config)
+    windows = dead = 0
+    started, cpu = time.perf_counter(), time.thread_time()
+    for chunk in chunks(workload.encoded, FEED_CHUNK):
+        now = time.time_ns()
+        for item in decode_records(chunk):
+            if isinstance(item, DeadLetter) or aligner.add(item, now).late:
+                dead += 1
+        windows += len(decode_sampled_frames(aligner.poll(now), spec.image_size))
+    windows += len(decode_sampled_frames(aligner.flush(), spec.image_size))
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    extra = {"dead_letters": dead, "cpu_ms_per_window": round(cpu * 1e3 / max(windows, 1), 3)}
+    return StageResult("intake", windows, seconds, extra=extra)
 
 
 def naive_stage(model_dir: Any, spec: ModelSpec, workload: Workload, config: WindowConfig, streams: int) -> StageResult:

@@ -100,6 +100,8 @@ class Pipeline:
         speculate: bool = True,
     ) -> None:
         self.runner = runner
+        #: The model's input side: sampled frames are decoded no larger than it needs.
+        self._frame_side = runner.spec.image_size
         self._prepare: Callable[[Sequence[Window]], None] | None = (
             getattr(runner, "prepare", None) if speculate else None
         )
@@ -231,7 +233,7 @@ class Pipeline:
         size = -(-len(records) // parts)
         chunks = [records[i : i + size] for i in range(0, len(records), size)]
         results = await asyncio.gather(
-            *(loop.run_in_executor(self._decode_pool, _decode_chunk, chunk) for chunk in chunks)
+            *(loop.run_in_executor(self._decode_pool, decode_records, chunk) for chunk in chunks)
         )
         return [item for chunk in results for item in chunk]
 
@@ -255,7 +257,7 @@ class Pipeline:
         parts = max(1, min(self._decode_workers, len(lazy) // 4))
         size = -(-len(lazy) // parts)
         done = await asyncio.gather(
-            *(loop.run_in_executor(self._decode_pool, _decoded_windows, lazy[i : i + size])
+            *(loop.run_in_executor(self._decode_pool, decode_sampled_frames, lazy[i : i + size], self._frame_side)
               for i in range(0, len(lazy), size))
         )
         decoded = {id(old): new for part in done for old, new, _ in part}
@@ -325,14 +327,20 @@ def _thaw_heap() -> None:
         gc.unfreeze()
 
 
-def _decoded_windows(windows: list[Window]) -> list[tuple[Window, Window, int]]:
+def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tuple[Window, Window, int]]:
+    """``(window, the window with its sampled JPEG frames decoded, frames that failed)`` for each window.
+
+    Runs on a decode thread; a frame two windows share is decoded once (``LazyJpeg`` keeps it).
+    ``min_side`` is the model's input side: larger frames are decoded no larger than needed for it
+    (``stream.jpeg.decode_jpeg``).
+    """
     out = []
     for window in windows:
         frames, failures = [], 0
         for frame in window.frames:
             if isinstance(frame, LazyJpeg):
                 already = frame.decoded
-                frames.append(frame.decode())
+                frames.append(frame.decode(min_side))
                 failures += frame.failed and not already
             else:
                 frames.append(frame)
@@ -340,5 +348,7 @@ def _decoded_windows(windows: list[Window]) -> list[tuple[Window, Window, int]]:
     return out
 
 
-def _decode_chunk(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+def decode_records(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+    """Wire bytes (or records) to media items for the aligner, JPEGs only checked; the rejects as
+    dead letters. Runs on a decode thread."""
     return [_decode(value, ref) for value, ref in chunk]

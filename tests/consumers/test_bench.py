@@ -61,7 +61,12 @@ def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     stages = report["stages"]
-    assert set(report["windows_per_s"]) >= {"engine", "engine_no_reuse", "pipeline", "kafka", "naive", "engine_int8"}
+    assert set(report["windows_per_s"]) >= {"engine", "engine_no_reuse", "intake", "pipeline", "kafka", "naive",
+                                            "engine_int8"}
+    # The intake stage took in the same windows, on one thread: its CPU time is at most its wall time.
+    intake = stages["intake"]
+    assert intake["windows"] == stages["engine"]["windows"] and intake["dead_letters"] == 0
+    assert 0 < intake["cpu_ms_per_window"] * intake["windows"] <= 1.1e3 * intake["seconds"] + 5
     # The pipeline predicted every window the engine stage ran on, with nothing dead-lettered.
     assert stages["pipeline"]["windows"] == stages["engine"]["windows"] > 20
     assert stages["pipeline"]["dead_letters"] == 0 and 0.4 < stages["pipeline"]["frames_saved"] < 0.6

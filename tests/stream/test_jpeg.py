@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stream.errors import BadRecord
-from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
+from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg, reduction
 
 
 def picture(height: int = 48, width: int = 64) -> np.ndarray:
@@ -111,6 +111,8 @@ def test_mutated_jpegs_rarely_pass_the_check_and_never_break_decoding() -> None:
     # What passes the intake check must either decode, or (rarely) come out black and flagged:
     # never an exception in the pipeline's decode step.
     originals = [jpeg(picture(48 + 8 * k, 64)) for k in range(4)]
+    for original in originals:  # their header blocks decode: damage after them takes the fast path
+        LazyJpeg(original)
     rng = np.random.default_rng(7)
     passed = escaped = 0
     for n in range(3000):
@@ -128,8 +130,65 @@ def test_mutated_jpegs_rarely_pass_the_check_and_never_break_decoding() -> None:
         except BadRecord:
             continue
         passed += 1
+        # The fast path (no decode at intake) never admits a frame libjpeg refuses.
+        assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
         pixels = lazy.decode()
         assert pixels.shape == lazy.shape and pixels.dtype == np.uint8
         escaped += lazy.failed
     assert passed > 1000  # most damage is in the entropy-coded data, which libjpeg survives
     assert escaped <= 0.03 * 3000
+
+
+def test_frames_like_one_that_decoded_are_admitted_without_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes: list[int] = []  # the intake's check decodes (full decodes come later, when sampled)
+    real_imdecode = cv2.imdecode
+
+    def imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
+        if flags == cv2.IMREAD_REDUCED_GRAYSCALE_8:
+            decodes.append(flags)
+        return real_imdecode(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    first = jpeg(picture(72, 88))  # a size no other test uses: its header block is new here
+    LazyJpeg(first)
+    assert len(decodes) == 1  # a header block never decoded before: decoded at eighth scale
+
+    rng = np.random.default_rng(3)
+    later = jpeg(np.clip(picture(72, 88) + rng.integers(0, 60, (72, 88, 3)), 0, 255).astype(np.uint8))
+    assert later != first and later.startswith(first[: segment(first, 0xDA)])  # same encoder, same headers
+    lazy = LazyJpeg(later)
+    assert len(decodes) == 1  # admitted on its header block alone
+    np.testing.assert_array_equal(lazy.decode(), decode_jpeg(later))
+
+    # A marker segment inside the scan (a progressive frame's next scan, or damage) is decoded to be sure.
+    scan = segment(later, 0xDA) + 2 + int.from_bytes(later[segment(later, 0xDA) + 2 :][:2], "big")
+    middle = (scan + len(later)) // 2
+    while later[middle - 1] == 0xFF:  # not between a 0xFF and the byte it goes with
+        middle += 1
+    LazyJpeg(later[:middle] + b"\xff\xfe\x00\x04ok" + later[middle:])
+    assert len(decodes) == 2
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "min_side", "factor"),
+    [(720, 1280, 64, 8), (720, 1280, 96, 4), (1080, 1920, 96, 8), (288, 384, 64, 4), (96, 96, 64, 1),
+     (128, 128, 64, 2), (127, 128, 64, 2), (126, 128, 64, 1), (720, 1280, 0, 1), (40, 40, 64, 1)],
+)
+def test_the_reduction_is_the_largest_that_keeps_both_sides_covered(
+    height: int, width: int, min_side: int, factor: int
+) -> None:
+    assert reduction(height, width, min_side) == factor
+
+
+def test_a_large_frame_decodes_small_and_close_to_the_full_decode_shrunk() -> None:
+    data = jpeg(cv2.resize(picture(72, 96), None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC))  # 384 x 288
+    small = decode_jpeg(data, min_side=64)
+    assert small.shape == (72, 96, 3)  # a quarter: 1/8 would be 36 high, under 64
+    full = decode_jpeg(data)
+    assert full.shape == (288, 384, 3)
+    shrunk = cv2.resize(full, (96, 72), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - shrunk).mean() < 2.0  # grey levels of 255
+    # A lazy frame keeps what it decoded for the requests it serves, and decodes again for a larger one.
+    lazy = LazyJpeg(data)
+    assert lazy.decode(64).shape == (72, 96, 3) and lazy.decode(48) is lazy.decode(64)
+    assert lazy.decode(0).shape == (288, 384, 3) and lazy.decode(64) is lazy.decode(0)
