@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Docstring paragraphs are reflowed to the terminal's width (rich mode keeps every line break).
+    rich_markup_mode="markdown",
 )
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (lowest precedence after defaults).")]  # noqa: UP045
@@ -230,7 +232,9 @@ def bench(
     """Throughput and latency of every stage, side by side on one synthetic workload and one model.
 
     Stages: `engine` (encoders + fusion head alone on decoded, aligned windows, best batch size),
-    `pipeline` (the embedded pipeline from wire bytes at maximum rate), `kafka` (the service
+    `intake` (the pipeline's input work alone on one thread, no model: the most windows/s one
+    process can feed an engine, and its CPU ms per window), `pipeline` (the embedded pipeline
+    from wire bytes at maximum rate), `kafka` (the service
     consuming its own topics on the broker at maximum rate), `naive` (one window at a time,
     PyTorch eager, no batching or reuse). Then the most live streams (1 s windows, 0.5 s hop,
     15 fps, 16 kHz) the service sustains under --bound-ms p99 close → broker ack (the embedded
