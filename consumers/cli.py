@@ -213,11 +213,13 @@ def build_engine(
 def bench(
     streams: Annotated[int, typer.Option(min=1, help="Synthetic streams in the workload of the throughput stages.")] = 8,
     seconds: Annotated[float, typer.Option(min=5, help="Seconds of each workload stream.")] = 30.0,
+    frame_size: Annotated[str, typer.Option("--frame-size", help="Width x height of the workload's JPEG frames, e.g. 1280x720 for what HD cameras send (rendering takes about 40 ms a frame at that size).")] = "96x96",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes the engine stage tries (comma-separated); the best is used everywhere.")] = "8,16,32,64",
     naive_streams: Annotated[int, typer.Option(min=1, help="Streams the (slow) naive baseline runs on.")] = 2,
     kafka: Annotated[bool, typer.Option("--kafka/--no-kafka", help="Run the service stages against the broker (skipped with a note when none answers).")] = True,
     realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about three minutes through the broker).")] = True,
     trial_seconds: Annotated[float, typer.Option(min=6, help="Length of each real-time trial (the first 2 s and the last 3.2 s are not measured, so a 20 s trial measures 14.8 s: a p99 over about 40 windows per stream).")] = 20.0,
+    trial_attempts: Annotated[int, typer.Option(min=1, help="Trials a stream count gets before it counts as not sustained (one stall of a shared machine can fail a trial; an unsustainable load fails every one).")] = 2,
     bound_ms: Annotated[float, typer.Option(help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
     start_streams: Annotated[int, typer.Option(min=1, help="Live streams of the first real-time trial (doubled until one fails, then bisected).")] = 8,
     max_streams: Annotated[int, typer.Option(min=1, help="Most live streams the real-time search tries.")] = 512,
@@ -254,14 +256,20 @@ def bench(
         raise typer.BadParameter(f"not a list of integers: {batch_sizes!r}", param_hint="--batch-sizes") from None
     if not sizes or min(sizes) < 1:
         raise typer.BadParameter("give at least one batch size >= 1", param_hint="--batch-sizes")
+    try:
+        width, height = (int(side) for side in frame_size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"not WIDTHxHEIGHT: {frame_size!r}", param_hint="--frame-size") from None
+    if min(width, height) < 16 or width * height > 3840 * 2160:
+        raise typer.BadParameter(f"{frame_size} is outside 16x16 .. 3840x2160", param_hint="--frame-size")
     if realtime and trial_seconds > seconds:
         # The live streams replay the workload: a trial cannot outlast it.
         raise typer.BadParameter(f"a real-time trial replays the workload, so --trial-seconds ({trial_seconds:g}) "
                                  f"must not exceed --seconds ({seconds:g})", param_hint="--trial-seconds")
     options = BenchOptions(
         streams=streams, seconds=seconds, batch_sizes=sizes, naive_streams=min(naive_streams, streams), kafka=kafka,
-        realtime=realtime, trial_seconds=trial_seconds, bound_ms=bound_ms, int8=int8, rounds=rounds,
-        start_streams=start_streams, max_streams=max(max_streams, start_streams),
+        realtime=realtime, trial_seconds=trial_seconds, trial_attempts=trial_attempts, bound_ms=bound_ms, int8=int8,
+        rounds=rounds, start_streams=start_streams, frame_size=(width, height), max_streams=max(max_streams, start_streams),
     )
     console = Console(stderr=as_json, highlight=False)
     with _engine_errors(console):

@@ -25,7 +25,7 @@ from consumers.bench.stages import (
     naive_stage,
     pipeline_stage,
 )
-from consumers.bench.workload import Workload
+from consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
 from consumers.engine import backend_options
 from consumers.pipeline.runner import WindowRunner
 from consumers.settings import Settings
@@ -43,6 +43,8 @@ class BenchOptions:
     kafka: bool = True
     realtime: bool = True
     trial_seconds: float = 20.0
+    trial_attempts: int = 2
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
     warmup_s: float = 2.0
     bound_ms: float = 100.0
     start_streams: int = 8
@@ -88,7 +90,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         "backend": settings.backend,
         "backend_options": {k: str(v) for k, v in options_of_backend.items()},
         "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
-                     "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate},
+                     "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate,
+                     "frame_size": "x".join(map(str, options.frame_size))},
     }
 
     def done(result: StageResult) -> None:
@@ -100,12 +103,13 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         console.print(line)
 
     with console.status("making the synthetic workload"):
-        workload = Workload.synthetic(options.streams, options.seconds, options.seed)
-        windows = workload.windows(config)
+        workload = Workload.synthetic(options.streams, options.seconds, options.seed, options.frame_size)
+        windows = workload.windows(config, spec.image_size)
         _ = workload.encoded
     console.print(
         f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
-        f"{len(workload.records)} records; model {spec.fusion} v{spec.version} on {settings.backend}"
+        f"{len(workload.records)} records, {'x'.join(map(str, options.frame_size))} frames; "
+        f"model {spec.fusion} v{spec.version} on {settings.backend}"
     )
     with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend, ExitStack() as int8_scope:
 
@@ -256,9 +260,11 @@ def _realtime(
             f"{t.intake_lag_ms['p99']:.1f} ms, {t.predicted}/{t.expected} windows: {verdict}"
         )
 
-    best, trials = search_max_streams(trial, start=options.start_streams, limit=options.max_streams, progress=show)
+    best, trials = search_max_streams(trial, start=options.start_streams, limit=options.max_streams, progress=show,
+                                      attempts=options.trial_attempts)
     return {
         "max_realtime_streams": best,
         "realtime": {"through": "kafka" if kafka_settings is not None else "pipeline", "bound_ms": options.bound_ms,
-                     "trial_seconds": options.trial_seconds, "trials": [t.summary() for t in trials]},
+                     "trial_seconds": options.trial_seconds, "trial_attempts": options.trial_attempts,
+                     "trials": [t.summary() for t in trials]},
     }

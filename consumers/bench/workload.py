@@ -13,33 +13,48 @@ from stream.sources import SyntheticAV, SyntheticConfig
 from stream.windows import Window, WindowConfig
 
 NS = 1_000_000_000
+#: The synthetic source's frames (width, height): a little larger than the shipped model's 64x64 input.
+DEFAULT_FRAME_SIZE = (96, 96)
 
 
 @dataclass(frozen=True)
 class Workload:
     """``streams`` synthetic streams of ``seconds`` each (15 fps JPEG, 16 kHz PCM in 40 ms chunks,
     captions), in event-time order, with the default corruption: some windows lack a modality,
-    as in the field, and those skip their encoder."""
+    as in the field, and those skip their encoder. Frames are 96x96 unless ``frame_size`` says
+    otherwise (a camera's resolution, to see what decoding it costs)."""
 
     records: tuple[Record, ...]
     streams: int
     seconds: float
 
     @classmethod
-    def synthetic(cls, streams: int, seconds: float, seed: int = 0) -> Workload:
-        source = SyntheticAV(SyntheticConfig(streams=streams, seconds=seconds, seed=seed, stream_prefix="bench"))
-        return cls(tuple(source.records()), streams, seconds)
+    def synthetic(
+        cls, streams: int, seconds: float, seed: int = 0, frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
+    ) -> Workload:
+        config = SyntheticConfig(streams=streams, seconds=seconds, seed=seed, stream_prefix="bench",
+                                 frame_size=frame_size)
+        return cls(tuple(SyntheticAV(config).records()), streams, seconds)
 
     @cached_property
     def encoded(self) -> tuple[bytes, ...]:
         """The wire bytes of every record, as a broker would deliver them."""
         return tuple(wire.encode(record) for record in self.records)
 
-    def windows(self, config: WindowConfig) -> list[Window]:
-        """Every window of the workload (decoded and aligned), for the stages that start at the model."""
-        from consumers.training.dataset import windows_of
+    def windows(self, config: WindowConfig, min_side: int = 0) -> list[Window]:
+        """Every window of the workload, aligned, its sampled frames decoded as the pipeline decodes them
+        (no larger than ``min_side`` needs, see ``stream.jpeg.decode_jpeg``): what the engine gets."""
+        from consumers.pipeline.core import decode_sampled_frames
+        from stream.aligner import Aligner
+        from stream.media import decode_media
 
-        return list(windows_of(self.records, config))
+        aligner = Aligner(config)
+        windows: list[Window] = []
+        for record in self.records:
+            aligner.add(decode_media(record, lazy_jpeg=True), 0)
+            windows += aligner.poll(0)
+        windows += aligner.flush()
+        return [decoded for _, decoded, _ in decode_sampled_frames(windows, min_side)]
 
     def stream_ids(self) -> list[str]:
         return sorted({record.stream_id for record in self.records})

@@ -33,6 +33,27 @@ def test_search_finds_the_largest_sustained_count_within_an_eighth(limit: int) -
     assert seen == [t.streams for t in trials] and len(trials) <= 12
 
 
+def test_a_count_that_fails_once_is_tried_again_and_one_that_always_fails_is_not_sustained() -> None:
+    stalled: set[int] = set()
+    sustainable = _trial(40)
+
+    def once_stalled(streams: int) -> Trial:
+        # Every count's first trial meets a stall of the machine; only loads up to 40 pass a second one.
+        if streams not in stalled:
+            stalled.add(streams)
+            return _trial(0)(streams)
+        return sustainable(streams)
+
+    best, trials = search_max_streams(once_stalled, start=8, limit=512, progress=lambda t: None, attempts=2)
+    assert 35 <= best <= 40
+    retried = [t.streams for t in trials]
+    assert all(retried.count(n) == 2 for n in set(retried))  # every count was tried twice: each first try failed
+    stalled.clear()
+    assert search_max_streams(once_stalled, start=8, limit=512, progress=lambda t: None, attempts=1)[0] == 0
+    with pytest.raises(ValueError):
+        search_max_streams(sustainable, progress=lambda t: None, attempts=0)
+
+
 def test_a_trial_fails_on_lag_loss_dead_letters_or_nothing_measured_not_only_latency() -> None:
     good = Trial(4, 10, 10, 0, {"p50": 1.0, "p95": 2.0, "p99": 3.0}, {"p50": 1.0, "p95": 2.0, "p99": 3.0}, 100.0, 8)
     assert good.sustained
@@ -48,6 +69,27 @@ def test_trials_longer_than_the_workload_are_refused_before_anything_runs() -> N
     command = [sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "6", "--trial-seconds", "10"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--trial-seconds" in done.stderr and "--seconds" in done.stderr
+
+
+def test_a_camera_resolution_workload_runs_every_in_process_stage() -> None:
+    command = [
+        sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "6", "--frame-size", "320x240",
+        "--no-kafka", "--no-realtime", "--rounds", "1", "--naive-streams", "1", "--batch-sizes", "8", "--json",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    stages = report["stages"]
+    assert report["workload"]["frame_size"] == "320x240"
+    assert stages["pipeline"]["windows"] == stages["intake"]["windows"] == stages["engine"]["windows"] > 10
+    assert stages["pipeline"]["dead_letters"] == stages["intake"]["dead_letters"] == 0
+
+
+@pytest.mark.parametrize("size", ["96", "0x0", "big", "8000x8000"])
+def test_a_frame_size_that_is_not_width_x_height_in_range_is_refused(size: str) -> None:
+    command = [sys.executable, "-m", "consumers", "bench", "--frame-size", size, "--no-kafka", "--no-realtime"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--frame-size" in done.stderr
 
 
 @pytest.mark.kafka
