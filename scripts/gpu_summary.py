@@ -37,8 +37,8 @@ def accuracy_cell(evaluated: dict[str, Any] | None, reference: dict[str, Any] | 
 
 def summary(out: Path, names: list[str]) -> list[str]:
     reference = last_json(out / f"eval-{REFERENCE}.json")
-    lines = [f"{'backend':24s} {'engine w/s':>10s} {'pipeline w/s':>12s} {'naive w/s':>9s} {'pipe/eng':>8s} "
-             f"{'pipe/naive':>10s} {'batch':>5s} {'accuracy':>17s}  engine w/s by batch size"]
+    lines = [f"{'backend':24s} {'engine w/s':>10s} {'intake w/s':>10s} {'pipeline w/s':>12s} {'naive w/s':>9s} "
+             f"{'pipe/eng':>8s} {'pipe/naive':>10s} {'batch':>5s} {'accuracy':>17s}  engine w/s by batch size"]
     machine = None
     for name in names:
         report = last_json(out / f"bench-{name}.json")
@@ -49,8 +49,9 @@ def summary(out: Path, names: list[str]) -> list[str]:
         accuracy = accuracy_cell(last_json(out / f"eval-{name}.json"), reference, name)
         sweep = ", ".join(f"{size}: {value:g}" for size, value in engine.get("by_batch_size", {}).items())
         lines.append(
-            f"{name:24s} {rate['engine']:10.1f} {rate['pipeline']:12.1f} {rate['naive']:9.1f} "
-            f"{ratios['pipeline/engine']:8.3f} {ratios['pipeline/naive']:10.3f} {engine.get('batch_size', '?'):>5} "
+            f"{name:24s} {rate['engine']:10.1f} {rate.get('intake', 0.0):10.1f} {rate['pipeline']:12.1f} "
+            f"{rate['naive']:9.1f} {ratios['pipeline/engine']:8.3f} {ratios['pipeline/naive']:10.3f} "
+            f"{engine.get('batch_size', '?'):>5} "
             f"{accuracy:>17s}  {sweep}"
         )
     if reference is not None:
