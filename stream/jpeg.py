@@ -5,8 +5,8 @@ windows share their samples, so decoding every frame on arrival wastes most of t
 work. :func:`check_jpeg` walks the marker segments up to the start of the scan (a few
 microseconds, no pixel work), and :class:`LazyJpeg` adds an eighth-scale decode that reads
 the entropy-coded data (under half a full decode): what libjpeg refuses is refused at
-intake, where a bad record can still go to the dead-letter topic. The full decode happens
-on first use by a window, once.
+intake, where a bad record can still go to the dead-letter topic. The pixels are decoded on
+first use by a window, once, and no larger than the model needs (:func:`decode_jpeg`).
 
 A camera writes the same header block (tables, frame and scan headers) into every frame, and
 libjpeg refuses a frame only for what its marker segments say: damage in the entropy-coded
@@ -249,8 +249,8 @@ _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 #: libjpeg decodes straight to 1/2, 1/4 or 1/8 of the size (scaling in its inverse DCT), for a
 #: fraction of a full decode's work: OpenCV's reduced-size flags (the grey ones, as size bits).
-_REDUCED_BITS = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-                 (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+_REDUCED_BITS = {8: cv2.IMREAD_REDUCED_GRAYSCALE_8, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                 2: cv2.IMREAD_REDUCED_GRAYSCALE_2}
 _REDUCED_BGR = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4, 2: cv2.IMREAD_REDUCED_COLOR_2}
 
 
@@ -258,7 +258,7 @@ def reduction(height: int, width: int, min_side: int) -> int:
     """The largest factor (8, 4, 2, else 1) by which libjpeg can shrink a ``height`` x ``width`` frame
     while decoding and keep both sides at least ``min_side`` (0: full size)."""
     if min_side > 0:
-        for factor, _ in _REDUCED_BITS:
+        for factor in _REDUCED_BITS:  # largest first
             if -(-height // factor) >= min_side and -(-width // factor) >= min_side:
                 return factor
     return 1
@@ -273,7 +273,7 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     """
     factor = reduction(*check_jpeg(data), min_side) if min_side > 0 else 1
     buffer = np.frombuffer(data, dtype=np.uint8)
-    bits = dict(_REDUCED_BITS).get(factor, 0)
+    bits = _REDUCED_BITS.get(factor, 0)
     if _IMREAD_RGB is not None:
         rgb = cv2.imdecode(buffer, _IMREAD_RGB | bits)
         if rgb is None or rgb.size == 0:
