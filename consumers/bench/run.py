@@ -190,6 +190,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     }
     if "kafka" in rate:
         ratios["kafka/engine"] = _ratio(rate["kafka"], rate["engine"])
+    if "intake" in rate:
+        # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
+        ratios["intake/engine"] = _ratio(rate["intake"], rate["engine"])
     if "engine_int8" in rate:
         ratios["engine_int8/engine"] = _ratio(rate["engine_int8"], rate["engine"])
     report["windows_per_s"] = rate

@@ -109,6 +109,7 @@ def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_pa
     intake = stages["intake"]
     assert intake["windows"] == stages["engine"]["windows"] and intake["dead_letters"] == 0
     assert 0 < intake["cpu_ms_per_window"] * intake["windows"] <= 1.1e3 * intake["seconds"] + 5
+    assert report["ratios"]["intake/engine"] == round(intake["windows_per_s"] / stages["engine"]["windows_per_s"], 3)
     # The pipeline predicted every window the engine stage ran on, with nothing dead-lettered.
     assert stages["pipeline"]["windows"] == stages["engine"]["windows"] > 20
     assert stages["pipeline"]["dead_letters"] == 0 and 0.4 < stages["pipeline"]["frames_saved"] < 0.6
