@@ -38,22 +38,26 @@ async def ensure_topics(
     replication: int = 1,
     timeout_s: float = 30.0,
     security: Mapping[str, Any] | None = None,
+    any_partitions: Sequence[str] = (),
 ) -> None:
     """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
 
     "Usable" means every partition has a leader that serves it, so a producer or consumer
     started right after this call does not race the topic creation. Raises
-    :class:`TopicLayoutError` if a topic exists with another partition count.
+    :class:`TopicLayoutError` if a topic exists with another partition count, unless it is
+    one of ``any_partitions`` (an output topic, say: it is created with ``partitions`` if
+    missing, and any count it already has will do).
     ``security``: aiokafka's authentication and TLS arguments (``Settings.kafka_security()``).
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     names = list(dict.fromkeys(topics))
+    flexible = set(any_partitions)
     admin = _admin(bootstrap, security)
     try:
         await admin.start()
         layout = await _describe(admin, names)
-        _check_layout(layout, partitions)
+        _check_layout(layout, partitions, flexible)
         missing = [name for name, (count, _) in layout.items() if count is None]
         if missing:
             response = await admin.create_topics([NewTopic(name, partitions, replication) for name in missing])
@@ -65,7 +69,7 @@ async def ensure_topics(
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             layout = await _describe(admin, names)
-            _check_layout(layout, partitions)
+            _check_layout(layout, partitions, flexible)
             waiting = [name for name, (_, led) in layout.items() if not led]
             if not waiting:
                 break
@@ -136,8 +140,11 @@ async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, t
     return layout
 
 
-def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int) -> None:
-    wrong = {name: count for name, (count, _) in layout.items() if count is not None and count != partitions}
+def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int, flexible: set[str]) -> None:
+    wrong = {
+        name: count for name, (count, _) in layout.items()
+        if count is not None and count != partitions and name not in flexible
+    }
     if wrong:
         found = ", ".join(f"{name} has {count}" for name, count in wrong.items())
         raise TopicLayoutError(

@@ -44,7 +44,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from consumers.kafka import TopicLayoutError, ensure_topics, make_consumer, make_producer
+from consumers.kafka import ensure_topics, make_consumer, make_producer
 from consumers.pipeline.core import DeadLetter, Pipeline
 from consumers.pipeline.prediction import Prediction
 from consumers.pipeline.runner import WindowRunner
@@ -165,10 +165,10 @@ class InferenceService:
         """Serve until :meth:`stop`; raises if the service had to stop on an error."""
         s = self.settings
         security = s.kafka_security()
-        await ensure_topics(s.bootstrap_servers, list(self.input_topics), s.partitions, security=security)
-        for topic in (s.predictions_topic, s.deadletter_topic):
-            with suppress(TopicLayoutError):  # outputs need no particular partition count
-                await ensure_topics(s.bootstrap_servers, [topic], s.partitions, security=security)
+        # One call: each call that creates topics waits for their leaders to serve them.
+        outputs = [t for t in (s.predictions_topic, s.deadletter_topic) if t not in self.input_topics]
+        await ensure_topics(s.bootstrap_servers, [*self.input_topics, *outputs], s.partitions, security=security,
+                            any_partitions=outputs)  # outputs need no particular partition count
 
         client_id = f"{s.client_id}-{self.instance_id}"
         transactional_id = f"{s.group_id}.{self.instance_id}" if s.exactly_once else None

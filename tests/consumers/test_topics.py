@@ -35,3 +35,31 @@ def test_new_topics_take_writes_at_once(kafka_bootstrap: str, caplog: pytest.Log
         asyncio.run(create_and_write())
     retried = [r.getMessage() for r in caplog.records if "NotLeaderForPartition" in r.getMessage()]
     assert not retried, retried[:3]
+
+
+def test_a_topic_with_another_partition_count_is_refused_unless_any_count_will_do(kafka_bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from consumers.kafka import TopicLayoutError
+
+    tag = uuid.uuid4().hex[:8]
+    existing, new = f"layout-{tag}-existing", f"layout-{tag}-new"
+
+    async def scenario() -> dict[str, int]:
+        await ensure_topics(kafka_bootstrap, [existing], 2)
+        try:
+            with pytest.raises(TopicLayoutError, match=rf"{existing} has 2"):
+                await ensure_topics(kafka_bootstrap, [existing, new], PARTITIONS)
+            # An output topic: whatever count it has will do, and the missing one is still created.
+            await ensure_topics(kafka_bootstrap, [existing, new], PARTITIONS, any_partitions=[existing])
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            try:
+                described = await admin.describe_topics([existing, new])
+                return {topic["topic"]: len(topic["partitions"]) for topic in described}
+            finally:
+                await admin.close()
+        finally:
+            await delete_topics(kafka_bootstrap, [existing, new])
+
+    assert asyncio.run(scenario()) == {existing: 2, new: PARTITIONS}
