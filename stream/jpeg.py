@@ -271,11 +271,14 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     the size whose sides are still at least that: a 1280x720 camera frame for a 96x96 model
     comes out 320x180 for about a quarter of a full decode, and its resize costs less too.
     """
-    factor = reduction(*check_jpeg(data), min_side) if min_side > 0 else 1
+    return decode_jpeg_reduced(data, reduction(*check_jpeg(data), min_side) if min_side > 0 else 1)
+
+
+def decode_jpeg_reduced(data: bytes, factor: int) -> np.ndarray:
+    """:func:`decode_jpeg` at 1/``factor`` of the size (1, 2, 4 or 8), for a caller that knows the frame's size."""
     buffer = np.frombuffer(data, dtype=np.uint8)
-    bits = _REDUCED_BITS.get(factor, 0)
     if _IMREAD_RGB is not None:
-        rgb = cv2.imdecode(buffer, _IMREAD_RGB | bits)
+        rgb = cv2.imdecode(buffer, _IMREAD_RGB | _REDUCED_BITS.get(factor, 0))
         if rgb is None or rgb.size == 0:
             raise _bad("OpenCV could not decode the JPEG")
         return rgb
@@ -322,11 +325,12 @@ class LazyJpeg:
             with self._lock:  # two decode threads may reach a frame two windows share
                 pixels = self._pixels
                 if pixels is None or not self._serves(pixels, min_side):
+                    height, width = self.shape[:2]
+                    factor = reduction(height, width, min_side)  # the header was read at construction
                     try:
-                        pixels = decode_jpeg(self._data, min_side)
+                        pixels = decode_jpeg_reduced(self._data, factor)
                     except BadRecord:
-                        factor = reduction(self.shape[0], self.shape[1], min_side)
-                        pixels = np.zeros((-(-self.shape[0] // factor), -(-self.shape[1] // factor), 3), np.uint8)
+                        pixels = np.zeros((-(-height // factor), -(-width // factor), 3), np.uint8)
                         self.failed = True
                     self._pixels = pixels
         return pixels

@@ -83,6 +83,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     spec = ModelSpec.load(settings.model_dir)
     config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
     options_of_backend = backend_options(settings)
+    frame_size = "x".join(map(str, options.frame_size))
     stages: dict[str, StageResult] = {}
     report: dict[str, Any] = {
         "machine": machine(),
@@ -91,7 +92,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         "backend_options": {k: str(v) for k, v in options_of_backend.items()},
         "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
                      "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate,
-                     "frame_size": "x".join(map(str, options.frame_size))},
+                     "frame_size": frame_size},
     }
 
     def done(result: StageResult) -> None:
@@ -108,7 +109,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         _ = workload.encoded
     console.print(
         f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
-        f"{len(workload.records)} records, {'x'.join(map(str, options.frame_size))} frames; "
+        f"{len(workload.records)} records, {frame_size} frames; "
         f"model {spec.fusion} v{spec.version} on {settings.backend}"
     )
     with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend, ExitStack() as int8_scope:

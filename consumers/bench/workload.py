@@ -45,15 +45,9 @@ class Workload:
         """Every window of the workload, aligned, its sampled frames decoded as the pipeline decodes them
         (no larger than ``min_side`` needs, see ``stream.jpeg.decode_jpeg``): what the engine gets."""
         from consumers.pipeline.core import decode_sampled_frames
-        from stream.aligner import Aligner
-        from stream.media import decode_media
+        from consumers.training.dataset import windows_of
 
-        aligner = Aligner(config)
-        windows: list[Window] = []
-        for record in self.records:
-            aligner.add(decode_media(record, lazy_jpeg=True), 0)
-            windows += aligner.poll(0)
-        windows += aligner.flush()
+        windows = list(windows_of(self.records, config, lazy_jpeg=True))
         return [decoded for _, decoded, _ in decode_sampled_frames(windows, min_side)]
 
     def stream_ids(self) -> list[str]:

@@ -77,11 +77,12 @@ def window_config_for(spec: ModelSpec) -> WindowConfig:
     )
 
 
-def windows_of(records: Iterable[Record], config: WindowConfig) -> Iterable[Window]:
-    """Every window of an in-order record sequence, closed by watermark, then flushed."""
+def windows_of(records: Iterable[Record], config: WindowConfig, *, lazy_jpeg: bool = False) -> Iterable[Window]:
+    """Every window of an in-order record sequence, closed by watermark, then flushed (with
+    ``lazy_jpeg``, JPEG frames stay undecoded: ``stream.media.decode_media``)."""
     aligner = Aligner(config)
     for record in records:
-        aligner.add(decode_media(record), 0)
+        aligner.add(decode_media(record, lazy_jpeg=lazy_jpeg), 0)
         yield from aligner.poll(0)
     yield from aligner.flush()
 

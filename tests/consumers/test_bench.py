@@ -85,6 +85,19 @@ def test_a_camera_resolution_workload_runs_every_in_process_stage() -> None:
     assert stages["pipeline"]["dead_letters"] == stages["intake"]["dead_letters"] == 0
 
 
+def test_a_camera_resolution_workload_carries_frames_of_that_size_decoded_as_the_pipeline_does() -> None:
+    from consumers.bench.workload import Workload
+    from stream.media import decode_image
+    from stream.windows import WindowConfig
+
+    workload = Workload.synthetic(1, 5.0, frame_size=(320, 240))
+    frames = [r for r in workload.records if r.modality.name == "VIDEO"]
+    assert frames and {decode_image(r).shape for r in frames[:5]} == {(240, 320, 3)}
+    # For a 64x64 input, 1/4 (60 high) would be too small: the engine gets half-size frames.
+    windows = workload.windows(WindowConfig(frames_per_window=4), min_side=64)
+    assert {f.shape for w in windows for f in w.frames} == {(120, 160, 3)}
+
+
 @pytest.mark.parametrize("size", ["96", "0x0", "big", "8000x8000"])
 def test_a_frame_size_that_is_not_width_x_height_in_range_is_refused(size: str) -> None:
     command = [sys.executable, "-m", "consumers", "bench", "--frame-size", size, "--no-kafka", "--no-realtime"]

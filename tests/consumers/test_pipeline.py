@@ -162,9 +162,9 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     from consumers.training.dataset import windows_of
 
     decoded: list[int] = []
-    real_decode = stream.jpeg.decode_jpeg
+    real_decode = stream.jpeg.decode_jpeg_reduced
     monkeypatch.setattr(
-        stream.jpeg, "decode_jpeg", lambda data, min_side=0: decoded.append(1) or real_decode(data, min_side)
+        stream.jpeg, "decode_jpeg_reduced", lambda data, factor: decoded.append(1) or real_decode(data, factor)
     )
     source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
     records = list(source.records())
