@@ -36,7 +36,7 @@ bench: install
 	scripts/bench.sh $(BENCH_ARGS)
 
 lint: install
-	$(BIN)/ruff check stream engines consumers tests
+	$(BIN)/ruff check fusionstream stream engines consumers tests scripts
 
 kafka-start:
 	scripts/kafka.sh start

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from consumers.settings import Settings
+from fusionstream.consumers.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,7 +48,7 @@ def _engine_errors(console: Console) -> Iterator[None]:
     not a traceback: it is the user's setup, not a bug."""
     from rich.markup import escape
 
-    from engines.errors import EngineError
+    from fusionstream.engines.errors import EngineError
 
     try:
         yield
@@ -77,7 +77,7 @@ def demo(
     sources, no Kafka. Each line is one window: stream, window start, predicted digit and
     score, the true digit, the modalities present (V A T), and close→prediction latency.
     """
-    from consumers.demo import run_demo
+    from fusionstream.consumers.demo import run_demo
 
     settings = Settings.load(config, model_dir=model, backend=backend)
     _setup_logging(settings)
@@ -114,7 +114,7 @@ def train(
     dropout; then every fusion head is fitted on the frozen embeddings and compared on
     held-out validation data, and the chosen one is exported with a parity check.
     """
-    from consumers.training.train import TrainOptions, train_command
+    from fusionstream.consumers.training.train import TrainOptions, train_command
 
     train_command(
         TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
@@ -140,8 +140,8 @@ def evaluate(
     """
     from rich.console import Console
 
-    from consumers.engine import backend_options
-    from consumers.training.evaluate_cli import evaluate_command
+    from fusionstream.consumers.engine import backend_options
+    from fusionstream.consumers.training.evaluate_cli import evaluate_command
 
     settings = Settings.load(model_dir=model_dir, backend=backend)
     with _engine_errors(Console(stderr=True, highlight=False)):
@@ -157,7 +157,7 @@ def export(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the ONNX files here instead of in place.")] = None,  # noqa: UP045
 ) -> None:
     """Re-export a model directory's torch weights to ONNX and check parity against torch on random inputs."""
-    from consumers.training.train import export_command
+    from fusionstream.consumers.training.train import export_command
 
     export_command(model_dir, out or model_dir)
 
@@ -175,7 +175,7 @@ def quantize(
     `fusionstream evaluate MODEL --int8` shows the accuracy change, `fusionstream bench`
     the speed; serve with them by setting FUSIONSTREAM_PRECISION=int8.
     """
-    from consumers.training.quantize_cli import quantize_command
+    from fusionstream.consumers.training.quantize_cli import quantize_command
 
     quantize_command(model_dir, seconds=seconds, seed=seed)
 
@@ -198,7 +198,7 @@ def build_engine(
     """
     from rich.console import Console
 
-    from engines.backends.tensorrt import build_engines
+    from fusionstream.engines.backends.tensorrt import build_engines
 
     console = Console(highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -246,7 +246,7 @@ def bench(
     """
     from rich.console import Console
 
-    from consumers.bench.run import BenchOptions, run_bench
+    from fusionstream.consumers.bench.run import BenchOptions, run_bench
 
     settings = Settings.load(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -277,12 +277,12 @@ def bench(
     if as_json:
         typer.echo(json.dumps(report, separators=(",", ":")))
     else:
-        from consumers.bench.report import print_report
+        from fusionstream.consumers.bench.report import print_report
 
         print_report(report, console)
 
 
-from consumers.producers.cli import produce_app  # noqa: E402  (imports only typer and the settings)
+from fusionstream.consumers.producers.cli import produce_app  # noqa: E402  (imports only typer and the settings)
 
 app.add_typer(produce_app, name="produce")
 
@@ -308,8 +308,8 @@ def tail(
     from rich.console import Console
     from rich.markup import escape
 
-    from consumers.subscribers.tail import run_tail
-    from stream.errors import FusionStreamError
+    from fusionstream.consumers.subscribers.tail import run_tail
+    from fusionstream.stream.errors import FusionStreamError
 
     settings = Settings.load(config, bootstrap_servers=bootstrap, predictions_topic=topic)
     try:
@@ -343,8 +343,8 @@ def view(
     from rich.console import Console
     from rich.markup import escape
 
-    from consumers.viewer import run_viewer
-    from stream.errors import FusionStreamError
+    from fusionstream.consumers.viewer import run_viewer
+    from fusionstream.stream.errors import FusionStreamError
 
     settings = Settings.load(config, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -381,7 +381,7 @@ def serve(
     Prometheus /metrics and /healthz, and stops gracefully on SIGTERM/SIGINT (closed windows
     published, offsets committed; open windows are completed by the next owner).
     """
-    from consumers.service import run_service
+    from fusionstream.consumers.service import run_service
 
     settings = Settings.load(config, model_dir=model, backend=backend, exactly_once=exactly_once,
                              bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port)

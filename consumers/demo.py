@@ -9,13 +9,13 @@ from typing import Any
 
 from rich.console import Console
 
-from consumers.embedded import run_embedded
-from consumers.engine import open_engine
-from consumers.pipeline.core import Pipeline
-from consumers.pipeline.prediction import Prediction
-from consumers.report import WindowCensus, summarize
-from consumers.settings import Settings
-from stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
+from fusionstream.consumers.embedded import run_embedded
+from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.report import WindowCensus, summarize
+from fusionstream.consumers.settings import Settings
+from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
 
 NS = 1_000_000_000
 
@@ -37,7 +37,7 @@ def run_demo(
     # Real time: the records carry the wall clock as capture time, like a live camera.
     start_ns = (time.time_ns() // NS + 1) * NS
     if video is not None:
-        from stream.sources.files import media_file_records
+        from fusionstream.stream.sources.files import media_file_records
 
         records = media_file_records(video, video.stem, start_ns=start_ns, captions=captions)
         label = f"{video.name}" + (f" + {captions.name}" if captions else "")

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from consumers.pipeline.core import DeadLetter, Pipeline
-from consumers.pipeline.prediction import Prediction
-from stream.records import Record
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.stream.records import Record
 
 TICK_S = 0.05
 FAST_BATCH = 256

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from consumers.pipeline.runner import WindowRunner
-from consumers.settings import Settings
-from engines.backends import load_backend
-from engines.errors import EngineError
-from engines.spec import ModelSpec
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.settings import Settings
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.errors import EngineError
+from fusionstream.engines.spec import ModelSpec
 
 
 def backend_options(settings: Settings) -> dict[str, object]:

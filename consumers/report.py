@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from consumers.pipeline.prediction import Prediction
-from stream.aligner import last_instant
-from stream.records import Record
-from stream.sources.truth import GroundTruth
-from stream.windows import WindowConfig
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.stream.aligner import last_instant
+from fusionstream.stream.records import Record
+from fusionstream.stream.sources.truth import GroundTruth
+from fusionstream.stream.windows import WindowConfig
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from stream.windows import WindowConfig
+from fusionstream.stream.windows import WindowConfig
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("fusionstream_config_file", default=None)
 MS = 1_000_000

@@ -7,7 +7,7 @@ runtime when activated.
 
 Typical use::
 
-    from engines import Batch, load_backend, make_row
+    from fusionstream.engines import Batch, load_backend, make_row
 
     with load_backend("onnxruntime", model_dir) as backend:
         rows = [make_row(backend.spec, frames=f, audio=a, text=t) for f, a, t in windows]
@@ -19,23 +19,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from engines.backends import BACKENDS, Backend, load_backend
-from engines.errors import BackendUnavailable, EngineError, InputError, ModelDirError
-from engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
-from engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
+from fusionstream.engines.backends import BACKENDS, Backend, load_backend
+from fusionstream.engines.errors import BackendUnavailable, EngineError, InputError, ModelDirError
+from fusionstream.engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
+from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
 
 if TYPE_CHECKING:
-    from engines.export import check_parity, export_model
-    from engines.fusion import make_head
-    from engines.model import MultimodalModel, modality_dropout
+    from fusionstream.engines.export import check_parity, export_model
+    from fusionstream.engines.fusion import make_head
+    from fusionstream.engines.model import MultimodalModel, modality_dropout
 
 #: Names that need torch, and the module that defines each (imported on first access).
 _LAZY = {
-    "MultimodalModel": "engines.model",
-    "modality_dropout": "engines.model",
-    "make_head": "engines.fusion",
-    "export_model": "engines.export",
-    "check_parity": "engines.export",
+    "MultimodalModel": "fusionstream.engines.model",
+    "modality_dropout": "fusionstream.engines.model",
+    "make_head": "fusionstream.engines.fusion",
+    "export_model": "fusionstream.engines.export",
+    "check_parity": "fusionstream.engines.export",
 }
 
 

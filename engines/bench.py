@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.backends.base import Backend
-from engines.features import random_batch
-from engines.spec import MODALITIES
+from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.features import random_batch
+from fusionstream.engines.spec import MODALITIES
 
 
 def _median_ms(run: Callable[[], Any], repeats: int, warmup: int) -> float:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.encoders.image import FrameEncoder
-from engines.errors import EngineError, ModelDirError
-from engines.features import random_batch
-from engines.model import MultimodalModel
-from engines.spec import FRAME_GRAPH, MODALITIES, TORCH_WEIGHTS, ModelSpec
+from fusionstream.engines.encoders.image import FrameEncoder
+from fusionstream.engines.errors import EngineError, ModelDirError
+from fusionstream.engines.features import random_batch
+from fusionstream.engines.model import MultimodalModel
+from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, TORCH_WEIGHTS, ModelSpec
 
 if TYPE_CHECKING:
     import onnx

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engines.errors import InputError
-from engines.spec import MODALITIES, ModelSpec
+from fusionstream.engines.errors import InputError
+from fusionstream.engines.spec import MODALITIES, ModelSpec
 
 _WORD = re.compile(r"\w+")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.encoders import AudioEncoder, ImageEncoder, TextEncoder
-from engines.fusion import FusionHead, make_head
-from engines.spec import ModelSpec
+from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, TextEncoder
+from fusionstream.engines.fusion import FusionHead, make_head
+from fusionstream.engines.spec import ModelSpec
 
 
 def modality_dropout(
@@ -41,7 +41,7 @@ def modality_dropout(
 class MultimodalModel(nn.Module):
     """Encoders for video, audio and text plus the fusion head named by ``spec.fusion``.
 
-    Inputs follow :class:`engines.features.Batch` (as tensors): ``video [B, K, 3, S, S]``,
+    Inputs follow :class:`fusionstream.engines.features.Batch` (as tensors): ``video [B, K, 3, S, S]``,
     ``audio [B, N]``, ``text int64 [B, L]``, ``mask [B, 3]``. :meth:`forward` returns logits;
     a trainer uses :meth:`forward_train`, which adds the head's auxiliary loss.
     """

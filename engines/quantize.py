@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import EngineError
-from engines.features import Batch
-from engines.spec import FRAME_GRAPH, INT8, ModelSpec
+from fusionstream.engines.errors import EngineError
+from fusionstream.engines.features import Batch
+from fusionstream.engines.spec import FRAME_GRAPH, INT8, ModelSpec
 
 #: Graphs quantized, in order; the text encoder and the fusion head stay float32 (see above).
 QUANTIZED = ("video", "audio", FRAME_GRAPH)

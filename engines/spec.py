@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.errors import ModelDirError
+from fusionstream.engines.errors import ModelDirError
 
 NS = 1_000_000_000
 
 #: Modality order used everywhere: batch fields, mask columns, ONNX file keys.
 MODALITIES: tuple[str, str, str] = ("video", "audio", "text")
 
-#: Fusion heads ``engines.fusion.make_head`` builds (kept here so validating a spec needs no torch).
+#: Fusion heads ``fusionstream.engines.fusion.make_head`` builds (kept here so validating a spec needs no torch).
 FUSION_HEADS: tuple[str, ...] = ("concat", "weighted", "gmu", "attention", "decision", "graph", "vae")
 
 #: Audio front end: a 25 ms Hann window and a 10 ms hop at 16 kHz (the usual speech front end).

@@ -67,7 +67,7 @@ declare -a NAMES=()
 run_bench() {  # name, env assignments...
   local name=$1; shift
   echo "== bench: $name"
-  if env "$@" timeout 240 "$PYTHON" -m consumers bench $BENCH_ARGS --json >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.log"; then
+  if env "$@" timeout 240 "$PYTHON" -m fusionstream bench $BENCH_ARGS --json >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.log"; then
     NAMES+=("$name")
   else
     echo "   failed or unavailable (last lines of $OUT/bench-$name.log):"; tail -n 3 "$OUT/bench-$name.log" | sed 's/^/   /'
@@ -82,7 +82,7 @@ run_bench torch-cuda-fp32-graphs "${CUDA_FP32_GRAPHS[@]}"
 run_eval() {  # name, env assignments...
   local name=$1; shift
   echo "== evaluate: $name"
-  if ! env "$@" timeout 240 "$PYTHON" -m consumers evaluate "$MODEL" --seconds "$EVAL_SECONDS" --cache "$HELDOUT" \
+  if ! env "$@" timeout 240 "$PYTHON" -m fusionstream evaluate "$MODEL" --seconds "$EVAL_SECONDS" --cache "$HELDOUT" \
       --json >"$OUT/eval-$name.json" 2>"$OUT/eval-$name.log"; then
     echo "   failed or unavailable:"; tail -n 2 "$OUT/eval-$name.log" | sed 's/^/   /'
   fi
@@ -98,7 +98,7 @@ if [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graph
   echo "== real-time search: embedded pipeline, torch cuda fp16 + CUDA graphs"
   # Starts at 128 streams with 14 s trials (the H200's 16 cores sustained 208 in 10 s trials): the
   # search then fits in about three minutes.
-  env "${CUDA_FP16_GRAPHS[@]}" timeout 220 "$PYTHON" -m consumers bench --streams 8 --seconds 20 --no-kafka \
+  env "${CUDA_FP16_GRAPHS[@]}" timeout 220 "$PYTHON" -m fusionstream bench --streams 8 --seconds 20 --no-kafka \
       --rounds 1 --batch-sizes 32 --naive-streams 1 --start-streams 128 --trial-seconds 14 --json \
       >"$OUT/realtime-torch-cuda.json" 2>"$OUT/realtime-torch-cuda.log" || echo "   did not finish (see $OUT/realtime-torch-cuda.log)"
   "$PYTHON" scripts/gpu_summary.py --realtime "$OUT/realtime-torch-cuda.json" || true

@@ -123,7 +123,7 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 
 log.dirs=$DATA_DIR
 
-# Topics are created on purpose (consumers.kafka.admin.ensure_topics), with the
+# Topics are created on purpose (fusionstream.consumers.kafka.admin.ensure_topics), with the
 # partition counts that co-partitioning needs; a typo must fail, not create a topic.
 auto.create.topics.enable=false
 num.partitions=4

@@ -4,8 +4,17 @@
 service (``consumers``), the embedded demo and the trainer all share.
 """
 
-from stream.errors import BadRecord, FusionStreamError
-from stream.records import MODALITIES, AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
+from fusionstream.stream.errors import BadRecord, FusionStreamError
+from fusionstream.stream.records import (
+    MODALITIES,
+    AudioChunk,
+    Encoding,
+    Frame,
+    MediaItem,
+    Modality,
+    Record,
+    TextSegment,
+)
 
 __all__ = [
     "MODALITIES",

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Record
-from stream.resample import resample
-from stream.windows import NS, Window, WindowConfig
+from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Record
+from fusionstream.stream.resample import resample
+from fusionstream.stream.windows import NS, Window, WindowConfig
 
 _NEVER = -(2**63)
 

@@ -23,7 +23,7 @@ import threading
 import cv2
 import numpy as np
 
-from stream.errors import BadRecord
+from fusionstream.stream.errors import BadRecord
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"

@@ -12,17 +12,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from stream import wire
-from stream.errors import BadRecord
-from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
-from stream.records import AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
+from fusionstream.stream import wire
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
+from fusionstream.stream.records import AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
 
 
 def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem:
     """Decode a validated record's payload; raise ``BadRecord`` if the media is corrupt.
 
-    With ``lazy_jpeg`` a JPEG frame is only checked (:func:`stream.jpeg.check_jpeg`) and its
-    ``image`` is a :class:`~stream.jpeg.LazyJpeg`, decoded when a window samples it: the
+    With ``lazy_jpeg`` a JPEG frame is only checked (:func:`fusionstream.stream.jpeg.check_jpeg`) and its
+    ``image`` is a :class:`~fusionstream.stream.jpeg.LazyJpeg`, decoded when a window samples it: the
     pipeline's way of decoding only the frames windows use.
     """
     return _item(

@@ -1,7 +1,7 @@
 """What flows: the wire record and the decoded media items the aligner consumes.
 
 A :class:`Record` is exactly what one Kafka value carries (see docs/wire-format.md).
-``stream.media.decode_media`` turns it into a :class:`Frame`, :class:`AudioChunk` or
+``fusionstream.stream.media.decode_media`` turns it into a :class:`Frame`, :class:`AudioChunk` or
 :class:`TextSegment`: validated, decoded, and ready for the aligner.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from stream.jpeg import LazyJpeg
+    from fusionstream.stream.jpeg import LazyJpeg
 
 WIRE_VERSION = 1
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.records import TextSegment
+from fusionstream.stream.records import TextSegment
 
 NS = 1_000_000_000
 

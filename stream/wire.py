@@ -17,7 +17,7 @@ Layout (docs/wire-format.md is the reference for other languages)::
     40     ...  stream_id, meta, payload
 
 ``decode`` validates everything that can be checked without decoding media and
-raises :class:`~stream.errors.BadRecord` (and nothing else) on any input.
+raises :class:`~fusionstream.stream.errors.BadRecord` (and nothing else) on any input.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from stream.errors import BadRecord
-from stream.records import ENCODINGS_OF, WIRE_VERSION, Encoding, Modality, Record
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.records import ENCODINGS_OF, WIRE_VERSION, Encoding, Modality, Record
 
 MAGIC = b"FS"
 HEADER = struct.Struct(">2sBBBBHQqqII")
@@ -100,7 +100,7 @@ _PREFIX = MAGIC + bytes([WIRE_VERSION])
 
 def parse(data: bytes | bytearray | memoryview) -> Fields:
     """:func:`decode` without building the :class:`Record`: the service's intake goes straight
-    from these fields to a media item (``stream.media.decode_wire``), once per record."""
+    from these fields to a media item (``fusionstream.stream.media.decode_wire``), once per record."""
     size = len(data)
     if size < HEADER_SIZE or data[:3] != _PREFIX:
         _raise_bad_prefix(data)

@@ -9,7 +9,7 @@ import av
 import cv2
 import numpy as np
 
-from stream.sources.speech import DIGIT_WORDS, SpeechBank
+from fusionstream.stream.sources.speech import DIGIT_WORDS, SpeechBank
 
 
 def write_digit_clip(path: Path, digits: list[int], seconds_each: float = 2.0) -> None:

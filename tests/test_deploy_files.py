@@ -26,9 +26,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from consumers.cli import app
-from consumers.service.metrics import ServiceMetrics
-from consumers.settings import Settings
+from fusionstream.consumers.cli import app
+from fusionstream.consumers.service.metrics import ServiceMetrics
+from fusionstream.consumers.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -19,19 +19,19 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
-from consumers.bench.realtime import Trial, end_margin_ns
-from consumers.bench.stages import StageResult
-from consumers.bench.workload import NS, Workload
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.runner import WindowRunner
-from consumers.producers.publish import publish
-from consumers.producers.sources import on_time
-from consumers.report import WindowCensus, percentiles
-from consumers.service.service import InferenceService, ServiceOptions
-from consumers.settings import Settings
-from engines.spec import ModelSpec
-from stream.records import Record
-from stream.windows import WindowConfig
+from fusionstream.consumers.bench.realtime import Trial, end_margin_ns
+from fusionstream.consumers.bench.stages import StageResult
+from fusionstream.consumers.bench.workload import NS, Workload
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.producers.publish import publish
+from fusionstream.consumers.producers.sources import on_time
+from fusionstream.consumers.report import WindowCensus, percentiles
+from fusionstream.consumers.service.service import InferenceService, ServiceOptions
+from fusionstream.consumers.settings import Settings
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.records import Record
+from fusionstream.stream.windows import WindowConfig
 
 #: Longest a stage waits for its last prediction before giving up (a stalled service).
 STALL_S = 120.0
@@ -292,7 +292,7 @@ async def _alive(serving: asyncio.Task[None]) -> None:
 
 
 async def _delete(run: _Run) -> None:
-    from consumers.kafka.admin import delete_topics
+    from fusionstream.consumers.kafka.admin import delete_topics
 
     with contextlib.suppress(Exception):  # best effort: a leftover bench topic is harmless
         await delete_topics(run.settings.bootstrap_servers, run.topics)

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.bench.workload import Workload
-from consumers.pipeline.core import Pipeline
-from consumers.pipeline.runner import WindowRunner
-from consumers.report import WindowCensus, percentiles
-from stream.records import Record
-from stream.windows import WindowConfig
+from fusionstream.consumers.bench.workload import Workload
+from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.report import WindowCensus, percentiles
+from fusionstream.stream.records import Record
+from fusionstream.stream.windows import WindowConfig
 
 NS = 1_000_000_000
 TICK_S = 0.02

@@ -16,8 +16,8 @@ from typing import Any
 
 from rich.console import Console
 
-from consumers.bench.realtime import Trial, realtime_trial, search_max_streams
-from consumers.bench.stages import (
+from fusionstream.consumers.bench.realtime import Trial, realtime_trial, search_max_streams
+from fusionstream.consumers.bench.stages import (
     StageResult,
     engine_stage,
     engine_without_reuse,
@@ -25,12 +25,12 @@ from consumers.bench.stages import (
     naive_stage,
     pipeline_stage,
 )
-from consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from consumers.engine import backend_options
-from consumers.pipeline.runner import WindowRunner
-from consumers.settings import Settings
-from engines.backends import load_backend
-from engines.spec import INT8, ModelSpec
+from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
+from fusionstream.consumers.engine import backend_options
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.settings import Settings
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.spec import INT8, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                     speculate=settings.speculate,
                 ))
             if broker:
-                from consumers.bench.kafka_stage import kafka_max_rate
+                from fusionstream.consumers.bench.kafka_stage import kafka_max_rate
 
                 with console.status(f"{label}: kafka (the service consuming the local broker at maximum rate)"):
                     rounds.setdefault("kafka", []).append(kafka_max_rate(make_runner, spec, kafka_settings, workload))
@@ -173,7 +173,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             report |= _realtime(options, workload, config, make_runner, best_batch, settings, console,
                                 kafka_settings if broker else None, spec)
             if broker and report["max_realtime_streams"] >= 2:
-                from consumers.bench.kafka_stage import kafka_realtime
+                from fusionstream.consumers.bench.kafka_stage import kafka_realtime
 
                 half = report["max_realtime_streams"] // 2
                 with console.status(f"kafka at half the maximum load: {half} live streams"):
@@ -217,7 +217,7 @@ def _has_int8(spec: ModelSpec) -> bool:
 
 
 def _broker(settings: Settings, console: Console) -> bool:
-    from consumers.bench.kafka_stage import broker_reachable
+    from fusionstream.consumers.bench.kafka_stage import broker_reachable
 
     if asyncio.run(broker_reachable(settings)):
         return True
@@ -245,7 +245,7 @@ def _realtime(
         where = "through the broker" if kafka_settings is not None else "embedded"
         with console.status(f"real time: {streams} live streams for {options.trial_seconds:g} s, {where}"):
             if kafka_settings is not None:
-                from consumers.bench.kafka_stage import kafka_realtime
+                from fusionstream.consumers.bench.kafka_stage import kafka_realtime
 
                 return kafka_realtime(
                     make_runner, spec, kafka_settings, workload, streams, seconds=options.trial_seconds,

@@ -1,7 +1,7 @@
 """The in-process benchmark stages: the model alone, the embedded pipeline, and the naive baseline.
 
 Each stage runs the same workload and returns a :class:`StageResult`; ``fusionstream bench``
-puts them side by side (see ``consumers.bench.run``).
+puts them side by side (see ``fusionstream.consumers.bench.run``).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consumers.bench.workload import Workload, chunks
-from consumers.pipeline.core import DeadLetter, Pipeline, decode_records, decode_sampled_frames
-from consumers.pipeline.featurize import Featurizer
-from consumers.pipeline.reuse import WindowEmbedder
-from consumers.pipeline.runner import WindowRunner
-from consumers.report import percentiles
-from engines.spec import ModelSpec
-from stream.aligner import Aligner
-from stream.windows import Window, WindowConfig
+from fusionstream.consumers.bench.workload import Workload, chunks
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline, decode_records, decode_sampled_frames
+from fusionstream.consumers.pipeline.featurize import Featurizer
+from fusionstream.consumers.pipeline.reuse import WindowEmbedder
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.report import percentiles
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.aligner import Aligner
+from fusionstream.stream.windows import Window, WindowConfig
 
 if TYPE_CHECKING:
-    from engines.backends.base import Backend
+    from fusionstream.engines.backends.base import Backend
 
 #: Records handed to ``Pipeline.feed`` at a time at maximum rate (what one Kafka fetch brings).
 FEED_CHUNK = 500
@@ -173,11 +173,11 @@ def naive_stage(model_dir: Any, spec: ModelSpec, workload: Workload, config: Win
     """
     import torch
 
-    from engines.model import MultimodalModel
-    from engines.spec import TORCH_WEIGHTS
-    from stream import wire
-    from stream.aligner import Aligner
-    from stream.media import decode_media
+    from fusionstream.engines.model import MultimodalModel
+    from fusionstream.engines.spec import TORCH_WEIGHTS
+    from fusionstream.stream import wire
+    from fusionstream.stream.aligner import Aligner
+    from fusionstream.stream.media import decode_media
 
     model = MultimodalModel(spec)
     model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True))

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from stream import wire
-from stream.records import Record
-from stream.sources import SyntheticAV, SyntheticConfig
-from stream.windows import Window, WindowConfig
+from fusionstream.stream import wire
+from fusionstream.stream.records import Record
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.stream.windows import Window, WindowConfig
 
 NS = 1_000_000_000
 #: The synthetic source's frames (width, height): a little larger than the shipped model's 64x64 input.
@@ -43,9 +43,9 @@ class Workload:
 
     def windows(self, config: WindowConfig, min_side: int = 0) -> list[Window]:
         """Every window of the workload, aligned, its sampled frames decoded as the pipeline decodes them
-        (no larger than ``min_side`` needs, see ``stream.jpeg.decode_jpeg``): what the engine gets."""
-        from consumers.pipeline.core import decode_sampled_frames
-        from consumers.training.dataset import windows_of
+        (no larger than ``min_side`` needs, see ``fusionstream.stream.jpeg.decode_jpeg``): what the engine gets."""
+        from fusionstream.consumers.pipeline.core import decode_sampled_frames
+        from fusionstream.consumers.training.dataset import windows_of
 
         windows = list(windows_of(self.records, config, lazy_jpeg=True))
         return [decoded for _, decoded, _ in decode_sampled_frames(windows, min_side)]

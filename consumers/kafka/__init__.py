@@ -5,7 +5,7 @@ design depends on (range assignment, manual commits, idempotent acks=all
 producers, co-partitioned topics) are decided once.
 """
 
-from consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics
-from consumers.kafka.clients import make_consumer, make_producer
+from fusionstream.consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics
+from fusionstream.consumers.kafka.clients import make_consumer, make_producer
 
 __all__ = ["TopicLayoutError", "delete_topics", "ensure_topics", "make_consumer", "make_producer"]

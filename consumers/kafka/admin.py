@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
-from stream.errors import FusionStreamError
+from fusionstream.stream.errors import FusionStreamError
 
 _POLL_S = 0.1
 

@@ -4,7 +4,7 @@ The embedded demo feeds it from local sources; the Kafka service feeds it from
 topics and publishes what comes out. Neither has a pipeline of its own.
 """
 
-from consumers.pipeline.core import DeadLetter, Pipeline
-from consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
 
 __all__ = ["DeadLetter", "Pipeline", "Prediction"]

@@ -8,7 +8,7 @@ JPEG frames are only checked at intake; the pixels of the frames a closed window
 are decoded (in the same pool) just before it is queued, each frame once.
 
 While the engine is idle, windows whose data is complete but that still wait out the allowed
-lateness are encoded ahead (``speculate``, see ``consumers.pipeline.reuse``): when such a
+lateness are encoded ahead (``speculate``, see ``fusionstream.consumers.pipeline.reuse``): when such a
 window closes, only what changed since (a late record) and the fusion head are left to run.
 
 Every queue is bounded: when the engine falls behind, ``feed`` waits on the full
@@ -29,15 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.pipeline.batcher import MicroBatcher
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.runner import ClosedWindow, WindowRunner
-from stream.aligner import Aligner
-from stream.errors import BadRecord
-from stream.jpeg import LazyJpeg
-from stream.media import decode_media, decode_wire
-from stream.records import MediaItem, Record
-from stream.windows import Window, WindowConfig
+from fusionstream.consumers.pipeline.batcher import MicroBatcher
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.stream.aligner import Aligner
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.jpeg import LazyJpeg
+from fusionstream.stream.media import decode_media, decode_wire
+from fusionstream.stream.records import MediaItem, Record
+from fusionstream.stream.windows import Window, WindowConfig
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tupl
 
     Runs on a decode thread; a frame two windows share is decoded once (``LazyJpeg`` keeps it).
     ``min_side`` is the model's input side: larger frames are decoded no larger than needed for it
-    (``stream.jpeg.decode_jpeg``).
+    (``fusionstream.stream.jpeg.decode_jpeg``).
     """
     out = []
     for window in windows:

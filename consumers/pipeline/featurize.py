@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engines.features import Batch, frames_to_array, text_to_ids
-from engines.spec import ModelSpec
-from stream.windows import Window
+from fusionstream.engines.features import Batch, frames_to_array, text_to_ids
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.windows import Window
 
 
 class Featurizer:
-    """Builds a :class:`~engines.features.Batch` from closed windows, zeros for absent modalities."""
+    """Builds a :class:`~fusionstream.engines.features.Batch` from closed windows, zeros for absent modalities."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec

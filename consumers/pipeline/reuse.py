@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from engines.features import frame_to_array, frames_to_array, text_to_ids
-from engines.spec import ModelSpec
-from stream.windows import Window
+from fusionstream.engines.features import frame_to_array, frames_to_array, text_to_ids
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.windows import Window
 
 if TYPE_CHECKING:
-    from engines.backends.base import Backend
+    from fusionstream.engines.backends.base import Backend
 
 K = TypeVar("K", bound=Hashable)
 

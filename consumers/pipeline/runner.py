@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.reuse import WindowEmbedder
-from engines.spec import ModelSpec
-from stream.windows import Window
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.reuse import WindowEmbedder
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.windows import Window
 
 if TYPE_CHECKING:
-    from engines.backends.base import Backend
+    from fusionstream.engines.backends.base import Backend
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,11 @@
 
 :func:`publish` is the one place that turns records into Kafka messages (key = stream id,
 timestamp = event time in ms, value = wire bytes, topic by modality); the
-`fusionstream produce` commands (:mod:`consumers.producers.cli`) and the benchmarks
-call it with the record iterators of :mod:`consumers.producers.sources`.
+`fusionstream produce` commands (:mod:`fusionstream.consumers.producers.cli`) and the benchmarks
+call it with the record iterators of :mod:`fusionstream.consumers.producers.sources`.
 """
 
-from consumers.producers.errors import BrokerUnavailable, PublishError
-from consumers.producers.publish import Published, prepare_topics, producer_for, publish, topics_of
+from fusionstream.consumers.producers.errors import BrokerUnavailable, PublishError
+from fusionstream.consumers.producers.publish import Published, prepare_topics, producer_for, publish, topics_of
 
 __all__ = ["BrokerUnavailable", "PublishError", "Published", "prepare_topics", "producer_for", "publish", "topics_of"]

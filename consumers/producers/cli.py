@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
-from consumers.settings import Settings
+from fusionstream.consumers.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
-    from consumers.producers.publish import Published
-    from stream.records import Record
+    from fusionstream.consumers.producers.publish import Published
+    from fusionstream.stream.records import Record
 
 produce_app = typer.Typer(
     name="produce",
@@ -82,8 +82,8 @@ def synthetic(
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import synthetic_source
-        from stream.sources import SyntheticConfig
+        from fusionstream.consumers.producers.sources import synthetic_source
+        from fusionstream.stream.sources import SyntheticConfig
 
         source, ground_truth = synthetic_source(
             SyntheticConfig(streams=streams, seconds=seconds, seed=seed, stream_prefix=prefix), realtime=not fast
@@ -115,7 +115,7 @@ def video(
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import media_source
+        from fusionstream.consumers.producers.sources import media_source
 
         return media_source(
             file, stream_id or file.stem, captions=captions, loop=loop, realtime=not no_pacing, max_fps=fps,
@@ -142,7 +142,7 @@ def camera(
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import camera_source
+        from fusionstream.consumers.producers.sources import camera_source
 
         return camera_source(index_or_url, stream_id or _live_stream_id(), fps=fps, size=size, quality=quality)
 
@@ -165,7 +165,7 @@ def audio(
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import audio_source
+        from fusionstream.consumers.producers.sources import audio_source
 
         return audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate)
 
@@ -188,7 +188,7 @@ def mic(
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import microphone_source
+        from fusionstream.consumers.producers.sources import microphone_source
 
         return microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
                                  chunk_ms=chunk_ms)
@@ -215,7 +215,7 @@ def captions(
     sid = stream_id or (_live_stream_id() if file == "-" else Path(file).stem)
 
     def records() -> Iterator[Record]:
-        from consumers.producers.sources import captions_source
+        from fusionstream.consumers.producers.sources import captions_source
 
         return captions_source(file, sid, realtime=not no_pacing, language=language)
 
@@ -230,8 +230,8 @@ def _produce(settings: Settings, records: Callable[[], Iterator[Record]], *, as_
     from aiokafka.errors import KafkaError
     from rich.console import Console
 
-    from consumers.producers.publish import Published, prepare_topics, publish
-    from stream.errors import FusionStreamError
+    from fusionstream.consumers.producers.publish import Published, prepare_topics, publish
+    from fusionstream.stream.errors import FusionStreamError
 
     console = Console(stderr=True)
     status = _Status(console, settings, quiet=quiet)

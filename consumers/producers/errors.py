@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.errors import FusionStreamError
+from fusionstream.stream.errors import FusionStreamError
 
 #: Said whenever a broker cannot be reached: the usual cause during development.
 BROKER_HINT = "start a local one with `make kafka-start`, or set FUSIONSTREAM_BOOTSTRAP_SERVERS (or --bootstrap)"

@@ -1,6 +1,6 @@
 """Publish wire records to the three input topics: the core of every `fusionstream produce` command.
 
-:func:`publish` takes any iterable of :class:`~stream.records.Record` (a file, a camera,
+:func:`publish` takes any iterable of :class:`~fusionstream.stream.records.Record` (a file, a camera,
 the synthetic source; paced or not) and sends each one to the topic of its modality,
 keyed by its stream id, stamped with its event time in ms (DESIGN §1). Sources are
 blocking iterators (decoding, JPEG encoding, ``time.sleep`` while pacing, a camera's
@@ -21,10 +21,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from consumers.producers.errors import BrokerUnavailable, PublishError
-from consumers.settings import Settings
-from stream.records import MODALITIES, Modality, Record
-from stream.wire import encode
+from fusionstream.consumers.producers.errors import BrokerUnavailable, PublishError
+from fusionstream.consumers.settings import Settings
+from fusionstream.stream.records import MODALITIES, Modality, Record
+from fusionstream.stream.wire import encode
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -79,7 +79,7 @@ def topics_of(settings: Settings) -> dict[Modality, str]:
 
 def producer_for(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
     """An unstarted idempotent ``acks=all`` producer for ``settings``' cluster (call from a coroutine)."""
-    from consumers.kafka import make_producer
+    from fusionstream.consumers.kafka import make_producer
 
     options = {"client_id": f"{settings.client_id}-producer", **settings.kafka_security(), **kwargs}
     return make_producer(settings.bootstrap_servers, **options)
@@ -89,7 +89,7 @@ async def prepare_topics(settings: Settings) -> None:
     """Create the three input topics with ``settings.partitions`` each; refuse unequal existing ones."""
     from aiokafka.errors import KafkaConnectionError
 
-    from consumers.kafka import ensure_topics
+    from fusionstream.consumers.kafka import ensure_topics
 
     try:
         await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions,

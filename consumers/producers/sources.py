@@ -1,4 +1,4 @@
-"""What each `fusionstream produce` command publishes: record iterators built from ``stream.sources``.
+"""What each `fusionstream produce` command publishes: record iterators built from ``fusionstream.stream.sources``.
 
 No Kafka here: each function checks its input at once (so a missing file or camera fails
 before anything is sent) and returns a lazy iterator of records, stamped the way
@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from stream.records import Modality, Record
+from fusionstream.stream.records import Modality, Record
 
 if TYPE_CHECKING:
-    from stream.sources import GroundTruth, SyntheticConfig
-    from stream.sources.files import Size
+    from fusionstream.stream.sources import GroundTruth, SyntheticConfig
+    from fusionstream.stream.sources.files import Size
 
 Clock = Callable[[], int]
 NS = 1_000_000_000
@@ -39,7 +39,7 @@ def synthetic_source(
     and records are released when the wall clock reaches them. Otherwise the records are
     exactly the source's (event times from ``config.start_ns``, reproducible byte for byte).
     """
-    from stream.sources import GroundTruth, SyntheticAV
+    from fusionstream.stream.sources import GroundTruth, SyntheticAV
 
     source = SyntheticAV(config)
     records: Iterator[Record] = source.records()
@@ -79,7 +79,7 @@ def media_source(
     starts where the previous one ended and continues every modality's ``seq``, so the
     service sees one long stream.
     """
-    from stream.sources import probe, read_captions
+    from fusionstream.stream.sources import probe, read_captions
 
     info = probe(path)  # FileNotFoundError / ValueError now, not at the first record
     if not (info.has_video or info.has_audio):
@@ -106,7 +106,7 @@ def audio_source(
     clock: Clock = time.time_ns,
 ) -> Iterator[Record]:
     """The first audio track of a file (audio or video) as mono ``pcm-s16le`` chunks."""
-    from stream.sources import audio_track_records, has_audio
+    from fusionstream.stream.sources import audio_track_records, has_audio
 
     if not has_audio(path):
         raise ValueError(f"{path}: no audio track")
@@ -129,12 +129,12 @@ def captions_source(
 ) -> Iterator[Record]:
     """An SRT/WebVTT file's cues from ``start_ns`` (default: the first read), or live lines when ``path`` is ``-``.
 
-    Live lines are stamped as they arrive (``stream.sources.stdin_caption_records``), so they
+    Live lines are stamped as they arrive (``fusionstream.stream.sources.stdin_caption_records``), so they
     are never paced.
     """
     import sys
 
-    from stream.sources import caption_records, read_captions, stdin_caption_records
+    from fusionstream.stream.sources import caption_records, read_captions, stdin_caption_records
 
     if path == "-":
         return stdin_caption_records(stdin or sys.stdin, stream_id, clock, language=language)
@@ -152,7 +152,7 @@ def camera_source(
     index_or_url: str, stream_id: str, *, fps: float | None = None, size: Size | None = None, quality: int = 85
 ) -> Iterator[Record]:
     """A camera (``0``, ``1``, ... or ``/dev/videoN``) or a stream URL (``rtsp://...``), stamped when grabbed."""
-    from stream.sources import camera_records
+    from fusionstream.stream.sources import camera_records
 
     source: int | str = int(index_or_url) if index_or_url.isdigit() else index_or_url
     return camera_records(source, stream_id, fps=fps, size=size, quality=quality)
@@ -162,7 +162,7 @@ def microphone_source(
     stream_id: str, *, device: str | None = None, sample_rate: int = 16_000, chunk_ms: float = 40
 ) -> Iterator[Record]:
     """The default microphone, or ``device`` by index or name, as mono ``pcm-s16le`` chunks."""
-    from stream.sources import microphone_records
+    from fusionstream.stream.sources import microphone_records
 
     which: int | str | None = int(device) if device is not None and device.isdigit() else device
     return microphone_records(stream_id, sample_rate=sample_rate, chunk_ms=chunk_ms, device=which)
@@ -181,8 +181,8 @@ def _passes(
     sample_rate: int | None,
     language: str,
 ) -> Iterator[Record]:
-    from stream.sources import audio_track_records, caption_records, video_frame_records
-    from stream.sources.files import record_order
+    from fusionstream.stream.sources import audio_track_records, caption_records, video_frame_records
+    from fusionstream.stream.sources.files import record_order
 
     seq = dict.fromkeys(Modality, 0)
     for _ in itertools.count() if loop else range(1):
@@ -217,7 +217,7 @@ def on_time(
 ) -> Iterator[Record]:
     """Release each record when ``clock()`` reaches its ``t_start`` (at once if that has passed).
 
-    Unlike ``stream.sources.paced``, which keeps the records' spacing from whenever the first
+    Unlike ``fusionstream.stream.sources.paced``, which keeps the records' spacing from whenever the first
     one comes, this holds them to their absolute event times, so a record never leaves before
     the moment it claims to have been captured, and a slow start is caught up.
     """

@@ -6,9 +6,9 @@ import asyncio
 import logging
 import signal
 
-from consumers.engine import open_engine
-from consumers.service.service import InferenceService, ServiceOptions
-from consumers.settings import Settings
+from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.service.service import InferenceService, ServiceOptions
+from fusionstream.consumers.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consumers.pipeline.prediction import MODALITY_NAMES, Prediction
+from fusionstream.consumers.pipeline.prediction import MODALITY_NAMES, Prediction
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from consumers.pipeline.core import DeadLetter, Pipeline
-from consumers.pipeline.prediction import Prediction
-from consumers.service.metrics import ServiceMetrics
-from consumers.service.offsets import OffsetTracker
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.service.metrics import ServiceMetrics
+from fusionstream.consumers.service.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ One consumer task fetches with ``getmany`` and feeds the shared :class:`Pipeline
 heartbeats, never blocks). Fetched records pass through a :class:`PartitionMerger`,
 which hands a partition's three topics to the aligner in event-time order, and the
 aligner's timeouts run on an :class:`IntakeClock`, which stands still while the
-service is behind (see :mod:`consumers.service.intake`): reading a backlog or waiting
+service is behind (see :mod:`fusionstream.consumers.service.intake`): reading a backlog or waiting
 for the engine never makes records late. A publisher task sends predictions; acknowledgements
 release input offsets in the :class:`OffsetTracker`; a commit task commits, every
 ``commit_interval_s``, the lowest offset still needed per partition, together with
@@ -23,7 +23,7 @@ checkpoint keeps the windows published before from being emitted twice. A gracef
 stop does the same.
 
 Exactly-once mode: predictions, dead letters and offsets go in one Kafka transaction
-per commit interval (:mod:`consumers.service.publisher`).
+per commit interval (:mod:`fusionstream.consumers.service.publisher`).
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from consumers.kafka import ensure_topics, make_consumer, make_producer
-from consumers.pipeline.core import DeadLetter, Pipeline
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.runner import WindowRunner
-from consumers.service.checkpoint import Checkpoint
-from consumers.service.intake import IntakeClock, PartitionMerger
-from consumers.service.metrics import MetricsServer, ServiceMetrics
-from consumers.service.offsets import OffsetTracker
-from consumers.service.publisher import Offsets, Publisher
-from consumers.settings import Settings
-from engines.spec import ModelSpec
+from fusionstream.consumers.kafka import ensure_topics, make_consumer, make_producer
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.service.checkpoint import Checkpoint
+from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
+from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
+from fusionstream.consumers.service.offsets import OffsetTracker
+from fusionstream.consumers.service.publisher import Offsets, Publisher
+from fusionstream.consumers.settings import Settings
+from fusionstream.engines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ServiceOptions:
     tick_interval_s: float = 0.1
     commit_interval_s: float = 0.2
     #: A topic-partition that delivers nothing for this long (of time spent fetching) stops holding
-    #: back its partition's other topics (see consumers.service.intake).
+    #: back its partition's other topics (see fusionstream.consumers.service.intake).
     max_idle_ms: float = 1000.0
     #: Fetching pauses above these bounds and resumes below half of them (backpressure).
     max_held_records: int = 100_000
@@ -346,7 +346,7 @@ class InferenceService:
                 await self._take(batch)
 
     async def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """Hold the fetched records, then feed what the merger releases (see consumers.service.intake)."""
+        """Hold the fetched records, then feed what the merger releases (see fusionstream.consumers.service.intake)."""
         assert self._pipeline is not None and self._consumer is not None
         now_ms = self._fetch_ms
         self._merger.touch(self._consumer.paused(), now_ms)

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka.abc import ConsumerRebalanceListener
 
-from consumers.producers.errors import BrokerUnavailable
-from consumers.subscribers.errors import BadPrediction
+from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.subscribers.errors import BadPrediction
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -225,7 +225,7 @@ class Subscription:
         """Connect and subscribe (idempotent); :class:`BrokerUnavailable` if no broker answers."""
         from aiokafka.errors import KafkaConnectionError
 
-        from consumers.kafka import make_consumer
+        from fusionstream.consumers.kafka import make_consumer
 
         if self._consumer is not None:
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.errors import FusionStreamError
+from fusionstream.stream.errors import FusionStreamError
 
 
 class BadPrediction(FusionStreamError):

@@ -2,7 +2,7 @@
 
 Run it as a Faust worker::
 
-    FUSIONSTREAM_BOOTSTRAP_SERVERS=localhost:9092 python -m consumers.subscribers.faust_app worker -l info
+    FUSIONSTREAM_BOOTSTRAP_SERVERS=localhost:9092 python -m fusionstream.consumers.subscribers.faust_app worker -l info
 
 Tables (in memory, backed by Faust changelog topics ``<app id>-<table>-changelog``):
 
@@ -41,11 +41,11 @@ from faust.web import Request, Response, View
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumers.producers.errors import BrokerUnavailable
-from consumers.settings import Settings
-from consumers.subscribers.api import parse_prediction
-from consumers.subscribers.errors import BadPrediction
-from stream.errors import FusionStreamError
+from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.subscribers.api import parse_prediction
+from fusionstream.consumers.subscribers.errors import BadPrediction
+from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ async def prepare(app: faust.App, settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
-    from consumers.kafka import ensure_topics
+    from fusionstream.consumers.kafka import ensure_topics
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
     try:

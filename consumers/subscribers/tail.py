@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from consumers.settings import Settings
-from consumers.subscribers.api import PredictionRecord, subscribe
+from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
 
 if TYPE_CHECKING:
     from rich.console import Console

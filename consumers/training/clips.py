@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from consumers.training.dataset import WindowSet, featurize_windows, window_config_for, windows_of
-from engines.spec import ModelSpec
-from stream.sources.files import media_file_records
-from stream.sources.truth import GroundTruth, Segment
+from fusionstream.consumers.training.dataset import WindowSet, featurize_windows, window_config_for, windows_of
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.sources.files import media_file_records
+from fusionstream.stream.sources.truth import GroundTruth, Segment
 
 LABELS = "labels.csv"
 EPOCH_NS = 1_767_225_600 * 1_000_000_000

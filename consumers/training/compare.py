@@ -10,10 +10,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from consumers.training.evaluate import evaluate
-from consumers.training.evaluate_cli import heldout
-from engines.backends import load_backend
-from engines.spec import ModelSpec
+from fusionstream.consumers.training.evaluate import evaluate
+from fusionstream.consumers.training.evaluate_cli import heldout
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.spec import ModelSpec
 
 HELDOUT_SECONDS = 1200.0
 HELDOUT_SEED = 10_000
@@ -33,7 +33,7 @@ def _ms_per_window(backend, data, batch: int, repeats: int = 5) -> float:
 def compare_heads(encoders, heads: dict, spec: ModelSpec, out: Path, console: Console,
                   cache: Path | None = None) -> str:
     """Export every head with the shared encoders, evaluate each on ONNX Runtime, write a markdown table."""
-    from consumers.training.train import assemble, export_dir
+    from fusionstream.consumers.training.train import assemble, export_dir
 
     data = heldout(spec, HELDOUT_SECONDS, HELDOUT_SEED, console=console, cache=cache)
     lines = [

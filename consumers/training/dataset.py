@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from consumers.pipeline.featurize import Featurizer
-from engines.features import Batch
-from engines.spec import ModelSpec
-from stream.aligner import Aligner
-from stream.media import decode_media
-from stream.records import Record
-from stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
-from stream.windows import Window, WindowConfig
+from fusionstream.consumers.pipeline.featurize import Featurizer
+from fusionstream.engines.features import Batch
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.aligner import Aligner
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import Record
+from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
+from fusionstream.stream.windows import Window, WindowConfig
 
 CHUNK = 64
 
@@ -79,7 +79,7 @@ def window_config_for(spec: ModelSpec) -> WindowConfig:
 
 def windows_of(records: Iterable[Record], config: WindowConfig, *, lazy_jpeg: bool = False) -> Iterable[Window]:
     """Every window of an in-order record sequence, closed by watermark, then flushed (with
-    ``lazy_jpeg``, JPEG frames stay undecoded: ``stream.media.decode_media``)."""
+    ``lazy_jpeg``, JPEG frames stay undecoded: ``fusionstream.stream.media.decode_media``)."""
     aligner = Aligner(config)
     for record in records:
         aligner.add(decode_media(record, lazy_jpeg=lazy_jpeg), 0)

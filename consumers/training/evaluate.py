@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from consumers.training.dataset import WindowSet
-from engines.backends.base import Backend
+from fusionstream.consumers.training.dataset import WindowSet
+from fusionstream.engines.backends.base import Backend
 
 MODALITY_NAMES = ("video", "audio", "text")
 BATCH = 128

@@ -8,12 +8,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from consumers.training.dataset import WindowSet
-from consumers.training.evaluate import Evaluation, evaluate
-from consumers.training.train import generate, progress_bar, synthetic_configs
-from engines.backends import load_backend
-from engines.errors import ModelDirError
-from engines.spec import INT8, ModelSpec
+from fusionstream.consumers.training.dataset import WindowSet
+from fusionstream.consumers.training.evaluate import Evaluation, evaluate
+from fusionstream.consumers.training.train import generate, progress_bar, synthetic_configs
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.errors import ModelDirError
+from fusionstream.engines.spec import INT8, ModelSpec
 
 #: fp32 and int8 speed are measured this many times each, alternating.
 SPEED_TURNS = 3
@@ -48,7 +48,7 @@ def evaluate_command(
     if int8 and not _int8_graphs(spec):
         raise ModelDirError(f"{model_dir} has no int8 graphs: run `fusionstream quantize {model_dir}` first")
     if data is not None:
-        from consumers.training.clips import load_clips
+        from fusionstream.consumers.training.clips import load_clips
 
         with progress_bar(console) as progress:
             windows = load_clips(data, spec, progress=progress)
@@ -69,7 +69,7 @@ def evaluate_command(
 
 def _int8(model_dir: Path, spec: ModelSpec, windows: WindowSet, fp32: Evaluation, console: Console) -> dict[str, Any]:
     """The same windows through the int8 encoders: accuracy and its change, and speed beside fp32."""
-    from engines.bench import measure_latency
+    from fusionstream.engines.bench import measure_latency
 
     with (
         load_backend("onnxruntime", model_dir, precision="int8") as int8_engine,

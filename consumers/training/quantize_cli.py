@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from consumers.training.train import generate, progress_bar, synthetic_configs
-from engines.quantize import quantize_model
-from engines.spec import ModelSpec
+from fusionstream.consumers.training.train import generate, progress_bar, synthetic_configs
+from fusionstream.engines.quantize import quantize_model
+from fusionstream.engines.spec import ModelSpec
 
 #: Windows per calibration batch, and the most calibration windows used.
 CALIBRATION_BATCH = 32

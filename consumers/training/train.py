@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from consumers.training.dataset import WindowSet, synthesize_many
-from engines.spec import FUSION_HEADS, ModelSpec
-from stream.sources import SyntheticConfig
+from fusionstream.consumers.training.dataset import WindowSet, synthesize_many
+from fusionstream.engines.spec import FUSION_HEADS, ModelSpec
+from fusionstream.stream.sources import SyntheticConfig
 
 #: Seconds per synthetic run; several runs with their own seeds make a set.
 RUN_SECONDS = 300.0
@@ -154,14 +154,14 @@ def train_encoders(
     import torch
     from torch import nn
 
-    from engines.model import MultimodalModel
+    from fusionstream.engines.model import MultimodalModel
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultimodalModel(spec.replace(fusion="concat", fusion_options={}))
     if init is not None:
         # Fine-tuning: start from another model directory's encoders (its head is not reused).
-        from engines.spec import TORCH_WEIGHTS
+        from fusionstream.engines.spec import TORCH_WEIGHTS
 
         state = torch.load(init / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
         encoders = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -229,7 +229,7 @@ def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, see
     import torch
     from torch import nn
 
-    from engines.fusion import make_head
+    from fusionstream.engines.fusion import make_head
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -286,7 +286,7 @@ def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
 
 def assemble(encoders, head_name: str, head, spec: ModelSpec):
     """The encoders of stage 1 with a stage-2 head, as one ``MultimodalModel``."""
-    from engines.model import MultimodalModel
+    from fusionstream.engines.model import MultimodalModel
 
     model = MultimodalModel(spec.replace(fusion=head_name))
     state = {k: v for k, v in encoders.state_dict().items() if not k.startswith("head.")}
@@ -297,7 +297,7 @@ def assemble(encoders, head_name: str, head, spec: ModelSpec):
 
 
 def export_dir(model, spec: ModelSpec, out: Path) -> dict[str, float]:
-    from engines.export import check_parity, export_model
+    from fusionstream.engines.export import check_parity, export_model
 
     export_model(model, spec, out, check=False)
     return check_parity(model, out)
@@ -311,7 +311,7 @@ def train_command(options: TrainOptions) -> ModelSpec:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
     with progress_bar(console) as progress:
         if options.data is not None:
-            from consumers.training.clips import classes_of, load_clips, read_labels, split
+            from fusionstream.consumers.training.clips import classes_of, load_clips, read_labels, split
 
             spec = spec.replace(classes=classes_of(read_labels(options.data)))
             train_set, val_set = split(load_clips(options.data, spec, progress=progress), 0.2, options.seed)
@@ -354,7 +354,7 @@ def train_command(options: TrainOptions) -> ModelSpec:
     console.print(f"[bold]{chosen}[/] head exported to {options.out} (ONNX parity: max rel. error "
                   f"{max(parity.values()):.2e}) in {time.perf_counter() - started:.0f} s")
     if options.compare is not None:
-        from consumers.training.compare import compare_heads
+        from fusionstream.consumers.training.compare import compare_heads
 
         compare_heads(encoders, {n: h for n, (h, _) in scored.items()}, spec, options.compare, console,
                       cache=options.cache)
@@ -365,8 +365,8 @@ def export_command(model_dir: Path, out: Path) -> None:
     """Load ``model.pt`` from ``model_dir`` and write checked ONNX graphs to ``out``."""
     import torch
 
-    from engines.model import MultimodalModel
-    from engines.spec import TORCH_WEIGHTS
+    from fusionstream.engines.model import MultimodalModel
+    from fusionstream.engines.spec import TORCH_WEIGHTS
 
     console = Console()
     spec = ModelSpec.load(model_dir)

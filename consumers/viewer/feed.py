@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from consumers.producers.errors import BrokerUnavailable
-from consumers.settings import Settings
-from consumers.subscribers.api import parse_prediction
-from consumers.subscribers.errors import BadPrediction
-from consumers.viewer.state import ViewerState
-from stream import wire
-from stream.errors import BadRecord
+from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.subscribers.api import parse_prediction
+from fusionstream.consumers.subscribers.errors import BadPrediction
+from fusionstream.consumers.viewer.state import ViewerState
+from fusionstream.stream import wire
+from fusionstream.stream.errors import BadRecord
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -54,7 +54,7 @@ class KafkaFeed:
         """Connect and subscribe; :class:`BrokerUnavailable` if no broker answers."""
         from aiokafka.errors import KafkaConnectionError
 
-        from consumers.kafka import make_consumer
+        from fusionstream.consumers.kafka import make_consumer
 
         consumer = make_consumer(
             bootstrap=self.settings.bootstrap_servers,

@@ -9,9 +9,9 @@ import signal
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from consumers.settings import Settings
-from consumers.viewer.feed import KafkaFeed
-from consumers.viewer.state import ViewerState
+from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.viewer.feed import KafkaFeed
+from fusionstream.consumers.viewer.state import ViewerState
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,12 @@ async def serve_viewer(
 ) -> None:
     """Serve the viewer until ``stop`` is set (or SIGINT/SIGTERM); ``on_ready`` gets the page's URL.
 
-    Raises :class:`~consumers.producers.errors.BrokerUnavailable` when no broker answers,
+    Raises :class:`~fusionstream.consumers.producers.errors.BrokerUnavailable` when no broker answers,
     and ``OSError`` when the address cannot be bound.
     """
     from aiohttp import web
 
-    from consumers.viewer.server import make_app
+    from fusionstream.consumers.viewer.server import make_app
 
     state = ViewerState(stream_ids=stream_ids, sync=sync)
     feed = KafkaFeed(settings, state, lookback_s=lookback_s)

@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from consumers.viewer.state import ViewerState, to_jpeg
-from stream.records import Encoding
+from fusionstream.consumers.viewer.state import ViewerState, to_jpeg
+from fusionstream.stream.records import Encoding
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def make_app(state: ViewerState, *, fps: float, health: Callable[[], dict[str, A
     app[CLOSING_KEY] = asyncio.Event()
     app[HEALTH_KEY] = health
     app[CONFIG_KEY] = {**config, "fps": fps}
-    files = resources.files("consumers.viewer") / "static"
+    files = resources.files("fusionstream.consumers.viewer") / "static"
     pages = {name: (files / name).read_bytes() for name in STATIC}
 
     def static(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:

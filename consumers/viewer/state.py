@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from consumers.subscribers.api import PredictionRecord
-from stream.media import decode_pcm
-from stream.records import Encoding, Record
+from fusionstream.consumers.subscribers.api import PredictionRecord
+from fusionstream.stream.media import decode_pcm
+from fusionstream.stream.records import Encoding, Record
 
 NS = 1_000_000_000
 #: Predictions kept per stream for the timeline (a minute at the default 0.5 s hop).
@@ -319,7 +319,7 @@ def to_jpeg(frame: Record) -> bytes:
         return frame.payload
     import cv2
 
-    from stream.media import decode_image
+    from fusionstream.stream.media import decode_image
 
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(decode_image(frame), cv2.COLOR_RGB2BGR))
     if not ok:

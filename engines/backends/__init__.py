@@ -10,23 +10,23 @@ import importlib
 import os
 from typing import Any
 
-from engines.backends.base import Backend, Embeddings
-from engines.errors import EngineError
+from fusionstream.engines.backends.base import Backend, Embeddings
+from fusionstream.engines.errors import EngineError
 
 #: Backend name → "module:class", resolved lazily.
 BACKENDS: dict[str, str] = {
-    "onnxruntime": "engines.backends.onnxruntime:OnnxRuntimeBackend",
-    "torch": "engines.backends.torch:TorchBackend",
-    "tensorrt": "engines.backends.tensorrt:TensorRTBackend",
+    "onnxruntime": "fusionstream.engines.backends.onnxruntime:OnnxRuntimeBackend",
+    "torch": "fusionstream.engines.backends.torch:TorchBackend",
+    "tensorrt": "fusionstream.engines.backends.tensorrt:TensorRTBackend",
 }
 
 
 def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Backend:
     """A backend for ``model_dir``, not yet active: use it as a context manager (or call ``activate()``).
 
-    Raises :class:`~engines.errors.ModelDirError` for a bad model directory,
-    :class:`~engines.errors.BackendUnavailable` when the runtime is missing here, and
-    :class:`~engines.errors.EngineError` for an unknown name or option.
+    Raises :class:`~fusionstream.engines.errors.ModelDirError` for a bad model directory,
+    :class:`~fusionstream.engines.errors.BackendUnavailable` when the runtime is missing here, and
+    :class:`~fusionstream.engines.errors.EngineError` for an unknown name or option.
     """
     try:
         module_name, class_name = BACKENDS[name].split(":")

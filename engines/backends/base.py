@@ -24,9 +24,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from engines.errors import EngineError, InputError, ModelDirError
-from engines.features import Batch
-from engines.spec import FRAME_GRAPH, MODALITIES, REQUIRED_GRAPHS, ModelSpec
+from fusionstream.engines.errors import EngineError, InputError, ModelDirError
+from fusionstream.engines.features import Batch
+from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, REQUIRED_GRAPHS, ModelSpec
 
 Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -162,7 +162,7 @@ class Backend(ABC):
     def _check_ready(self, batch: Batch) -> None:
         self._check_active()
         if not isinstance(batch, Batch):
-            raise InputError(f"expected an engines.features.Batch, got {type(batch).__name__}")
+            raise InputError(f"expected an fusionstream.engines.features.Batch, got {type(batch).__name__}")
         batch.check(self.spec)
 
     def _checked_probs(self, probs: np.ndarray, size: int) -> np.ndarray:

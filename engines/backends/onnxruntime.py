@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engines.backends.base import Backend
-from engines.errors import BackendUnavailable, EngineError, ModelDirError
-from engines.spec import FRAME_GRAPH, INT8, MODALITIES, REQUIRED_GRAPHS
+from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
+from fusionstream.engines.spec import FRAME_GRAPH, INT8, MODALITIES, REQUIRED_GRAPHS
 
 PRECISIONS = ("fp32", "int8")
 

@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engines.backends.base import Backend
-from engines.errors import BackendUnavailable, EngineError, ModelDirError
-from engines.spec import FRAME_GRAPH, REQUIRED_GRAPHS
+from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
+from fusionstream.engines.spec import FRAME_GRAPH, REQUIRED_GRAPHS
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engines.backends.base import Backend
-from engines.errors import BackendUnavailable, EngineError
-from engines.spec import FRAME_GRAPH, TORCH_WEIGHTS
+from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.errors import BackendUnavailable, EngineError
+from fusionstream.engines.spec import FRAME_GRAPH, TORCH_WEIGHTS
 
 
 class TorchBackend(Backend):
@@ -40,7 +40,7 @@ class TorchBackend(Backend):
     def _activate_impl(self) -> None:
         import torch
 
-        from engines.model import MultimodalModel
+        from fusionstream.engines.model import MultimodalModel
 
         device = torch.device(self.options["device"])
         if self.options["threads"] is not None and device.type == "cpu":

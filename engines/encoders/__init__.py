@@ -1,7 +1,7 @@
 """Per-modality encoders: each maps one modality's batch to ``[B, embed_dim]`` (imports torch)."""
 
-from engines.encoders.audio import AudioEncoder, LogMel, hann_dft_basis, mel_filterbank
-from engines.encoders.image import ImageEncoder
-from engines.encoders.text import TextEncoder
+from fusionstream.engines.encoders.audio import AudioEncoder, LogMel, hann_dft_basis, mel_filterbank
+from fusionstream.engines.encoders.image import ImageEncoder
+from fusionstream.engines.encoders.text import TextEncoder
 
 __all__ = ["AudioEncoder", "ImageEncoder", "LogMel", "TextEncoder", "hann_dft_basis", "mel_filterbank"]

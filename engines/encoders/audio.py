@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.encoders.image import pool_block, standardize
-from engines.spec import AUDIO_HOP, AUDIO_N_FFT
+from fusionstream.engines.encoders.image import pool_block, standardize
+from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT
 
 LOG_FLOOR = 1e-6
 

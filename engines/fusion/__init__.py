@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.fusion.attention import AttentionHead
-from engines.fusion.base import FusionHead
-from engines.fusion.concat import ConcatHead
-from engines.fusion.decision import DecisionHead
-from engines.fusion.gmu import GMUHead
-from engines.fusion.graph import GraphHead
-from engines.fusion.vae import VAEHead
-from engines.fusion.weighted import WeightedHead
+from fusionstream.engines.fusion.attention import AttentionHead
+from fusionstream.engines.fusion.base import FusionHead
+from fusionstream.engines.fusion.concat import ConcatHead
+from fusionstream.engines.fusion.decision import DecisionHead
+from fusionstream.engines.fusion.gmu import GMUHead
+from fusionstream.engines.fusion.graph import GraphHead
+from fusionstream.engines.fusion.vae import VAEHead
+from fusionstream.engines.fusion.weighted import WeightedHead
 
 HEADS: dict[str, type[FusionHead]] = {
     cls.name: cls for cls in (ConcatHead, WeightedHead, GMUHead, AttentionHead, DecisionHead, GraphHead, VAEHead)

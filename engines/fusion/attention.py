@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from engines.fusion.base import NEG, FusionHead, mlp, stack_masked
+from fusionstream.engines.fusion.base import NEG, FusionHead, mlp, stack_masked
 
 
 class _Block(nn.Module):

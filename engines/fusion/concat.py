@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.fusion.base import FusionHead, mlp, stack_masked
+from fusionstream.engines.fusion.base import FusionHead, mlp, stack_masked
 
 
 class ConcatHead(FusionHead):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.fusion.base import FusionHead, mlp, present_of, stack_masked
+from fusionstream.engines.fusion.base import FusionHead, mlp, present_of, stack_masked
 
 #: Weight of the averaged probabilities added to the votes, so ties break towards the more confident class.
 TIE_BREAK = 1e-3

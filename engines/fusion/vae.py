@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.fusion.base import FusionHead, mlp, stack_masked
+from fusionstream.engines.fusion.base import FusionHead, mlp, stack_masked
 
 #: logvar clamp: keeps exp() finite in float16 and stops an expert claiming infinite certainty.
 LOGVAR_RANGE = (-8.0, 8.0)

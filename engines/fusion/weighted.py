@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engines.fusion.base import FusionHead, masked_softmax, mlp, stack_masked
+from fusionstream.engines.fusion.base import FusionHead, masked_softmax, mlp, stack_masked
 
 
 class WeightedHead(FusionHead):

@@ -1,13 +1,19 @@
 """Sources of records: the synthetic AV-digits source (with ground truth) and its speech bank.
 
-``SyntheticAV(SyntheticConfig(...)).records()`` yields wire :class:`~stream.records.Record`
+``SyntheticAV(SyntheticConfig(...)).records()`` yields wire :class:`~fusionstream.stream.records.Record`
 objects in event-time order, ready for a Kafka producer, the embedded demo or training;
 ``.truth`` labels any window of any stream.
 """
 
-from stream.sources.captions import Cue, caption_records, parse_captions, read_captions, stdin_caption_records
-from stream.sources.devices import DeviceError, camera_records, microphone_records
-from stream.sources.files import (
+from fusionstream.stream.sources.captions import (
+    Cue,
+    caption_records,
+    parse_captions,
+    read_captions,
+    stdin_caption_records,
+)
+from fusionstream.stream.sources.devices import DeviceError, camera_records, microphone_records
+from fusionstream.stream.sources.files import (
     MediaInfo,
     audio_track_records,
     has_audio,
@@ -17,9 +23,9 @@ from stream.sources.files import (
     restamp,
     video_frame_records,
 )
-from stream.sources.speech import DIGIT_WORDS, Clip, SpeechBank
-from stream.sources.synthetic import ASR_CONFUSIONS, Corruption, SyntheticAV, SyntheticConfig
-from stream.sources.truth import CLEAR_SHARE, GroundTruth, Segment, WindowTruth
+from fusionstream.stream.sources.speech import DIGIT_WORDS, Clip, SpeechBank
+from fusionstream.stream.sources.synthetic import ASR_CONFUSIONS, Corruption, SyntheticAV, SyntheticConfig
+from fusionstream.stream.sources.truth import CLEAR_SHARE, GroundTruth, Segment, WindowTruth
 
 __all__ = [
     "ASR_CONFUSIONS",

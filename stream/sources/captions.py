@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.media import text_record
-from stream.records import Record
+from fusionstream.stream.media import text_record
+from fusionstream.stream.records import Record
 
 NS = 1_000_000_000
 #: Speaking-rate estimate for a live line with no times: seconds per word, and the cap.

@@ -22,10 +22,10 @@ from typing import Any, NoReturn, Self
 import cv2
 import numpy as np
 
-from stream.errors import FusionStreamError
-from stream.media import image_record
-from stream.records import Encoding, Record
-from stream.sources.files import FALLBACK_FPS, Size, fit_size, pcm16_record, resize_to_fit
+from fusionstream.stream.errors import FusionStreamError
+from fusionstream.stream.media import image_record
+from fusionstream.stream.records import Encoding, Record
+from fusionstream.stream.sources.files import FALLBACK_FPS, Size, fit_size, pcm16_record, resize_to_fit
 
 NS = 1_000_000_000
 #: A microphone block stamped this far from where the sample count puts it restarts the

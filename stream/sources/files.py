@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from stream.media import image_record
-from stream.records import Encoding, Modality, Record
-from stream.sources.captions import caption_records
+from fusionstream.stream.media import image_record
+from fusionstream.stream.records import Encoding, Modality, Record
+from fusionstream.stream.sources.captions import caption_records
 
 if TYPE_CHECKING:
     import av.container
@@ -184,7 +184,7 @@ def media_file_records(
     """A media file's video frames, audio chunks and (optionally) caption cues merged in ``t_start`` order.
 
     ``start_ns`` is the event time of the file's 0:00 (default: now). ``captions`` is an SRT
-    or WebVTT file (or caption text, see :func:`~stream.sources.captions.load_cues`) whose
+    or WebVTT file (or caption text, see :func:`~fusionstream.stream.sources.captions.load_cues`) whose
     times count from that same 0:00. Either track may be missing (an audio-only file
     works), but not both. The merge is lazy: one record per source is held at a time.
     """
@@ -384,7 +384,7 @@ def _resampled_runs(container: Any, stream: Any, rate: int) -> Iterator[tuple[in
 def pcm16_record(stream_id: str, seq: int, t_start: int, t_end: int, samples: np.ndarray, rate: int) -> Record:
     """A mono ``pcm-s16le`` audio record from int16 samples, with the caller's times.
 
-    Unlike ``stream.media.audio_record`` (float in), decoded or captured s16 samples go on
+    Unlike ``fusionstream.stream.media.audio_record`` (float in), decoded or captured s16 samples go on
     the wire bit for bit instead of being requantised, and the caller sets ``t_end`` so that
     consecutive chunks tile the timeline exactly.
     """

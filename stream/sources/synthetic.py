@@ -2,7 +2,7 @@
 
 Each stream is a sequence of 1.5-3 s segments, one digit per segment (never the same
 digit twice in a row). The video shows the digit for the whole segment; the audio speaks
-it repeatedly (real espeak-ng clips from :mod:`stream.sources.speech`, mixed with noise);
+it repeatedly (real espeak-ng clips from :mod:`fusionstream.stream.sources.speech`, mixed with noise);
 the transcript carries each spoken word with its times and ASR-like errors. Each modality
 is corrupted per segment by its own random draws, so that no single modality is enough.
 
@@ -26,11 +26,11 @@ from typing import TypeVar, cast
 
 import numpy as np
 
-from stream.media import audio_record, image_record, text_record
-from stream.records import Encoding, Record
-from stream.sources.render import Camera, SceneKind, segment_base
-from stream.sources.speech import DIGIT_WORDS, SpeechBank, Split
-from stream.sources.truth import AudioState, GroundTruth, Segment, TextState, VideoState
+from fusionstream.stream.media import audio_record, image_record, text_record
+from fusionstream.stream.records import Encoding, Record
+from fusionstream.stream.sources.render import Camera, SceneKind, segment_base
+from fusionstream.stream.sources.speech import DIGIT_WORDS, SpeechBank, Split
+from fusionstream.stream.sources.truth import AudioState, GroundTruth, Segment, TextState, VideoState
 
 NS = 1_000_000_000
 _S = TypeVar("_S", bound=str)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.settings import default_model_dir
+from fusionstream.consumers.settings import default_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +20,9 @@ def shipped_model() -> Path:
 @pytest.fixture(scope="session")
 def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly initialised model at the default geometry: fast plumbing tests that need no accuracy."""
-    from engines.export import export_model
-    from engines.model import MultimodalModel
-    from engines.spec import ModelSpec
+    from fusionstream.engines.export import export_model
+    from fusionstream.engines.model import MultimodalModel
+    from fusionstream.engines.spec import ModelSpec
 
     spec = ModelSpec(version="untrained", fusion="concat")
     out = tmp_path_factory.mktemp("untrained-model")

@@ -22,8 +22,8 @@ from typing import Any
 
 from test_service import NS, Reader, ServiceProcess, http_get, produce
 
-from consumers.settings import Settings
-from stream.records import Record
+from fusionstream.consumers.settings import Settings
+from fusionstream.stream.records import Record
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO_ROOT / "scripts" / "kafka.sh"

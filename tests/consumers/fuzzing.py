@@ -6,7 +6,7 @@ import json
 import random
 import struct
 
-from stream import wire
+from fusionstream.stream import wire
 
 #: (name, struct format) of the header fields after the magic, in order (stream/wire.py HEADER).
 _FIELDS = (("version", "B"), ("modality", "B"), ("encoding", "B"), ("flags", "B"), ("stream_id_len", "H"),

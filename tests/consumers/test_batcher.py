@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from consumers.pipeline.batcher import MicroBatcher
+from fusionstream.consumers.pipeline.batcher import MicroBatcher
 
 
 def test_full_batch_is_handed_out_without_waiting() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.bench.realtime import Trial, search_max_streams
-from consumers.report import percentiles
+from fusionstream.consumers.bench.realtime import Trial, search_max_streams
+from fusionstream.consumers.report import percentiles
 
 
 def _trial(limit: int):
@@ -66,14 +66,14 @@ def test_a_trial_fails_on_lag_loss_dead_letters_or_nothing_measured_not_only_lat
 
 
 def test_trials_longer_than_the_workload_are_refused_before_anything_runs() -> None:
-    command = [sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "6", "--trial-seconds", "10"]
+    command = [sys.executable, "-m", "fusionstream", "bench", "--streams", "2", "--seconds", "6", "--trial-seconds", "10"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--trial-seconds" in done.stderr and "--seconds" in done.stderr
 
 
 def test_a_camera_resolution_workload_runs_every_in_process_stage() -> None:
     command = [
-        sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "6", "--frame-size", "320x240",
+        sys.executable, "-m", "fusionstream", "bench", "--streams", "2", "--seconds", "6", "--frame-size", "320x240",
         "--no-kafka", "--no-realtime", "--rounds", "1", "--naive-streams", "1", "--batch-sizes", "8", "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -86,9 +86,9 @@ def test_a_camera_resolution_workload_runs_every_in_process_stage() -> None:
 
 
 def test_a_camera_resolution_workload_carries_frames_of_that_size_decoded_as_the_pipeline_does() -> None:
-    from consumers.bench.workload import Workload
-    from stream.media import decode_image
-    from stream.windows import WindowConfig
+    from fusionstream.consumers.bench.workload import Workload
+    from fusionstream.stream.media import decode_image
+    from fusionstream.stream.windows import WindowConfig
 
     workload = Workload.synthetic(1, 5.0, frame_size=(320, 240))
     frames = [r for r in workload.records if r.modality.name == "VIDEO"]
@@ -100,7 +100,7 @@ def test_a_camera_resolution_workload_carries_frames_of_that_size_decoded_as_the
 
 @pytest.mark.parametrize("size", ["96", "0x0", "big", "8000x8000"])
 def test_a_frame_size_that_is_not_width_x_height_in_range_is_refused(size: str) -> None:
-    command = [sys.executable, "-m", "consumers", "bench", "--frame-size", size, "--no-kafka", "--no-realtime"]
+    command = [sys.executable, "-m", "fusionstream", "bench", "--frame-size", size, "--no-kafka", "--no-realtime"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--frame-size" in done.stderr
 
@@ -108,7 +108,7 @@ def test_a_frame_size_that_is_not_width_x_height_in_range_is_refused(size: str) 
 @pytest.mark.kafka
 def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "consumers", "bench", "--streams", "2", "--seconds", "8", "--batch-sizes", "8,16",
+        sys.executable, "-m", "fusionstream", "bench", "--streams", "2", "--seconds", "8", "--batch-sizes", "8,16",
         "--naive-streams", "1", "--trial-seconds", "7", "--rounds", "1", "--start-streams", "2", "--max-streams", "4",
         "--bootstrap", kafka_bootstrap, "--json",
     ]

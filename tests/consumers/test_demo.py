@@ -14,7 +14,7 @@ from tests.mediafiles import srt_for, write_digit_clip
 
 def fusionstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consumers.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "fusionstream", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -36,8 +36,8 @@ from test_service import (
     synthetic,
 )
 
-from consumers.kafka import delete_topics, ensure_topics
-from stream.records import Record
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.stream.records import Record
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

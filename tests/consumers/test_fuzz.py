@@ -33,17 +33,17 @@ from test_service import (
     topic_of,
 )
 
-from consumers.embedded import run_embedded
-from consumers.engine import open_engine
-from consumers.kafka import delete_topics, ensure_topics
-from consumers.pipeline.core import Pipeline
-from consumers.settings import Settings
-from stream import wire
-from stream.aligner import last_instant
-from stream.errors import BadRecord
-from stream.media import decode_media
-from stream.records import MediaItem, Record
-from stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.consumers.embedded import run_embedded
+from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.settings import Settings
+from fusionstream.stream import wire
+from fusionstream.stream.aligner import last_instant
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import MediaItem, Record
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -64,7 +64,7 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
 
 
 def _admitted(value: bytes) -> MediaItem | None:
-    """What the service's intake makes of these bytes (as consumers.pipeline.core decodes), or None if rejected."""
+    """What the service's intake makes of these bytes (as the pipeline core decodes), or None if rejected."""
     try:
         return decode_media(wire.decode(value), lazy_jpeg=True)
     except BadRecord:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from consumers.kafka import delete_topics, ensure_topics, make_consumer, make_producer
-from stream.media import audio_record, decode_media, image_record, text_record
-from stream.records import MODALITIES, Modality, Record
-from stream.wire import decode, encode
+from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_consumer, make_producer
+from fusionstream.stream.media import audio_record, decode_media, image_record, text_record
+from fusionstream.stream.records import MODALITIES, Modality, Record
+from fusionstream.stream.wire import decode, encode
 
 pytestmark = pytest.mark.kafka
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumers.embedded import run_embedded
-from consumers.pipeline.core import Pipeline
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.runner import ClosedWindow, WindowRunner
-from consumers.report import WindowCensus
-from engines.backends import load_backend
-from engines.spec import ModelSpec
-from stream import wire
-from stream.media import audio_record, image_record, text_record
-from stream.sources import SyntheticAV, SyntheticConfig
-from stream.windows import WindowConfig
+from fusionstream.consumers.embedded import run_embedded
+from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.consumers.report import WindowCensus
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream import wire
+from fusionstream.stream.media import audio_record, image_record, text_record
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.stream.windows import WindowConfig
 
 NS = 1_000_000_000
 
@@ -157,14 +157,14 @@ def test_memory_stays_bounded_when_the_engine_is_slower_than_the_source(untraine
 def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     untrained_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import stream.jpeg
-    from consumers.pipeline.featurize import Featurizer
-    from consumers.training.dataset import windows_of
+    from fusionstream.consumers.pipeline.featurize import Featurizer
+    from fusionstream.consumers.training.dataset import windows_of
+    from fusionstream.stream import jpeg
 
     decoded: list[int] = []
-    real_decode = stream.jpeg.decode_jpeg_reduced
+    real_decode = jpeg.decode_jpeg_reduced
     monkeypatch.setattr(
-        stream.jpeg, "decode_jpeg_reduced", lambda data, factor: decoded.append(1) or real_decode(data, factor)
+        jpeg, "decode_jpeg_reduced", lambda data, factor: decoded.append(1) or real_decode(data, factor)
     )
     source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
     records = list(source.records())
@@ -199,10 +199,10 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
 ) -> None:
     import cv2
 
-    from consumers.pipeline.featurize import Featurizer
-    from consumers.training.dataset import windows_of
-    from stream.jpeg import reduction
-    from stream.media import decode_image
+    from fusionstream.consumers.pipeline.featurize import Featurizer
+    from fusionstream.consumers.training.dataset import windows_of
+    from fusionstream.stream.jpeg import reduction
+    from fusionstream.stream.media import decode_image
 
     spec = ModelSpec.load(shipped_model)
     records = []

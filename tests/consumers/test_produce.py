@@ -27,16 +27,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.producers import Published, PublishError, prepare_topics, producer_for, publish
-from consumers.producers.sources import media_source, synthetic_source
-from consumers.settings import Settings
-from stream.media import decode_media, image_record
-from stream.records import MODALITIES, Encoding, Frame, Modality, Record, TextSegment
-from stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
-from stream.wire import decode, encode
+from fusionstream.consumers.producers import Published, PublishError, prepare_topics, producer_for, publish
+from fusionstream.consumers.producers.sources import media_source, synthetic_source
+from fusionstream.consumers.settings import Settings
+from fusionstream.stream.media import decode_media, image_record
+from fusionstream.stream.records import MODALITIES, Encoding, Frame, Modality, Record, TextSegment
+from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
+from fusionstream.stream.wire import decode, encode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FUSIONSTREAM = [sys.executable, "-m", "consumers.cli"]
+FUSIONSTREAM = [sys.executable, "-m", "fusionstream"]
 PARTITIONS = 4
 DEADLINE_S = 60.0
 NS = 1_000_000_000

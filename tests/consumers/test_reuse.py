@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumers.pipeline.reuse import EmbeddingCache, WindowEmbedder
-from engines.backends import load_backend
-from engines.spec import ModelSpec
-from stream.sources import SyntheticAV, SyntheticConfig
-from stream.windows import WindowConfig
+from fusionstream.consumers.pipeline.reuse import EmbeddingCache, WindowEmbedder
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.stream.windows import WindowConfig
 
 
 def test_the_cache_forgets_the_least_recently_used_row_first() -> None:
@@ -29,7 +29,7 @@ def test_the_cache_forgets_the_least_recently_used_row_first() -> None:
 
 
 def _windows(model_dir: Path, seconds: float = 4) -> list:
-    from consumers.training.dataset import windows_of
+    from fusionstream.consumers.training.dataset import windows_of
 
     spec = ModelSpec.load(model_dir)
     config = WindowConfig(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)

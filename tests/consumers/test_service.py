@@ -29,19 +29,19 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from test_subscribe import check_api, check_faust, check_tail, read_published  # same folder: shared checks
 
-from consumers.engine import open_engine
-from consumers.kafka import delete_topics, ensure_topics, make_producer
-from consumers.pipeline.prediction import Prediction
-from consumers.pipeline.runner import ClosedWindow, WindowRunner
-from consumers.report import WindowCensus, summarize
-from consumers.service import InferenceService, ServiceOptions
-from consumers.settings import Settings, default_model_dir
-from engines.backends import load_backend
-from engines.spec import ModelSpec
-from stream import wire
-from stream.media import audio_record
-from stream.records import Modality, Record
-from stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.consumers.report import WindowCensus, summarize
+from fusionstream.consumers.service import InferenceService, ServiceOptions
+from fusionstream.consumers.settings import Settings, default_model_dir
+from fusionstream.engines.backends import load_backend
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream import wire
+from fusionstream.stream.media import audio_record
+from fusionstream.stream.records import Modality, Record
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 
 pytestmark = pytest.mark.kafka
 
@@ -448,7 +448,7 @@ _ENV_FIELDS = ("bootstrap_servers", "video_topic", "audio_topic", "text_topic", 
 
 
 class ServiceProcess:
-    """`python -m consumers.cli serve` with FUSIONSTREAM_* settings; output goes to a log file."""
+    """`python -m fusionstream serve` with FUSIONSTREAM_* settings; output goes to a log file."""
 
     def __init__(self, settings: Settings, instance_id: str, log_dir: Path) -> None:
         self.instance_id = instance_id
@@ -461,7 +461,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "consumers.cli", "serve"], cwd=REPO_ROOT,
+            self.proc = subprocess.Popen([sys.executable, "-m", "fusionstream", "serve"], cwd=REPO_ROOT,
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT)
         return self
 

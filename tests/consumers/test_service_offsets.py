@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from consumers.service.checkpoint import MAX_CHARS, Checkpoint
-from consumers.service.intake import IntakeClock, PartitionMerger
-from consumers.service.offsets import OffsetTracker
+from fusionstream.consumers.service.checkpoint import MAX_CHARS, Checkpoint
+from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
+from fusionstream.consumers.service.offsets import OffsetTracker
 
 V, A, T = ("fs.video", 0), ("fs.audio", 0), ("fs.text", 0)
 HOP = 500_000_000

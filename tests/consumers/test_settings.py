@@ -10,8 +10,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
-from consumers.kafka import delete_topics, ensure_topics
-from consumers.settings import Settings
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.settings import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 

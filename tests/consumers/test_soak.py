@@ -19,10 +19,10 @@ import pytest
 from faultkit import Sampler, duration_s, report, service_processes, until_covered, window_figures
 from test_service import NS, PARTITIONS, Reader, ServiceProcess, all_topics, census_of, service_settings
 
-from consumers.kafka import delete_topics, ensure_topics
-from consumers.producers.publish import publish
-from consumers.producers.sources import on_time
-from stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.producers.publish import publish
+from fusionstream.consumers.producers.sources import on_time
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 
 SECONDS = duration_s(120)
 STREAMS = 4

@@ -34,12 +34,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.kafka import ensure_topics, make_producer
-from consumers.pipeline.prediction import Prediction
-from consumers.subscribers import BadPrediction, PredictionRecord, parse_prediction, subscribe
+from fusionstream.consumers.kafka import ensure_topics, make_producer
+from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.subscribers import BadPrediction, PredictionRecord, parse_prediction, subscribe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FUSIONSTREAM = [sys.executable, "-m", "consumers.cli"]
+FUSIONSTREAM = [sys.executable, "-m", "fusionstream"]
 PARTITIONS = 3
 STREAMS = ("cam-00", "cam-01", "cam-02", "lobby")
 PER_STREAM = 6
@@ -242,7 +242,7 @@ def faust_worker(published: OnTopic, app_id: str, log_file: Path) -> Iterator[tu
     }
     with log_file.open("w") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "consumers.subscribers.faust_app", "worker", "-l", "info"],
+            [sys.executable, "-m", "fusionstream.consumers.subscribers.faust_app", "worker", "-l", "info"],
             env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

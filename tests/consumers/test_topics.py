@@ -9,7 +9,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
 
 PARTITIONS = 4
 
@@ -40,7 +40,7 @@ def test_new_topics_take_writes_at_once(kafka_bootstrap: str, caplog: pytest.Log
 def test_a_topic_with_another_partition_count_is_refused_unless_any_count_will_do(kafka_bootstrap: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from consumers.kafka import TopicLayoutError
+    from fusionstream.consumers.kafka import TopicLayoutError
 
     tag = uuid.uuid4().hex[:8]
     existing, new = f"layout-{tag}-existing", f"layout-{tag}-new"

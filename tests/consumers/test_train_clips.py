@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.spec import ModelSpec
+from fusionstream.engines.spec import ModelSpec
 from tests.mediafiles import srt_for, write_digit_clip
 
 
@@ -28,7 +28,7 @@ def test_train_and_evaluate_on_labelled_clips(tmp_path: Path) -> None:
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
 
     out = tmp_path / "model"
-    cmd = [sys.executable, "-m", "consumers.cli"]
+    cmd = [sys.executable, "-m", "fusionstream"]
     trained = subprocess.run([*cmd, "train", str(out), "--data", str(data), "--fusion", "concat", "--epochs", "3"],
                              capture_output=True, text=True, timeout=600, check=False)
     assert trained.returncode == 0, trained.stderr + trained.stdout
@@ -60,7 +60,7 @@ def test_evaluate_on_a_missing_gpu_is_one_line_not_a_traceback(tmp_path: Path) -
     env = {**os.environ, "FUSIONSTREAM_BACKEND": "torch", "FUSIONSTREAM_DEVICE": "cuda"}
     model = Path(__file__).resolve().parents[2] / "engines" / "models" / "default"
     # The held-out windows render first (5 s of them); the error comes when the backend loads.
-    run = subprocess.run([sys.executable, "-m", "consumers.cli", "evaluate", str(model), "--seconds", "5"],
+    run = subprocess.run([sys.executable, "-m", "fusionstream", "evaluate", str(model), "--seconds", "5"],
                          capture_output=True, text=True, timeout=600, check=False, env=env)
     assert run.returncode == 1
     assert "error: torch backend: device cuda requested but CUDA is not available" in " ".join(run.stderr.split())
@@ -68,7 +68,7 @@ def test_evaluate_on_a_missing_gpu_is_one_line_not_a_traceback(tmp_path: Path) -
 
 
 def test_bad_labels_file_names_the_line(tmp_path: Path) -> None:
-    from consumers.training.clips import read_labels
+    from fusionstream.consumers.training.clips import read_labels
 
     (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\nmissing.mp4,0,1,one\n")
     with pytest.raises(FileNotFoundError, match=r"labels\.csv:2"):

@@ -28,14 +28,14 @@ import pytest
 from test_service import Running, all_topics, free_port, http_get, service_settings
 from test_subscribe import read_published
 
-from consumers.kafka import delete_topics, ensure_topics, make_producer
-from consumers.settings import Settings
-from consumers.subscribers.api import parse_prediction
-from consumers.viewer.state import LEVEL_FLOOR_DB, TIMELINE_LENGTH, ViewerState, to_jpeg
-from stream import wire
-from stream.media import audio_record, image_record, text_record
-from stream.records import Encoding, Modality, Record
-from stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
+from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.subscribers.api import parse_prediction
+from fusionstream.consumers.viewer.state import LEVEL_FLOOR_DB, TIMELINE_LENGTH, ViewerState, to_jpeg
+from fusionstream.stream import wire
+from fusionstream.stream.media import audio_record, image_record, text_record
+from fusionstream.stream.records import Encoding, Modality, Record
+from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 
 NS = 1_000_000_000
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_audio_level_transcript_filter_and_eviction() -> None:
 
 
 class ViewerProcess:
-    """`python -m consumers.cli view` on a free port, with the test's topics; its output goes to a log file."""
+    """`python -m fusionstream view` on a free port, with the test's topics; its output goes to a log file."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.port = free_port()
@@ -156,7 +156,7 @@ class ViewerProcess:
     def start(self) -> ViewerProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "consumers.cli", "view", "--port", str(self.port), "--fps", str(FPS)],
+                [sys.executable, "-m", "fusionstream", "view", "--port", str(self.port), "--fps", str(FPS)],
                 cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
             )
         return self
@@ -359,7 +359,7 @@ def test_kafka_viewer_page_shows_live_frames_with_published_predictions(
 
 def test_view_without_a_broker_is_one_line_error() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "consumers.cli", "view", "--bootstrap", f"127.0.0.1:{free_port()}", "--port", "0"],
+        [sys.executable, "-m", "fusionstream", "view", "--bootstrap", f"127.0.0.1:{free_port()}", "--port", "0"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 1

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tinymodels import randomize, tiny_spec
 
-from engines import (
+from fusionstream.engines import (
     Backend,
     BackendUnavailable,
     Batch,
@@ -25,8 +25,8 @@ from engines import (
     load_backend,
     random_batch,
 )
-from engines.model import MultimodalModel
-from engines.spec import FRAME_GRAPH, MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
+from fusionstream.engines.model import MultimodalModel
+from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
 
 #: Every presence pattern (all-absent and all-present included), then random rows.
 PATTERNS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=np.float32)

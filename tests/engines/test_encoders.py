@@ -9,10 +9,10 @@ import pytest
 import torch
 from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 
-from engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
-from engines.features import random_batch
-from engines.model import MultimodalModel
-from engines.spec import AUDIO_HOP, AUDIO_N_FFT
+from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
+from fusionstream.engines.features import random_batch
+from fusionstream.engines.model import MultimodalModel
+from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT
 
 
 def test_dft_conv_matches_torch_stft() -> None:

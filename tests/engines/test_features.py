@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from tinymodels import tiny_spec
 
-from engines.errors import InputError
-from engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
-from engines.spec import ModelSpec
+from fusionstream.engines.errors import InputError
+from fusionstream.engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
+from fusionstream.engines.spec import ModelSpec
 
 SPEC = ModelSpec(version="test", fusion="concat")  # the default geometry: K=4, 64×64, 4096 buckets, 256 ids
 
@@ -52,7 +52,8 @@ def test_empty_text_is_all_padding() -> None:
 
 def test_text_ids_do_not_depend_on_the_process_hash_seed() -> None:
     # Python's str hash is salted per process; the ids must be the same in every worker forever.
-    code = "from engines.features import text_to_ids; from engines.spec import ModelSpec; " + (
+    code = (
+        "from fusionstream.engines.features import text_to_ids; from fusionstream.engines.spec import ModelSpec; "
         "print(text_to_ids('five six seven', ModelSpec(version='x', fusion='gmu'))[:30].tolist())"
     )
     outputs = {

@@ -16,9 +16,9 @@ import pytest
 import torch
 from tinymodels import randomize, tiny_spec
 
-from engines import Backend, export_model, load_backend, random_batch
-from engines.backends.tensorrt import EngineKey, default_cache_dir
-from engines.model import MultimodalModel
+from fusionstream.engines import Backend, export_model, load_backend, random_batch
+from fusionstream.engines.backends.tensorrt import EngineKey, default_cache_dir
+from fusionstream.engines.model import MultimodalModel
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

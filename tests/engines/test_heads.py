@@ -10,10 +10,10 @@ import pytest
 import torch
 from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 
-from engines.export import FusionProbs, export_graph
-from engines.fusion import HEADS, FusionHead, make_head
-from engines.model import MultimodalModel, modality_dropout
-from engines.spec import FUSION_HEADS, MODALITIES
+from fusionstream.engines.export import FusionProbs, export_graph
+from fusionstream.engines.fusion import HEADS, FusionHead, make_head
+from fusionstream.engines.model import MultimodalModel, modality_dropout
+from fusionstream.engines.spec import FUSION_HEADS, MODALITIES
 
 D, C, B = 16, 5, 6
 

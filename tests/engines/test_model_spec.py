@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from tinymodels import tiny_spec
 
-from engines.errors import ModelDirError
-from engines.spec import FUSION_HEADS, SPEC_FILE, ModelSpec
+from fusionstream.engines.errors import ModelDirError
+from fusionstream.engines.spec import FUSION_HEADS, SPEC_FILE, ModelSpec
 
 
 def test_defaults_and_derived_shapes() -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from tinymodels import randomize, tiny_spec
 
-from engines import ModelDirError, export_model, load_backend, random_batch
-from engines.model import MultimodalModel
-from engines.quantize import quantize_model
-from engines.spec import ModelSpec
+from fusionstream.engines import ModelDirError, export_model, load_backend, random_batch
+from fusionstream.engines.model import MultimodalModel
+from fusionstream.engines.quantize import quantize_model
+from fusionstream.engines.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")

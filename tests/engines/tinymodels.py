@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from engines.spec import ModelSpec
+from fusionstream.engines.spec import ModelSpec
 
 #: 2 frames of 16×16, 0.2 s of 16 kHz audio (3200 samples → 18 STFT frames, enough for four 2× pools),
 #: 24 text ids, 16-d embeddings.

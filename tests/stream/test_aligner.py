@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from stream.aligner import Aligner, last_instant
-from stream.records import AudioChunk, Frame, TextSegment
-from stream.windows import NS, WindowConfig
+from fusionstream.stream.aligner import Aligner, last_instant
+from fusionstream.stream.records import AudioChunk, Frame, TextSegment
+from fusionstream.stream.windows import NS, WindowConfig
 
 MS = 1_000_000
 T0 = 1_767_225_600 * NS  # a hop-aligned epoch instant

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stream import wire
-from stream.media import decode_media
-from stream.records import Encoding, Modality, Record, TextSegment
-from stream.sources.captions import (
+from fusionstream.stream import wire
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import Encoding, Modality, Record, TextSegment
+from fusionstream.stream.sources.captions import (
     Cue,
     caption_records,
     clean_text,

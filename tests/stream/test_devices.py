@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 import pytest
 
-from stream import wire
-from stream.media import decode_media
-from stream.records import AudioChunk, Frame, Modality, Record
-from stream.sources.devices import RESYNC_NS, DeviceError, camera_records, microphone_records
-from stream.sources.speech import SpeechBank
+from fusionstream.stream import wire
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import AudioChunk, Frame, Modality, Record
+from fusionstream.stream.sources.devices import RESYNC_NS, DeviceError, camera_records, microphone_records
+from fusionstream.stream.sources.speech import SpeechBank
 
 NS = 1_000_000_000
 MS = 1_000_000

@@ -12,13 +12,13 @@ import av
 import numpy as np
 import pytest
 
-from stream import wire
-from stream.media import decode_media
-from stream.records import AudioChunk, Frame, Modality, Record, TextSegment
-from stream.sources.files import (
+from fusionstream.stream import wire
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import AudioChunk, Frame, Modality, Record, TextSegment
+from fusionstream.stream.sources.files import (
     audio_track_records as audio_records,
 )
-from stream.sources.files import (
+from fusionstream.stream.sources.files import (
     fit_size,
     has_audio,
     media_file_records,
@@ -28,7 +28,7 @@ from stream.sources.files import (
     restamp,
     video_frame_records,
 )
-from stream.sources.speech import SpeechBank
+from fusionstream.stream.sources.speech import SpeechBank
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -368,7 +368,7 @@ class ManualClock:
 
 
 def _texts(*starts_ms: int) -> list[Record]:
-    from stream.media import text_record
+    from fusionstream.stream.media import text_record
 
     return [text_record("s", i, START + t * MS, START + t * MS + MS, f"w{i}") for i, t in enumerate(starts_ms)]
 

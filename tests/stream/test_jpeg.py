@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.errors import BadRecord
-from stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg, reduction
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg, reduction
 
 
 def picture(height: int = 48, width: int = 64) -> np.ndarray:

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from stream import wire
-from stream.media import decode_media
-from stream.records import Encoding, Frame, Modality, Record
-from stream.sources import (
+from fusionstream.stream import wire
+from fusionstream.stream.media import decode_media
+from fusionstream.stream.records import Encoding, Frame, Modality, Record
+from fusionstream.stream.sources import (
     ASR_CONFUSIONS,
     DIGIT_WORDS,
     Corruption,
@@ -22,7 +22,7 @@ from stream.sources import (
     SyntheticAV,
     SyntheticConfig,
 )
-from stream.sources.speech import read_index
+from fusionstream.stream.sources.speech import read_index
 
 NS = 1_000_000_000
 SHORT = SyntheticConfig(streams=2, seconds=12.0, seed=7)

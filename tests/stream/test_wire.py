@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import wire
-from stream.errors import BadRecord
-from stream.media import audio_record, decode_media, image_record, text_record
-from stream.records import AudioChunk, Encoding, Frame, Modality, Record, TextSegment
+from fusionstream.stream import wire
+from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.media import audio_record, decode_media, image_record, text_record
+from fusionstream.stream.records import AudioChunk, Encoding, Frame, Modality, Record, TextSegment
 
 T = 1_767_225_600_000_000_000
 
@@ -220,8 +220,8 @@ def test_wire_format_page_example_is_what_encode_writes() -> None:
 
 
 def test_the_intake_path_gives_what_decode_then_decode_media_gives() -> None:
-    from stream.media import decode_wire
-    from stream.sources import SyntheticAV, SyntheticConfig
+    from fusionstream.stream.media import decode_wire
+    from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 
     records = list(SyntheticAV(SyntheticConfig(streams=1, seconds=2, seed=2)).records())
     assert {r.modality for r in records} == set(Modality)
