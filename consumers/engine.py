@@ -7,32 +7,16 @@ from contextlib import contextmanager
 
 from fusionstream.consumers.pipeline.runner import WindowRunner
 from fusionstream.consumers.settings import Settings
-from fusionstream.engines.backends import load_backend
-from fusionstream.engines.errors import EngineError
+from fusionstream.engines.backends import RuntimeChoices, backend_class, load_backend
 from fusionstream.engines.spec import ModelSpec
 
 
 def backend_options(settings: Settings) -> dict[str, object]:
-    """The options of ``settings.backend`` that the settings choose: threads, device, precision."""
-    options: dict[str, object] = {}
-    if settings.threads:
-        options["threads"] = settings.threads
-    if settings.backend == "torch":
-        options["device"] = settings.device
-        if settings.device.startswith("cuda"):
-            options["cuda_graphs"] = settings.cuda_graphs
-    if settings.backend == "tensorrt" and settings.engine_cache is not None:
-        options["cache_dir"] = settings.engine_cache
-    precision = settings.precision
-    if precision == "int8":
-        if settings.backend != "onnxruntime":
-            raise EngineError(f"precision int8 runs on the onnxruntime backend, not {settings.backend}")
-        options["precision"] = "int8"
-    elif precision in ("fp16", "fp32") and settings.backend != "onnxruntime":
-        options["fp16"] = precision == "fp16"
-    elif precision == "fp16":
-        raise EngineError("precision fp16 is for GPU backends (tensorrt, or torch with device cuda)")
-    return options
+    """The options of ``settings.backend`` that the settings choose (threads, device, precision, ...),
+    as that backend maps them."""
+    choices = RuntimeChoices(threads=settings.threads, device=settings.device, precision=settings.precision,
+                             cuda_graphs=settings.cuda_graphs, cache_dir=settings.engine_cache)
+    return backend_class(settings.backend).options_for(choices)
 
 
 @contextmanager

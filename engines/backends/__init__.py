@@ -10,15 +10,26 @@ import importlib
 import os
 from typing import Any
 
-from fusionstream.engines.backends.base import Backend, Embeddings
+from fusionstream.engines.backends.base import Backend, Embeddings, RuntimeChoices
 from fusionstream.engines.errors import EngineError
 
-#: Backend name → "module:class", resolved lazily.
+#: Backend name → "module:class", resolved lazily. A new backend is one module and one line here:
+#: the settings accept any name in this table, and the class maps the settings to its options.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "fusionstream.engines.backends.onnxruntime:OnnxRuntimeBackend",
     "torch": "fusionstream.engines.backends.torch:TorchBackend",
     "tensorrt": "fusionstream.engines.backends.tensorrt:TensorRTBackend",
 }
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class registered as ``name`` (its module is imported now, its runtime only when activated)."""
+    try:
+        module_name, class_name = BACKENDS[name].split(":")
+    except KeyError:
+        raise EngineError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Backend:
@@ -28,12 +39,7 @@ def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -
     :class:`~fusionstream.engines.errors.BackendUnavailable` when the runtime is missing here, and
     :class:`~fusionstream.engines.errors.EngineError` for an unknown name or option.
     """
-    try:
-        module_name, class_name = BACKENDS[name].split(":")
-    except KeyError:
-        raise EngineError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
-    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
-    return cls(model_dir, **options)
+    return backend_class(name)(model_dir, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "Embeddings", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "Embeddings", "RuntimeChoices", "backend_class", "load_backend"]

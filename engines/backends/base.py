@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -31,6 +32,28 @@ from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, REQUIRED_GRAPHS, 
 Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+@dataclass(frozen=True, slots=True)
+class RuntimeChoices:
+    """What a deployment chooses for whichever backend it runs (the service's settings, as plain
+    values): each backend turns them into its own options with :meth:`Backend.options_for`."""
+
+    threads: int = 0
+    device: str = "cpu"
+    precision: str = "auto"
+    cuda_graphs: bool = True
+    cache_dir: Path | None = None
+
+
+def half_precision_options(name: str, choices: RuntimeChoices) -> dict[str, Any]:
+    """Options of a backend whose precision is an ``fp16`` switch (the GPU backends)."""
+    if choices.precision == "int8":
+        raise EngineError(f"precision int8 runs on the onnxruntime backend, not {name}")
+    options: dict[str, Any] = {"threads": choices.threads} if choices.threads else {}
+    if choices.precision in ("fp16", "fp32"):
+        options["fp16"] = choices.precision == "fp16"
+    return options
+
+
 class Backend(ABC):
     """Runs a model directory: ``infer(batch) -> probabilities``, or the two steps separately."""
 
@@ -39,6 +62,15 @@ class Backend(ABC):
     #: Options this backend accepts, with their defaults. Every backend accepts ``threads``
     #: (CPU threads, ``None`` = the runtime's default) so a service can pass it blindly.
     defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def options_for(cls, choices: RuntimeChoices) -> dict[str, Any]:
+        """This backend's options for a deployment's choices; raises :class:`EngineError` for a
+        choice it cannot honour. The base maps the thread count and accepts only ``auto``/``fp32``
+        precision; a backend with more to choose overrides it."""
+        if choices.precision not in ("auto", "fp32"):
+            raise EngineError(f"precision {choices.precision} is not available on the {cls.name} backend")
+        return {"threads": choices.threads} if choices.threads else {}
 
     def __init__(self, model_dir: str | os.PathLike[str], **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))

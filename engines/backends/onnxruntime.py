@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.backends.base import Backend, RuntimeChoices
 from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
 from fusionstream.engines.spec import FRAME_GRAPH, INT8, MODALITIES, REQUIRED_GRAPHS
 
@@ -37,6 +38,13 @@ class OnnxRuntimeBackend(Backend):
         "allow_spinning": False,
         "precision": "fp32",
     }
+
+    @classmethod
+    def options_for(cls, choices: RuntimeChoices) -> dict[str, Any]:
+        if choices.precision == "fp16":
+            raise EngineError("precision fp16 is for GPU backends (tensorrt, or torch with device cuda)")
+        options = super().options_for(replace(choices, precision="auto"))
+        return options | ({"precision": "int8"} if choices.precision == "int8" else {})
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         super().__init__(model_dir, **options)

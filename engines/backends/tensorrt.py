@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.backends.base import Backend, RuntimeChoices, half_precision_options
 from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
 from fusionstream.engines.spec import FRAME_GRAPH, REQUIRED_GRAPHS
 
@@ -96,6 +96,11 @@ class TensorRTBackend(Backend):
         "workspace_mb": 1024,
         "threads": None,
     }
+
+    @classmethod
+    def options_for(cls, choices: RuntimeChoices) -> dict[str, Any]:
+        options = half_precision_options(cls.name, choices)
+        return options | ({"cache_dir": choices.cache_dir} if choices.cache_dir is not None else {})
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         _require_tensorrt()

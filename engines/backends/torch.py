@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusionstream.engines.backends.base import Backend
+from fusionstream.engines.backends.base import Backend, RuntimeChoices, half_precision_options
 from fusionstream.engines.errors import BackendUnavailable, EngineError
 from fusionstream.engines.spec import FRAME_GRAPH, TORCH_WEIGHTS
 
@@ -25,6 +25,13 @@ class TorchBackend(Backend):
     defaults: ClassVar[dict[str, Any]] = {
         "device": "cpu", "fp16": False, "cuda_graphs": False, "max_batch": 64, "threads": None,
     }
+
+    @classmethod
+    def options_for(cls, choices: RuntimeChoices) -> dict[str, Any]:
+        options = half_precision_options(cls.name, choices) | {"device": choices.device}
+        if choices.device.startswith("cuda"):
+            options["cuda_graphs"] = choices.cuda_graphs
+        return options
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
         super().__init__(model_dir, **options)
