@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from fusionstream.consumers.training.assemble import assemble, export_dir
 from fusionstream.consumers.training.evaluate import evaluate
 from fusionstream.consumers.training.evaluate_cli import heldout
 from fusionstream.engines.backends import load_backend
@@ -33,8 +34,6 @@ def _ms_per_window(backend, data, batch: int, repeats: int = 5) -> float:
 def compare_heads(encoders, heads: dict, spec: ModelSpec, out: Path, console: Console,
                   cache: Path | None = None) -> str:
     """Export every head with the shared encoders, evaluate each on ONNX Runtime, write a markdown table."""
-    from fusionstream.consumers.training.train import assemble, export_dir
-
     data = heldout(spec, HELDOUT_SECONDS, HELDOUT_SEED, console=console, cache=cache)
     lines = [
         f"Held-out data: {int(HELDOUT_SECONDS)} s of synthetic streams (test voices, seed {HELDOUT_SEED}), "

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fusionstream.consumers.training.dataset import WindowSet
 from fusionstream.consumers.training.evaluate import Evaluation, evaluate
-from fusionstream.consumers.training.train import generate, progress_bar, synthetic_configs
+from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
 from fusionstream.engines.backends import load_backend
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.spec import INT8, ModelSpec

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fusionstream.consumers.training.train import generate, progress_bar, synthetic_configs
+from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
 from fusionstream.engines.quantize import quantize_model
 from fusionstream.engines.spec import ModelSpec
 
