@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionstream.engines.errors import ModelDirError
-
-NS = 1_000_000_000
+from fusionstream.units import NS
 
 #: Modality order used everywhere: batch fields, mask columns, ONNX file keys.
 MODALITIES: tuple[str, str, str] = ("video", "audio", "text")

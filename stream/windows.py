@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from fusionstream.stream.records import TextSegment
-
-NS = 1_000_000_000
+from fusionstream.units import NS
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from fusionstream.consumers.pipeline.runner import WindowRunner
 from fusionstream.consumers.report import WindowCensus, percentiles
 from fusionstream.stream.records import Record
 from fusionstream.stream.windows import WindowConfig
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 TICK_S = 0.02
 
 

@@ -11,8 +11,8 @@ from fusionstream.stream import wire
 from fusionstream.stream.records import Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.windows import Window, WindowConfig
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 #: The synthetic source's frames (width, height): a little larger than the shipped model's 64x64 input.
 DEFAULT_FRAME_SIZE = (96, 96)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from fusionstream.stream.records import Modality, Record
+from fusionstream.units import NS
 
 if TYPE_CHECKING:
     from fusionstream.stream.sources import GroundTruth, SyntheticConfig
     from fusionstream.stream.sources.files import Size
 
 Clock = Callable[[], int]
-NS = 1_000_000_000
 
 
 def synthetic_source(

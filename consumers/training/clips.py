@@ -23,10 +23,10 @@ from fusionstream.consumers.training.dataset import WindowSet, featurize_windows
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.sources.files import media_file_records
 from fusionstream.stream.sources.truth import GroundTruth, Segment
+from fusionstream.units import NS
 
 LABELS = "labels.csv"
 EPOCH_NS = 1_767_225_600 * 1_000_000_000
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

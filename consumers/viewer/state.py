@@ -18,8 +18,8 @@ import numpy as np
 from fusionstream.consumers.subscribers.api import PredictionRecord
 from fusionstream.stream.media import decode_pcm
 from fusionstream.stream.records import Encoding, Record
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 #: Predictions kept per stream for the timeline (a minute at the default 0.5 s hop).
 TIMELINE_LENGTH = 120
 #: Event time over which the audio level is measured, as a VU meter's integration time.

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from fusionstream.stream.media import text_record
 from fusionstream.stream.records import Record
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 #: Speaking-rate estimate for a live line with no times: seconds per word, and the cap.
 SECONDS_PER_WORD = 0.4
 MAX_LINE_SECONDS = 5.0

@@ -26,8 +26,8 @@ from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.media import image_record
 from fusionstream.stream.records import Encoding, Record
 from fusionstream.stream.sources.files import FALLBACK_FPS, Size, fit_size, pcm16_record, resize_to_fit
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 #: A microphone block stamped this far from where the sample count puts it restarts the
 #: chunk timeline there: samples were lost, or the audio clock drifted from the wall clock.
 #: About the threshold of noticeable lip-sync error, and well above callback jitter.

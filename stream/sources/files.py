@@ -29,11 +29,11 @@ import numpy as np
 from fusionstream.stream.media import image_record
 from fusionstream.stream.records import Encoding, Modality, Record
 from fusionstream.stream.sources.captions import caption_records
+from fusionstream.units import NS
 
 if TYPE_CHECKING:
     import av.container
 
-NS = 1_000_000_000
 #: Frame rate assumed when a video declares none (raw elementary streams, some webcams).
 FALLBACK_FPS = 25.0
 #: An audio frame starting this much later than the previous one ended is a gap, not jitter:

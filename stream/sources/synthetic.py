@@ -31,8 +31,8 @@ from fusionstream.stream.records import Encoding, Record
 from fusionstream.stream.sources.render import Camera, SceneKind, segment_base
 from fusionstream.stream.sources.speech import DIGIT_WORDS, SpeechBank, Split
 from fusionstream.stream.sources.truth import AudioState, GroundTruth, Segment, TextState, VideoState
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 _S = TypeVar("_S", bound=str)
 
 #: ASR-like confusions that still refer to the same digit (homophones, numerals, near misses).

@@ -21,8 +21,7 @@ from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record, image_record, text_record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.windows import WindowConfig
-
-NS = 1_000_000_000
+from fusionstream.units import NS
 
 
 def _config(spec: ModelSpec) -> WindowConfig:

@@ -36,8 +36,8 @@ from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record, image_record, text_record
 from fusionstream.stream.records import Encoding, Modality, Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAMS = 3
 SECONDS = 14.0

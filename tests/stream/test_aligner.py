@@ -10,8 +10,8 @@ import pytest
 from fusionstream.stream.aligner import Aligner, last_instant
 from fusionstream.stream.records import AudioChunk, Frame, TextSegment
 from fusionstream.stream.windows import NS, WindowConfig
+from fusionstream.units import MS
 
-MS = 1_000_000
 T0 = 1_767_225_600 * NS  # a hop-aligned epoch instant
 RATE = 16_000
 

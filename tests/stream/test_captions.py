@@ -19,9 +19,8 @@ from fusionstream.stream.sources.captions import (
     read_captions,
     stdin_caption_records,
 )
+from fusionstream.units import MS, NS
 
-NS = 1_000_000_000
-MS = 1_000_000
 START = 1_767_225_600_000_000_000
 
 SRT = """\ufeff1

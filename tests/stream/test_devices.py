@@ -25,9 +25,8 @@ from fusionstream.stream.media import decode_media
 from fusionstream.stream.records import AudioChunk, Frame, Modality, Record
 from fusionstream.stream.sources.devices import RESYNC_NS, DeviceError, camera_records, microphone_records
 from fusionstream.stream.sources.speech import SpeechBank
+from fusionstream.units import MS, NS
 
-NS = 1_000_000_000
-MS = 1_000_000
 T0 = 1_767_225_600_000_000_000
 # A microphone iterator waits for blocks while its stream is active: a bug shows as a hang, not a failure.
 pytestmark = pytest.mark.timeout(30)

@@ -29,9 +29,8 @@ from fusionstream.stream.sources.files import (
     video_frame_records,
 )
 from fusionstream.stream.sources.speech import SpeechBank
+from fusionstream.units import MS, NS
 
-NS = 1_000_000_000
-MS = 1_000_000
 START = 1_767_225_600_000_000_000
 FPS = 15
 SECONDS = 3.0

@@ -23,8 +23,8 @@ from fusionstream.stream.sources import (
     SyntheticConfig,
 )
 from fusionstream.stream.sources.speech import read_index
+from fusionstream.units import NS
 
-NS = 1_000_000_000
 SHORT = SyntheticConfig(streams=2, seconds=12.0, seed=7)
 
 
