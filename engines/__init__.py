@@ -1,4 +1,4 @@
-"""What computes: encoders, fusion heads, export and inference backends (DESIGN.md §3).
+"""What computes: encoders, fusion heads, export and inference backends (docs/architecture.md).
 
 ``engines`` takes plain numpy arrays and never imports ``stream`` or Kafka. Importing it is
 cheap: torch is imported only by the training/export API (``MultimodalModel``, ``make_head``,

@@ -2,7 +2,7 @@
 
 ``export_model`` splits the model into four ONNX graphs — one per encoder and one for the
 fusion head — because backends run each encoder only on rows where its modality is present
-and may reuse embeddings (DESIGN.md §3). Every graph has a dynamic batch axis named
+and may reuse embeddings (docs/architecture.md). Every graph has a dynamic batch axis named
 ``batch``. ``check_parity`` runs the files in ONNX Runtime against the torch modules on
 fresh random inputs; ``export_model`` calls it unless told not to.
 """

@@ -1,6 +1,6 @@
 """``ModelSpec``: what a model directory's ``model.json`` says, validated.
 
-A model directory is the unit of deployment (DESIGN.md §3): the four ONNX graphs (plus the
+A model directory is the unit of deployment (docs/architecture.md): the four ONNX graphs (plus the
 optional per-frame and int8 ones), the torch weights they were exported from, and
 ``model.json``. Everything a runtime needs to build inputs (K frames of S×S pixels, samples
 per window, text ids) is derived from the spec, so the pipeline never hard-codes a shape

@@ -1,4 +1,4 @@
-"""Event-time alignment of three modalities into hopping windows, per stream (DESIGN.md §2).
+"""Event-time alignment of three modalities into hopping windows, per stream (docs/architecture.md#alignment).
 
 The aligner is pure and synchronous: items in, closed windows out. It has no Kafka
 and no clock of its own; callers pass the processing time (``now_ns``), so tests,

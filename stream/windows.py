@@ -13,7 +13,7 @@ from fusionstream.units import NS
 
 @dataclass(frozen=True, slots=True)
 class WindowConfig:
-    """How records become windows (DESIGN.md §2). Times are nanoseconds.
+    """How records become windows (docs/architecture.md#alignment). Times are nanoseconds.
 
     ``lateness_ns`` is how long the watermark waits behind the slowest modality.
     A modality more than ``max_skew_ns`` of event time behind the stream's newest

@@ -1,4 +1,4 @@
-"""The pipeline core shared by the embedded demo and the Kafka service (DESIGN.md §4).
+"""The pipeline core shared by the embedded demo and the Kafka service (docs/architecture.md).
 
     feed(records) ─> decode (thread pool) ─> aligner ─> window queue ─> micro-batcher
                          │ bad / late                                    │

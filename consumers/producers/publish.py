@@ -2,7 +2,7 @@
 
 :func:`publish` takes any iterable of :class:`~fusionstream.stream.records.Record` (a file, a camera,
 the synthetic source; paced or not) and sends each one to the topic of its modality,
-keyed by its stream id, stamped with its event time in ms (DESIGN §1). Sources are
+keyed by its stream id, stamped with its event time in ms (docs/wire-format.md). Sources are
 blocking iterators (decoding, JPEG encoding, ``time.sleep`` while pacing, a camera's
 ``grab``), so they run in a daemon thread that feeds the event loop through a bounded
 queue: aiokafka's sender runs on the loop and must never wait behind a source.

@@ -2,7 +2,7 @@
 
 No Kafka here: each function checks its input at once (so a missing file or camera fails
 before anything is sent) and returns a lazy iterator of records, stamped the way
-DESIGN §1 asks. Replays of files and of the synthetic source are real time by default:
+docs/wire-format.md asks. Replays of files and of the synthetic source are real time by default:
 their event times start at the wall clock (a file's 0:00 is when its first record is
 read), and each record is released when the wall clock reaches its ``t_start``, so they
 look live to the service and its capture→publish latency means what it says. Unpaced,

@@ -1,6 +1,6 @@
 """The fusion-head interface and the masking helpers every head uses.
 
-Contract (DESIGN.md §3): ``forward(emb_video, emb_audio, emb_text, mask) -> logits [B, C]``
+Contract (docs/architecture.md): ``forward(emb_video, emb_audio, emb_text, mask) -> logits [B, C]``
 with embeddings ``[B, D]`` and ``mask [B, 3]`` (1 = present). An absent modality must not
 influence the output at all, whatever its embedding holds (zeros from a skipped encoder,
 junk, even NaN), and a row with nothing present must still give finite logits. Heads

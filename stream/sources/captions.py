@@ -1,7 +1,7 @@
 """Caption sources: SRT and WebVTT files, and live transcript lines (stdin), as ``utf8`` text records.
 
 A caption file's cue times are offsets into the media it belongs to, so a cue's event
-time is the file source's start time plus the cue time (DESIGN §1). A live line has no
+time is the file source's start time plus the cue time (docs/wire-format.md). A live line has no
 times at all: it is stamped when it arrives, and its start is estimated from its length.
 
 Parsing is strict where a mistake would silently shift or lose text (a malformed timing

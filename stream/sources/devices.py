@@ -1,7 +1,7 @@
 """Live device sources: a camera or network video stream (OpenCV) and a microphone (sounddevice).
 
 Live media has no pts to trust across producers, so records carry the wall clock
-(DESIGN §1: NTP-synchronised, shared by all producers of a stream). Both sources are
+(docs/wire-format.md: NTP-synchronised, shared by all producers of a stream). Both sources are
 iterators that hold a device: use them as context managers, or call ``close()``, to
 release it. They are not thread-safe; close them from the thread that iterates.
 

@@ -1,6 +1,6 @@
 """File sources: a video file's frames (OpenCV), its audio track (PyAV), and both merged with captions.
 
-Event times follow DESIGN §1: a file source's start time plus pts. ``start_ns`` is the
+Event times follow docs/wire-format.md: a file source's start time plus pts. ``start_ns`` is the
 event time of the file's origin, time zero of its presentation timeline (the container's
 start time, which is what a player shows as 0:00 and what caption files count from).
 OpenCV reports a frame's time relative to the *video stream's* first pts, so the video

@@ -1,6 +1,6 @@
 """Records of all three modalities through a real Kafka broker: bytes, keys, timestamps and co-partitioning.
 
-What the service relies on (DESIGN §1): a record comes back byte-identical, keyed by
+What the service relies on (docs/wire-format.md): a record comes back byte-identical, keyed by
 its stream id, stamped with its event time in ms; and with co-partitioned topics and
 range assignment, every record of a stream (video, audio and text) reaches the same
 consumer of the group.
