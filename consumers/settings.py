@@ -1,4 +1,4 @@
-"""One typed settings object for every command (DESIGN.md §6).
+"""One typed settings object for every command (docs/settings.md).
 
 Precedence, lowest first: defaults < a TOML file (``--config``) < environment
 variables ``FUSIONSTREAM_<FIELD>`` < command-line flags. Secrets are ``SecretStr``
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,15 +19,23 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.windows import WindowConfig
+from fusionstream.units import MS
+
+if TYPE_CHECKING:
+    from fusionstream.engines.spec import ModelSpec
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("fusionstream_config_file", default=None)
-MS = 1_000_000
 
 
 def default_model_dir() -> Path:
     """The model shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "engines" / "models" / "default"
+
+
+class ModelWindowMismatch(FusionStreamError):
+    """``window_ms``/``hop_ms`` disagree with the windows the model was trained on (``model.json``)."""
 
 
 class Settings(BaseSettings):
@@ -55,10 +63,19 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = Field(None, description="SASL password; a secret, never printed.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
     exactly_once: bool = Field(False, description="Publish predictions and commit offsets in one Kafka transaction.")
+    broker_wait_s: float = Field(
+        60.0, ge=0,
+        description="serve: how long to keep trying to reach the broker at start (backoff 0.5 s doubling to 5 s) "
+        "before exiting with status 1.",
+    )
+    create_topics: bool = Field(
+        True, description="serve: create missing topics at start; off: they must exist (a missing one is an error)."
+    )
 
     # Model
     model_dir: Path = Field(default_factory=default_model_dir, description="Model directory (ONNX files + model.json).")
-    backend: Literal["onnxruntime", "torch", "tensorrt"] = Field("onnxruntime", description="Inference backend.")
+    backend: str = Field("onnxruntime", description="Inference backend: onnxruntime, torch or tensorrt (any name "
+                         "registered in fusionstream.engines.backends.BACKENDS).")
     device: str = Field("cpu", description="Device for the torch backend: cpu or cuda.")
     threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = all cores).")
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
@@ -71,9 +88,17 @@ class Settings(BaseSettings):
         None, description="Where the tensorrt backend keeps its engines (default ~/.cache/fusionstream/tensorrt)."
     )
 
-    # Windows (DESIGN.md §2)
-    window_ms: int = Field(1000, gt=0, description="Window length W.")
-    hop_ms: int = Field(500, gt=0, description="Hop H between window starts (H = W: tumbling).")
+    # Windows (docs/architecture.md#alignment)
+    window_ms: int = Field(
+        1000, gt=0,
+        description="Window length W; must equal the model's (window_ns in model.json): serve refuses to start "
+        "otherwise.",
+    )
+    hop_ms: int = Field(
+        500, gt=0,
+        description="Hop H between window starts (H = W: tumbling); must equal the model's hop_ns where model.json "
+        "declares one.",
+    )
     lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
     idle_timeout_ms: int = Field(
@@ -97,6 +122,16 @@ class Settings(BaseSettings):
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        # The registry, not a list here: a new backend is one module and one line there.
+        from fusionstream.engines.backends import BACKENDS
+
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -143,6 +178,36 @@ class Settings(BaseSettings):
             max_skew_ns=self.max_skew_ms * MS,
             idle_timeout_ns=self.idle_timeout_ms * MS,
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
+        )
+
+    def model_window_config(self, spec: ModelSpec) -> WindowConfig:
+        """The aligner's settings for ``spec``'s model, after :meth:`check_model_windows`.
+
+        Everything that runs a model on windows built from these settings (serve, demo, bench)
+        should build its windows here: a model fed windows of another length or hop than it
+        was trained on runs without an error and predicts worse.
+        """
+        self.check_model_windows(spec)
+        return self.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+
+    def check_model_windows(self, spec: ModelSpec) -> None:
+        """Raise :class:`ModelWindowMismatch` (one line naming both values and the setting to change) when
+        ``window_ms`` or ``hop_ms`` disagrees with the model; a model that declares no hop has only its window
+        length checked."""
+        declared = {"window_ms": ("window", "window_ns", spec.window_ns),
+                    "hop_ms": ("hop", "hop_ns", getattr(spec, "hop_ns", None))}
+        wrong = {name: (label, field, model_ns) for name, (label, field, model_ns) in declared.items()
+                 if model_ns is not None and getattr(self, name) * MS != model_ns}
+        if not wrong:
+            return
+        found = "; ".join(
+            f"{name}={getattr(self, name)} disagrees with the model's {label} of {model_ns / MS:g} ms ({field})"
+            for name, (label, field, model_ns) in wrong.items()
+        )
+        fix = " and ".join(f"FUSIONSTREAM_{name.upper()}={model_ns / MS:g}" for name, (_, _, model_ns) in wrong.items())
+        raise ModelWindowMismatch(
+            f"{found} in {Path(self.model_dir) / 'model.json'}: set {fix} (or {' and '.join(wrong)} in the --config "
+            "file); the model was trained on its windows"
         )
 
     def kafka_security(self) -> dict[str, Any]:

@@ -43,12 +43,9 @@ TAIL_S = 3.0
 
 async def broker_reachable(settings: Settings, timeout_s: float = 5.0) -> bool:
     """Whether a broker answers at ``settings.bootstrap_servers`` (the kafka stages need one)."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from fusionstream.consumers.kafka import make_admin
 
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
-        **settings.kafka_security(),
-    )
+    admin = make_admin(settings.bootstrap_servers, settings.kafka_security(), request_timeout_ms=int(timeout_s * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
     except Exception:

@@ -2,10 +2,14 @@
 
 Everything else in ``consumers`` builds its clients here, so the settings that the
 design depends on (range assignment, manual commits, idempotent acks=all
-producers, co-partitioned topics) are decided once.
+producers, co-partitioned topics, SASL/TLS on every client) are decided once.
 """
 
-from fusionstream.consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics
+from fusionstream.consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics, make_admin
 from fusionstream.consumers.kafka.clients import make_consumer, make_producer
+from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 
-__all__ = ["TopicLayoutError", "delete_topics", "ensure_topics", "make_consumer", "make_producer"]
+__all__ = [
+    "BrokerAuthError", "MissingTopicsError", "TopicLayoutError", "delete_topics", "ensure_topics", "make_admin",
+    "make_consumer", "make_producer",
+]

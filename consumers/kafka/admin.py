@@ -5,6 +5,9 @@ stream's video, audio and text then land on the same partition number and the ra
 assignor gives all three to one consumer. :func:`ensure_topics` creates what is
 missing and refuses a topic that exists with another partition count, instead of
 letting the service run with modalities split across consumers.
+
+:func:`make_admin` is the one place an admin client is built, so every one of them
+authenticates with the SASL/TLS settings like the consumers and producers do.
 """
 
 from __future__ import annotations
@@ -15,11 +18,23 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    PolicyViolationError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 
+from fusionstream.consumers.kafka.errors import MissingTopicsError
 from fusionstream.stream.errors import FusionStreamError
 
 _POLL_S = 0.1
+#: Answers to CreateTopics that mean "you may not", not "try again".
+_NOT_ALLOWED = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError, PolicyViolationError)
+#: Where the docs say how to create the topics up front.
+_TOPICS_DOC = "docs/operations.md, Topics"
 
 
 class TopicLayoutError(FusionStreamError):
@@ -39,6 +54,7 @@ async def ensure_topics(
     timeout_s: float = 30.0,
     security: Mapping[str, Any] | None = None,
     any_partitions: Sequence[str] = (),
+    create: bool = True,
 ) -> None:
     """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
 
@@ -48,24 +64,40 @@ async def ensure_topics(
     one of ``any_partitions`` (an output topic, say: it is created with ``partitions`` if
     missing, and any count it already has will do).
     ``security``: aiokafka's authentication and TLS arguments (``Settings.kafka_security()``).
+    With ``create=False``, or when the cluster refuses to create them (ACLs, a creation policy),
+    missing topics raise :class:`~fusionstream.consumers.kafka.errors.MissingTopicsError`.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     names = list(dict.fromkeys(topics))
     flexible = set(any_partitions)
-    admin = _admin(bootstrap, security)
+    admin = make_admin(bootstrap, security)
     try:
         await admin.start()
         layout = await _describe(admin, names)
         _check_layout(layout, partitions, flexible)
         missing = [name for name, (count, _) in layout.items() if count is None]
+        if missing and not create:
+            raise MissingTopicsError(
+                f"topics {', '.join(missing)} do not exist and create_topics is off: create them first "
+                f"({_TOPICS_DOC}), or set FUSIONSTREAM_CREATE_TOPICS=true"
+            )
         if missing:
             response = await admin.create_topics([NewTopic(name, partitions, replication) for name in missing])
+            refused: list[str] = []
             for topic, code, *message in response.topic_errors:
                 error = for_code(code)
+                detail = message[0] if message and message[0] else error.__name__
+                if code and error in _NOT_ALLOWED:
+                    refused.append(f"{topic} ({detail})")
                 # Already there: someone created it meanwhile; its layout is checked below.
-                if code and error is not TopicAlreadyExistsError:
-                    raise error(f"creating topic {topic!r}: {message[0] if message else ''}")
+                elif code and error is not TopicAlreadyExistsError:
+                    raise error(f"creating topic {topic!r}: {detail}")
+            if refused:
+                raise MissingTopicsError(
+                    f"topics do not exist and the cluster refused to create them: {', '.join(refused)}; create "
+                    f"them first with an account that may ({_TOPICS_DOC}), or allow this one to create topics"
+                )
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             layout = await _describe(admin, names)
@@ -111,7 +143,7 @@ async def delete_topics(
     names = list(dict.fromkeys(topics))
     if not names:
         return
-    admin = _admin(bootstrap, security)
+    admin = make_admin(bootstrap, security)
     try:
         await admin.start()
         response = await admin.delete_topics(names, timeout_ms=int(timeout_s * 1000))
@@ -122,9 +154,14 @@ async def delete_topics(
         await admin.close()
 
 
-def _admin(bootstrap: str, security: Mapping[str, Any] | None) -> AIOKafkaAdminClient:
+def make_admin(
+    bootstrap: str, security: Mapping[str, Any] | None = None, *, client_id: str = "fusionstream-admin",
+    **kwargs: Any,
+) -> AIOKafkaAdminClient:
+    """An unstarted admin client; ``security`` is ``Settings.kafka_security()``, any other keyword goes to
+    :class:`aiokafka.admin.AIOKafkaAdminClient`. Call it from a coroutine (aiokafka binds the running loop)."""
     # A secured cluster refuses an admin client without its credentials as it would a consumer.
-    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="fusionstream-admin", **(security or {}))
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(security or {}), **kwargs)
 
 
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int | None, bool]]:

@@ -1,28 +1,63 @@
-"""`fusionstream serve`: run the inference service until SIGTERM or SIGINT."""
+"""`fusionstream serve`: run the inference service until SIGTERM or SIGINT.
+
+The service logs to stdout. stderr carries only what ends the process: a failure the
+user has to fix (no broker within ``broker_wait_s``, refused authentication, topics it
+may not create, window settings that disagree with the model, a bad model directory)
+is one line there and exit status 1, never a traceback. A traceback is kept for what
+is not the user's doing (a bug).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import sys
+
+from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.engine import open_engine
 from fusionstream.consumers.service.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
+from fusionstream.engines.errors import EngineError
+from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
+
+#: Failures that are the setup's, not the code's: reported as one line, without a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (FusionStreamError, EngineError, KafkaError)
 
 
 def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     """Serve with the configured model; returns the process exit code (0 after a graceful stop)."""
-    with open_engine(settings) as (runner, spec):
-        service = InferenceService(settings, runner, spec, options=ServiceOptions(instance_id=instance_id))
-        try:
+    _logs_to_stdout()
+    try:
+        # Before the engine loads (a TensorRT build takes minutes), and before waiting for a broker.
+        settings.check_model_windows(ModelSpec.load(settings.model_dir))
+        with open_engine(settings) as (runner, spec):
+            service = InferenceService(settings, runner, spec, options=ServiceOptions(instance_id=instance_id))
             asyncio.run(_serve(service))
-        except Exception:
-            log.exception("the service stopped on an error")
-            return 1
+    except USER_ERRORS as exc:
+        _error_line(str(exc) or repr(exc))
+        return 1
+    except Exception:
+        log.exception("the service stopped on an error")
+        return 1
     return 0
+
+
+def _logs_to_stdout() -> None:
+    """Move the root logger's stderr handler (``logging.basicConfig``'s) to stdout."""
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
+            handler.setStream(sys.stdout)
+
+
+def _error_line(message: str) -> None:
+    sys.stdout.flush()  # the log lines before it come first
+    sys.stderr.write(f"fusionstream: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
 
 
 async def _serve(service: InferenceService) -> None:

@@ -1,4 +1,4 @@
-"""Publishing predictions and dead letters, and telling the offset tracker when the broker has them.
+"""Publishing predictions and dead letters, and telling the handover when the broker has them.
 
 At-least-once: every send is acknowledged by all in-sync replicas (``acks=all``,
 idempotent producer) before the records it came from are released for commit.
@@ -8,8 +8,8 @@ Exactly-once: the producer is transactional. Sends go into the open transaction;
 adds the input offsets (with their checkpoints) and commits, so predictions, dead
 letters and offsets become visible together or not at all.
 
-A failed send or transaction is fatal: the service stops without committing past
-it, and the next run re-reads from the last commit.
+A failed send or transaction is fatal (:class:`PredictionPublishError`): the service
+stops without committing past it, and the next run re-reads from the last commit.
 """
 
 from __future__ import annotations
@@ -18,36 +18,49 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.service.handover import Offsets
 from fusionstream.consumers.service.metrics import ServiceMetrics
-from fusionstream.consumers.service.offsets import OffsetTracker
+from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
 
-Offsets = dict[TopicPartition, tuple[int, str]]
+Ref = tuple[str, int, int]
 
 
-class PublishError(RuntimeError):
-    """The broker did not take a prediction, a dead letter or a transaction; the service must stop."""
+class PredictionPublishError(FusionStreamError):
+    """The broker did not take a prediction, a dead letter or a transaction; the service must stop.
+
+    Not :class:`fusionstream.consumers.producers.PublishError`, which is a producer's refused record.
+    """
+
+
+class Acknowledgements(Protocol):
+    """Who is told what the broker has (the service's :class:`~fusionstream.consumers.service.handover.Handover`)."""
+
+    def prediction_acknowledged(self, prediction: Prediction) -> None: ...
+
+    def dead_letter_sent(self, ref: Ref) -> None: ...
+
+    def dead_letter_acknowledged(self, ref: Ref) -> None: ...
 
 
 class Publisher:
-    """Sends predictions and dead letters; releases their input records in the tracker on acknowledgement."""
+    """Sends predictions and dead letters; reports their acknowledgements, which release their input records."""
 
     def __init__(
         self,
         producer: AIOKafkaProducer,
-        tracker: OffsetTracker,
+        acks: Acknowledgements,
         metrics: ServiceMetrics,
         *,
         predictions_topic: str,
         deadletter_topic: str,
-        hop_ns: int,
         transactional: bool,
         group_id: str,
         on_acknowledged: Callable[[Prediction, float], None] | None = None,
@@ -55,19 +68,16 @@ class Publisher:
         #: Called with each acknowledged prediction and its close → acknowledged milliseconds.
         self._on_acknowledged = on_acknowledged
         self._producer = producer
-        self._tracker = tracker
+        self._acks = acks
         self._metrics = metrics
         self._predictions_topic = predictions_topic
         self._deadletter_topic = deadletter_topic
-        self._hop_ns = hop_ns
         self._transactional = transactional
         self._group_id = group_id
         self._outstanding: set[asyncio.Future[Any]] = set()
         # Exactly-once: no send may slip between "wait for the transaction's sends" and its commit.
         self._lock = asyncio.Lock()
         self._in_transaction = False
-        #: Per stream, the start of its first window not yet acknowledged (for the commit checkpoints).
-        self.published_until: dict[str, int] = {}
         #: Predictions taken from the pipeline and acknowledged (or failed).
         self.done = 0
         self.failure: BaseException | None = None
@@ -96,7 +106,7 @@ class Publisher:
     async def dead_letter(self, message: ConsumerRecord, dead: DeadLetter) -> None:
         """Send the original record with ``fs.*`` headers; the record stays held until acknowledged."""
         ref = (message.topic, message.partition, message.offset)
-        self._tracker.dead_lettered(ref)
+        self._acks.dead_letter_sent(ref)
         headers = [
             *(message.headers or ()),
             ("fs.reason", dead.reason.encode()),
@@ -115,7 +125,7 @@ class Publisher:
 
     async def _send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
         if self.failure is not None:
-            raise PublishError("publishing stopped after an earlier failure") from self.failure
+            raise PredictionPublishError("publishing stopped after an earlier failure") from self.failure
         async with self._lock:
             if self._transactional and not self._in_transaction:
                 await self._producer.begin_transaction()
@@ -133,22 +143,19 @@ class Publisher:
             self._metrics.close_to_ack.observe(close_to_ack_ms / 1000)
             if self._on_acknowledged is not None:
                 self._on_acknowledged(prediction, close_to_ack_ms)
-            self._tracker.published(prediction.refs)
-            until = prediction.t_start_ns + self._hop_ns
-            if until > self.published_until.get(prediction.stream_id, until - 1):
-                self.published_until[prediction.stream_id] = until
+            self._acks.prediction_acknowledged(prediction)
             self._metrics.published.inc()
         self.done += 1
         self._progress.set()
 
-    def _on_dead_letter(self, future: asyncio.Future[Any], ref: tuple[str, int, int]) -> None:
+    def _on_dead_letter(self, future: asyncio.Future[Any], ref: Ref) -> None:
         self._outstanding.discard(future)
         if self._check(future, f"dead letter of {ref}"):
-            self._tracker.settled(ref)
+            self._acks.dead_letter_acknowledged(ref)
 
     def _check(self, future: asyncio.Future[Any], what: str) -> bool:
         if future.cancelled():
-            error: BaseException = PublishError(f"{what}: send cancelled")
+            error: BaseException = PredictionPublishError(f"{what}: send cancelled")
         elif (exc := future.exception()) is not None:
             error = exc
         else:
@@ -175,7 +182,7 @@ class Publisher:
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
-            raise PublishError("publishing failed") from self.failure
+            raise PredictionPublishError("publishing failed") from self.failure
 
     # -- transactions (exactly-once) ------------------------------------------------------------
 
@@ -199,7 +206,7 @@ class Publisher:
             except Exception as exc:
                 self.failure = self.failure or exc
                 self.failed.set()
-                raise PublishError("committing the transaction failed") from exc
+                raise PredictionPublishError("committing the transaction failed") from exc
             finally:
                 self._in_transaction = False
             return chosen

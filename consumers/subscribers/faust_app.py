@@ -22,7 +22,7 @@ run one worker (predictions are small) or ask each.
 
 Settings: ``FUSIONSTREAM_BOOTSTRAP_SERVERS``, ``FUSIONSTREAM_PREDICTIONS_TOPIC`` (and the
 other Kafka settings, see docs/settings.md), and ``FUSIONSTREAM_SUBSCRIBER_*`` for this app
-(:class:`FaustSettings`). Faust is on the subscriber side only (DESIGN §5).
+(:class:`FaustSettings`). Faust is on the subscriber side only (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -215,12 +215,12 @@ async def prepare(app: faust.App, settings: Settings) -> None:
     the changelogs here, with Faust's settings, and waiting until every partition has a
     leader avoids that race.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
     from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
-    from fusionstream.consumers.kafka import ensure_topics
+    from fusionstream.consumers.kafka import ensure_topics, make_admin
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security())
+    admin = make_admin(settings.bootstrap_servers, settings.kafka_security())
     try:
         try:
             await admin.start()

@@ -42,10 +42,10 @@ from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record
 from fusionstream.stream.records import Modality, Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.units import NS
 
 pytestmark = pytest.mark.kafka
 
-NS = 1_000_000_000
 PARTITIONS = 4
 DEADLINE_S = 90.0
 

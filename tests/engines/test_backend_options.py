@@ -50,3 +50,14 @@ def test_a_precision_a_backend_cannot_run_is_refused(name: str, precision: str, 
 def test_an_unknown_backend_names_the_known_ones() -> None:
     with pytest.raises(EngineError, match="unknown backend 'nope'; choose one of onnxruntime"):
         backend_class("nope")
+
+
+def test_the_settings_accept_every_registered_backend_and_only_those(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from fusionstream.consumers.settings import Settings
+
+    monkeypatch.setitem(BACKENDS, "mine", "my_package.backend:MyBackend")
+    assert Settings(backend="mine").backend == "mine"
+    with pytest.raises(ValidationError, match="unknown backend 'nope'; choose one of onnxruntime, torch, tensorrt, mi"):
+        Settings(backend="nope")

@@ -1,0 +1,220 @@
+"""The service's input side: fetch, hold, merge by event time, feed the pipeline; dead letters; backpressure.
+
+Two tasks run here: :meth:`Feeder.consume` (``getmany`` → :class:`Handover` →
+:class:`PartitionMerger` → ``Pipeline.feed``) and :meth:`Feeder.tick` (windows closed by
+processing-time timeout). Both change the aligner only under the service's lock, which
+rebalances take too. The aligner's clock is an :class:`IntakeClock` that stands still
+while the service is behind its input (see :mod:`fusionstream.consumers.service.intake`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
+
+from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.service.handover import Handover
+from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
+from fusionstream.consumers.service.metrics import ServiceMetrics
+from fusionstream.consumers.service.options import ServiceOptions
+from fusionstream.consumers.service.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+#: Dead letters logged per second at most (each is counted in the metrics regardless).
+DEAD_LETTER_LOG_PER_S = 20
+
+
+class Feeder:
+    """Fetches input and feeds the pipeline; :meth:`attach` the clients before starting its tasks."""
+
+    def __init__(self, handover: Handover, metrics: ServiceMetrics, options: ServiceOptions, *,
+                 lock: asyncio.Lock, max_backlog: int) -> None:
+        self._handover = handover
+        self._metrics = metrics
+        self._options = options
+        self._lock = lock  # intake, ticks and rebalances change the aligner one at a time
+        self._max_backlog = max_backlog
+        self._merger: PartitionMerger[ConsumerRecord] = PartitionMerger(max_idle_ms=options.max_idle_ms)
+        #: The aligner's clock (the pipeline is built with it).
+        self.clock = IntakeClock(time.time_ns)
+        self._fetch_ms = 0.0  # time spent waiting in getmany: the merger's clock
+        self._ready = asyncio.Event()  # our assignment listener has run for the current assignment
+        self._generation = 0  # bumped at every revocation: a batch fetched before it is discarded
+        self._log_budget = (0.0, 0)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pipeline: Pipeline | None = None
+        self._publisher: Publisher | None = None
+        #: Set by a stop: the tasks end at their next step.
+        self.stopping = False
+        #: True while the consumer task waits for records: only then may a graceful stop cancel it.
+        self.fetching = False
+
+    def attach(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, publisher: Publisher) -> None:
+        self._consumer, self._pipeline, self._publisher = consumer, pipeline, publisher
+
+    # -- rebalances -----------------------------------------------------------------------------
+
+    def revoking(self) -> None:
+        """A revocation starts: batches fetched before it are stale, and records wait for the next assignment."""
+        self._generation += 1
+        self._ready.clear()
+
+    def assigned(self) -> None:
+        self._ready.set()
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        self._merger.forget(tps)
+
+    # -- the tasks ------------------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self.stopping:
+            self._backpressure(consumer)
+            self.fetching = True  # while set, a graceful stop may cancel this task: nothing is half-done
+            try:
+                started = time.monotonic()
+                batch = await consumer.getmany(
+                    timeout_ms=self._options.fetch_timeout_ms, max_records=self._options.max_records
+                )
+                self._fetch_ms += (time.monotonic() - started) * 1000
+                # Read at once, in the step that drained the batch: a revocation after this point
+                # bumps the generation, and the batch (fetched for the old assignment) is discarded;
+                # its offsets were never held, so they are committed no further and get re-read.
+                generation = self._generation
+                if batch:
+                    # Records of a new assignment can arrive before our assignment listener has run.
+                    await self._ready.wait()
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning("fetch failed, retrying: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self.fetching = False
+            if self.stopping:
+                continue
+            async with self._lock:
+                if generation != self._generation:
+                    continue
+                await self._take(batch)
+
+    async def tick(self) -> None:
+        """Close windows by processing-time timeout when input stops."""
+        assert self._pipeline is not None
+        while not self.stopping:
+            await asyncio.sleep(self._options.tick_interval_s)
+            # Observed outside the lock, so time spent blocked in intake counts as behind.
+            self.clock.observe(self._behind())
+            async with self._lock:
+                await self._pipeline.tick()
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    async def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Hold the fetched records, then feed what the merger releases (see fusionstream.consumers.service.intake)."""
+        assert self._pipeline is not None and self._consumer is not None
+        now_ms = self._fetch_ms
+        self._merger.touch(self._consumer.paused(), now_ms)
+        on_fetched = self._options.on_fetched
+        for tp, records in batch.items():
+            if not self._handover.owns(tp):
+                continue
+            self._metrics.records.labels(tp.topic).inc(len(records))
+            if on_fetched is not None and records:
+                on_fetched(time.time() * 1000 - records[0].timestamp)
+            self._merger.add(tp, self._handover.fetched(tp, records), now_ms)
+        released = self._merger.release(self._handover.owned, self._caught_up, now_ms)
+        self.clock.observe(self._behind())
+        if not released:
+            return
+        items: list[tuple[bytes, tuple[str, int, int]]] = []
+        messages: dict[tuple[str, int, int], ConsumerRecord] = {}
+        for tp, message in released:
+            ref = (tp[0], tp[1], message.offset)
+            messages[ref] = message
+            items.append((message.value if message.value is not None else b"", ref))
+        dead = await self._pipeline.feed(items)
+        for letter in dead:
+            await self._dead_letter(messages[letter.ref], letter)
+
+    def _behind(self) -> bool:
+        """Whether input is waiting on the service: unread records, unfed records, or a full engine queue."""
+        assert self._pipeline is not None
+        return (
+            self._pipeline.backlog() >= self._max_backlog
+            or self._merger.total() > 0
+            or not all(self._caught_up(tp) for tp in self._handover.owned)
+        )
+
+    def _caught_up(self, tp: tuple[str, int]) -> bool:
+        """Whether everything the broker has for ``tp`` was fetched (so the merger need not wait for it)."""
+        consumer = self._consumer
+        if consumer is None:
+            return True
+        try:
+            highwater = consumer.highwater(TopicPartition(*tp))
+        except (AssertionError, IllegalStateError):
+            return True
+        if highwater is None:
+            return False
+        position = self._handover.next_offset(tp)
+        if position is None:
+            position = self._handover.last_committed(tp) or 0
+        # Offsets taken by transaction markers are never fetched as records: a topic-partition
+        # that has delivered nothing for a while counts as caught up.
+        return position >= highwater or self._merger.idle(tp, self._fetch_ms)
+
+    async def _dead_letter(self, message: ConsumerRecord, letter: DeadLetter) -> None:
+        assert self._publisher is not None
+        if self._handover.replayed(letter.ref):
+            # An earlier run sent this dead letter (and it was acknowledged) before it stopped.
+            self._metrics.replayed.inc()
+            return
+        now = time.monotonic()
+        second, count = self._log_budget
+        if now - second >= 1.0:
+            second, count = now, 0
+        if count < DEAD_LETTER_LOG_PER_S:
+            # The key is the stream id's bytes: logged as text (cam-01, not b'cam-01').
+            key = message.key.decode("utf-8", "replace") if message.key is not None else None
+            log.warning(
+                "dead letter (%s) %s[%d]@%d stream %s: %s", letter.reason, message.topic, message.partition,
+                message.offset, letter.stream_id or key, letter.detail,
+            )
+        self._log_budget = (second, count + 1)
+        await self._publisher.dead_letter(message, letter)
+
+    def _backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause fetching where memory would grow: every partition when inference falls behind, and
+        topic-partitions far ahead of their partition's other topics."""
+        assert self._pipeline is not None
+        backlog, held = self._pipeline.backlog(), self._handover.held
+        limit, per_tp = self._max_backlog, self._options.max_buffered_per_partition
+        max_held = self._options.max_held_records
+        paused = consumer.paused()
+        pause, resume = [], []
+        for tp in consumer.assignment():
+            buffered = self._merger.buffered(tp)
+            if tp in paused:
+                if backlog <= limit // 2 and buffered <= per_tp // 2 and (held <= max_held // 2 or not buffered):
+                    resume.append(tp)
+            elif backlog > limit or buffered > per_tp or (held > max_held and buffered):
+                pause.append(tp)
+        if pause:
+            log.debug("pausing %d partitions: %d windows waiting, %d records held", len(pause), backlog, held)
+            consumer.pause(*pause)
+            self._metrics.pauses.inc()
+        if resume:
+            consumer.resume(*resume)
+
+
+__all__ = ["Feeder"]

@@ -1,0 +1,255 @@
+"""The state a rebalance must keep consistent, in one owner (DESIGN.md §4).
+
+Handing a partition over without losing or repeating a window takes five things that
+change together:
+
+- which input partitions this instance owns;
+- which streams it has seen on each partition number (their checkpoints go with the partition);
+- per stream, how far its windows were published and acknowledged (``published_until``);
+- per input offset, whether anything still needs it (the :class:`OffsetTracker`);
+- what was committed last (offset and checkpoint), so an unchanged commit is not repeated.
+
+:class:`Handover` owns all five. The service tells it what happens (assigned, fetched,
+admitted, revoked, committed), the publisher reports acknowledgements to it, and it
+answers what may be committed. It tells the aligner which streams to resume at an
+assignment and which to drop at a revocation, so no other code edits that state.
+
+Pure bookkeeping, like the tracker: no Kafka client, no clock, no I/O. Partitions are
+``(topic, partition)`` tuples (aiokafka's ``TopicPartition`` is one).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Protocol, TypeVar
+
+from fusionstream.consumers.service.checkpoint import Checkpoint
+from fusionstream.consumers.service.offsets import OffsetTracker
+
+TP = tuple[str, int]
+Ref = tuple[str, int, int]
+#: Per topic-partition, the offset to commit and its metadata (a :class:`Checkpoint`).
+Offsets = dict[TP, tuple[int, str]]
+
+#: Streams remembered per input partition for checkpoints (least recently seen are forgotten first).
+MAX_STREAMS_PER_PARTITION = 10_000
+
+
+class StreamStates(Protocol):
+    """What the handover needs of the aligner: resume a stream after a commit, drop one handed over."""
+
+    def resume(self, stream_id: str, emitted_until_ns: int) -> None: ...
+
+    def drop(self, stream_ids: list[str]) -> None: ...
+
+
+class Stored(Protocol):
+    """A committed offset as the broker returns it (aiokafka's ``OffsetAndMetadata``)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def metadata(self) -> str: ...
+
+
+class Fetched(Protocol):
+    """A fetched record (aiokafka's ``ConsumerRecord``): its offset and key are all the handover reads."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+
+class Acknowledged(Protocol):
+    """A published prediction, as far as commits are concerned."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def t_start_ns(self) -> int: ...
+
+    @property
+    def refs(self) -> Iterable[Ref]: ...
+
+
+R = TypeVar("R", bound=Fetched)
+
+
+class Handover:
+    """Owns assigned partitions, streams per partition, published times, held offsets and last commits."""
+
+    def __init__(self, hop_ns: int, *, max_streams_per_partition: int = MAX_STREAMS_PER_PARTITION) -> None:
+        self.hop_ns = hop_ns
+        self.tracker = OffsetTracker()
+        self._max_streams = max_streams_per_partition
+        self._streams_of: StreamStates | None = None
+        self._owned: set[TP] = set()
+        #: Partition number -> its streams, least recently seen first (the input topics are co-partitioned).
+        self._streams: dict[int, OrderedDict[str, None]] = {}
+        #: Per stream, the start of its first window not yet acknowledged (for the commit checkpoints).
+        self._published: dict[str, int] = {}
+        self._last_meta: dict[TP, str] = {}
+
+    def bind(self, aligner: StreamStates) -> None:
+        """The aligner whose streams follow the partitions (it exists once the pipeline is open)."""
+        self._streams_of = aligner
+
+    # -- ownership ------------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> frozenset[TP]:
+        return frozenset(self._owned)
+
+    def owns(self, tp: TP) -> bool:
+        return tp in self._owned
+
+    def assign(self, committed: Mapping[TP, Stored | None]) -> int:
+        """Take over exactly the partitions in ``committed`` (each with its last commit, or None).
+
+        Offsets resume from the commit; each stream of a checkpoint resumes in the aligner
+        after its last published window, so re-read records cannot publish those again.
+        Returns the number of streams resumed.
+        """
+        checkpoints: dict[int, list[Checkpoint | None]] = {}
+        for tp, stored in committed.items():
+            offset = stored.offset if stored is not None and stored.offset >= 0 else None
+            checkpoint = Checkpoint.decode(stored.metadata) if stored is not None else None
+            self.tracker.resume(tp, committed=offset, replay_mark=checkpoint.replay_mark if checkpoint else -1)
+            self._last_meta[tp] = stored.metadata if stored is not None else ""
+            checkpoints.setdefault(tp[1], []).append(checkpoint)
+        resumed = 0
+        for number, found in checkpoints.items():
+            streams = self._streams.setdefault(number, OrderedDict())
+            for sid, until in Checkpoint.merge(found).items():
+                self._aligner().resume(sid, until)
+                self._published[sid] = until
+                streams[sid] = None
+                resumed += 1
+        self._owned = set(committed)
+        return resumed
+
+    def revoke(self, revoked: Iterable[TP]) -> list[str]:
+        """Let ``revoked`` go (after their closed windows were published and committed).
+
+        The streams of partition numbers no longer owned at all are dropped from the aligner
+        *without* emitting their open windows: those records are uncommitted, and the next
+        owner completes them. Returns the streams handed over.
+        """
+        revoked = set(revoked)
+        self._owned -= revoked
+        numbers = {tp[1] for tp in revoked} - {tp[1] for tp in self._owned}
+        streams = [sid for n in numbers for sid in self._streams.pop(n, {})]
+        self._aligner().drop(streams)
+        for sid in streams:
+            self._published.pop(sid, None)
+        self.tracker.forget(revoked)
+        for tp in revoked:
+            self._last_meta.pop(tp, None)
+        return streams
+
+    # -- what was seen --------------------------------------------------------------------------
+
+    def fetched(self, tp: TP, records: Iterable[R]) -> list[R]:
+        """Hold the offsets of fetched records and note their streams; returns the records not fetched before
+        (a re-seek can deliver an offset twice: the first copy is already being processed)."""
+        streams = self._streams.setdefault(tp[1], OrderedDict())
+        accepted: list[R] = []
+        last_key = None
+        for record in records:
+            if not self.tracker.fetched((tp[0], tp[1], record.offset)):
+                continue
+            accepted.append(record)
+            if record.key is not None and record.key != last_key:
+                last_key = record.key
+                stream_id = record.key.decode("utf-8", "replace")
+                streams[stream_id] = None
+                streams.move_to_end(stream_id)
+        while len(streams) > self._max_streams:
+            forgotten, _ = streams.popitem(last=False)
+            self._published.pop(forgotten, None)
+        return accepted
+
+    def admitted(self, ref: Ref, windows: int) -> None:
+        """The record joined ``windows`` windows (the pipeline's ``on_admit``)."""
+        self.tracker.admitted(ref, windows)
+
+    def replayed(self, ref: Ref) -> bool:
+        """Whether an earlier run already sent this record's dead letter; if so it is settled here."""
+        if not self.tracker.is_replay(ref):
+            return False
+        self.tracker.settled(ref)
+        return True
+
+    # -- what was published (the publisher reports) ---------------------------------------------
+
+    def dead_letter_sent(self, ref: Ref) -> None:
+        """The record's dead letter is on its way: held until acknowledged."""
+        self.tracker.dead_lettered(ref)
+
+    def dead_letter_acknowledged(self, ref: Ref) -> None:
+        self.tracker.settled(ref)
+
+    def prediction_acknowledged(self, prediction: Acknowledged) -> None:
+        """The broker has the window's prediction: release its records, move its stream's checkpoint on."""
+        self.tracker.published(prediction.refs)
+        until = prediction.t_start_ns + self.hop_ns
+        if until > self._published.get(prediction.stream_id, until - 1):
+            self._published[prediction.stream_id] = until
+
+    def published_until(self, stream_id: str) -> int | None:
+        """The start of the stream's first window not yet acknowledged, if known."""
+        return self._published.get(stream_id)
+
+    # -- what to commit -------------------------------------------------------------------------
+
+    def to_commit(self) -> Offsets:
+        """Per owned partition whose commit would change: the lowest offset still needed, and its checkpoint."""
+        per_number: dict[int, dict[str, int]] = {}
+        chosen: Offsets = {}
+        for tp in self._owned:
+            offset = self.tracker.position(tp)
+            if offset is None:
+                continue
+            streams = per_number.get(tp[1])
+            if streams is None:
+                known = self._streams.get(tp[1], {})
+                streams = per_number[tp[1]] = {sid: self._published[sid] for sid in known if sid in self._published}
+            mark = self.tracker.replay_mark(tp)
+            metadata = Checkpoint(-1 if mark is None else mark, streams).encode(self.hop_ns)
+            if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
+                continue
+            chosen[tp] = (offset, metadata)
+        return chosen
+
+    def committed(self, chosen: Offsets) -> None:
+        """The broker took these offsets (and checkpoints)."""
+        for tp, (offset, metadata) in chosen.items():
+            self.tracker.mark_committed(tp, offset)
+            self._last_meta[tp] = metadata
+
+    def last_committed(self, tp: TP) -> int | None:
+        return self.tracker.committed(tp)
+
+    # -- progress -------------------------------------------------------------------------------
+
+    def next_offset(self, tp: TP) -> int | None:
+        """Last fetched offset + 1 (None before the first fetch)."""
+        return self.tracker.next_offset(tp)
+
+    @property
+    def held(self) -> int:
+        """Records whose offsets cannot be committed yet."""
+        return self.tracker.held
+
+    def _aligner(self) -> StreamStates:
+        if self._streams_of is None:
+            raise RuntimeError("Handover.bind(aligner) must come before the first assignment")
+        return self._streams_of
+
+
+__all__ = ["MAX_STREAMS_PER_PARTITION", "Handover", "Offsets", "StreamStates"]

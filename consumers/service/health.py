@@ -1,0 +1,98 @@
+"""What a running instance says about itself: ``/healthz`` and the gauges of its Prometheus metrics.
+
+Both are refreshed by the service at every commit interval (and at state changes), from
+the same few sources: its state, its partitions (the handover), the pipeline's backlog,
+the consumer's positions. Reading them never touches Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
+
+from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.service.handover import Handover
+from fusionstream.consumers.service.metrics import ServiceMetrics
+
+
+class Health:
+    """``/healthz``: running, in the group, engine alive and not stalled. Safe to read from any thread."""
+
+    def __init__(self, instance_id: str, *, stall_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.instance_id = instance_id
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._value: tuple[bool, dict[str, Any]] = (False, {"state": "starting"})
+        self._stall = (0, clock())  # (predictions made, when that count last changed or the backlog was empty)
+
+    def __call__(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, details) as /healthz reports them."""
+        return self._value
+
+    def update(self, *, state: str, joined: bool, partitions: set[int], engine_alive: bool,
+               pipeline: Pipeline | None) -> None:
+        detail: dict[str, Any] = {
+            "state": state,
+            "instance": self.instance_id,
+            "assigned_partitions": sorted(partitions),
+            "engine": "running" if engine_alive else "stopped",
+        }
+        ok = state == "running" and joined and engine_alive
+        if pipeline is not None:
+            backlog, made = pipeline.backlog(), pipeline.stats.predictions
+            last_made, since = self._stall
+            if made != last_made or backlog == 0:
+                self._stall = (made, self._clock())
+            elif (waited := self._clock() - since) > self.stall_after_s:
+                detail["engine"] = f"stalled: {backlog} windows waiting, no prediction for {waited:.0f}s"
+                ok = False
+            detail["backlog_windows"] = backlog
+        if not joined:
+            detail["consumer"] = "waiting for a partition assignment"
+        self._value = (ok, detail)
+
+
+class Gauges:
+    """Sets the service's gauges (and the encoded-ahead counter, which the pipeline counts) from their sources."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+        self._warmed_reported = 0  # the pipeline's windows_warmed already added to the counter
+
+    def reset(self) -> None:
+        """A new pipeline counts from zero."""
+        self._warmed_reported = 0
+
+    def update(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, handover: Handover) -> None:
+        m = self._metrics
+        m.backlog.set(pipeline.backlog())
+        warmed = pipeline.stats.windows_warmed
+        m.encoded_ahead.inc(warmed - self._warmed_reported)
+        self._warmed_reported = warmed
+        m.held.set(handover.held)
+        m.open_streams.set(pipeline.aligner.stats.open_streams)
+        owned = handover.owned
+        m.assigned.set(len(owned))
+        m.paused.set(1 if consumer.paused() else 0)
+        for tp in owned:
+            try:
+                highwater = consumer.highwater(TopicPartition(*tp))
+            except (AssertionError, IllegalStateError):
+                continue
+            position = handover.next_offset(tp) or handover.last_committed(tp)
+            if highwater is not None and position is not None:
+                m.lag.labels(tp[0], str(tp[1])).set(max(highwater - position, 0))
+
+    def forget(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Partitions no longer owned have no lag."""
+        for tp in tps:
+            with suppress(KeyError):
+                self._metrics.lag.remove(tp[0], str(tp[1]))
+
+
+__all__ = ["Gauges", "Health"]
