@@ -95,7 +95,7 @@ async def _max_rate(
     make_runner: Callable[[], WindowRunner], spec: ModelSpec, settings: Settings, workload: Workload
 ) -> StageResult:
     run = _run_settings(settings, "max")
-    config = run.settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    config = run.settings.model_window_config(spec)
     steady = _steady_windows(workload, config)
     try:
         await publish(workload.records, run.settings)
@@ -172,7 +172,7 @@ async def _realtime(
 ) -> tuple[StageResult, list[float], int]:
     """The stage's result, the intake lags measured (ms) and the records dead-lettered."""
     run = _run_settings(settings, "live")
-    config = run.settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    config = run.settings.model_window_config(spec)
     span: list[int] = []  # [first, last) window start measured: after the warm-up, before the end's burst
     census = WindowCensus(config)
     lags: list[float] = []

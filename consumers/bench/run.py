@@ -81,7 +81,7 @@ def machine() -> dict[str, Any]:
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
     """Run every stage and return the report (figures, ratios, trials)."""
     spec = ModelSpec.load(settings.model_dir)
-    config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    config = settings.model_window_config(spec)
     options_of_backend = backend_options(settings)
     frame_size = "x".join(map(str, options.frame_size))
     stages: dict[str, StageResult] = {}

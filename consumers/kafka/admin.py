@@ -1,6 +1,6 @@
 """Topic administration: create the topics the service uses, with the layout it relies on.
 
-The input topics must have equal partition counts (co-partitioning, DESIGN §1): a
+The input topics must have equal partition counts (co-partitioning, docs/wire-format.md): a
 stream's video, audio and text then land on the same partition number and the range
 assignor gives all three to one consumer. :func:`ensure_topics` creates what is
 missing and refuses a topic that exists with another partition count, instead of

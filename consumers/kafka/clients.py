@@ -15,13 +15,13 @@ CLIENT_ID = "fusionstream"
 
 # Settings a caller may not change: the service is only correct with these values.
 _CONSUMER_FIXED: dict[str, Any] = {
-    # Co-partitioning (DESIGN §1): partition n of fs.video, fs.audio and fs.text hold the
+    # Co-partitioning (docs/wire-format.md): partition n of fs.video, fs.audio and fs.text hold the
     # same streams, so one consumer must own all three. The range assignor hands out
     # same-numbered partitions of equally partitioned topics together; aiokafka's default,
     # round-robin, spreads them over the group and a stream's modalities would be
     # aligned by different consumers.
     "partition_assignment_strategy": (RangePartitionAssignor,),
-    # Offsets are committed by the commit protocol (DESIGN §4) only once no open window
+    # Offsets are committed by the commit protocol (docs/architecture.md) only once no open window
     # or unpublished prediction needs them; auto-commit would commit what was merely
     # fetched, and a crash would lose those records.
     "enable_auto_commit": False,

@@ -1,4 +1,4 @@
-"""Committing what the handover chooses, and reading commits back (DESIGN.md §4).
+"""Committing what the handover chooses, and reading commits back (docs/architecture.md).
 
 At-least-once, the consumer commits the offsets; exactly-once, they go into the
 publisher's transaction with the predictions and dead letters. Either way the handover

@@ -1,4 +1,4 @@
-"""The state a rebalance must keep consistent, in one owner (DESIGN.md §4).
+"""The state a rebalance must keep consistent, in one owner (docs/architecture.md).
 
 Handing a partition over without losing or repeating a window takes five things that
 change together:

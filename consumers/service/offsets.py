@@ -1,4 +1,4 @@
-"""Which input offsets may be committed: the service's commit bookkeeping (DESIGN.md §4).
+"""Which input offsets may be committed: the service's commit bookkeeping (docs/architecture.md).
 
 A record's offset is *held* from the moment it is fetched until nothing can ever need
 it again:

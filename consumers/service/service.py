@@ -1,4 +1,4 @@
-"""The Kafka inference service: input topics in, one prediction per window out (DESIGN.md §4).
+"""The Kafka inference service: input topics in, one prediction per window out (docs/architecture.md).
 
     fs.video ┐                                        ┌ publisher ─> fs.predictions
     fs.audio ┼ getmany ─> Pipeline.feed (decode, align, batch, infer) ┤
