@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from fusionstream.consumers.settings import Settings
-
-if TYPE_CHECKING:
-    from rich.console import Console
+from fusionstream.consumers.cli_errors import fail, load_settings, note, one_line_errors, run_app
+from fusionstream.consumers.settings import Settings, default_model_dir
 
 app = typer.Typer(
     name="fusionstream",
@@ -43,18 +42,13 @@ def _setup_logging(settings: Settings) -> None:
 
 
 @contextmanager
-def _engine_errors(console: Console) -> Iterator[None]:
+def _engine_errors() -> Iterator[None]:
     """An engine error (no CUDA, no TensorRT, a bad model directory) as one line and exit status 1,
     not a traceback: it is the user's setup, not a bug."""
-    from rich.markup import escape
-
     from fusionstream.engines.errors import EngineError
 
-    try:
+    with one_line_errors(EngineError):
         yield
-    except EngineError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -65,6 +59,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic source (held-out voices are used).")] = 1234,
     video: Annotated[Optional[Path], typer.Option("--video", exists=True, dir_okay=False, help="Run on your own media file (video + its audio track) instead.")] = None,  # noqa: UP045
     captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions for --video.")] = None,  # noqa: UP045
+    labels: Annotated[Optional[Path], typer.Option("--labels", exists=True, dir_okay=False, help="Labelled spans of --video, a CSV file,start_s,end_s,label (docs/training.md; rows of other files are ignored): the summary then has the video's accuracy.")] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write every prediction to this file, one JSON object per line (docs/predictions.md), whatever --json does.")] = None,  # noqa: UP045
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, no line per window.")] = False,
     as_json: JsonOpt = False,
     model: ModelOpt = None,
@@ -75,22 +71,32 @@ def demo(
 
     Embedded mode: the same aligner, micro-batcher and engine as `serve`, fed from local
     sources, no Kafka. Each line is one window: stream, window start, predicted digit and
-    score, the true digit, the modalities present (V A T), and close→prediction latency.
+    score, the true digit (for --video, the label from --labels), the modalities present (V A T),
+    and close→prediction latency. --out keeps every prediction as the service would publish it.
     """
     from fusionstream.consumers.demo import run_demo
+    from fusionstream.engines.errors import EngineError
+    from fusionstream.stream.errors import FusionStreamError
 
-    settings = Settings.load(config, model_dir=model, backend=backend)
+    for name, given in (("--captions", captions), ("--labels", labels)):
+        if given is not None and video is None:
+            raise typer.BadParameter("goes with --video FILE", param_hint=name)
+    settings = load_settings(config, model_dir=model, backend=backend)
     _setup_logging(settings)
-    summary = run_demo(
-        settings,
-        streams=streams,
-        seconds=seconds,
-        realtime=not fast,
-        seed=seed,
-        video=video,
-        captions=captions,
-        quiet=quiet or as_json,
-    )
+    # Media decoding reports an unreadable file as a ValueError naming it; --out may be unwritable.
+    with one_line_errors(FusionStreamError, EngineError, OSError, ValueError):
+        summary = run_demo(
+            settings,
+            streams=streams,
+            seconds=seconds,
+            realtime=not fast,
+            seed=seed,
+            video=video,
+            captions=captions,
+            labels=labels,
+            out=out,
+            quiet=quiet or as_json,
+        )
     if as_json:
         typer.echo(json.dumps(summary, separators=(",", ":")))
 
@@ -115,16 +121,19 @@ def train(
     held-out validation data, and the chosen one is exported with a parity check.
     """
     from fusionstream.consumers.training.train import TrainOptions, train_command
+    from fusionstream.engines.errors import EngineError
+    from fusionstream.stream.errors import FusionStreamError
 
-    train_command(
-        TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
-                     workers=workers, compare=compare, cache=cache, init=init)
-    )
+    with one_line_errors(FusionStreamError, EngineError):  # --data's clips, --init's model directory
+        train_command(
+            TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
+                         workers=workers, compare=compare, cache=cache, init=init)
+        )
 
 
 @app.command()
 def evaluate(
-    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory to evaluate.")],
+    model_dir: Annotated[Optional[Path], typer.Argument(exists=True, file_okay=False, help="Model directory to evaluate (default: settings' model_dir, the model shipped in the package).")] = None,  # noqa: UP045
     seconds: Annotated[float, typer.Option(help="Seconds of held-out synthetic streams.")] = 1200.0,
     seed: Annotated[int, typer.Option(help="Seed of the held-out data (other seeds and voices than training).")] = 10_000,
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Evaluate on your labelled clips instead.")] = None,  # noqa: UP045
@@ -138,14 +147,19 @@ def evaluate(
     The backend's device and precision come from the settings as for `serve`
     (FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 with --backend torch measures a GPU's fp16).
     """
-    from rich.console import Console
-
     from fusionstream.consumers.engine import backend_options
     from fusionstream.consumers.training.evaluate_cli import evaluate_command
+    from fusionstream.engines.errors import EngineError
+    from fusionstream.stream.errors import FusionStreamError
 
-    settings = Settings.load(model_dir=model_dir, backend=backend)
-    with _engine_errors(Console(stderr=True, highlight=False)):
-        result = evaluate_command(model_dir, seconds=seconds, seed=seed, data=data, backend=settings.backend,
+    settings = load_settings(model_dir=model_dir, backend=backend)
+    if model_dir is None:
+        where = "the model shipped in the package" if settings.model_dir == default_model_dir() else "settings' model_dir"
+        note(f"no MODEL_DIR given: evaluating {where}, {settings.model_dir}")
+        if not settings.model_dir.is_dir():
+            fail(f"model directory {settings.model_dir} does not exist")
+    with one_line_errors(EngineError, FusionStreamError):  # the setup, or --data's clips
+        result = evaluate_command(settings.model_dir, seconds=seconds, seed=seed, data=data, backend=settings.backend,
                                   options=backend_options(settings), quiet=as_json, cache=cache, int8=int8)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
@@ -203,7 +217,7 @@ def build_engine(
     console = Console(highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = {"fp16": fp16, "max_batch": max_batch, "opt_batch": opt_batch, "cache_dir": cache_dir, "device": device}
-    with _engine_errors(console):
+    with _engine_errors():
         plans = build_engines(model_dir, **options)
     for graph, (path, built) in plans.items():
         console.print(f"{graph:<8} {'built ' if built else 'cached'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -248,7 +262,7 @@ def bench(
 
     from fusionstream.consumers.bench.run import BenchOptions, run_bench
 
-    settings = Settings.load(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
+    settings = load_settings(config, model_dir=model, backend=backend, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         sizes = tuple(sorted({int(size) for size in batch_sizes.split(",") if size.strip()}))
@@ -272,7 +286,7 @@ def bench(
         rounds=rounds, start_streams=start_streams, frame_size=(width, height), max_streams=max(max_streams, start_streams),
     )
     console = Console(stderr=as_json, highlight=False)
-    with _engine_errors(console):
+    with _engine_errors():
         report = run_bench(settings, options, console)
     if as_json:
         typer.echo(json.dumps(report, separators=(",", ":")))
@@ -282,9 +296,12 @@ def bench(
         print_report(report, console)
 
 
-from fusionstream.consumers.producers.cli import produce_app  # noqa: E402  (imports only typer and the settings)
+# Sub-apps: like this module they import only typer and the settings; their commands import the rest.
+from fusionstream.consumers.producers.cli import produce_app  # noqa: E402
+from fusionstream.consumers.topics_cli import topics_app  # noqa: E402
 
 app.add_typer(produce_app, name="produce")
+app.add_typer(topics_app, name="topics")
 
 
 @app.command()
@@ -305,21 +322,14 @@ def tail(
     had (V A T), and the capture→publish latency the service measured.
     """
     from aiokafka.errors import KafkaError
-    from rich.console import Console
-    from rich.markup import escape
 
     from fusionstream.consumers.subscribers.tail import run_tail
     from fusionstream.stream.errors import FusionStreamError
 
-    settings = Settings.load(config, bootstrap_servers=bootstrap, predictions_topic=topic)
-    try:
+    settings = load_settings(config, bootstrap_servers=bootstrap, predictions_topic=topic)
+    with one_line_errors(FusionStreamError, KafkaError):
         run_tail(settings, as_json=as_json, from_beginning=from_beginning, stream_ids=stream, limit=limit,
                  read_committed=read_committed, until_end=until_end)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except (FusionStreamError, KafkaError) as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc) or repr(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -341,26 +351,20 @@ def view(
     """
     from aiokafka.errors import KafkaError
     from rich.console import Console
-    from rich.markup import escape
 
     from fusionstream.consumers.viewer import run_viewer
     from fusionstream.stream.errors import FusionStreamError
 
-    settings = Settings.load(config, bootstrap_servers=bootstrap)
+    settings = load_settings(config, bootstrap_servers=bootstrap)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def ready(url: str) -> None:
-        err.print(f"viewing {settings.bootstrap_servers} at [bold]{url}[/] ; Ctrl-C stops")
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"viewing {settings.bootstrap_servers} at [bold]{url}[/] ; Ctrl-C stops")
 
-    try:
+    with one_line_errors(FusionStreamError, KafkaError, OSError):  # OSError: the port cannot be bound
         run_viewer(settings, host=host, port=port, fps=fps, lookback_s=lookback, stream_ids=stream, sync=sync,
                    on_ready=ready)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    except (FusionStreamError, KafkaError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc) or repr(exc))}")
-        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -383,14 +387,15 @@ def serve(
     """
     from fusionstream.consumers.service import run_service
 
-    settings = Settings.load(config, model_dir=model, backend=backend, exactly_once=exactly_once,
+    settings = load_settings(config, model_dir=model, backend=backend, exactly_once=exactly_once,
                              bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port)
     _setup_logging(settings)
     raise typer.Exit(run_service(settings, instance_id=instance_id))
 
 
 def main() -> None:
-    app()
+    """The console script (and ``python -m fusionstream``): errors as one line, see cli_errors."""
+    sys.exit(run_app(app))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import dataclasses
+import json
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 
@@ -15,9 +20,17 @@ from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.report import WindowCensus, summarize
 from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.training.clips import Span
+from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
+from fusionstream.stream.sources.truth import Segment
+from fusionstream.units import NS
 
-NS = 1_000_000_000
+LABEL_COLUMNS = ("file", "start_s", "end_s", "label")
+
+
+class LabelsError(FusionStreamError):
+    """A ``--labels`` file that cannot score the video: bad rows, none for the video, unknown classes."""
 
 
 def run_demo(
@@ -29,11 +42,20 @@ def run_demo(
     seed: int,
     video: Path | None = None,
     captions: Path | None = None,
+    labels: Path | None = None,
+    out: Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo to the end of its input and return the summary (printed unless ``quiet``)."""
+    """Run the demo to the end of its input and return the summary (printed unless ``quiet``).
+
+    ``labels``: a CSV of labelled spans of ``video`` (docs/training.md's format), so that the
+    summary has the video's accuracy. ``out``: every prediction is written there, one JSON
+    object per line (docs/predictions.md).
+    """
     console = Console(highlight=False)
     truth: GroundTruth | None = None
+    # Read before the engine loads: a bad labels file fails at once, not after the model warmed up.
+    spans = read_video_labels(labels, video) if labels is not None and video is not None else None
     # Real time: the records carry the wall clock as capture time, like a live camera.
     start_ns = (time.time_ns() // NS + 1) * NS
     if video is not None:
@@ -48,9 +70,13 @@ def run_demo(
         records, truth = source.records(), source.truth
         label = f"{streams} synthetic stream(s) x {seconds:g} s"
 
-    with open_engine(settings) as (runner, spec):
-        window_config = settings.window_config(frames_per_window=spec.frames_per_window,
-                                               sample_rate=spec.sample_rate)
+    with ExitStack() as stack:
+        # Opened first, so that an unwritable path fails before the run rather than after it.
+        sink: IO[str] | None = stack.enter_context(out.open("w", encoding="utf-8")) if out is not None else None
+        runner, spec = stack.enter_context(open_engine(settings))
+        if spans is not None and video is not None:
+            truth = labels_truth(spans, video.stem, spec.classes, start_ns)
+        window_config = settings.model_window_config(spec)
         census = WindowCensus(window_config)
         if not quiet:
             console.print(
@@ -60,14 +86,21 @@ def run_demo(
             console.print("[dim]stream      window   pred  score  true  V A T   latency[/]")
 
         def show(p: Prediction) -> None:
+            if sink is not None:
+                # As the service would publish it; capture→publish only means something when the
+                # records' event times are the wall clock as they are replayed (real time).
+                latency = (time.time_ns() - p.t_end_ns) / 1e6 if realtime else None
+                sink.write(json.dumps(p.to_dict(capture_to_publish_ms=latency), separators=(",", ":")) + "\n")
             if quiet:
                 return
             rel = (p.t_start_ns - start_ns) / NS
             true = truth.label(p.stream_id, p.t_start_ns, p.t_end_ns) if truth else None
             mark = ""
             if true is not None and true.digit is not None:
-                ok = p.label == str(true.digit)
-                mark = f"{true.digit:>4}{'' if true.clear else '~'} " + ("[green]✓[/]" if ok else "[red]✗[/]")
+                # Labels from a file are class indices; the synthetic truth's digits are the labels.
+                name = spec.classes[true.digit] if spans is not None else str(true.digit)
+                ok = p.label == name
+                mark = f"{name:>4}{'' if true.clear else '~'} " + ("[green]✓[/]" if ok else "[red]✗[/]")
             else:
                 mark = "   -  "
             mods = " ".join(c if present else "·" for c, present in zip("VAT", p.mask, strict=True))
@@ -90,7 +123,12 @@ def run_demo(
 
         result = asyncio.run(go())
 
-    summary = summarize(result.predictions, seconds=result.seconds, truth=truth, expected=census.expected)
+    scored = result.predictions
+    if spans is not None:
+        # summarize() compares a label with str(segment.digit), and a file's segments hold class indices.
+        index = {name: str(i) for i, name in enumerate(spec.classes)}
+        scored = [dataclasses.replace(p, label=index[p.label]) for p in scored]
+    summary = summarize(scored, seconds=result.seconds, truth=truth, expected=census.expected)
     summary["dead_letters"] = len(result.dead_letters)
     if not quiet:
         acc = summary["accuracy"]
@@ -103,3 +141,47 @@ def run_demo(
             f"missing windows {summary['missing_windows']}, dead letters {summary['dead_letters']}"
         )
     return summary
+
+
+def read_video_labels(path: Path, video: Path) -> list[Span]:
+    """The spans of ``video`` in a labels CSV (``file,start_s,end_s,label``, as `train --data` reads):
+    the rows whose ``file`` names the video (its file name; a directory part is ignored)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not set(LABEL_COLUMNS) <= set(reader.fieldnames):
+                raise LabelsError(f"{path}: the header must be {','.join(LABEL_COLUMNS)}, got {reader.fieldnames}")
+            spans, files = [], set()
+            for line, row in enumerate(reader, start=2):
+                files.add(row["file"])
+                if Path(row["file"] or "").name != video.name:
+                    continue
+                try:
+                    start, end = float(row["start_s"]), float(row["end_s"])
+                except (TypeError, ValueError):
+                    raise LabelsError(f"{path}:{line}: start_s and end_s must be numbers") from None
+                name = (row["label"] or "").strip()
+                if not name or not 0 <= start < end:
+                    raise LabelsError(f"{path}:{line}: need a label and 0 <= start_s < end_s")
+                spans.append(Span(start, end, name))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"cannot read {path}: {exc}") from None
+    if not spans:
+        named = ", ".join(sorted(files)[:5]) or "nothing"
+        raise LabelsError(f"{path} has no rows for {video.name} (its file column names {named})")
+    return spans
+
+
+def labels_truth(spans: Sequence[Span], stream_id: str, classes: Sequence[str], start_ns: int) -> GroundTruth:
+    """The ground truth of one replayed file whose 0:00 is ``start_ns``; segments hold class indices."""
+    unknown = sorted({s.label for s in spans} - set(classes))
+    if unknown:
+        raise LabelsError(f"labels {unknown} are not classes of the model ({', '.join(classes)})")
+    segments = [
+        Segment(start_ns + round(s.start_s * NS), start_ns + round(s.end_s * NS), list(classes).index(s.label))
+        for s in sorted(spans, key=lambda s: s.start_s)
+    ]
+    try:
+        return GroundTruth({stream_id: segments})
+    except ValueError as exc:  # overlapping spans
+        raise LabelsError(f"labels of {stream_id}: {exc}") from None

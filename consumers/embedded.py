@@ -1,4 +1,4 @@
-"""Embedded mode: the pipeline fed in-process from local sources, no broker (DESIGN.md §4).
+"""Embedded mode: the pipeline fed in-process from local sources, no broker (docs/architecture.md).
 
 Records are replayed in event-time order, either paced to the wall clock (as a
 camera would deliver them) or as fast as the pipeline accepts them. The pipeline

@@ -13,10 +13,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from fusionstream.consumers.cli_errors import EXIT_INTERRUPTED, describe, fail, load_settings
 from fusionstream.consumers.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,16 +48,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
 FpsOpt = Annotated[Optional[float], typer.Option("--fps", min=0.1, help="Highest frame rate to publish (frames are dropped to hold it).")]  # noqa: E501, UP045
 
-EXIT_INTERRUPTED = 130
-
 
 def _settings(config: Path | None, bootstrap: str | None, partitions: int | None) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings.load(config, bootstrap_servers=bootstrap, partitions=partitions)
-    except (ValidationError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    return load_settings(config, bootstrap_servers=bootstrap, partitions=partitions)
 
 
 def _live_stream_id() -> str:
@@ -211,7 +205,7 @@ def captions(
     """Transcript segments: a caption file's cues from now on, or one segment per stdin line as it arrives."""
     settings = _settings(config, bootstrap, partitions)
     if file != "-" and not Path(file).is_file():
-        _fail(f"no such caption file: {file}")
+        fail(f"no such caption file: {file}")
     sid = stream_id or (_live_stream_id() if file == "-" else Path(file).stem)
 
     def records() -> Iterator[Record]:
@@ -255,7 +249,7 @@ def _produce(settings: Settings, records: Callable[[], Iterator[Record]], *, as_
         interrupted = True
     except (FusionStreamError, KafkaError, OSError, ValueError) as exc:
         status.stop()
-        _fail(str(exc) or repr(exc), console)
+        fail(describe(exc))
     finally:
         status.stop()
     _summary(console, latest, interrupted=interrupted, quiet=quiet)
@@ -319,14 +313,6 @@ def _summary(console: Console, published: Published, *, interrupted: bool, quiet
         highlight=False,
         soft_wrap=True,
     )
-
-
-def _fail(message: str, console: Console | None = None) -> NoReturn:
-    from rich.console import Console
-    from rich.markup import escape
-
-    (console or Console(stderr=True)).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(1)
 
 
 __all__ = ["produce_app"]

@@ -16,6 +16,7 @@ import sys
 
 from aiokafka.errors import KafkaError
 
+from fusionstream.consumers.cli_errors import print_error
 from fusionstream.consumers.engine import open_engine
 from fusionstream.consumers.service.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
@@ -39,7 +40,7 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
             service = InferenceService(settings, runner, spec, options=ServiceOptions(instance_id=instance_id))
             asyncio.run(_serve(service))
     except USER_ERRORS as exc:
-        _error_line(str(exc) or repr(exc))
+        print_error(str(exc) or repr(exc))
         return 1
     except Exception:
         log.exception("the service stopped on an error")
@@ -52,12 +53,6 @@ def _logs_to_stdout() -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
             handler.setStream(sys.stdout)
-
-
-def _error_line(message: str) -> None:
-    sys.stdout.flush()  # the log lines before it come first
-    sys.stderr.write(f"fusionstream: error: {' '.join(message.split())}\n")
-    sys.stderr.flush()
 
 
 async def _serve(service: InferenceService) -> None:

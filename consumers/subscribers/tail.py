@@ -86,12 +86,15 @@ def run_tail(
 ) -> int:
     """Print predictions until ``limit`` (or the end, with ``until_end``); return how many were printed."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(highlight=False)
     if not as_json:
         what = "from the beginning" if from_beginning else "new predictions"
-        Console(stderr=True).print(
-            f"[dim]tailing {settings.predictions_topic} at {settings.bootstrap_servers} ({what}); Ctrl-C stops[/]"
+        # One line whatever the terminal's width (soft wrap): scripts read stderr line by line.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[dim]tailing {escape(settings.predictions_topic)} at {escape(settings.bootstrap_servers)} ({what}); "
+            "Ctrl-C stops[/]"
         )
     return asyncio.run(
         _tail(

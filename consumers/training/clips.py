@@ -21,9 +21,14 @@ from rich.progress import Progress
 
 from fusionstream.consumers.training.dataset import WindowSet, featurize_windows, window_config_for, windows_of
 from fusionstream.engines.spec import ModelSpec
+from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.sources.files import media_file_records
 from fusionstream.stream.sources.truth import GroundTruth, Segment
 from fusionstream.units import NS
+
+
+class ClipsError(FusionStreamError):
+    """``--data`` cannot be used: labels.csv missing or wrong, a listed file missing or unreadable."""
 
 LABELS = "labels.csv"
 EPOCH_NS = 1_767_225_600 * 1_000_000_000
@@ -103,4 +108,4 @@ def split(data: WindowSet, fraction: float, seed: int) -> tuple[WindowSet, Windo
     return data.select(np.sort(index[cut:])), data.select(np.sort(index[:cut]))
 
 
-__all__: Sequence[str] = ["Span", "classes_of", "load_clips", "read_labels", "split"]
+__all__: Sequence[str] = ["ClipsError", "Span", "classes_of", "load_clips", "read_labels", "split"]

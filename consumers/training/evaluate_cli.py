@@ -48,10 +48,13 @@ def evaluate_command(
     if int8 and not _int8_graphs(spec):
         raise ModelDirError(f"{model_dir} has no int8 graphs: run `fusionstream quantize {model_dir}` first")
     if data is not None:
-        from fusionstream.consumers.training.clips import load_clips
+        from fusionstream.consumers.training.clips import ClipsError, load_clips
 
-        with progress_bar(console) as progress:
-            windows = load_clips(data, spec, progress=progress)
+        try:
+            with progress_bar(console) as progress:
+                windows = load_clips(data, spec, progress=progress)
+        except (OSError, ValueError) as exc:  # each names the file (and the line of labels.csv)
+            raise ClipsError(str(exc)) from None
     else:
         windows = heldout(spec, seconds, seed, console=console, cache=cache)
     options = options or {}

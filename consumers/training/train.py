@@ -233,10 +233,14 @@ def train_command(options: TrainOptions) -> ModelSpec:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
     with progress_bar(console) as progress:
         if options.data is not None:
-            from fusionstream.consumers.training.clips import classes_of, load_clips, read_labels, split
+            from fusionstream.consumers.training.clips import ClipsError, classes_of, load_clips, read_labels, split
 
-            spec = spec.replace(classes=classes_of(read_labels(options.data)))
-            train_set, val_set = split(load_clips(options.data, spec, progress=progress), 0.2, options.seed)
+            try:
+                spec = spec.replace(classes=classes_of(read_labels(options.data)))
+                clips = load_clips(options.data, spec, progress=progress)
+            except (OSError, ValueError) as exc:  # each names the file (and the line of labels.csv)
+                raise ClipsError(str(exc)) from None
+            train_set, val_set = split(clips, 0.2, options.seed)
         else:
             train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train"),
                                  "training streams", options.workers, progress, options.cache)

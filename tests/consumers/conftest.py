@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from servicekit import ServiceProcess
 
-from fusionstream.consumers.settings import default_model_dir
+from fusionstream.consumers.settings import Settings, default_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,20 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("untrained-model")
     export_model(MultimodalModel(spec).eval(), spec, out)
     return out
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Callable[[Settings, str], ServiceProcess]]:
+    """Starts service subprocesses; kills any still running at the end, and prints their logs on failure."""
+    started: list[ServiceProcess] = []
+
+    def start(settings: Settings, instance_id: str) -> ServiceProcess:
+        started.append(ServiceProcess(settings, instance_id, tmp_path).start())
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.cleanup()
+            print(f"--- serve {process.instance_id} ({process.log.name}) ---\n{process.tail(25000)}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from test_service import NS, Reader, ServiceProcess, http_get, produce
+from servicekit import NS, Reader, ServiceProcess, http_get, produce
 
 from fusionstream.consumers.settings import Settings
 from fusionstream.stream.records import Record

@@ -66,7 +66,8 @@ def test_a_trial_fails_on_lag_loss_dead_letters_or_nothing_measured_not_only_lat
 
 
 def test_trials_longer_than_the_workload_are_refused_before_anything_runs() -> None:
-    command = [sys.executable, "-m", "fusionstream", "bench", "--streams", "2", "--seconds", "6", "--trial-seconds", "10"]
+    command = [sys.executable, "-m", "fusionstream", "bench", "--streams", "2", "--seconds", "6",
+               "--trial-seconds", "10"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--trial-seconds" in done.stderr and "--seconds" in done.stderr
 

@@ -52,3 +52,71 @@ def test_demo_runs_on_a_real_mp4_with_captions(tmp_path: Path, shipped_model: Pa
     json_run = fusionstream("demo", "--video", str(clip), "--captions", str(captions), "--fast", "--json")
     summary = json.loads(json_run.stdout.strip().splitlines()[-1])
     assert summary["accuracy"] is None and summary["windows"] == len(lines)
+
+
+#: The fields of docs/predictions.md's prediction record, and of its latency_ms object.
+PREDICTION_FIELDS = {"window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities",
+                     "coverage", "model_version", "closed_by", "latency_ms", "batch_size"}
+LATENCY_FIELDS = {"capture_to_publish", "queue", "inference", "close_to_prediction"}
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Each line of a --out file, checked against the schema as a subscriber reads it."""
+    from fusionstream.consumers.subscribers.api import parse_prediction
+
+    lines = path.read_text().splitlines()
+    values = [json.loads(line) for line in lines]
+    for value in values:
+        assert set(value) == PREDICTION_FIELDS and set(value["latency_ms"]) == LATENCY_FIELDS, value
+        parse_prediction(value)  # types, ranges and the window id, as subscribers check them
+    assert len({v["window_id"] for v in values}) == len(values)
+    return values
+
+
+@pytest.mark.slow
+def test_demo_out_writes_every_prediction_whatever_json_does(tmp_path: Path, shipped_model: Path) -> None:
+    out = tmp_path / "predictions.jsonl"
+    result = fusionstream("demo", "--fast", "--seconds", "5", "--streams", "2", "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    written = read_predictions(out)
+    assert len(written) == summary["windows"] >= 2 * 5 * 2 - 2
+    assert len({v["stream_id"] for v in written}) == 2
+    # Replayed as fast as possible: event times are not the wall clock, so no capture→publish figure.
+    assert all(v["latency_ms"]["capture_to_publish"] is None for v in written)
+
+    plain = fusionstream("demo", "--fast", "--seconds", "5", "--streams", "1", "--out", str(out))  # no --json
+    assert plain.returncode == 0, plain.stderr
+    lines = [line for line in plain.stdout.splitlines() if line.startswith("cam")]
+    assert len(read_predictions(out)) == len(lines) > 0  # overwritten, one line per window shown
+
+
+@pytest.mark.slow
+def test_demo_scores_a_video_against_its_labels(tmp_path: Path, shipped_model: Path) -> None:
+    digits = [3, 7, 1]
+    clip = tmp_path / "clip.mp4"
+    write_digit_clip(clip, digits)
+    captions = tmp_path / "clip.srt"
+    captions.write_text(srt_for(digits))
+    labels = tmp_path / "labels.csv"
+    # The training format (docs/training.md); rows of another file are ignored.
+    labels.write_text("file,start_s,end_s,label\nother.mp4,0,2,5\n"
+                      + "".join(f"clip.mp4,{2 * i},{2 * i + 2},{d}\n" for i, d in enumerate(digits)))
+    out = tmp_path / "clip.jsonl"
+    result = fusionstream("demo", "--video", str(clip), "--captions", str(captions), "--labels", str(labels),
+                          "--fast", "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert isinstance(summary["accuracy"], float) and summary["accuracy"] >= 0.9, summary
+    assert isinstance(summary["accuracy_all"], float) and summary["clear_windows"] >= 6
+    assert len(read_predictions(out)) == summary["windows"]
+
+    shown = fusionstream("demo", "--video", str(clip), "--labels", str(labels), "--fast")
+    assert shown.returncode == 0, shown.stderr
+    assert "accuracy " in shown.stdout and " ✓ " in shown.stdout  # each line shows the true label
+
+    labels.write_text("file,start_s,end_s,label\nother.mp4,0,2,5\n")
+    nothing = fusionstream("demo", "--video", str(clip), "--labels", str(labels), "--fast")
+    assert nothing.returncode == 1 and nothing.stderr.splitlines() == [
+        f"fusionstream: error: {labels} has no rows for clip.mp4 (its file column names other.mp4)"
+    ]

@@ -24,7 +24,7 @@ from faultkit import (
     until_covered,
     window_figures,
 )
-from test_service import (
+from servicekit import (
     NS,
     PARTITIONS,
     Reader,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from faultkit import report, rss_mib, service_processes, until_covered, window_figures
 from fuzzing import mutate
-from test_service import (
+from servicekit import (
     PARTITIONS,
     Reader,
     ServiceProcess,

@@ -1,6 +1,6 @@
 """`fusionstream produce` against a real broker: what lands on the three input topics, and how.
 
-DESIGN §1: each record goes to its modality's topic, byte-identical to the source's wire
+docs/wire-format.md: each record goes to its modality's topic, byte-identical to the source's wire
 bytes, keyed by its stream id, stamped with its event time in ms; the topics have equal
 partition counts, so a stream's three modalities share a partition number.
 """
@@ -34,13 +34,12 @@ from fusionstream.stream.media import decode_media, image_record
 from fusionstream.stream.records import MODALITIES, Encoding, Frame, Modality, Record, TextSegment
 from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
 from fusionstream.stream.wire import decode, encode
+from fusionstream.units import MS, NS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUSIONSTREAM = [sys.executable, "-m", "fusionstream"]
 PARTITIONS = 4
 DEADLINE_S = 60.0
-NS = 1_000_000_000
-MS = 1_000_000
 
 
 def _topics(prefix: str) -> dict[Modality, str]:
@@ -296,8 +295,27 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_produce_errors_are_one_clear_line(tmp_path: Path) -> None:
-    env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
+def _long_dir(tmp_path: Path) -> Path:
+    """A directory whose path is longer than 100 characters (and than any terminal line below)."""
+    long = tmp_path / ("a-rather-long-directory-name-" * 5)
+    long.mkdir()
+    assert len(str(long)) > 100
+    return long
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one line on stderr, which must be the error; returns it."""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("fusionstream: error: "), done.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("columns", ["60", "250"])
+def test_produce_errors_are_one_clear_line(tmp_path: Path, columns: str) -> None:
+    """Whatever the terminal's width and however long the path: one line, the whole message, no traceback."""
+    env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}", "COLUMNS": columns}
+    long = _long_dir(tmp_path)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -311,14 +329,23 @@ def test_produce_errors_are_one_clear_line(tmp_path: Path) -> None:
 
     down = run("synthetic", "--fast", "--seconds", "1")
     assert down.returncode == 1
-    assert "cannot reach Kafka" in down.stderr and "make kafka-start" in down.stderr
-    assert "Traceback" not in down.stderr
+    line = _one_error_line(down)
+    assert "cannot reach Kafka" in line and "make kafka-start" in line
 
-    missing = run("video", str(tmp_path / "nope.mp4"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    # A usage error (click's): the whole path, and where to read more, on the one line.
+    missing = run("video", str(long / "nope.mp4"))
+    assert missing.returncode == 2
+    line = _one_error_line(missing)
+    assert f"'{long / 'nope.mp4'}' does not exist" in line
+    assert line.endswith("(see 'fusionstream produce video --help')")
 
-    captions = run("captions", str(tmp_path / "nope.srt"))
-    assert captions.returncode == 1 and "no such caption file" in captions.stderr
+    captions = run("captions", str(long / "nope.srt"))
+    assert captions.returncode == 1
+    assert f"no such caption file: {long / 'nope.srt'}" in _one_error_line(captions)
+
+    config = run("synthetic", "--config", str(long / "nope.toml"))
+    assert config.returncode == 1
+    assert f"settings file {long / 'nope.toml'} does not exist" in _one_error_line(config)
 
 
 def test_kafka_produce_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, topic_prefix: str) -> None:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka.errors import CoordinatorNotAvailableError, KafkaConnectionError
 from faultkit import PrivateBroker, free_ports
-from test_service import (
+from servicekit import (
     REPO_ROOT,
     Reader,
     ServiceProcess,

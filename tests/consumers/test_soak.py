@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from faultkit import Sampler, duration_s, report, service_processes, until_covered, window_figures
-from test_service import NS, PARTITIONS, Reader, ServiceProcess, all_topics, census_of, service_settings
+from servicekit import NS, PARTITIONS, Reader, ServiceProcess, all_topics, census_of, service_settings
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
 from fusionstream.consumers.producers.publish import publish

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_service import Running, all_topics, free_port, http_get, service_settings
+from servicekit import Running, all_topics, free_port, http_get, service_settings
 from test_subscribe import read_published
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
@@ -364,4 +364,5 @@ def test_view_without_a_broker_is_one_line_error() -> None:
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: cannot reach Kafka at 127.0.0.1:"), result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("fusionstream: error: cannot reach Kafka at 127.0.0.1:"), result.stderr

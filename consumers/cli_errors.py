@@ -1,0 +1,142 @@
+"""One-line errors for the ``fusionstream`` command line.
+
+Every failure a user can cause (a usage error, an unreachable broker, a bad model
+directory, a missing file) is printed as one plain line on stderr::
+
+    fusionstream: error: <what went wrong> (see 'fusionstream produce video --help')
+
+Plain ``sys.stderr.write``, not rich: rich wraps at the terminal's width and boxes click's
+usage errors, so a long path became several lines (and a test or a script reading the
+error got a fragment). :func:`run_app` runs the typer app without click's standalone mode
+so that its usage errors come here too; :func:`fail` is for the commands' own errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from fusionstream.consumers.settings import Settings
+
+PROG = "fusionstream"
+#: Exit status of a usage error (click's), of a failure, and after Ctrl-C (128 + SIGINT).
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space."""
+    return " ".join(text.split())
+
+
+def describe(exc: BaseException) -> str:
+    """What an exception says to a user: its message (settings errors field by field), else its repr."""
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):  # pydantic: one clause per field
+        fields = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ]
+        return "invalid settings: " + "; ".join(fields)
+    return str(exc) or repr(exc)
+
+
+def print_error(message: str) -> None:
+    """``fusionstream: error: MESSAGE`` as one line on stderr."""
+    _write(f"{PROG}: error: {one_line(message)}")
+
+
+def note(message: str) -> None:
+    """``fusionstream: MESSAGE`` as one line on stderr: something the user should know, not an error."""
+    _write(f"{PROG}: {one_line(message)}")
+
+
+def _write(line: str) -> None:
+    sys.stdout.flush()  # what a command printed before comes first
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Print ``message`` as the one error line and exit with ``code``."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def one_line_errors(*errors: type[BaseException], code: int = EXIT_FAILURE) -> Iterator[None]:
+    """Turn the expected ``errors`` (the user's setup, not bugs) into the one error line and exit ``code``;
+    Ctrl-C into exit status 130 without a traceback. Anything else propagates: a bug keeps its traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except errors as exc:
+        fail(describe(exc), code)
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+    """:meth:`Settings.load`, with an invalid value or a missing ``--config`` file as the one error line."""
+    from pydantic import ValidationError
+
+    with one_line_errors(ValidationError, FileNotFoundError):
+        return Settings.load(config, **flags)
+    raise AssertionError("unreachable")  # pragma: no cover  (one_line_errors exits)
+
+
+def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
+    """Run ``app`` on ``args`` (default: the process's) and return its exit status.
+
+    Like typer's standalone mode, except that click's errors are printed by :func:`print_error`
+    with a pointer to the command's ``--help`` (exit status 2 for usage errors), and Ctrl-C is
+    exit status 130 without a traceback. ``--help`` still prints and exits 0.
+    """
+    # typer >= 0.20 vendors click (typer._click); older versions use click itself. BadParameter
+    # is public in both, and its ancestors are the classes raised for every usage error.
+    ancestors = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    click_exception: type[Exception] = ancestors["ClickException"]
+    usage_error: type[Exception] = ancestors["UsageError"]
+    # aiokafka logs every failed connection attempt at ERROR. Without a configured handler Python's
+    # last-resort handler would print those beside our one-line error; commands that set up
+    # logging (serve, view, demo, bench) still get them through the root logger.
+    logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    try:
+        result = app(args=None if args is None else list(args), prog_name=PROG, standalone_mode=False)
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # The help was printed when the error was made (rich help prints as it formats it).
+            help_text = exc.format_message()  # type: ignore[attr-defined]
+            if help_text.strip():
+                sys.stderr.write(help_text + "\n")
+            return int(exc.exit_code)  # type: ignore[attr-defined]
+        print_error(exc.format_message() + _help_hint(exc))  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except click_exception as exc:
+        print_error(exc.format_message())  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        print_error("aborted")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:  # outside a command (typer maps one inside a command to exit status 130)
+        return EXIT_INTERRUPTED
+    # Without standalone mode a command's typer.Exit(n) comes back as n, and a normal return as None.
+    return result if isinstance(result, int) else 0
+
+
+def _help_hint(exc: Exception) -> str:
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or ctx.command.get_help_option(ctx) is None:
+        return ""
+    return f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+
+
+__all__ = [
+    "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "PROG", "describe", "fail", "load_settings", "note",
+    "one_line", "one_line_errors", "print_error", "run_app",
+]
