@@ -1,0 +1,193 @@
+"""Checking a model directory against its manifest (``fusionstream model check``).
+
+Opens every graph with ONNX Runtime on the CPU, checks that each declared input and output exists
+with the declared dtype and a shape the preprocessing can fill, runs one dummy window (batch 1
+and 2) through every encoder and the fusion head, and times it. Every error names the manifest
+field and the graph file, so a bad model is refused at load, not at the first window.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fusionstream.engines.errors import ModelDirError
+from fusionstream.engines.manifest import (
+    AudioPreprocess,
+    Manifest,
+    ModalitySpec,
+    TextPreprocess,
+    VideoPreprocess,
+    load_manifest,
+)
+
+#: ONNX Runtime's type strings for the dtypes a manifest may declare.
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
+              "int32": "tensor(int32)"}
+SAMPLE_TEXT = "one two three four five"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphReport:
+    """What the check saw of one graph."""
+
+    graph: str
+    file: str
+    inputs: tuple[str, ...]
+    output: str
+    output_size: int
+    cpu_ms: float
+
+
+def check_model_dir(model_dir: Any, *, threads: int = 1) -> tuple[Manifest, list[GraphReport]]:
+    """Load and check ``model_dir``; returns its manifest and a report per graph, or raises
+    :class:`ModelDirError` naming the field and the file."""
+    manifest = load_manifest(model_dir)
+    reports = [_check_encoder(manifest, m, threads) for m in manifest.modalities.values()]
+    if manifest.fusion is not None:
+        reports.append(_check_fusion(manifest, threads))
+    return manifest, reports
+
+
+def _session(manifest: Manifest, file: str, field: str, threads: int) -> Any:
+    import onnxruntime as ort  # lazy: `import fusionstream.engines` stays light
+
+    path = manifest.directory / file
+    if not path.is_file():
+        raise ModelDirError(f"{manifest.path}: {field}: {path} does not exist")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own, unexported exception types
+        raise ModelDirError(f"{manifest.path}: {field}: {file} is not a loadable ONNX graph: {exc}") from None
+
+
+def _fail(manifest: Manifest, field: str, message: str) -> ModelDirError:
+    return ModelDirError(f"{manifest.path}: {field}: {message}")
+
+
+def _expected_shape(modality: ModalitySpec, role: str) -> tuple[int | None, ...]:
+    """Per-row shape (no batch axis) the preprocessing produces for ``role``; None = any length."""
+    pre = modality.preprocess
+    if isinstance(pre, VideoPreprocess):
+        frame = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
+        return frame if modality.encoder.per_frame else (pre.frames, *frame)
+    if isinstance(pre, AudioPreprocess):
+        return (pre.samples,)
+    assert isinstance(pre, TextPreprocess)
+    return (pre.hashed_ngrams.max_len,) if pre.hashed_ngrams is not None else (None,)
+
+
+def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> None:
+    base = f"modalities.{modality.name}.encoder"
+    graph_inputs = {i.name: i for i in session.get_inputs()}
+    declared = {spec.name: role for role, spec in modality.encoder.inputs.items()}
+    for name in graph_inputs:
+        if name not in declared:
+            raise _fail(manifest, f"{base}.inputs", f"{modality.encoder.file} has an input {name!r} no role feeds "
+                        f"(declared: {', '.join(declared) or 'none'})")
+    for role, spec in modality.encoder.inputs.items():
+        field = f"{base}.inputs.{role}"
+        found = graph_inputs.get(spec.name)
+        if found is None:
+            raise _fail(manifest, f"{field}.name", f"{modality.encoder.file} has no input {spec.name!r} "
+                        f"(it has {', '.join(graph_inputs)})")
+        if found.type != _ORT_TYPES[spec.dtype]:
+            raise _fail(manifest, f"{field}.dtype",
+                        f"{spec.dtype} declared, {modality.encoder.file} takes {found.type}")
+        expected = _expected_shape(modality, role)
+        shape = tuple(found.shape)
+        if len(shape) != len(expected) + 1:
+            per_row = ", ".join("any" if d is None else str(d) for d in expected)
+            raise _fail(manifest, field, f"{modality.encoder.file} input {spec.name!r} has shape {list(shape)}, "
+                        f"the preprocessing gives [batch, {per_row}]")
+        for got, want in zip(shape[1:], expected, strict=True):
+            if isinstance(got, int) and want is not None and got != want:
+                raise _fail(manifest, f"modalities.{modality.name}.preprocess",
+                            f"makes {list(expected)} per row, {modality.encoder.file} input {spec.name!r} "
+                            f"expects {list(shape[1:])}")
+
+
+def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dict[str, np.ndarray]:
+    pre = modality.preprocess
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
+        from tokenizers import Tokenizer
+
+        try:
+            tokenizer = Tokenizer.from_file(str(manifest.directory / pre.tokenizer))
+        except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
+            raise _fail(manifest, f"modalities.{modality.name}.preprocess.tokenizer",
+                        f"{pre.tokenizer} is not a Hugging Face tokenizer.json: {exc}") from None
+        encoding = tokenizer.encode(SAMPLE_TEXT)
+        ids = encoding.ids[: pre.max_tokens]
+        fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
+        for role, spec in modality.encoder.inputs.items():
+            arrays[spec.name] = np.array([fields[role]] * batch, dtype=spec.dtype)
+        return arrays
+    for role, spec in modality.encoder.inputs.items():
+        shape = tuple(d if d is not None else 8 for d in _expected_shape(modality, role))
+        arrays[spec.name] = np.zeros((batch, *shape), dtype=spec.dtype)
+    return arrays
+
+
+def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: str, field: str,
+         file: str) -> tuple[np.ndarray, float]:
+    outputs = [o.name for o in session.get_outputs()]
+    if output not in outputs:
+        raise _fail(manifest, field, f"{file} has no output {output!r} (it has {', '.join(outputs)})")
+    started = time.process_time()
+    try:
+        (result,) = session.run([output], feed)
+    except Exception as exc:  # a graph that loads but cannot run on what the manifest says it takes
+        raise _fail(manifest, field, f"{file} fails on a dummy window: {exc}") from None
+    return np.asarray(result), (time.process_time() - started) * 1000
+
+
+def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int) -> GraphReport:
+    encoder = modality.encoder
+    base = f"modalities.{modality.name}.encoder"
+    session = _session(manifest, encoder.file, f"{base}.file", threads)
+    _check_inputs(manifest, modality, session)
+    cpu_ms = 0.0
+    for batch in (1, 2):
+        result, cpu_ms = _run(manifest, session, _dummy_inputs(manifest, modality, batch), encoder.output,
+                              f"{base}.output.name", encoder.file)
+        if result.shape != (batch, encoder.size):
+            raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "
+                        f"{list(result.shape[1:])} per row (batch {batch}: {list(result.shape)})")
+    inputs = tuple(f"{i.name}:{i.type.removeprefix('tensor(').rstrip(')')}{i.shape}" for i in session.get_inputs())
+    return GraphReport(modality.name, encoder.file, inputs, encoder.output, encoder.size, cpu_ms)
+
+
+def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
+    fusion, task = manifest.fusion, manifest.task
+    assert fusion is not None and task is not None
+    session = _session(manifest, fusion.file, "fusion.file", threads)
+    graph_inputs = {i.name for i in session.get_inputs()}
+    wanted = {**{f"fusion.inputs.{m}": name for m, name in fusion.inputs.items()}, "fusion.inputs.mask": fusion.mask}
+    for field, name in wanted.items():
+        if name not in graph_inputs:
+            have = ", ".join(sorted(graph_inputs))
+            raise _fail(manifest, field, f"{fusion.file} has no input {name!r} (it has {have})")
+    if extra := graph_inputs - set(wanted.values()):
+        raise _fail(manifest, "fusion.inputs",
+                    f"{fusion.file} has inputs no modality feeds: {', '.join(sorted(extra))}")
+    rng = np.random.default_rng(0)
+    cpu_ms = 0.0
+    for batch in (1, 2):
+        feed = {fusion.inputs[m]: rng.standard_normal((batch, spec.encoder.size)).astype(np.float32)
+                for m, spec in manifest.modalities.items()}
+        feed[fusion.mask] = np.ones((batch, len(manifest.modalities)), np.float32)
+        result, cpu_ms = _run(manifest, session, feed, fusion.output, "fusion.output.name", fusion.file)
+        if result.shape != (batch, task.outputs):
+            what = f"size {task.size}" if task.kind == "embedding" else f"{task.outputs} classes"
+            raise _fail(manifest, "fusion.output", f"the task has {what}, {fusion.file} gives {list(result.shape)} "
+                        f"for a batch of {batch}")
+    inputs = tuple(sorted(graph_inputs))
+    return GraphReport("fusion", fusion.file, inputs, fusion.output, task.outputs, cpu_ms)
