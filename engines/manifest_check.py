@@ -87,10 +87,6 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
     base = f"modalities.{modality.name}.encoder"
     graph_inputs = {i.name: i for i in session.get_inputs()}
     declared = {spec.name: role for role, spec in modality.encoder.inputs.items()}
-    for name in graph_inputs:
-        if name not in declared:
-            raise _fail(manifest, f"{base}.inputs", f"{modality.encoder.file} has an input {name!r} no role feeds "
-                        f"(declared: {', '.join(declared) or 'none'})")
     for role, spec in modality.encoder.inputs.items():
         field = f"{base}.inputs.{role}"
         found = graph_inputs.get(spec.name)
@@ -111,6 +107,11 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
                 raise _fail(manifest, f"modalities.{modality.name}.preprocess",
                             f"makes {list(expected)} per row, {modality.encoder.file} input {spec.name!r} "
                             f"expects {list(shape[1:])}")
+    # after the declared names: a misspelt name reads better as missing than as unfed
+    for name in graph_inputs:
+        if name not in declared:
+            raise _fail(manifest, f"{base}.inputs", f"{modality.encoder.file} has an input {name!r} no role feeds "
+                        f"(declared: {', '.join(declared) or 'none'})")
 
 
 def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dict[str, np.ndarray]:
