@@ -19,11 +19,16 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         latency = stage.get("latency_ms") or {}
         notes = ", ".join(
             f"{key} {value}" for key, value in stage.items()
-            if key not in {"windows", "seconds", "windows_per_s", "latency_ms", "by_batch_size", "rounds_windows_per_s"}
+            if key not in {"windows", "seconds", "windows_per_s", "latency_ms", "by_batch_size", "rounds_windows_per_s",
+                           "graph_share"}
         )
         percentiles = (f"{latency[p]:.1f}" if latency else "-" for p in ("p50", "p95", "p99"))
         table.add_row(name, f"{stage['windows_per_s']:.1f}", *percentiles, notes)
     console.print(table)
+    share = report["stages"].get("engine", {}).get("graph_share")
+    if share:
+        parts = ", ".join(f"{graph} {100 * part:.0f}%" for graph, part in share.items())
+        console.print(f"engine time by graph: {parts}")
     ratios = Table(title="ratios")
     ratios.add_column("ratio")
     ratios.add_column("measured", justify="right")

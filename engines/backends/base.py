@@ -17,6 +17,7 @@ thread-safe: give each engine thread its own.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,10 @@ class Backend(ABC):
         if missing:
             raise ModelDirError(f"{self.model_dir} lacks {', '.join(missing)}, needed by the {self.name} backend")
         self._active = False
+        #: Wall seconds spent in each graph since construction (or since the caller cleared it): what
+        #: ``fusionstream bench`` reports as each graph's share of engine time. Two clock reads a
+        #: graph call, against milliseconds of inference.
+        self.graph_seconds: dict[str, float] = {}
 
     def required_files(self) -> list[str]:
         """Files of the model directory this backend reads (checked at construction)."""
@@ -185,7 +190,10 @@ class Backend(ABC):
             raise InputError("mask must hold only 0 (absent) and 1 (present)")
         if size == 0:
             return np.zeros((0, self.spec.n_classes), np.float32)
-        return self._checked_probs(self._fuse_impl(emb_video, emb_audio, emb_text, mask), size)
+        started = time.perf_counter()
+        probs = self._fuse_impl(emb_video, emb_audio, emb_text, mask)
+        self.graph_seconds["fusion"] = self.graph_seconds.get("fusion", 0.0) + time.perf_counter() - started
+        return self._checked_probs(probs, size)
 
     def _check_active(self) -> None:
         if not self._active:
@@ -207,7 +215,9 @@ class Backend(ABC):
 
     def _encode(self, modality: str, inputs: np.ndarray) -> np.ndarray:
         """``modality`` is one of ``MODALITIES`` or ``FRAME_GRAPH``."""
+        started = time.perf_counter()
         out = np.asarray(self._encode_impl(modality, inputs), dtype=np.float32)
+        self.graph_seconds[modality] = self.graph_seconds.get(modality, 0.0) + time.perf_counter() - started
         if out.shape != (len(inputs), self.spec.embed_dim):  # a wrong model file, not a caller error
             raise EngineError(
                 f"{modality} encoder returned {out.shape}, expected ({len(inputs)}, {self.spec.embed_dim})"

@@ -119,6 +119,10 @@ def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_pa
     stages = report["stages"]
     assert set(report["windows_per_s"]) >= {"engine", "engine_no_reuse", "intake", "pipeline", "kafka", "naive",
                                             "engine_int8"}
+    # Each graph's share of the engine's time: every graph the shipped model runs, adding up to the whole.
+    share = stages["engine"]["graph_share"]
+    assert set(share) == {"frame", "audio", "text", "fusion", "other"} and abs(sum(share.values()) - 1) < 0.01
+    assert share["frame"] > share["fusion"] and share["audio"] > share["text"]
     # The intake stage took in the same windows, on one thread: its CPU time is at most its wall time.
     intake = stages["intake"]
     assert intake["windows"] == stages["engine"]["windows"] and intake["dead_letters"] == 0
