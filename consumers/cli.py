@@ -297,10 +297,12 @@ def bench(
 
 
 # Sub-apps: like this module they import only typer and the settings; their commands import the rest.
+from fusionstream.consumers.model_cli import model_app  # noqa: E402
 from fusionstream.consumers.producers.cli import produce_app  # noqa: E402
 from fusionstream.consumers.topics_cli import topics_app  # noqa: E402
 
 app.add_typer(produce_app, name="produce")
+app.add_typer(model_app, name="model")
 app.add_typer(topics_app, name="topics")
 
 

@@ -162,8 +162,7 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int) -> 
         if result.shape != (batch, encoder.size):
             raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "
                         f"{list(result.shape[1:])} per row (batch {batch}: {list(result.shape)})")
-    inputs = tuple(f"{i.name}:{i.type.removeprefix('tensor(').rstrip(')')}{i.shape}" for i in session.get_inputs())
-    return GraphReport(modality.name, encoder.file, inputs, encoder.output, encoder.size, cpu_ms)
+    return GraphReport(modality.name, encoder.file, _described(session), encoder.output, encoder.size, cpu_ms)
 
 
 def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
@@ -190,5 +189,9 @@ def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
             what = f"size {task.size}" if task.kind == "embedding" else f"{task.outputs} classes"
             raise _fail(manifest, "fusion.output", f"the task has {what}, {fusion.file} gives {list(result.shape)} "
                         f"for a batch of {batch}")
-    inputs = tuple(sorted(graph_inputs))
-    return GraphReport("fusion", fusion.file, inputs, fusion.output, task.outputs, cpu_ms)
+    return GraphReport("fusion", fusion.file, _described(session), fusion.output, task.outputs, cpu_ms)
+
+
+def _described(session: Any) -> tuple[str, ...]:
+    """``name:dtype[shape]`` of each graph input, as ``model check`` prints them."""
+    return tuple(f"{i.name}:{i.type.removeprefix('tensor(').rstrip(')')}{i.shape}" for i in session.get_inputs())

@@ -1,0 +1,39 @@
+"""`fusionstream model check`: a directory's graphs against its manifest, from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fusionstream.consumers.settings import default_model_dir
+from tests.v2models import write_v2_model
+
+CHECK = [sys.executable, "-m", "fusionstream", "model", "check"]
+
+
+def test_check_reports_every_graph_of_a_three_and_a_two_modality_model(tmp_path: Path) -> None:
+    shipped = subprocess.run([*CHECK, str(default_model_dir()), "--json"], capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert shipped.returncode == 0, shipped.stderr
+    report = json.loads(shipped.stdout)
+    assert report["modalities"] == ["video", "audio", "text"] and report["task"] == "single_label"
+    assert [(g["graph"], g["output_size"]) for g in report["graphs"]] == [
+        ("video", 64), ("audio", 64), ("text", 64), ("fusion", 10)]
+    two = write_v2_model(tmp_path / "av", ("video", "audio"), activation="softmax")
+    printed = subprocess.run([*CHECK, str(two)], capture_output=True, text=True, timeout=120, check=False,
+                             env=None)
+    assert printed.returncode == 0, printed.stderr
+    assert "format 2" in printed.stdout and "video + audio" in printed.stdout and "frame.onnx" in printed.stdout
+
+
+def test_a_bad_model_is_one_line_naming_the_file_and_field(tmp_path: Path) -> None:
+    model = write_v2_model(tmp_path / "bad", ("audio",))
+    doc = json.loads((model / "model.json").read_text())
+    doc["modalities"]["audio"]["encoder"]["output"]["size"] = 32
+    (model / "model.json").write_text(json.dumps(doc))
+    done = subprocess.run([*CHECK, str(model)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.json: modalities.audio.encoder.output.size: 32 declared" in lines[0], done.stderr
