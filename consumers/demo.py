@@ -15,7 +15,7 @@ from typing import IO, Any
 from rich.console import Console
 
 from fusionstream.consumers.embedded import run_embedded
-from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.engine import model_classes, model_title, open_engine
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.report import WindowCensus, summarize
@@ -75,12 +75,12 @@ def run_demo(
         sink: IO[str] | None = stack.enter_context(out.open("w", encoding="utf-8")) if out is not None else None
         runner, spec = stack.enter_context(open_engine(settings))
         if spans is not None and video is not None:
-            truth = labels_truth(spans, video.stem, spec.classes, start_ns)
+            truth = labels_truth(spans, video.stem, model_classes(spec), start_ns)
         window_config = settings.model_window_config(spec)
-        census = WindowCensus(window_config)
+        census = WindowCensus(window_config, runner.modalities)
         if not quiet:
             console.print(
-                f"[bold]fusionstream demo[/] {label}, model {spec.fusion} v{spec.version} on {settings.backend}, "
+                f"[bold]fusionstream demo[/] {label}, model {model_title(spec)} on {settings.backend}, "
                 f"{'real time' if realtime else 'as fast as possible'}"
             )
             console.print("[dim]stream      window   pred  score  true  V A T   latency[/]")
@@ -98,7 +98,7 @@ def run_demo(
             mark = ""
             if true is not None and true.digit is not None:
                 # Labels from a file are class indices; the synthetic truth's digits are the labels.
-                name = spec.classes[true.digit] if spans is not None else str(true.digit)
+                name = model_classes(spec)[true.digit] if spans is not None else str(true.digit)
                 ok = p.label == name
                 mark = f"{name:>4}{'' if true.clear else '~'} " + ("[green]✓[/]" if ok else "[red]✗[/]")
             else:
@@ -119,17 +119,20 @@ def run_demo(
                 speculate=settings.speculate,
             )
             async with pipeline:
-                return await run_embedded(pipeline, census.watch(records), realtime=realtime, on_prediction=show)
+                run = await run_embedded(pipeline, census.watch(records), realtime=realtime, on_prediction=show)
+                return run, pipeline.stats.records_ignored
 
-        result = asyncio.run(go())
+        result, ignored = asyncio.run(go())
 
     scored = result.predictions
     if spans is not None:
         # summarize() compares a label with str(segment.digit), and a file's segments hold class indices.
-        index = {name: str(i) for i, name in enumerate(spec.classes)}
-        scored = [dataclasses.replace(p, label=index[p.label]) for p in scored]
+        index = {name: str(i) for i, name in enumerate(model_classes(spec))}
+        scored = [dataclasses.replace(p, label=index.get(p.label, p.label)) for p in scored]
     summary = summarize(scored, seconds=result.seconds, truth=truth, expected=census.expected)
     summary["dead_letters"] = len(result.dead_letters)
+    if ignored:  # records of modalities a format-2 model does not use
+        summary["records_ignored"] = ignored
     if not quiet:
         acc = summary["accuracy"]
         console.print(

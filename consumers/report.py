@@ -23,16 +23,19 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 class WindowCensus:
-    """Counts the windows a record sequence must produce: every window holding at least one record."""
+    """Counts the windows a record sequence must produce: every window holding at least one record
+    (of ``modalities``, when given: those of a model that uses a subset, whose pipeline ignores the others)."""
 
-    def __init__(self, config: WindowConfig) -> None:
+    def __init__(self, config: WindowConfig, modalities: Iterable[str] | None = None) -> None:
         self.config = config
         self.expected: set[tuple[str, int]] = set()
+        self._modalities = None if modalities is None else frozenset(modalities)
 
     def watch(self, records: Iterable[Record]) -> Iterator[Record]:
         for record in records:
-            starts = self.config.starts_overlapping(record.t_start_ns, last_instant(record))
-            self.expected.update((record.stream_id, s) for s in starts)
+            if self._modalities is None or record.modality.label in self._modalities:
+                starts = self.config.starts_overlapping(record.t_start_ns, last_instant(record))
+                self.expected.update((record.stream_id, s) for s in starts)
             yield record
 
 

@@ -24,6 +24,7 @@ from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import MS
 
 if TYPE_CHECKING:
+    from fusionstream.engines.manifest import Manifest
     from fusionstream.engines.spec import ModelSpec
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("fusionstream_config_file", default=None)
@@ -32,6 +33,27 @@ _CONFIG_FILE: ContextVar[Path | None] = ContextVar("fusionstream_config_file", d
 def default_model_dir() -> Path:
     """The model shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "engines" / "models" / "default"
+
+
+#: Frames per window and sample rate of windows for a model without video or audio (any would do: its
+#: records of that modality are not aligned).
+_NO_VIDEO_FRAMES = WindowConfig().frames_per_window
+_NO_AUDIO_RATE = WindowConfig().sample_rate
+
+
+def model_geometry(spec: ModelSpec | Manifest) -> tuple[int, int]:
+    """``(frames per window, sample rate)`` the aligner needs for this model."""
+    from fusionstream.engines.manifest import AudioPreprocess, Manifest, VideoPreprocess
+
+    if not isinstance(spec, Manifest):
+        return spec.frames_per_window, spec.sample_rate
+    frames, rate = _NO_VIDEO_FRAMES, _NO_AUDIO_RATE
+    for modality in spec.modalities.values():
+        if isinstance(modality.preprocess, VideoPreprocess):
+            frames = modality.preprocess.frames
+        elif isinstance(modality.preprocess, AudioPreprocess):
+            rate = modality.preprocess.sample_rate
+    return frames, rate
 
 
 class ModelWindowMismatch(FusionStreamError):
@@ -180,22 +202,28 @@ class Settings(BaseSettings):
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
         )
 
-    def model_window_config(self, spec: ModelSpec) -> WindowConfig:
+    def model_window_config(self, spec: ModelSpec | Manifest) -> WindowConfig:
         """The aligner's settings for ``spec``'s model, after :meth:`check_model_windows`.
 
         Everything that runs a model on windows built from these settings (serve, demo, bench)
         should build its windows here: a model fed windows of another length or hop than it
-        was trained on runs without an error and predicts worse.
+        was trained on runs without an error and predicts worse. ``spec`` is a format-1
+        :class:`ModelSpec` or a (format-2) :class:`Manifest`, whose video preprocessing gives the
+        frames per window and audio preprocessing the sample rate.
         """
         self.check_model_windows(spec)
-        return self.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+        frames, rate = model_geometry(spec)
+        return self.window_config(frames_per_window=frames, sample_rate=rate)
 
-    def check_model_windows(self, spec: ModelSpec) -> None:
+    def check_model_windows(self, spec: ModelSpec | Manifest) -> None:
         """Raise :class:`ModelWindowMismatch` (one line naming both values and the setting to change) when
         ``window_ms`` or ``hop_ms`` disagrees with the model; a model that declares no hop has only its window
         length checked."""
-        declared = {"window_ms": ("window", "window_ns", spec.window_ns),
-                    "hop_ms": ("hop", "hop_ns", getattr(spec, "hop_ns", None))}
+        # The model.json fields that say so: format 2 writes milliseconds under "window".
+        fields = ("window_ns", "hop_ns") if getattr(spec, "source_format", 1) == 1 else ("window.length_ms",
+                                                                                        "window.hop_ms")
+        declared = {"window_ms": ("window", fields[0], spec.window_ns),
+                    "hop_ms": ("hop", fields[1], getattr(spec, "hop_ns", None))}
         wrong = {name: (label, field, model_ns) for name, (label, field, model_ns) in declared.items()
                  if model_ns is not None and getattr(self, name) * MS != model_ns}
         if not wrong:

@@ -6,17 +6,13 @@ machine, so the machine's speed mostly cancels out.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import platform
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 
-from fusionstream.consumers.bench.realtime import Trial, realtime_trial, search_max_streams
+from fusionstream.consumers.bench.common import best_of, broker_available, machine, ratio, realtime_search
 from fusionstream.consumers.bench.stages import (
     StageResult,
     engine_stage,
@@ -26,7 +22,7 @@ from fusionstream.consumers.bench.stages import (
     pipeline_stage,
 )
 from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from fusionstream.consumers.engine import backend_options
+from fusionstream.consumers.engine import backend_options, model_format
 from fusionstream.consumers.pipeline.runner import WindowRunner
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import load_backend
@@ -53,33 +49,12 @@ class BenchOptions:
     rounds: int = 3
 
 
-def _ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else 0.0
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    import onnxruntime
-    import torch  # the naive stage needs it anyway
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__,
-    }
-
-
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
     """Run every stage and return the report (figures, ratios, trials)."""
+    if model_format(settings.model_dir) != 1:
+        from fusionstream.consumers.bench.manifest_run import run_manifest_bench
+
+        return run_manifest_bench(settings, options, console)
     spec = ModelSpec.load(settings.model_dir)
     config = settings.model_window_config(spec)
     options_of_backend = backend_options(settings)
@@ -122,7 +97,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         best_batch = int(sweep.extra["batch_size"])
         console.print(f"  batch sizes (windows/s): {sweep.extra['by_batch_size']}; using {best_batch}")
         kafka_settings = settings.model_copy(update={"max_batch": best_batch})
-        broker = options.kafka and _broker(kafka_settings, console)
+        broker = options.kafka and broker_available(kafka_settings, console)
         int8 = options.int8 and settings.backend == "onnxruntime" and settings.precision != "int8" and _has_int8(spec)
         int8_backend = (
             int8_scope.enter_context(
@@ -163,15 +138,15 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         int8_scope.close()  # its sessions are not needed past the rounds
         for name in ("engine", "intake", "pipeline", "kafka", "engine_int8"):
             if name in rounds:
-                done(_best(rounds[name]))
+                done(best_of(rounds[name]))
         stages["engine"].extra["by_batch_size"] = sweep.extra["by_batch_size"]
         with console.status("engine without reuse"):
             done(engine_without_reuse(backend, spec, windows, best_batch))
         with console.status("naive: one window at a time, PyTorch eager, no batching, no reuse"):
             done(naive_stage(settings.model_dir, spec, workload, config, options.naive_streams))
         if options.realtime:
-            report |= _realtime(options, workload, config, make_runner, best_batch, settings, console,
-                                kafka_settings if broker else None, spec)
+            report |= realtime_search(options, workload, config, make_runner, best_batch, settings, console,
+                                      kafka_settings if broker else None, spec)
             if broker and report["max_realtime_streams"] >= 2:
                 from fusionstream.consumers.bench.kafka_stage import kafka_realtime
 
@@ -185,17 +160,17 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
     rate = {name: round(result.windows_per_s, 1) for name, result in stages.items()}
     ratios = {
-        "pipeline/engine": _ratio(rate["pipeline"], rate["engine"]),
-        "pipeline/naive": _ratio(rate["pipeline"], rate["naive"]),
-        "engine/engine_no_reuse": _ratio(rate["engine"], rate["engine_no_reuse"]),
+        "pipeline/engine": ratio(rate["pipeline"], rate["engine"]),
+        "pipeline/naive": ratio(rate["pipeline"], rate["naive"]),
+        "engine/engine_no_reuse": ratio(rate["engine"], rate["engine_no_reuse"]),
     }
     if "kafka" in rate:
-        ratios["kafka/engine"] = _ratio(rate["kafka"], rate["engine"])
+        ratios["kafka/engine"] = ratio(rate["kafka"], rate["engine"])
     if "intake" in rate:
         # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
-        ratios["intake/engine"] = _ratio(rate["intake"], rate["engine"])
+        ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
     if "engine_int8" in rate:
-        ratios["engine_int8/engine"] = _ratio(rate["engine_int8"], rate["engine"])
+        ratios["engine_int8/engine"] = ratio(rate["engine_int8"], rate["engine"])
     report["windows_per_s"] = rate
     report["latency_ms"] = {
         name: result.summary()["latency_ms"] for name, result in stages.items() if result.latencies_ms
@@ -206,69 +181,5 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     return report
 
 
-def _best(results: list[StageResult]) -> StageResult:
-    best = max(results, key=lambda r: r.windows_per_s)
-    best.extra["rounds_windows_per_s"] = [round(r.windows_per_s, 1) for r in results]
-    return best
-
-
 def _has_int8(spec: ModelSpec) -> bool:
     return any(name.endswith(INT8) for name in spec.files)
-
-
-def _broker(settings: Settings, console: Console) -> bool:
-    from fusionstream.consumers.bench.kafka_stage import broker_reachable
-
-    if asyncio.run(broker_reachable(settings)):
-        return True
-    console.print(f"[yellow]no broker at {settings.bootstrap_servers}: skipping the kafka stages[/] "
-                  "(start one with `make kafka-start`, or pass --bootstrap)")
-    return False
-
-
-def _realtime(
-    options: BenchOptions,
-    workload: Workload,
-    config: Any,
-    make_runner: Callable[[], WindowRunner],
-    max_batch: int,
-    settings: Settings,
-    console: Console,
-    kafka_settings: Settings | None,
-    spec: ModelSpec,
-) -> dict[str, Any]:
-    """The most live streams sustained: through the service and the broker when one answers (latency
-    = window close → prediction acknowledged, the figure the half-load stage reports), else through
-    the embedded pipeline (close → prediction)."""
-
-    def trial(streams: int) -> Trial:
-        where = "through the broker" if kafka_settings is not None else "embedded"
-        with console.status(f"real time: {streams} live streams for {options.trial_seconds:g} s, {where}"):
-            if kafka_settings is not None:
-                from fusionstream.consumers.bench.kafka_stage import kafka_realtime
-
-                return kafka_realtime(
-                    make_runner, spec, kafka_settings, workload, streams, seconds=options.trial_seconds,
-                    warmup_s=options.warmup_s, bound_ms=options.bound_ms,
-                )[1]
-            return realtime_trial(
-                make_runner, workload, config, streams, seconds=options.trial_seconds, warmup_s=options.warmup_s,
-                bound_ms=options.bound_ms, max_batch=max_batch, decode_workers=settings.decode_workers,
-                speculate=settings.speculate,
-            )
-
-    def show(t: Trial) -> None:
-        verdict = "[green]sustained[/]" if t.sustained else "[red]not sustained[/]"
-        console.print(
-            f"  {t.streams:4d} live streams: latency p99 {t.latency_ms['p99']:.1f} ms, intake lag p99 "
-            f"{t.intake_lag_ms['p99']:.1f} ms, {t.predicted}/{t.expected} windows: {verdict}"
-        )
-
-    best, trials = search_max_streams(trial, start=options.start_streams, limit=options.max_streams, progress=show,
-                                      attempts=options.trial_attempts)
-    return {
-        "max_realtime_streams": best,
-        "realtime": {"through": "kafka" if kafka_settings is not None else "pipeline", "bound_ms": options.bound_ms,
-                     "trial_seconds": options.trial_seconds, "trial_attempts": options.trial_attempts,
-                     "trials": [t.summary() for t in trials]},
-    }

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusionstream.consumers.pipeline.batcher import MicroBatcher
 from fusionstream.consumers.pipeline.prediction import Prediction
@@ -36,8 +36,11 @@ from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.errors import BadRecord
 from fusionstream.stream.jpeg import LazyJpeg
 from fusionstream.stream.media import decode_media, decode_wire
-from fusionstream.stream.records import MediaItem, Record
+from fusionstream.stream.records import MediaItem, Modality, Record
 from fusionstream.stream.windows import Window, WindowConfig
+
+if TYPE_CHECKING:
+    from fusionstream.consumers.pipeline.manifest_runner import ManifestRunner
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,8 @@ class PipelineStats:
     frames_undecodable: int = 0
     #: Open windows encoded ahead of their close.
     windows_warmed: int = 0
+    #: Records of a modality the model does not use: not aligned, their offsets released at once.
+    records_ignored: int = 0
 
 
 def _decode(value: bytes | Record, ref: Any) -> MediaItem | DeadLetter:
@@ -90,7 +95,7 @@ class Pipeline:
 
     def __init__(
         self,
-        runner: WindowRunner,
+        runner: WindowRunner | ManifestRunner,
         window_config: WindowConfig,
         *,
         max_batch: int = 32,
@@ -103,7 +108,10 @@ class Pipeline:
     ) -> None:
         self.runner = runner
         #: The model's input side: sampled frames are decoded no larger than it needs.
-        self._frame_side = runner.spec.image_size
+        self._frame_side = runner.frame_side
+        #: Modalities the model does not use (a format-2 model may declare a subset): their records
+        #: are counted and dropped, so that windows never wait for them.
+        self._ignored = frozenset(m for m in Modality if m.label not in runner.modalities)
         self._prepare: Callable[[Sequence[Window]], None] | None = (
             getattr(runner, "prepare", None) if speculate else None
         )
@@ -164,6 +172,11 @@ class Pipeline:
         for item in items:
             if isinstance(item, DeadLetter):
                 dead.append(item)
+                continue
+            if self._ignored and item.modality in self._ignored:
+                self.stats.records_ignored += 1
+                if self._on_admit is not None:
+                    self._on_admit(item.ref, 0)  # in no window: nothing to wait for
                 continue
             admission = self.aligner.add(item, now)
             if admission.late:

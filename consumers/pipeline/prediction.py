@@ -36,13 +36,18 @@ class Prediction:
     #: ``time.perf_counter_ns()`` when the aligner closed the window (not published: it is
     #: this process's clock), so later stages can time close → acknowledged.
     closed_at_ns: int = 0
+    #: Multi-label models (format 2): every class at or above its threshold → its score, best first.
+    #: ``None`` for other tasks, and then not published.
+    labels: dict[str, float] | None = None
+    #: Embedding models (format 2): the fused vector. ``None`` for other tasks, and then not published.
+    embedding: tuple[float, ...] | None = None
 
     @property
     def window_id(self) -> str:
         return f"{self.stream_id}@{self.t_start_ns}"
 
     def to_dict(self, *, capture_to_publish_ms: float | None = None) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "window_id": self.window_id,
             "stream_id": self.stream_id,
             "t_start_ns": self.t_start_ns,
@@ -62,6 +67,12 @@ class Prediction:
             },
             "batch_size": self.batch_size,
         }
+        # Only the tasks that have them: a single-label prediction is published as it always was.
+        if self.labels is not None:
+            value["labels"] = {k: round(v, 6) for k, v in self.labels.items()}
+        if self.embedding is not None:
+            value["embedding"] = [round(v, 6) for v in self.embedding]
+        return value
 
     def to_json(self, *, capture_to_publish_ms: float | None = None) -> bytes:
         return json.dumps(self.to_dict(capture_to_publish_ms=capture_to_publish_ms), separators=(",", ":")).encode()

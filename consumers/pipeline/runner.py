@@ -11,7 +11,7 @@ import numpy as np
 
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.reuse import WindowEmbedder
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.spec import MODALITIES, ModelSpec
 from fusionstream.stream.windows import Window
 
 if TYPE_CHECKING:
@@ -29,10 +29,15 @@ class ClosedWindow:
 class WindowRunner:
     """Embeds a batch of windows (reusing shared frames and captions), fuses, and labels the result."""
 
+    #: The modalities the model uses (a format-1 model: all three).
+    modalities: tuple[str, ...] = MODALITIES
+
     def __init__(self, backend: Backend, spec: ModelSpec, *, reuse: bool = True) -> None:
         self.backend = backend
         self.spec = spec
         self.embed = WindowEmbedder(backend, spec, reuse=reuse)
+        #: The side sampled JPEG frames are decoded at, at least (the model's input side).
+        self.frame_side = spec.image_size
 
     def prepare(self, windows: Sequence[Window]) -> None:
         """Encode open windows whose data is complete, ahead of their close (``WindowEmbedder.warm``)."""

@@ -58,15 +58,18 @@ class Health:
 
 
 class Gauges:
-    """Sets the service's gauges (and the encoded-ahead counter, which the pipeline counts) from their sources."""
+    """Sets the service's gauges (and the encoded-ahead and ignored-records counters, which the pipeline counts)
+    from their sources."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
         self._warmed_reported = 0  # the pipeline's windows_warmed already added to the counter
+        self._ignored_reported = 0  # and its records_ignored
 
     def reset(self) -> None:
         """A new pipeline counts from zero."""
         self._warmed_reported = 0
+        self._ignored_reported = 0
 
     def update(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, handover: Handover) -> None:
         m = self._metrics
@@ -74,6 +77,9 @@ class Gauges:
         warmed = pipeline.stats.windows_warmed
         m.encoded_ahead.inc(warmed - self._warmed_reported)
         self._warmed_reported = warmed
+        ignored = pipeline.stats.records_ignored
+        m.ignored.inc(ignored - self._ignored_reported)
+        self._ignored_reported = ignored
         m.held.set(handover.held)
         m.open_streams.set(pipeline.aligner.stats.open_streams)
         owned = handover.owned

@@ -17,11 +17,10 @@ import sys
 from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.cli_errors import print_error
-from fusionstream.consumers.engine import open_engine
+from fusionstream.consumers.engine import load_model, open_engine
 from fusionstream.consumers.service.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.errors import EngineError
-from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     _logs_to_stdout()
     try:
         # Before the engine loads (a TensorRT build takes minutes), and before waiting for a broker.
-        settings.check_model_windows(ModelSpec.load(settings.model_dir))
+        settings.check_model_windows(load_model(settings.model_dir))
         with open_engine(settings) as (runner, spec):
             service = InferenceService(settings, runner, spec, options=ServiceOptions(instance_id=instance_id))
             asyncio.run(_serve(service))

@@ -69,6 +69,10 @@ class ServiceMetrics:
             "windows_encoded_ahead", "Open windows encoded while they waited out the lateness (speculate).",
             namespace=ns, registry=registry,
         )
+        self.ignored = Counter(
+            "records_ignored", "Records of a modality the model does not use (not aligned, not waited for).",
+            namespace=ns, registry=registry,
+        )
         self.published = Counter(
             "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
         )

@@ -42,10 +42,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
+from fusionstream.consumers.engine import model_title
 from fusionstream.consumers.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
 from fusionstream.consumers.kafka.readiness import when_ready
 from fusionstream.consumers.pipeline.core import Pipeline
+from fusionstream.consumers.pipeline.manifest_runner import ManifestRunner
 from fusionstream.consumers.pipeline.runner import WindowRunner
 from fusionstream.consumers.service.commits import Committer
 from fusionstream.consumers.service.feeder import Feeder
@@ -55,6 +57,7 @@ from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.settings import Settings
+from fusionstream.engines.manifest import Manifest
 from fusionstream.engines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,8 @@ class InferenceService:
     def __init__(
         self,
         settings: Settings,
-        runner: WindowRunner,
-        spec: ModelSpec,
+        runner: WindowRunner | ManifestRunner,
+        spec: ModelSpec | Manifest,
         *,
         options: ServiceOptions | None = None,
         registry: CollectorRegistry | None = None,
@@ -182,9 +185,9 @@ class InferenceService:
             stack.push_async_callback(self._stop_consumer)
 
             log.info(
-                "serving %s -> %s (group %s, instance %s, %s), model %s v%s",
+                "serving %s -> %s (group %s, instance %s, %s), model %s",
                 ", ".join(self.input_topics), s.predictions_topic, s.group_id, self.instance_id,
-                "exactly-once" if s.exactly_once else "at-least-once", self.spec.fusion, self.spec.version,
+                "exactly-once" if s.exactly_once else "at-least-once", model_title(self.spec),
             )
             self._state = "running"
             self._tasks = {
@@ -241,8 +244,10 @@ class InferenceService:
         await self._pipeline.close_output()
         await self._tasks["publish"]
         log.info(
-            "stopped: %d records, %d predictions, %d dead letters",
+            "stopped: %d records, %d predictions, %d dead letters%s",
             self._pipeline.stats.records, self._pipeline.stats.predictions, self._pipeline.stats.dead_letters,
+            f", {ignored} records ignored (modalities the model does not use)"
+            if (ignored := self._pipeline.stats.records_ignored) else "",
         )
 
     async def _abort(self) -> None:

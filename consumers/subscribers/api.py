@@ -43,6 +43,8 @@ FIELDS = (
     "window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities", "coverage",
     "model_version", "closed_by", "latency_ms", "batch_size",
 )  # fmt: skip
+#: Keys only some models' predictions have: ``labels`` (multi-label), ``embedding`` (embedding models).
+OPTIONAL_FIELDS = ("labels", "embedding")
 #: Committed offsets are flushed this often while iterating (and always on close and on revocation).
 COMMIT_INTERVAL_S = 2.0
 _POLL_MS = 200
@@ -75,6 +77,10 @@ class PredictionRecord:
     closed_by: str = ""
     latency_ms: Mapping[str, float | None] = field(default_factory=_empty)
     batch_size: int = 0
+    #: Multi-label models: every class at or above its threshold → its score, best first (else None).
+    labels: Mapping[str, float] | None = None
+    #: Embedding models: the fused vector (else None); their ``label`` is empty and ``score`` 0.
+    embedding: tuple[float, ...] | None = None
     topic: str = ""
     partition: int = -1
     offset: int = -1
@@ -105,6 +111,10 @@ class PredictionRecord:
         value: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}
         for name in ("scores", "modalities", "coverage", "latency_ms"):
             value[name] = dict(value[name])
+        if self.labels is not None:
+            value["labels"] = dict(self.labels)
+        if self.embedding is not None:
+            value["embedding"] = list(self.embedding)
         return value | dict(self.extra)
 
 
@@ -144,6 +154,12 @@ def parse_prediction(
     t_end_ns = need("t_end_ns", int)
     if t_end_ns < t_start_ns:
         raise BadPrediction("bad-field", f"t_end_ns {t_end_ns} < t_start_ns {t_start_ns}", where)
+    # Only multi-label (labels) and embedding (embedding) models publish these; null counts as absent.
+    labels, embedding = data.get("labels"), data.get("embedding")
+    if labels is not None and not (isinstance(labels, Mapping) and all(map(_is_number, labels.values()))):
+        raise BadPrediction("bad-field", f"'labels' is {labels!r}, not an object of class scores", where)
+    if embedding is not None and not (isinstance(embedding, list) and all(map(_is_number, embedding))):
+        raise BadPrediction("bad-field", "'embedding' is not a list of numbers", where)
     return PredictionRecord(
         window_id=need("window_id", str, f"{stream_id}@{t_start_ns}"),
         stream_id=stream_id,
@@ -158,12 +174,18 @@ def parse_prediction(
         closed_by=need("closed_by", str, ""),
         latency_ms=MappingProxyType(dict(need("latency_ms", Mapping, _EMPTY))),
         batch_size=need("batch_size", int, 0),
+        labels=None if labels is None else MappingProxyType({str(k): float(v) for k, v in labels.items()}),
+        embedding=None if embedding is None else tuple(float(v) for v in embedding),
         topic=topic,
         partition=partition,
         offset=offset,
         timestamp_ms=timestamp_ms,
-        extra=MappingProxyType({k: v for k, v in data.items() if k not in FIELDS}),
+        extra=MappingProxyType({k: v for k, v in data.items() if k not in FIELDS and k not in OPTIONAL_FIELDS}),
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:

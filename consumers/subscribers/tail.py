@@ -20,20 +20,30 @@ _MODALITY_LETTERS = (("V", "magenta"), ("A", "yellow"), ("T", "blue"))
 
 
 def format_line(p: PredictionRecord) -> Text:
-    """``stream  window start  label score  V A T  capture→publish``: one prediction as a rich line."""
+    """``stream  window start  label score  V A T  capture→publish``: one prediction as a rich line.
+
+    A multi-label prediction adds the labels at or above their thresholds (``labels: a 0.91, b 0.62``);
+    an embedding model's, which has no label, shows the vector's size instead (``embedding[384]``).
+    """
     from rich.text import Text
 
     start = datetime.fromtimestamp(p.t_start_ns / 1e9).astimezone()  # the reader's local time
     line = Text.assemble(
         (f"{p.stream_id:<12} ", "cyan"),
         (f"{start:%H:%M:%S}.{start.microsecond // 1000:03d}  ", "dim"),
-        (f"{p.label:>6} ", "bold"),
-        (f"{p.score:5.2f}  ", "green" if p.score >= 0.5 else "red"),
     )
+    if p.embedding is not None:
+        line.append(f"{f'embedding[{len(p.embedding)}]':>18}  ", style="bold")
+    else:
+        line.append(f"{p.label:>6} ", style="bold")
+        line.append(f"{p.score:5.2f}  ", style="green" if p.score >= 0.5 else "red")
     for (letter, style), present in zip(_MODALITY_LETTERS, p.present, strict=True):
         line.append(f"{letter} " if present else "· ", style=style if present else "dim")
     latency = p.capture_to_publish_ms
     line.append(" " + (f"{latency:8.1f} ms" if latency is not None else "       – ms"), style="dim")
+    if p.labels is not None:
+        shown = ", ".join(f"{name} {score:.2f}" for name, score in p.labels.items())
+        line.append(f"  labels: {shown or '(none)'}", style="bold")
     return line
 
 
