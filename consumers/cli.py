@@ -15,6 +15,7 @@ import typer
 
 from fusionstream.consumers.cli_errors import fail, load_settings, note, one_line_errors, run_app
 from fusionstream.consumers.settings import Settings, default_model_dir
+from fusionstream.consumers.training.frozen_cli import frozen_options
 
 app = typer.Typer(
     name="fusionstream",
@@ -102,6 +103,7 @@ def demo(
 
 
 @app.command()
+@frozen_options  # --encoders DIR and its options: a head on frozen pretrained encoders (training/frozen_cli.py)
 def train(
     out: Annotated[Path, typer.Argument(help="Model directory to write (ONNX files + model.json).")],
     fusion: Annotated[str, typer.Option(help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",

@@ -192,7 +192,7 @@ def check(
         "encoders only: train a head with `fusionstream train OUT --encoders DIR`"
     console.print(f"[bold]{manifest.directory}[/]: format {manifest.source_format}, version {manifest.version}, "
                   f"{' + '.join(manifest.modalities)}, window {summary['window_ms']} ms / hop {summary['hop_ms']} ms, "
-                  f"{what}")
+                  f"{what}", soft_wrap=True)
     table = Table()
     for column in ("graph", "file", "inputs", "output", "size", "CPU ms"):
         table.add_column(column, justify="right" if column in {"size", "CPU ms"} else "left")

@@ -43,6 +43,13 @@ def evaluate_command(
     model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
     options: dict[str, Any] | None = None, cache: Path | None = None, int8: bool = False,
 ) -> dict[str, Any]:
+    from fusionstream.consumers.engine import model_format
+
+    if model_format(model_dir) == 2:  # any encoders, any task: through the format-2 runtime
+        from fusionstream.consumers.training.evaluate_v2 import evaluate_v2_command
+
+        return evaluate_v2_command(model_dir, seconds=seconds, seed=seed, data=data, backend=backend, quiet=quiet,
+                                   options=options, cache=cache, int8=int8)
     console = Console(stderr=quiet)
     spec = ModelSpec.load(model_dir)
     if int8 and not _int8_graphs(spec):

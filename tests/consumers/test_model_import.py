@@ -31,8 +31,9 @@ def _error_line(code: int, err: str, status: int = 1) -> str:
 
 @pytest.mark.slow
 def test_text_then_own_encoders_make_a_three_modality_encoders_directory(
-    tmp_path: Path, shipped_model: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, shipped_model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table's cells are read below, whatever the CI terminal
     source = tiny_bert(tmp_path / "st-bert", pooling="cls", normalize=True)
     out = tmp_path / "encoders"
     code, stdout, err = _run(capsys, str(out), "--text", str(source), "--version", "mine-1")

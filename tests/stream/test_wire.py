@@ -213,7 +213,8 @@ def test_wire_format_page_example_is_what_encode_writes() -> None:
     expected = wire.encode(text_record("cam-01", 7, T, T + 300_000_000, "seven"))
     assert bytes.fromhex("".join(hex_bytes)) == expected
 
-    snippet = next(block for block in _doc_blocks() if block.startswith("python"))
+    # The snippet that builds the example record (the page has other Python, e.g. client settings).
+    snippet = next(block for block in _doc_blocks() if block.startswith("python") and "value =" in block)
     namespace: dict = {}
     exec(snippet.removeprefix("python"), namespace)
     assert namespace["value"] == expected
