@@ -200,8 +200,13 @@ def _encode(
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.enable_truncation(max_tokens)
-    if tokenizer.padding is None:
-        tokenizer.enable_padding(pad_id=pad_id, pad_token=tokenizer.id_to_token(pad_id) or "[PAD]")
+    # Always to the batch's longest, as serving pads (engines/preprocess.py): a tokenizer.json may carry
+    # a fixed padding length (all-MiniLM-L6-v2's pads to 128) shorter than max_tokens, which leaves
+    # longer rows unpadded and the batch ragged.
+    configured = tokenizer.padding or {}
+    pad_id = configured.get("pad_id", pad_id)
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=configured.get("pad_token") or tokenizer.id_to_token(pad_id)
+                             or "[PAD]")
     encodings = tokenizer.encode_batch(list(texts))
     arrays = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
               "token_type_ids": [e.type_ids for e in encodings]}

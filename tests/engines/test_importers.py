@@ -232,3 +232,20 @@ def test_importing_the_importers_loads_neither_torch_nor_transformers() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_tokenizer_with_a_fixed_padding_shorter_than_max_tokens_still_gives_even_batches(
+    bert: Path, tmp_path: Path
+) -> None:
+    # all-MiniLM-L6-v2's tokenizer.json pads to a fixed 128 while its max_seq_length is 256: a longer
+    # sentence came out longer than the rest, and the import failed on a ragged batch.
+    from tokenizers import Tokenizer
+
+    fixed = Tokenizer.from_file(str(bert / "tokenizer.json"))
+    fixed.enable_padding(length=4, pad_id=0, pad_token="[PAD]")
+    path = tmp_path / "tokenizer.json"
+    fixed.save(str(path))
+    long = " ".join(["seven"] * 30)
+    arrays = text._encode(path, ("one", long), 16, 0, ["input_ids", "attention_mask"])
+    assert arrays["input_ids"].shape == arrays["attention_mask"].shape == (2, 16)
+    assert arrays["attention_mask"][0].sum() < 16 == arrays["attention_mask"][1].sum()
