@@ -131,8 +131,8 @@ class Feeder:
             self._metrics.records.labels(tp.topic).inc(len(records))
             if on_fetched is not None and records:
                 on_fetched(time.time() * 1000 - records[0].timestamp)
-            self._merger.add(tp, self._handover.fetched(tp, records), now_ms)
-        released = self._merger.release(self._handover.owned, self._caught_up, now_ms)
+            self._merger.add(tp, self._handover.fetched(tp, records), now_ms, fetched_ms=self._fetched_ms(tp))
+        released = self._merger.release(self._handover.owned, self._log_end, now_ms)
         self.clock.observe(self._behind())
         if not released:
             return
@@ -156,22 +156,38 @@ class Feeder:
         )
 
     def _caught_up(self, tp: tuple[str, int]) -> bool:
-        """Whether everything the broker has for ``tp`` was fetched (so the merger need not wait for it)."""
+        """Whether everything the broker has for ``tp`` was fetched, as far as the service knows."""
+        return self._log_end(tp) is not None or self._merger.idle(tp, self._fetch_ms)
+
+    def _log_end(self, tp: tuple[str, int]) -> float | None:
+        """When the broker reported the log end ``tp``'s position has reached (the consumer's fetch time,
+        ms), or None while ``tp`` has records left to fetch (see fusionstream.consumers.service.intake)."""
         consumer = self._consumer
         if consumer is None:
-            return True
+            return float("inf")
         try:
             highwater = consumer.highwater(TopicPartition(*tp))
+            reported = consumer.last_poll_timestamp(TopicPartition(*tp))
         except (AssertionError, IllegalStateError):
-            return True
-        if highwater is None:
-            return False
+            return float("inf")
+        if highwater is None or reported is None:
+            return None
         position = self._handover.next_offset(tp)
         if position is None:
             position = self._handover.last_committed(tp) or 0
-        # Offsets taken by transaction markers are never fetched as records: a topic-partition
-        # that has delivered nothing for a while counts as caught up.
-        return position >= highwater or self._merger.idle(tp, self._fetch_ms)
+        # Offsets taken by transaction markers are never fetched as records: the merger stops waiting
+        # for a topic-partition that has delivered nothing for a while.
+        return reported if position >= highwater else None
+
+    def _fetched_ms(self, tp: tuple[str, int]) -> float:
+        """When the records just taken from ``tp`` were fetched: its last fetch (the client fetches a
+        topic-partition again only once all its records are taken; a later fetch only makes this later)."""
+        assert self._consumer is not None
+        try:
+            reported = self._consumer.last_poll_timestamp(TopicPartition(*tp))
+        except (AssertionError, IllegalStateError):
+            reported = None
+        return time.time() * 1000 if reported is None else reported
 
     async def _dead_letter(self, message: ConsumerRecord, letter: DeadLetter) -> None:
         assert self._publisher is not None

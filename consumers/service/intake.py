@@ -8,16 +8,29 @@ windows on the audio alone and dead-letter the frames as late.
 
 So, like Kafka Streams' partition groups, fetched records wait here, per input
 partition, and are released merged by record timestamp (the event time, by the wire
-format's rule) up to the *frontier*: the oldest of the three topic-partitions'
-newest fetched timestamps. A topic-partition that is caught up (nothing more to
-fetch) does not hold the others back, nor does one that has delivered nothing for
-``max_idle_ms``. Live traffic is therefore released at once; only a backlog waits,
-for records that are already on their way.
+format's rule). A record goes only when each of its partition's other topics is known
+to have nothing older still to come: it has fetched a record at least as new, or it
+is *caught up*, or it has delivered nothing for ``max_idle_ms`` (a processing-time
+bound, so that a topic-partition the consumer cannot read does not stall the others).
 
-Pure bookkeeping: no Kafka client, no clock (the caller passes times and says which
-topic-partitions are caught up). The service's ``now_ms`` is the time spent waiting
-in ``getmany``, so a topic-partition is idle only if it delivered nothing while the
-service was actually fetching, not while it was busy or paused.
+Caught up means: its position has reached the log end the broker reported, and that
+report is no older than the fetch that brought the record. A log end is only as
+current as the fetch that reported it, and the consumer does not fetch a
+topic-partition again while records of its last fetch wait in the client's buffer,
+so one topic's log end can be a second older than another topic's records. A
+source writes its topics in event-time order, so when a topic's log end was reported
+after a record of another topic was fetched, everything that topic had older than
+the record was already in its log, hence fetched; a log end reported before that
+fetch says nothing about the seconds in between (trusted, it let a fast replay's
+video run seconds ahead of audio already in the broker, and the aligner dead-lettered
+that audio as late). Live traffic is still released at once: a fetch reports the log
+end of every topic-partition it reads along with the records it brings.
+
+Pure bookkeeping: no Kafka client, no clock (the caller passes times and says when
+each topic-partition's log end was reported). The service's ``now_ms`` is the time
+spent waiting in ``getmany``, so a topic-partition is idle only if it delivered
+nothing while the service was actually fetching, not while it was busy or paused;
+``fetched_ms`` and the log-end times are the consumer's fetch times, one clock.
 """
 
 from __future__ import annotations
@@ -43,6 +56,8 @@ R = TypeVar("R", bound=_Timestamped)
 @dataclass(slots=True)
 class _Lane(Generic[R]):
     records: deque[R] = field(default_factory=deque)
+    #: When each held record was fetched (``fetched_ms`` of its :meth:`PartitionMerger.add`), in step with ``records``.
+    fetched: deque[float] = field(default_factory=deque)
     newest_ms: float = -_INF
     last_arrival_ms: float | None = None
 
@@ -54,44 +69,58 @@ class PartitionMerger(Generic[R]):
         self.max_idle_ms = max_idle_ms
         self._lanes: dict[TP, _Lane[R]] = {}
 
-    def add(self, tp: TP, records: Iterable[R], now_ms: float) -> None:
+    def add(self, tp: TP, records: Iterable[R], now_ms: float, *, fetched_ms: float) -> None:
+        """Hold records of ``tp``; ``fetched_ms``: when they were fetched, or any later time (a later time only
+        holds them longer; an earlier one would let them pass on a log end reported before they existed)."""
         lane = self._lanes.setdefault(tp, _Lane())
         for record in records:
             lane.records.append(record)
+            lane.fetched.append(fetched_ms)
             lane.newest_ms = max(lane.newest_ms, record.timestamp)
         lane.last_arrival_ms = now_ms
 
-    def release(self, owned: Iterable[TP], caught_up: Callable[[TP], bool], now_ms: float) -> list[tuple[TP, R]]:
-        """Records that can go to the aligner now, each partition's merged by timestamp."""
+    def release(self, owned: Iterable[TP], log_end: Callable[[TP], float | None],
+                now_ms: float) -> list[tuple[TP, R]]:
+        """Records that can go to the aligner now, each partition's merged by timestamp.
+
+        ``log_end(tp)``: when the broker reported the log end that ``tp``'s position has
+        reached (the clock of ``fetched_ms``), or None while ``tp`` has records left to fetch.
+        """
         groups: dict[int, list[TP]] = {}
         for tp in owned:
             groups.setdefault(tp[1], []).append(tp)
             self._lanes.setdefault(tp, _Lane(last_arrival_ms=now_ms))
         out: list[tuple[TP, R]] = []
         for tps in groups.values():
-            frontier = min(self._frontier(tp, caught_up, now_ms) for tp in tps)
-            lanes = [(tp, self._lanes[tp].records) for tp in tps]
+            lanes = [(tp, self._lanes[tp]) for tp in tps]
+            # Per topic: a record fetched at or before this time passes on its account (its log end was
+            # reported since); inf: the topic is idle; -inf: it has records left to fetch.
+            seen: list[float] = []
+            for tp, lane in lanes:
+                reported = log_end(tp)
+                if isinstance(reported, bool):
+                    raise TypeError("log_end returns when the log end was reported, or None; not a bool")
+                seen.append(_INF if self._idle(lane, now_ms) else -_INF if reported is None else reported)
             while True:
-                best: tuple[TP, deque[R]] | None = None
-                for tp, records in lanes:
-                    if records and records[0].timestamp <= frontier and (
-                        best is None or records[0].timestamp < best[1][0].timestamp
-                    ):
-                        best = (tp, records)
-                if best is None:
+                head: _Lane[R] | None = None
+                head_tp: TP | None = None
+                for tp, lane in lanes:
+                    if lane.records and (head is None or lane.records[0].timestamp < head.records[0].timestamp):
+                        head, head_tp = lane, tp
+                if head is None or head_tp is None:
                     break
-                out.append((best[0], best[1].popleft()))
+                timestamp, fetched = head.records[0].timestamp, head.fetched[0]
+                if not all(lane is head or lane.newest_ms >= timestamp or seen_at >= fetched
+                           for (_, lane), seen_at in zip(lanes, seen, strict=True)):
+                    break  # the oldest held record waits, and every later one with it
+                head.fetched.popleft()
+                out.append((head_tp, head.records.popleft()))
         return out
 
-    def _frontier(self, tp: TP, caught_up: Callable[[TP], bool], now_ms: float) -> float:
-        lane = self._lanes[tp]
-        if caught_up(tp):
-            # Nothing more to fetch: what is buffered is all there is for now.
-            return _INF
-        idle_for = now_ms - (lane.last_arrival_ms if lane.last_arrival_ms is not None else now_ms)
-        if idle_for >= self.max_idle_ms and not lane.records:
-            return _INF
-        return lane.newest_ms
+    def _idle(self, lane: _Lane[R], now_ms: float) -> bool:
+        if lane.records or lane.last_arrival_ms is None:
+            return False
+        return now_ms - lane.last_arrival_ms >= self.max_idle_ms
 
     def touch(self, tps: Iterable[TP], now_ms: float) -> None:
         """Restart the idle timers of these topic-partitions (the service paused them: not their fault)."""
@@ -103,9 +132,7 @@ class PartitionMerger(Generic[R]):
     def idle(self, tp: TP, now_ms: float) -> bool:
         """Nothing buffered, and nothing delivered for ``max_idle_ms``."""
         lane = self._lanes.get(tp)
-        if lane is None or lane.records or lane.last_arrival_ms is None:
-            return False
-        return now_ms - lane.last_arrival_ms >= self.max_idle_ms
+        return lane is not None and self._idle(lane, now_ms)
 
     def buffered(self, tp: TP) -> int:
         lane = self._lanes.get(tp)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
 from fusionstream.consumers.service.checkpoint import MAX_CHARS, Checkpoint
+from fusionstream.consumers.service.feeder import Feeder
+from fusionstream.consumers.service.handover import Handover
 from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
+from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.consumers.service.offsets import OffsetTracker
+from fusionstream.consumers.service.options import ServiceOptions
 
 V, A, T = ("fs.video", 0), ("fs.audio", 0), ("fs.text", 0)
 HOP = 500_000_000
@@ -158,50 +164,114 @@ def lane(prefix: str, times: range) -> list[Rec]:
     return [Rec(t, f"{prefix}{t}") for t in times]
 
 
+def log_ends(at: float, *tps: tuple[str, int]) -> Callable[[tuple[str, int]], float | None]:
+    """These topic-partitions' positions reached the log ends a fetch at ``at`` reported; the others' did not."""
+    return lambda tp: at if tp in tps else None
+
+
 def test_a_partitions_topics_are_released_merged_by_time_up_to_the_slowest_topics_frontier() -> None:
     merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=1000)
     owned = [V, A, T]
-    merger.add(A, lane("a", range(0, 1000, 20)), now_ms=0)  # 1 s of audio arrived first
-    merger.add(V, lane("v", range(0, 300, 66)), now_ms=0)  # video only up to 264 ms so far
-    merger.add(T, lane("t", range(0, 1000, 500)), now_ms=0)
-    out = merger.release(owned, lambda tp: False, now_ms=10)
+    merger.add(A, lane("a", range(0, 1000, 20)), now_ms=0, fetched_ms=0)  # 1 s of audio arrived first
+    merger.add(V, lane("v", range(0, 300, 66)), now_ms=0, fetched_ms=0)  # video only up to 264 ms so far
+    merger.add(T, lane("t", range(0, 1000, 500)), now_ms=0, fetched_ms=0)
+    out = merger.release(owned, log_ends(0), now_ms=10)
     times = [r.timestamp for _, r in out]
     assert times == sorted(times) and max(times) <= 264
     assert {r.name for _, r in out} >= {"v264", "a260", "t0"} and merger.buffered(A) > 0
     # The rest of the video arrives and the text topic has nothing more: the frontier moves on.
-    merger.add(V, lane("v", range(330, 1000, 66)), now_ms=20)
-    out = merger.release(owned, lambda tp: tp == T, now_ms=20)
+    merger.add(V, lane("v", range(330, 1000, 66)), now_ms=20, fetched_ms=20)
+    out = merger.release(owned, log_ends(20, T), now_ms=20)
     assert [r.timestamp for _, r in out] == sorted(r.timestamp for _, r in out)
     assert merger.buffered(A) == merger.buffered(T) == 0
     assert merger.buffered(V) == 1, "990 ms waits for audio beyond 980 ms"
-    assert [r.name for _, r in merger.release(owned, lambda tp: tp != V, now_ms=30)] == ["v990"]
+    assert [r.name for _, r in merger.release(owned, log_ends(30, A, T), now_ms=30)] == ["v990"]
 
 
 def test_caught_up_or_idle_topics_do_not_hold_a_partition_back_and_partitions_are_independent() -> None:
     merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=500)
     v1, a1 = ("fs.video", 1), ("fs.audio", 1)
-    merger.add(A, lane("a", range(0, 200, 20)), now_ms=0)
-    merger.add(a1, lane("x", range(0, 100, 20)), now_ms=0)
+    merger.add(A, lane("a", range(0, 200, 20)), now_ms=0, fetched_ms=0)
+    merger.add(a1, lane("x", range(0, 100, 20)), now_ms=0, fetched_ms=0)
     owned = [V, A, v1, a1]
     # Video of partition 0 has nothing to fetch: audio flows; partition 1's video is behind: it waits.
-    out = merger.release(owned, lambda tp: tp == V, now_ms=0)
+    out = merger.release(owned, log_ends(0, V), now_ms=0)
     assert {tp for tp, _ in out} == {A} and merger.buffered(a1) == 5
     # After max_idle_ms without anything from partition 1's video, its audio goes on alone.
-    assert merger.release(owned, lambda tp: False, now_ms=400) == []
-    out = merger.release(owned, lambda tp: False, now_ms=600)
+    assert merger.release(owned, log_ends(0), now_ms=400) == []
+    out = merger.release(owned, log_ends(0), now_ms=600)
     assert [r.name for _, r in out] == [f"x{t}" for t in range(0, 100, 20)]
     merger.forget([A])
     assert merger.buffered(A) == 0 and merger.total() == 0
 
 
+def test_a_log_end_reported_before_a_record_was_fetched_does_not_let_the_record_pass() -> None:
+    # Issue #15, as traced in the fuzz test: a fetch at 2.1 s brought audio up to 7.48 s of event time and
+    # reported audio's log end; those records waited in the client's buffer (which keeps audio from
+    # being fetched again) while video was fetched again at 2.7 s, up to 10.8 s. When the service took
+    # the audio, its position was at that log end: "caught up", on a report 0.6 s older than the video.
+    # The audio the source had written up to 10.8 s was in the broker already; the video released 3.3 s
+    # ahead of it (beyond max_skew) moved the watermark past it, and the aligner dead-lettered it as late.
+    merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=1000)
+    owned = [V, A]
+    merger.add(A, lane("a", range(7000, 7500, 40)), now_ms=0, fetched_ms=2_100)
+    merger.add(V, lane("v", range(7000, 10_800, 66)), now_ms=0, fetched_ms=2_700)
+    out = merger.release(owned, {A: 2_100.0, V: 2_700.0}.get, now_ms=10)
+    assert max(r.timestamp for _, r in out) <= 7480, "no video past the audio fetched so far"
+    assert merger.buffered(A) == 0 and merger.buffered(V) > 0
+    # The next fetch (2.8 s) brings the audio that was in the broker: both go on, merged in event time.
+    merger.add(A, lane("a", range(7520, 10_800, 40)), now_ms=20, fetched_ms=2_800)
+    out += merger.release(owned, log_ends(2_800, A, V), now_ms=20)
+    times = [r.timestamp for _, r in out]
+    assert times == sorted(times) and merger.total() == 0
+    # A log end reported after the records were fetched, with nothing new: nothing older is coming.
+    merger.add(V, lane("v", range(10_800, 11_000, 66)), now_ms=30, fetched_ms=2_900)
+    assert merger.release(owned, log_ends(2_800, A, V), now_ms=30) == []
+    assert [r.name for _, r in merger.release(owned, log_ends(2_900, A, V), now_ms=30)] == ["v10800", "v10866",
+                                                                                          "v10932", "v10998"]
+    # A topic whose log end is not reported again holds the others back for max_idle_ms, no longer.
+    merger.add(V, lane("v", range(11_064, 11_200, 66)), now_ms=40, fetched_ms=3_000)
+    assert merger.release(owned, log_ends(2_900, A, V), now_ms=1_010) == []
+    assert len(merger.release(owned, log_ends(2_900, A, V), now_ms=1_020)) == 3
+    with pytest.raises(TypeError, match="not a bool"):  # a caught-up flag would say nothing about when
+        merger.release(owned, lambda tp: True, now_ms=1_030)
+
+
+@dataclass
+class FetchedConsumer:
+    """What the feeder asks of the consumer about fetches: each topic-partition's log end and when it was reported."""
+
+    highwaters: dict[tuple[str, int], int]
+    polled_ms: dict[tuple[str, int], int]
+
+    def highwater(self, tp: tuple[str, int]) -> int:
+        return self.highwaters[tp]
+
+    def last_poll_timestamp(self, tp: tuple[str, int]) -> int:
+        return self.polled_ms[tp]
+
+
+def test_the_feeder_tells_the_merger_when_each_log_end_was_reported_and_when_records_were_fetched() -> None:
+    handover = Handover(HOP)
+    handover.assign({V: None, A: None})
+    fetch(handover.tracker, A, range(0, 232))
+    fetch(handover.tracker, V, range(0, 100))
+    feeder = Feeder(handover, ServiceMetrics(), ServiceOptions(), lock=asyncio.Lock(), max_backlog=10)
+    consumer = FetchedConsumer({A: 232, V: 214}, {A: 2_100, V: 2_700})
+    feeder.attach(consumer, None, None)  # type: ignore[arg-type]  # only the consumer is asked
+    assert feeder._log_end(A) == 2_100, "caught up with the log end a fetch at 2.1 s reported"
+    assert feeder._log_end(V) is None, "114 records left to fetch"
+    assert feeder._fetched_ms(V) == 2_700
+
+
 def test_a_topic_paused_by_the_service_is_never_idle_and_an_idle_one_counts_as_caught_up() -> None:
     merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=500)
-    merger.add(V, lane("v", range(0, 100, 20)), now_ms=0)
-    merger.release([V], lambda tp: False, now_ms=0)
+    merger.add(V, lane("v", range(0, 100, 20)), now_ms=0, fetched_ms=0)
+    merger.release([V], log_ends(0), now_ms=0)
     assert not merger.idle(V, 400) and merger.idle(V, 500)
     merger.touch([V], now_ms=450)  # paused meanwhile: its timer restarts
     assert not merger.idle(V, 900) and merger.idle(V, 950)
-    merger.add(V, lane("v", range(100, 120, 20)), now_ms=1000)
+    merger.add(V, lane("v", range(100, 120, 20)), now_ms=1000, fetched_ms=1000)
     assert not merger.idle(V, 5000), "records waiting to be released: not idle"
 
 
