@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ def test_check_reports_every_graph_of_a_three_and_a_two_modality_model(tmp_path:
     assert [(g["graph"], g["output_size"]) for g in report["graphs"]] == [
         ("video", 64), ("audio", 64), ("text", 64), ("fusion", 10)]
     two = write_v2_model(tmp_path / "av", ("video", "audio"), activation="softmax")
+    # The table's cells are read below, whatever the width of the terminal the tests run in.
     printed = subprocess.run([*CHECK, str(two)], capture_output=True, text=True, timeout=120, check=False,
-                             env=None)
+                             env={**os.environ, "COLUMNS": "200"})
     assert printed.returncode == 0, printed.stderr
     assert "format 2" in printed.stdout and "video + audio" in printed.stdout and "frame.onnx" in printed.stdout
 
