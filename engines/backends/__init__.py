@@ -42,4 +42,16 @@ def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -
     return backend_class(name)(model_dir, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "Embeddings", "RuntimeChoices", "backend_class", "load_backend"]
+def open_runtime(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Any:
+    """A runtime for ``model_dir`` of either format, keyed by modality (not yet active).
+
+    Transitional: today only onnxruntime (``ManifestRuntime``); it becomes the one entry point of
+    every backend (docs/architecture.md).
+    """
+    from fusionstream.engines.backends.manifest_onnx import open_manifest_runtime
+    from fusionstream.engines.manifest import load_manifest
+
+    return open_manifest_runtime(name, load_manifest(model_dir), **options)
+
+
+__all__ = ["BACKENDS", "Backend", "Embeddings", "RuntimeChoices", "backend_class", "load_backend", "open_runtime"]
