@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Record
+from fusionstream.stream.buffers import (
+    NEVER,
+    ModalityBuffer,
+    StreamState,
+    contiguous,
+    gaps,
+    interval_coverage,
+    overlapping,
+)
+from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import NS, Window, WindowConfig
-
-_NEVER = -(2**63)
 
 
 def last_instant(item: MediaItem | Record) -> int:
@@ -37,10 +44,16 @@ class Admission:
     """What became of one item: the starts of the windows it joined, empty when it was late."""
 
     window_starts: tuple[int, ...]
+    #: Windows it belongs to that had already closed: it is in the others only (partly late).
+    missed: int = 0
 
     @property
     def late(self) -> bool:
         return not self.window_starts
+
+    @property
+    def partly_late(self) -> bool:
+        return bool(self.window_starts) and self.missed > 0
 
 
 @dataclass(slots=True)
@@ -49,6 +62,10 @@ class AlignerStats:
 
     items: int = 0
     late: int = 0
+    #: Items that missed some of their windows (already closed) but joined others.
+    partly_late: int = 0
+    #: Progress records taken (docs/wire-format.md#progress).
+    progress: int = 0
     windows: int = 0
     closed_by_watermark: int = 0
     closed_by_timeout: int = 0
@@ -57,57 +74,13 @@ class AlignerStats:
     open_streams: int = 0
 
 
-@dataclass(slots=True)
-class _Buffer:
-    """One modality's items of one stream, sorted by start time."""
-
-    starts: list[int] = field(default_factory=list)
-    #: ``last_instant`` of each item, kept beside it: windows ask for it on every emission.
-    lasts: list[int] = field(default_factory=list)
-    items: list[MediaItem] = field(default_factory=list)
-    latest_end_ns: int = _NEVER
-    last_arrival_ns: int = _NEVER
-
-    def insert(self, item: MediaItem, last: int) -> None:
-        start = item.t_start_ns
-        if not self.starts or start >= self.starts[-1]:  # the usual case: items arrive in order
-            self.starts.append(start)
-            self.lasts.append(last)
-            self.items.append(item)
-            return
-        index = bisect.bisect_right(self.starts, start)
-        self.starts.insert(index, start)
-        self.lasts.insert(index, last)
-        self.items.insert(index, item)
-
-    def prune_before(self, t_ns: int) -> None:
-        """Drop leading items that no window starting at ``t_ns`` or later can contain."""
-        lasts = self.lasts
-        keep = 0
-        while keep < len(lasts) and lasts[keep] < t_ns:
-            keep += 1
-        if keep:
-            del self.starts[:keep], self.lasts[:keep], self.items[:keep]
-
-
-@dataclass(slots=True)
-class _StreamState:
-    buffers: dict[Modality, _Buffer]
-    #: Start of the first window not yet emitted; ``None`` until the first emission.
-    next_start_ns: int | None
-    first_start_ns: int
-    last_arrival_ns: int
-    #: Start of the first window not yet offered by ``Aligner.ready``.
-    offered_until_ns: int = _NEVER
-
-
 class Aligner:
     """Groups items into per-stream hopping windows and closes them by watermark or timeout."""
 
     def __init__(self, config: WindowConfig | None = None) -> None:
         self.config = config or WindowConfig()
         self.stats = AlignerStats()
-        self._streams: dict[str, _StreamState] = {}
+        self._streams: dict[str, StreamState] = {}
         # Evicted streams remember how far they were emitted, so a stale record
         # cannot re-open (and re-emit) a window that was already published.
         self._tombstones: OrderedDict[str, int] = OrderedDict()
@@ -122,13 +95,15 @@ class Aligner:
         first, last = starts.start, starts.stop - 1
         state = self._streams.get(item.stream_id)
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
-        if emitted_until is not None:
-            first = max(first, emitted_until)
+        missed = 0
+        if emitted_until is not None and emitted_until > first:
+            missed = min(len(starts), -(-(emitted_until - first) // cfg.hop_ns))
+            first = emitted_until
         if first > last:
             self.stats.late += 1
-            return Admission(())
+            return Admission((), missed)
         if state is None:
-            state = _StreamState({m: _Buffer() for m in MODALITIES}, emitted_until, first, now_ns)
+            state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns)
             self._streams[item.stream_id] = state
             self._tombstones.pop(item.stream_id, None)
             self.stats.open_streams = len(self._streams)
@@ -140,17 +115,39 @@ class Aligner:
                 resample(item.samples, item.sample_rate, cfg.sample_rate),
                 cfg.sample_rate,
                 item.ref,
+                item.complete,
             )
         buffer = state.buffers[item.modality]
         buffer.insert(item, last_ns)
         if item.t_end_ns > buffer.latest_end_ns:
             buffer.latest_end_ns = item.t_end_ns
+        if item.complete and item.t_end_ns > buffer.complete_ns:
+            buffer.complete_ns = item.t_end_ns
+        buffer.ended = False
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
         if first < state.first_start_ns:
             state.first_start_ns = first
         self.stats.items += 1
-        return Admission(tuple(range(first, last + 1, cfg.hop_ns)))
+        self.stats.partly_late += missed > 0
+        return Admission(tuple(range(first, last + 1, cfg.hop_ns)), missed)
+
+    def progress(self, progress: Progress, now_ns: int) -> None:
+        """Take a progress record: its modality of its stream is complete up to ``progress.t_ns``, so
+        the watermark need not wait the allowed lateness for it there (docs/wire-format.md#progress);
+        ``ended``: stop waiting for the modality until it sends again. A stream with nothing
+        buffered has no window to close: the progress of a stream not open here is dropped (its
+        producer repeats it as it goes on)."""
+        self.stats.progress += 1
+        state = self._streams.get(progress.stream_id)
+        if state is None:
+            return
+        buffer = state.buffers[progress.modality]
+        if progress.t_ns > buffer.complete_ns:
+            buffer.complete_ns = progress.t_ns
+        buffer.ended = progress.ended
+        buffer.last_arrival_ns = now_ns
+        state.last_arrival_ns = now_ns
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -197,7 +194,7 @@ class Aligner:
                 state.offered_until_ns = start
         return offered
 
-    def _media_complete(self, state: _StreamState, now_ns: int) -> int:
+    def _media_complete(self, state: StreamState, now_ns: int) -> int:
         """How far a window's encoders could run on final data: as far as the audio has come (the
         costly encoder), unless it lags the video by more than the allowed lateness (a gap in
         the audio: the window closes without it), then as far as the video has come. A stream
@@ -207,17 +204,17 @@ class Aligner:
         live = {
             modality: state.buffers[modality].latest_end_ns
             for modality in (Modality.AUDIO, Modality.VIDEO)
-            if state.buffers[modality].latest_end_ns != _NEVER
+            if state.buffers[modality].latest_end_ns != NEVER
             and now_ns - state.buffers[modality].last_arrival_ns < cfg.idle_timeout_ns
         }
         if not live:
             return self._watermark(state, now_ns) + cfg.lateness_ns
         newest = max(live.values())
-        audio = live.get(Modality.AUDIO, _NEVER)
+        audio = live.get(Modality.AUDIO, NEVER)
         return audio if audio >= newest - cfg.lateness_ns else newest
 
     @staticmethod
-    def _first_start_after(state: _StreamState, t_ns: int) -> int | None:
+    def _first_start_after(state: StreamState, t_ns: int) -> int | None:
         later = [
             b.starts[i] for b in state.buffers.values() if (i := bisect.bisect_left(b.starts, t_ns)) < len(b.starts)
         ]
@@ -257,7 +254,7 @@ class Aligner:
                 for buffer in state.buffers.values():
                     buffer.prune_before(until)
             return
-        if self._tombstones.get(stream_id, _NEVER) < until:
+        if self._tombstones.get(stream_id, NEVER) < until:
             self._tombstones[stream_id] = until
             self._tombstones.move_to_end(stream_id)
             while len(self._tombstones) > self.config.tombstones:
@@ -280,18 +277,25 @@ class Aligner:
     def buffered_items(self) -> int:
         return sum(len(b.items) for s in self._streams.values() for b in s.buffers.values())
 
-    def _watermark(self, state: _StreamState, now_ns: int) -> int:
+    def _watermark(self, state: StreamState, now_ns: int) -> int:
+        """The end up to which every modality waited for is complete: a modality's newest event time
+        less the allowed lateness, or what its producer promised (progress) if that is further. A
+        modality is waited for while it is within ``max_skew`` of the newest, sent something (media
+        or progress) within ``idle_timeout``, and has not said its source ended."""
         cfg = self.config
-        seen = [b for b in state.buffers.values() if b.latest_end_ns != _NEVER]
-        newest = max(b.latest_end_ns for b in seen)
+        lateness = cfg.lateness_ns
+        seen = [b for b in state.buffers.values() if b.latest_end_ns != NEVER or b.complete_ns != NEVER]
+        newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen)
         waited_for = [
-            b.latest_end_ns
+            max(b.latest_end_ns - lateness, b.complete_ns)
             for b in seen
-            if b.latest_end_ns >= newest - cfg.max_skew_ns and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
+            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns
+            and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
+            and not b.ended
         ]
-        return min(waited_for, default=newest) - cfg.lateness_ns
+        return min(waited_for, default=newest - lateness)
 
-    def _emit_until(self, stream_id: str, state: _StreamState, watermark: int | None, reason: str) -> list[Window]:
+    def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
         """Emit, in start order, the windows with data whose end is at or before ``watermark``."""
         cfg = self.config
         closed: list[Window] = []
@@ -322,7 +326,7 @@ class Aligner:
         else:
             self.stats.closed_by_flush += len(closed)
 
-    def _evict(self, stream_id: str, state: _StreamState) -> None:
+    def _evict(self, stream_id: str, state: StreamState) -> None:
         del self._streams[stream_id]
         if state.next_start_ns is not None:
             self._tombstones[stream_id] = state.next_start_ns
@@ -333,12 +337,12 @@ class Aligner:
 
     # -- building -------------------------------------------------------------------------------
 
-    def _build(self, stream_id: str, state: _StreamState, start: int, reason: str) -> Window | None:
+    def _build(self, stream_id: str, state: StreamState, start: int, reason: str) -> Window | None:
         cfg = self.config
         end = start + cfg.window_ns
-        frames = _overlapping(state.buffers[Modality.VIDEO], start, end)
-        chunks = _overlapping(state.buffers[Modality.AUDIO], start, end)
-        segments = _overlapping(state.buffers[Modality.TEXT], start, end)
+        frames = overlapping(state.buffers[Modality.VIDEO], start, end)
+        chunks = overlapping(state.buffers[Modality.AUDIO], start, end)
+        segments = overlapping(state.buffers[Modality.TEXT], start, end)
         if not (frames or chunks or segments):
             return None
         images, frame_times = self._sample_frames(frames, start)
@@ -353,13 +357,13 @@ class Aligner:
             frames=images,
             frame_times_ns=frame_times,
             audio=audio,
-            audio_gaps=_gaps(spans, n),
+            audio_gaps=gaps(spans, n),
             text=tuple(segments),  # type: ignore[arg-type]
             mask=(bool(frames), audio_coverage > 0, bool(segments)),
             coverage=(
-                _interval_coverage(frames, start, end),
+                interval_coverage(frames, start, end),
                 audio_coverage,
-                _interval_coverage(segments, start, end),
+                interval_coverage(segments, start, end),
             ),
             closed_by=reason,
             refs=refs,
@@ -390,7 +394,7 @@ class Aligner:
         n = cfg.samples_per_window
         rate = cfg.sample_rate
         placed = [(round((c.t_start_ns - start) * rate / NS), c.samples) for c in chunks]  # type: ignore[attr-defined]
-        if placed and _contiguous(placed):
+        if placed and contiguous(placed):
             # The usual case, a microphone's chunks back to back: one concatenation, not a copy per chunk.
             first = placed[0][0]
             joined = np.concatenate([samples for _, samples in placed])
@@ -416,46 +420,6 @@ class Aligner:
             else:
                 merged.append((lo, hi))
         return audio, merged
-
-
-def _contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:
-    """Whether the chunks follow each other sample for sample (no gap, no overlap)."""
-    end = placed[0][0]
-    for offset, samples in placed:
-        if offset != end:
-            return False
-        end = offset + len(samples)
-    return True
-
-
-def _overlapping(buffer: _Buffer, start: int, end: int) -> list[MediaItem]:
-    """Items that share at least one instant with ``[start, end)``."""
-    stop = bisect.bisect_left(buffer.starts, end)
-    return [item for item, last in zip(buffer.items[:stop], buffer.lasts[:stop], strict=True) if last >= start]
-
-
-def _interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
-    """Fraction of ``[start, end)`` covered by the union of the items' intervals (``items`` in start order)."""
-    covered = 0
-    reach = start
-    for item in items:
-        lo, hi = max(item.t_start_ns, reach), min(item.t_end_ns, end)
-        if hi > lo:
-            covered += hi - lo
-            reach = hi
-    return covered / (end - start)
-
-
-def _gaps(spans: list[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
-    """The sample ranges ``(first, end)`` of ``[0, n)`` that merged, ordered ``spans`` leave uncovered."""
-    gaps, reach = [], 0
-    for lo, hi in spans:
-        if lo > reach:
-            gaps.append((reach, lo))
-        reach = max(reach, hi)
-    if reach < n:
-        gaps.append((reach, n))
-    return tuple(gaps)
 
 
 __all__ = ["Admission", "Aligner", "AlignerStats", "last_instant"]

@@ -15,10 +15,21 @@ import numpy as np
 from fusionstream.stream import wire
 from fusionstream.stream.errors import BadRecord
 from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
-from fusionstream.stream.records import AudioChunk, Encoding, Frame, MediaItem, Modality, Record, TextSegment
+from fusionstream.stream.records import (
+    FLAG_COMPLETE,
+    PROGRESS_VERSION,
+    AudioChunk,
+    Encoding,
+    Frame,
+    MediaItem,
+    Modality,
+    Progress,
+    Record,
+    TextSegment,
+)
 
 
-def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem:
+def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem | Progress:
     """Decode a validated record's payload; raise ``BadRecord`` if the media is corrupt.
 
     With ``lazy_jpeg`` a JPEG frame is only checked (:func:`fusionstream.stream.jpeg.check_jpeg`) and its
@@ -27,15 +38,15 @@ def decode_media(record: Record, ref: Any = None, *, lazy_jpeg: bool = False) ->
     """
     return _item(
         record.stream_id, record.modality, record.t_start_ns, record.t_end_ns, record.encoding, record.payload,
-        record.meta, ref, lazy_jpeg,
+        record.meta, ref, lazy_jpeg, record.flags,
     )
 
 
-def decode_wire(data: bytes, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem:
+def decode_wire(data: bytes, ref: Any = None, *, lazy_jpeg: bool = False) -> MediaItem | Progress:
     """``decode_media(wire.decode(data), ...)`` without the intermediate :class:`Record`: the
     intake's path, taken by every record the service consumes."""
-    stream_id, modality, _seq, t_start, t_end, encoding, payload, meta, _version = wire.parse(data)
-    return _item(stream_id, modality, t_start, t_end, encoding, payload, meta, ref, lazy_jpeg)
+    stream_id, modality, _seq, t_start, t_end, encoding, payload, meta, _version, flags = wire.parse(data)
+    return _item(stream_id, modality, t_start, t_end, encoding, payload, meta, ref, lazy_jpeg, flags)
 
 
 def _item(
@@ -48,15 +59,20 @@ def _item(
     meta: Mapping[str, Any],
     ref: Any,
     lazy_jpeg: bool,
-) -> MediaItem:
+    flags: int,
+) -> MediaItem | Progress:
+    if encoding is Encoding.PROGRESS:
+        return Progress(stream_id, modality, t_end, bool(meta.get("ended", False)), ref)
+    complete = bool(flags & FLAG_COMPLETE)
     if modality is Modality.AUDIO:
-        return AudioChunk(stream_id, t_start, t_end, _pcm(encoding, payload, meta), meta["sample_rate"], ref)
+        samples = _pcm(encoding, payload, meta)
+        return AudioChunk(stream_id, t_start, t_end, samples, meta["sample_rate"], ref, complete)
     if modality is Modality.VIDEO:
         if encoding is Encoding.JPEG:
             image: np.ndarray | LazyJpeg = LazyJpeg(payload) if lazy_jpeg else _jpeg(payload)
         else:
             image = _raw_rgb24(payload, meta)
-        return Frame(stream_id, t_start, t_end, image, ref)
+        return Frame(stream_id, t_start, t_end, image, ref, complete)
     return TextSegment(
         stream_id,
         t_start,
@@ -65,6 +81,7 @@ def _item(
         str(meta.get("language", "und")),
         bool(meta.get("is_final", True)),
         ref,
+        complete,
     )
 
 
@@ -117,6 +134,7 @@ def image_record(
     *,
     encoding: Encoding = Encoding.JPEG,
     quality: int = 85,
+    complete: bool = False,
 ) -> Record:
     """A video record from an HxWx3 uint8 RGB image."""
     height, width = rgb.shape[:2]
@@ -128,7 +146,8 @@ def image_record(
             raise ValueError("OpenCV could not encode the frame as JPEG")
         payload = buf.tobytes()
     return Record(
-        stream_id, Modality.VIDEO, seq, t_start_ns, t_end_ns, encoding, payload, {"width": width, "height": height}
+        stream_id, Modality.VIDEO, seq, t_start_ns, t_end_ns, encoding, payload, {"width": width, "height": height},
+        flags=FLAG_COMPLETE if complete else 0,
     )
 
 
@@ -140,8 +159,10 @@ def audio_record(
     sample_rate: int,
     *,
     encoding: Encoding = Encoding.PCM_S16LE,
+    complete: bool = False,
 ) -> Record:
-    """An audio record from mono float samples in [-1, 1]; ``t_end`` follows from the sample count."""
+    """An audio record from mono float samples in [-1, 1]; ``t_end`` follows from the sample count.
+    ``complete``: the producer sends this stream's audio in order (``FLAG_COMPLETE``)."""
     if encoding is Encoding.PCM_S16LE:
         payload = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
     else:
@@ -156,6 +177,7 @@ def audio_record(
         encoding,
         payload,
         {"sample_rate": sample_rate, "channels": 1},
+        flags=FLAG_COMPLETE if complete else 0,
     )
 
 
@@ -168,8 +190,9 @@ def text_record(
     *,
     language: str = "en",
     is_final: bool = True,
+    complete: bool = False,
 ) -> Record:
-    """A transcript record."""
+    """A transcript record; ``complete``: nothing of this stream's transcript starting before its end follows."""
     return Record(
         stream_id,
         Modality.TEXT,
@@ -179,4 +202,12 @@ def text_record(
         Encoding.UTF8,
         text.encode("utf-8"),
         {"language": language, "is_final": is_final},
+        flags=FLAG_COMPLETE if complete else 0,
     )
+
+
+def progress_record(stream_id: str, modality: Modality, seq: int, t_ns: int, *, ended: bool = False) -> Record:
+    """A progress record (version 2): ``modality`` of ``stream_id`` is complete up to ``t_ns``;
+    ``ended``: its source stopped (docs/wire-format.md#progress)."""
+    return Record(stream_id, modality, seq, t_ns, t_ns, Encoding.PROGRESS, b"", {"ended": True} if ended else {},
+                  version=PROGRESS_VERSION)

@@ -17,7 +17,16 @@ import numpy as np
 if TYPE_CHECKING:
     from fusionstream.stream.jpeg import LazyJpeg
 
+#: The version media records are written with (every reader since the first reads them).
 WIRE_VERSION = 1
+#: The version of progress records (docs/wire-format.md#progress): readers of version 1 only reject
+#: them as ``unsupported-version``, as the format always told them to.
+PROGRESS_VERSION = 2
+#: The versions this build reads.
+READ_VERSIONS = (1, 2)
+#: Flags bit of a media record: its producer sends this modality of this stream in event-time order,
+#: so after it the modality is complete up to the record's ``t_end_ns`` (version-1 readers ignore flags).
+FLAG_COMPLETE = 0x01
 
 
 class Modality(enum.IntEnum):
@@ -40,6 +49,8 @@ class Encoding(enum.IntEnum):
     PCM_S16LE = 3
     PCM_F32LE = 4
     UTF8 = 5
+    #: No media: "this modality of this stream is complete up to ``t_end_ns``" (version 2).
+    PROGRESS = 6
 
     @property
     def label(self) -> str:
@@ -56,6 +67,8 @@ ENCODINGS_OF: dict[Modality, frozenset[Encoding]] = {
     Modality.AUDIO: frozenset({Encoding.PCM_S16LE, Encoding.PCM_F32LE}),
     Modality.TEXT: frozenset({Encoding.UTF8}),
 }
+#: Encodings that carry media (every one but ``progress``, which any modality may send).
+MEDIA_ENCODINGS = frozenset(e for e in Encoding if e is not Encoding.PROGRESS)
 
 #: The modalities in the order every mask and coverage tuple uses.
 MODALITIES: tuple[Modality, ...] = (Modality.VIDEO, Modality.AUDIO, Modality.TEXT)
@@ -79,6 +92,12 @@ class Record:
     payload: bytes
     meta: Mapping[str, Any] = field(default_factory=dict)
     version: int = WIRE_VERSION
+    #: Header flags: ``FLAG_COMPLETE`` or 0.
+    flags: int = 0
+
+    @property
+    def is_progress(self) -> bool:
+        return self.encoding is Encoding.PROGRESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +111,8 @@ class Frame:
     t_end_ns: int
     image: np.ndarray | LazyJpeg
     ref: Any = None
+    #: Sent with ``FLAG_COMPLETE``: the modality is complete up to ``t_end_ns`` after it.
+    complete: bool = False
 
     modality = Modality.VIDEO
 
@@ -106,6 +127,7 @@ class AudioChunk:
     samples: np.ndarray
     sample_rate: int
     ref: Any = None
+    complete: bool = False
 
     modality = Modality.AUDIO
 
@@ -121,8 +143,22 @@ class TextSegment:
     language: str = "und"
     is_final: bool = True
     ref: Any = None
+    complete: bool = False
 
     modality = Modality.TEXT
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress record decoded: ``modality`` of ``stream_id`` is complete up to ``t_ns`` (every
+    record starting before it was sent). ``ended``: the source stopped (a camera dropped, a file
+    ended); the aligner stops waiting for the modality until it sends again."""
+
+    stream_id: str
+    modality: Modality
+    t_ns: int
+    ended: bool = False
+    ref: Any = None
 
 
 MediaItem = Frame | AudioChunk | TextSegment

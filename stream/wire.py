@@ -4,10 +4,10 @@ Layout (docs/wire-format.md is the reference for other languages)::
 
     offset size field
     0      2    magic            b"FS"
-    2      1    version          1
+    2      1    version          1 (media), 2 (also progress records)
     3      1    modality         1 video, 2 audio, 3 text
-    4      1    encoding         1 jpeg, 2 raw-rgb24, 3 pcm-s16le, 4 pcm-f32le, 5 utf8
-    5      1    flags            0 (reserved)
+    4      1    encoding         1 jpeg, 2 raw-rgb24, 3 pcm-s16le, 4 pcm-f32le, 5 utf8, 6 progress (version 2)
+    5      1    flags            bit 0: complete up to t_end_ns (in-order producer); other bits reserved
     6      2    stream_id_len    bytes of UTF-8 stream id, 1..1024
     8      8    seq              unsigned, per stream and modality
     16     8    t_start_ns       signed, Unix epoch ns
@@ -30,7 +30,14 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from fusionstream.stream.errors import BadRecord
-from fusionstream.stream.records import ENCODINGS_OF, WIRE_VERSION, Encoding, Modality, Record
+from fusionstream.stream.records import (
+    ENCODINGS_OF,
+    PROGRESS_VERSION,
+    READ_VERSIONS,
+    Encoding,
+    Modality,
+    Record,
+)
 
 MAGIC = b"FS"
 HEADER = struct.Struct(">2sBBBBHQqqII")
@@ -70,7 +77,7 @@ def encode(record: Record) -> bytes:
         record.version,
         int(record.modality),
         int(record.encoding),
-        0,
+        record.flags,
         len(stream_id),
         record.seq,
         record.t_start_ns,
@@ -84,7 +91,7 @@ def encode(record: Record) -> bytes:
 
 
 #: A record's fields in ``Record``'s order, as :func:`parse` returns them (``Record(*fields)``).
-Fields = tuple[str, Modality, int, int, int, Encoding, bytes, Mapping[str, Any], int]
+Fields = tuple[str, Modality, int, int, int, Encoding, bytes, Mapping[str, Any], int, int]
 
 
 def decode(data: bytes) -> Record:
@@ -95,16 +102,16 @@ def decode(data: bytes) -> Record:
 # Enum construction by value costs a microsecond; a dict lookup a tenth of that.
 _MODALITY_OF_BYTE = {int(m): m for m in Modality}
 _ENCODING_OF_BYTE = {int(e): e for e in Encoding}
-_PREFIX = MAGIC + bytes([WIRE_VERSION])
+_PREFIXES = frozenset(MAGIC + bytes([v]) for v in READ_VERSIONS)
 
 
 def parse(data: bytes | bytearray | memoryview) -> Fields:
     """:func:`decode` without building the :class:`Record`: the service's intake goes straight
     from these fields to a media item (``fusionstream.stream.media.decode_wire``), once per record."""
     size = len(data)
-    if size < HEADER_SIZE or data[:3] != _PREFIX:
+    if size < HEADER_SIZE or bytes(data[:3]) not in _PREFIXES:
         _raise_bad_prefix(data)
-    (_, version, modality_b, encoding_b, _flags, sid_len, seq, t_start, t_end, meta_len, payload_len) = (
+    (_, version, modality_b, encoding_b, flags, sid_len, seq, t_start, t_end, meta_len, payload_len) = (
         HEADER.unpack_from(data)
     )
     expected = HEADER_SIZE + sid_len + meta_len + payload_len
@@ -115,9 +122,9 @@ def parse(data: bytes | bytearray | memoryview) -> Fields:
     if modality is None:
         raise BadRecord("unknown-modality", f"modality byte {modality_b}")
     encoding = _ENCODING_OF_BYTE.get(encoding_b)
-    if encoding is None:
-        raise BadRecord("unknown-encoding", f"encoding byte {encoding_b}")
-    if encoding not in ENCODINGS_OF[modality]:
+    if encoding is None or (encoding is Encoding.PROGRESS and version < PROGRESS_VERSION):
+        raise BadRecord("unknown-encoding", f"encoding byte {encoding_b} in a version {version} record")
+    if encoding not in ENCODINGS_OF[modality] and encoding is not Encoding.PROGRESS:
         raise BadRecord("encoding-mismatch", f"{encoding.label} is not a {modality.label} encoding")
     if t_end < t_start:
         raise BadRecord("t_end-before-t_start", f"t_end {t_end} < t_start {t_start}")
@@ -131,7 +138,7 @@ def parse(data: bytes | bytearray | memoryview) -> Fields:
     meta = _parsed_meta(bytes(data[pos : pos + meta_len])) if meta_len else _EMPTY_META
     payload = bytes(data[pos + meta_len :])
     _VALIDATORS[encoding](encoding, payload, meta, t_start, t_end)
-    return (stream_id, modality, seq, t_start, t_end, encoding, payload, meta, version)
+    return (stream_id, modality, seq, t_start, t_end, encoding, payload, meta, version, flags)
 
 
 def _raise_bad_prefix(data: bytes | bytearray | memoryview) -> NoReturn:
@@ -141,8 +148,9 @@ def _raise_bad_prefix(data: bytes | bytearray | memoryview) -> NoReturn:
         raise BadRecord("truncated", f"{len(head)} bytes is shorter than any header")
     if head[:2] != MAGIC:
         raise BadRecord("bad-magic", f"starts with {head[:2]!r}, expected {MAGIC!r}")
-    if head[2] != WIRE_VERSION:
-        raise BadRecord("unsupported-version", f"version {head[2]}, this build reads {WIRE_VERSION}")
+    if head[2] not in READ_VERSIONS:
+        readable = " and ".join(map(str, READ_VERSIONS))
+        raise BadRecord("unsupported-version", f"version {head[2]}, this build reads {readable}")
     raise BadRecord("truncated", f"{len(data)} bytes, header needs {HEADER_SIZE}")
 
 
@@ -227,12 +235,22 @@ def _validate_utf8(encoding: Encoding, payload: bytes, meta: Mapping[str, Any], 
         raise BadRecord("bad-meta", "meta.is_final must be a boolean")
 
 
+def _validate_progress(
+    encoding: Encoding, payload: bytes, meta: Mapping[str, Any], t_start: int, t_end: int
+) -> None:
+    if payload:
+        raise BadRecord("bad-progress", f"a progress record carries no payload, this one has {len(payload)} bytes")
+    if not isinstance(meta.get("ended", False), bool):
+        raise BadRecord("bad-meta", "meta.ended must be a boolean")
+
+
 _VALIDATORS = {
     Encoding.JPEG: _validate_jpeg,
     Encoding.RAW_RGB24: _validate_raw_rgb24,
     Encoding.PCM_S16LE: _validate_pcm,
     Encoding.PCM_F32LE: _validate_pcm,
     Encoding.UTF8: _validate_utf8,
+    Encoding.PROGRESS: _validate_progress,
 }
 
 __all__ = ["HEADER_SIZE", "MAGIC", "MAX_DURATION_NS", "Fields", "decode", "encode", "parse"]

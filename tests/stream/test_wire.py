@@ -80,7 +80,7 @@ def _raw(**overrides: object) -> bytes:
     [
         (b"", "truncated"),
         (b"XX\x01" + bytes(40), "bad-magic"),
-        (_raw(version=2), "unsupported-version"),
+        (_raw(version=3), "unsupported-version"),
         (_raw()[:30], "truncated"),
         (_raw()[:-1], "truncated"),
         (_raw() + b"\x00", "trailing-bytes"),

@@ -1,0 +1,103 @@
+"""Per-stream buffers of the aligner and the arithmetic that builds a window from them."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusionstream.stream.records import MediaItem, Modality
+
+NEVER = -(2**63)
+
+
+@dataclass(slots=True)
+class ModalityBuffer:
+    """One modality's items of one stream, sorted by start time."""
+
+    starts: list[int] = field(default_factory=list)
+    #: ``last_instant`` of each item, kept beside it: windows ask for it on every emission.
+    lasts: list[int] = field(default_factory=list)
+    items: list[MediaItem] = field(default_factory=list)
+    latest_end_ns: int = NEVER
+    last_arrival_ns: int = NEVER
+    #: How far its producer said it is complete (progress records, ``complete`` media).
+    complete_ns: int = NEVER
+    #: Its producer said the source ended (a progress record with ``ended``) and sent nothing since.
+    ended: bool = False
+
+    def insert(self, item: MediaItem, last: int) -> None:
+        start = item.t_start_ns
+        if not self.starts or start >= self.starts[-1]:  # the usual case: items arrive in order
+            self.starts.append(start)
+            self.lasts.append(last)
+            self.items.append(item)
+            return
+        index = bisect.bisect_right(self.starts, start)
+        self.starts.insert(index, start)
+        self.lasts.insert(index, last)
+        self.items.insert(index, item)
+
+    def prune_before(self, t_ns: int) -> None:
+        """Drop leading items that no window starting at ``t_ns`` or later can contain."""
+        lasts = self.lasts
+        keep = 0
+        while keep < len(lasts) and lasts[keep] < t_ns:
+            keep += 1
+        if keep:
+            del self.starts[:keep], self.lasts[:keep], self.items[:keep]
+
+
+@dataclass(slots=True)
+class StreamState:
+    buffers: dict[Modality, ModalityBuffer]
+    #: Start of the first window not yet emitted; ``None`` until the first emission.
+    next_start_ns: int | None
+    first_start_ns: int
+    last_arrival_ns: int
+    #: Start of the first window not yet offered by ``Aligner.ready``.
+    offered_until_ns: int = NEVER
+
+
+def contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:
+    """Whether the chunks follow each other sample for sample (no gap, no overlap)."""
+    end = placed[0][0]
+    for offset, samples in placed:
+        if offset != end:
+            return False
+        end = offset + len(samples)
+    return True
+
+
+def overlapping(buffer: ModalityBuffer, start: int, end: int) -> list[MediaItem]:
+    """Items that share at least one instant with ``[start, end)``."""
+    stop = bisect.bisect_left(buffer.starts, end)
+    return [item for item, last in zip(buffer.items[:stop], buffer.lasts[:stop], strict=True) if last >= start]
+
+
+def interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
+    """Fraction of ``[start, end)`` covered by the union of the items' intervals (``items`` in start order)."""
+    covered = 0
+    reach = start
+    for item in items:
+        lo, hi = max(item.t_start_ns, reach), min(item.t_end_ns, end)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered / (end - start)
+
+
+def gaps(spans: list[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
+    """The sample ranges ``(first, end)`` of ``[0, n)`` that merged, ordered ``spans`` leave uncovered."""
+    holes, reach = [], 0
+    for lo, hi in spans:
+        if lo > reach:
+            holes.append((reach, lo))
+        reach = max(reach, hi)
+    if reach < n:
+        holes.append((reach, n))
+    return tuple(holes)
+
+
+__all__ = ["NEVER", "ModalityBuffer", "StreamState", "contiguous", "gaps", "interval_coverage", "overlapping"]
