@@ -102,6 +102,21 @@ class PredictionRecord:
         )
 
     @property
+    def task(self) -> str:
+        """What kind of model made it, read from its fields: ``embedding``, ``multi_label`` or ``single_label``."""
+        if self.embedding is not None:
+            return "embedding"
+        return "multi_label" if self.labels is not None else "single_label"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes it asserts: its ``label`` (single-label), every label at or above its threshold
+        (multi-label, best first, possibly none), none for an embedding."""
+        if self.embedding is not None:
+            return ()
+        return tuple(self.labels) if self.labels is not None else (self.label,)
+
+    @property
     def capture_to_publish_ms(self) -> float | None:
         """Event time (the window's newest media) to publication, as the service measured it."""
         return self.latency_ms.get("capture_to_publish")

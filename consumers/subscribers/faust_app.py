@@ -9,7 +9,8 @@ Tables (in memory, backed by Faust changelog topics ``<app id>-<table>-changelog
 - ``latest``: stream id → the stream's newest prediction (by window start, so a late or
   re-delivered one never replaces a newer one);
 - ``received`` / ``duplicates``: stream id → predictions counted / re-deliveries ignored;
-- ``class_counts``: ``[stream id, label]`` → predictions per class, in tumbling windows of
+- ``class_counts``: ``[stream id, label]`` → predictions per class (each label a multi-label
+  prediction asserts; none for an embedding model's), in tumbling windows of
   ``window_s`` seconds of *event time* (the prediction's window start), kept ``keep_s``
   seconds of wall-clock time after they end;
 - ``seen``: window ids already counted, in the same tumbling windows (the service
@@ -133,7 +134,8 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
                 duplicates[p.stream_id] += 1
                 continue
             seen[p.window_id] = 1
-            class_counts[json.dumps([p.stream_id, p.label])] += 1
+            for label in p.classes:  # a multi-label window counts for each label it asserts, an embedding for none
+                class_counts[json.dumps([p.stream_id, label])] += 1
             received[p.stream_id] += 1
             newest = latest.get(p.stream_id)
             if newest is None or p.t_start_ns >= newest["t_start_ns"]:

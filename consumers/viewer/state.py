@@ -175,7 +175,7 @@ class ViewerState:
         view.predictions_seen += 1
         entry = TimelineEntry(
             view.predictions_seen, prediction.window_id, prediction.t_start_ns, prediction.t_end_ns,
-            prediction.label, prediction.score, prediction.present, prediction,
+            shown_label(prediction), shown_score(prediction) or 0.0, prediction.present, prediction,
         )  # fmt: skip
         view.timeline.append(entry)
         if len(view.timeline) > 1 and view.timeline[-2].t_start_ns > entry.t_start_ns:
@@ -244,7 +244,9 @@ class ViewerState:
             },
             "prediction": None if p is None else {
                 "window_id": p.window_id, "t_start_ns": p.t_start_ns, "t_end_ns": p.t_end_ns,
-                "label": p.label, "score": round(p.score, 4), "top": _top(p.scores, 3),
+                "label": shown_label(p), "score": _rounded(shown_score(p)), "top": _top(p.scores, 3),
+                "task": p.task, "labels": None if p.labels is None else [[k, round(v, 4)] for k, v in p.labels.items()],
+                "embedding_size": None if p.embedding is None else len(p.embedding),
                 "modalities": dict(p.modalities), "coverage": dict(p.coverage), "closed_by": p.closed_by,
                 "model_version": p.model_version, "capture_to_publish_ms": p.capture_to_publish_ms,
                 # Whether the frame shown lies in this prediction's window (what --sync aims for).
@@ -330,6 +332,29 @@ def to_jpeg(frame: Record) -> bytes:
 def _newer(t_ns: int, current_ns: int) -> bool:
     """Whether ``t_ns`` replaces ``current_ns`` as the latest: later, or so much earlier that the source restarted."""
     return t_ns >= current_ns or t_ns < current_ns - RESTART_NS
+
+
+def shown_label(p: PredictionRecord) -> str:
+    """What the page draws as the label: the class; every asserted label of a multi-label model
+    (``car+person``, ``none``); ``embedding[N]`` for an embedding model, which has no label."""
+    if p.embedding is not None:
+        return f"embedding[{len(p.embedding)}]"
+    if p.labels is not None:
+        return "+".join(p.labels) or "none"
+    return p.label
+
+
+def shown_score(p: PredictionRecord) -> float | None:
+    """The score drawn beside it: the best asserted label's (multi-label), none for an embedding."""
+    if p.embedding is not None:
+        return None
+    if p.labels:
+        return max(p.labels.values())
+    return p.score
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _top(scores: Any, k: int) -> list[list[Any]]:

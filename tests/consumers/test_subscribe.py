@@ -98,8 +98,11 @@ async def _send(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]])
         await producer.stop()
 
 
-def write_predictions(bootstrap: str, topic: str, *, streams: tuple[str, ...] = STREAMS) -> OnTopic:
-    """Publish PER_STREAM predictions per stream (event times from now on), keyed by stream id."""
+def write_predictions(
+    bootstrap: str, topic: str, *, streams: tuple[str, ...] = STREAMS, multi_label: bool = False
+) -> OnTopic:
+    """Publish PER_STREAM predictions per stream (event times from now on), keyed by stream id; with
+    ``multi_label``, as a multi-label model does (``labels``: none, one or two classes)."""
     # Whole seconds, so that the Faust app's tumbling windows hold a known set of predictions.
     t0 = time.time_ns() // 1_000_000_000 * 1_000_000_000
     values: list[dict[str, Any]] = []
@@ -107,9 +110,12 @@ def write_predictions(bootstrap: str, topic: str, *, streams: tuple[str, ...] = 
     for index in range(PER_STREAM):
         for stream_id in streams:
             prediction = make_prediction(stream_id, index, t0)
-            raw = prediction.to_json(capture_to_publish_ms=40.0 + index)
-            messages.append((stream_id.encode(), raw))
-            values.append(json.loads(raw))
+            value = json.loads(prediction.to_json(capture_to_publish_ms=40.0 + index))
+            if multi_label:  # none above its threshold in every fourth window, a second label in every third
+                second = {str((int(value["label"]) + 1) % 10): 0.4} if index % 3 == 0 else {}
+                value["labels"] = {} if index % 4 == 0 else {value["label"]: value["score"]} | second
+            messages.append((stream_id.encode(), json.dumps(value).encode()))
+            values.append(value)
 
     async def scenario() -> None:
         await ensure_topics(bootstrap, [topic], PARTITIONS)
@@ -298,10 +304,12 @@ def check_faust(published: OnTopic, app_id: str, log_file: Path, *, duplicates: 
             status, stream = _get(f"{url}/streams/{stream_id}/")
             assert status == 200
             assert stream["latest"] == newest
-            assert stream["totals"] == dict(sorted(Counter(v["label"] for v in mine).items()))
+            # A multi-label prediction counts once for each label it asserts (parse_prediction(v).classes).
+            classes = [(v, parse_prediction(v).classes) for v in mine]
+            assert stream["totals"] == dict(sorted(Counter(c for _, cs in classes for c in cs).items()))
             windows: dict[int, Counter[str]] = defaultdict(Counter)
-            for value in mine:
-                windows[value["t_start_ns"] // window_ns * window_ns][value["label"]] += 1
+            for value, asserted in classes:
+                windows[value["t_start_ns"] // window_ns * window_ns].update(asserted)
             expected = [(start, dict(sorted(counts.items()))) for start, counts in sorted(windows.items())]
             assert [(w["window_start_ns"], w["counts"]) for w in stream["windows"]] == expected
         assert _get(f"{url}/streams/no-such-stream/")[0] == 404
@@ -375,6 +383,14 @@ def test_kafka_faust_app_views(written: OnTopic, topic_prefix: str, tmp_path: Pa
     first = written.values[0]
     asyncio.run(_send(written.bootstrap, written.topic, [(first["stream_id"].encode(), json.dumps(first).encode())]))
     check_faust(written, f"{topic_prefix}-faust", tmp_path / "faust.log", duplicates={first["stream_id"]: 1})
+
+
+def test_kafka_faust_app_counts_each_label_of_a_multi_label_model(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    published = write_predictions(kafka_bootstrap, f"{topic_prefix}.multi", multi_label=True)
+    assert {len(v["labels"]) for v in published.values} >= {0, 2}, "some windows assert no label, some several"
+    check_faust(published, f"{topic_prefix}-faust-multi", tmp_path / "faust.log")
 
 
 def test_parse_prediction_checks_fields() -> None:

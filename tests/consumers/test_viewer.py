@@ -117,6 +117,29 @@ def test_timeline_is_in_event_time_order_without_duplicates_and_sent_incremental
     assert len((state.snapshot("cam", now=7) or {})["timeline"]) == TIMELINE_LENGTH
 
 
+def test_multi_label_and_embedding_predictions_show_what_their_model_publishes() -> None:
+    state = ViewerState()
+    t0 = 1_800_000_000 * NS
+    base = {k: v for k, v in prediction("cam", t0).to_dict().items() if k != "window_id"}
+    multi = parse_prediction(base | {"labels": {"person": 0.81, "car": 0.64}})
+    none_above = parse_prediction(base | {"t_start_ns": t0 + NS, "t_end_ns": t0 + 2 * NS, "labels": {}})
+    assert state.on_prediction(multi, now=1)
+    snap = (state.snapshot("cam", now=1) or {})["prediction"]
+    assert (snap["task"], snap["label"], snap["score"]) == ("multi_label", "person+car", 0.81)
+    assert snap["labels"] == [["person", 0.81], ["car", 0.64]]
+    assert state.on_prediction(none_above, now=2)
+    assert (state.snapshot("cam", now=2) or {})["prediction"]["label"] == "none"
+    vector = parse_prediction(base | {"t_start_ns": t0 + 2 * NS, "t_end_ns": t0 + 3 * NS, "label": "", "score": 0.0,
+                                      "scores": {}, "embedding": [0.5] * 384})
+    assert vector.task == "embedding" and vector.classes == ()
+    assert state.on_prediction(vector, now=3)
+    snap = state.snapshot("cam", now=3) or {}
+    assert (snap["prediction"]["label"], snap["prediction"]["score"]) == ("embedding[384]", None)
+    assert snap["prediction"]["embedding_size"] == 384
+    assert [e["label"] for e in snap["timeline"]] == ["person+car", "none", "embedding[384]"]
+    assert multi.classes == ("person", "car") and prediction("cam", t0).classes == ("7",)
+
+
 def test_audio_level_transcript_filter_and_eviction() -> None:
     state = ViewerState(stream_ids=["cam"], forget_after_s=10)
     t0 = 1_800_000_000 * NS

@@ -73,8 +73,9 @@ function update(s) {
     label.textContent = p.label;
     label.style.color = `hsl(${hue(p.label)} 80% 70%)`;
     const score = el.querySelector(".prediction .score");
-    score.textContent = p.score.toFixed(2);
-    score.dataset.level = scoreLevel(p.score);
+    // An embedding model publishes a vector, not a class: there is no score to show.
+    score.textContent = p.score == null ? "" : p.score.toFixed(2);
+    score.dataset.level = p.score == null ? "" : scoreLevel(p.score);
     el.querySelector(".prediction .top").textContent =
       p.top.map(([l, v]) => `${l} ${v.toFixed(2)}`).join(" · ");
     for (const m of el.querySelectorAll(".modality")) {
@@ -175,11 +176,13 @@ function draw(c) {
     ctx.globalAlpha = p.on_frame ? 1 : 0.45;
     ctx.fillStyle = `hsl(${hue(p.label)} 85% 70%)`;
     ctx.fillText(p.label, bx + 14, by + 46);
-    ctx.font = "bold 18px ui-monospace, monospace";
-    const level = scoreLevel(p.score);
-    ctx.fillStyle = level === "good" ? "#3ccf7a" : level === "fair" ? "#e8b93c" : "#e5534b";
-    ctx.fillText(p.score.toFixed(2), bx + 14, by + 70);
-    ctx.fillRect(bx, by + 80, bw * p.score, 4);
+    if (p.score != null) {
+      ctx.font = "bold 18px ui-monospace, monospace";
+      const level = scoreLevel(p.score);
+      ctx.fillStyle = level === "good" ? "#3ccf7a" : level === "fair" ? "#e8b93c" : "#e5534b";
+      ctx.fillText(p.score.toFixed(2), bx + 14, by + 70);
+      ctx.fillRect(bx, by + 80, bw * p.score, 4);
+    }
     ctx.globalAlpha = 1;
     // The presence mask, bottom left: what the fusion head saw for this window.
     ctx.font = "bold 14px ui-monospace, monospace";
