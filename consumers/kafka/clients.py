@@ -2,6 +2,11 @@
 
 Both factories must be called from a coroutine: aiokafka binds a client to the
 running event loop when it is constructed.
+
+Static membership (KIP-345): a consumer made with ``group_instance_id`` that restarts under the same id
+takes its partitions straight back, without waiting out its dead incarnation's session. aiokafka never
+sends LeaveGroup for a static member, so a static member that stops for good calls :func:`leave_group`,
+or its partitions stay with it until the session times out.
 """
 
 from __future__ import annotations
@@ -9,7 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import for_code
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 CLIENT_ID = "fusionstream"
 
@@ -61,6 +70,53 @@ def make_producer(bootstrap: str, **kwargs: Any) -> AIOKafkaProducer:
     _reject_overrides(kwargs, _PRODUCER_FIXED)
     options: dict[str, Any] = {"client_id": CLIENT_ID, **kwargs}
     return AIOKafkaProducer(bootstrap_servers=bootstrap, **options, **_PRODUCER_FIXED)
+
+
+async def leave_group(admin: AIOKafkaAdminClient, group_id: str, group_instance_id: str) -> None:
+    """Remove the static member ``group_instance_id`` from ``group_id`` now (LeaveGroup v3, KIP-345), so the
+    group hands its partitions to the other members at once instead of after its session timeout.
+
+    Sent by a started admin client after the member's consumer stopped (its heartbeats could otherwise
+    rejoin it). Raises the broker's error (``UnknownMemberIdError`` if the member is already gone)."""
+    coordinator = await admin.find_coordinator(group_id)
+    response = await admin._send_request(_LeaveStatic(group_id, group_instance_id), coordinator)
+    for code in (response.error_code, *(member[2] for member in response.members)):
+        if code:
+            raise for_code(code)(f"LeaveGroup of {group_instance_id!r} from group {group_id!r}")
+
+
+class _LeaveGroupResponse_v3(Response):  # noqa: N801 (aiokafka's naming of protocol versions)
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32), ("error_code", Int16),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")),
+                          ("error_code", Int16))),
+    )
+
+
+class _LeaveGroupRequest_v3(RequestStruct):  # noqa: N801
+    # aiokafka 0.14 has LeaveGroup v0-v1 only; v3 (Kafka 2.4+) is the first that names members by instance id.
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponse_v3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class _LeaveStatic(Request[_LeaveGroupRequest_v3]):
+    API_KEY = 13
+
+    def __init__(self, group_id: str, group_instance_id: str) -> None:
+        self._group_id = group_id
+        self._instance_id = group_instance_id
+
+    def build(self, request_struct_class: type[_LeaveGroupRequest_v3]) -> _LeaveGroupRequest_v3:
+        # An empty member id: the broker removes whichever member holds the instance id (as Kafka's
+        # AdminClient.removeMembersFromConsumerGroup does); our consumer has stopped, its id is moot.
+        return request_struct_class(self._group_id, [("", self._instance_id)])
 
 
 def _reject_overrides(kwargs: dict[str, Any], fixed: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
 
@@ -30,14 +31,20 @@ USER_ERRORS: tuple[type[Exception], ...] = (FusionStreamError, EngineError, Kafk
 
 
 def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
-    """Serve with the configured model; returns the process exit code (0 after a graceful stop)."""
-    _logs_to_stdout()
+    """Serve with the configured model; returns the process exit code (0 after a graceful stop).
+
+    An explicit ``instance_id`` (``--instance-id``, ``FUSIONSTREAM_INSTANCE_ID``) also makes this instance a
+    static member of the group, so a restart takes its partitions straight back; the default, the host name,
+    does not (two plain instances on one host would share it and fence each other).
+    """
+    logs_to_stdout()
     try:
         # Before the engine loads (a TensorRT build takes minutes), and before waiting for a broker.
         settings.check_model_windows(load_model(settings.model_dir))
         with open_engine(settings) as (runner, spec):
-            service = InferenceService(settings, runner, spec, options=ServiceOptions(instance_id=instance_id))
-            asyncio.run(_serve(service))
+            options = ServiceOptions(instance_id=instance_id, static_membership=instance_id is not None)
+            service = InferenceService(settings, runner, spec, options=options)
+            asyncio.run(serve_until_stopped(service))
     except USER_ERRORS as exc:
         print_error(str(exc) or repr(exc))
         return 1
@@ -47,14 +54,16 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     return 0
 
 
-def _logs_to_stdout() -> None:
+def logs_to_stdout() -> None:
     """Move the root logger's stderr handler (``logging.basicConfig``'s) to stdout."""
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and handler.stream is sys.stderr:
             handler.setStream(sys.stdout)
 
 
-async def _serve(service: InferenceService) -> None:
+async def serve_until_stopped(service: InferenceService,
+                              on_start: Callable[[InferenceService], None] | None = None) -> None:
+    """Run ``service`` until SIGTERM/SIGINT (graceful; a second one aborts); ``on_start`` runs first, on the loop."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     signals = 0
@@ -72,6 +81,8 @@ async def _serve(service: InferenceService) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    if on_start is not None:
+        on_start(service)
     try:
         await service.run()
     except asyncio.CancelledError:

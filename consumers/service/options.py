@@ -17,6 +17,13 @@ class ServiceOptions:
     #: restarted instance must keep it (it fences its previous incarnation) and two live instances
     #: must differ. Default: the host name.
     instance_id: str | None = None
+    #: Join the group as a static member named ``instance_id`` (Kafka's ``group.instance.id``): a restart
+    #: within the session timeout takes its partitions straight back, with no rebalance. Only for an
+    #: explicit, unique instance id (two members with one id fence each other); a graceful stop leaves
+    #: the group explicitly so its partitions move at once (docs/architecture.md#handover).
+    static_membership: bool = False
+    #: Address /metrics and /healthz listen on (a supervised worker's: 127.0.0.1, read by its supervisor).
+    metrics_host: str = "0.0.0.0"
     fetch_timeout_ms: int = 100
     #: The broker answers a fetch once it has this many bytes, or after ``fetch_max_wait_ms``. Live
     #: traffic otherwise comes back a record or two per fetch, and aiokafka's (pure Python) protocol

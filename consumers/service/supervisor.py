@@ -1,0 +1,321 @@
+"""`fusionstream serve --workers N`: N service processes on one host, in one consumer group, kept running.
+
+Why processes: one service process is bound by its Python half (intake, alignment, the Kafka protocol)
+on one core; N processes use N, and the group spreads the partitions over them as over N hosts.
+
+The supervisor
+
+- starts N workers (:mod:`fusionstream.consumers.service.worker`), worker ``i`` named
+  ``<instance>-<i>`` (``--instance-id``, default the host name): a stable name, so exactly-once
+  transactional ids stay distinct between workers and each survives its worker's restarts, and the
+  worker joins as a *static* member (``group.instance.id``) that takes its partitions straight back
+  after a crash, without the group waiting out the dead member's session;
+- splits the engine threads (``threads``, 0 = every core) between them;
+- keeps one more worker warm, imported and with its engine open (a *standby*): a worker that dies is
+  replaced by the standby at once (and a new standby started), so a crash costs a rejoin and a re-read,
+  not a process start; without a standby (``standby=False``) a fresh process is started;
+- restarts a worker that dies: at once after a run of ``stable_s`` or more, otherwise with exponential
+  backoff (0.5 s doubling to 30 s), and gives up (exit status 1) after ``max_failed_starts`` starts in a
+  row that never served (a bad setting or an unreachable broker, not a crash);
+- forwards SIGTERM/SIGINT to every worker (the first: graceful stop, each leaves the group; a second:
+  abort), waits for them, and exits 0 when every worker stopped cleanly;
+- serves one ``/metrics`` and ``/healthz`` for the host on ``metrics_port``
+  (:mod:`fusionstream.consumers.service.hostview`).
+
+Workers run in their own session, so a terminal's Ctrl-C reaches only the supervisor, which forwards it
+once; and a worker whose supervisor vanished (even by ``kill -9``) sees its stdin close and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from contextlib import suppress
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from fusionstream.consumers.service.hostview import HostMetrics, WorkerView, host_health, poll_health
+from fusionstream.consumers.service.metrics import MetricsServer
+from fusionstream.consumers.service.worker import settings_line
+from fusionstream.consumers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "fusionstream.consumers.service.worker"
+MAX_BACKOFF_S = 30.0
+
+
+def resolve_workers(settings: Settings, cores: int | None = None) -> int:
+    """``settings.workers`` as a count: ``auto`` is one worker per 2 cores (each needs one for its Python
+    half and some engine threads), at most one per partition (more would own nothing), and at most 4 on a
+    GPU (they share it: more contend for it without adding throughput; see docs/operations.md#workers)."""
+    if settings.workers != "auto":
+        return int(settings.workers)
+    cores = cores or len(os.sched_getaffinity(0))
+    count = max(1, cores // 2)
+    if settings.device.startswith("cuda") or settings.backend == "tensorrt":
+        count = min(count, 4)
+    return max(1, min(count, settings.partitions))
+
+
+def threads_per_worker(settings: Settings, workers: int, cores: int | None = None) -> int:
+    """The engine threads of one worker: ``threads`` (0 = every core) shared out, at least one each."""
+    total = settings.threads or cores or len(os.sched_getaffinity(0))
+    return max(1, total // workers)
+
+
+class _Worker:
+    """One live worker process (or the standby) and its stdin pipe."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, ready: asyncio.StreamReader) -> None:
+        self.proc = proc
+        self.started = time.monotonic()
+        self.warm = False  # its engine is open
+        self._ready = asyncio.create_task(self._await_ready(ready))
+
+    async def _await_ready(self, ready: asyncio.StreamReader) -> None:
+        with suppress(OSError, ValueError):
+            self.warm = (await ready.readline()) == b"ready\n"
+
+    def assign(self, view: WorkerView) -> None:
+        """Give it its slot: it starts serving as soon as its engine is open (at once for a standby)."""
+        assert self.proc.stdin is not None
+        slot = {"instance_id": view.instance_id, "metrics_port": view.port}
+        self.proc.stdin.write((json.dumps(slot) + "\n").encode())
+        self.started = time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        with suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def release(self) -> None:
+        """Close its stdin: a standby exits, a serving worker stops gracefully."""
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+
+
+class Supervisor:
+    """Runs ``workers`` service processes until :meth:`stop`; ``await run()`` returns the exit status."""
+
+    def __init__(
+        self, settings: Settings, *, workers: int, instance_id: str | None = None, standby: bool = True,
+        grace_s: float = 15.0, stable_s: float = 5.0, max_failed_starts: int = 5, poll_s: float = 0.5,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.count = workers
+        self.instance_id = instance_id or socket.gethostname()
+        self.standby = standby
+        self.grace_s, self.stable_s, self.poll_s = grace_s, stable_s, poll_s
+        self.max_failed_starts = max_failed_starts
+        self.threads = threads_per_worker(settings, workers)
+        self.views = [WorkerView(i, f"{self.instance_id}-{i}", _free_port()) for i in range(workers)]
+        self.registry = registry = registry or CollectorRegistry()
+        self.restarts = Counter("worker_restarts", "Worker processes restarted after they died.", ["worker"],
+                                namespace="fusionstream", registry=registry)
+        self.up = Gauge("worker_up", "1 while the worker's /healthz is healthy.", ["worker"],
+                        namespace="fusionstream", registry=registry)
+        for view in self.views:
+            self.restarts.labels(str(view.index))
+        registry.register(HostMetrics(lambda: self.views))
+        self.metrics_port: int | None = None
+        self._workers: dict[int, _Worker] = {}
+        self._spare: _Worker | None = None
+        self._failed_starts = [0] * workers
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._fatal: str | None = None
+
+    # -- control --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every worker gracefully (what the first SIGTERM/SIGINT does)."""
+        self._stop.set()
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        ok, detail = host_health(self.views, self.grace_s)
+        spare = self._spare
+        standby = ("off" if not self.standby else "none" if spare is None or spare.proc.returncode is not None
+                   else "warm" if spare.warm else "warming")
+        return ok, {"instance": self.instance_id, **detail, "standby": standby}
+
+    def on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: stopping %d workers (graceful; again to abort)", signal.Signals(signum).name, self.count)
+            self.stop()
+        else:
+            log.warning("second signal: the workers abort without a final commit")
+            for worker in self._live():
+                worker.signal(signal.SIGTERM)  # their own second signal
+
+    async def run(self) -> int:
+        """Supervise until :meth:`stop` (or until workers keep failing); returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        server = None
+        if self.settings.metrics_port:
+            server = MetricsServer(self.registry, self.health, self.settings.metrics_port)
+            server.start()
+            self.metrics_port = server.port
+        log.info("supervising %d workers (%s-0..%d, %d engine threads each%s)", self.count, self.instance_id,
+                 self.count - 1, self.threads, ", one standby" if self.standby else "")
+        try:
+            for view in self.views:
+                worker = await self._spawn()
+                worker.assign(view)
+                self._started(view, worker)
+            watchers = {asyncio.create_task(self._watch(view)) for view in self.views}
+            poller = asyncio.create_task(self._poll())
+            await self._stop.wait()
+            poller.cancel()
+            return await self._shutdown(watchers)
+        finally:
+            if server is not None:
+                server.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    async def _spawn(self) -> _Worker:
+        """A new worker process, given the settings; it loads the model and waits for its slot."""
+        read_fd, write_fd = os.pipe()  # the worker says "ready" on it when its engine is open
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
+                start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only; it forwards it once
+            )
+        finally:
+            os.close(write_fd)
+        ready = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(ready), os.fdopen(read_fd, "rb"))
+        assert proc.stdin is not None
+        proc.stdin.write(settings_line(self.settings, workers=1, threads=self.threads, ready_fd=write_fd).encode())
+        return _Worker(proc, ready)
+
+    async def _replacement(self) -> _Worker:
+        """The standby if it is alive (already warm), else a fresh process. The next standby is started by
+        :meth:`_poll` once every worker serves again: on few cores its start would slow the recovery."""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.proc.returncode is not None:
+            spare = await self._spawn()
+        return spare
+
+    def _started(self, view: WorkerView, worker: _Worker) -> None:
+        self._workers[view.index] = worker
+        view.pid, view.state, view.healthy = worker.proc.pid, "starting", False
+
+    async def _watch(self, view: WorkerView) -> None:
+        """Restart the slot's worker whenever it dies, until the supervisor stops."""
+        while True:
+            worker = self._workers[view.index]
+            code = await worker.proc.wait()
+            view.last_exit, view.healthy = code, False
+            if self._stop.is_set():
+                view.state = "stopped"
+                return
+            view.state = "down"
+            ran_s = time.monotonic() - worker.started
+            served = view.healthy_at is not None and view.healthy_at >= worker.started
+            if served and ran_s >= self.stable_s:
+                self._failed_starts[view.index], delay = 0, 0.0
+            else:
+                self._failed_starts[view.index] += 1
+                if not served and self._failed_starts[view.index] >= self.max_failed_starts:
+                    self._fatal = (f"worker {view.index} failed {self._failed_starts[view.index]} starts in a row "
+                                   f"(last exit status {code}): see its log above")
+                    log.error("%s; stopping", self._fatal)
+                    self.stop()
+                    view.state = "stopped"
+                    return
+                delay = min(0.5 * 2 ** (self._failed_starts[view.index] - 1), MAX_BACKOFF_S)
+            log.warning("worker %d (%s, pid %s) exited with status %s after %.1f s; restarting%s", view.index,
+                        view.instance_id, worker.proc.pid, code, ran_s, f" in {delay:.1f} s" if delay else "")
+            if delay:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                if self._stop.is_set():
+                    view.state = "stopped"
+                    return
+            replacement = await self._replacement()
+            if self._stop.is_set():  # stopped while it started
+                replacement.release()
+                await replacement.proc.wait()
+                view.state = "stopped"
+                return
+            replacement.assign(view)
+            self._started(view, replacement)
+            view.restarts += 1
+            self.restarts.labels(str(view.index)).inc()
+
+    async def _poll(self) -> None:
+        """Refresh each worker's health (for /healthz and ``worker_up``); start the standby once all serve."""
+        while True:
+            now = time.monotonic()
+            await asyncio.gather(*(asyncio.to_thread(poll_health, view, now) for view in self.views))
+            for view in self.views:
+                self.up.labels(str(view.index)).set(1 if view.healthy else 0)
+            # The standby starts once every worker serves: on few cores it would slow their (re)start.
+            if self.standby and self._spare is None and all(v.healthy for v in self.views):
+                self._spare = await self._spawn()
+            await asyncio.sleep(self.poll_s)
+
+    def _live(self) -> list[_Worker]:
+        workers = [*self._workers.values(), *([self._spare] if self._spare else [])]
+        return [w for w in workers if w.proc.returncode is None]
+
+    async def _shutdown(self, watchers: set[asyncio.Task[None]]) -> int:
+        if self._spare is not None:
+            self._spare.release()  # a standby just exits
+        for view in self.views:
+            if view.state in ("starting", "running"):
+                view.state = "stopping"
+        for worker in self._workers.values():
+            worker.signal(signal.SIGTERM)
+        codes = await asyncio.gather(*(w.proc.wait() for w in [*self._workers.values(),
+                                                               *([self._spare] if self._spare else [])]))
+        await asyncio.gather(*watchers, return_exceptions=True)
+        failed = {view.index: view.last_exit for view in self.views if view.last_exit not in (0, None)}
+        if self._fatal is not None:
+            return 1
+        if failed:
+            log.error("workers stopped with errors: %s", failed)
+            return 1
+        log.info("all %d workers stopped (exit statuses %s)", self.count, codes[: self.count])
+        return 0
+
+
+def _free_port() -> int:
+    """A port for a worker's /metrics on 127.0.0.1 (kept for the slot: its restarts reuse it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_supervisor(settings: Settings, *, workers: int, instance_id: str | None = None) -> int:
+    """`serve --workers N` as a process: the model checked first (one line and status 1 if it is unusable),
+    then the workers supervised until SIGTERM/SIGINT."""
+    from fusionstream.consumers.cli_errors import print_error
+    from fusionstream.consumers.engine import load_model
+    from fusionstream.consumers.service.main import USER_ERRORS, logs_to_stdout
+
+    logs_to_stdout()
+    try:
+        # Refused once here, not N times by crash-looping workers.
+        settings.check_model_windows(load_model(settings.model_dir))
+    except USER_ERRORS as exc:
+        print_error(str(exc) or repr(exc))
+        return 1
+    return asyncio.run(Supervisor(settings, workers=workers, instance_id=instance_id).run())
+
+
+__all__ = ["Supervisor", "resolve_workers", "run_supervisor", "threads_per_worker"]
