@@ -184,10 +184,12 @@ def quantize(
     seconds: Annotated[float, typer.Option(min=10, help="Seconds of synthetic streams (training voices) to calibrate on.")] = 120.0,
     seed: Annotated[int, typer.Option(help="Seed of the calibration streams.")] = 77,
 ) -> None:
-    """Add int8 versions of the video, frame and audio encoders to a model directory (CPU speed).
+    """Add int8 versions of a model directory's encoders (CPU speed), either format.
 
-    Static quantization in ONNX Runtime, calibrated on rendered windows; the CNN bodies
-    become int8, the audio front end, the text encoder and the fusion head stay float32.
+    Format 1: static quantization in ONNX Runtime, calibrated on rendered windows; the CNN
+    bodies become int8, the audio front end, the text encoder and the fusion head stay float32.
+    Format 2: dynamic quantization of each encoder's MatMul and Gemm weights (no calibration;
+    --seconds and --seed are not used), named in model.json as the encoder's int8_file.
     `fusionstream evaluate MODEL --int8` shows the accuracy change, `fusionstream bench`
     the speed; serve with them by setting FUSIONSTREAM_PRECISION=int8.
     """
@@ -198,7 +200,7 @@ def quantize(
 
 @app.command("build-engine")
 def build_engine(
-    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory whose ONNX graphs to build.")],
+    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory (either format) whose ONNX graphs to build.")],
     fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Let TensorRT use fp16 kernels (inputs and outputs stay float32).")] = True,
     max_batch: Annotated[int, typer.Option(min=1, help="Largest batch of the optimisation profile.")] = 64,
     opt_batch: Annotated[int, typer.Option(min=1, help="Batch size TensorRT tunes its kernels for.")] = 32,
@@ -207,8 +209,9 @@ def build_engine(
 ) -> None:
     """Build the TensorRT engines of a model directory ahead of time (needs an NVIDIA GPU and the `gpu` extra).
 
-    One engine per graph, cached under a key of the ONNX file's hash, the GPU model, the
-    TensorRT version, the precision and the batch profile: the tensorrt backend finds them
+    One engine per graph the manifest declares (each encoder, the fusion head), cached under a
+    key of the ONNX file's hash, the GPU model, the TensorRT version, the precision and the
+    input profile (batch, and a tokenizer's longest input): the tensorrt backend finds them
     there at start instead of building for minutes, and rebuilds by itself whenever any of
     those change. Run it on the machine (the GPU model) that will serve.
     """
@@ -316,6 +319,7 @@ def tail(
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N predictions.")] = None,  # noqa: UP045
     read_committed: Annotated[bool, typer.Option("--read-committed", help="Hide predictions of aborted transactions (exactly-once mode).")] = False,
     until_end: Annotated[bool, typer.Option("--until-end", help="Stop at the end of the topic instead of waiting for more.")] = False,
+    finals_only: Annotated[bool, typer.Option("--finals-only", help="Skip provisional predictions (a service with revisions on sends one before each final).")] = False,
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
     topic: Annotated[Optional[str], typer.Option("--topic", help="Predictions topic (default: settings).")] = None,  # noqa: UP045
     config: ConfigOpt = None,
@@ -333,7 +337,7 @@ def tail(
     settings = load_settings(config, bootstrap_servers=bootstrap, predictions_topic=topic)
     with one_line_errors(FusionStreamError, KafkaError):
         run_tail(settings, as_json=as_json, from_beginning=from_beginning, stream_ids=stream, limit=limit,
-                 read_committed=read_committed, until_end=until_end)
+                 read_committed=read_committed, until_end=until_end, finals_only=finals_only)
 
 
 @app.command()
@@ -374,10 +378,11 @@ def view(
 @app.command()
 def serve(
     exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Publish predictions and commit offsets in one Kafka transaction (default: settings, at-least-once).")] = None,  # noqa: UP045
-    instance_id: Annotated[Optional[str], typer.Option("--instance-id", envvar="FUSIONSTREAM_INSTANCE_ID", help="Stable name of this instance (default: host name). Exactly-once derives its transactional id from it: keep it across restarts, make it differ between instances.")] = None,  # noqa: UP045
+    instance_id: Annotated[Optional[str], typer.Option("--instance-id", envvar="FUSIONSTREAM_INSTANCE_ID", help="Stable name of this instance (default: host name). Exactly-once derives its transactional id from it, and an explicit one makes the instance a static group member that takes its partitions straight back after a crash: keep it across restarts, make it differ between instances.")] = None,  # noqa: UP045
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
     group: Annotated[Optional[str], typer.Option("--group", help="Consumer group (default: settings).")] = None,  # noqa: UP045
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /healthz; 0 turns them off (default: settings).")] = None,  # noqa: UP045
+    workers: Annotated[Optional[str], typer.Option("--workers", help="Service processes on this host: a number, or auto (one per 2 cores, at most one per partition). Above 1 a supervisor restarts any that dies and serves one /metrics and /healthz for all (default: settings, 1).")] = None,  # noqa: UP045
     model: ModelOpt = None,
     backend: BackendOpt = None,
     config: ConfigOpt = None,
@@ -388,12 +393,18 @@ def serve(
     missing topics, sends undecodable and late records to the dead-letter topic, serves
     Prometheus /metrics and /healthz, and stops gracefully on SIGTERM/SIGINT (closed windows
     published, offsets committed; open windows are completed by the next owner).
+
+    With --workers N (N > 1) it supervises N such processes in one group, named
+    `<instance-id>-<i>`, and restarts one that dies; see docs/operations.md#workers.
     """
     from fusionstream.consumers.service import run_service
+    from fusionstream.consumers.service.supervisor import resolve_workers, run_supervisor
 
     settings = load_settings(config, model_dir=model, backend=backend, exactly_once=exactly_once,
-                             bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port)
+                             bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port, workers=workers)
     _setup_logging(settings)
+    if (count := resolve_workers(settings)) > 1:
+        raise typer.Exit(run_supervisor(settings, workers=count, instance_id=instance_id))
     raise typer.Exit(run_service(settings, instance_id=instance_id))
 
 

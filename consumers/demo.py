@@ -131,7 +131,7 @@ def run_demo(
         scored = [dataclasses.replace(p, label=index.get(p.label, p.label)) for p in scored]
     summary = summarize(scored, seconds=result.seconds, truth=truth, expected=census.expected)
     summary["dead_letters"] = len(result.dead_letters)
-    if ignored:  # records of modalities a format-2 model does not use
+    if ignored:  # records of modalities the model does not use (a model may declare a subset)
         summary["records_ignored"] = ignored
     if not quiet:
         acc = summary["accuracy"]

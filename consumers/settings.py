@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from fusionstream.stream.errors import FusionStreamError
+from fusionstream.stream.records import Modality
 from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import MS
 
@@ -123,6 +124,16 @@ class Settings(BaseSettings):
     )
     lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
+    text_wait_ms: int | None = Field(
+        None, ge=0,
+        description="The transcript's wait budget: text this far behind the newest modality is not waited for "
+        "(unset: max_skew_ms).",
+    )
+    revisions: bool = Field(
+        False,
+        description="Early predictions with revisions: a provisional prediction when video and audio are complete, "
+        "the final when the text is (docs/predictions.md#revisions).",
+    )
     idle_timeout_ms: int = Field(
         2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open."
     )
@@ -141,6 +152,14 @@ class Settings(BaseSettings):
         True, description="Encode windows whose media is complete while they wait out the lateness (idle engine only)."
     )
 
+    # Processes (docs/operations.md#workers)
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="serve: service processes on this host, supervised (restarted when one dies) and sharing "
+        "/metrics and /healthz; auto = one per 2 cores up to the partition count (4 at most on a GPU). 1 = one "
+        "process, no supervisor.",
+    )
+
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
@@ -154,6 +173,13 @@ class Settings(BaseSettings):
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
         return name
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 1:
+            raise ValueError(f"workers must be at least 1 or 'auto', not {workers}")
+        return workers
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -200,6 +226,8 @@ class Settings(BaseSettings):
             max_skew_ns=self.max_skew_ms * MS,
             idle_timeout_ns=self.idle_timeout_ms * MS,
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
+            provisional_without=frozenset({Modality.TEXT}) if self.revisions else frozenset(),
+            wait_ns=() if self.text_wait_ms is None else ((Modality.TEXT, self.text_wait_ms * MS),),
         )
 
     def model_window_config(self, spec: ModelSpec | Manifest) -> WindowConfig:

@@ -5,13 +5,19 @@ cheap: torch is imported only by the training/export API (``MultimodalModel``, `
 ``export_model``, ``check_parity``, resolved lazily below) and each backend imports its
 runtime when activated.
 
-Typical use::
+Typical use (either model format, any backend; the caller encodes only the present rows)::
 
-    from fusionstream.engines import Batch, load_backend, make_row
+    from fusionstream.engines import open_runtime
 
-    with load_backend("onnxruntime", model_dir) as backend:
-        rows = [make_row(backend.spec, frames=f, audio=a, text=t) for f, a, t in windows]
-        probs = backend.infer(Batch.stack(rows))
+    with open_runtime("onnxruntime", model_dir) as runtime:
+        prep = runtime.preprocess
+        frames = runtime.encode_frames(prep.video_frames(frames))     # [B * K, size], K frames a window
+        embeddings = {
+            "video": frames.reshape(len(samples), -1, runtime.sizes["video"]).mean(axis=1),
+            "audio": runtime.encode("audio", prep.audio_feed(samples)),       # samples [B, N]
+            "text": runtime.encode("text", prep.text_feed(transcripts)),
+        }
+        probs = runtime.fuse(embeddings, mask)      # float32 [B, classes], mask [B, modalities]
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fusionstream.engines.backends import BACKENDS, Backend, load_backend
+from fusionstream.engines.backends import BACKENDS, Backend, Runtime, load_backend, open_runtime
 from fusionstream.engines.errors import BackendUnavailable, EngineError, InputError, ModelDirError
 from fusionstream.engines.features import Batch, Row, frames_to_array, make_row, random_batch, text_to_ids
 from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
@@ -58,6 +64,7 @@ __all__ = [
     "ModelSpec",
     "MultimodalModel",
     "Row",
+    "Runtime",
     "check_parity",
     "export_model",
     "frames_to_array",
@@ -65,6 +72,7 @@ __all__ = [
     "make_head",
     "make_row",
     "modality_dropout",
+    "open_runtime",
     "random_batch",
     "text_to_ids",
 ]

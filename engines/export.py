@@ -3,8 +3,8 @@
 ``export_model`` splits the model into four ONNX graphs — one per encoder and one for the
 fusion head — because backends run each encoder only on rows where its modality is present
 and may reuse embeddings (docs/architecture.md). Every graph has a dynamic batch axis named
-``batch``. ``check_parity`` runs the files in ONNX Runtime against the torch modules on
-fresh random inputs; ``export_model`` calls it unless told not to.
+``batch``. ``check_parity`` runs the directory through the onnxruntime backend against the
+torch modules on fresh random inputs; ``export_model`` calls it unless told not to.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fusionstream.engines.encoders.image import FrameEncoder
-from fusionstream.engines.errors import EngineError, ModelDirError
+from fusionstream.engines.errors import EngineError
 from fusionstream.engines.features import random_batch
 from fusionstream.engines.model import MultimodalModel
 from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, TORCH_WEIGHTS, ModelSpec
@@ -214,51 +214,44 @@ def check_parity(
     *,
     seed: int | None = None,
 ) -> dict[str, float]:
-    """Run each ONNX graph in ONNX Runtime (CPU) and the matching torch module on the same fresh
-    random inputs (random masks included) at every batch size; return ``{graph: max relative error}``.
+    """Run the directory through the onnxruntime backend (:func:`~fusionstream.engines.backends.open_runtime`,
+    as serving does) and the matching torch modules on the same fresh random inputs (random masks
+    included) at every batch size; return ``{graph: max relative error}``, a graph being a modality
+    (its encoder: the per-frame one when the directory has it) or ``fusion``.
 
     The error is ``max|onnx - torch| / max|torch|`` over a graph's output. Raises
-    :class:`EngineError` naming the worst graph if any error exceeds ``rtol``.
+    :class:`EngineError` naming the worst graph's file if any error exceeds ``rtol``.
     """
-    import onnxruntime as ort
+    from fusionstream.engines.backends import open_runtime
 
     spec = ModelSpec.load(model_dir)
     _check_compatible(model, spec)
     reference = copy.deepcopy(model).float().cpu().eval()
     fusion = FusionProbs(reference.head).eval()
     rng = np.random.default_rng(seed)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sessions = {}
-    names = [*MODALITIES, "fusion"] + ([FRAME_GRAPH] if spec.has_graph(FRAME_GRAPH) else [])
-    for name in names:
-        path = Path(model_dir) / spec.files[name]
-        if not path.is_file():
-            raise ModelDirError(f"missing {path}")
-        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    errors = dict.fromkeys(sessions, 0.0)
-    with torch.no_grad():
+    with open_runtime("onnxruntime", model_dir) as runtime, torch.no_grad():
+        files = runtime.graph_files()
+        errors = dict.fromkeys(files, 0.0)
         for size in batch_sizes:
             batch = random_batch(spec, size, rng)
-            for name, encoder in reference.encoders.items():
+            for name in runtime.modalities:
                 x = getattr(batch, name)
-                ref = encoder(torch.from_numpy(x)).numpy()
-                got = sessions[name].run([EMBEDDING], {name: x})[0]
+                if name == "video" and runtime.embeds_frames:  # single frames: [B, K, 3, S, S] -> [B*K, 3, S, S]
+                    x = x.reshape(-1, *x.shape[2:])
+                    ref = reference.video_encoder.embed_frames(torch.from_numpy(x)).numpy()
+                else:
+                    ref = reference.encoders[name](torch.from_numpy(x)).numpy()
+                (tensor,) = runtime.encoder(name).inputs.values()
+                got = runtime.encode(name, {tensor.name: x})
                 errors[name] = max(errors[name], _relative_error(got, ref))
-            if FRAME_GRAPH in sessions:
-                frames = batch.video.reshape(-1, *batch.video.shape[2:])
-                ref = reference.video_encoder.embed_frames(torch.from_numpy(frames)).numpy()
-                got = sessions[FRAME_GRAPH].run([EMBEDDING], {FRAME_GRAPH: frames})[0]
-                errors[FRAME_GRAPH] = max(errors[FRAME_GRAPH], _relative_error(got, ref))
-            embeddings = [rng.standard_normal((size, spec.embed_dim), dtype=np.float32) for _ in MODALITIES]
-            feeds = dict(zip(MODALITIES, embeddings, strict=True)) | {"mask": batch.mask}
-            ref = fusion(*(torch.from_numpy(e) for e in embeddings), torch.from_numpy(batch.mask)).numpy()
-            got = sessions["fusion"].run([PROBS], feeds)[0]
+            embeddings = {m: rng.standard_normal((size, spec.embed_dim), dtype=np.float32) for m in MODALITIES}
+            ref = fusion(*(torch.from_numpy(e) for e in embeddings.values()), torch.from_numpy(batch.mask)).numpy()
+            got = runtime.fuse(embeddings, batch.mask)
             errors["fusion"] = max(errors["fusion"], _relative_error(got, ref))
     worst = max(errors, key=errors.__getitem__)
     if errors[worst] > rtol:
         raise EngineError(
-            f"ONNX Runtime disagrees with torch in {spec.files[worst]}: max relative error "
+            f"ONNX Runtime disagrees with torch in {files[worst]}: max relative error "
             f"{errors[worst]:.2e} > {rtol:.0e} (all: {', '.join(f'{k} {v:.1e}' for k, v in errors.items())})"
         )
     return errors

@@ -1,8 +1,10 @@
-"""Window contents → model input arrays (numpy only; runs per window on the hot path).
+"""Window contents → format-1 model input arrays (numpy only).
 
-The pipeline turns each closed window into one :class:`Row` (``make_row`` or the two
-functions below) and stacks rows into a :class:`Batch` for a backend. Nothing here
-imports torch or a runtime, and nothing depends on ``stream``: inputs are plain arrays.
+:class:`Row` / :class:`Batch` are fusionstream's own architecture's inputs, in the positional layout
+:class:`~fusionstream.engines.model.MultimodalModel` trains on and ``export`` and ``quantize`` feed it;
+serving goes through a runtime (``open_runtime``), by modality name, with the preprocessing its
+manifest declares (``engines/preprocess.py``, which reuses :func:`text_to_ids` for hashed n-grams).
+Nothing here imports torch or a runtime, and nothing depends on ``stream``: inputs are plain arrays.
 """
 
 from __future__ import annotations

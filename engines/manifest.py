@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fusionstream.engines.errors import ModelDirError
-from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, SPEC_FILE, ModelSpec
+from fusionstream.engines.spec import FRAME_GRAPH, FUSION_HEADS, INT8, MODALITIES, SPEC_FILE, ModelSpec
 from fusionstream.units import MS, NS
 
 FORMAT = 2
@@ -50,6 +50,8 @@ class EncoderSpec:
     output: str
     size: int
     per_frame: bool = False
+    #: The int8 graph ``fusionstream quantize`` wrote (same inputs and output as ``file``), if any.
+    int8_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +149,11 @@ class Manifest:
         """Whether the directory has a head to serve (not only encoders)."""
         return self.task is not None and self.fusion is not None
 
-    def graph_files(self) -> dict[str, str]:
-        """Graph name (a modality or ``fusion``) → file name."""
-        files = {name: m.encoder.file for name, m in self.modalities.items()}
+    def graph_files(self, *, int8: bool = False) -> dict[str, str]:
+        """Graph name (a modality or ``fusion``) → file name; with ``int8``, each encoder's int8 graph
+        where it has one (the fusion head is never quantized: it is a few percent of a window)."""
+        files = {name: (m.encoder.int8_file if int8 and m.encoder.int8_file else m.encoder.file)
+                 for name, m in self.modalities.items()}
         if self.fusion is not None:
             files["fusion"] = self.fusion.file
         return files
@@ -220,7 +224,7 @@ def _kind(value: Any) -> str:
 
 
 def _encoder(f: _Fields, modality: str) -> EncoderSpec:
-    f.only("file", "inputs", "output", "per_frame")
+    f.only("file", "inputs", "output", "per_frame", "int8_file")
     inputs_f = f.sub("inputs")
     assert inputs_f is not None
     allowed, required = ROLES[modality]
@@ -244,8 +248,9 @@ def _encoder(f: _Fields, modality: str) -> EncoderSpec:
     per_frame = f.get("per_frame", bool, False)
     if per_frame and modality != "video":
         f.fail("only a video encoder can embed single frames", "per_frame")
+    int8_file = f.file_name("int8_file") if "int8_file" in f.doc else None
     return EncoderSpec(f.file_name("file"), inputs, output_f.get("name", str), output_f.get("size", int, low=1),
-                       per_frame)
+                       per_frame, int8_file)
 
 
 def _video(f: _Fields) -> VideoPreprocess:
@@ -366,18 +371,29 @@ def parse_manifest(doc: Any, directory: Path) -> Manifest:
 
 
 def manifest_of_v1(spec: ModelSpec, directory: Path) -> Manifest:
-    """The format-2 manifest a format-1 directory is equivalent to (its whole-window encoders)."""
+    """The format-2 manifest a format-1 directory is equivalent to.
+
+    The video encoder is the per-frame graph (``frame.onnx``) when the directory has one: a window's
+    video embedding is the mean of its frames' (``ImageEncoder.forward`` is exactly that mean), so
+    runtimes embed each frame once however many overlapping windows share it. Older exports without
+    it keep the whole-window ``video.onnx``. ``files``' ``<graph>_int8`` entries become ``int8_file``.
+    """
     s = spec.image_size
     video = VideoPreprocess(frames=spec.frames_per_window, height=s, width=s)
     audio = AudioPreprocess(spec.sample_rate, spec.samples_per_window)
     text = TextPreprocess(hashed_ngrams=HashedNgrams(spec.text_buckets, spec.text_ngrams, spec.text_max_len))
+    per_frame = spec.has_graph(FRAME_GRAPH)
+    # graph of spec.files that serves each modality; its (only) input is named after the graph
+    graphs = {"video": FRAME_GRAPH if per_frame else "video", "audio": "audio", "text": "text"}
     roles = {"video": "pixels", "audio": "samples", "text": "ids"}
     dtypes = {"video": "float32", "audio": "float32", "text": "int64"}
-    modalities = {
-        name: ModalitySpec(name, EncoderSpec(spec.files[name], {roles[name]: TensorSpec(name, dtypes[name])},
-                                             _V1_EMBEDDING, spec.embed_dim), pre)
-        for name, pre in zip(MODALITIES, (video, audio, text), strict=True)
-    }
+    modalities = {}
+    for name, pre in zip(MODALITIES, (video, audio, text), strict=True):
+        graph = graphs[name]
+        encoder = EncoderSpec(spec.files[graph], {roles[name]: TensorSpec(graph, dtypes[name])}, _V1_EMBEDDING,
+                              spec.embed_dim, per_frame=name == "video" and per_frame,
+                              int8_file=spec.files.get(f"{graph}{INT8}"))
+        modalities[name] = ModalitySpec(name, encoder, pre)
     fusion = FusionSpec(spec.files["fusion"], spec.fusion, {m: m for m in MODALITIES}, "mask", _V1_PROBS)
     return Manifest(spec.version, spec.window_ns, spec.hop_ns, modalities, TaskSpec("single_label",
                     tuple(spec.classes)), fusion, directory, source_format=1, metrics=spec.metrics)

@@ -9,7 +9,7 @@ field and the graph file, so a bad model is refused at load, not at the first wi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,11 +42,24 @@ class GraphReport:
     cpu_ms: float
 
 
-def check_model_dir(model_dir: Any, *, threads: int = 1) -> tuple[Manifest, list[GraphReport]]:
+def check_model_dir(
+    model_dir: Any, *, threads: int = 1, int8: bool | None = None
+) -> tuple[Manifest, list[GraphReport]]:
     """Load and check ``model_dir``; returns its manifest and a report per graph, or raises
-    :class:`ModelDirError` naming the field and the file."""
+    :class:`ModelDirError` naming the field and the file.
+
+    ``int8``: ``None`` checks every encoder's ``file`` and its ``int8_file`` (``model check``);
+    ``False`` the fp32 graphs only, ``True`` the int8 graph of each encoder that has one (a runtime
+    checks what it will run)."""
     manifest = load_manifest(model_dir)
-    reports = [_check_encoder(manifest, m, threads) for m in manifest.modalities.values()]
+    reports = []
+    for modality in manifest.modalities.values():
+        int8_file = modality.encoder.int8_file
+        if int8 is not True or int8_file is None:
+            reports.append(_check_encoder(manifest, modality, threads))
+        if int8 is not False and int8_file is not None:
+            quantized = replace(modality, encoder=replace(modality.encoder, file=int8_file))
+            reports.append(_check_encoder(manifest, quantized, threads, field="int8_file"))
     if manifest.fusion is not None:
         reports.append(_check_fusion(manifest, threads))
     return manifest, reports
@@ -150,10 +163,10 @@ def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: 
     return np.asarray(result), (time.process_time() - started) * 1000
 
 
-def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int) -> GraphReport:
+def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, field: str = "file") -> GraphReport:
     encoder = modality.encoder
     base = f"modalities.{modality.name}.encoder"
-    session = _session(manifest, encoder.file, f"{base}.file", threads)
+    session = _session(manifest, encoder.file, f"{base}.{field}", threads)
     _check_inputs(manifest, modality, session)
     cpu_ms = 0.0
     for batch in (1, 2):
@@ -162,7 +175,8 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int) -> 
         if result.shape != (batch, encoder.size):
             raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "
                         f"{list(result.shape[1:])} per row (batch {batch}: {list(result.shape)})")
-    return GraphReport(modality.name, encoder.file, _described(session), encoder.output, encoder.size, cpu_ms)
+    graph = modality.name if field == "file" else f"{modality.name} (int8)"
+    return GraphReport(graph, encoder.file, _described(session), encoder.output, encoder.size, cpu_ms)
 
 
 def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:

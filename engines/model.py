@@ -1,19 +1,30 @@
-"""``MultimodalModel``: the three encoders and a fusion head, as one trainable torch module.
+"""``MultimodalModel``: an encoder per modality and a fusion head, as one trainable torch module.
 
-This is what ``train`` fits and ``export`` splits into four ONNX graphs. Its forward pass
-behaves like a backend's: each encoder runs only on the rows where its modality is present
-(absent rows get zero embeddings), so training never feeds a zero-filled placeholder
-through an encoder — which would also skew BatchNorm's running statistics.
+This is what ``train`` fits and ``export`` splits into ONNX graphs (one per encoder, one for the
+head). Its forward pass behaves like a backend's: each encoder runs only on the rows where its
+modality is present (absent rows get zero embeddings), so training never feeds a zero-filled
+placeholder through an encoder — which would also skew BatchNorm's running statistics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, TextEncoder
 from fusionstream.engines.fusion import FusionHead, make_head
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.spec import MODALITIES, ModelSpec
+
+#: How each format-1 modality's encoder is built from the spec (``MODALITIES`` order is the build
+#: order, so a seed gives the same initial weights as before).
+ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "video": lambda spec: ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size),
+    "audio": lambda spec: AudioEncoder(spec.embed_dim, spec.sample_rate, spec.n_mels),
+    "text": lambda spec: TextEncoder(spec.text_buckets, spec.embed_dim),
+}
 
 
 def modality_dropout(
@@ -38,47 +49,96 @@ def modality_dropout(
     return kept.to(mask.dtype)
 
 
-class MultimodalModel(nn.Module):
-    """Encoders for video, audio and text plus the fusion head named by ``spec.fusion``.
+# -- state-dict names --------------------------------------------------------------------------------
+# In memory the encoders live in ``encoders`` (a ModuleDict keyed by modality); in model.pt an
+# encoder's weights have always been ``<modality>_encoder.*``. The two hooks below translate, so
+# every model.pt written before and after loads with ``strict=True`` and is written the same way.
 
-    Inputs follow :class:`fusionstream.engines.features.Batch` (as tensors): ``video [B, K, 3, S, S]``,
-    ``audio [B, N]``, ``text int64 [B, L]``, ``mask [B, 3]``. :meth:`forward` returns logits;
-    a trainer uses :meth:`forward_train`, which adds the head's auxiliary loss.
+
+def _disk_name(modality: str) -> str:
+    return f"{modality}_encoder"
+
+
+def _renamed(key: str, renames: Mapping[str, str]) -> str:
+    """``key`` with a leading module path ``old`` (the whole key, or followed by ``.``) replaced by ``new``."""
+    for old, new in renames.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return key
+
+
+def _save_disk_names(module: MultimodalModel, state: dict[str, Any], prefix: str, _local: Any) -> None:
+    renames = {f"{prefix}encoders.{m}": prefix + _disk_name(m) for m in module.modalities}
+    items = list(state.items())  # rebuilt in place, keeping the order
+    state.clear()
+    state.update((_renamed(k, renames), v) for k, v in items)
+    metadata = getattr(state, "_metadata", None)  # per-module versions, keyed by module path
+    if metadata is not None:
+        entries = list(metadata.items())
+        metadata.clear()
+        metadata.update((_renamed(k, renames), v) for k, v in entries if k != f"{prefix}encoders")
+
+
+def _load_disk_names(module: MultimodalModel, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    renames = {prefix + _disk_name(m): f"{prefix}encoders.{m}" for m in module.modalities}
+    for key in [k for k in state if _renamed(k, renames) != k]:
+        state[_renamed(key, renames)] = state.pop(key)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # load_state_dict looks a submodule's version up by its in-memory path
+        for key in [k for k in metadata if _renamed(k, renames) != k]:
+            metadata.setdefault(_renamed(key, renames), metadata[key])
+
+
+class MultimodalModel(nn.Module):
+    """An encoder per modality of ``MODALITIES`` plus the fusion head named by ``spec.fusion``.
+
+    Inputs follow :class:`fusionstream.engines.features.Batch` (as tensors), one per modality in
+    ``modalities`` order and then the mask: ``video [B, K, 3, S, S]``, ``audio [B, N]``,
+    ``text int64 [B, L]``, ``mask [B, M]``. :meth:`forward` returns logits; a trainer uses
+    :meth:`forward_train`, which adds the head's auxiliary loss.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        d = spec.embed_dim
-        self.video_encoder = ImageEncoder(d, spec.frames_per_window, spec.image_size)
-        self.audio_encoder = AudioEncoder(d, spec.sample_rate, spec.n_mels)
-        self.text_encoder = TextEncoder(spec.text_buckets, d)
-        self.head: FusionHead = make_head(spec.fusion, d, spec.n_classes, **spec.fusion_options)
+        #: The modalities, in the order of the inputs, the embeddings and the mask's columns.
+        self.modalities: tuple[str, ...] = MODALITIES
+        self.encoders = nn.ModuleDict({m: ENCODERS[m](spec) for m in self.modalities})
+        self.head: FusionHead = make_head(spec.fusion, spec.embed_dim, spec.n_classes,
+                                          modalities=len(self.modalities), **spec.fusion_options)
+        self.register_state_dict_post_hook(_save_disk_names)
+        self.register_load_state_dict_pre_hook(_load_disk_names)
+
+    # The format-1 encoders by their old attribute names (the torch backend and export reach into them).
+    @property
+    def video_encoder(self) -> ImageEncoder:
+        return self.encoders["video"]  # type: ignore[return-value]
 
     @property
-    def encoders(self) -> dict[str, nn.Module]:
-        """Modality name → encoder, in ``MODALITIES`` order."""
-        return {"video": self.video_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
+    def audio_encoder(self) -> AudioEncoder:
+        return self.encoders["audio"]  # type: ignore[return-value]
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """``[B, K, 3, S, S]`` → ``[B, D]`` (every row treated as present)."""
-        return self.video_encoder(video)
+    @property
+    def text_encoder(self) -> TextEncoder:
+        return self.encoders["text"]  # type: ignore[return-value]
 
-    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """``[B, N]`` → ``[B, D]`` (every row treated as present)."""
-        return self.audio_encoder(audio)
+    def encode(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """One modality's inputs → ``[B, D]`` (every row treated as present)."""
+        return self.encoders[modality](x)
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """``int64 [B, L]`` → ``[B, D]`` (every row treated as present)."""
-        return self.text_encoder(text)
+    def _split(self, args: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        if len(args) != len(self.modalities) + 1:
+            raise ValueError(f"expected one input per modality ({', '.join(self.modalities)}) and a mask, "
+                             f"got {len(args)} tensors")
+        return args[:-1], args[-1]
 
-    def embed(
-        self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-modality embeddings ``[B, D]``; each encoder sees only its present rows, absent rows are 0."""
+    def embed(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``embed(*inputs, mask)`` → per-modality embeddings ``[B, D]``; each encoder sees only its present
+        rows, absent rows are 0."""
+        inputs, mask = self._split(args)
         out = []
         dtype = self.head.nothing.dtype
-        for i, (encoder, x) in enumerate(zip(self.encoders.values(), (video, audio, text), strict=True)):
+        for i, (encoder, x) in enumerate(zip(self.encoders.values(), inputs, strict=True)):
             rows = torch.nonzero(mask[:, i] > 0.5).squeeze(1)
             if rows.numel() == x.shape[0]:
                 out.append(encoder(x))
@@ -88,21 +148,19 @@ class MultimodalModel(nn.Module):
                 # out-of-place index_copy keeps autograd through the encoded rows
                 emb = emb.index_copy(0, rows, encoder(x.index_select(0, rows)).to(dtype))
             out.append(emb)
-        return out[0], out[1], out[2]
+        return tuple(out)
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Class logits ``[B, n_classes]``."""
-        return self.head(*self.embed(video, audio, text, mask), mask)
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """``forward(*inputs, mask)`` → class logits ``[B, n_classes]``."""
+        return self.head(*self.embed(*args), args[-1])
 
-    def forward_train(
-        self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_train(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits, auxiliary loss)``: train on ``cross_entropy(logits, y) + aux``."""
-        return self.head.forward_train(*self.embed(video, audio, text, mask), mask)
+        return self.head.forward_train(*self.embed(*args), args[-1])
 
     def count_parameters(self) -> dict[str, int]:
-        """Trainable parameters per part (``video``, ``audio``, ``text``, ``fusion``) and ``total``."""
-        parts = self.encoders | {"fusion": self.head}
+        """Trainable parameters per part (each modality, ``fusion``) and ``total``."""
+        parts = {**self.encoders, "fusion": self.head}
         counts = {name: sum(p.numel() for p in part.parameters() if p.requires_grad) for name, part in parts.items()}
         counts["total"] = sum(counts.values())
         return counts
@@ -110,4 +168,4 @@ class MultimodalModel(nn.Module):
     modality_dropout = staticmethod(modality_dropout)
 
 
-__all__ = ["MultimodalModel", "modality_dropout"]
+__all__ = ["ENCODERS", "MultimodalModel", "modality_dropout"]

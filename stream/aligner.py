@@ -31,6 +31,9 @@ from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import NS, Window, WindowConfig
 
+#: The watermark of a stream all of whose sources said they ended (progress with ``ended``).
+ENDED = 2**63 - 1
+
 
 def last_instant(item: MediaItem | Record) -> int:
     """The last nanosecond an item covers; a frame (or a zero-length segment) is an instant."""
@@ -84,6 +87,8 @@ class Aligner:
         # Evicted streams remember how far they were emitted, so a stale record
         # cannot re-open (and re-emit) a window that was already published.
         self._tombstones: OrderedDict[str, int] = OrderedDict()
+        #: Streams resumed with provisional predictions published past their finals, before they reopen.
+        self._provisional_resume: dict[str, int] = {}
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -103,7 +108,8 @@ class Aligner:
             self.stats.late += 1
             return Admission((), missed)
         if state is None:
-            state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns)
+            state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
+                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER))
             self._streams[item.stream_id] = state
             self._tombstones.pop(item.stream_id, None)
             self.stats.open_streams = len(self._streams)
@@ -234,9 +240,10 @@ class Aligner:
         for stream_id in stream_ids:
             self._streams.pop(stream_id, None)
             self._tombstones.pop(stream_id, None)
+            self._provisional_resume.pop(stream_id, None)
         self.stats.open_streams = len(self._streams)
 
-    def resume(self, stream_id: str, emitted_until_ns: int) -> None:
+    def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None:
         """Treat every window of ``stream_id`` starting before ``emitted_until_ns`` as already emitted.
 
         For a restart, or a new owner of the stream's partition: the windows published
@@ -244,10 +251,17 @@ class Aligner:
         belong only to them are late). The time is rounded up to a window start; a
         stream never moves backwards. Meant for a stream with no open state: an open
         stream's buffered windows before the time are discarded, not emitted.
+        ``provisional_until_ns``: windows before it had their provisional prediction published
+        (revisions on); they get none again, and their final is revision 1.
         """
         hop = self.config.hop_ns
         until = -(-emitted_until_ns // hop) * hop
         state = self._streams.get(stream_id)
+        if provisional_until_ns is not None:  # provisional predictions published before: not again
+            if state is not None:
+                state.provisional_until_ns = max(state.provisional_until_ns, provisional_until_ns)
+            else:
+                self._provisional_resume[stream_id] = provisional_until_ns
         if state is not None:
             if state.next_start_ns is None or state.next_start_ns < until:
                 state.next_start_ns = until
@@ -277,19 +291,48 @@ class Aligner:
     def buffered_items(self) -> int:
         return sum(len(b.items) for s in self._streams.values() for b in s.buffers.values())
 
-    def _watermark(self, state: StreamState, now_ns: int) -> int:
+    def provisional(self, now_ns: int, limit: int = 64) -> list[Window]:
+        """Open windows whose every modality but ``config.provisional_without`` is complete past their
+        end, while one of those is not (docs/predictions.md#revisions): each offered once, built from
+        what is there (``final`` False, ``closed_by`` ``"provisional"``, no ``refs``: its records are
+        still needed by the final). The window's final, from :meth:`poll`, has revision 1. Call it
+        after :meth:`poll`, which closes the windows that need no provisional."""
+        cfg = self.config
+        if not cfg.provisional_without:
+            return []
+        offered: list[Window] = []
+        for stream_id, state in self._streams.items():
+            if now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
+                continue
+            fast = self._watermark(state, now_ns, without=cfg.provisional_without)
+            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
+            start = max(floor, state.provisional_until_ns)
+            while start + cfg.window_ns <= fast and len(offered) < limit:
+                window = self._build(stream_id, state, start, "provisional", final=False)
+                if window is not None:
+                    offered.append(window)
+                start += cfg.hop_ns
+                state.provisional_until_ns = start
+        return offered
+
+    def _watermark(self, state: StreamState, now_ns: int, without: frozenset[Modality] = frozenset()) -> int:
         """The end up to which every modality waited for is complete: a modality's newest event time
         less the allowed lateness, or what its producer promised (progress) if that is further. A
         modality is waited for while it is within ``max_skew`` of the newest, sent something (media
         or progress) within ``idle_timeout``, and has not said its source ended."""
         cfg = self.config
         lateness = cfg.lateness_ns
-        seen = [b for b in state.buffers.values() if b.latest_end_ns != NEVER or b.complete_ns != NEVER]
-        newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen)
+        seen = {m: b for m, b in state.buffers.items()
+                if m not in without and (b.latest_end_ns != NEVER or b.complete_ns != NEVER)}
+        if not seen:
+            return NEVER
+        if all(b.ended for b in seen.values()):
+            return ENDED  # every source said it stopped: nothing more is coming, close everything
+        newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen.values())
         waited_for = [
             max(b.latest_end_ns - lateness, b.complete_ns)
-            for b in seen
-            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns
+            for m, b in seen.items()
+            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.skew_ns(m)
             and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
             and not b.ended
         ]
@@ -308,7 +351,9 @@ class Aligner:
             start = max(start, floor)
             if watermark is not None and start + cfg.window_ns > watermark:
                 break
-            window = self._build(stream_id, state, start, reason)
+            # A window that had a provisional prediction gets its final as revision 1.
+            revision = 1 if start < state.provisional_until_ns else 0
+            window = self._build(stream_id, state, start, reason, revision=revision)
             state.next_start_ns = start + cfg.hop_ns
             for buffer in state.buffers.values():
                 buffer.prune_before(state.next_start_ns)
@@ -337,7 +382,8 @@ class Aligner:
 
     # -- building -------------------------------------------------------------------------------
 
-    def _build(self, stream_id: str, state: StreamState, start: int, reason: str) -> Window | None:
+    def _build(self, stream_id: str, state: StreamState, start: int, reason: str, *, revision: int = 0,
+               final: bool = True) -> Window | None:
         cfg = self.config
         end = start + cfg.window_ns
         frames = overlapping(state.buffers[Modality.VIDEO], start, end)
@@ -366,7 +412,9 @@ class Aligner:
                 interval_coverage(segments, start, end),
             ),
             closed_by=reason,
-            refs=refs,
+            refs=refs if final else (),
+            revision=revision,
+            final=final,
         )
 
     def _sample_frames(self, frames: list[MediaItem], start: int) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:

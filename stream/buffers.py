@@ -58,6 +58,8 @@ class StreamState:
     last_arrival_ns: int
     #: Start of the first window not yet offered by ``Aligner.ready``.
     offered_until_ns: int = NEVER
+    #: Start of the first window without a provisional prediction (``Aligner.provisional``).
+    provisional_until_ns: int = NEVER
 
 
 def contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:

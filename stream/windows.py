@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionstream.stream.records import TextSegment
+from fusionstream.stream.records import Modality, TextSegment
 from fusionstream.units import NS
 
 
@@ -33,6 +33,12 @@ class WindowConfig:
     evict_after_ns: int = 30 * NS
     #: How many evicted streams keep a tombstone (their emitted-up-to time) to reject stale records.
     tombstones: int = 100_000
+    #: Early predictions with revisions (docs/predictions.md#revisions): the modalities a provisional
+    #: prediction does not wait for (empty: no provisional predictions, today's behaviour).
+    provisional_without: frozenset[Modality] = frozenset()
+    #: Per modality, the most event time it may lag the newest modality and still be waited for (its
+    #: wait budget, e.g. ``text_wait_ms``); modalities not listed use ``max_skew_ns``.
+    wait_ns: tuple[tuple[Modality, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.window_ns <= 0 or self.hop_ns <= 0:
@@ -46,9 +52,16 @@ class WindowConfig:
             raise ValueError("frames_per_window must be at least 1")
         if (self.window_ns * self.sample_rate) % NS:
             raise ValueError(f"a {self.window_ns} ns window is not a whole number of samples at {self.sample_rate} Hz")
-        timeouts = (self.lateness_ns, self.max_skew_ns, self.idle_timeout_ns)
+        timeouts = (self.lateness_ns, self.max_skew_ns, self.idle_timeout_ns, *(ns for _, ns in self.wait_ns))
         if min(timeouts) < 0 or self.evict_after_ns < self.idle_timeout_ns:
             raise ValueError("timeouts must be non-negative and evict_after_ns >= idle_timeout_ns")
+
+    def skew_ns(self, modality: Modality) -> int:
+        """How far ``modality`` may lag the newest modality and still be waited for."""
+        for listed, ns in self.wait_ns:
+            if listed is modality:
+                return ns
+        return self.max_skew_ns
 
     @property
     def samples_per_window(self) -> int:
@@ -84,6 +97,10 @@ class Window:
     coverage: tuple[float, float, float]
     closed_by: str
     refs: tuple[Any, ...] = ()
+    #: How many predictions of this window were made before this one (docs/predictions.md#revisions).
+    revision: int = 0
+    #: False for a provisional window (built before every modality was complete; it closes later).
+    final: bool = True
 
     @property
     def window_id(self) -> tuple[str, int]:

@@ -14,9 +14,9 @@ from rich.console import Console
 from fusionstream.consumers.bench.realtime import Trial, realtime_trial, search_max_streams
 from fusionstream.consumers.bench.stages import StageResult
 from fusionstream.consumers.bench.workload import Workload
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.settings import Settings
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.manifest import Manifest
 
 
 def ratio(a: float, b: float) -> float:
@@ -64,12 +64,12 @@ def realtime_search(
     options: Any,
     workload: Workload,
     config: Any,
-    make_runner: Callable[[], WindowRunner],
+    make_runner: Callable[[], Runner],
     max_batch: int,
     settings: Settings,
     console: Console,
     kafka_settings: Settings | None,
-    spec: ModelSpec,
+    spec: Manifest,
 ) -> dict[str, Any]:
     """The most live streams sustained: through the service and the broker when one answers (latency
     = window close → prediction acknowledged, the figure the half-load stage reports), else through

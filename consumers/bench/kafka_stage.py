@@ -23,13 +23,13 @@ from fusionstream.consumers.bench.realtime import Trial, end_margin_ns
 from fusionstream.consumers.bench.stages import StageResult
 from fusionstream.consumers.bench.workload import NS, Workload
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.producers.publish import publish
 from fusionstream.consumers.producers.sources import on_time
 from fusionstream.consumers.report import WindowCensus, percentiles
 from fusionstream.consumers.service.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.manifest import Manifest
 from fusionstream.stream.records import Record
 from fusionstream.stream.windows import WindowConfig
 
@@ -79,7 +79,7 @@ def _run_settings(settings: Settings, tag: str) -> _Run:
 
 
 def kafka_max_rate(
-    make_runner: Callable[[], WindowRunner], spec: ModelSpec, settings: Settings, workload: Workload
+    make_runner: Callable[[], Runner], spec: Manifest, settings: Settings, workload: Workload
 ) -> StageResult:
     """Produce the whole workload first, then time the service consuming it: from its first
     fetched record to the broker acknowledging the last prediction of the steady part.
@@ -92,7 +92,7 @@ def kafka_max_rate(
 
 
 async def _max_rate(
-    make_runner: Callable[[], WindowRunner], spec: ModelSpec, settings: Settings, workload: Workload
+    make_runner: Callable[[], Runner], spec: Manifest, settings: Settings, workload: Workload
 ) -> StageResult:
     run = _run_settings(settings, "max")
     config = run.settings.model_window_config(spec)
@@ -140,8 +140,8 @@ def _steady_windows(workload: Workload, config: WindowConfig) -> set[tuple[str, 
 
 
 def kafka_realtime(
-    make_runner: Callable[[], WindowRunner],
-    spec: ModelSpec,
+    make_runner: Callable[[], Runner],
+    spec: Manifest,
     settings: Settings,
     workload: Workload,
     streams: int,
@@ -162,8 +162,8 @@ def kafka_realtime(
 
 
 async def _realtime(
-    make_runner: Callable[[], WindowRunner],
-    spec: ModelSpec,
+    make_runner: Callable[[], Runner],
+    spec: Manifest,
     settings: Settings,
     workload: Workload,
     streams: int,
@@ -227,7 +227,7 @@ def _produce_live(path: Path, settings: Settings) -> None:
 
 
 def _service(
-    settings: Settings, make_runner: Callable[[], WindowRunner], spec: ModelSpec,
+    settings: Settings, make_runner: Callable[[], Runner], spec: Manifest,
     on_ack: Callable[[Prediction, float], None], on_fetched: Callable[[float], None] | None = None,
 ) -> InferenceService:
     options = ServiceOptions(instance_id="bench", on_acknowledged=on_ack, on_fetched=on_fetched)

@@ -19,7 +19,7 @@ from typing import Any
 
 from fusionstream.consumers.bench.workload import Workload
 from fusionstream.consumers.pipeline.core import Pipeline
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.report import WindowCensus, percentiles
 from fusionstream.stream.records import Record
 from fusionstream.stream.windows import WindowConfig
@@ -64,7 +64,7 @@ class Trial:
 
 
 def realtime_trial(
-    make_runner: Callable[[], WindowRunner],
+    make_runner: Callable[[], Runner],
     workload: Workload,
     config: WindowConfig,
     streams: int,
@@ -88,7 +88,7 @@ def realtime_trial(
 
 
 async def _trial(
-    runner: WindowRunner,
+    runner: Runner,
     config: WindowConfig,
     records: Sequence[Record],
     expected: int,

@@ -25,6 +25,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         percentiles = (f"{latency[p]:.1f}" if latency else "-" for p in ("p50", "p95", "p99"))
         table.add_row(name, f"{stage['windows_per_s']:.1f}", *percentiles, notes)
     console.print(table)
+    for name, reason in report.get("skipped", {}).items():
+        console.print(f"[yellow]{name} left out[/]: {reason}")
     share = report["stages"].get("engine", {}).get("graph_share")
     if share:
         parts = ", ".join(f"{graph} {100 * part:.0f}%" for graph, part in share.items())

@@ -1,13 +1,19 @@
 """``fusionstream bench``: every stage on the same input and model, in one process, side by side.
 
 Ratios are what the benchmark is for: each is two stages measured minutes apart on the same
-machine, so the machine's speed mostly cancels out.
+machine, so the machine's speed mostly cancels out. Any model directory (either format, any
+task) runs every stage through ``open_runtime``, on the synthetic workload cut to the modalities the
+model declares (the pipeline ignores the others). A stage that cannot run here (``naive`` without
+the torch backend for this model, ``engine_int8`` without int8 graphs) is left out, with the reason
+under ``skipped`` in the report.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -22,11 +28,14 @@ from fusionstream.consumers.bench.stages import (
     pipeline_stage,
 )
 from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from fusionstream.consumers.engine import backend_options, model_format
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.engine import backend_options, model_title
+from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.settings import Settings
-from fusionstream.engines.backends import load_backend
-from fusionstream.engines.spec import INT8, ModelSpec
+from fusionstream.engines.backends import open_runtime
+from fusionstream.engines.errors import EngineError
+
+#: Told a stage's name and why it is left out.
+Skip = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -51,24 +60,10 @@ class BenchOptions:
 
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
     """Run every stage and return the report (figures, ratios, trials)."""
-    if model_format(settings.model_dir) != 1:
-        from fusionstream.consumers.bench.manifest_run import run_manifest_bench
-
-        return run_manifest_bench(settings, options, console)
-    spec = ModelSpec.load(settings.model_dir)
-    config = settings.model_window_config(spec)
     options_of_backend = backend_options(settings)
     frame_size = "x".join(map(str, options.frame_size))
     stages: dict[str, StageResult] = {}
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "model": {"dir": str(settings.model_dir), "version": spec.version, "fusion": spec.fusion},
-        "backend": settings.backend,
-        "backend_options": {k: str(v) for k, v in options_of_backend.items()},
-        "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
-                     "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": spec.sample_rate,
-                     "frame_size": frame_size},
-    }
+    skipped: dict[str, str] = {}
 
     def done(result: StageResult) -> None:
         stages[result.name] = result
@@ -78,97 +73,114 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             line += f"   latency p50 {p['p50']:.1f} ms  p99 {p['p99']:.1f} ms"
         console.print(line)
 
-    with console.status("making the synthetic workload"):
-        workload = Workload.synthetic(options.streams, options.seconds, options.seed, options.frame_size)
-        windows = workload.windows(config, spec.image_size)
-        _ = workload.encoded
-    console.print(
-        f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
-        f"{len(workload.records)} records, {frame_size} frames; "
-        f"model {spec.fusion} v{spec.version} on {settings.backend}"
-    )
-    with load_backend(settings.backend, settings.model_dir, **options_of_backend) as backend, ExitStack() as int8_scope:
+    def skip(name: str, reason: str) -> None:
+        skipped[name] = reason
+        console.print(f"  {name:<16} [yellow]skipped[/]: {reason}")
 
-        def make_runner() -> WindowRunner:
-            return WindowRunner(backend, spec)
+    runtime: Runtime
+    with open_runtime(settings.backend, settings.model_dir, **options_of_backend) as runtime, \
+            ExitStack() as int8_scope:
+        manifest = runtime.manifest
+        config = settings.model_window_config(manifest)
+        report: dict[str, Any] = {
+            "machine": machine(),
+            "model": {"dir": str(settings.model_dir), "version": manifest.version, "format": manifest.source_format,
+                      "task": runtime.task.kind, "modalities": list(runtime.modalities),
+                      "fusion": runtime.fusion.method},
+            "backend": settings.backend,
+            "backend_options": {k: str(v) for k, v in options_of_backend.items()},
+            "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
+                         "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": config.sample_rate,
+                         "frame_size": frame_size},
+        }
+        with console.status("making the synthetic workload"):
+            full = Workload.synthetic(options.streams, options.seconds, options.seed, options.frame_size)
+            workload = full.declared(runtime.modalities)
+            windows = workload.windows(config, runtime.frame_side)
+            _ = workload.encoded
+        console.print(
+            f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
+            f"{len(workload.records)} records of {', '.join(runtime.modalities)}, {frame_size} frames; "
+            f"model {model_title(manifest)} (format {manifest.source_format}, {runtime.task.kind}) "
+            f"on {settings.backend}"
+        )
+
+        def make_runner() -> Runner:
+            return Runner(runtime)
 
         with console.status("engine: the model alone, per batch size"):
-            sweep = engine_stage(backend, spec, windows, options.batch_sizes)
+            sweep = engine_stage(runtime, windows, options.batch_sizes)
         best_batch = int(sweep.extra["batch_size"])
         console.print(f"  batch sizes (windows/s): {sweep.extra['by_batch_size']}; using {best_batch}")
         kafka_settings = settings.model_copy(update={"max_batch": best_batch})
         broker = options.kafka and broker_available(kafka_settings, console)
-        int8 = options.int8 and settings.backend == "onnxruntime" and settings.precision != "int8" and _has_int8(spec)
-        int8_backend = (
-            int8_scope.enter_context(
-                load_backend("onnxruntime", settings.model_dir, **options_of_backend, precision="int8")
-            )
-            if int8 else None
-        )
+        int8_runtime = _int8_runtime(settings, options, options_of_backend, int8_scope, skip)
         # The stages take turns, round after round, and each keeps its best round: a machine that
         # is busier during one stage's turn then distorts no ratio (the best of each is the least
         # disturbed), which one long measurement per stage could not promise.
         rounds: dict[str, list[StageResult]] = {}
         for turn in range(1, options.rounds + 1):
             label = f"round {turn}/{options.rounds}"
-            turns = [("engine", backend)]
-            if int8_backend is not None:
+            turns = [("engine", runtime)]
+            if int8_runtime is not None:
                 # fp32 and int8 in the order A B B A, so a machine speeding up or slowing down
                 # during the turn favours neither; both before the pipeline and kafka stages,
                 # whose threads and broker flushes may still be winding down after them.
-                turns = [("engine", backend), ("engine_int8", int8_backend), ("engine_int8", int8_backend),
-                         ("engine", backend)]
+                turns = [("engine", runtime), ("engine_int8", int8_runtime), ("engine_int8", int8_runtime),
+                         ("engine", runtime)]
             for name, engine in turns:
                 with console.status(f"{label}: {name} (the model alone, batch {best_batch})"):
-                    result = engine_stage(engine, spec, windows, (best_batch,), repeats=1)
+                    result = engine_stage(engine, windows, (best_batch,), repeats=1)
                 result.name = name
                 rounds.setdefault(name, []).append(result)
             with console.status(f"{label}: intake (the pipeline's input work alone, one thread, no model)"):
-                rounds.setdefault("intake", []).append(intake_stage(workload, config, spec))
+                rounds.setdefault("intake", []).append(intake_stage(workload, config, runtime.frame_side))
             with console.status(f"{label}: pipeline (the embedded pipeline at maximum rate)"):
                 rounds.setdefault("pipeline", []).append(pipeline_stage(
-                    backend, spec, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
+                    runtime, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
                     speculate=settings.speculate,
                 ))
             if broker:
                 from fusionstream.consumers.bench.kafka_stage import kafka_max_rate
 
                 with console.status(f"{label}: kafka (the service consuming the local broker at maximum rate)"):
-                    rounds.setdefault("kafka", []).append(kafka_max_rate(make_runner, spec, kafka_settings, workload))
+                    rounds.setdefault("kafka", []).append(
+                        kafka_max_rate(make_runner, manifest, kafka_settings, workload)
+                    )
         int8_scope.close()  # its sessions are not needed past the rounds
         for name in ("engine", "intake", "pipeline", "kafka", "engine_int8"):
             if name in rounds:
                 done(best_of(rounds[name]))
         stages["engine"].extra["by_batch_size"] = sweep.extra["by_batch_size"]
         with console.status("engine without reuse"):
-            done(engine_without_reuse(backend, spec, windows, best_batch))
+            done(engine_without_reuse(runtime, windows, best_batch))
         with console.status("naive: one window at a time, PyTorch eager, no batching, no reuse"):
-            done(naive_stage(settings.model_dir, spec, workload, config, options.naive_streams))
+            naive = _naive(settings.model_dir, workload, config, options.naive_streams, skip)
+        if naive is not None:
+            done(naive)
         if options.realtime:
             report |= realtime_search(options, workload, config, make_runner, best_batch, settings, console,
-                                      kafka_settings if broker else None, spec)
+                                      kafka_settings if broker else None, manifest)
             if broker and report["max_realtime_streams"] >= 2:
                 from fusionstream.consumers.bench.kafka_stage import kafka_realtime
 
                 half = report["max_realtime_streams"] // 2
                 with console.status(f"kafka at half the maximum load: {half} live streams"):
-                    result, _ = kafka_realtime(make_runner, spec, kafka_settings, workload, half,
+                    result, _ = kafka_realtime(make_runner, manifest, kafka_settings, workload, half,
                                                seconds=options.trial_seconds, warmup_s=options.warmup_s,
                                                bound_ms=options.bound_ms)
                 done(result)
                 report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms")}
 
     rate = {name: round(result.windows_per_s, 1) for name, result in stages.items()}
-    ratios = {
-        "pipeline/engine": ratio(rate["pipeline"], rate["engine"]),
-        "pipeline/naive": ratio(rate["pipeline"], rate["naive"]),
-        "engine/engine_no_reuse": ratio(rate["engine"], rate["engine_no_reuse"]),
-    }
+    ratios = {"pipeline/engine": ratio(rate["pipeline"], rate["engine"])}
+    if "naive" in rate:
+        ratios["pipeline/naive"] = ratio(rate["pipeline"], rate["naive"])
+    ratios["engine/engine_no_reuse"] = ratio(rate["engine"], rate["engine_no_reuse"])
     if "kafka" in rate:
         ratios["kafka/engine"] = ratio(rate["kafka"], rate["engine"])
-    if "intake" in rate:
-        # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
-        ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
+    # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
+    ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
     if "engine_int8" in rate:
         ratios["engine_int8/engine"] = ratio(rate["engine_int8"], rate["engine"])
     report["windows_per_s"] = rate
@@ -177,9 +189,36 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     }
     report["ratios"] = ratios
     report["stages"] = {name: result.summary() for name, result in stages.items()}
+    report["skipped"] = skipped
     report.setdefault("max_realtime_streams", None)
     return report
 
 
-def _has_int8(spec: ModelSpec) -> bool:
-    return any(name.endswith(INT8) for name in spec.files)
+def _int8_runtime(settings: Settings, options: BenchOptions, options_of_backend: dict[str, Any], scope: ExitStack,
+                  skip: Skip) -> Runtime | None:
+    """The model with its int8 encoders on onnxruntime (the backend that runs them), or ``None`` with the reason."""
+    if not options.int8:
+        return None
+    if settings.backend != "onnxruntime" or settings.precision == "int8":
+        skip("engine_int8", f"compares int8 with fp32 on onnxruntime; this run is {settings.backend} "
+                            f"in {settings.precision}")
+        return None
+    try:
+        return scope.enter_context(open_runtime("onnxruntime", settings.model_dir,
+                                                **(options_of_backend | {"precision": "int8"})))
+    except EngineError as exc:  # no int8 graphs (`fusionstream quantize` writes them), named by the runtime
+        skip("engine_int8", str(exc))
+        return None
+
+
+def _naive(model_dir: Path, workload: Workload, config: Any, streams: int, skip: Skip) -> StageResult | None:
+    """The naive stage on the torch backend (PyTorch eager on CPU), or ``None`` with the reason."""
+    try:
+        torch_runtime = open_runtime("torch", model_dir).activate()
+    except EngineError as exc:  # the torch backend cannot run this model here: say so, run the rest
+        skip("naive", str(exc))
+        return None
+    try:
+        return naive_stage(torch_runtime, workload, config, streams)
+    finally:
+        torch_runtime.release()

@@ -1,7 +1,8 @@
 """The in-process benchmark stages: the model alone, the embedded pipeline, and the naive baseline.
 
 Each stage runs the same workload and returns a :class:`StageResult`; ``fusionstream bench``
-puts them side by side (see ``fusionstream.consumers.bench.run``).
+puts them side by side (see ``fusionstream.consumers.bench.run``). Every stage takes a runtime of
+``open_runtime`` (any model directory, any backend) and talks to it by modality name.
 """
 
 from __future__ import annotations
@@ -10,22 +11,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fusionstream.consumers.bench.workload import Workload, chunks
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline, decode_records, decode_sampled_frames
-from fusionstream.consumers.pipeline.featurize import Featurizer
-from fusionstream.consumers.pipeline.reuse import WindowEmbedder
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.pipeline.reuse import Embedder
+from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.report import percentiles
-from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.windows import Window, WindowConfig
-
-if TYPE_CHECKING:
-    from fusionstream.engines.backends.base import Backend
 
 #: Records handed to ``Pipeline.feed`` at a time at maximum rate (what one Kafka fetch brings).
 FEED_CHUNK = 500
@@ -61,7 +57,7 @@ def _batches(windows: Sequence[Window], size: int) -> list[Sequence[Window]]:
 
 
 def engine_stage(
-    backend: Backend, spec: ModelSpec, windows: Sequence[Window], batch_sizes: Sequence[int], *, repeats: int = 2
+    runtime: Runtime, windows: Sequence[Window], batch_sizes: Sequence[int], *, repeats: int = 2
 ) -> StageResult:
     """Encoders + fusion head alone on already aligned, decoded windows, at the best batch size.
 
@@ -71,15 +67,15 @@ def engine_stage(
     """
     best: StageResult | None = None
     tried: dict[str, float] = {}
-    _run_engine(backend, spec, windows[: max(batch_sizes)], max(batch_sizes))  # warm-up: sessions, caches, cv2
+    _run_engine(runtime, windows[: max(batch_sizes)], max(batch_sizes))  # warm-up: sessions, caches, cv2
     for size in batch_sizes:
         for _ in range(repeats):
-            backend.graph_seconds.clear()
-            result = StageResult("engine", len(windows), _run_engine(backend, spec, windows, size))
+            runtime.graph_seconds.clear()
+            result = StageResult("engine", len(windows), _run_engine(runtime, windows, size))
             if best is None or result.windows_per_s > best.windows_per_s:
                 best = result
                 best.extra["batch_size"] = size
-                best.extra["graph_share"] = graph_shares(backend.graph_seconds, result.seconds)
+                best.extra["graph_share"] = graph_shares(runtime.graph_seconds, result.seconds)
             tried[str(size)] = max(tried.get(str(size), 0.0), round(result.windows_per_s, 1))
     assert best is not None
     best.extra["by_batch_size"] = tried
@@ -94,40 +90,77 @@ def graph_shares(graph_seconds: dict[str, float], total_s: float) -> dict[str, f
     return shares
 
 
-def _run_engine(backend: Backend, spec: ModelSpec, windows: Sequence[Window], size: int) -> float:
-    embed = WindowEmbedder(backend, spec)
+def _run_engine(runtime: Runtime, windows: Sequence[Window], size: int) -> float:
+    embed = Embedder(runtime)
     started = time.perf_counter()
     for batch in _batches(windows, size):
-        backend.fuse(*embed(batch))
+        runtime.fuse(*embed(batch))
     return time.perf_counter() - started
 
 
-def engine_without_reuse(backend: Backend, spec: ModelSpec, windows: Sequence[Window], size: int) -> StageResult:
+@dataclass
+class _Prepared:
+    """One batch's encoder inputs, prepared beforehand: per present modality, its rows and feed."""
+
+    size: int
+    mask: np.ndarray
+    feeds: list[tuple[str, list[int], dict[str, np.ndarray], int]]  # modality, rows, feed, frames per row
+
+
+def _prepare(runtime: Runtime, embed: Embedder, windows: Sequence[Window]) -> _Prepared:
+    prepare = embed.prepare
+    feeds = []
+    for name in runtime.modalities:
+        rows = [i for i, w in enumerate(windows) if w.mask[embed.columns[name]]]
+        if not rows:
+            continue
+        present = [windows[i] for i in rows]
+        if name == "video":
+            assert prepare.video is not None
+            pixels = np.stack([prepare.video.window(w.frames) for w in present])  # [B, frames, ...one frame]
+            per_row = pixels.shape[1] if runtime.embeds_frames else 1
+            if runtime.embeds_frames:  # a per-frame graph: every frame of every window, then the mean
+                pixels = pixels.reshape(-1, *pixels.shape[2:])
+            feeds.append((name, rows, prepare.video_feed(pixels), per_row))
+        elif name == "audio":
+            feeds.append((name, rows, prepare.audio_feed(np.stack([w.audio for w in present])), 1))
+        else:
+            feeds.append((name, rows, prepare.text_feed([w.transcript for w in present]), 1))
+    return _Prepared(len(windows), embed.mask(windows), feeds)
+
+
+def _infer(runtime: Runtime, batch: _Prepared) -> np.ndarray:
+    embeddings = {name: np.zeros((batch.size, runtime.sizes[name]), np.float32) for name in runtime.modalities}
+    for name, rows, feed, per_row in batch.feeds:
+        out = runtime.encode(name, feed)
+        embeddings[name][rows] = out.reshape(len(rows), per_row, -1).mean(axis=1) if per_row > 1 else out
+    return runtime.fuse(embeddings, batch.mask)
+
+
+def engine_without_reuse(runtime: Runtime, windows: Sequence[Window], size: int) -> StageResult:
     """The model on whole windows (every frame of every window encoded), inputs prepared beforehand:
     the usual way to time a model, for comparison with the reuse above."""
-    featurize = Featurizer(spec)
-    batches = [featurize(batch) for batch in _batches(windows, size)]
-    backend.infer(batches[0])
+    embed = Embedder(runtime, reuse=False)
+    batches = [_prepare(runtime, embed, batch) for batch in _batches(windows, size)]
+    _infer(runtime, batches[0])
     started = time.perf_counter()
     for batch in batches:
-        backend.infer(batch)
+        _infer(runtime, batch)
     return StageResult("engine_no_reuse", len(windows), time.perf_counter() - started, extra={"batch_size": size})
 
 
 def pipeline_stage(
-    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, *, max_batch: int,
-    decode_workers: int, speculate: bool = True,
+    runtime: Runtime, workload: Workload, config: WindowConfig, *, max_batch: int, decode_workers: int,
+    speculate: bool = True,
 ) -> StageResult:
     """The embedded pipeline (wire decode, media decode, aligner, micro-batcher, engine thread) fed
     the workload's wire bytes as fast as it takes them."""
-    return asyncio.run(_pipeline(backend, spec, workload, config, max_batch, decode_workers, speculate))
+    return asyncio.run(_pipeline(Runner(runtime), workload, config, max_batch, decode_workers, speculate))
 
 
 async def _pipeline(
-    backend: Backend, spec: ModelSpec, workload: Workload, config: WindowConfig, max_batch: int, decode_workers: int,
-    speculate: bool,
+    runner: Runner, workload: Workload, config: WindowConfig, max_batch: int, decode_workers: int, speculate: bool,
 ) -> StageResult:
-    runner = WindowRunner(backend, spec)
     latencies: list[float] = []
     async with Pipeline(
         runner, config, max_batch=max_batch, decode_workers=decode_workers, speculate=speculate
@@ -152,13 +185,14 @@ async def _pipeline(
     return StageResult("pipeline", len(latencies), seconds, latencies, extra)
 
 
-def intake_stage(workload: Workload, config: WindowConfig, spec: ModelSpec) -> StageResult:
+def intake_stage(workload: Workload, config: WindowConfig, frame_side: int) -> StageResult:
     """The pipeline's input work alone, on one thread, no model: wire decode, media checks, alignment,
     and the decode of the frames each closed window samples, in the chunks ``pipeline`` is fed.
 
     Its windows/s is the most one process's intake can hand an engine (the bound of a ``serve``
     process on a GPU server); ``cpu_ms_per_window`` is what the streaming machinery costs beside
-    the model on any machine.
+    the model on any machine. ``frame_side``: the model's input side (``Runtime.frame_side``), which
+    sampled frames are decoded no larger than.
     """
     aligner = Aligner(config)
     windows = dead = 0
@@ -168,42 +202,30 @@ def intake_stage(workload: Workload, config: WindowConfig, spec: ModelSpec) -> S
         for item in decode_records(chunk):
             if isinstance(item, DeadLetter) or aligner.add(item, now).late:
                 dead += 1
-        windows += len(decode_sampled_frames(aligner.poll(now), spec.image_size))
-    windows += len(decode_sampled_frames(aligner.flush(), spec.image_size))
+        windows += len(decode_sampled_frames(aligner.poll(now), frame_side))
+    windows += len(decode_sampled_frames(aligner.flush(), frame_side))
     seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
     extra = {"dead_letters": dead, "cpu_ms_per_window": round(cpu * 1e3 / max(windows, 1), 3)}
     return StageResult("intake", windows, seconds, extra=extra)
 
 
-def naive_stage(model_dir: Any, spec: ModelSpec, workload: Workload, config: WindowConfig, streams: int) -> StageResult:
+def naive_stage(runtime: Runtime, workload: Workload, config: WindowConfig, streams: int) -> StageResult:
     """What the classic tutorial does: decode every record, then per window (one at a time, batch 1)
-    prepare all inputs and run the PyTorch model eagerly, every encoder on every window.
+    prepare all inputs and run the PyTorch model eagerly (``runtime``: the torch backend), every
+    encoder on every window.
 
     Runs on the first ``streams`` streams of the workload only: it is slow.
     """
-    import torch
-
-    from fusionstream.engines.model import MultimodalModel
-    from fusionstream.engines.spec import TORCH_WEIGHTS
     from fusionstream.stream import wire
-    from fusionstream.stream.aligner import Aligner
     from fusionstream.stream.media import decode_media
 
-    model = MultimodalModel(spec)
-    model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True))
-    model.eval()
-    featurize = Featurizer(spec)
     keep = set(workload.stream_ids()[:streams])
     values = [v for v, r in zip(workload.encoded, workload.records, strict=True) if r.stream_id in keep]
     latencies: list[float] = []
 
     def predict(window: Window) -> None:
         started = time.perf_counter()
-        batch = featurize([window])
-        with torch.no_grad():
-            arrays = (batch.video, batch.audio, batch.text, batch.mask)
-            logits = model(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
-            torch.softmax(logits, dim=-1).argmax(dim=-1)
+        runtime.fuse(*Embedder(runtime, reuse=False)([window])).argmax(axis=1)  # nothing kept between windows
         latencies.append((time.perf_counter() - started) * 1e3)
 
     aligner = Aligner(config)
@@ -215,4 +237,4 @@ def naive_stage(model_dir: Any, spec: ModelSpec, workload: Workload, config: Win
     for window in aligner.flush():
         predict(window)
     seconds = time.perf_counter() - started
-    return StageResult("naive", len(latencies), seconds, latencies, {"streams": streams})
+    return StageResult("naive", len(latencies), seconds, latencies, {"streams": streams, "backend": runtime.name})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -49,6 +49,11 @@ class Workload:
 
         windows = list(windows_of(self.records, config, lazy_jpeg=True))
         return [decoded for _, decoded, _ in decode_sampled_frames(windows, min_side)]
+
+    def declared(self, modalities: Sequence[str]) -> Workload:
+        """The workload without the records of modalities a model does not use (the pipeline ignores them)."""
+        kept = tuple(record for record in self.records if record.modality.label in modalities)
+        return dataclasses.replace(self, records=kept)
 
     def stream_ids(self) -> list[str]:
         return sorted({record.stream_id for record in self.records})

@@ -27,20 +27,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fusionstream.consumers.pipeline.batcher import MicroBatcher
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.errors import BadRecord
 from fusionstream.stream.jpeg import LazyJpeg
 from fusionstream.stream.media import decode_media, decode_wire
-from fusionstream.stream.records import MediaItem, Modality, Record
+from fusionstream.stream.records import MediaItem, Modality, Progress, Record
 from fusionstream.stream.windows import Window, WindowConfig
-
-if TYPE_CHECKING:
-    from fusionstream.consumers.pipeline.manifest_runner import ManifestRunner
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +75,13 @@ class PipelineStats:
     windows_warmed: int = 0
     #: Records of a modality the model does not use: not aligned, their offsets released at once.
     records_ignored: int = 0
+    #: Progress records taken (docs/wire-format.md#progress): they move the watermark, join no window.
+    progress_records: int = 0
+    #: Records that missed some of their windows (closed already) but joined others.
+    records_partly_late: int = 0
 
 
-def _decode(value: bytes | Record, ref: Any) -> MediaItem | DeadLetter:
+def _decode(value: bytes | Record, ref: Any) -> MediaItem | Progress | DeadLetter:
     try:
         if isinstance(value, Record):
             return decode_media(value, ref, lazy_jpeg=True)
@@ -95,7 +96,7 @@ class Pipeline:
 
     def __init__(
         self,
-        runner: WindowRunner | ManifestRunner,
+        runner: Runner,
         window_config: WindowConfig,
         *,
         max_batch: int = 32,
@@ -109,7 +110,7 @@ class Pipeline:
         self.runner = runner
         #: The model's input side: sampled frames are decoded no larger than it needs.
         self._frame_side = runner.frame_side
-        #: Modalities the model does not use (a format-2 model may declare a subset): their records
+        #: Modalities the model does not use (a model may declare a subset): their records
         #: are counted and dropped, so that windows never wait for them.
         self._ignored = frozenset(m for m in Modality if m.label not in runner.modalities)
         self._prepare: Callable[[Sequence[Window]], None] | None = (
@@ -178,15 +179,25 @@ class Pipeline:
                 if self._on_admit is not None:
                     self._on_admit(item.ref, 0)  # in no window: nothing to wait for
                 continue
+            if isinstance(item, Progress):
+                self.aligner.progress(item, now)
+                self.stats.progress_records += 1
+                if self._on_admit is not None:
+                    self._on_admit(item.ref, 0)
+                continue
             admission = self.aligner.add(item, now)
             if admission.late:
                 dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
                                        item.stream_id))
-            elif self._on_admit is not None:
+                continue
+            # In some of its windows only: counted (the closed ones were published without it).
+            self.stats.records_partly_late += admission.missed > 0
+            if self._on_admit is not None:
                 self._on_admit(item.ref, len(admission.window_starts))
         self.stats.records += len(records)
         self.stats.dead_letters += len(dead)
         await self._enqueue(self.aligner.poll(now))
+        await self._enqueue(self.aligner.provisional(now))
         self._maybe_warm(now)
         return dead
 
@@ -194,6 +205,7 @@ class Pipeline:
         """Close windows by timeout when no record arrives (call it a few times a second)."""
         now = self._clock()
         await self._enqueue(self.aligner.poll(now))
+        await self._enqueue(self.aligner.provisional(now))
         self._maybe_warm(now)
 
     def _maybe_warm(self, now: int) -> None:
@@ -242,7 +254,9 @@ class Pipeline:
         """Wait until every enqueued window has come out as a prediction."""
         await self._idle.wait()
 
-    async def _decode_all(self, records: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+    async def _decode_all(
+        self, records: Sequence[tuple[bytes | Record, Any]]
+    ) -> list[MediaItem | Progress | DeadLetter]:
         loop = asyncio.get_running_loop()
         parts = max(1, min(self._decode_workers, len(records) // 8))
         size = -(-len(records) // parts)
@@ -363,7 +377,7 @@ def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tupl
     return out
 
 
-def decode_records(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | DeadLetter]:
+def decode_records(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | Progress | DeadLetter]:
     """Wire bytes (or records) to media items for the aligner, JPEGs only checked; the rejects as
     dead letters. Runs on a decode thread."""
     return [_decode(value, ref) for value, ref in chunk]

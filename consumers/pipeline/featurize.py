@@ -1,4 +1,10 @@
-"""Windows to model inputs: the one featurisation that training, evaluation and serving share."""
+"""Windows to a format-1 model's positional inputs (:class:`~fusionstream.engines.features.Batch`), for training.
+
+Serving prepares each modality's input with the manifest's preprocessing
+(:class:`~fusionstream.engines.preprocess.Preprocessor`, through :mod:`~fusionstream.consumers.pipeline.reuse`);
+for a format-1 model both give the same arrays, so a model is trained on what it is served
+(``tests/consumers/test_pipeline.py`` checks it).
+"""
 
 from __future__ import annotations
 

@@ -41,6 +41,11 @@ class Prediction:
     labels: dict[str, float] | None = None
     #: Embedding models (format 2): the fused vector. ``None`` for other tasks, and then not published.
     embedding: tuple[float, ...] | None = None
+    #: Predictions of this window made before this one (docs/predictions.md#revisions): 0, or 1 for the
+    #: final that follows a provisional prediction.
+    revision: int = 0
+    #: False for a provisional prediction (revisions on; a final of the same window follows).
+    final: bool = True
 
     @property
     def window_id(self) -> str:
@@ -66,6 +71,8 @@ class Prediction:
                 "close_to_prediction": round(self.latency_ms, 3),
             },
             "batch_size": self.batch_size,
+            "revision": self.revision,
+            "final": self.final,
         }
         # Only the tasks that have them: a single-label prediction is published as it always was.
         if self.labels is not None:

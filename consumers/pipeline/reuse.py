@@ -1,15 +1,23 @@
 """Embeddings for a batch of windows, reusing the work overlapping windows share.
 
+One embedder for every model directory (format 1, like the shipped model, and format 2,
+docs/model-format.md) and every backend: it talks to the runtime by modality name only
+(:class:`EncoderRuntime`), embeds only the modalities the model declares, each on the rows
+where it is present (zeros elsewhere), so a modality absent from the whole batch costs nothing.
+
 With hop < window every frame and every caption belongs to several windows (two, at the
 default 1 s window and 0.5 s hop). The aligner samples frames on a grid that overlapping
 windows share, so the same frame comes back; this module embeds each frame once, keyed by
 ``(stream, frame time)``, and each distinct transcript of a stream once, keyed by
 ``(stream, text)``. A window's video embedding is then the mean of its K frame embeddings:
-exactly what the video graph computes, since that graph also averages per-frame embeddings.
+exactly what a whole-window video graph of this kind computes, since it also averages per-frame
+embeddings. Frames are reused when the model's video encoder embeds single frames
+(``per_frame`` in the manifest; format 1's ``frame.onnx``); a video encoder that reads whole
+windows is run on each window.
 
 Audio cannot be shared between windows: its encoder reads the whole window at once. But a
 window's data is usually complete well before it closes (the watermark waits out the allowed
-lateness, 200 ms by default), so :meth:`WindowEmbedder.warm` encodes such windows while they
+lateness, 200 ms by default), so :meth:`Embedder.warm` encodes such windows while they
 wait: frames and captions into the caches above, and the window's audio embedding kept with
 its samples. When the window closes, the embedding is used only if the samples are the same
 (a late chunk changes them, and the window is encoded again).
@@ -20,16 +28,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from fusionstream.engines.features import frame_to_array, frames_to_array, text_to_ids
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.preprocess import Preprocessor
+from fusionstream.engines.spec import MODALITIES
 from fusionstream.stream.windows import Window
-
-if TYPE_CHECKING:
-    from fusionstream.engines.backends.base import Backend
 
 K = TypeVar("K", bound=Hashable)
 
@@ -74,28 +79,65 @@ class ReuseStats:
         return 1 - self.frames_encoded / self.frames_needed if self.frames_needed else 0.0
 
 
-class WindowEmbedder:
-    """Windows → ``(video, audio, text)`` embeddings ``float32 [B, D]`` and ``mask [B, 3]``.
+class EncoderRuntime(Protocol):
+    """What the embedder needs of a runtime (``fusionstream.engines.backends.open_runtime``, any backend)."""
 
-    With ``reuse`` (the default) and a backend that embeds single frames, frames and
-    transcripts are cached as described above; otherwise every window is encoded whole,
-    as a model that lacks the per-frame graph requires. Absent modalities get zero rows
-    and cost no encoder time either way. Not thread-safe: one per engine thread.
+    #: The declared modalities, in ``MODALITIES`` order.
+    modalities: tuple[str, ...]
+    sizes: dict[str, int]
+    embeds_frames: bool
+
+    @property
+    def preprocess(self) -> Preprocessor | None: ...
+
+    def encode(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray: ...
+
+
+def lookup(
+    cache: EmbeddingCache[Any], sources: dict[Any, Any], encode: Callable[[list[Any]], np.ndarray]
+) -> tuple[dict[Any, np.ndarray], int]:
+    """Rows for every key of ``sources`` (cached ones, the rest encoded in one call), and how many were encoded."""
+    rows: dict[Any, np.ndarray] = {}
+    missing: dict[Any, Any] = {}
+    for key, source in sources.items():
+        row = cache.get(key)
+        if row is None:
+            missing[key] = source
+        else:
+            rows[key] = row
+    if missing:
+        for key, row in zip(missing, encode(list(missing.values())), strict=True):
+            cache.put(key, row)
+            rows[key] = row
+    return rows, len(missing)
+
+
+class Embedder:
+    """Windows → ``({modality: float32 [B, size]}, mask float32 [B, declared modalities])``.
+
+    ``mask`` has one column per declared modality, in ``MODALITIES`` order (the fusion head's
+    mask). With ``reuse`` (the default) frames and transcripts are cached as the module doc
+    says; without it every window is encoded whole. Not thread-safe: one per engine thread.
     """
 
     def __init__(
         self,
-        backend: Backend,
-        spec: ModelSpec,
+        runtime: EncoderRuntime,
         *,
         reuse: bool = True,
         frame_cache: int = 16384,
         text_cache: int = 4096,
         warm_windows: int = 512,
     ) -> None:
-        self.backend = backend
-        self.spec = spec
-        self.reuse_frames = reuse and backend.embeds_frames
+        assert runtime.preprocess is not None, "activate the runtime first"
+        self.runtime = runtime
+        self.prepare: Preprocessor = runtime.preprocess
+        self.modalities = runtime.modalities
+        #: The window mask's column of each declared modality.
+        self.columns = {m: MODALITIES.index(m) for m in self.modalities}
+        self.reuse_frames = reuse and runtime.embeds_frames
         self.reuse_text = reuse
         self._frames: EmbeddingCache[tuple[str, int]] = EmbeddingCache(frame_cache)
         self._texts: EmbeddingCache[tuple[str, str]] = EmbeddingCache(text_cache)
@@ -115,12 +157,21 @@ class WindowEmbedder:
             self._needed["frames"], self._encoded["frames"], self._needed["texts"], self._encoded["texts"]
         )
 
-    def __call__(self, windows: Sequence[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        mask = np.array([w.mask for w in windows], dtype=np.float32).reshape(len(windows), 3)
-        video = self._video(windows) if self.reuse_frames else self._whole(windows, 0, self._encode_windows_video)
-        audio = self._audio(windows) if self._warm_audio else self._whole(windows, 1, self._encode_windows_audio)
-        text = self._text(windows) if self.reuse_text else self._whole(windows, 2, self._encode_windows_text)
-        return video, audio, text, mask
+    def mask(self, windows: Sequence[Window]) -> np.ndarray:
+        """The fusion head's presence mask: the declared modalities' columns of the windows' masks."""
+        columns = list(self.columns.values())
+        return np.array([[w.mask[c] for c in columns] for w in windows], np.float32).reshape(len(windows), len(columns))
+
+    def __call__(self, windows: Sequence[Window]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name in self.modalities:
+            if name == "video":
+                out[name] = self._video(windows) if self.reuse_frames else self._video_whole(windows)
+            elif name == "audio":
+                out[name] = self._audio(windows)
+            else:
+                out[name] = self._text(windows) if self.reuse_text else self._text_whole(windows)
+        return out, self.mask(windows)
 
     def warm(self, windows: Sequence[Window]) -> None:
         """Encode what these still-open windows will need when they close (see the module doc).
@@ -128,24 +179,67 @@ class WindowEmbedder:
         Counts the encoder work it does, not any work needed: that is counted when the
         windows close and come through ``__call__``.
         """
-        if not (self.reuse_frames and self.reuse_text) or not windows:
+        if not windows:
             return
-        self._video(windows, count_needed=False)
-        self._text(windows, count_needed=False)
-        present = [w for w in windows if w.mask[1]]
+        if "video" in self.modalities and self.reuse_frames:
+            self._video(windows, count_needed=False)
+        if "text" in self.modalities and self.reuse_text:
+            self._text(windows, count_needed=False)
+        if "audio" in self.modalities:
+            present = self._present(windows, "audio")
+            if present:
+                rows = self._encode_audio([windows[i] for i in present])
+                for i, row in zip(present, rows, strict=True):
+                    self._warm_audio[(windows[i].stream_id, windows[i].t_start_ns)] = (windows[i].audio, row)
+                while len(self._warm_audio) > self._warm_capacity:  # windows that never closed here (moved away)
+                    self._warm_audio.popitem(last=False)
+
+    # -- per modality ---------------------------------------------------------------------------
+
+    def _present(self, windows: Sequence[Window], modality: str) -> list[int]:
+        column = self.columns[modality]
+        return [i for i, w in enumerate(windows) if w.mask[column]]
+
+    def _zeros(self, n: int, modality: str) -> np.ndarray:
+        return np.zeros((n, self.runtime.sizes[modality]), np.float32)
+
+    def _video(self, windows: Sequence[Window], *, count_needed: bool = True) -> np.ndarray:
+        present = self._present(windows, "video")
+        sources = {(windows[i].stream_id, t): f for i in present
+                   for t, f in zip(windows[i].frame_times_ns, windows[i].frames, strict=True)}
+        rows, encoded = lookup(
+            self._frames, sources, lambda frames: self.runtime.encode_frames(self.prepare.video_frames(frames))
+        )
+        out = self._zeros(len(windows), "video")
         if present:
-            for window, row in zip(present, self._encode_windows_audio(present), strict=True):
-                self._warm_audio[(window.stream_id, window.t_start_ns)] = (window.audio, row)
-            while len(self._warm_audio) > self._warm_capacity:  # windows that never closed here (moved away)
-                self._warm_audio.popitem(last=False)
+            keys = list(rows)
+            slot = {key: i for i, key in enumerate(keys)}
+            table = np.stack([rows[key] for key in keys])
+            # Every window brings the same number of frames (the aligner samples ``frames`` of them).
+            index = np.array([[slot[(windows[i].stream_id, t)] for t in windows[i].frame_times_ns] for i in present])
+            out[present] = table[index].mean(axis=1)
+        self._count("frames", sum(len(windows[i].frame_times_ns) for i in present) if count_needed else 0, encoded)
+        return out
+
+    def _video_whole(self, windows: Sequence[Window]) -> np.ndarray:
+        video = self.prepare.video
+        assert video is not None
+
+        def encode(present: list[Window]) -> np.ndarray:
+            pixels = np.stack([video.window(w.frames) for w in present])  # [B, frames, ...one frame]
+            if self.runtime.embeds_frames:  # a per-frame graph without reuse: every frame, then the mean
+                frames = self.runtime.encode_frames(pixels.reshape(-1, *pixels.shape[2:]))
+                return frames.reshape(len(present), pixels.shape[1], -1).mean(axis=1)
+            return self.runtime.encode("video", self.prepare.video_feed(pixels))
+
+        return self._whole(windows, "video", encode, ("frames", video.pre.frames))
 
     def _audio(self, windows: Sequence[Window]) -> np.ndarray:
         """Audio embeddings, taking those warmed on exactly these samples."""
-        out = self._zeros(len(windows))
+        out = self._zeros(len(windows), "audio")
         todo = []
-        for i, window in enumerate(windows):
-            if not window.mask[1]:
-                continue
+        for i in self._present(windows, "audio"):
+            window = windows[i]
             warmed = self._warm_audio.pop((window.stream_id, window.t_start_ns), None)
             if warmed is not None and np.array_equal(warmed[0], window.audio):
                 out[i] = warmed[1]
@@ -153,87 +247,41 @@ class WindowEmbedder:
             else:
                 todo.append(i)
         if todo:
-            out[todo] = self._encode_windows_audio([windows[i] for i in todo])
+            out[todo] = self._encode_audio([windows[i] for i in todo])
         return out
 
-    def _encode_windows_audio(self, windows: Sequence[Window]) -> np.ndarray:
-        return self.backend.encode("audio", np.stack([w.audio for w in windows]))
-
-    def _zeros(self, n: int) -> np.ndarray:
-        return np.zeros((n, self.spec.embed_dim), np.float32)
-
-    def _whole(
-        self, windows: Sequence[Window], column: int, encode: Callable[[list[Window]], np.ndarray]
-    ) -> np.ndarray:
-        """Encode each window where modality ``column`` is present, no reuse; zeros elsewhere."""
-        out = self._zeros(len(windows))
-        present = [i for i, w in enumerate(windows) if w.mask[column]]
-        if present:
-            out[present] = encode([windows[i] for i in present])
-        kind, per_window = {0: ("frames", self.spec.frames_per_window), 1: ("", 0), 2: ("texts", 1)}[column]
-        if kind:
-            self._count(kind, len(present) * per_window, len(present) * per_window)
-        return out
-
-    def _encode_windows_video(self, windows: list[Window]) -> np.ndarray:
-        return self.backend.encode("video", np.stack([frames_to_array(w.frames, self.spec) for w in windows]))
-
-    def _encode_windows_text(self, windows: list[Window]) -> np.ndarray:
-        return self.backend.encode("text", np.stack([text_to_ids(w.transcript, self.spec) for w in windows]))
-
-    def _video(self, windows: Sequence[Window], *, count_needed: bool = True) -> np.ndarray:
-        present = [(i, w) for i, w in enumerate(windows) if w.mask[0]]
-        sources = {
-            (w.stream_id, t): frame for _, w in present for t, frame in zip(w.frame_times_ns, w.frames, strict=True)
-        }
-        rows, encoded = self._lookup(
-            self._frames,
-            sources,
-            lambda frames: self.backend.encode_frames(np.stack([frame_to_array(f, self.spec) for f in frames])),
-        )
-        out = self._zeros(len(windows))
-        if present:
-            keys = list(rows)
-            slot = {key: i for i, key in enumerate(keys)}
-            table = np.stack([rows[key] for key in keys])
-            index = np.array([[slot[(w.stream_id, t)] for t in w.frame_times_ns] for _, w in present])
-            out[[i for i, _ in present]] = table[index].mean(axis=1)
-        self._count("frames", len(present) * self.spec.frames_per_window if count_needed else 0, encoded)
-        return out
+    def _encode_audio(self, windows: Sequence[Window]) -> np.ndarray:
+        return self.runtime.encode("audio", self.prepare.audio_feed(np.stack([w.audio for w in windows])))
 
     def _text(self, windows: Sequence[Window], *, count_needed: bool = True) -> np.ndarray:
-        present = [(i, (w.stream_id, w.transcript)) for i, w in enumerate(windows) if w.mask[2]]
-        rows, encoded = self._lookup(
-            self._texts,
-            {key: key[1] for _, key in present},
-            lambda texts: self.backend.encode("text", np.stack([text_to_ids(t, self.spec) for t in texts])),
+        present = [(i, (windows[i].stream_id, windows[i].transcript)) for i in self._present(windows, "text")]
+        rows, encoded = lookup(
+            self._texts, {key: key[1] for _, key in present},
+            lambda texts: self.runtime.encode("text", self.prepare.text_feed(texts)),
         )
-        out = self._zeros(len(windows))
+        out = self._zeros(len(windows), "text")
         for i, key in present:
             out[i] = rows[key]
         self._count("texts", len(present) if count_needed else 0, encoded)
         return out
 
+    def _text_whole(self, windows: Sequence[Window]) -> np.ndarray:
+        def encode(present: list[Window]) -> np.ndarray:
+            return self.runtime.encode("text", self.prepare.text_feed([w.transcript for w in present]))
+
+        return self._whole(windows, "text", encode, ("texts", 1))
+
+    def _whole(self, windows: Sequence[Window], modality: str,
+               encode: Callable[[list[Window]], np.ndarray], counted: tuple[str, int]) -> np.ndarray:
+        """Encode each window where the modality is present, no reuse; zeros elsewhere."""
+        out = self._zeros(len(windows), modality)
+        present = self._present(windows, modality)
+        if present:
+            out[present] = encode([windows[i] for i in present])
+        kind, per_window = counted
+        self._count(kind, len(present) * per_window, len(present) * per_window)
+        return out
+
     def _count(self, kind: str, needed: int, encoded: int) -> None:
         self._needed[kind] += needed
         self._encoded[kind] += encoded
-
-    @staticmethod
-    def _lookup(
-        cache: EmbeddingCache[Any], sources: dict[Any, Any], encode: Callable[[list[Any]], np.ndarray]
-    ) -> tuple[dict[Any, np.ndarray], int]:
-        """Rows for every key of ``sources`` (cached ones, the rest encoded in one call), and how many
-        were encoded."""
-        rows: dict[Any, np.ndarray] = {}
-        missing: dict[Any, Any] = {}
-        for key, source in sources.items():
-            row = cache.get(key)
-            if row is None:
-                missing[key] = source
-            else:
-                rows[key] = row
-        if missing:
-            for key, row in zip(missing, encode(list(missing.values())), strict=True):
-                cache.put(key, row)
-                rows[key] = row
-        return rows, len(missing)

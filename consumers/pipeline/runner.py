@@ -1,21 +1,46 @@
-"""Turns closed windows into model inputs and predictions; runs on the engine thread."""
+"""Closed windows → predictions, for any model directory on any backend; runs on the engine thread.
+
+The runtime (``fusionstream.engines.backends.open_runtime``) is addressed by modality name only:
+the declared modalities (``modalities``; the pipeline ignores records of the others), each encoder
+with its own preprocessing and embedding size (:class:`~fusionstream.consumers.pipeline.reuse.Embedder`,
+with the reuse of overlapping windows), the fusion head with its activation, and one prediction per
+window per task:
+
+- ``single_label`` (format 1, like the shipped model, is one): ``label``, ``score``, ``scores``;
+- ``multi_label``: ``labels`` (every class at or above its threshold, with its score, best first),
+  ``label``/``score`` the best class, ``scores`` every class;
+- ``embedding``: ``embedding`` (the fused vector); ``label`` empty, ``score`` 0, ``scores`` empty.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.reuse import WindowEmbedder
-from fusionstream.engines.spec import MODALITIES, ModelSpec
+from fusionstream.consumers.pipeline.reuse import Embedder, EncoderRuntime
+from fusionstream.engines.manifest import FusionSpec, Manifest, TaskSpec
+from fusionstream.engines.spec import MODALITIES
 from fusionstream.stream.windows import Window
 
-if TYPE_CHECKING:
-    from fusionstream.engines.backends.base import Backend
+
+class Runtime(EncoderRuntime, Protocol):
+    """What the runner needs of a runtime: the embedder's part, the manifest and the fusion head."""
+
+    name: str
+    manifest: Manifest
+    task: TaskSpec
+    fusion: FusionSpec
+    graph_seconds: dict[str, float]
+
+    @property
+    def frame_side(self) -> int: ...
+
+    def fuse(self, embeddings: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,42 +51,41 @@ class ClosedWindow:
     closed_at_ns: int
 
 
-class WindowRunner:
-    """Embeds a batch of windows (reusing shared frames and captions), fuses, and labels the result."""
+class Runner:
+    """Embeds a batch of windows (reusing shared frames and transcripts), fuses, and makes predictions."""
 
-    #: The modalities the model uses (a format-1 model: all three).
-    modalities: tuple[str, ...] = MODALITIES
-
-    def __init__(self, backend: Backend, spec: ModelSpec, *, reuse: bool = True) -> None:
-        self.backend = backend
-        self.spec = spec
-        self.embed = WindowEmbedder(backend, spec, reuse=reuse)
-        #: The side sampled JPEG frames are decoded at, at least (the model's input side).
-        self.frame_side = spec.image_size
+    def __init__(self, runtime: Runtime, *, reuse: bool = True) -> None:
+        self.runtime = runtime
+        self.spec: Manifest = runtime.manifest
+        self.task = runtime.task
+        #: The modalities the model uses; the pipeline feeds the aligner only these.
+        self.modalities: tuple[str, ...] = runtime.modalities
+        #: The side sampled JPEG frames are decoded at, at least (the video input's larger side).
+        self.frame_side = runtime.frame_side
+        self.embed = Embedder(runtime, reuse=reuse)
+        self._declared = tuple(name in self.modalities for name in MODALITIES)
 
     def prepare(self, windows: Sequence[Window]) -> None:
-        """Encode open windows whose data is complete, ahead of their close (``WindowEmbedder.warm``)."""
+        """Encode open windows whose data is complete, ahead of their close (``Embedder.warm``)."""
         self.embed.warm(windows)
 
     def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
         started = time.perf_counter_ns()
-        probs = self.backend.fuse(*self.embed([c.window for c in closed]))
+        embeddings, mask = self.embed([c.window for c in closed])
+        outputs = self.runtime.fuse(embeddings, mask)
         finished = time.perf_counter_ns()
         inference_ms = (finished - started) / 1e6
-        classes = self.spec.classes
         predictions = []
-        # Python floats in one call: converting numpy scalars one by one costs more than the fusion head.
-        for item, row, top in zip(closed, probs.tolist(), np.argmax(probs, axis=1).tolist(), strict=True):
+        for item, fields in zip(closed, self._outputs(outputs), strict=True):
             window = item.window
+            # A modality the model does not use is reported absent, whatever arrived of it.
+            present = tuple(bool(p and d) for p, d in zip(window.mask, self._declared, strict=True))
             predictions.append(
                 Prediction(
                     stream_id=window.stream_id,
                     t_start_ns=window.t_start_ns,
                     t_end_ns=window.t_end_ns,
-                    label=classes[top],
-                    score=row[top],
-                    scores=dict(zip(classes, row, strict=True)),
-                    mask=window.mask,
+                    mask=present,  # type: ignore[arg-type]
                     coverage=window.coverage,
                     model_version=self.spec.version,
                     closed_by=window.closed_by,
@@ -71,6 +95,27 @@ class WindowRunner:
                     batch_size=len(closed),
                     refs=window.refs,
                     closed_at_ns=item.closed_at_ns,
+                    revision=window.revision,
+                    final=window.final,
+                    **fields,
                 )
             )
         return predictions
+
+    def _outputs(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Per row, the task's prediction fields (label, score, scores, labels, embedding)."""
+        # Python floats in one call: converting numpy scalars one by one costs more than the fusion head.
+        rows = outputs.tolist()
+        if self.task.kind == "embedding":
+            return [{"label": "", "score": 0.0, "scores": {}, "embedding": tuple(row)} for row in rows]
+        classes = self.task.classes
+        out = []
+        for row, top in zip(rows, np.argmax(outputs, axis=1).tolist(), strict=True):
+            fields: dict[str, Any] = {"label": classes[top], "score": row[top],
+                                      "scores": dict(zip(classes, row, strict=True))}
+            if self.task.kind == "multi_label":
+                above = [(score, i) for i, (score, threshold) in enumerate(zip(row, self.task.thresholds, strict=True))
+                         if score >= threshold]
+                fields["labels"] = {classes[i]: score for score, i in sorted(above, key=lambda s: (-s[0], s[1]))}
+            out.append(fields)
+        return out

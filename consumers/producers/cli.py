@@ -46,6 +46,10 @@ NoPacingOpt = Annotated[bool, typer.Option("--no-pacing", help="Send as fast as 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final counts as one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")]
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Send no progress records (for a service older than them; docs/wire-format.md#progress). Records keep their complete flag.")]  # noqa: E501
+AsrOpt = Annotated[bool, typer.Option("--asr", help="Also publish the words PocketSphinx recognises in the audio (US English, on the CPU), one transcript record per word, with progress records.")]  # noqa: E501
+AsrGrammarOpt = Annotated[str, typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")]  # noqa: E501
+AsrMaxOpt = Annotated[float, typer.Option("--asr-max-segment", min=0.9, max=30, help="Seconds of speech after which a transcript is published even without a pause.")]  # noqa: E501
 FpsOpt = Annotated[Optional[float], typer.Option("--fps", min=0.1, help="Highest frame rate to publish (frames are dropped to hold it).")]  # noqa: E501, UP045
 
 
@@ -99,6 +103,10 @@ def video(
     fps: FpsOpt = None,
     size: SizeOpt = None,
     language: Annotated[str, typer.Option(help="Language of the captions.")] = "en",
+    asr: AsrOpt = False,
+    asr_grammar: AsrGrammarOpt = "general",
+    asr_max_segment: AsrMaxOpt = 2.5,
+    no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -107,16 +115,20 @@ def video(
 ) -> None:
     """A media file's frames (JPEG), its audio track (PCM) and optional captions, as one stream (default id: FILE's stem)."""  # noqa: E501
     settings = _settings(config, bootstrap, partitions)
+    if asr and captions is not None:
+        fail("--asr and --captions both make the transcript: choose one")
+    recognise = _asr(asr, asr_grammar, asr_max_segment)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import media_source
 
-        return media_source(
+        return recognise(media_source(
             file, stream_id or file.stem, captions=captions, loop=loop, realtime=not no_pacing, max_fps=fps,
             size=size, language=language,
-        )
+        ))
 
-    _produce(settings, records, as_json=as_json, quiet=quiet)
+    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress,
+             follow_text=captions is not None)
 
 
 @produce_app.command()
@@ -126,6 +138,7 @@ def camera(
     fps: FpsOpt = None,
     size: SizeOpt = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 85,
+    no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -140,7 +153,7 @@ def camera(
 
         return camera_source(index_or_url, stream_id or _live_stream_id(), fps=fps, size=size, quality=quality)
 
-    _produce(settings, records, as_json=as_json, quiet=quiet)
+    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
 
 
 @produce_app.command()
@@ -149,6 +162,10 @@ def audio(
     stream_id: StreamOpt = None,
     no_pacing: NoPacingOpt = False,
     sample_rate: Annotated[Optional[int], typer.Option(min=1000, help="Resample to this rate (default: the track's).")] = None,  # noqa: E501, UP045
+    asr: AsrOpt = False,
+    asr_grammar: AsrGrammarOpt = "general",
+    asr_max_segment: AsrMaxOpt = 2.5,
+    no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -157,13 +174,14 @@ def audio(
 ) -> None:
     """The first audio track of a file, as mono 16-bit PCM chunks (default id: FILE's stem)."""
     settings = _settings(config, bootstrap, partitions)
+    recognise = _asr(asr, asr_grammar, asr_max_segment)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import audio_source
 
-        return audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate)
+        return recognise(audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate))
 
-    _produce(settings, records, as_json=as_json, quiet=quiet)
+    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
 
 
 @produce_app.command()
@@ -172,6 +190,10 @@ def mic(
     stream_id: Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (default: this host's name, shared with `camera`).")] = None,  # noqa: E501, UP045
     sample_rate: Annotated[int, typer.Option(min=1000, help="Capture rate.")] = 16_000,
     chunk_ms: Annotated[float, typer.Option(min=1, help="Milliseconds of audio per record.")] = 40,
+    asr: AsrOpt = False,
+    asr_grammar: AsrGrammarOpt = "general",
+    asr_max_segment: AsrMaxOpt = 2.5,
+    no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -180,14 +202,15 @@ def mic(
 ) -> None:
     """Live audio from a microphone (PortAudio), timed from the audio callback. Ctrl-C stops."""
     settings = _settings(config, bootstrap, partitions)
+    recognise = _asr(asr, asr_grammar, asr_max_segment)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import microphone_source
 
-        return microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
-                                 chunk_ms=chunk_ms)
+        return recognise(microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
+                                           chunk_ms=chunk_ms))
 
-    _produce(settings, records, as_json=as_json, quiet=quiet)
+    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
 
 
 @produce_app.command()
@@ -196,6 +219,7 @@ def captions(
     stream_id: Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (default: FILE's stem; for stdin this host's name).")] = None,  # noqa: E501, UP045
     no_pacing: NoPacingOpt = False,
     language: Annotated[str, typer.Option(help="Language tag of the text.")] = "en",
+    no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -213,17 +237,39 @@ def captions(
 
         return captions_source(file, sid, realtime=not no_pacing, language=language)
 
-    _produce(settings, records, as_json=as_json, quiet=quiet)
+    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
+
+
+def _asr(enabled: bool, grammar: str, max_segment_s: float) -> Callable[[Iterator[Record]], Iterator[Record]]:
+    """What ``--asr`` does to a source's records: nothing, or add the recognised words (settings checked now)."""
+    if not enabled:
+        return lambda records: records
+    from fusionstream.consumers.producers.sources import asr_transcripts
+    from fusionstream.stream.sources.asr import AsrConfig, AsrError
+
+    try:
+        config = AsrConfig(grammar=grammar, max_segment_s=max_segment_s)  # type: ignore[arg-type]
+    except AsrError as exc:
+        fail(str(exc))
+    return lambda records: asr_transcripts(records, config)
 
 
 # -- running ---------------------------------------------------------------------------------------
 
 
-def _produce(settings: Settings, records: Callable[[], Iterator[Record]], *, as_json: bool, quiet: bool) -> None:
-    """Prepare the topics, open the source, publish with a status line; map failures to one clear line."""
+def _produce(
+    settings: Settings, records: Callable[[], Iterator[Record]], *, as_json: bool, quiet: bool,
+    announce: bool | None = None, follow_text: bool = False,
+) -> None:
+    """Prepare the topics, open the source, publish with a status line; map failures to one clear line.
+
+    ``announce`` (an in-order source): the complete flag on every record, and progress records
+    (text between cues, ``ended`` at the end) unless False (``--no-progress``); None (the synthetic source,
+    which models arbitrary delivery) leaves the records as they are."""
     from aiokafka.errors import KafkaError
     from rich.console import Console
 
+    from fusionstream.consumers.producers.progress import announce_progress, without_progress_records
     from fusionstream.consumers.producers.publish import Published, prepare_topics, publish
     from fusionstream.stream.errors import FusionStreamError
 
@@ -239,6 +285,10 @@ def _produce(settings: Settings, records: Callable[[], Iterator[Record]], *, as_
     async def main() -> Published:
         await prepare_topics(settings)
         source = records()
+        if announce is not None:
+            source = announce_progress(source, follow_text=follow_text)
+            if not announce:
+                source = without_progress_records(source)
         status.start()
         return await publish(source, settings, create_topics=False, progress=progress)
 

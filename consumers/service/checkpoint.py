@@ -8,12 +8,17 @@ keeps two things there, per input partition:
   re-reads them, their dead letters are not sent a second time;
 - ``streams``: per stream of the partition, the start of its first window that was
   *not* published yet. On assignment the aligner is told (``Aligner.resume``), so
-  windows that were published before stay closed when their records are re-read.
+  windows that were published before stay closed when their records are re-read;
+- ``provisional`` (revisions on): per stream whose provisional predictions ran ahead of its
+  finals, the start of its first window without one, so a restart does not publish a
+  provisional prediction of the same window again (exactly once per window and revision).
 
 Encoding (JSON, ASCII, at most :data:`MAX_CHARS` characters, because brokers refuse
 commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
 
-    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...}}
+    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...}}
+
+(``q`` only when some stream has one; readers from before it ignore it.)
 
 where a stream's time is ``(b + k) * h`` nanoseconds. When the streams do not fit,
 the ones furthest behind are left out (they lose only the duplicate protection).
@@ -40,6 +45,8 @@ class Checkpoint:
     replay_mark: int = -1
     #: stream id -> start (ns) of the stream's first window not yet published.
     streams: Mapping[str, int] = field(default_factory=dict)
+    #: stream id -> start (ns) of the stream's first window without a provisional prediction.
+    provisional: Mapping[str, int] = field(default_factory=dict)
 
     def encode(self, hop_ns: int, *, max_chars: int = MAX_CHARS) -> str:
         """The metadata string; streams furthest behind are dropped when it would not fit."""
@@ -52,11 +59,13 @@ class Checkpoint:
         while True:
             chosen = ordered[:keep]
             base = min((k for _, k in chosen), default=0)
-            text = json.dumps(
-                {"v": VERSION, "r": self.replay_mark, "h": hop_ns, "b": base, "s": {s: k - base for s, k in chosen}},
-                separators=(",", ":"),
-                ensure_ascii=True,
-            )
+            doc: dict[str, object] = {
+                "v": VERSION, "r": self.replay_mark, "h": hop_ns, "b": base, "s": {s: k - base for s, k in chosen},
+            }
+            ahead = {s: -(-self.provisional[s] // hop_ns) - base for s, _ in chosen if s in self.provisional}
+            if ahead:
+                doc["q"] = ahead
+            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
             if len(text) <= max_chars or keep == 0:
                 break
             # Shrink proportionally to the excess, at least by one stream.
@@ -79,21 +88,23 @@ class Checkpoint:
                 return None
             hop, base, mark = int(data["h"]), int(data["b"]), int(data["r"])
             streams = {str(sid): (base + int(k)) * hop for sid, k in dict(data["s"]).items()}
+            provisional = {str(sid): (base + int(k)) * hop for sid, k in dict(data.get("q", {})).items()}
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring commit metadata that is not a fusionstream checkpoint: %.80r", text)
             return None
         if hop <= 0:
             return None
-        return cls(replay_mark=mark, streams=streams)
+        return cls(replay_mark=mark, streams=streams, provisional=provisional)
 
     @staticmethod
-    def merge(checkpoints: list[Checkpoint | None]) -> dict[str, int]:
-        """The streams of several checkpoints (the three topics of one partition), latest time per stream."""
+    def merge(checkpoints: list[Checkpoint | None], *, provisional: bool = False) -> dict[str, int]:
+        """The streams (or, with ``provisional``, the provisional marks) of several checkpoints (the three
+        topics of one partition), latest time per stream."""
         merged: dict[str, int] = {}
         for checkpoint in checkpoints:
             if checkpoint is None:
                 continue
-            for sid, until in checkpoint.streams.items():
+            for sid, until in (checkpoint.provisional if provisional else checkpoint.streams).items():
                 if until > merged.get(sid, -(2**63)):
                     merged[sid] = until
         return merged

@@ -39,7 +39,7 @@ MAX_STREAMS_PER_PARTITION = 10_000
 class StreamStates(Protocol):
     """What the handover needs of the aligner: resume a stream after a commit, drop one handed over."""
 
-    def resume(self, stream_id: str, emitted_until_ns: int) -> None: ...
+    def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None: ...
 
     def drop(self, stream_ids: list[str]) -> None: ...
 
@@ -93,6 +93,8 @@ class Handover:
         self._streams: dict[int, OrderedDict[str, None]] = {}
         #: Per stream, the start of its first window not yet acknowledged (for the commit checkpoints).
         self._published: dict[str, int] = {}
+        #: Per stream, the start of its first window without an acknowledged provisional prediction.
+        self._provisional: dict[str, int] = {}
         self._last_meta: dict[TP, str] = {}
 
     def bind(self, aligner: StreamStates) -> None:
@@ -125,9 +127,12 @@ class Handover:
         resumed = 0
         for number, found in checkpoints.items():
             streams = self._streams.setdefault(number, OrderedDict())
+            ahead = Checkpoint.merge(found, provisional=True)
             for sid, until in Checkpoint.merge(found).items():
-                self._aligner().resume(sid, until)
+                self._aligner().resume(sid, until, ahead.get(sid))
                 self._published[sid] = until
+                if sid in ahead:
+                    self._provisional[sid] = ahead[sid]
                 streams[sid] = None
                 resumed += 1
         self._owned = set(committed)
@@ -147,6 +152,7 @@ class Handover:
         self._aligner().drop(streams)
         for sid in streams:
             self._published.pop(sid, None)
+            self._provisional.pop(sid, None)
         self.tracker.forget(revoked)
         for tp in revoked:
             self._last_meta.pop(tp, None)
@@ -172,6 +178,7 @@ class Handover:
         while len(streams) > self._max_streams:
             forgotten, _ = streams.popitem(last=False)
             self._published.pop(forgotten, None)
+            self._provisional.pop(forgotten, None)
         return accepted
 
     def admitted(self, ref: Ref, windows: int) -> None:
@@ -201,6 +208,12 @@ class Handover:
         if until > self._published.get(prediction.stream_id, until - 1):
             self._published[prediction.stream_id] = until
 
+    def provisional_acknowledged(self, prediction: Acknowledged) -> None:
+        """The broker has a provisional prediction: its window gets none again after a restart."""
+        until = prediction.t_start_ns + self.hop_ns
+        if until > self._provisional.get(prediction.stream_id, until - 1):
+            self._provisional[prediction.stream_id] = until
+
     def published_until(self, stream_id: str) -> int | None:
         """The start of the stream's first window not yet acknowledged, if known."""
         return self._published.get(stream_id)
@@ -219,8 +232,10 @@ class Handover:
             if streams is None:
                 known = self._streams.get(tp[1], {})
                 streams = per_number[tp[1]] = {sid: self._published[sid] for sid in known if sid in self._published}
+            ahead = {sid: self._provisional[sid] for sid in streams
+                     if self._provisional.get(sid, -(2**63)) > streams[sid]}
             mark = self.tracker.replay_mark(tp)
-            metadata = Checkpoint(-1 if mark is None else mark, streams).encode(self.hop_ns)
+            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead).encode(self.hop_ns)
             if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
                 continue
             chosen[tp] = (offset, metadata)

@@ -58,28 +58,27 @@ class Health:
 
 
 class Gauges:
-    """Sets the service's gauges (and the encoded-ahead and ignored-records counters, which the pipeline counts)
-    from their sources."""
+    """Sets the service's gauges, and the counters the pipeline keeps (encoded ahead, ignored, progress, partly
+    late), from their sources."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
-        self._warmed_reported = 0  # the pipeline's windows_warmed already added to the counter
-        self._ignored_reported = 0  # and its records_ignored
+        #: Pipeline counter → the metric it feeds, and how much of it was already added there.
+        self._counted = {"windows_warmed": metrics.encoded_ahead, "records_ignored": metrics.ignored,
+                         "progress_records": metrics.progress, "records_partly_late": metrics.partly_late}
+        self._reported = dict.fromkeys(self._counted, 0)
 
     def reset(self) -> None:
         """A new pipeline counts from zero."""
-        self._warmed_reported = 0
-        self._ignored_reported = 0
+        self._reported = dict.fromkeys(self._counted, 0)
 
     def update(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, handover: Handover) -> None:
         m = self._metrics
         m.backlog.set(pipeline.backlog())
-        warmed = pipeline.stats.windows_warmed
-        m.encoded_ahead.inc(warmed - self._warmed_reported)
-        self._warmed_reported = warmed
-        ignored = pipeline.stats.records_ignored
-        m.ignored.inc(ignored - self._ignored_reported)
-        self._ignored_reported = ignored
+        for name, counter in self._counted.items():
+            value = getattr(pipeline.stats, name)
+            counter.inc(value - self._reported[name])
+            self._reported[name] = value
         m.held.set(handover.held)
         m.open_streams.set(pipeline.aligner.stats.open_streams)
         owned = handover.owned

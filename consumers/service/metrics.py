@@ -73,6 +73,14 @@ class ServiceMetrics:
             "records_ignored", "Records of a modality the model does not use (not aligned, not waited for).",
             namespace=ns, registry=registry,
         )
+        self.progress = Counter(
+            "progress_records", "Progress records taken (docs/wire-format.md#progress): they close windows sooner.",
+            namespace=ns, registry=registry,
+        )
+        self.partly_late = Counter(
+            "records_partly_late", "Records that missed some of their windows (already closed) and joined the rest.",
+            namespace=ns, registry=registry,
+        )
         self.published = Counter(
             "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
         )
@@ -139,6 +147,7 @@ class MetricsServer:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fs-metrics", daemon=True)
+        self._host = host
 
     @property
     def port(self) -> int:
@@ -146,7 +155,7 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("metrics on http://0.0.0.0:%d/metrics, health on /healthz", self.port)
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", self._host, self.port)
 
     def stop(self) -> None:
         if self._thread.is_alive():

@@ -45,6 +45,8 @@ class Acknowledgements(Protocol):
 
     def prediction_acknowledged(self, prediction: Prediction) -> None: ...
 
+    def provisional_acknowledged(self, prediction: Prediction) -> None: ...
+
     def dead_letter_sent(self, ref: Ref) -> None: ...
 
     def dead_letter_acknowledged(self, ref: Ref) -> None: ...
@@ -143,7 +145,10 @@ class Publisher:
             self._metrics.close_to_ack.observe(close_to_ack_ms / 1000)
             if self._on_acknowledged is not None:
                 self._on_acknowledged(prediction, close_to_ack_ms)
-            self._acks.prediction_acknowledged(prediction)
+            if prediction.final:
+                self._acks.prediction_acknowledged(prediction)
+            else:  # a provisional one releases no record (its window's final needs them), it is only checkpointed
+                self._acks.provisional_acknowledged(prediction)
             self._metrics.published.inc()
         self.done += 1
         self._progress.set()

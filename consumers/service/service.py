@@ -39,16 +39,16 @@ from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from fusionstream.consumers.engine import model_title
-from fusionstream.consumers.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from fusionstream.consumers.kafka import ensure_topics, leave_group, make_admin, make_consumer, make_producer
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
 from fusionstream.consumers.kafka.readiness import when_ready
 from fusionstream.consumers.pipeline.core import Pipeline
-from fusionstream.consumers.pipeline.manifest_runner import ManifestRunner
-from fusionstream.consumers.pipeline.runner import WindowRunner
+from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.service.commits import Committer
 from fusionstream.consumers.service.feeder import Feeder
 from fusionstream.consumers.service.handover import Handover, Offsets
@@ -58,7 +58,6 @@ from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.manifest import Manifest
-from fusionstream.engines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,8 @@ class InferenceService:
     def __init__(
         self,
         settings: Settings,
-        runner: WindowRunner | ManifestRunner,
-        spec: ModelSpec | Manifest,
+        runner: Runner,
+        spec: Manifest,
         *,
         options: ServiceOptions | None = None,
         registry: CollectorRegistry | None = None,
@@ -95,6 +94,7 @@ class InferenceService:
         self._state = "starting"
         self._fatal: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._pipeline: Pipeline | None = None
         self._publisher: Publisher | None = None
         self._committer: Committer | None = None
@@ -137,6 +137,7 @@ class InferenceService:
             admin = make_admin(s.bootstrap_servers, security, client_id=client_id)
             await admin.start()
             stack.push_async_callback(admin.close)
+            self._admin = admin
 
             pipeline = Pipeline(
                 self._runner,
@@ -158,7 +159,7 @@ class InferenceService:
                 transactional=s.exactly_once, group_id=s.group_id, on_acknowledged=self.options.on_acknowledged,
             )
             if s.metrics_port:
-                server = MetricsServer(self.metrics.registry, self.health, s.metrics_port)
+                server = MetricsServer(self.metrics.registry, self.health, s.metrics_port, self.options.metrics_host)
                 server.start()
                 stack.callback(server.stop)
                 self.metrics_port = server.port
@@ -172,6 +173,7 @@ class InferenceService:
                 isolation_level="read_committed" if s.exactly_once else "read_uncommitted",
                 fetch_min_bytes=self.options.fetch_min_bytes,
                 fetch_max_wait_ms=self.options.fetch_max_wait_ms,
+                group_instance_id=self.instance_id if self.options.static_membership else None,
                 **security,
             )
             consumer.subscribe(topics=list(self.input_topics), listener=_Listener(self))
@@ -241,6 +243,7 @@ class InferenceService:
                 log.warning("final commit skipped: %s", exc)
             await self._await_visible(self.handover.owned)
         await self._stop_consumer()
+        await self._leave_group()
         await self._pipeline.close_output()
         await self._tasks["publish"]
         log.info(
@@ -265,6 +268,19 @@ class InferenceService:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
+
+    async def _leave_group(self) -> None:
+        """A static member stopping for good leaves explicitly (aiokafka does not, for static members): the
+        others take its partitions now, not after the session timeout. A crash or an error exit skips this,
+        so a restart under the same instance id takes its partitions straight back."""
+        if not self.options.static_membership or self._admin is None:
+            return
+        try:
+            await asyncio.wait_for(leave_group(self._admin, self.settings.group_id, self.instance_id), timeout=5)
+            log.info("left group %s (static member %s)", self.settings.group_id, self.instance_id)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not leave group %s: %r; its partitions move after the session timeout",
+                        self.settings.group_id, exc)
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks.values():

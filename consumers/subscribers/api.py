@@ -43,8 +43,9 @@ FIELDS = (
     "window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities", "coverage",
     "model_version", "closed_by", "latency_ms", "batch_size",
 )  # fmt: skip
-#: Keys only some models' predictions have: ``labels`` (multi-label), ``embedding`` (embedding models).
-OPTIONAL_FIELDS = ("labels", "embedding")
+#: Keys only some predictions have: ``labels`` (multi-label), ``embedding`` (embedding models), ``revision``
+#: and ``final`` (services since revisions; absent means 0 and true).
+OPTIONAL_FIELDS = ("labels", "embedding", "revision", "final")
 #: Committed offsets are flushed this often while iterating (and always on close and on revocation).
 COMMIT_INTERVAL_S = 2.0
 _POLL_MS = 200
@@ -81,6 +82,10 @@ class PredictionRecord:
     labels: Mapping[str, float] | None = None
     #: Embedding models: the fused vector (else None); their ``label`` is empty and ``score`` 0.
     embedding: tuple[float, ...] | None = None
+    #: Predictions of this window made before this one (docs/predictions.md#revisions).
+    revision: int = 0
+    #: False for a provisional prediction: a final one of the same window follows.
+    final: bool = True
     topic: str = ""
     partition: int = -1
     offset: int = -1
@@ -130,6 +135,7 @@ class PredictionRecord:
             value["labels"] = dict(self.labels)
         if self.embedding is not None:
             value["embedding"] = list(self.embedding)
+        value["revision"], value["final"] = self.revision, self.final
         return value | dict(self.extra)
 
 
@@ -191,6 +197,8 @@ def parse_prediction(
         batch_size=need("batch_size", int, 0),
         labels=None if labels is None else MappingProxyType({str(k): float(v) for k, v in labels.items()}),
         embedding=None if embedding is None else tuple(float(v) for v in embedding),
+        revision=need("revision", int, 0),
+        final=need("final", bool, True),
         topic=topic,
         partition=partition,
         offset=offset,
@@ -226,6 +234,7 @@ class Subscription:
         stream_ids: Iterable[str] | None = None,
         until_end: bool = False,
         on_error: Literal["skip", "raise"] = "skip",
+        finals_only: bool = False,
         **consumer_options: Any,
     ) -> None:
         if until_end and group_id is not None:
@@ -235,6 +244,7 @@ class Subscription:
         self.bootstrap = bootstrap
         self.topic = topic
         self.group_id = group_id
+        self.finals_only = finals_only
         self.stream_ids: frozenset[str] | None = None if stream_ids is None else frozenset(stream_ids)
         #: Records skipped because they were not predictions (with ``on_error="skip"``).
         self.skipped = 0
@@ -355,6 +365,8 @@ class Subscription:
             return None
         if self.stream_ids is not None and prediction.stream_id not in self.stream_ids:
             return None
+        if self.finals_only and not prediction.final:
+            return None
         return prediction
 
     def _release(self) -> None:
@@ -423,6 +435,7 @@ def subscribe(
     stream_ids: Iterable[str] | None = None,
     until_end: bool = False,
     on_error: Literal["skip", "raise"] = "skip",
+    finals_only: bool = False,
     **consumer_options: Any,
 ) -> Subscription:
     """Predictions from ``topic`` as :class:`PredictionRecord` objects, in an async iterator.
@@ -439,6 +452,8 @@ def subscribe(
       does not exist.
     - ``on_error``: a record that is not a prediction is logged and skipped, or raised
       as :class:`BadPrediction`.
+    - ``finals_only``: skip provisional predictions (a service with revisions on publishes
+      one before the final of a window; docs/predictions.md#revisions).
 
     Other keywords go to :class:`aiokafka.AIOKafkaConsumer` (security settings, ...).
     """
@@ -451,6 +466,7 @@ def subscribe(
         stream_ids=stream_ids,
         until_end=until_end,
         on_error=on_error,
+        finals_only=finals_only,
         **consumer_options,
     )
 

@@ -6,9 +6,11 @@ Run it as a Faust worker::
 
 Tables (in memory, backed by Faust changelog topics ``<app id>-<table>-changelog``):
 
-- ``latest``: stream id → the stream's newest prediction (by window start, so a late or
-  re-delivered one never replaces a newer one);
-- ``received`` / ``duplicates``: stream id → predictions counted / re-deliveries ignored;
+- ``latest``: stream id → the stream's newest prediction (by window start, then revision, so a
+  late or re-delivered one never replaces a newer one, and a window's final replaces its
+  provisional prediction);
+- ``received`` / ``duplicates``: stream id → final predictions counted / re-deliveries ignored
+  (provisional predictions are not counted: docs/predictions.md#revisions);
 - ``class_counts``: ``[stream id, label]`` → predictions per class (each label a multi-label
   prediction asserts; none for an embedding model's), in tumbling windows of
   ``window_s`` seconds of *event time* (the prediction's window start), kept ``keep_s``
@@ -130,6 +132,11 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
             except BadPrediction as exc:
                 log.warning("skipping a record that is not a prediction: %s", exc)
                 continue
+            newest = latest.get(p.stream_id)
+            if newest is None or (p.t_start_ns, p.revision) >= (newest["t_start_ns"], newest.get("revision", 0)):
+                latest[p.stream_id] = p.to_dict()  # a window's final replaces its provisional prediction
+            if not p.final:
+                continue  # counted when its final comes
             if p.window_id in seen:
                 duplicates[p.stream_id] += 1
                 continue
@@ -137,9 +144,6 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
             for label in p.classes:  # a multi-label window counts for each label it asserts, an embedding for none
                 class_counts[json.dumps([p.stream_id, label])] += 1
             received[p.stream_id] += 1
-            newest = latest.get(p.stream_id)
-            if newest is None or p.t_start_ns >= newest["t_start_ns"]:
-                latest[p.stream_id] = p.to_dict()
 
     def stream_summary(stream_id: str) -> dict[str, Any]:
         return {

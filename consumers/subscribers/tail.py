@@ -23,7 +23,9 @@ def format_line(p: PredictionRecord) -> Text:
     """``stream  window start  label score  V A T  capture→publish``: one prediction as a rich line.
 
     A multi-label prediction adds the labels at or above their thresholds (``labels: a 0.91, b 0.62``);
-    an embedding model's, which has no label, shows the vector's size instead (``embedding[384]``).
+    an embedding model's, which has no label, shows the vector's size instead (``embedding[384]``). With
+    revisions, a provisional prediction ends in ``provisional``, the final that follows it in
+    ``final (revision 1)``.
     """
     from rich.text import Text
 
@@ -44,6 +46,10 @@ def format_line(p: PredictionRecord) -> Text:
     if p.labels is not None:
         shown = ", ".join(f"{name} {score:.2f}" for name, score in p.labels.items())
         line.append(f"  labels: {shown or '(none)'}", style="bold")
+    if not p.final:
+        line.append("  provisional", style="yellow")
+    elif p.revision:
+        line.append(f"  final (revision {p.revision})", style="dim")
     return line
 
 
@@ -57,6 +63,7 @@ async def _tail(
     read_committed: bool,
     until_end: bool,
     console: Console,
+    finals_only: bool = False,
 ) -> int:
     shown = 0
     if limit == 0:
@@ -68,6 +75,7 @@ async def _tail(
         read_committed=read_committed,
         stream_ids=stream_ids,
         until_end=until_end,
+        finals_only=finals_only,
         client_id=f"{settings.client_id}-tail",
         **settings.kafka_security(),
     )
@@ -93,6 +101,7 @@ def run_tail(
     limit: int | None = None,
     read_committed: bool = False,
     until_end: bool = False,
+    finals_only: bool = False,
 ) -> int:
     """Print predictions until ``limit`` (or the end, with ``until_end``); return how many were printed."""
     from rich.console import Console
@@ -116,6 +125,7 @@ def run_tail(
             read_committed=read_committed,
             until_end=until_end,
             console=console,
+            finals_only=finals_only,
         )
     )
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from fusionstream.consumers.pipeline.featurize import Featurizer
 from fusionstream.engines.features import Batch
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.spec import MODALITIES, ModelSpec
 from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.media import decode_media
 from fusionstream.stream.records import Record
@@ -34,7 +34,7 @@ class WindowSet:
     video: np.ndarray  # uint8 [N, K, 3, S, S]
     audio: np.ndarray  # float16 [N, samples]
     text: np.ndarray  # int16 [N, L]
-    mask: np.ndarray  # bool [N, 3]
+    mask: np.ndarray  # bool [N, len(MODALITIES)]
     label: np.ndarray  # int64 [N]
     clear: np.ndarray  # bool [N]
 
@@ -123,7 +123,7 @@ def _empty(spec: ModelSpec) -> WindowSet:
     k, s, n = spec.frames_per_window, spec.image_size, spec.window_ns * spec.sample_rate // 1_000_000_000
     return WindowSet(
         np.zeros((0, k, 3, s, s), np.uint8), np.zeros((0, n), np.float16), np.zeros((0, spec.text_max_len), np.int16),
-        np.zeros((0, 3), bool), np.zeros(0, np.int64), np.zeros(0, bool),
+        np.zeros((0, len(MODALITIES)), bool), np.zeros(0, np.int64), np.zeros(0, bool),
     )
 
 

@@ -3,7 +3,7 @@
 Embedding windows with pretrained encoders is the expensive part of training a head (a ResNet per
 frame, a transformer per transcript); fitting seven heads on the embeddings costs seconds. So the
 windows of a data set are embedded once, exactly as serving embeds them — the declared preprocessing
-(``engines/preprocess.py``) and the serving embedder (``consumers/pipeline/manifest_embed.py``: a
+(``engines/preprocess.py``) and the serving embedder (``consumers/pipeline/reuse.py``: a
 per-frame video encoder embeds each sampled frame once and a window gets the mean of its frames',
 each distinct transcript once) — and kept in ``--cache DIR`` as ``embeddings-<key>.npz``.
 
@@ -44,8 +44,8 @@ CERTAIN_BELOW = 1.0 - CLEAR_SHARE
 class EncoderSessions:
     """The declared encoders of a format-2 directory on ONNX Runtime, encoders-only directories included.
 
-    Duck-types the part of :class:`~fusionstream.engines.backends.manifest_onnx.ManifestRuntime` that
-    :class:`~fusionstream.consumers.pipeline.manifest_embed.ManifestEmbedder` uses (``preprocess``,
+    Duck-types the part of the runtime of :func:`~fusionstream.engines.backends.open_runtime` that
+    :class:`~fusionstream.consumers.pipeline.reuse.Embedder` uses (``preprocess``,
     ``modalities``, ``sizes``, ``embeds_frames``, ``encode``, ``encode_frames``): the runtime refuses
     a directory without a fusion head, which is exactly what a head is trained on.
     """
@@ -177,11 +177,11 @@ def encoders_key(manifest: Manifest) -> str:
 
 def embed_part(runtime: EncoderSessions, part: Part, classes: Sequence[str]) -> EmbeddedSet:
     """Every window of one part, embedded as serving embeds it, with its label coverage."""
-    from fusionstream.consumers.pipeline.manifest_embed import ManifestEmbedder
+    from fusionstream.consumers.pipeline.reuse import Embedder
 
     # A fresh embedder per part: its frame and transcript reuse is keyed by (stream, time) and
     # (stream, text), and two synthetic runs have streams of the same names and times.
-    embedder = ManifestEmbedder(cast(Any, runtime), reuse=True)
+    embedder = Embedder(cast(Any, runtime), reuse=True)
     pieces: list[EmbeddedSet] = []
     for windows, cover in labelled_windows(part, runtime.manifest, len(classes), runtime.frame_side):
         emb, mask = embedder(windows)

@@ -30,7 +30,6 @@ from fusionstream.consumers.training.clips import EPOCH_NS, LABELS, Span, classe
 from fusionstream.consumers.training.dataset import windows_of
 from fusionstream.consumers.training.generate import synthetic_configs
 from fusionstream.engines.manifest import Manifest
-from fusionstream.engines.spec import MODALITIES
 from fusionstream.stream.records import Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.windows import Window, WindowConfig
@@ -149,8 +148,8 @@ def coverage(intervals: Sequence[Interval], n_classes: int, t_start_ns: int, t_e
 
 def _declared(records: Iterable[Record], manifest: Manifest) -> Iterator[Record]:
     """Only the declared modalities' records, as serving aligns them."""
-    keep = {MODALITIES.index(m) + 1 for m in manifest.modalities}  # Modality's value is 1 + its column
-    return (r for r in records if int(r.modality) in keep)
+    declared = set(manifest.modalities)
+    return (r for r in records if r.modality.label in declared)
 
 
 def labelled_windows(part: Part, manifest: Manifest, n_classes: int,

@@ -31,10 +31,12 @@ RTOL = 1e-4
 
 
 def encoder_files(manifest: Manifest) -> list[str]:
-    """Every file the declared modalities use: their graphs and tokenizers."""
+    """Every file the declared modalities use: their graphs (fp32 and int8) and tokenizers."""
     files = []
     for modality in manifest.modalities.values():
         files.append(modality.encoder.file)
+        if modality.encoder.int8_file:  # `fusionstream quantize` ran on the encoders: their int8 graphs too
+            files.append(modality.encoder.int8_file)
         if isinstance(modality.preprocess, TextPreprocess) and modality.preprocess.tokenizer:
             files.append(modality.preprocess.tokenizer)
     return files
@@ -94,6 +96,9 @@ def write_model_dir(out: Path, encoders: Manifest, head: Any, *, task: dict[str,
         for name in files:
             shutil.copy2(encoders.directory / name, staging / name)
         modalities = tuple(encoders.modalities)
+        if tuple(head.modalities) != modalities:  # the graph's inputs are named after the encoders' modalities
+            raise EngineError(f"the head takes {', '.join(head.modalities)} but {encoders.path} declares "
+                              f"{', '.join(modalities)}")
         output = "embedding" if task["kind"] == "embedding" else "scores"
         head = head.eval()
         example = (*(torch.randn(2, head.sizes[m]) for m in modalities), torch.ones(2, len(modalities)))

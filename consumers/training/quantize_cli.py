@@ -1,4 +1,8 @@
-"""`fusionstream quantize`: int8 encoders for a model directory, calibrated on rendered windows."""
+"""`fusionstream quantize`: int8 encoders for a model directory of either format.
+
+Format 1 is calibrated on rendered windows (static quantization); format 2 has no calibration set
+of its own and is quantized dynamically (``engines/quantize.py`` says why and what).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
-from fusionstream.engines.quantize import quantize_model
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.errors import EngineError
+from fusionstream.engines.manifest import load_manifest
+from fusionstream.engines.quantize import DYNAMIC_OPS, quantize_manifest, quantize_model
 
 #: Windows per calibration batch, and the most calibration windows used.
 CALIBRATION_BATCH = 32
@@ -18,6 +22,15 @@ CALIBRATION_WINDOWS = 512
 
 def quantize_command(model_dir: Path, *, seconds: float, seed: int) -> list[Path]:
     console = Console()
+    try:
+        manifest = load_manifest(model_dir)
+    except EngineError as exc:
+        raise SystemExit(f"fusionstream: error: {exc}") from None
+    if manifest.source_format == 2:
+        return _quantize_v2(model_dir, console)
+    from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
+    from fusionstream.engines.spec import ModelSpec
+
     spec = ModelSpec.load(model_dir)
     with progress_bar(console) as progress:
         # Training voices and a seed of its own: calibration never sees the held-out test data.
@@ -32,3 +45,21 @@ def quantize_command(model_dir: Path, *, seconds: float, seed: int) -> list[Path
         console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     console.print(f"next: fusionstream evaluate {model_dir} --int8")
     return written
+
+
+def _quantize_v2(model_dir: Path, console: Console) -> list[Path]:
+    with console.status(f"quantizing {', '.join(DYNAMIC_OPS)} weights (dynamic int8)"):
+        try:
+            written = quantize_manifest(model_dir, progress=lambda name: console.print(f"  {name} encoder"))
+        except EngineError as exc:
+            raise SystemExit(f"fusionstream: error: {exc}") from None
+    for name, path in written.items():
+        if path is None:
+            console.print(f"{name}: no {' or '.join(DYNAMIC_OPS)} to quantize, stays float32")
+        else:
+            console.print(f"{name}: wrote {path} ({path.stat().st_size / 1e6:.2f} MB), model.json int8_file")
+    paths = [p for p in written.values() if p is not None]
+    if not paths:
+        raise SystemExit(f"fusionstream: error: {model_dir}: no encoder has weights to quantize")
+    console.print("next: serve or bench with FUSIONSTREAM_PRECISION=int8 (onnxruntime backend)")
+    return paths

@@ -23,7 +23,7 @@ from rich.table import Table
 from fusionstream.consumers.training.assemble import assemble, export_dir
 from fusionstream.consumers.training.dataset import WindowSet
 from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
-from fusionstream.engines.spec import FUSION_HEADS, ModelSpec
+from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
 
 VALIDATION_SECONDS = 600.0
 BATCH = 64
@@ -46,15 +46,11 @@ class TrainOptions:
 
 
 def _torch_batch(data: WindowSet, index: np.ndarray, mask: np.ndarray | None = None) -> tuple:
+    """The model's inputs for the rows: one tensor per modality (``MODALITIES`` order), then the mask."""
     import torch
 
     batch = data.batch(index, mask)
-    return (
-        torch.from_numpy(batch.video),
-        torch.from_numpy(batch.audio),
-        torch.from_numpy(batch.text),
-        torch.from_numpy(batch.mask),
-    )
+    return (*(torch.from_numpy(getattr(batch, m)) for m in MODALITIES), torch.from_numpy(batch.mask))
 
 
 def _drop(mask: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
@@ -109,7 +105,7 @@ def train_encoders(
         missing = model.load_state_dict(encoders, strict=False).missing_keys
         if any(not k.startswith("head.") for k in missing):
             raise SystemExit(f"{init} has other encoders than this model: missing {missing[:3]}")
-    aux = nn.ModuleList(nn.Linear(spec.embed_dim, spec.n_classes) for _ in range(3))
+    aux = nn.ModuleList(nn.Linear(spec.embed_dim, spec.n_classes) for _ in model.modalities)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
     labelled = np.flatnonzero(train.label >= 0)
@@ -124,14 +120,16 @@ def train_encoders(
         for start in range(0, len(order), BATCH):
             index = np.sort(order[start : start + BATCH])
             mask = _drop(train.mask[index], rng, MODALITY_DROPOUT)
-            video, audio, text, present_t = _torch_batch(train, index)
-            audio = speed_perturb(audio, rng)
+            *inputs, present_t = _torch_batch(train, index)
+            if "audio" in model.modalities:  # an augmentation of the waveform itself
+                column = model.modalities.index("audio")
+                inputs[column] = speed_perturb(inputs[column], rng)
             labels = torch.from_numpy(train.label[index])
             # Encoders see every present row (for the auxiliary losses); the head sees the dropped mask.
-            ev, ea, et = model.embed(video, audio, text, present_t)
-            loss = loss_fn(model.head(ev, ea, et, torch.from_numpy(mask.astype(np.float32))), labels)
+            embeddings = model.embed(*inputs, present_t)
+            loss = loss_fn(model.head(*embeddings, torch.from_numpy(mask.astype(np.float32))), labels)
             present = torch.from_numpy(train.mask[index])
-            for m, emb in enumerate((ev, ea, et)):
+            for m, emb in enumerate(embeddings):
                 rows = present[:, m]
                 if rows.any():
                     loss = loss + 0.5 * loss_fn(aux[m](emb[rows]), labels[rows])
@@ -150,23 +148,22 @@ def train_encoders(
 
 
 def embed(model, data: WindowSet, progress: Progress, what: str) -> np.ndarray:
-    """Frozen embeddings ``[N, 3, D]`` (zeros where a modality is absent)."""
+    """Frozen embeddings ``[N, M, D]``, one per modality of the model (zeros where absent)."""
     import torch
 
-    out = np.zeros((len(data), 3, model.spec.embed_dim), np.float32)
+    out = np.zeros((len(data), len(model.modalities), model.spec.embed_dim), np.float32)
     task = progress.add_task(f"embedding {what}", total=len(data), info="")
     with torch.inference_mode():
         for start in range(0, len(data), 256):
             index = np.arange(start, min(start + 256, len(data)))
-            ev, ea, et = model.embed(*_torch_batch(data, index))
-            out[index] = torch.stack((ev, ea, et), dim=1).numpy()
+            out[index] = torch.stack(model.embed(*_torch_batch(data, index)), dim=1).numpy()
             progress.advance(task, len(index))
     return out
 
 
 def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, seed: int,
                options: dict | None = None):
-    """Fit one fusion head on frozen embeddings with modality dropout."""
+    """Fit one fusion head on frozen embeddings ``emb [N, M, D]`` with modality dropout."""
     import torch
     from torch import nn
 
@@ -174,7 +171,7 @@ def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, see
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = make_head(name, spec.embed_dim, spec.n_classes, **(options or {}))
+    head = make_head(name, spec.embed_dim, spec.n_classes, modalities=emb.shape[1], **(options or {}))
     optimizer = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-4)
     labelled = np.flatnonzero(data.label >= 0)
     loss_fn = nn.CrossEntropyLoss()
@@ -188,7 +185,7 @@ def train_head(name: str, spec: ModelSpec, emb: np.ndarray, data: WindowSet, see
             index = order[start : start + 256]
             mask = torch.from_numpy(_drop(data.mask[index], rng, MODALITY_DROPOUT).astype(np.float32))
             e = emb_t[index] * mask[:, :, None]
-            logits, aux = head.forward_train(e[:, 0], e[:, 1], e[:, 2], mask)
+            logits, aux = head.forward_train(*e.unbind(1), mask)
             loss = loss_fn(logits, torch.from_numpy(data.label[index])) + aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,7 +204,7 @@ def head_accuracy(head, emb: np.ndarray, data: WindowSet, mask: np.ndarray | Non
     with torch.inference_mode():
         m = torch.from_numpy(mask.astype(np.float32))
         e = torch.from_numpy(emb) * m[:, :, None]
-        predicted = head(e[:, 0], e[:, 1], e[:, 2], m).argmax(dim=1).numpy()
+        predicted = head(*e.unbind(1), m).argmax(dim=1).numpy()
     return float((predicted[over] == data.label[over]).mean())
 
 
@@ -215,7 +212,7 @@ def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
     """(fused accuracy, worst accuracy with one modality removed): what a head is chosen on."""
     fused = head_accuracy(head, emb, data)
     worst = 1.0
-    for m in range(3):
+    for m in range(emb.shape[1]):
         removed = data.mask.copy()
         removed[:, m] = False
         worst = min(worst, head_accuracy(head, emb, data, removed))

@@ -168,10 +168,16 @@ class ViewerState:
         return used
 
     def on_prediction(self, prediction: PredictionRecord, now: float) -> bool:
-        """Take a prediction; False if it was filtered or is already on the timeline (a duplicate, a re-read)."""
+        """Take a prediction; False if it was filtered or is already on the timeline (a duplicate, a re-read).
+        A higher revision of a window on the timeline (its final, after a provisional one) replaces it."""
         view = self._view(prediction.stream_id, now)
-        if view is None or any(e.window_id == prediction.window_id for e in view.timeline):
+        if view is None:
             return False
+        earlier = [e for e in view.timeline if e.window_id == prediction.window_id]
+        if earlier and earlier[0].record.revision >= prediction.revision:
+            return False
+        if earlier:
+            view.timeline.remove(earlier[0])
         view.predictions_seen += 1
         entry = TimelineEntry(
             view.predictions_seen, prediction.window_id, prediction.t_start_ns, prediction.t_end_ns,
@@ -184,7 +190,8 @@ class ViewerState:
             view.timeline.clear()
             view.timeline.extend(ordered)
         current = view.prediction
-        if current is None or _newer(prediction.t_start_ns, current.t_start_ns):
+        revised = current is not None and current.window_id == prediction.window_id
+        if current is None or revised or _newer(prediction.t_start_ns, current.t_start_ns):
             newest = view.newest_frame
             if current is not None and newest is not None and prediction.t_start_ns > current.t_start_ns:
                 # Measured just before the newest prediction moves on: the most video runs ahead of it.
@@ -249,6 +256,7 @@ class ViewerState:
                 "embedding_size": None if p.embedding is None else len(p.embedding),
                 "modalities": dict(p.modalities), "coverage": dict(p.coverage), "closed_by": p.closed_by,
                 "model_version": p.model_version, "capture_to_publish_ms": p.capture_to_publish_ms,
+                "revision": p.revision, "final": p.final,
                 # Whether the frame shown lies in this prediction's window (what --sync aims for).
                 "on_frame": frame is not None and p.t_start_ns <= frame.t_start_ns < p.t_end_ns,
             },

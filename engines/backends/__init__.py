@@ -1,6 +1,8 @@
-"""Inference backends behind one interface: ``load_backend(name, model_dir, **options) -> Backend``.
+"""Inference backends behind one modality-keyed interface: ``open_runtime(name, model_dir, **options)``.
 
-Backend modules are imported on demand, and each imports its runtime only when activated,
+Every backend runs both model formats (docs/model-format.md): ``open_runtime`` reads the directory's
+manifest and returns a :class:`~fusionstream.engines.backends.base.Runtime` (not yet active; a context
+manager). Backend modules are imported on demand, and each imports its runtime only when activated,
 so a CPU deployment never imports TensorRT (or torch, if it uses ``onnxruntime``).
 """
 
@@ -10,7 +12,7 @@ import importlib
 import os
 from typing import Any
 
-from fusionstream.engines.backends.base import Backend, Embeddings, RuntimeChoices
+from fusionstream.engines.backends.base import Runtime, RuntimeChoices, refuse_unservable
 from fusionstream.engines.errors import EngineError
 
 #: Backend name → "module:class", resolved lazily. A new backend is one module and one line here:
@@ -22,36 +24,31 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str) -> type[Runtime]:
     """The class registered as ``name`` (its module is imported now, its runtime only when activated)."""
     try:
         module_name, class_name = BACKENDS[name].split(":")
     except KeyError:
         raise EngineError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
-    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
     return cls
 
 
-def load_backend(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Backend:
-    """A backend for ``model_dir``, not yet active: use it as a context manager (or call ``activate()``).
+def open_runtime(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Runtime:
+    """A runtime for ``model_dir`` (either format) on backend ``name``, not yet active: use it as a
+    context manager (or call ``activate()``).
 
-    Raises :class:`~fusionstream.engines.errors.ModelDirError` for a bad model directory,
-    :class:`~fusionstream.engines.errors.BackendUnavailable` when the runtime is missing here, and
-    :class:`~fusionstream.engines.errors.EngineError` for an unknown name or option.
+    Raises :class:`~fusionstream.engines.errors.ModelDirError` for a bad or encoders-only model
+    directory, :class:`~fusionstream.engines.errors.BackendUnavailable` when the runtime is missing
+    here, and :class:`~fusionstream.engines.errors.EngineError` for an unknown name or option.
     """
     return backend_class(name)(model_dir, **options)
 
 
-def open_runtime(name: str, model_dir: str | os.PathLike[str], **options: Any) -> Any:
-    """A runtime for ``model_dir`` of either format, keyed by modality (not yet active).
+#: The former name of :func:`open_runtime` (the same function).
+load_backend = open_runtime
+#: The former name of the base class.
+Backend = Runtime
 
-    Transitional: today only onnxruntime (``ManifestRuntime``); it becomes the one entry point of
-    every backend (docs/architecture.md).
-    """
-    from fusionstream.engines.backends.manifest_onnx import open_manifest_runtime
-    from fusionstream.engines.manifest import load_manifest
-
-    return open_manifest_runtime(name, load_manifest(model_dir), **options)
-
-
-__all__ = ["BACKENDS", "Backend", "Embeddings", "RuntimeChoices", "backend_class", "load_backend", "open_runtime"]
+__all__ = ["BACKENDS", "Backend", "Runtime", "RuntimeChoices", "backend_class", "load_backend", "open_runtime",
+           "refuse_unservable"]

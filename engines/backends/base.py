@@ -1,17 +1,20 @@
-"""The backend template every runtime follows (after Polygraphy's ``BaseRunner``).
+"""The runtime template every backend follows (after Polygraphy's ``BaseRunner``), keyed by modality.
 
-A backend is built cheaply (it reads ``model.json`` and checks the files exist), does its
-heavy work in :meth:`Backend.activate` (import the runtime, load graphs, allocate device
-memory) and frees it in :meth:`Backend.release`; use it as a context manager::
+A runtime is built cheaply from a model directory of either format (:func:`load_manifest` reads
+format 1 as the format-2 manifest it is equivalent to): it validates its options and checks that
+the files it will read exist. The heavy work (import the runtime, check the graphs, load them,
+allocate device memory) happens in :meth:`Runtime.activate`; :meth:`Runtime.release` frees it. Use
+it as a context manager::
 
-    with load_backend("onnxruntime", "models/digits") as backend:
-        probs = backend.infer(batch)        # float32 [B, n_classes]
+    with open_runtime("onnxruntime", "models/digits") as runtime:
+        video = runtime.encode_frames(runtime.preprocess.video_frames(frames))   # [N, size], per frame
+        audio = runtime.encode("audio", runtime.preprocess.audio_feed(samples))  # [B, size]
+        scores = runtime.fuse({"video": ..., "audio": audio, ...}, mask)          # [B, outputs]
 
-Public methods validate their inputs and then call the ``_*_impl`` hooks a runtime
-implements. The template also owns the rule that a missing modality skips its encoder:
-each encoder runs only on the rows where its modality is present, absent rows get zero
-embeddings, and a modality absent from the whole batch costs nothing. Instances are not
-thread-safe: give each engine thread its own.
+Public methods validate their inputs, call the ``_*_impl`` hooks a backend implements, time each
+graph (:attr:`Runtime.graph_seconds`) and check each output's shape, naming the file. Absent rows
+cost nothing: the caller encodes only the rows where a modality is present and gives zeros (mask 0)
+for the others. Instances are not thread-safe: give each engine thread its own.
 """
 
 from __future__ import annotations
@@ -27,16 +30,25 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from fusionstream.engines.errors import EngineError, InputError, ModelDirError
-from fusionstream.engines.features import Batch
-from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, REQUIRED_GRAPHS, ModelSpec
+from fusionstream.engines.manifest import (
+    AudioPreprocess,
+    EncoderSpec,
+    Manifest,
+    ModalitySpec,
+    TextPreprocess,
+    VideoPreprocess,
+    load_manifest,
+)
+from fusionstream.engines.preprocess import Preprocessor
 
-Embeddings = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: The graph name of the fusion head (the encoders' are their modalities').
+FUSION = "fusion"
 
 
 @dataclass(frozen=True, slots=True)
 class RuntimeChoices:
     """What a deployment chooses for whichever backend it runs (the service's settings, as plain
-    values): each backend turns them into its own options with :meth:`Backend.options_for`."""
+    values): each backend turns them into its own options with :meth:`Runtime.options_for`."""
 
     threads: int = 0
     device: str = "cpu"
@@ -55,10 +67,41 @@ def half_precision_options(name: str, choices: RuntimeChoices) -> dict[str, Any]
     return options
 
 
-class Backend(ABC):
-    """Runs a model directory: ``infer(batch) -> probabilities``, or the two steps separately."""
+def refuse_unservable(manifest: Manifest) -> None:
+    """Raise :class:`ModelDirError` for an encoders-only directory (no task, no fusion head)."""
+    if not manifest.servable:
+        raise ModelDirError(
+            f"{manifest.path}: an encoders-only directory (no task, no fusion head) cannot be served: "
+            f"train a head on it first (fusionstream train OUT --encoders {manifest.directory})"
+        )
 
-    #: Name used by ``load_backend``.
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + exp(-x)), without overflow warnings
+
+
+def row_shape(modality: ModalitySpec) -> tuple[int | None, ...]:
+    """Per-row shape (no batch axis) of each of an encoder's inputs; ``None`` = any length (tokens)."""
+    pre = modality.preprocess
+    if isinstance(pre, VideoPreprocess):
+        frame = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
+        return frame if modality.encoder.per_frame else (pre.frames, *frame)
+    if isinstance(pre, AudioPreprocess):
+        return (pre.samples,)
+    assert isinstance(pre, TextPreprocess)
+    return (pre.hashed_ngrams.max_len,) if pre.hashed_ngrams is not None else (None,)
+
+
+class Runtime(ABC):
+    """Runs a model directory's encoders and fusion head, keyed by modality (either format)."""
+
+    #: Name in ``BACKENDS``.
     name: ClassVar[str] = ""
     #: Options this backend accepts, with their defaults. Every backend accepts ``threads``
     #: (CPU threads, ``None`` = the runtime's default) so a service can pass it blindly.
@@ -73,27 +116,51 @@ class Backend(ABC):
             raise EngineError(f"precision {choices.precision} is not available on the {cls.name} backend")
         return {"threads": choices.threads} if choices.threads else {}
 
-    def __init__(self, model_dir: str | os.PathLike[str], **options: Any) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str] | Manifest, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             allowed = ", ".join(self.defaults) or "none"
             raise EngineError(f"{self.name} backend: unknown option(s) {', '.join(unknown)} (accepted: {allowed})")
-        self.model_dir = Path(model_dir)
-        self.spec = ModelSpec.load(self.model_dir)
         self.options: dict[str, Any] = self.defaults | options
-        missing = [name for name in self.required_files() if not (self.model_dir / name).is_file()]
+        # a Manifest is taken as read (a caller that already loaded it, or built one in memory)
+        self.manifest: Manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
+        refuse_unservable(self.manifest)
+        assert self.manifest.task is not None and self.manifest.fusion is not None
+        self.model_dir = self.manifest.directory
+        self.task = self.manifest.task
+        self.fusion = self.manifest.fusion
+        #: The declared modalities, in ``MODALITIES`` order: the fusion mask's columns.
+        self.modalities: tuple[str, ...] = tuple(self.manifest.modalities)
+        self.sizes: dict[str, int] = {name: m.encoder.size for name, m in self.manifest.modalities.items()}
+        video = self.manifest.modalities.get("video")
+        #: Whether the video encoder embeds single frames (:meth:`encode_frames`).
+        self.embeds_frames: bool = video is not None and video.encoder.per_frame
+        #: The declared preprocessing, ready to use (the tokenizer loaded): set by :meth:`activate`.
+        self.preprocess: Preprocessor | None = None
+        #: Wall seconds spent in each graph (a modality, or ``fusion``) since construction or since the
+        #: caller cleared it: ``fusionstream bench``'s share of engine time per graph. Two clock reads
+        #: a graph call, against milliseconds of inference.
+        self.graph_seconds: dict[str, float] = {}
+        self._rows = {name: row_shape(m) for name, m in self.manifest.modalities.items()}
+        text = self.manifest.modalities.get("text")
+        hashed = text.preprocess.hashed_ngrams if text and isinstance(text.preprocess, TextPreprocess) else None
+        #: Hashed n-gram ids lie in [0, buckets): a larger one would read past the embedding table.
+        self._id_limit = hashed.buckets if hashed is not None else None
+        self._active = False
+        missing = [file for file in self.required_files() if not (self.model_dir / file).is_file()]
         if missing:
             raise ModelDirError(f"{self.model_dir} lacks {', '.join(missing)}, needed by the {self.name} backend")
-        self._active = False
-        #: Wall seconds spent in each graph since construction (or since the caller cleared it): what
-        #: ``fusionstream bench`` reports as each graph's share of engine time. Two clock reads a
-        #: graph call, against milliseconds of inference.
-        self.graph_seconds: dict[str, float] = {}
+
+    def graph_files(self) -> dict[str, str]:
+        """Graph name (a modality, or ``fusion``) → the file this runtime runs for it."""
+        return self.manifest.graph_files()
 
     def required_files(self) -> list[str]:
-        """Files of the model directory this backend reads (checked at construction)."""
-        names = [*REQUIRED_GRAPHS] + ([FRAME_GRAPH] if self.spec.has_graph(FRAME_GRAPH) else [])
-        return [self.spec.files[name] for name in names]
+        """Files of the model directory this runtime reads (checked at construction)."""
+        return list(self.graph_files().values())
+
+    def encoder(self, modality: str) -> EncoderSpec:
+        return self.manifest.modalities[modality].encoder
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -103,10 +170,13 @@ class Backend(ABC):
         return self._active
 
     def activate(self) -> Self:
-        """Load the runtime and the model; raises :class:`BackendUnavailable` if the runtime is missing."""
+        """Load the preprocessing, the runtime and the graphs; raises :class:`BackendUnavailable` if the
+        runtime is missing here and :class:`ModelDirError` for a graph that disagrees with the manifest."""
         if self._active:
             raise EngineError(f"{self.name} backend is already active")
+        preprocess = Preprocessor(self.manifest)
         self._activate_impl()
+        self.preprocess = preprocess
         self._active = True
         return self
 
@@ -126,140 +196,125 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         state = "active" if self._active else "inactive"
-        return f"<{type(self).__name__} {self.model_dir} fusion={self.spec.fusion} {state}>"
+        return (f"<{type(self).__name__} {self.model_dir} format {self.manifest.source_format} {self.task.kind} "
+                f"{','.join(self.modalities)} {state}>")
 
     # -- inference -----------------------------------------------------------------------------
 
-    def infer(self, batch: Batch) -> np.ndarray:
-        """Class probabilities ``float32 [B, n_classes]`` for a batch (rows sum to 1)."""
-        self._check_ready(batch)
-        return self._checked_probs(self._infer_impl(batch), len(batch))
-
-    def infer_embeddings(self, batch: Batch) -> Embeddings:
-        """Per-modality embeddings ``float32 [B, embed_dim]`` (video, audio, text); absent rows are 0."""
-        self._check_ready(batch)
-        return self._embed(batch)
-
-    def encode(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        """Embed rows of one modality, all treated as present (e.g. only windows not cached yet)."""
-        self._check_active()
-        if modality not in MODALITIES:
-            raise InputError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-        shape = self.spec.input_shapes[modality]
-        dtype = np.int64 if modality == "text" else np.float32
-        if not isinstance(inputs, np.ndarray) or inputs.dtype != dtype or inputs.shape[1:] != shape:
-            got = (inputs.dtype, inputs.shape) if isinstance(inputs, np.ndarray) else type(inputs).__name__
-            raise InputError(
-                f"{modality} inputs must be {np.dtype(dtype).name} [n, {', '.join(map(str, shape))}], got {got}"
-            )
-        if len(inputs) == 0:
-            return np.zeros((0, self.spec.embed_dim), np.float32)
-        return self._encode(modality, inputs)
-
     @property
-    def embeds_frames(self) -> bool:
-        """Whether :meth:`encode_frames` works: the model has a per-frame image graph (or is torch)."""
-        return self.spec.has_graph(FRAME_GRAPH)
+    def frame_side(self) -> int:
+        """The side JPEG frames are decoded at, at least (the larger of the video input's two)."""
+        video = self.manifest.modalities.get("video")
+        if video is None:
+            return 0
+        assert isinstance(video.preprocess, VideoPreprocess)
+        return max(video.preprocess.height, video.preprocess.width)
+
+    def encode(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """``float32 [B, size]`` embeddings of B rows of one modality (all treated as present); ``feed``
+        maps the encoder's input names to prepared arrays (``self.preprocess``). For a per-frame video
+        encoder the rows are single frames (:meth:`encode_frames`)."""
+        self._check_active()
+        if modality not in self.sizes:
+            raise InputError(f"the model does not use {modality} (it uses {', '.join(self.modalities)})")
+        spec = self.encoder(modality)
+        rows = self._check_feed(modality, spec, feed)
+        if rows == 0:
+            return np.zeros((0, spec.size), np.float32)
+        started = time.perf_counter()
+        out = np.asarray(self._encode_impl(modality, feed), dtype=np.float32)
+        self.graph_seconds[modality] = self.graph_seconds.get(modality, 0.0) + time.perf_counter() - started
+        if out.shape != (rows, spec.size):  # a wrong model file (checked at load), not a caller error
+            raise EngineError(f"{self.graph_files()[modality]} returned {out.shape}, expected ({rows}, {spec.size})")
+        return out
 
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
-        """Embed single frames ``float32 [N, 3, S, S]`` → ``[N, embed_dim]``; a window's video embedding
-        is the mean of its K frames' (so callers can cache frames that overlapping windows share)."""
-        self._check_active()
+        """Single prepared frames ``[N, ...one frame]`` → ``[N, size]`` (a per-frame video encoder)."""
         if not self.embeds_frames:
-            raise EngineError(f"{self.model_dir} has no per-frame graph: re-export it to embed frames one by one")
-        s = self.spec.image_size
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.float32 or frames.shape[1:] != (3, s, s):
-            got = (frames.dtype, frames.shape) if isinstance(frames, np.ndarray) else type(frames).__name__
-            raise InputError(f"frames must be float32 [n, 3, {s}, {s}], got {got}")
-        if len(frames) == 0:
-            return np.zeros((0, self.spec.embed_dim), np.float32)
-        return self._encode(FRAME_GRAPH, frames)
-
-    def fuse(self, emb_video: np.ndarray, emb_audio: np.ndarray, emb_text: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Probabilities ``[B, n_classes]`` from embeddings ``float32 [B, embed_dim]`` and ``mask [B, 3]``."""
+            raise EngineError(f"{self.manifest.path}: the video encoder takes whole windows, not single frames")
         self._check_active()
-        embeddings = (emb_video, emb_audio, emb_text)
-        size = mask.shape[0] if isinstance(mask, np.ndarray) else -1
-        for name, emb in zip(MODALITIES, embeddings, strict=True):
-            if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.shape != (size, self.spec.embed_dim):
-                got = (emb.dtype, emb.shape) if isinstance(emb, np.ndarray) else type(emb).__name__
-                raise InputError(f"{name} embeddings must be float32 [{size}, {self.spec.embed_dim}], got {got}")
-        if not isinstance(mask, np.ndarray) or mask.dtype != np.float32 or mask.shape != (size, len(MODALITIES)):
-            raise InputError(f"mask must be float32 [B, {len(MODALITIES)}]")
+        assert self.preprocess is not None
+        return self.encode("video", self.preprocess.video_feed(frames))
+
+    def fuse(self, embeddings: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        """``float32 [B, outputs]`` from each declared modality's ``[B, size]`` embeddings (zeros where
+        absent) and the presence ``mask [B, modalities]``, with the declared activation applied."""
+        self._check_active()
+        size = mask.shape[0] if isinstance(mask, np.ndarray) and mask.ndim == 2 else -1
+        if size < 0 or mask.dtype != np.float32 or mask.shape != (size, len(self.modalities)):
+            raise InputError(f"mask must be float32 [B, {len(self.modalities)}] ({', '.join(self.modalities)})")
         if not np.isin(mask, (0.0, 1.0)).all():
             raise InputError("mask must hold only 0 (absent) and 1 (present)")
+        ordered: dict[str, np.ndarray] = {}
+        for name in self.modalities:
+            emb = embeddings.get(name)
+            if not isinstance(emb, np.ndarray) or emb.dtype != np.float32 or emb.shape != (size, self.sizes[name]):
+                got = (emb.dtype, emb.shape) if isinstance(emb, np.ndarray) else type(emb).__name__
+                raise InputError(f"{name} embeddings must be float32 [{size}, {self.sizes[name]}], got {got}")
+            ordered[name] = emb
+        if extra := sorted(set(embeddings) - set(self.modalities)):
+            raise InputError(f"the model does not use {', '.join(extra)} (it uses {', '.join(self.modalities)})")
         if size == 0:
-            return np.zeros((0, self.spec.n_classes), np.float32)
+            return np.zeros((0, self.task.outputs), np.float32)
         started = time.perf_counter()
-        probs = self._fuse_impl(emb_video, emb_audio, emb_text, mask)
-        self.graph_seconds["fusion"] = self.graph_seconds.get("fusion", 0.0) + time.perf_counter() - started
-        return self._checked_probs(probs, size)
+        out = np.asarray(self._fuse_impl(ordered, mask), dtype=np.float32)
+        self.graph_seconds[FUSION] = self.graph_seconds.get(FUSION, 0.0) + time.perf_counter() - started
+        if out.shape != (size, self.task.outputs):
+            raise EngineError(f"{self.fusion.file} returned {out.shape}, expected ({size}, {self.task.outputs})")
+        if self.fusion.activation == "softmax":
+            out = softmax(out)
+        elif self.fusion.activation == "sigmoid":
+            out = sigmoid(out)
+        return out.astype(np.float32, copy=False)
 
     def _check_active(self) -> None:
         if not self._active:
-            raise EngineError(f"{self.name} backend is not active: use `with load_backend(...) as b:` or activate()")
+            raise EngineError(f"{self.name} backend is not active: use it as a context manager, or activate()")
 
-    def _check_ready(self, batch: Batch) -> None:
-        self._check_active()
-        if not isinstance(batch, Batch):
-            raise InputError(f"expected an fusionstream.engines.features.Batch, got {type(batch).__name__}")
-        batch.check(self.spec)
+    def _check_feed(self, modality: str, spec: EncoderSpec, feed: dict[str, np.ndarray]) -> int:
+        """Rows of a feed whose names, dtypes and per-row shapes are what the encoder declares."""
+        if not isinstance(feed, dict) or set(feed) != {t.name for t in spec.inputs.values()}:
+            given = sorted(feed) if isinstance(feed, dict) else type(feed).__name__
+            wanted = ", ".join(t.name for t in spec.inputs.values())
+            raise InputError(f"the {modality} encoder takes inputs {wanted}, got {given}")
+        rows = -1
+        for tensor in spec.inputs.values():
+            array = feed[tensor.name]
+            expected = self._rows[modality]
+            ok = (isinstance(array, np.ndarray) and array.dtype == np.dtype(tensor.dtype)
+                  and array.ndim == len(expected) + 1
+                  and all(w is None or g == w for g, w in zip(array.shape[1:], expected, strict=True))
+                  and rows in (-1, len(array)))
+            if not ok:
+                got = (array.dtype.name, array.shape) if isinstance(array, np.ndarray) else type(array).__name__
+                per_row = ", ".join("any" if d is None else str(d) for d in expected)
+                raise InputError(f"{modality} input {tensor.name!r} must be {tensor.dtype} [n, {per_row}] "
+                                 f"(the same n for every input), got {got}")
+            rows = len(array)
+        if modality == "text" and self._id_limit is not None and rows:
+            ids = next(iter(feed.values()))
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self._id_limit:
+                raise InputError(f"text ids must be in [0, {self._id_limit}), got [{low}, {high}]")
+        return rows
 
-    def _checked_probs(self, probs: np.ndarray, size: int) -> np.ndarray:
-        out = np.asarray(probs, dtype=np.float32)
-        if out.shape != (size, self.spec.n_classes):  # e.g. fusion.onnx trained for other classes than model.json's
-            raise EngineError(
-                f"fusion graph returned {out.shape}, expected ({size}, {self.spec.n_classes}) probabilities"
-            )
-        return out
-
-    def _encode(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        """``modality`` is one of ``MODALITIES`` or ``FRAME_GRAPH``."""
-        started = time.perf_counter()
-        out = np.asarray(self._encode_impl(modality, inputs), dtype=np.float32)
-        self.graph_seconds[modality] = self.graph_seconds.get(modality, 0.0) + time.perf_counter() - started
-        if out.shape != (len(inputs), self.spec.embed_dim):  # a wrong model file, not a caller error
-            raise EngineError(
-                f"{modality} encoder returned {out.shape}, expected ({len(inputs)}, {self.spec.embed_dim})"
-            )
-        return out
-
-    def _embed(self, batch: Batch) -> Embeddings:
-        """The skip rule: run each encoder on its present rows only; zeros elsewhere."""
-        size, out = len(batch), []
-        for column, name in enumerate(MODALITIES):
-            rows = np.flatnonzero(batch.mask[:, column])
-            inputs = getattr(batch, name)
-            if rows.size == size:
-                out.append(self._encode(name, inputs))
-                continue
-            emb = np.zeros((size, self.spec.embed_dim), np.float32)
-            if rows.size:
-                emb[rows] = self._encode(name, inputs[rows])
-            out.append(emb)
-        return out[0], out[1], out[2]
-
-    # -- what a runtime implements ---------------------------------------------------------------
-
-    def _infer_impl(self, batch: Batch) -> np.ndarray:
-        """Probabilities for a validated batch; the default chains the encoders and the fusion graph."""
-        return self._fuse_impl(*self._embed(batch), batch.mask)
+    # -- what a backend implements ---------------------------------------------------------------
 
     @abstractmethod
-    def _activate_impl(self) -> None:
-        """Import the runtime and load the model."""
+    def _activate_impl(self) -> None: ...
 
     @abstractmethod
-    def _release_impl(self) -> None:
-        """Drop everything :meth:`_activate_impl` created."""
+    def _release_impl(self) -> None: ...
 
     @abstractmethod
-    def _encode_impl(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        """``[n, D]`` embeddings of ``n >= 1`` valid rows of one modality (or of single frames, for
-        ``FRAME_GRAPH``, when :attr:`embeds_frames`)."""
+    def _encode_impl(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """``[B, size]`` for a validated, non-empty feed of the encoder ``modality`` runs."""
 
     @abstractmethod
-    def _fuse_impl(
-        self, emb_video: np.ndarray, emb_audio: np.ndarray, emb_text: np.ndarray, mask: np.ndarray
-    ) -> np.ndarray:
-        """``float32 [B, C]`` probabilities from validated embeddings and mask."""
+    def _fuse_impl(self, embeddings: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        """The fusion graph's raw output ``[B, outputs]`` (before the declared activation);
+        ``embeddings`` are validated, in ``self.modalities`` order."""
+
+
+__all__ = ["FUSION", "Runtime", "RuntimeChoices", "half_precision_options", "refuse_unservable", "row_shape",
+           "sigmoid", "softmax"]

@@ -1,4 +1,10 @@
-"""ONNX Runtime backend: the CPU default (and CUDA/TensorRT execution providers where installed)."""
+"""ONNX Runtime backend: the CPU default (and CUDA/TensorRT execution providers where installed).
+
+Runs either format: one ``InferenceSession`` per graph the manifest declares (an encoder per
+modality, the fusion head). The directory is checked against its manifest at activation
+(:func:`~fusionstream.engines.manifest_check.check_model_dir`), so a bad model is refused before
+the first window, naming the file and the field.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fusionstream.engines.backends.base import Backend, RuntimeChoices
+from fusionstream.engines.backends.base import FUSION, Runtime, RuntimeChoices
 from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
-from fusionstream.engines.spec import FRAME_GRAPH, INT8, MODALITIES, REQUIRED_GRAPHS
 
 PRECISIONS = ("fp32", "int8")
 
 
-class OnnxRuntimeBackend(Backend):
-    """One ``InferenceSession`` per graph (three encoders + fusion).
+class OnnxRuntimeBackend(Runtime):
+    """One ``InferenceSession`` per graph (each declared encoder + the fusion head).
 
     Options: ``providers`` (default ``["CPUExecutionProvider"]``), ``threads`` (the option every
     backend takes; here an alias of ``intra_op_num_threads``), ``intra_op_num_threads`` and
     ``inter_op_num_threads`` (``None`` = ONNX Runtime's default, one thread per physical core),
     ``allow_spinning`` (default False, see below), ``precision`` (``"fp32"``, or ``"int8"`` for the
-    encoder graphs ``fusionstream quantize`` added, fp32 for graphs it left alone). Graph
+    encoder graphs ``fusionstream quantize`` wrote, fp32 for the graphs it left alone). Graph
     optimisation is always ``ORT_ENABLE_ALL``.
 
-    Spinning is off by default because a window runs four sessions back to back, each with
+    Spinning is off by default because a window runs several sessions back to back, each with
     its own thread pool: a pool that keeps spinning after its graph finished takes the cores
     from the next one. Measured on 2 cores: 15 ms per window with spinning, 2.5 ms without.
     """
@@ -47,33 +52,27 @@ class OnnxRuntimeBackend(Backend):
         return options | ({"precision": "int8"} if choices.precision == "int8" else {})
 
     def __init__(self, model_dir: Any, **options: Any) -> None:
-        super().__init__(model_dir, **options)
-        if self.options["threads"] is not None and self.options["intra_op_num_threads"] is not None:
-            raise EngineError("onnxruntime backend: give threads or intra_op_num_threads, not both")
-        if self.options["precision"] not in PRECISIONS:
+        precision = options.get("precision", self.defaults["precision"])
+        if precision not in PRECISIONS:
             raise EngineError(f"onnxruntime backend: precision must be one of {', '.join(PRECISIONS)}")
-        if self.options["precision"] == "int8":
-            if not any(self.spec.has_graph(f"{name}{INT8}") for name in (*MODALITIES, FRAME_GRAPH)):
-                raise ModelDirError(f"{self.model_dir} has no int8 graphs: run `fusionstream quantize` on it first")
-            for name in self._graph_files().values():
-                if not (self.model_dir / name).is_file():
-                    raise ModelDirError(f"{self.model_dir} lacks {name}, needed by the onnxruntime backend")
+        if options.get("threads") is not None and options.get("intra_op_num_threads") is not None:
+            raise EngineError("onnxruntime backend: give threads or intra_op_num_threads, not both")
+        super().__init__(model_dir, **options)
+        if precision == "int8" and not any(m.encoder.int8_file for m in self.manifest.modalities.values()):
+            raise ModelDirError(f"{self.model_dir} has no int8 graphs: run `fusionstream quantize` on it first")
+        self._sessions: dict[str, Any] = {}
 
-    def _graph_files(self) -> dict[str, str]:
-        """Graph name → file this backend runs: the int8 encoders instead of the fp32 ones if asked."""
-        names = [*REQUIRED_GRAPHS] + ([FRAME_GRAPH] if self.spec.has_graph(FRAME_GRAPH) else [])
-        files = {}
-        for name in names:
-            quantized = f"{name}{INT8}"
-            use_int8 = self.options["precision"] == "int8" and self.spec.has_graph(quantized)
-            files[name] = self.spec.files[quantized if use_int8 else name]
-        return files
+    def graph_files(self) -> dict[str, str]:
+        """The int8 encoders instead of the fp32 ones where asked and written."""
+        return self.manifest.graph_files(int8=self.options["precision"] == "int8")
 
     def _activate_impl(self) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BackendUnavailable(f"onnxruntime backend: cannot import onnxruntime ({exc})") from exc
+        from fusionstream.engines.manifest_check import check_model_dir
+
         providers = list(self.options["providers"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
@@ -81,6 +80,8 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime backend: execution provider(s) {', '.join(missing)} not available here "
                 f"(available: {', '.join(ort.get_available_providers())})"
             )
+        # Refused here, at load, not at the first window: names, dtypes, ranks, shapes, output sizes.
+        check_model_dir(self.model_dir, int8=self.options["precision"] == "int8")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         spin = "1" if self.options["allow_spinning"] else "0"
@@ -92,18 +93,18 @@ class OnnxRuntimeBackend(Backend):
         if self.options["inter_op_num_threads"] is not None:
             options.inter_op_num_threads = int(self.options["inter_op_num_threads"])
         self._sessions = {
-            name: ort.InferenceSession(str(self.model_dir / file), options, providers=providers)
-            for name, file in self._graph_files().items()
+            graph: ort.InferenceSession(str(self.model_dir / file), options, providers=providers)
+            for graph, file in self.graph_files().items()
         }
 
     def _release_impl(self) -> None:
         self._sessions = {}
 
-    def _encode_impl(self, modality: str, inputs: np.ndarray) -> np.ndarray:
-        return self._sessions[modality].run(None, {modality: inputs})[0]
+    def _encode_impl(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self._sessions[modality].run([self.encoder(modality).output], feed)
+        return out
 
-    def _fuse_impl(
-        self, emb_video: np.ndarray, emb_audio: np.ndarray, emb_text: np.ndarray, mask: np.ndarray
-    ) -> np.ndarray:
-        feeds = {"video": emb_video, "audio": emb_audio, "text": emb_text, "mask": mask}
-        return self._sessions["fusion"].run(None, feeds)[0]
+    def _fuse_impl(self, embeddings: dict[str, np.ndarray], mask: np.ndarray) -> np.ndarray:
+        feed = {self.fusion.inputs[name]: emb for name, emb in embeddings.items()} | {self.fusion.mask: mask}
+        (out,) = self._sessions[FUSION].run([self.fusion.output], feed)
+        return out

@@ -1,4 +1,4 @@
-"""Fusion heads: one interface (``forward(emb_video, emb_audio, emb_text, mask) -> logits``), seven methods.
+"""Fusion heads: one interface (``forward(*embeddings, mask) -> logits``, any number of modalities), seven methods.
 
 =============  ==============================================================================
 ``concat``     feature level: concatenated embeddings (+ mask) → MLP
@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fusionstream.engines.fusion.attention import AttentionHead
-from fusionstream.engines.fusion.base import FusionHead
+from fusionstream.engines.fusion.base import DEFAULT_MODALITIES, FusionHead, fixed_arity
 from fusionstream.engines.fusion.concat import ConcatHead
 from fusionstream.engines.fusion.decision import DecisionHead
 from fusionstream.engines.fusion.gmu import GMUHead
@@ -29,16 +29,19 @@ HEADS: dict[str, type[FusionHead]] = {
 }
 
 
-def make_head(name: str, embed_dim: int, n_classes: int, **options: Any) -> FusionHead:
-    """Build the fusion head ``name`` (see the table above); ``options`` go to its constructor."""
+def make_head(name: str, embed_dim: int, n_classes: int, modalities: int = DEFAULT_MODALITIES,
+              **options: Any) -> FusionHead:
+    """Build the fusion head ``name`` (see the table above) for ``modalities`` embeddings of ``embed_dim``
+    and a ``[B, modalities]`` mask; ``options`` go to its constructor."""
     try:
         cls = HEADS[name]
     except KeyError:
         raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(HEADS)}") from None
-    return cls(embed_dim, n_classes, **options)
+    return cls(embed_dim, n_classes, modalities=modalities, **options)
 
 
 __all__ = [
+    "DEFAULT_MODALITIES",
     "HEADS",
     "AttentionHead",
     "ConcatHead",
@@ -48,5 +51,6 @@ __all__ = [
     "GraphHead",
     "VAEHead",
     "WeightedHead",
+    "fixed_arity",
     "make_head",
 ]

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fusionstream.engines.fusion.base import NEG, FusionHead, mlp, stack_masked
+from fusionstream.engines.fusion.base import DEFAULT_MODALITIES, NEG, FusionHead, mlp, stack_masked
 
 
 class _Block(nn.Module):
@@ -42,7 +42,7 @@ class _Block(nn.Module):
 
 
 class AttentionHead(FusionHead):
-    """Tokens ``[CLS, video, audio, text]`` (each modality token = LayerNorm(e) + a type embedding)
+    """Tokens ``[CLS, e_1, …, e_M]`` (each modality token = LayerNorm(e) + its type embedding)
     through ``layers`` transformer layers; the CLS output is classified.
 
     Absent modalities are removed from the keys (key padding mask), so nothing present ever
@@ -56,24 +56,24 @@ class AttentionHead(FusionHead):
         embed_dim: int,
         n_classes: int,
         *,
+        modalities: int = DEFAULT_MODALITIES,
         layers: int = 2,
         heads: int = 4,
         hidden: int | None = None,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__(embed_dim, n_classes, embed_dim)
+        super().__init__(embed_dim, n_classes, embed_dim, modalities)
         self.cls = nn.Parameter(torch.randn(embed_dim) * 0.02)
-        self.types = nn.Parameter(torch.randn(3, embed_dim) * 0.02)
+        self.types = nn.Parameter(torch.randn(modalities, embed_dim) * 0.02)
         self.norm_in = nn.LayerNorm(embed_dim)
         self.blocks = nn.ModuleList(_Block(embed_dim, heads, dropout) for _ in range(layers))
         self.norm_out = nn.LayerNorm(embed_dim)
         self.classifier = mlp(embed_dim, hidden or 2 * embed_dim, n_classes, dropout)
 
-    def fuse(
-        self, emb_video: torch.Tensor, emb_audio: torch.Tensor, emb_text: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def fuse(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The CLS token's output after attending over the present modality tokens."""
-        x, present = stack_masked(emb_video, emb_audio, emb_text, mask)
+        embeddings, mask = self.split(inputs)
+        x, present = stack_masked(embeddings, mask)
         # normalise first, then re-zero: LayerNorm of a zero row is its bias, not zero
         tokens = torch.where(present.unsqueeze(-1), self.norm_in(x), torch.zeros_like(x)) + self.types
         tokens = torch.cat([self.cls.expand(x.shape[0], 1, -1), tokens], dim=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusionstream.engines.fusion.base import FusionHead, mlp, present_of, stack_masked
+from fusionstream.engines.fusion.base import DEFAULT_MODALITIES, FusionHead, mlp, present_of, stack_masked
 
 #: Weight of the averaged probabilities added to the votes, so ties break towards the more confident class.
 TIE_BREAK = 1e-3
@@ -30,29 +30,30 @@ class DecisionHead(FusionHead):
         embed_dim: int,
         n_classes: int,
         *,
+        modalities: int = DEFAULT_MODALITIES,
         combine: str = "mean",
         hidden: int | None = None,
         dropout: float = 0.1,
     ) -> None:
         if combine not in ("mean", "vote"):
             raise ValueError(f"combine must be 'mean' or 'vote', got {combine!r}")
-        super().__init__(embed_dim, n_classes, n_classes)
+        super().__init__(embed_dim, n_classes, n_classes, modalities)
         self.combine = combine
-        self.classifiers = nn.ModuleList(mlp(embed_dim, hidden or 2 * embed_dim, n_classes, dropout) for _ in range(3))
+        self.classifiers = nn.ModuleList(
+            mlp(embed_dim, hidden or 2 * embed_dim, n_classes, dropout) for _ in range(modalities)
+        )
 
-    def modality_probs(
-        self, emb_video: torch.Tensor, emb_audio: torch.Tensor, emb_text: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Each modality's own class probabilities ``[B, 3, C]`` (rows of absent modalities are meaningless)."""
-        x, _ = stack_masked(emb_video, emb_audio, emb_text, mask)
+    def modality_probs(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Each modality's own class probabilities ``[B, M, C]`` (rows of absent modalities are meaningless)."""
+        embeddings, mask = self.split(inputs)
+        x, _ = stack_masked(embeddings, mask)
         return torch.stack([torch.softmax(head(x[:, i]), dim=-1) for i, head in enumerate(self.classifiers)], dim=1)
 
-    def forward(
-        self, emb_video: torch.Tensor, emb_audio: torch.Tensor, emb_text: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Log of the combined probabilities ``[B, C]``."""
-        probs = self.modality_probs(emb_video, emb_audio, emb_text, mask)
-        present = present_of(mask).unsqueeze(-1)  # [B, 3, 1]
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """``forward(*embeddings, mask)`` → log of the combined probabilities ``[B, C]``."""
+        _, mask = self.split(inputs)
+        probs = self.modality_probs(*inputs)
+        present = present_of(mask).unsqueeze(-1)  # [B, M, 1]
         count = present.to(probs.dtype).sum(dim=1).clamp_min(1.0)  # [B, 1]
         mean = torch.where(present, probs, torch.zeros_like(probs)).sum(dim=1) / count
         combined = mean

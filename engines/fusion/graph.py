@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusionstream.engines.fusion.base import FusionHead, masked_mean, masked_softmax, mlp, stack_masked
+from fusionstream.engines.fusion.base import (
+    DEFAULT_MODALITIES,
+    FusionHead,
+    masked_mean,
+    masked_softmax,
+    mlp,
+    stack_masked,
+)
 
 
 class _GATv2Layer(nn.Module):
@@ -38,19 +45,17 @@ class GraphHead(FusionHead):
 
     name = "graph"
 
-    def __init__(
-        self, embed_dim: int, n_classes: int, *, rounds: int = 2, hidden: int | None = None, dropout: float = 0.1
-    ) -> None:
-        super().__init__(embed_dim, n_classes, embed_dim)
-        self.types = nn.Parameter(torch.randn(3, embed_dim) * 0.02)
+    def __init__(self, embed_dim: int, n_classes: int, *, modalities: int = DEFAULT_MODALITIES, rounds: int = 2,
+                 hidden: int | None = None, dropout: float = 0.1) -> None:
+        super().__init__(embed_dim, n_classes, embed_dim, modalities)
+        self.types = nn.Parameter(torch.randn(modalities, embed_dim) * 0.02)
         self.layers = nn.ModuleList(_GATv2Layer(embed_dim) for _ in range(rounds))
         self.classifier = mlp(embed_dim, hidden or 2 * embed_dim, n_classes, dropout)
 
-    def fuse(
-        self, emb_video: torch.Tensor, emb_audio: torch.Tensor, emb_text: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def fuse(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Masked mean of the node states after message passing."""
-        x, present = stack_masked(emb_video, emb_audio, emb_text, mask)
+        embeddings, mask = self.split(inputs)
+        x, present = stack_masked(embeddings, mask)
         h = torch.where(present.unsqueeze(-1), x + self.types, torch.zeros_like(x))
         for layer in self.layers:
             h = layer(h, present)

@@ -17,3 +17,23 @@ def test_evaluate_without_a_directory_uses_the_shipped_model(shipped_model: Path
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["windows"] > 0 and 0.0 <= result["fused"] <= 1.0
     assert result["backend"] == "onnxruntime"
+
+
+def test_every_backend_evaluates_through_the_one_path_with_the_same_scores(shipped_model: Path) -> None:
+    """onnxruntime and torch embed the same held-out windows (the serving embedder) and fuse them: the
+    shipped model scores the same, to a window or two where the runtimes' float rounding tips a torn one."""
+    results = {}
+    for backend in ("onnxruntime", "torch"):
+        done = subprocess.run([sys.executable, "-m", "fusionstream", "evaluate", str(shipped_model), "--seconds", "24",
+                               "--backend", backend, "--json"], capture_output=True, text=True, timeout=600,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
+    ort, torch = results["onnxruntime"], results["torch"]
+    assert torch["backend"] == "torch" and ort["task"] == torch["task"] == "single_label"
+    assert ort["windows"] == torch["windows"] > 20 and set(ort["single"]) == {"video", "audio", "text"}
+    slack = 2 / ort["windows"] + 1e-4
+    assert abs(ort["fused"] - torch["fused"]) <= slack and ort["fused"] > 0.8
+    for part in ("single", "without"):
+        for name, value in ort[part].items():
+            assert abs(value - torch[part][name]) <= slack, (part, name, value, torch[part][name])

@@ -21,7 +21,7 @@ def test_check_reports_every_graph_of_a_three_and_a_two_modality_model(tmp_path:
     report = json.loads(shipped.stdout)
     assert report["modalities"] == ["video", "audio", "text"] and report["task"] == "single_label"
     assert [(g["graph"], g["output_size"]) for g in report["graphs"]] == [
-        ("video", 64), ("audio", 64), ("text", 64), ("fusion", 10)]
+        ("video", 64), ("video (int8)", 64), ("audio", 64), ("audio (int8)", 64), ("text", 64), ("fusion", 10)]
     two = write_v2_model(tmp_path / "av", ("video", "audio"), activation="softmax")
     # The table's cells are read below, whatever the width of the terminal the tests run in.
     printed = subprocess.run([*CHECK, str(two)], capture_output=True, text=True, timeout=120, check=False,

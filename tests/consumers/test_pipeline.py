@@ -13,9 +13,11 @@ import pytest
 from fusionstream.consumers.embedded import run_embedded
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.report import WindowCensus
-from fusionstream.engines.backends import load_backend
+from fusionstream.consumers.settings import model_geometry
+from fusionstream.engines.backends import open_runtime
+from fusionstream.engines.manifest import Manifest, load_manifest
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record, image_record, text_record
@@ -24,22 +26,40 @@ from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import NS
 
 
-def _config(spec: ModelSpec) -> WindowConfig:
-    return WindowConfig(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+def _config(spec: Manifest) -> WindowConfig:
+    frames, rate = model_geometry(spec)
+    return WindowConfig(frames_per_window=frames, sample_rate=rate)
 
 
-async def _run(model_dir: Path, records, *, runner_cls: type[WindowRunner] = WindowRunner, **pipeline_kwargs):
-    spec = ModelSpec.load(model_dir)
-    with load_backend("onnxruntime", model_dir) as backend:
-        pipeline = Pipeline(runner_cls(backend, spec), _config(spec), **pipeline_kwargs)
+async def _run(model_dir: Path, records, *, runner_cls: type[Runner] = Runner, **pipeline_kwargs):
+    with open_runtime("onnxruntime", model_dir) as runtime:
+        pipeline = Pipeline(runner_cls(runtime), _config(runtime.manifest), **pipeline_kwargs)
         async with pipeline:
             result = await run_embedded(pipeline, records, realtime=False)
         return result, pipeline
 
 
+def _whole_windows(model_dir: Path, windows: list) -> np.ndarray:
+    """A format-1 model's probabilities on ``windows`` the way it was trained: training's featuriser
+    (``Featurizer``), every window's frames through the whole-window ``video.onnx``, the graphs run
+    directly by ONNX Runtime. The reference the serving path (frames reused, per-frame graph) must equal."""
+    import onnxruntime as ort
+
+    from fusionstream.consumers.pipeline.featurize import Featurizer
+
+    spec = ModelSpec.load(model_dir)
+    batch = Featurizer(spec)(windows)
+    embeddings = {}
+    for name, array in zip(("video", "audio", "text"), (batch.video, batch.audio, batch.text), strict=True):
+        session = ort.InferenceSession(str(model_dir / spec.files[name]), providers=["CPUExecutionProvider"])
+        embeddings[name] = session.run(None, {name: array})[0]
+    fusion = ort.InferenceSession(str(model_dir / spec.files["fusion"]), providers=["CPUExecutionProvider"])
+    return fusion.run(None, embeddings | {"mask": batch.mask})[0]
+
+
 def test_every_window_is_predicted_exactly_once(untrained_model: Path) -> None:
     source = SyntheticAV(SyntheticConfig(streams=3, seconds=8, seed=5))
-    census = WindowCensus(_config(ModelSpec.load(untrained_model)))
+    census = WindowCensus(_config(load_manifest(untrained_model)))
     result, pipeline = asyncio.run(_run(untrained_model, census.watch(source.records())))
     ids = [(p.stream_id, p.t_start_ns) for p in result.predictions]
     assert len(ids) == len(set(ids)), "a window was predicted twice"
@@ -76,9 +96,8 @@ def test_bad_records_are_dead_lettered_with_their_reason_and_good_ones_still_pre
     }
 
     async def go() -> tuple[list, list[Prediction]]:
-        spec = ModelSpec.load(untrained_model)
-        with load_backend("onnxruntime", untrained_model) as backend:
-            async with Pipeline(WindowRunner(backend, spec), _config(spec)) as pipeline:
+        with open_runtime("onnxruntime", untrained_model) as runtime:
+            async with Pipeline(Runner(runtime), _config(runtime.manifest)) as pipeline:
                 out: list[Prediction] = []
 
                 async def read() -> None:
@@ -106,7 +125,7 @@ def test_bad_records_are_dead_lettered_with_their_reason_and_good_ones_still_pre
     assert all(p.stream_id == "good" for p in predictions)
 
 
-class SlowRunner(WindowRunner):
+class SlowRunner(Runner):
     """A real runner made slower than the source, to exercise backpressure."""
 
     delay_s = 0.05
@@ -119,7 +138,7 @@ class SlowRunner(WindowRunner):
 @pytest.mark.slow
 def test_memory_stays_bounded_when_the_engine_is_slower_than_the_source(untrained_model: Path) -> None:
     source = SyntheticAV(SyntheticConfig(streams=4, seconds=10, seed=9))
-    census = WindowCensus(_config(ModelSpec.load(untrained_model)))
+    census = WindowCensus(_config(load_manifest(untrained_model)))
     peaks = {"queue": 0, "buffered": 0}
 
     def watch(records):
@@ -133,9 +152,8 @@ def test_memory_stays_bounded_when_the_engine_is_slower_than_the_source(untraine
     pipeline_ref: list[Pipeline] = []
 
     async def go():
-        spec = ModelSpec.load(untrained_model)
-        with load_backend("onnxruntime", untrained_model) as backend:
-            pipeline = Pipeline(SlowRunner(backend, spec), _config(spec), max_batch=2, queue_windows=4)
+        with open_runtime("onnxruntime", untrained_model) as runtime:
+            pipeline = Pipeline(SlowRunner(runtime), _config(runtime.manifest), max_batch=2, queue_windows=4)
             pipeline_ref.append(pipeline)
             async with pipeline:
                 started = time.perf_counter()
@@ -156,7 +174,6 @@ def test_memory_stays_bounded_when_the_engine_is_slower_than_the_source(untraine
 def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     untrained_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fusionstream.consumers.pipeline.featurize import Featurizer
     from fusionstream.consumers.training.dataset import windows_of
     from fusionstream.stream import jpeg
 
@@ -168,10 +185,11 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
     records = list(source.records())
     frames = sum(1 for r in records if r.modality.name == "VIDEO")
-    spec = ModelSpec.load(untrained_model)
-    runners: list[WindowRunner] = []
+    spec = load_manifest(untrained_model)
+    classes = spec.task.classes  # type: ignore[union-attr]
+    runners: list[Runner] = []
 
-    class Spy(WindowRunner):
+    class Spy(Runner):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             runners.append(self)
@@ -185,9 +203,8 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     assert stats.texts_encoded < stats.texts_needed
     # ... and the predictions are exactly those of every window decoded and encoded whole.
     windows = list(windows_of(records, _config(spec)))
-    with load_backend("onnxruntime", untrained_model) as backend:
-        expected = backend.infer(Featurizer(spec)(windows))
-    got = {(p.stream_id, p.t_start_ns): np.array([p.scores[c] for c in spec.classes]) for p in result.predictions}
+    expected = _whole_windows(untrained_model, windows)
+    got = {(p.stream_id, p.t_start_ns): np.array([p.scores[c] for c in classes]) for p in result.predictions}
     assert len(got) == len(windows)
     for window, probs in zip(windows, expected, strict=True):
         np.testing.assert_allclose(got[(window.stream_id, window.t_start_ns)], probs, rtol=0, atol=1e-5)
@@ -198,12 +215,12 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
 ) -> None:
     import cv2
 
-    from fusionstream.consumers.pipeline.featurize import Featurizer
     from fusionstream.consumers.training.dataset import windows_of
     from fusionstream.stream.jpeg import reduction
     from fusionstream.stream.media import decode_image
 
-    spec = ModelSpec.load(shipped_model)
+    spec = load_manifest(shipped_model)
+    classes = spec.task.classes  # type: ignore[union-attr]
     records = []
     for record in SyntheticAV(SyntheticConfig(streams=2, seconds=6, seed=11)).records():
         if record.modality.name == "VIDEO":  # what a 4x larger camera sends of the same scene
@@ -212,7 +229,7 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
         records.append(record)
     sizes: set[tuple[int, ...]] = set()
 
-    class Spy(WindowRunner):
+    class Spy(Runner):
         def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
             sizes.update(frame.shape for c in closed for frame in c.window.frames)
             return super().run(closed)
@@ -220,14 +237,13 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
     result, _ = asyncio.run(_run(shipped_model, records, runner_cls=Spy))
     # 384x288 frames for the model's 64x64 input: libjpeg decoded them at a quarter of the size, the
     # smallest that still covers the input.
-    assert spec.image_size == 64 and reduction(288, 384, 64) == 4
+    assert _config(spec).frames_per_window == 4 and reduction(288, 384, 64) == 4
     assert sizes == {(72, 96, 3)}, sizes
     # The model sees the same scene: its predictions match those on the frames decoded in full.
     windows = list(windows_of(records, _config(spec)))
     assert {w.frames[0].shape for w in windows if w.mask[0]} == {(288, 384, 3)}
-    with load_backend("onnxruntime", shipped_model) as backend:
-        expected = backend.infer(Featurizer(spec)(windows))
-    got = {(p.stream_id, p.t_start_ns): np.array([p.scores[c] for c in spec.classes]) for p in result.predictions}
+    expected = _whole_windows(shipped_model, windows)
+    got = {(p.stream_id, p.t_start_ns): np.array([p.scores[c] for c in classes]) for p in result.predictions}
     assert len(got) == len(windows) > 15
     mine = np.stack([got[(w.stream_id, w.t_start_ns)] for w in windows])
     # About a quarter of a percentage point per class on average; a label may only move where the model
@@ -238,17 +254,17 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
     assert (mine.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.9
 
 
-async def _live(model_dir: Path, records: list, *, speculate: bool) -> tuple[dict, Pipeline, WindowRunner]:
+async def _live(model_dir: Path, records: list, *, speculate: bool) -> tuple[dict, Pipeline, Runner]:
     """Feed ``records`` a few at a time, letting the engine go idle in between, as a live feed does."""
-    spec = ModelSpec.load(model_dir)
-    with load_backend("onnxruntime", model_dir) as backend:
-        runner = WindowRunner(backend, spec)
+    with open_runtime("onnxruntime", model_dir) as runtime:
+        runner = Runner(runtime)
+        classes = runtime.task.classes
         got: dict = {}
-        async with Pipeline(runner, _config(spec), speculate=speculate) as pipeline:
+        async with Pipeline(runner, _config(runtime.manifest), speculate=speculate) as pipeline:
 
             async def collect() -> None:
                 async for p in pipeline.predictions():
-                    got[(p.stream_id, p.t_start_ns)] = np.array([p.scores[c] for c in spec.classes])
+                    got[(p.stream_id, p.t_start_ns)] = np.array([p.scores[c] for c in classes])
 
             collector = asyncio.create_task(collect())
             for i in range(0, len(records), 12):

@@ -229,8 +229,9 @@ def test_kafka_produce_video_with_captions(kafka_bootstrap: str, topic_prefix: s
 
     received = read_topics(kafka_bootstrap, _topics(topic_prefix))
     assert check_layout(received).keys() == {"clip"}  # the file's stem
-    records = {m: [decode(msg.value) for msg in received[m]] for m in MODALITIES}
-    assert counts["records"] == {m.label: len(records[m]) for m in MODALITIES}
+    assert counts["records"] == {m.label: len(received[m]) for m in MODALITIES}
+    # The media; the progress records beside them are tests/consumers/test_progress_service.py's.
+    records = {m: [r for r in (decode(msg.value) for msg in received[m]) if not r.is_progress] for m in MODALITIES}
     assert len(records[Modality.VIDEO]) == SECONDS * FPS
     assert abs(len(records[Modality.AUDIO]) - SECONDS * 1000 / 40) <= 2  # 40 ms chunks
     assert [decode_media(r).text for r in records[Modality.TEXT]] == ["hello there", "seven eight"]  # type: ignore[union-attr]
@@ -276,11 +277,13 @@ def test_kafka_produce_captions_from_stdin(kafka_bootstrap: str, topic_prefix: s
     after = time.time_ns()
     received = read_topics(kafka_bootstrap, _topics(topic_prefix))
     assert not received[Modality.VIDEO] and not received[Modality.AUDIO]
-    assert counts["records"] == {"video": 0, "audio": 0, "text": 2}
-    segments = [decode_media(decode(m.value)) for m in received[Modality.TEXT]]
+    # Two lines, then the progress record saying the captions ended.
+    assert counts["records"] == {"video": 0, "audio": 0, "text": 3}
+    *records, last = [decode(m.value) for m in received[Modality.TEXT]]
+    assert last.is_progress and last.meta["ended"] and last.t_end_ns == records[-1].t_end_ns
+    segments = [decode_media(r) for r in records]
     assert all(isinstance(s, TextSegment) for s in segments)
     assert [s.text for s in segments] == ["the number is seven", "nine nine"]  # type: ignore[union-attr]
-    records = [decode(m.value) for m in received[Modality.TEXT]]
     assert {m.key for m in received[Modality.TEXT]} == {b"desk"}
     assert all(before <= r.t_end_ns <= after for r in records)  # stamped on arrival
     assert records[1].t_start_ns >= records[0].t_end_ns
@@ -399,3 +402,62 @@ def test_kafka_publish_refuses_a_record_too_large(kafka_bootstrap: str, topic_pr
     assert "video record cam#1" in str(caught.value)
     # What came before the failure was flushed, not lost.
     assert [decode(m.value) for m in read_topics(kafka_bootstrap, topics)[Modality.VIDEO]] == [small]
+
+
+def test_kafka_produce_audio_with_asr(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """`produce audio FILE --asr`: the audio, plus one transcript record per recognised word where it was
+    spoken, and progress records up to the end (docs/wire-format.md#progress)."""
+    import wave
+
+    from fusionstream.stream.sources import SpeechBank
+
+    clips = [next(c for c in SpeechBank.load("all")[d] if c.voice == "en-us") for d in (1, 5, 2)]
+    gap = np.zeros(RATE * 7 // 10, np.float32)
+    audio = np.concatenate([part for clip in clips for part in (gap, clip.samples)] + [gap])
+    path = tmp_path / "digits.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((audio * 32767).astype("<i2").tobytes())
+    counts = _produce(["audio", str(path), "--asr", "--asr-grammar", "digits", "--no-pacing"],
+                      _env(kafka_bootstrap, topic_prefix))
+
+    received = read_topics(kafka_bootstrap, _topics(topic_prefix))
+    assert check_layout(received).keys() == {"digits"}
+    records = [decode(m.value) for m in received[Modality.TEXT]]
+    assert counts["records"]["text"] == len(records)
+    words = [r for r in records if not r.is_progress]
+    progress = [r for r in records if r.is_progress]
+    assert [r.seq for r in records] == list(range(len(records)))  # words and progress share the text seq
+    assert 2 <= len(words) <= 5, [r.payload for r in words]
+    origin = decode(received[Modality.AUDIO][0].value).t_start_ns
+    end = max(decode(m.value).t_end_ns for m in received[Modality.AUDIO])
+    first_clip = origin + len(gap) * NS // RATE
+    assert abs(words[0].t_start_ns - first_clip) < 150 * MS  # stamped when it was spoken
+    assert all(origin <= w.t_start_ns < w.t_end_ns <= end for w in words)
+    assert all(0 <= w.meta["confidence"] <= 1 and w.meta["is_final"] for w in words)
+    assert {decode_media(w).text for w in words} & {"one", "five", "two"}  # type: ignore[union-attr]
+    # Progress never goes back, no word starts before a progress sent earlier, and the last one ends it.
+    assert [p.t_start_ns for p in progress] == sorted(p.t_start_ns for p in progress)
+    for word in words:
+        assert all(p.t_start_ns <= word.t_start_ns for p in progress if p.seq < word.seq)
+    assert progress[-1].meta.get("ended") and abs(progress[-1].t_start_ns - end) <= 10 * MS
+
+
+def test_kafka_produce_asr_refusals(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """`--asr` with `--captions` is refused; `mic --asr` goes as far as the device (this machine has none)."""
+    try:
+        import sounddevice  # noqa: F401
+    except OSError:
+        pass
+    else:
+        pytest.skip("PortAudio is installed: the microphone may exist, and this test would record it")
+    env = _env(kafka_bootstrap, topic_prefix)
+    run = {"env": env, "cwd": REPO_ROOT, "capture_output": True, "text": True, "timeout": DEADLINE_S}
+    mp4, srt = write_mp4(tmp_path / "c.mp4"), tmp_path / "c.srt"
+    srt.write_text(SRT)
+    both = subprocess.run([*FUSIONSTREAM, "produce", "video", str(mp4), "--captions", str(srt), "--asr"], **run)
+    assert both.returncode == 1 and "--asr and --captions" in _one_error_line(both)
+    mic = subprocess.run([*FUSIONSTREAM, "produce", "mic", "--asr"], **run)
+    assert mic.returncode == 1 and "PortAudio" in _one_error_line(mic)

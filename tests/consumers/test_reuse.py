@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusionstream.consumers.pipeline.reuse import EmbeddingCache, WindowEmbedder
-from fusionstream.engines.backends import load_backend
+from fusionstream.consumers.pipeline.reuse import Embedder, EmbeddingCache
+from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.windows import WindowConfig
@@ -40,29 +40,51 @@ def _windows(model_dir: Path, seconds: float = 4) -> list:
 def test_warmed_windows_embed_exactly_as_cold_ones(untrained_model: Path) -> None:
     spec = ModelSpec.load(untrained_model)
     windows = _windows(untrained_model)
-    with load_backend("onnxruntime", untrained_model) as backend:
-        cold = WindowEmbedder(backend, spec)(windows)
-        warm = WindowEmbedder(backend, spec)
+    with open_runtime("onnxruntime", untrained_model) as runtime:
+        assert runtime.embeds_frames, "the format-1 per-frame graph is the video encoder: frames are reused"
+        cold, cold_mask = Embedder(runtime)(windows)
+        warm = Embedder(runtime)
         warm.warm(windows[: len(windows) // 2])
         encoded_ahead = warm.stats.frames_encoded
-        got = warm(windows)
+        got, mask = warm(windows)
     assert encoded_ahead > 0 and warm.audio_warm_hits == len(windows) // 2
     assert warm.stats.frames_needed == len(windows) * spec.frames_per_window  # warming needs nothing itself
-    for a, b in zip(cold, got, strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert list(got) == ["video", "audio", "text"] and mask.shape == (len(windows), 3) and mask.all()
+    np.testing.assert_array_equal(mask, cold_mask)
+    for name in got:
+        np.testing.assert_allclose(cold[name], got[name], rtol=0, atol=1e-6)
+
+
+def test_reused_frames_and_transcripts_embed_as_whole_windows(untrained_model: Path) -> None:
+    """Frame reuse (the per-frame graph, each frame once, the mean per window) gives what the whole-window
+    encoders give, on windows where modalities come and go."""
+    from fusionstream.consumers.training.dataset import windows_of
+
+    spec = ModelSpec.load(untrained_model)
+    config = WindowConfig(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+    windows = list(windows_of(SyntheticAV(SyntheticConfig(streams=2, seconds=6, seed=4)).records(), config))
+    with open_runtime("onnxruntime", untrained_model) as runtime:
+        reused = Embedder(runtime)
+        got, mask = reused(windows)
+        whole, whole_mask = Embedder(runtime, reuse=False)(windows)
+    assert not mask.all() and mask.any(axis=0).all(), "the synthetic source drops some modalities"
+    np.testing.assert_array_equal(mask, whole_mask)
+    assert reused.stats.frames_saved > 0.4 and reused.stats.texts_encoded < reused.stats.texts_needed
+    for column, name in enumerate(got):
+        np.testing.assert_allclose(got[name], whole[name], rtol=0, atol=1e-5)
+        assert not got[name][mask[:, column] == 0].any(), f"{name}: an absent modality's row is not zero"
 
 
 def test_a_window_whose_audio_changed_after_warming_is_encoded_again(untrained_model: Path) -> None:
-    spec = ModelSpec.load(untrained_model)
     window = _windows(untrained_model)[0]
     # What a late chunk does: the window closes with other samples than it was warmed with.
     changed = dataclasses.replace(window, audio=np.roll(window.audio, 4000))
-    with load_backend("onnxruntime", untrained_model) as backend:
-        embedder = WindowEmbedder(backend, spec)
+    with open_runtime("onnxruntime", untrained_model) as runtime:
+        embedder = Embedder(runtime)
         embedder.warm([window])
-        _, audio, _, _ = embedder([changed])
-        _, expected, _, _ = WindowEmbedder(backend, spec)([changed])
-        _, stale, _, _ = WindowEmbedder(backend, spec)([window])
+        audio = embedder([changed])[0]["audio"]
+        expected = Embedder(runtime)([changed])[0]["audio"]
+        stale = Embedder(runtime)([window])[0]["audio"]
     assert embedder.audio_warm_hits == 0
     np.testing.assert_allclose(audio, expected, rtol=0, atol=1e-6)
     assert not np.allclose(audio, stale, atol=1e-3)  # the warmed embedding would have been wrong

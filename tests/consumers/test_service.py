@@ -40,12 +40,11 @@ from test_subscribe import check_api, check_faust, check_tail, read_published  #
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import ClosedWindow, WindowRunner
+from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.report import summarize
 from fusionstream.consumers.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import default_model_dir
-from fusionstream.engines.backends import load_backend
-from fusionstream.engines.spec import ModelSpec
+from fusionstream.engines.backends import open_runtime
 from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record
 from fusionstream.stream.records import Modality, Record
@@ -196,7 +195,7 @@ def test_kafka_service_dead_letters_bad_input_with_its_reason_and_keeps_going(
     assert registry.get_sample_value("fusionstream_late_records_total") == 1
 
 
-class SlowRunner(WindowRunner):
+class SlowRunner(Runner):
     """A real runner made slower than the input, so inference falls behind."""
 
     delay_s = 0.05
@@ -217,9 +216,8 @@ def test_kafka_service_pauses_fetching_when_inference_falls_behind(
         await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
         try:
             await produce(settings, records)
-            spec = ModelSpec.load(untrained_model)
-            with load_backend("onnxruntime", untrained_model, threads=1) as backend:
-                service = InferenceService(settings, SlowRunner(backend, spec), spec,
+            with open_runtime("onnxruntime", untrained_model, threads=1) as runtime:
+                service = InferenceService(settings, SlowRunner(runtime), runtime.manifest,
                                            options=ServiceOptions(instance_id="slow", max_records=50))
                 task = asyncio.create_task(service.run())
                 try:

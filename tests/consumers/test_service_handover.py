@@ -22,10 +22,13 @@ V1 = TopicPartition("fs.video", 1)
 @dataclass
 class FakeAligner:
     resumed: dict[str, int] = field(default_factory=dict)
+    provisional: dict[str, int] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
 
-    def resume(self, stream_id: str, emitted_until_ns: int) -> None:
+    def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None:
         self.resumed[stream_id] = emitted_until_ns
+        if provisional_until_ns is not None:
+            self.provisional[stream_id] = provisional_until_ns
 
     def drop(self, stream_ids: list[str]) -> None:
         self.dropped.extend(stream_ids)
@@ -161,3 +164,29 @@ def test_the_publisher_reports_a_dead_letter_to_the_handover_and_only_its_acknow
         assert h.to_commit()[V0][0] == 2
 
     asyncio.run(scenario())
+
+
+def test_provisional_predictions_are_checkpointed_so_a_restart_does_not_repeat_them() -> None:
+    """Revisions on: a provisional prediction releases no record, but its window is remembered in the
+    checkpoint, and the next owner's aligner is told not to make one again (exactly once per revision)."""
+    h, _ = handover()
+    h.assign({V0: Stored(0, "")})
+    h.fetched(V0, [Rec(0, b"cam-1")])
+    h.admitted(("fs.video", 0, 0), 2)
+    h.prediction_acknowledged(Acked("cam-1", 0, [("fs.video", 0, 0)]))
+    h.provisional_acknowledged(Acked("cam-1", 2 * HOP, []))
+    offset, metadata = h.to_commit()[V0]
+    assert offset == 0, "the record is still needed by the final of its second window"
+    checkpoint = Checkpoint.decode(metadata)
+    assert checkpoint is not None
+    assert checkpoint.streams == {"cam-1": HOP} and checkpoint.provisional == {"cam-1": 3 * HOP}
+    assert '"q"' in metadata and Checkpoint.decode(metadata.replace('"q"', '"x"')).provisional == {}, (
+        "older readers ignore the key")
+
+    again, aligner = handover()
+    again.assign({V0: Stored(offset, metadata)})
+    assert aligner.resumed == {"cam-1": HOP} and aligner.provisional == {"cam-1": 3 * HOP}
+    # Once the finals catch up, the provisional mark is no longer written.
+    again.fetched(V0, [Rec(0, b"cam-1")])
+    again.prediction_acknowledged(Acked("cam-1", 3 * HOP, []))
+    assert Checkpoint.decode(again.to_commit()[V0][1]).provisional == {}

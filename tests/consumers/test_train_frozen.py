@@ -20,7 +20,7 @@ import pytest
 from fusionstream.consumers.training.embed_cache import EmbeddedSet, encoders_key
 from fusionstream.consumers.training.frozen import FrozenOptions, FrozenResult, frozen_train_command
 from fusionstream.consumers.training.frozen_data import coverage
-from fusionstream.engines.backends.manifest_onnx import open_manifest_runtime
+from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.manifest import load_manifest
 from fusionstream.engines.manifest_check import check_model_dir
 from tests.mediafiles import srt_for, write_digit_clip
@@ -113,7 +113,7 @@ def test_multi_label_head_has_sigmoid_scores_and_thresholds(work: Path, encoders
     assert manifest.fusion is not None and manifest.fusion.activation == "sigmoid"
     assert result.metrics["validation"]["micro_f1"] > 0.6
     windows = EmbeddedSet.load(sorted((work / "cache").glob("embeddings-*.npz"))[0])
-    with open_manifest_runtime("onnxruntime", manifest) as runtime:
+    with open_runtime("onnxruntime", manifest.directory) as runtime:
         mask = windows.mask[:7].astype(np.float32)
         scores = runtime.fuse({m: windows.emb[m][:7] * mask[:, i : i + 1] for i, m in enumerate(windows.modalities)},
                               mask)
@@ -171,23 +171,29 @@ def test_cache_key_follows_the_encoder_bytes_not_the_path(tmp_path: Path, encode
     assert encoders_key(load_manifest(copy)) == encoders_key(load_manifest(encoders))
 
 
-@pytest.mark.parametrize("modalities", [("text",), ("video", "audio", "text")])
-def test_projected_heads_take_any_declared_subset(modalities: tuple[str, ...], tmp_path: Path) -> None:
+@pytest.mark.parametrize("modalities", [("text",), ("video", "audio"), ("video", "audio", "text"),
+                                        ("video", "audio", "text", "depth")], ids=len)
+def test_projected_heads_take_any_declared_subset(modalities: tuple[str, ...]) -> None:
     import torch
 
     from fusionstream.engines.fusion import HEADS
     from fusionstream.engines.fusion.projected import ProjectedHead
 
-    sizes = dict(zip(modalities, (24, 40, 8), strict=False))
+    sizes = dict(zip(modalities, (24, 40, 8, 12), strict=False))
     for name in HEADS:
         head = ProjectedHead(name, sizes, 5).eval()
+        assert head.modalities == modalities and head.head.n_modalities == len(modalities), name  # no padding
         embs = [torch.randn(4, s) for s in sizes.values()]
         mask = torch.ones(4, len(sizes))
         mask[0] = 0  # nothing present: still finite
+        mask[1, -1] = 0  # the last modality absent: its embedding cannot matter
+        spoiled = [e.clone() for e in embs]
+        spoiled[-1][1] = float("nan")
         with torch.no_grad():
             out = head(*embs, mask)
             junk = [torch.full_like(e, float("nan")) for e in embs]
             absent = head(*junk, torch.zeros(4, len(sizes)))
+            torch.testing.assert_close(head(*spoiled, mask)[1], out[1])
         assert out.shape == (4, 5) and torch.isfinite(out).all() and torch.isfinite(absent).all(), name
 
 

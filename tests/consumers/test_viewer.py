@@ -140,6 +140,22 @@ def test_multi_label_and_embedding_predictions_show_what_their_model_publishes()
     assert multi.classes == ("person", "car") and prediction("cam", t0).classes == ("7",)
 
 
+def test_a_final_replaces_its_provisional_prediction_and_never_the_reverse() -> None:
+    state = ViewerState()
+    t0 = 1_800_000_000 * NS
+    base = {k: v for k, v in prediction("cam", t0, label="3", score=0.6).to_dict().items() if k != "window_id"}
+    provisional = parse_prediction(base | {"revision": 0, "final": False})
+    final = parse_prediction(base | {"label": "8", "score": 0.95, "revision": 1, "final": True})
+    assert state.on_prediction(provisional, now=1)
+    assert (state.snapshot("cam", now=1) or {})["prediction"]["final"] is False
+    assert state.on_prediction(final, now=2)
+    snap = state.snapshot("cam", now=2) or {}
+    assert (snap["prediction"]["label"], snap["prediction"]["revision"], snap["prediction"]["final"]) == ("8", 1, True)
+    assert [e["label"] for e in snap["timeline"]] == ["8"], "one entry per window: the latest revision"
+    assert not state.on_prediction(provisional, now=3), "a re-read provisional does not undo the final"
+    assert (state.snapshot("cam", now=3) or {})["prediction"]["label"] == "8"
+
+
 def test_audio_level_transcript_filter_and_eviction() -> None:
     state = ViewerState(stream_ids=["cam"], forget_after_s=10)
     t0 = 1_800_000_000 * NS

@@ -1,10 +1,8 @@
-"""Backends against one tiny exported model: same probabilities, the skip rule, validation, lifecycle."""
+"""Backends against one tiny exported model (format 1): export parity, the same probabilities as the
+torch model, the skip rule, validation, lifecycle, through the modality-keyed runtime interface."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,19 +12,18 @@ import torch
 from tinymodels import randomize, tiny_spec
 
 from fusionstream.engines import (
-    Backend,
-    BackendUnavailable,
     Batch,
     EngineError,
     InputError,
-    ModelDirError,
+    Runtime,
     check_parity,
     export_model,
     load_backend,
+    open_runtime,
     random_batch,
 )
 from fusionstream.engines.model import MultimodalModel
-from fusionstream.engines.spec import FRAME_GRAPH, MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
+from fusionstream.engines.spec import MODALITIES, SPEC_FILE, TORCH_WEIGHTS, ModelSpec
 
 #: Every presence pattern (all-absent and all-present included), then random rows.
 PATTERNS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=np.float32)
@@ -46,9 +43,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[MultimodalModel,
 
 
 @pytest.fixture(scope="module")
-def backends(exported: tuple[MultimodalModel, Path]) -> Iterator[dict[str, Backend]]:
+def backends(exported: tuple[MultimodalModel, Path]) -> Iterator[dict[str, Runtime]]:
     _, model_dir = exported
-    with load_backend("torch", model_dir) as pt, load_backend("onnxruntime", model_dir, threads=1) as ort:
+    with open_runtime("torch", model_dir) as pt, load_backend("onnxruntime", model_dir, threads=1) as ort:
         yield {"torch": pt, "onnxruntime": ort}
 
 
@@ -58,40 +55,49 @@ def mixed_batch(spec: ModelSpec, seed: int = 0) -> Batch:
     return Batch(batch.video, batch.audio, batch.text, mask)
 
 
-def with_junk(batch: Batch, seed: int = 1) -> Batch:
-    """The same batch with huge random values in every absent modality's rows."""
-    rng = np.random.default_rng(seed)
-    arrays = {name: getattr(batch, name).copy() for name in MODALITIES}
-    for column, name in enumerate(MODALITIES):
-        absent = batch.mask[:, column] == 0
-        if name == "text":
-            arrays[name][absent] = rng.integers(1, 97, arrays[name][absent].shape)
-        else:
-            arrays[name][absent] = rng.normal(0, 1e4, arrays[name][absent].shape)
-    return Batch(arrays["video"], arrays["audio"], arrays["text"], batch.mask)
+def feed(runtime: Runtime, modality: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Format-1 model inputs as the encoder's feed (single frames for the per-frame video encoder)."""
+    if modality == "video" and runtime.embeds_frames:
+        x = x.reshape(-1, *x.shape[2:])
+    (tensor,) = runtime.encoder(modality).inputs.values()
+    return {tensor.name: x}
+
+
+def embeddings(runtime: Runtime, batch: Batch) -> dict[str, np.ndarray]:
+    """What a caller does: encode each modality's present rows only, zeros elsewhere."""
+    out = {}
+    for column, modality in enumerate(MODALITIES):
+        rows = np.flatnonzero(batch.mask[:, column])
+        emb = np.zeros((len(batch), runtime.sizes[modality]), np.float32)
+        got = runtime.encode(modality, feed(runtime, modality, getattr(batch, modality)[rows]))
+        per_frame = modality == "video" and runtime.embeds_frames
+        emb[rows] = got.reshape(len(rows), -1, got.shape[1]).mean(axis=1) if per_frame else got
+        out[modality] = emb
+    return out
 
 
 def test_export_parity_errors_are_small(exported: tuple[MultimodalModel, Path]) -> None:
     model, model_dir = exported
     errors = check_parity(model, model_dir, batch_sizes=(1, 3))
-    assert set(errors) == {*MODALITIES, "fusion", FRAME_GRAPH}
+    assert set(errors) == {*MODALITIES, "fusion"}  # video: the per-frame graph the runtime serves
     assert max(errors.values()) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
 def test_frame_embeddings_average_to_the_video_embedding(
-    name: str, exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]
+    name: str, exported: tuple[MultimodalModel, Path], backends: dict[str, Runtime]
 ) -> None:
-    # The identity the pipeline's frame cache relies on: video(window) == mean(frame(f) for its K frames).
+    # The identity the per-frame video encoder relies on: video(window) == mean(frame(f) for its K frames).
     model, _ = exported
     backend = backends[name]
     video = random_batch(model.spec, 3, 7, p_present=1.0).video
-    whole = backend.encode("video", video)
+    with torch.no_grad():
+        whole = model.encoders["video"](torch.from_numpy(video)).numpy()
     frames = backend.encode_frames(video.reshape(-1, *video.shape[2:]))
     assert backend.embeds_frames and frames.shape == (3 * model.spec.frames_per_window, model.spec.embed_dim)
     np.testing.assert_allclose(frames.reshape(3, -1, frames.shape[1]).mean(axis=1), whole, rtol=0, atol=1e-5)
     assert np.abs(whole).max() > 0.1
-    with pytest.raises(InputError, match="frames must be float32"):
+    with pytest.raises(InputError, match=r"video input 'frame' must be float32 \[n, 3, 16, 16\]"):
         backend.encode_frames(video)  # whole windows, not single frames
 
 
@@ -125,11 +131,11 @@ def test_check_parity_catches_a_mismatch(exported: tuple[MultimodalModel, Path])
 
 
 def test_backends_agree_with_each_other_and_with_torch(
-    exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]
+    exported: tuple[MultimodalModel, Path], backends: dict[str, Runtime]
 ) -> None:
     model, _ = exported
     batch = mixed_batch(model.spec)
-    probs = {name: backend.infer(batch) for name, backend in backends.items()}
+    probs = {name: backend.fuse(embeddings(backend, batch), batch.mask) for name, backend in backends.items()}
     with torch.no_grad():
         tensors = (torch.from_numpy(getattr(batch, name)) for name in (*MODALITIES, "mask"))
         expected = torch.softmax(model(*tensors), dim=-1).numpy()
@@ -142,151 +148,95 @@ def test_backends_agree_with_each_other_and_with_torch(
 
 
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
-def test_absent_modality_skips_its_encoder(
-    name: str, exported: tuple[MultimodalModel, Path], backends: dict[str, Backend], monkeypatch: pytest.MonkeyPatch
+def test_absent_rows_cost_nothing(
+    name: str, exported: tuple[MultimodalModel, Path], backends: dict[str, Runtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model, _ = exported
     backend = backends[name]
     batch = mixed_batch(model.spec)
     calls: list[tuple[str, int]] = []
     encode = backend._encode_impl
-    monkeypatch.setattr(backend, "_encode_impl", lambda m, x: calls.append((m, len(x))) or encode(m, x))
-    clean = backend.infer(batch)
-    assert calls == [(m, int(batch.mask[:, i].sum())) for i, m in enumerate(MODALITIES)]  # present rows only
-    np.testing.assert_array_equal(backend.infer(with_junk(batch)), clean)
-
-    calls.clear()
+    monkeypatch.setattr(backend, "_encode_impl", lambda m, f: calls.append((m, len(next(iter(f.values())))))
+                        or encode(m, f))
     only_video = Batch(batch.video, batch.audio, batch.text, np.tile(np.float32([1, 0, 0]), (len(batch), 1)))
-    backend.infer(only_video)
-    assert calls == [("video", len(batch))]  # absent from the whole batch: no encoder call at all
-
-
-def test_embeddings_then_fuse_equals_infer(
-    exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]
-) -> None:
-    model, _ = exported
-    batch = mixed_batch(model.spec)
-    for backend in backends.values():
-        video, audio, text = backend.infer_embeddings(batch)
-        for column, emb in enumerate((video, audio, text)):
-            assert emb.shape == (len(batch), model.spec.embed_dim)
-            assert not emb[batch.mask[:, column] == 0].any()
-        np.testing.assert_allclose(backend.fuse(video, audio, text, batch.mask), backend.infer(batch), atol=1e-6)
-        present = batch.mask[:, 0] == 1
-        np.testing.assert_allclose(backend.encode("video", batch.video[present]), video[present], atol=1e-5)
-        assert backend.encode("text", batch.text[:0]).shape == (0, model.spec.embed_dim)
-
-
-def _replace(batch: Batch, **arrays: np.ndarray) -> Batch:
-    fields = {name: getattr(batch, name) for name in (*MODALITIES, "mask")} | arrays
-    return Batch(**fields)
+    out = backend.fuse(embeddings(backend, only_video), only_video.mask)
+    frames = model.spec.frames_per_window
+    assert calls == [("video", len(batch) * frames)]  # absent from the whole batch: no encoder call at all
+    with torch.no_grad():
+        junk = torch.from_numpy(batch.audio) * 1e4  # what absent rows hold does not matter
+        tensors = [torch.from_numpy(batch.video), junk, torch.from_numpy(batch.text), torch.from_numpy(only_video.mask)]
+        np.testing.assert_allclose(out, torch.softmax(model(*tensors), dim=-1).numpy(), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
-    "spoil",
+    ("modality", "spoil", "message"),
     [
-        pytest.param(lambda b: _replace(b, video=b.video[:, :1]), id="frames"),
-        pytest.param(lambda b: _replace(b, video=np.ascontiguousarray(b.video[..., :8, :8])), id="image-size"),
-        pytest.param(lambda b: _replace(b, audio=b.audio[:, :-1]), id="audio-length"),
-        pytest.param(lambda b: _replace(b, text=b.text[:, :5]), id="text-length"),
-        pytest.param(lambda b: _replace(b, text=b.text + 1000), id="text-id-range"),
-        pytest.param(lambda b: _replace(b, text=b.text - 1), id="negative-text-id"),
+        pytest.param("video", lambda x: x[:, :1], r"video input 'frame' must be float32 \[n, 3, 16, 16\]", id="rank"),
+        pytest.param("video", lambda x: np.ascontiguousarray(x[..., :8, :8]), "frame", id="image-size"),
+        pytest.param("audio", lambda x: x[:, :-1], r"audio input 'audio' must be float32 \[n, 3200\]", id="length"),
+        pytest.param("audio", lambda x: x.astype(np.float64), "float32", id="dtype"),
+        pytest.param("text", lambda x: x[:, :5], r"\[n, 24\]", id="text-length"),
+        pytest.param("text", lambda x: x + 1000, r"text ids must be in \[0, 97\)", id="text-id-range"),
+        pytest.param("text", lambda x: x - 1, r"text ids must be in \[0, 97\), got \[-1", id="negative-text-id"),
     ],
 )
 @pytest.mark.parametrize("name", ["torch", "onnxruntime"])
-def test_batches_that_do_not_fit_the_model_raise(
-    name: str, spoil: object, exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]
+def test_inputs_that_do_not_fit_the_model_raise(
+    name: str, modality: str, spoil: object, message: str, exported: tuple[MultimodalModel, Path],
+    backends: dict[str, Runtime]
 ) -> None:
     model, _ = exported
-    bad = spoil(random_batch(model.spec, 3, 0))  # type: ignore[operator]
-    with pytest.raises(InputError):
-        backends[name].infer(bad)
+    backend = backends[name]
+    x = getattr(random_batch(model.spec, 3, 0), modality)
+    x = x[:, 0] if modality == "video" else x  # single frames for the per-frame encoder
+    (tensor,) = backend.encoder(modality).inputs.values()
+    with pytest.raises(InputError, match=message):
+        backend.encode(modality, {tensor.name: spoil(x)})  # type: ignore[operator]
 
 
-def test_step_apis_validate(exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]) -> None:
+def test_step_apis_validate(exported: tuple[MultimodalModel, Path], backends: dict[str, Runtime]) -> None:
     model, _ = exported
     backend = backends["onnxruntime"]
     d = model.spec.embed_dim
     good = np.zeros((2, d), np.float32)
     mask = np.ones((2, 3), np.float32)
-    with pytest.raises(InputError, match="unknown modality"):
-        backend.encode("smell", good)
-    with pytest.raises(InputError, match="audio inputs"):
-        backend.encode("audio", np.zeros((2, 5), np.float32))
+    with pytest.raises(InputError, match="does not use smell"):
+        backend.encode("smell", {"smell": good})
+    with pytest.raises(InputError, match="audio input"):
+        backend.encode("audio", {"audio": np.zeros((2, 5), np.float32)})
     with pytest.raises(InputError, match="text embeddings"):
-        backend.fuse(good, good, good[:1], mask)
+        backend.fuse({"video": good, "audio": good, "text": good[:1]}, mask)
     with pytest.raises(InputError, match="video embeddings"):
-        backend.fuse(good.astype(np.float64), good, good, mask)
-    with pytest.raises(InputError, match="Batch"):
-        backend.infer((good, good, good, mask))  # type: ignore[arg-type]
+        backend.fuse({"video": good.astype(np.float64), "audio": good, "text": good}, mask)
+    with pytest.raises(InputError, match="mask must hold only 0"):
+        backend.fuse({"video": good, "audio": good, "text": good}, mask * 2)
+    assert backend.encode("text", {"text": np.zeros((0, 24), np.int64)}).shape == (0, d)
 
 
 def test_lifecycle(exported: tuple[MultimodalModel, Path]) -> None:
     _, model_dir = exported
-    backend = load_backend("onnxruntime", model_dir)
-    batch = random_batch(backend.spec, 2, 0)
+    backend = load_backend("onnxruntime", model_dir)  # the former name of open_runtime
+    assert load_backend is open_runtime
+    probe = {"audio": np.zeros((2, 3200), np.float32)}
     with pytest.raises(EngineError, match="not active"):
-        backend.infer(batch)
+        backend.encode("audio", probe)
+    assert backend.preprocess is None
     with backend:
-        assert backend.is_active
-        assert backend.infer(batch).shape == (2, 5)
+        assert backend.is_active and backend.preprocess is not None
+        assert backend.encode("audio", probe).shape == (2, 16)
         with pytest.raises(EngineError, match="already active"):
             backend.activate()
     assert not backend.is_active
     backend.release()  # twice is fine
     with pytest.raises(EngineError, match="not active"):
-        backend.infer(batch)
-
-
-def test_load_backend_errors(exported: tuple[MultimodalModel, Path], tmp_path: Path) -> None:
-    _, model_dir = exported
-    with pytest.raises(EngineError, match="unknown backend"):
-        load_backend("tpu", model_dir)
-    with pytest.raises(EngineError, match="unknown option"):
-        load_backend("onnxruntime", model_dir, thread_count=2)
-    with pytest.raises(EngineError, match="not both"):
-        load_backend("onnxruntime", model_dir, threads=2, intra_op_num_threads=2)
-    with pytest.raises(EngineError, match="fp16 needs a CUDA device"):
-        load_backend("torch", model_dir, fp16=True)
-    with pytest.raises(ModelDirError, match="not a model directory"):
-        load_backend("onnxruntime", tmp_path)
-    partial = tmp_path / "partial"
-    shutil.copytree(model_dir, partial)
-    (partial / "audio.onnx").unlink()
-    with pytest.raises(ModelDirError, match=r"lacks audio\.onnx"):
-        load_backend("onnxruntime", partial)
-    load_backend("torch", partial)  # the torch backend reads model.pt only
-    with (
-        pytest.raises(BackendUnavailable, match="GPUExecutionProvider"),
-        load_backend("onnxruntime", model_dir, providers=["GPUExecutionProvider"]),
-    ):
-        pass
-
-
-def test_torch_backend_rejects_weights_of_another_architecture(
-    exported: tuple[MultimodalModel, Path], tmp_path: Path
-) -> None:
-    _, model_dir = exported
-    other = tmp_path / "other"
-    shutil.copytree(model_dir, other)
-    doc = json.loads((other / SPEC_FILE).read_text())
-    doc["fusion"] = "gmu"
-    (other / SPEC_FILE).write_text(json.dumps(doc))
-    with pytest.raises(EngineError, match=r"model\.pt does not match"), load_backend("torch", other):
-        pass
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
-def test_tensorrt_is_unavailable_without_tensorrt(exported: tuple[MultimodalModel, Path]) -> None:
-    _, model_dir = exported
-    with pytest.raises(BackendUnavailable, match=r"tensorrt.*not installed.*onnxruntime"):
-        load_backend("tensorrt", model_dir)
+        backend.encode("audio", probe)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_torch_cuda_fp16_is_close_to_cpu(exported: tuple[MultimodalModel, Path], backends: dict[str, Backend]) -> None:
+def test_torch_cuda_fp16_is_close_to_cpu(exported: tuple[MultimodalModel, Path], backends: dict[str, Runtime]) -> None:
     model, model_dir = exported
     batch = mixed_batch(model.spec)
-    with load_backend("torch", model_dir, device="cuda", fp16=True) as gpu:
-        np.testing.assert_allclose(gpu.infer(batch), backends["torch"].infer(batch), atol=2e-2)
+    with open_runtime("torch", model_dir, device="cuda", fp16=True) as gpu:
+        np.testing.assert_allclose(gpu.fuse(embeddings(gpu, batch), batch.mask),
+                                   backends["torch"].fuse(embeddings(backends["torch"], batch), batch.mask), atol=2e-2)

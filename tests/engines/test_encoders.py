@@ -1,7 +1,9 @@
-"""Encoders: shapes, the fixed-basis log-mel front end against torch.stft, and the invariances they promise."""
+"""Encoders: shapes, the fixed-basis log-mel front end against torch.stft, the invariances they promise, and
+``MultimodalModel``'s encoders by modality with model.pt's names."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,9 @@ from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
 from fusionstream.engines.features import random_batch
 from fusionstream.engines.model import MultimodalModel
-from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT
+from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT, MODALITIES, TORCH_WEIGHTS, ModelSpec
+
+SHIPPED = Path(__file__).resolve().parents[2] / "engines" / "models" / "default"
 
 
 def test_dft_conv_matches_torch_stft() -> None:
@@ -67,10 +71,49 @@ def test_half_precision_model_stays_close(name: str, options: dict[str, Any]) ->
     spec = tiny_spec(name, fusion_options=options)
     model = randomize(MultimodalModel(spec)).eval()
     batch = random_batch(spec, 3, 0)
-    inputs = [torch.from_numpy(getattr(batch, n)) for n in ("video", "audio", "text", "mask")]
+    inputs = [torch.from_numpy(getattr(batch, n)) for n in (*model.modalities, "mask")]
     with torch.no_grad():
         expected = torch.softmax(model(*inputs), dim=-1)
         model.half()
-        model.audio_encoder.frontend.float()
+        model.encoders["audio"].frontend.float()
         got = torch.softmax(model(*(t.half() if t.is_floating_point() else t for t in inputs)).float(), dim=-1)
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-2)
+
+
+def test_the_shipped_model_pt_loads_strict_and_is_written_back_the_same() -> None:
+    spec = ModelSpec.load(SHIPPED)
+    stored = torch.load(SHIPPED / TORCH_WEIGHTS, map_location="cpu", weights_only=True)
+    names, versions = list(stored), dict(stored._metadata)
+    model = MultimodalModel(spec)
+    model.load_state_dict(stored, strict=True)
+    assert tuple(model.encoders) == model.modalities == MODALITIES
+    assert model.video_encoder is model.encoders["video"]  # the old attribute names still reach them
+    saved = model.state_dict()
+    assert list(saved) == names  # ``video_encoder.*`` etc. on disk, in the same order
+    assert dict(saved._metadata) == versions
+    assert all(torch.equal(saved[k], stored[k]) for k in names)
+    assert set(model.count_parameters()) == {*MODALITIES, "fusion", "total"}
+
+
+def test_the_shipped_head_matches_the_shipped_fusion_graph() -> None:
+    # The head, generalised to M modalities, still computes what fusion.onnx (exported before) does.
+    import onnxruntime as ort
+
+    spec = ModelSpec.load(SHIPPED)
+    model = MultimodalModel(spec).eval()
+    model.load_state_dict(torch.load(SHIPPED / TORCH_WEIGHTS, map_location="cpu", weights_only=True))
+    session = ort.InferenceSession(str(SHIPPED / spec.files["fusion"]), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    emb = [rng.standard_normal((8, spec.embed_dim), dtype=np.float32) for _ in MODALITIES]
+    mask = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], np.float32)
+    (got,) = session.run(None, dict(zip(MODALITIES, emb, strict=True)) | {"mask": mask})
+    with torch.no_grad():
+        expected = torch.softmax(model.head(*map(torch.from_numpy, (*emb, mask))), dim=-1).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_model_takes_one_input_per_modality_and_a_mask() -> None:
+    model = MultimodalModel(tiny_spec("concat"))
+    batch = random_batch(model.spec, 2, 0)
+    with pytest.raises(ValueError, match="one input per modality \\(video, audio, text\\) and a mask, got 3"):
+        model(*(torch.from_numpy(getattr(batch, n)) for n in ("video", "audio", "mask")))

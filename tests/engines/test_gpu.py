@@ -1,5 +1,6 @@
 """GPU backends: the TensorRT engine cache (its key is checked everywhere), and on a machine with an
-NVIDIA GPU: TensorRT parity with ONNX Runtime, cache reuse and rebuild, torch CUDA graphs.
+NVIDIA GPU: TensorRT parity with ONNX Runtime on both model formats, cache reuse and rebuild, torch
+CUDA graphs (both formats).
 
 ``scripts/gpu_check.sh`` runs the GPU half with ``-m gpu``.
 """
@@ -16,9 +17,11 @@ import pytest
 import torch
 from tinymodels import randomize, tiny_spec
 
-from fusionstream.engines import Backend, export_model, load_backend, random_batch
+from fusionstream.engines import Runtime, export_model, open_runtime
 from fusionstream.engines.backends.tensorrt import EngineKey, default_cache_dir
+from fusionstream.engines.bench import embed, random_inputs
 from fusionstream.engines.model import MultimodalModel
+from tests.v2models import write_v2_model
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -56,20 +59,32 @@ def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPat
     assert default_cache_dir() == tmp_path / "xdg" / "fusionstream" / "tensorrt"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["format-1", "format-2"])
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gpu-model")
+    if request.param == "format-2":  # the shipped encoders with an exported head
+        return write_v2_model(out / "model", ("video", "audio", "text"))
     torch.manual_seed(0)
     spec = tiny_spec("gmu")
-    out = tmp_path_factory.mktemp("gpu-model")
     export_model(randomize(MultimodalModel(spec)).eval(), spec, out)
     return out
 
 
-def _agree(backend: Backend, reference: Backend, atol: float) -> None:
-    batch = random_batch(reference.spec, 12, 3)
-    np.testing.assert_allclose(backend.infer(batch), reference.infer(batch), atol=atol)
-    frames = batch.video.reshape(-1, *batch.video.shape[2:])
-    np.testing.assert_allclose(backend.encode_frames(frames), reference.encode_frames(frames), atol=atol * 10)
+def _outputs(runtime: Runtime, rows: int, seed: int) -> np.ndarray:
+    feeds = random_inputs(runtime, rows, seed)
+    mask = (np.random.default_rng(seed).random((rows, len(runtime.modalities))) < 0.7).astype(np.float32)
+    windows = embed(runtime, feeds, rows)
+    for column, modality in enumerate(runtime.modalities):
+        windows[modality][mask[:, column] == 0] = 0
+    return runtime.fuse(windows, mask)
+
+
+def _agree(backend: Runtime, reference: Runtime, atol: float, rows: int = 12) -> None:
+    np.testing.assert_allclose(_outputs(backend, rows, 3), _outputs(reference, rows, 3), atol=atol)
+    if reference.embeds_frames:
+        frames = random_inputs(reference, 3, 5)["video"]
+        np.testing.assert_allclose(backend.encode_frames(next(iter(frames.values()))),
+                                   reference.encode_frames(next(iter(frames.values()))), atol=atol * 10)
 
 
 @pytest.mark.gpu
@@ -77,13 +92,13 @@ def _agree(backend: Backend, reference: Backend, atol: float) -> None:
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_tensorrt_matches_onnxruntime_and_reuses_its_cache(model_dir: Path, tmp_path: Path, fp16: bool) -> None:
     cache = tmp_path / "plans"
-    with load_backend("onnxruntime", model_dir) as reference:
-        with load_backend("tensorrt", model_dir, fp16=fp16, cache_dir=cache, max_batch=16, opt_batch=8) as trt:
+    with open_runtime("onnxruntime", model_dir) as reference:
+        with open_runtime("tensorrt", model_dir, fp16=fp16, cache_dir=cache, max_batch=16, opt_batch=8) as trt:
             assert sorted(trt.built) == sorted(trt.graphs())  # an empty cache: every engine built
+            assert set(trt.graphs()) == {*trt.modalities, "fusion"}
             _agree(trt, reference, atol=2e-2 if fp16 else 1e-3)
-            batch = random_batch(reference.spec, 40, 4)  # beyond max_batch: run in slices
-            np.testing.assert_allclose(trt.infer(batch), reference.infer(batch), atol=2e-2 if fp16 else 1e-3)
-        with load_backend("tensorrt", model_dir, fp16=fp16, cache_dir=cache, max_batch=16, opt_batch=8) as again:
+            _agree(trt, reference, atol=2e-2 if fp16 else 1e-3, rows=40)  # beyond max_batch: run in slices
+        with open_runtime("tensorrt", model_dir, fp16=fp16, cache_dir=cache, max_batch=16, opt_batch=8) as again:
             assert again.built == []  # every plan came from the cache
 
 
@@ -93,13 +108,15 @@ def test_tensorrt_rebuilds_when_the_onnx_file_changes(model_dir: Path, tmp_path:
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
     cache = tmp_path / "plans"
-    with load_backend("tensorrt", copy, cache_dir=cache, max_batch=8, opt_batch=4):
-        pass
-    torch.manual_seed(1)
-    spec = tiny_spec("gmu")
-    export_model(randomize(MultimodalModel(spec)).eval(), spec, copy)  # new weights, same file names
-    with load_backend("tensorrt", copy, cache_dir=cache, max_batch=8, opt_batch=4) as rebuilt:
-        assert set(rebuilt.built) == set(rebuilt.graphs())
+    with open_runtime("tensorrt", copy, cache_dir=cache, max_batch=8, opt_batch=4) as first:
+        fusion = copy / first.graph_files()["fusion"]
+    import onnx
+
+    graph = onnx.load(str(fusion))
+    onnx.helper.set_model_props(graph, {"note": "same graph, another file"})
+    onnx.save(graph, str(fusion))
+    with open_runtime("tensorrt", copy, cache_dir=cache, max_batch=8, opt_batch=4) as rebuilt:
+        assert rebuilt.built == ["fusion"]  # only the changed graph
 
 
 @pytest.mark.gpu
@@ -107,10 +124,10 @@ def test_tensorrt_rebuilds_when_the_onnx_file_changes(model_dir: Path, tmp_path:
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_torch_cuda_graphs_match_eager(model_dir: Path, fp16: bool) -> None:
     with (
-        load_backend("torch", model_dir) as cpu,
-        load_backend("torch", model_dir, device="cuda", fp16=fp16, cuda_graphs=True, max_batch=16) as graphed,
+        open_runtime("torch", model_dir) as cpu,
+        open_runtime("torch", model_dir, device="cuda", fp16=fp16, cuda_graphs=True, max_batch=16) as graphed,
     ):
         for size in (1, 5, 16, 37):  # buckets 1, 8, 16, and slices beyond max_batch
-            batch = random_batch(cpu.spec, size, size)
-            np.testing.assert_allclose(graphed.infer(batch), cpu.infer(batch), atol=2e-2 if fp16 else 1e-4)
-        assert {bucket for _, bucket in graphed._graphs} <= {1, 2, 4, 8, 16}
+            np.testing.assert_allclose(_outputs(graphed, size, size), _outputs(cpu, size, size),
+                                       atol=2e-2 if fp16 else 1e-4)
+        assert {key[1] for key in graphed._graphs} <= {1, 2, 4, 8, 16}

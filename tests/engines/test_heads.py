@@ -1,4 +1,5 @@
-"""Fusion heads, all held to the same checks: shape, masking, the all-absent row, gradients, ONNX parity."""
+"""Fusion heads, all held to the same checks for any number of modalities M: shape, masking, the
+all-absent row, gradients, ONNX parity. M = 4 is there to show a new modality needs no head change."""
 
 from __future__ import annotations
 
@@ -10,92 +11,124 @@ import pytest
 import torch
 from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 
-from fusionstream.engines.export import FusionProbs, export_graph
-from fusionstream.engines.fusion import HEADS, FusionHead, make_head
+from fusionstream.engines.export import export_graph
+from fusionstream.engines.fusion import HEADS, FusionHead, fixed_arity, make_head
 from fusionstream.engines.model import MultimodalModel, modality_dropout
-from fusionstream.engines.spec import FUSION_HEADS, MODALITIES
+from fusionstream.engines.spec import FUSION_HEADS
 
 D, C, B = 16, 5, 6
 
 heads = pytest.mark.parametrize(("name", "options"), HEAD_CONFIGS, ids=HEAD_IDS)
+any_m = pytest.mark.parametrize("m", [1, 2, 3, 4], ids=lambda m: f"M{m}")
 
 
-def build(name: str, options: dict[str, Any], seed: int = 0) -> FusionHead:
+def build(name: str, options: dict[str, Any], m: int = 3, seed: int = 0) -> FusionHead:
     torch.manual_seed(seed)
-    return randomize(make_head(name, D, C, **options)).eval()
+    return randomize(make_head(name, D, C, modalities=m, **options)).eval()
 
 
-def embeddings(size: int = B, seed: int = 1) -> list[torch.Tensor]:
+def embeddings(m: int = 3, size: int = B, seed: int = 1) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(size, D, generator=generator) for _ in MODALITIES]
+    return [torch.randn(size, D, generator=generator) for _ in range(m)]
 
 
-#: Every presence pattern, twice, so each modality is absent in some rows and present in others.
-ALL_MASKS = torch.tensor([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)] * 2, dtype=torch.float32)
+def all_masks(m: int) -> torch.Tensor:
+    """Every presence pattern of M columns, twice, so each modality is absent in some rows and present in others."""
+    rows = [[(i >> (m - 1 - c)) & 1 for c in range(m)] for i in range(2**m)]
+    return torch.tensor(rows * 2, dtype=torch.float32)
 
 
 def test_registry_matches_spec() -> None:
     assert tuple(HEADS) == FUSION_HEADS  # model.json validation uses FUSION_HEADS without importing torch
     with pytest.raises(ValueError, match="unknown fusion head"):
         make_head("nope", D, C)
+    with pytest.raises(ValueError, match="at least 1"):
+        make_head("concat", D, C, modalities=0)
 
 
 @heads
-def test_output_shape_and_finite(name: str, options: dict[str, Any]) -> None:
-    head = build(name, options)
-    logits = head(*embeddings(), torch.ones(B, 3))
+@any_m
+def test_output_shape_and_finite(name: str, options: dict[str, Any], m: int) -> None:
+    head = build(name, options, m)
+    logits = head(*embeddings(m), torch.ones(B, m))
     assert logits.shape == (B, C)
     assert torch.isfinite(logits).all()
 
 
 @heads
+def test_the_number_of_embeddings_is_checked(name: str, options: dict[str, Any]) -> None:
+    head = build(name, options, 2)
+    with pytest.raises(ValueError, match=f"{name} head built for 2 modalities: .* got 4 tensors"):
+        head(*embeddings(3), torch.ones(B, 3))
+
+
+@heads
+@any_m
 @pytest.mark.parametrize("junk", [1e6, -1e6, float("nan"), float("inf")], ids=["big", "-big", "nan", "inf"])
-def test_absent_modality_has_no_influence(name: str, options: dict[str, Any], junk: float) -> None:
-    head = build(name, options)
-    emb = embeddings(len(ALL_MASKS))
+def test_absent_modality_has_no_influence(name: str, options: dict[str, Any], m: int, junk: float) -> None:
+    head = build(name, options, m)
+    masks = all_masks(m)
+    emb = embeddings(m, len(masks))
     with torch.no_grad():
-        reference = head(*emb, ALL_MASKS)
-        for column in range(3):
-            absent = ALL_MASKS[:, column] == 0
+        reference = head(*emb, masks)
+        for column in range(m):
+            absent = masks[:, column] == 0
             spoiled = [e.clone() for e in emb]
             spoiled[column][absent] = junk
-            torch.testing.assert_close(head(*spoiled, ALL_MASKS), reference, rtol=0, atol=1e-6)
+            torch.testing.assert_close(head(*spoiled, masks), reference, rtol=0, atol=1e-6)
     assert torch.isfinite(reference).all()
 
 
 @heads
-def test_present_modalities_do_influence(name: str, options: dict[str, Any]) -> None:
+@any_m
+def test_present_modalities_do_influence(name: str, options: dict[str, Any], m: int) -> None:
     # The converse of the test above, so a head that ignored everything could not pass both.
-    head = build(name, options)
-    emb = embeddings()
-    mask = torch.ones(B, 3)
+    head = build(name, options, m)
+    emb = embeddings(m)
+    mask = torch.ones(B, m)
     with torch.no_grad():
         reference = head(*emb, mask)
-        for column in range(3):
+        for column in range(m):
             changed = [e.clone() for e in emb]
             changed[column] = torch.randn(B, D) * 3
             assert not torch.allclose(head(*changed, mask), reference)
 
 
 @heads
-def test_all_absent_rows_are_finite_and_constant(name: str, options: dict[str, Any]) -> None:
-    head = build(name, options)
-    emb = embeddings()
+@any_m
+def test_all_absent_rows_are_finite_and_constant(name: str, options: dict[str, Any], m: int) -> None:
+    head = build(name, options, m)
+    emb = embeddings(m)
     emb[0][0] = float("nan")
     with torch.no_grad():
-        logits = head(*emb, torch.zeros(B, 3))
+        logits = head(*emb, torch.zeros(B, m))
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, logits[:1].expand(B, C))  # learned "nothing", independent of inputs
 
 
 @heads
-def test_forward_train_gives_scalar_aux_loss(name: str, options: dict[str, Any]) -> None:
-    head = build(name, options).train()
-    logits, aux = head.forward_train(*embeddings(), ALL_MASKS[:B])
+@any_m
+def test_forward_train_gives_scalar_aux_loss(name: str, options: dict[str, Any], m: int) -> None:
+    head = build(name, options, m).train()
+    logits, aux = head.forward_train(*embeddings(m), all_masks(m).repeat(B, 1)[:B])
     assert logits.shape == (B, C)
     assert aux.shape == () and torch.isfinite(aux) and aux >= 0
     if name == "vae":
         assert aux > 0  # KL + reconstruction
+
+
+@heads
+def test_per_modality_parameters_follow_m(name: str, options: dict[str, Any]) -> None:
+    # Built for 3, a head has exactly the parameters it always had (the shipped model.pt loads into it:
+    # test_encoders.py); each extra modality adds the same per-modality parameters, nothing else changes.
+    shapes = {m: {k: tuple(v.shape) for k, v in build(name, options, m).state_dict().items()} for m in (2, 3, 4)}
+    grown = {k for k in shapes[4] if k not in shapes[3] or shapes[4][k] != shapes[3][k]}
+    assert grown, "nothing in the head depends on the number of modalities"
+    for k in grown - set(shapes[3]):  # new entries are a per-modality module's (…s.3.…)
+        assert ".3." in k, k
+    for k in grown & set(shapes[3]):  # resized entries grew linearly in M
+        step = np.subtract(shapes[4][k], shapes[3][k])
+        assert (np.subtract(shapes[3][k], shapes[2][k]) == step).all(), k
 
 
 @heads
@@ -108,43 +141,42 @@ def test_gradients_reach_every_encoder(name: str, options: dict[str, Any]) -> No
     text = torch.randint(1, spec.text_buckets, (4, spec.text_max_len))
     logits, aux = model.forward_train(video, audio, text, torch.ones(4, 3))
     (torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])) + aux).backward()
-    for part in (model.video_encoder, model.audio_encoder, model.text_encoder, model.head):
+    for part in (*model.encoders.values(), model.head):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient reaches {type(part).__name__}"
 
 
 @heads
-def test_onnx_export_parity(name: str, options: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("m", [2, 3], ids=lambda m: f"M{m}")
+def test_onnx_export_parity(name: str, options: dict[str, Any], m: int, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    fusion = FusionProbs(build(name, options)).eval()
-    path = export_graph(
-        fusion,
-        (*embeddings(2), torch.ones(2, 3)),
-        tmp_path / "fusion.onnx",
-        input_names=[*MODALITIES, "mask"],
-        output_name="probs",
-    )
+    head = build(name, options, m)
+    fusion = fixed_arity(head, m).eval()  # torch.export binds inputs to named parameters
+    names = [f"emb{i}" for i in range(m)]
+    path = export_graph(fusion, (*embeddings(m, 2), torch.ones(2, m)), tmp_path / "fusion.onnx",
+                        input_names=[*names, "mask"], output_name="logits")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for size, seed in ((1, 2), (5, 3), (len(ALL_MASKS), 4)):
-        emb = embeddings(size, seed)
-        mask = ALL_MASKS[:size] if size == len(ALL_MASKS) else (torch.rand(size, 3) < 0.6).float()
-        for column in range(3):
+    masks = all_masks(m)
+    for size, seed in ((1, 2), (5, 3), (len(masks), 4)):
+        emb = embeddings(m, size, seed)
+        mask = masks if size == len(masks) else (torch.rand(size, m) < 0.6).float()
+        for column in range(m):
             emb[column][mask[:, column] == 0] = float("nan")  # ONNX Runtime must mask exactly like torch
         with torch.no_grad():
-            expected = fusion(*emb, mask).numpy()
-        feeds = {name: e.numpy() for name, e in zip(MODALITIES, emb, strict=True)} | {"mask": mask.numpy()}
-        got = session.run(["probs"], feeds)[0]
+            expected = torch.softmax(head(*emb, mask), dim=-1).numpy()
+        feeds = {n: e.numpy() for n, e in zip(names, emb, strict=True)} | {"mask": mask.numpy()}
+        got = torch.softmax(torch.from_numpy(session.run(["logits"], feeds)[0]), dim=-1).numpy()
         assert got.shape == (size, C) and np.isfinite(got).all()
         assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
-        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_weighted_weights_renormalise_over_present() -> None:
-    head = build("weighted", {})
-    weights = head.modality_weights(ALL_MASKS)
-    np.testing.assert_allclose(weights.sum(1).detach().numpy(), ALL_MASKS.amax(1).numpy(), rtol=1e-6)
-    assert (weights[ALL_MASKS == 0] == 0).all()
+    for m in (2, 4):
+        masks = all_masks(m)
+        weights = build("weighted", {}, m).modality_weights(masks)
+        np.testing.assert_allclose(weights.sum(1).detach().numpy(), masks.amax(1).numpy(), rtol=1e-6)
+        assert (weights[masks == 0] == 0).all()
 
 
 def test_decision_vote_follows_a_lone_modality() -> None:
@@ -166,7 +198,7 @@ def test_vae_all_absent_posterior_is_the_prior() -> None:
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_modality_dropout(p: float) -> None:
-    mask = ALL_MASKS.repeat(50, 1)
+    mask = all_masks(3).repeat(50, 1)
     dropped = modality_dropout(mask, p, generator=torch.Generator().manual_seed(0))
     assert ((dropped == 1) <= (mask == 1)).all()  # never invents a modality
     had_any = mask.amax(1) > 0

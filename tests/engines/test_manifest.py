@@ -27,7 +27,10 @@ def test_the_shipped_format_1_model_reads_as_its_format_2_equivalent() -> None:
     assert manifest.source_format == 1 and list(manifest.modalities) == ["video", "audio", "text"]
     assert manifest.task is not None and manifest.task.kind == "single_label" and len(manifest.task.classes) == 10
     assert (manifest.window_ns, manifest.hop_ns) == (1_000_000_000, 500_000_000)
-    assert [(r.graph, r.output_size) for r in reports] == [("video", 64), ("audio", 64), ("text", 64), ("fusion", 10)]
+    assert [(r.graph, r.file, r.output_size) for r in reports] == [
+        ("video", "frame.onnx", 64), ("video (int8)", "frame.int8.onnx", 64),  # per frame; its int8 graph too
+        ("audio", "audio.onnx", 64), ("audio (int8)", "audio.int8.onnx", 64), ("text", "text.onnx", 64),
+        ("fusion", "fusion.onnx", 10)]
 
 
 def test_a_video_and_audio_model_checks_with_its_own_sizes(av_model: Path) -> None:

@@ -1,5 +1,5 @@
-"""A format-2 model directory on ONNX Runtime: the declared preprocessing, the encoders and the fusion
-head with its activation, and what is refused at load (docs/model-format.md)."""
+"""A format-2 model directory through the runtime interface: the declared preprocessing, the encoders
+and the fusion head with its activation, and what is refused at load (docs/model-format.md)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fusionstream.engines.backends import RuntimeChoices
-from fusionstream.engines.backends.manifest_onnx import (
-    ManifestRuntime,
-    manifest_runtime_options,
-    open_manifest_runtime,
-    sigmoid,
-    softmax,
-)
+from fusionstream.engines.backends import RuntimeChoices, backend_class, open_runtime
+from fusionstream.engines.backends.base import sigmoid, softmax
 from fusionstream.engines.errors import EngineError, InputError, ModelDirError
 from fusionstream.engines.features import text_to_ids
 from fusionstream.engines.manifest import (
@@ -159,7 +153,7 @@ def test_the_runtime_encodes_each_modality_and_fuses_with_the_declared_activatio
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (16, 20, 3), dtype=np.uint8) for _ in range(3)]
     wave = rng.standard_normal((2, 100)).astype(np.float32)
-    with ManifestRuntime(load_manifest(model_dir)) as runtime:
+    with open_runtime("onnxruntime", model_dir) as runtime:
         assert runtime.modalities == ("video", "audio", "text") and runtime.embeds_frames
         pre = runtime.preprocess
         assert pre is not None
@@ -189,7 +183,7 @@ def test_sigmoid_and_none_activations(tmp_path: Path, activation: str) -> None:
     made = write_model(tmp_path, audio={}, activation=activation,
                        task={"kind": "multi_label", "classes": ["x", "y"], "thresholds": 0.5})
     wave = np.random.default_rng(1).standard_normal((3, 100)).astype(np.float32)
-    with open_manifest_runtime("onnxruntime", load_manifest(tmp_path)) as runtime:
+    with open_runtime("onnxruntime", load_manifest(tmp_path)) as runtime:  # a loaded manifest works too
         assert runtime.modalities == ("audio",) and not runtime.embeds_frames and runtime.frame_side == 0
         assert runtime.preprocess is not None
         emb = runtime.encode("audio", runtime.preprocess.audio_feed(wave))
@@ -205,7 +199,7 @@ def test_sigmoid_and_none_activations(tmp_path: Path, activation: str) -> None:
 def test_a_whole_window_video_encoder_takes_the_declared_frames(tmp_path: Path) -> None:
     made = write_model(tmp_path, video={"frames": 3, "layout": "nhwc"}, per_frame=False)
     frames = [np.full((8, 10, 3), v, np.uint8) for v in (0, 100, 200)]
-    with ManifestRuntime(load_manifest(tmp_path)) as runtime:
+    with open_runtime("onnxruntime", tmp_path) as runtime:
         assert not runtime.embeds_frames and runtime.frame_side == 10
         assert runtime.preprocess is not None and runtime.preprocess.video is not None
         pixels = np.stack([runtime.preprocess.video.window(frames)])
@@ -266,22 +260,37 @@ def test_a_bad_model_is_refused_at_load_naming_the_file_and_field(
     change, message = CASES[case]
     model_dir = _broken(tiny, tmp_path, change)
     with pytest.raises(ModelDirError, match=message):
-        runtime = ManifestRuntime(load_manifest(model_dir))
+        runtime = open_runtime("onnxruntime", model_dir)
         runtime.activate()
 
 
-def test_format_2_runs_on_onnxruntime_in_fp32_only(tiny: tuple[Path, dict[str, Any]]) -> None:
-    manifest = load_manifest(tiny[0])
-    for backend in ("torch", "tensorrt"):
-        with pytest.raises(EngineError, match=f"onnxruntime backend only, not {backend}.*future work"):
-            open_manifest_runtime(backend, manifest)
-    with pytest.raises(EngineError, match="int8"):
-        manifest_runtime_options("onnxruntime", RuntimeChoices(precision="int8"))
+def test_options_precisions_and_lifecycle_of_a_format_2_runtime(tiny: tuple[Path, dict[str, Any]]) -> None:
+    model_dir = tiny[0]
+    with pytest.raises(ModelDirError, match=r"has no int8 graphs: run `fusionstream quantize`"):
+        open_runtime("onnxruntime", model_dir, precision="int8")
     with pytest.raises(EngineError, match="fp16"):
-        manifest_runtime_options("onnxruntime", RuntimeChoices(precision="fp16"))
-    assert manifest_runtime_options("onnxruntime", RuntimeChoices(threads=2)) == {"threads": 2}
-    with pytest.raises(EngineError, match="unknown option"):
-        ManifestRuntime(manifest, device="cuda")
-    runtime = ManifestRuntime(manifest)
+        backend_class("onnxruntime").options_for(RuntimeChoices(precision="fp16"))
+    assert backend_class("onnxruntime").options_for(RuntimeChoices(threads=2)) == {"threads": 2}
+    assert backend_class("onnxruntime").options_for(RuntimeChoices(precision="int8")) == {"precision": "int8"}
+    with pytest.raises(EngineError, match=r"onnxruntime backend: unknown option.*device"):
+        open_runtime("onnxruntime", model_dir, device="cuda")
+    runtime = open_runtime("onnxruntime", model_dir)
     with pytest.raises(EngineError, match="not active"):
         runtime.fuse({}, np.zeros((1, 3), np.float32))
+    with runtime:
+        with pytest.raises(EngineError, match="already active"):
+            runtime.activate()
+        with pytest.raises(InputError, match=r"audio encoder takes inputs input_values, got \['audio'\]"):
+            runtime.encode("audio", {"audio": np.zeros((1, 100), np.float32)})
+        with pytest.raises(InputError, match=r"audio input 'input_values' must be float32 \[n, 100\]"):
+            runtime.encode("audio", {"input_values": np.zeros((1, 99), np.float32)})
+        with pytest.raises(InputError, match="only 0 \\(absent\\) and 1"):
+            runtime.fuse({m: np.zeros((1, n), np.float32) for m, n in runtime.sizes.items()},
+                         np.full((1, 3), 0.5, np.float32))
+        with pytest.raises(InputError, match="does not use smell"):
+            runtime.fuse({m: np.zeros((1, n), np.float32) for m, n in runtime.sizes.items()}
+                         | {"smell": np.zeros((1, 2), np.float32)}, np.ones((1, 3), np.float32))
+        assert runtime.encode("audio", {"input_values": np.zeros((0, 100), np.float32)}).shape == (0, 5)
+        assert runtime.graph_seconds == {}  # refused calls and an empty batch run no graph
+    assert not runtime.is_active
+    runtime.release()  # twice is fine

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 from test_aligner import T0, av, chunk, frame, segment
+from test_wire import doc_dump
 
 from fusionstream.stream import wire
 from fusionstream.stream.aligner import Aligner
@@ -47,6 +48,7 @@ def test_documented_progress_example_bytes() -> None:
         + b"cam-01"
     )
     assert data == expected and len(data) == 46
+    assert doc_dump("encoding progress") == data, "the page's dump is what encode writes"
     item = decode_wire(data)
     assert item == Progress("cam-01", Modality.TEXT, T + 700_000_000, False)
 
@@ -141,3 +143,53 @@ def test_progress_of_a_stream_not_open_here_is_dropped_and_partly_late_records_a
     admission = aligner.add(segment(edge / MS - 100, edge / MS + 100, "late"), 0)
     assert admission.partly_late and admission.missed == 2 and len(admission.window_starts) == 1
     assert aligner.stats.partly_late == 1 and aligner.stats.late == 0
+
+
+def test_a_stream_whose_every_source_ended_closes_all_its_windows() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=200 * MS))
+    for item in av("s", 0, 3000):
+        aligner.add(item, 0)
+    for modality in Modality:
+        aligner.progress(Progress("s", modality, T0 + 3000 * MS, ended=True), 0)
+    closed = aligner.poll(0)
+    assert [(w.t_start_ns - T0) // MS for w in closed] == list(range(-500, 3000, 500))
+    assert {w.closed_by for w in closed} == {"watermark"}
+
+
+def test_provisional_windows_come_before_their_final_once_each() -> None:
+    config = WindowConfig(lateness_ns=200 * MS, provisional_without=frozenset({Modality.TEXT}))
+    aligner = Aligner(config)
+    for item in av("s", 0, 2000, text=False):
+        aligner.add(item, 0)
+    aligner.add(segment(200, 500, "one"), 0)
+    assert aligner.poll(0) == []
+    early = aligner.provisional(0)
+    # Video and audio are complete to 1.8 s (2 s less the lateness); the text is not.
+    assert [(w.t_start_ns - T0) // MS for w in early] == [-500, 0, 500]
+    assert all(not w.final and w.closed_by == "provisional" and w.refs == () for w in early)
+    assert early[0].transcript == "one", "built from what is there"
+    assert aligner.provisional(0) == [], "each window is offered once"
+    aligner.progress(Progress("s", Modality.TEXT, T0 + 2000 * MS), 0)
+    final = aligner.poll(0)
+    assert [(w.t_start_ns - T0) // MS for w in final] == [-500, 0, 500]
+    assert all(w.final and w.revision == 1 and w.refs for w in final)
+    # A window that closes with every modality in needs no provisional: its first prediction is final.
+    for item in av("s", 2000, 2600):
+        aligner.add(item, 0)
+    aligner.progress(Progress("s", Modality.TEXT, T0 + 2600 * MS), 0)
+    closed = aligner.poll(0)
+    assert closed and all(w.revision == 0 and w.final for w in closed)
+    assert aligner.provisional(0) == []
+
+
+def test_a_wait_budget_caps_how_long_finals_wait_for_a_modality() -> None:
+    budget = WindowConfig(lateness_ns=0, wait_ns=((Modality.TEXT, 500 * MS),))
+    aligner = Aligner(budget)
+    for item in av("s", 0, 1000, text=False):
+        aligner.add(item, 0)
+    aligner.add(segment(0, 600, "one"), 0)
+    assert aligner.watermark("s", 0) == T0 + 600 * MS, "400 ms behind: within its budget"
+    for item in av("s", 1000, 1400, text=False):
+        aligner.add(item, 0)
+    # The text is now more than its 500 ms budget behind: no longer waited for.
+    assert aligner.watermark("s", 0) > T0 + 1300 * MS

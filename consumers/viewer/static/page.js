@@ -85,8 +85,10 @@ function update(s) {
       m.querySelector("small").textContent = cov === undefined ? "" : `${Math.round(cov * 100)}%`;
     }
     const latency = p.capture_to_publish_ms == null ? "" : ` · ${Math.round(p.capture_to_publish_ms)} ms`;
+    // A provisional prediction (revisions on) is replaced by its window's final when that comes.
+    const revision = p.final === false ? " · provisional" : "";
     const windowText = el.querySelector(".mask .window");
-    windowText.textContent = `${clock(p.t_start_ns)}${latency}`;
+    windowText.textContent = `${clock(p.t_start_ns)}${latency}${revision}`;
     windowText.title = `window start; closed by ${p.closed_by}; capture → publish latency; model ${p.model_version}`;
   }
   if (s.audio) {

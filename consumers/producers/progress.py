@@ -1,0 +1,80 @@
+"""What our producers tell the service about their progress (docs/wire-format.md#progress).
+
+A source that sends a modality in event-time order (a file's tracks, a camera, a microphone, a
+caption file, the recogniser) knows more than its records say: nothing earlier will follow. Saying
+so lets the service close a window as soon as every modality is complete past its end, instead of
+waiting out the allowed lateness, or, for a sparse transcript, the next word:
+
+- every media record gets the complete flag (``FLAG_COMPLETE``; readers of version 1 ignore it);
+- a file's captions, merged in event time with its frames and audio, are complete up to the time
+  of the newest frame or chunk sent: a progress record says so every ``every_ns`` of event time,
+  so windows between cues need not wait for the next cue;
+- when the source ends, or fails (a camera that dropped), each of its modalities gets a progress
+  record marked ``ended``, so the service stops waiting for it at once.
+
+Progress records are version 2: a service from before them dead-letters them (``--no-progress``
+leaves them out, keeping the flags, which every reader accepts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+from fusionstream.stream.media import progress_record
+from fusionstream.stream.records import FLAG_COMPLETE, Encoding, Modality, Record
+
+#: Least event time between two progress records of one modality (the format asks 100-500 ms).
+EVERY_NS = 250_000_000
+
+
+def announce_progress(
+    records: Iterable[Record], *, follow_text: bool = False, every_ns: int = EVERY_NS
+) -> Iterator[Record]:
+    """``records`` with the complete flag on each media record, text progress when ``follow_text``
+    (captions merged in event time with the media), and ``ended`` progress when they end."""
+    # Per (stream, modality): the next seq to use and the newest t_end sent.
+    seq: dict[tuple[str, Modality], int] = {}
+    reached: dict[tuple[str, Modality], int] = {}
+    text_told: dict[str, int] = {}
+    #: Modalities whose source already sent its own ``ended`` (the recogniser does) since its last record.
+    said_ended: set[tuple[str, Modality]] = set()
+
+    def ended() -> Iterator[Record]:
+        for key, t_ns in reached.items():
+            if key not in said_ended:
+                yield progress_record(key[0], key[1], seq.get(key, 0), t_ns, ended=True)
+
+    try:
+        for record in records:
+            key = (record.stream_id, record.modality)
+            seq[key] = max(seq.get(key, 0), record.seq + 1)
+            if record.encoding is Encoding.PROGRESS:
+                reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
+                if record.meta.get("ended"):
+                    said_ended.add(key)
+                yield record
+                continue
+            said_ended.discard(key)
+            reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
+            yield dataclasses.replace(record, flags=record.flags | FLAG_COMPLETE)
+            if follow_text and record.modality is not Modality.TEXT:
+                # Merged by start time: every cue starting before this record's start has been sent.
+                told = text_told.get(record.stream_id)
+                if told is None or record.t_start_ns - told >= every_ns:
+                    text_told[record.stream_id] = record.t_start_ns
+                    text = (record.stream_id, Modality.TEXT)
+                    reached[text] = max(reached.get(text, record.t_start_ns), record.t_start_ns)
+                    yield progress_record(record.stream_id, Modality.TEXT, seq.get(text, 0), record.t_start_ns)
+    except Exception:
+        yield from ended()  # a failed source (a camera that dropped) says so before its error is reported
+        raise
+    yield from ended()
+
+
+def without_progress_records(records: Iterable[Record]) -> Iterator[Record]:
+    """``records`` less the progress records (for a service from before them); the flags stay."""
+    return (r for r in records if r.encoding is not Encoding.PROGRESS)
+
+
+__all__ = ["EVERY_NS", "announce_progress", "without_progress_records"]

@@ -1,0 +1,93 @@
+"""Source progress through the real broker: what `fusionstream produce` sends, and how the service
+closes windows on it (docs/wire-format.md#progress)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+from servicekit import PARTITIONS, Reader, Running, all_topics, produce, service_settings
+from test_produce import SRT, _env, _produce, _topics, read_topics, write_mp4
+
+from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.stream.media import audio_record, decode_media, image_record, progress_record, text_record
+from fusionstream.stream.records import FLAG_COMPLETE, MODALITIES, Encoding, Modality, Progress, Record
+from fusionstream.stream.wire import decode
+from fusionstream.units import MS, NS
+
+SECONDS = 3
+
+
+def test_kafka_produce_flags_media_and_sends_progress(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    mp4 = write_mp4(tmp_path / "clip.mp4")
+    srt = tmp_path / "clip.srt"
+    srt.write_text(SRT)
+    _produce(["video", str(mp4), "--captions", str(srt), "--no-pacing"], _env(kafka_bootstrap, topic_prefix))
+    received = read_topics(kafka_bootstrap, _topics(topic_prefix))
+    records = {m: [decode(msg.value) for msg in received[m]] for m in MODALITIES}
+    for modality in MODALITIES:
+        media = [r for r in records[modality] if r.encoding is not Encoding.PROGRESS]
+        assert media and all(r.flags == FLAG_COMPLETE and r.version == 1 for r in media)
+        last = records[modality][-1]
+        assert last.is_progress and decode_media(last) == Progress("clip", modality, last.t_end_ns, True)
+        assert last.t_end_ns >= max(r.t_end_ns for r in media)
+    # Between the two cues the captions are known to be complete up to the media sent so far.
+    told = [r.t_end_ns for r in records[Modality.TEXT] if r.is_progress]
+    assert len(told) >= 4 and told == sorted(told)
+    assert all(r.version == 2 for r in records[Modality.TEXT] if r.is_progress)
+
+    _produce(["video", str(mp4), "--no-pacing", "--no-progress", "--stream-id", "old"],
+             _env(kafka_bootstrap, topic_prefix))
+    received = read_topics(kafka_bootstrap, _topics(topic_prefix))
+    old = [decode(msg.value) for m in MODALITIES for msg in received[m] if msg.key == b"old"]
+    assert old and not any(r.is_progress for r in old), "--no-progress sends no version-2 record"
+    assert all(r.flags == FLAG_COMPLETE for r in old), "the flag stays: every reader accepts it"
+
+
+def _stream(stream_id: str, t0: int, *, told: bool) -> list[Record]:
+    """3 s of 10 fps video and 40 ms audio chunks, one word at 0.2 s; with ``told``, flagged
+    complete and ended with a progress record per modality, as our producers send them."""
+    rgb = np.full((64, 64, 3), 90, np.uint8)
+    records = [image_record(stream_id, i, t0 + i * 100 * MS, t0 + (i + 1) * 100 * MS, rgb, complete=told)
+               for i in range(SECONDS * 10)]
+    chunk = np.zeros(640, np.float32)
+    records += [audio_record(stream_id, i, t0 + i * 40 * MS, chunk, 16_000, complete=told) for i in range(SECONDS * 25)]
+    records.append(text_record(stream_id, 0, t0 + 200 * MS, t0 + 500 * MS, "seven", complete=told))
+    if told:
+        end = t0 + SECONDS * NS
+        records += [progress_record(stream_id, m, 99, end, ended=True) for m in MODALITIES]
+    return records
+
+
+def test_kafka_service_closes_windows_on_progress_instead_of_the_idle_timeout(
+    kafka_bootstrap: str, topic_prefix: str, shipped_model: Path
+) -> None:
+    """Both streams end at 3 s. The one whose producer said so gets every window closed by the
+    watermark at once; the other's last windows wait out the idle timeout."""
+    settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, idle_timeout_ms=6000, threads=0)
+    t0 = (time.time_ns() // NS - 60) * NS  # whole seconds: window starts fall on the hop
+    records = _stream("told", t0, told=True) + _stream("silent", t0, told=False)
+
+    async def scenario() -> tuple[list[dict], float, list[dict]]:
+        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
+        try:
+            await produce(settings, records)
+            async with Reader(kafka_bootstrap, settings.predictions_topic) as reader, Running(settings):
+                started = time.monotonic()
+                await reader.until(lambda r: any(v["stream_id"] == "told" and v["t_end_ns"] >= t0 + SECONDS * NS
+                                                 for v in r.values()), timeout_s=60)
+                told_after = time.monotonic() - started
+                told = [v for v in reader.values() if v["stream_id"] == "told"]
+                await reader.until(lambda r: any(v["stream_id"] == "silent" and v["closed_by"] == "timeout"
+                                                 for v in r.values()), timeout_s=60)
+                return told, told_after, [v for v in reader.values() if v["stream_id"] == "silent"]
+        finally:
+            await delete_topics(kafka_bootstrap, all_topics(settings))
+
+    told, told_after, silent = asyncio.run(scenario())
+    assert told_after < 5.0, "the ended stream's windows did not wait for the 6 s idle timeout"
+    assert {v["closed_by"] for v in told} == {"watermark"}
+    assert sorted(v["t_start_ns"] for v in told) == [t0 + k * 500 * MS for k in range(-1, 2 * SECONDS)]
+    assert {v["t_start_ns"] for v in silent} == {v["t_start_ns"] for v in told}
