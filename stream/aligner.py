@@ -311,7 +311,12 @@ class Aligner:
                 window = self._build(stream_id, state, start, "provisional", final=False)
                 if window is not None:
                     offered.append(window)
-                start += cfg.hop_ns
+                    start += cfg.hop_ns
+                else:  # a gap (or the end: ``fast`` is unbounded once the sources ended): on to the next item
+                    following = self._first_start_after(state, start)
+                    if following is None:
+                        break
+                    start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
                 state.provisional_until_ns = start
         return offered
 

@@ -56,7 +56,7 @@ def test_demo_runs_on_a_real_mp4_with_captions(tmp_path: Path, shipped_model: Pa
 
 #: The fields of docs/predictions.md's prediction record, and of its latency_ms object.
 PREDICTION_FIELDS = {"window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities",
-                     "coverage", "model_version", "closed_by", "latency_ms", "batch_size"}
+                     "coverage", "model_version", "closed_by", "latency_ms", "batch_size", "revision", "final"}
 LATENCY_FIELDS = {"capture_to_publish", "queue", "inference", "close_to_prediction"}
 
 

@@ -98,7 +98,7 @@ def _reference(settings: Settings, records: list[Record]) -> dict[tuple[str, int
     """The good streams' predictions from an in-process run of the same records, without Kafka and without fuzz."""
     async def run() -> dict[tuple[str, int], dict[str, Any]]:
         with open_engine(settings) as (runner, spec):
-            config = settings.window_config(frames_per_window=spec.frames_per_window, sample_rate=spec.sample_rate)
+            config = settings.model_window_config(spec)
             async with Pipeline(runner, config, max_batch=settings.max_batch) as pipeline:
                 result = await run_embedded(pipeline, records, realtime=False)
         return {(p.stream_id, p.t_start_ns): p.to_dict() for p in result.predictions}

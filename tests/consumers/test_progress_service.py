@@ -91,3 +91,44 @@ def test_kafka_service_closes_windows_on_progress_instead_of_the_idle_timeout(
     assert {v["closed_by"] for v in told} == {"watermark"}
     assert sorted(v["t_start_ns"] for v in told) == [t0 + k * 500 * MS for k in range(-1, 2 * SECONDS)]
     assert {v["t_start_ns"] for v in silent} == {v["t_start_ns"] for v in told}
+
+
+def test_kafka_revisions_publish_a_provisional_then_a_final_per_window(
+    kafka_bootstrap: str, topic_prefix: str, shipped_model: Path
+) -> None:
+    """Video and audio arrive; the transcript comes later. With revisions on, each window waiting for
+    its text gets a provisional prediction at once and its final (revision 1) when the text comes."""
+    settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, revisions=True, text_wait_ms=10_000,
+                                idle_timeout_ms=20_000, threads=0)
+    t0 = (time.time_ns() // NS - 60) * NS
+    media = [r for r in _stream("rev", t0, told=True) if not r.is_progress and r.modality is not Modality.TEXT]
+    words = [text_record("rev", i, t0 + (i * 1000 + 200) * MS, t0 + (i * 1000 + 500) * MS, "seven", complete=True)
+             for i in range(SECONDS)]
+    ended = [progress_record("rev", m, 99, t0 + SECONDS * NS, ended=True) for m in MODALITIES]
+    starts = [t0 + k * 500 * MS for k in range(-1, 2 * SECONDS)]
+
+    async def scenario() -> list[dict]:
+        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
+        try:
+            # The first word, then all the video and audio: the text is complete to 0.5 s only.
+            await produce(settings, [words[0], *media])
+            async with Reader(kafka_bootstrap, settings.predictions_topic) as reader, Running(settings):
+                await reader.until(lambda r: sum(not v["final"] for v in r.values()) >= 2 * SECONDS - 1, timeout_s=60)
+                await produce(settings, [*words[1:], *ended])
+                await reader.until(lambda r: {v["t_start_ns"] for v in r.values() if v["final"]} >= set(starts),
+                                   timeout_s=60)
+                return reader.values()
+        finally:
+            await delete_topics(kafka_bootstrap, all_topics(settings))
+
+    values = asyncio.run(scenario())
+    by_window: dict[int, list[tuple[int, bool]]] = {}
+    for v in values:  # in publication order: one key, one partition
+        by_window.setdefault(v["t_start_ns"], []).append((v["revision"], v["final"]))
+    assert set(by_window) == set(starts)
+    # [-0.5 s, 0.5 s) had its text when video and audio were complete: one final, revision 0.
+    assert by_window[starts[0]] == [(0, True)]
+    for start in starts[1:-1]:
+        assert by_window[start] == [(0, False), (1, True)], f"window {(start - t0) // MS} ms"
+    provisional = [v for v in values if not v["final"]]
+    assert all(v["closed_by"] == "provisional" and not v["modalities"]["text"] for v in provisional[1:])

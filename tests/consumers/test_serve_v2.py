@@ -280,7 +280,7 @@ def test_parse_prediction_takes_labels_and_embedding_and_checks_them() -> None:
     single = parse_prediction(base)
     assert single.labels is None and single.embedding is None and set(single.to_dict()) == {
         "window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities", "coverage",
-        "model_version", "closed_by", "latency_ms", "batch_size"}
+        "model_version", "closed_by", "latency_ms", "batch_size", "revision", "final"}
     multi = parse_prediction(base | {"labels": {"7": 0.9, "1": 0.6}})
     assert dict(multi.labels or {}) == {"7": 0.9, "1": 0.6} and multi.to_dict()["labels"] == {"7": 0.9, "1": 0.6}
     assert not multi.extra

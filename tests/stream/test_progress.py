@@ -193,3 +193,14 @@ def test_a_wait_budget_caps_how_long_finals_wait_for_a_modality() -> None:
         aligner.add(item, 0)
     # The text is now more than its 500 ms budget behind: no longer waited for.
     assert aligner.watermark("s", 0) > T0 + 1300 * MS
+
+
+def test_provisional_windows_stop_at_the_data_when_the_fast_sources_ended() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=0, provisional_without=frozenset({Modality.TEXT})))
+    for item in av("s", 0, 1000, text=False):
+        aligner.add(item, 0)
+    aligner.add(segment(0, 100, "one"), 0)
+    for modality in (Modality.VIDEO, Modality.AUDIO):
+        aligner.progress(Progress("s", modality, T0 + 1000 * MS, ended=True), 0)
+    early = aligner.provisional(0)  # the fast side's watermark is unbounded: it must still end
+    assert [(w.t_start_ns - T0) // MS for w in early] == [-500, 0, 500]
