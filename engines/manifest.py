@@ -97,6 +97,18 @@ class ModalitySpec:
     encoder: EncoderSpec
     preprocess: Preprocess
 
+    @property
+    def row_shape(self) -> tuple[int | None, ...]:
+        """Per-row shape (no batch axis) of the encoder's inputs the preprocessing produces; ``None`` =
+        any length (tokens)."""
+        pre = self.preprocess
+        if isinstance(pre, VideoPreprocess):
+            frame = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
+            return frame if self.encoder.per_frame else (pre.frames, *frame)
+        if isinstance(pre, AudioPreprocess):
+            return (pre.samples,)
+        return (pre.hashed_ngrams.max_len,) if pre.hashed_ngrams is not None else (None,)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
@@ -143,6 +155,15 @@ class Manifest:
     @property
     def path(self) -> Path:
         return self.directory / SPEC_FILE
+
+    @property
+    def frame_side(self) -> int:
+        """The side JPEG frames are decoded at, at least (the larger of the video input's two; 0 without video)."""
+        video = self.modalities.get("video")
+        if video is None:
+            return 0
+        assert isinstance(video.preprocess, VideoPreprocess)
+        return max(video.preprocess.height, video.preprocess.width)
 
     @property
     def servable(self) -> bool:

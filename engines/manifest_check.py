@@ -16,11 +16,9 @@ import numpy as np
 
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import (
-    AudioPreprocess,
     Manifest,
     ModalitySpec,
     TextPreprocess,
-    VideoPreprocess,
     load_manifest,
 )
 
@@ -84,18 +82,6 @@ def _fail(manifest: Manifest, field: str, message: str) -> ModelDirError:
     return ModelDirError(f"{manifest.path}: {field}: {message}")
 
 
-def _expected_shape(modality: ModalitySpec, role: str) -> tuple[int | None, ...]:
-    """Per-row shape (no batch axis) the preprocessing produces for ``role``; None = any length."""
-    pre = modality.preprocess
-    if isinstance(pre, VideoPreprocess):
-        frame = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
-        return frame if modality.encoder.per_frame else (pre.frames, *frame)
-    if isinstance(pre, AudioPreprocess):
-        return (pre.samples,)
-    assert isinstance(pre, TextPreprocess)
-    return (pre.hashed_ngrams.max_len,) if pre.hashed_ngrams is not None else (None,)
-
-
 def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> None:
     base = f"modalities.{modality.name}.encoder"
     graph_inputs = {i.name: i for i in session.get_inputs()}
@@ -109,7 +95,7 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
         if found.type != _ORT_TYPES[spec.dtype]:
             raise _fail(manifest, f"{field}.dtype",
                         f"{spec.dtype} declared, {modality.encoder.file} takes {found.type}")
-        expected = _expected_shape(modality, role)
+        expected = modality.row_shape
         shape = tuple(found.shape)
         if len(shape) != len(expected) + 1:
             per_row = ", ".join("any" if d is None else str(d) for d in expected)
@@ -144,8 +130,8 @@ def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dic
         for role, spec in modality.encoder.inputs.items():
             arrays[spec.name] = np.array([fields[role]] * batch, dtype=spec.dtype)
         return arrays
-    for role, spec in modality.encoder.inputs.items():
-        shape = tuple(d if d is not None else 8 for d in _expected_shape(modality, role))
+    for spec in modality.encoder.inputs.values():
+        shape = tuple(d if d is not None else 8 for d in modality.row_shape)
         arrays[spec.name] = np.zeros((batch, *shape), dtype=spec.dtype)
     return arrays
 

@@ -187,18 +187,27 @@ class Aligner:
             complete = self._media_complete(state, now_ns)
             floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
             start = max(floor, state.offered_until_ns)
-            while start + cfg.window_ns <= complete and len(offered) < limit:
-                window = self._build(stream_id, state, start, "ready")
-                if window is not None:
-                    offered.append(window)
-                    start += cfg.hop_ns
-                else:  # a gap in the stream: on to the first window of the next item, if any yet
-                    following = self._first_start_after(state, start)
-                    if following is None:
-                        break
-                    start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
-                state.offered_until_ns = start
+            state.offered_until_ns = self._offer(stream_id, state, start, complete, limit, offered, final=True)
         return offered
+
+    def _offer(self, stream_id: str, state: StreamState, start: int, until: int, limit: int, offered: list[Window],
+               *, final: bool) -> int:
+        """Append to ``offered`` the windows from ``start`` that end by ``until`` (``ready``'s, or provisional
+        ones unless ``final``), skipping gaps; returns the start of the first window not offered."""
+        cfg = self.config
+        reason = "ready" if final else "provisional"
+        while start + cfg.window_ns <= until and len(offered) < limit:
+            window = self._build(stream_id, state, start, reason, final=final)
+            if window is not None:
+                offered.append(window)
+                start += cfg.hop_ns
+                continue
+            # A gap, or the end (``until`` is unbounded once every source ended): on to the next item, if any.
+            following = self._first_start_after(state, start)
+            if following is None:
+                break
+            start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
+        return start
 
     def _media_complete(self, state: StreamState, now_ns: int) -> int:
         """How far a window's encoders could run on final data: as far as the audio has come (the
@@ -307,17 +316,7 @@ class Aligner:
             fast = self._watermark(state, now_ns, without=cfg.provisional_without)
             floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
             start = max(floor, state.provisional_until_ns)
-            while start + cfg.window_ns <= fast and len(offered) < limit:
-                window = self._build(stream_id, state, start, "provisional", final=False)
-                if window is not None:
-                    offered.append(window)
-                    start += cfg.hop_ns
-                else:  # a gap (or the end: ``fast`` is unbounded once the sources ended): on to the next item
-                    following = self._first_start_after(state, start)
-                    if following is None:
-                        break
-                    start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
-                state.provisional_until_ns = start
+            state.provisional_until_ns = self._offer(stream_id, state, start, fast, limit, offered, final=False)
         return offered
 
     def _watermark(self, state: StreamState, now_ns: int, without: frozenset[Modality] = frozenset()) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 from rich.progress import Progress
 
 from fusionstream.consumers.training.frozen_data import Part, data_key, labelled_windows
-from fusionstream.engines.manifest import Manifest, TextPreprocess, VideoPreprocess, load_manifest
+from fusionstream.engines.manifest import Manifest, TextPreprocess, load_manifest
 from fusionstream.engines.preprocess import Preprocessor
 from fusionstream.stream.sources.truth import CLEAR_SHARE
 
@@ -71,11 +71,7 @@ class EncoderSessions:
 
     @property
     def frame_side(self) -> int:
-        video = self.manifest.modalities.get("video")
-        if video is None:
-            return 0
-        assert isinstance(video.preprocess, VideoPreprocess)
-        return max(video.preprocess.height, video.preprocess.width)
+        return self.manifest.frame_side
 
     def encode(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         spec = self.manifest.modalities[modality].encoder

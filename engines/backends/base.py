@@ -31,12 +31,10 @@ import numpy as np
 
 from fusionstream.engines.errors import EngineError, InputError, ModelDirError
 from fusionstream.engines.manifest import (
-    AudioPreprocess,
     EncoderSpec,
     Manifest,
     ModalitySpec,
     TextPreprocess,
-    VideoPreprocess,
     load_manifest,
 )
 from fusionstream.engines.preprocess import Preprocessor
@@ -87,15 +85,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def row_shape(modality: ModalitySpec) -> tuple[int | None, ...]:
-    """Per-row shape (no batch axis) of each of an encoder's inputs; ``None`` = any length (tokens)."""
-    pre = modality.preprocess
-    if isinstance(pre, VideoPreprocess):
-        frame = (3, pre.height, pre.width) if pre.layout == "nchw" else (pre.height, pre.width, 3)
-        return frame if modality.encoder.per_frame else (pre.frames, *frame)
-    if isinstance(pre, AudioPreprocess):
-        return (pre.samples,)
-    assert isinstance(pre, TextPreprocess)
-    return (pre.hashed_ngrams.max_len,) if pre.hashed_ngrams is not None else (None,)
+    """``modality.row_shape``: per-row shape of an encoder's inputs; ``None`` = any length (tokens)."""
+    return modality.row_shape
 
 
 class Runtime(ABC):
@@ -204,11 +195,7 @@ class Runtime(ABC):
     @property
     def frame_side(self) -> int:
         """The side JPEG frames are decoded at, at least (the larger of the video input's two)."""
-        video = self.manifest.modalities.get("video")
-        if video is None:
-            return 0
-        assert isinstance(video.preprocess, VideoPreprocess)
-        return max(video.preprocess.height, video.preprocess.width)
+        return self.manifest.frame_side
 
     def encode(self, modality: str, feed: dict[str, np.ndarray]) -> np.ndarray:
         """``float32 [B, size]`` embeddings of B rows of one modality (all treated as present); ``feed``

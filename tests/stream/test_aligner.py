@@ -336,7 +336,7 @@ def test_ready_does_not_wait_for_captions_and_skips_gaps(monkeypatch: pytest.Mon
         aligner.add(item, 0)
     built: list[int] = []
     build = aligner._build
-    monkeypatch.setattr(aligner, "_build", lambda *a: built.append(a[2]) or build(*a))
+    monkeypatch.setattr(aligner, "_build", lambda *a, **k: built.append(a[2]) or build(*a, **k))
     starts = sorted((w.t_start_ns - T0) // MS for w in aligner.ready(0))
     assert starts == [1000, 1500, 59_500, 60_000, 60_500]  # 1500: the last chunk reaches 1.52 s
     assert len(built) <= len(starts) + 1  # one empty window looked at, not the 116 of the gap
