@@ -16,20 +16,11 @@ import bisect
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
-
-from fusionstream.stream.buffers import (
-    NEVER,
-    ModalityBuffer,
-    StreamState,
-    contiguous,
-    gaps,
-    interval_coverage,
-    overlapping,
-)
-from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Progress, Record
+from fusionstream.stream.assemble import build_window
+from fusionstream.stream.buffers import NEVER, ModalityBuffer, StreamState
+from fusionstream.stream.records import MODALITIES, AudioChunk, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
-from fusionstream.stream.windows import NS, Window, WindowConfig
+from fusionstream.stream.windows import Window, WindowConfig
 
 #: The watermark of a stream all of whose sources said they ended (progress with ``ended``).
 ENDED = 2**63 - 1
@@ -69,6 +60,8 @@ class AlignerStats:
     partly_late: int = 0
     #: Progress records taken (docs/wire-format.md#progress).
     progress: int = 0
+    #: Closed windows predicted again because a partly late record changed what they hold (revisions on).
+    amended: int = 0
     windows: int = 0
     closed_by_watermark: int = 0
     closed_by_timeout: int = 0
@@ -107,9 +100,12 @@ class Aligner:
         if first > last:
             self.stats.late += 1
             return Admission((), missed)
+        amending = self._amendable(state, starts.start, first)
+        before = {start: self._rebuild(item.stream_id, state, start) for start in amending}
         if state is None:
             state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
-                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER))
+                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
+                                retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None)
             self._streams[item.stream_id] = state
             self._tombstones.pop(item.stream_id, None)
             self.stats.open_streams = len(self._streams)
@@ -136,7 +132,45 @@ class Aligner:
             state.first_start_ns = first
         self.stats.items += 1
         self.stats.partly_late += missed > 0
-        return Admission(tuple(range(first, last + 1, cfg.hop_ns)), missed)
+        amended = tuple(self._amend(state, item, before))
+        return Admission(amended + tuple(range(first, last + 1, cfg.hop_ns)), missed)
+
+    @property
+    def _amends(self) -> bool:
+        """Whether closed windows are revised when a partly late record changes them: with revisions on."""
+        return bool(self.config.provisional_without)
+
+    def _amendable(self, state: StreamState | None, first: int, emitted_until: int) -> list[int]:
+        """The closed windows from ``first`` on that a record joining ``emitted_until`` and later can still
+        amend: those whose items are kept (the last ``window_ns`` before the first open window)."""
+        if state is None or state.retired is None or first >= emitted_until:
+            return []
+        kept_from = emitted_until - self.config.window_ns
+        return [start for start in range(first, emitted_until, self.config.hop_ns) if start >= kept_from]
+
+    def _rebuild(self, stream_id: str, state: StreamState | None, start: int, *, revision: int = 0,
+                 refs: tuple[object, ...] = ()) -> Window | None:
+        """A closed window as it would be built now, from its kept items and those still buffered."""
+        assert state is not None and state.retired is not None
+        buffers = {m: state.retired[m].joined(state.buffers[m]) for m in MODALITIES}
+        return build_window(self.config, stream_id, buffers, start, "amended", revision=revision, refs=refs)
+
+    def _amend(self, state: StreamState, item: MediaItem, before: dict[int, Window | None]) -> list[int]:
+        """Queue a new revision of each closed window in ``before`` that ``item`` (now buffered) changed;
+        returns their starts. Its records were released with its earlier final: the amendment releases
+        ``item``'s only."""
+        amended: list[int] = []
+        for start, old in before.items():
+            revision = state.revisions.get(start, 0) + 1
+            new = self._rebuild(item.stream_id, state, start, revision=revision,
+                                refs=() if item.ref is None else (item.ref,))
+            if new is None or (old is not None and _inputs(old) == _inputs(new)):
+                continue  # e.g. a frame no sampling instant picks: the window's prediction stands
+            state.revisions[start] = revision
+            state.amended.append(new)
+            amended.append(start)
+        self.stats.amended += len(amended)
+        return amended
 
     def progress(self, progress: Progress, now_ns: int) -> None:
         """Take a progress record: its modality of its stream is complete up to ``progress.t_ns``, so
@@ -163,6 +197,9 @@ class Aligner:
         closed: list[Window] = []
         for stream_id in list(self._streams):
             state = self._streams[stream_id]
+            if state.amended:
+                closed += state.amended
+                state.amended = []
             silent_for = now_ns - state.last_arrival_ns
             if silent_for >= cfg.idle_timeout_ns:
                 closed += self._emit_until(stream_id, state, None, "timeout")
@@ -241,6 +278,8 @@ class Aligner:
         for stream_id in list(self._streams) if stream_ids is None else stream_ids:
             state = self._streams.get(stream_id)
             if state is not None:
+                closed += state.amended
+                state.amended = []
                 closed += self._emit_until(stream_id, state, None, "flush")
         return closed
 
@@ -358,13 +397,28 @@ class Aligner:
             # A window that had a provisional prediction gets its final as revision 1.
             revision = 1 if start < state.provisional_until_ns else 0
             window = self._build(stream_id, state, start, reason, revision=revision)
+            if revision and state.retired is not None:
+                state.revisions[start] = revision  # an amendment of it is the revision after
             state.next_start_ns = start + cfg.hop_ns
-            for buffer in state.buffers.values():
-                buffer.prune_before(state.next_start_ns)
+            self._prune(state)
             if window is not None:
                 closed.append(window)
         self._count(closed, reason)
         return closed
+
+    def _prune(self, state: StreamState) -> None:
+        """Drop the items no open window needs; with amendments on, keep them a window longer."""
+        assert state.next_start_ns is not None
+        if state.retired is None:
+            for buffer in state.buffers.values():
+                buffer.prune_before(state.next_start_ns)
+            return
+        kept_from = state.next_start_ns - self.config.window_ns
+        for modality, buffer in state.buffers.items():
+            buffer.retire_before(state.next_start_ns, state.retired[modality])
+            state.retired[modality].prune_before(kept_from)
+        for start in [s for s in state.revisions if s < kept_from]:
+            del state.revisions[start]
 
     def _count(self, closed: list[Window], reason: str) -> None:
         self.stats.windows += len(closed)
@@ -388,90 +442,12 @@ class Aligner:
 
     def _build(self, stream_id: str, state: StreamState, start: int, reason: str, *, revision: int = 0,
                final: bool = True) -> Window | None:
-        cfg = self.config
-        end = start + cfg.window_ns
-        frames = overlapping(state.buffers[Modality.VIDEO], start, end)
-        chunks = overlapping(state.buffers[Modality.AUDIO], start, end)
-        segments = overlapping(state.buffers[Modality.TEXT], start, end)
-        if not (frames or chunks or segments):
-            return None
-        images, frame_times = self._sample_frames(frames, start)
-        audio, spans = self._stitch(chunks, start)
-        refs = tuple(item.ref for item in (*frames, *chunks, *segments) if item.ref is not None)
-        n = self.config.samples_per_window
-        audio_coverage = sum(hi - lo for lo, hi in spans) / n
-        return Window(
-            stream_id=stream_id,
-            t_start_ns=start,
-            t_end_ns=end,
-            frames=images,
-            frame_times_ns=frame_times,
-            audio=audio,
-            audio_gaps=gaps(spans, n),
-            text=tuple(segments),  # type: ignore[arg-type]
-            mask=(bool(frames), audio_coverage > 0, bool(segments)),
-            coverage=(
-                interval_coverage(frames, start, end),
-                audio_coverage,
-                interval_coverage(segments, start, end),
-            ),
-            closed_by=reason,
-            refs=refs if final else (),
-            revision=revision,
-            final=final,
-        )
+        return build_window(self.config, stream_id, state.buffers, start, reason, revision=revision, final=final)
 
-    def _sample_frames(self, frames: list[MediaItem], start: int) -> tuple[tuple[np.ndarray, ...], tuple[int, ...]]:
-        """The frame nearest to each of K evenly spaced instants of the window."""
-        if not frames:
-            return (), ()
-        cfg = self.config
-        times = [f.t_start_ns for f in frames]
-        picked: list[Frame] = []
-        for k in range(cfg.frames_per_window):
-            target = start + (2 * k + 1) * cfg.window_ns // (2 * cfg.frames_per_window)
-            i = bisect.bisect_left(times, target)
-            if i == len(times) or (i > 0 and target - times[i - 1] <= times[i] - target):
-                i -= 1
-            picked.append(frames[i])  # type: ignore[arg-type]
-        return tuple(f.image for f in picked), tuple(f.t_start_ns for f in picked)
 
-    def _stitch(self, chunks: list[MediaItem], start: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Exactly ``samples_per_window`` samples, cut at the window's edges; gaps stay zero.
-
-        Also returns the covered sample ranges, merged and in order (arithmetic on a few
-        dozen ranges, where a per-sample mask would cost two 16,000-element passes a window).
-        """
-        cfg = self.config
-        n = cfg.samples_per_window
-        rate = cfg.sample_rate
-        placed = [(round((c.t_start_ns - start) * rate / NS), c.samples) for c in chunks]  # type: ignore[attr-defined]
-        if placed and contiguous(placed):
-            # The usual case, a microphone's chunks back to back: one concatenation, not a copy per chunk.
-            first = placed[0][0]
-            joined = np.concatenate([samples for _, samples in placed])
-            lo, hi = max(first, 0), min(first + len(joined), n)
-            audio = np.zeros(n, dtype=np.float32)
-            if lo < hi:
-                audio[lo:hi] = joined[lo - first : hi - first]
-                return audio, [(lo, hi)]
-            return audio, []
-        audio = np.zeros(n, dtype=np.float32)
-        spans: list[tuple[int, int]] = []
-        for offset, samples in placed:
-            lo, hi = max(offset, 0), min(offset + len(samples), n)
-            if lo < hi:
-                audio[lo:hi] = samples[lo - offset : hi - offset]
-                spans.append((lo, hi))
-        spans.sort()
-        merged: list[tuple[int, int]] = []
-        for lo, hi in spans:
-            if merged and lo <= merged[-1][1]:
-                if hi > merged[-1][1]:
-                    merged[-1] = (merged[-1][0], hi)
-            else:
-                merged.append((lo, hi))
-        return audio, merged
+def _inputs(window: Window) -> tuple[object, ...]:
+    """What a window's prediction depends on, to tell whether an amendment changed it."""
+    return (window.frame_times_ns, window.coverage, window.mask, tuple(s.text for s in window.text))
 
 
 __all__ = ["Admission", "Aligner", "AlignerStats", "last_instant"]

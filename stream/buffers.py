@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fusionstream.stream.records import MediaItem, Modality
+
+if TYPE_CHECKING:
+    from fusionstream.stream.windows import Window
 
 NEVER = -(2**63)
 
@@ -48,6 +52,23 @@ class ModalityBuffer:
         if keep:
             del self.starts[:keep], self.lasts[:keep], self.items[:keep]
 
+    def retire_before(self, t_ns: int, into: ModalityBuffer) -> None:
+        """Like :meth:`prune_before`, but the items dropped go to the end of ``into`` (kept a while for amendments)."""
+        lasts = self.lasts
+        keep = 0
+        while keep < len(lasts) and lasts[keep] < t_ns:
+            keep += 1
+        if keep:
+            into.starts += self.starts[:keep]
+            into.lasts += lasts[:keep]
+            into.items += self.items[:keep]
+            del self.starts[:keep], self.lasts[:keep], self.items[:keep]
+
+    def joined(self, later: ModalityBuffer) -> ModalityBuffer:
+        """This buffer's items then ``later``'s, as one buffer (this one's were retired from ``later``: all
+        start no later than ``later``'s first)."""
+        return ModalityBuffer(self.starts + later.starts, self.lasts + later.lasts, self.items + later.items)
+
 
 @dataclass(slots=True)
 class StreamState:
@@ -60,6 +81,13 @@ class StreamState:
     offered_until_ns: int = NEVER
     #: Start of the first window without a provisional prediction (``Aligner.provisional``).
     provisional_until_ns: int = NEVER
+    #: With amendments on: the items of the windows closed most recently, per modality, so a record that
+    #: missed one of them can revise it (docs/predictions.md#revisions).
+    retired: dict[Modality, ModalityBuffer] | None = None
+    #: Window start -> the revision of its latest prediction, for kept windows closed with a revision above 0.
+    revisions: dict[int, int] = field(default_factory=dict)
+    #: Amended windows made by ``Aligner.add``, handed out by the next ``Aligner.poll``.
+    amended: list[Window] = field(default_factory=list)
 
 
 def contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:

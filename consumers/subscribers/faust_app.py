@@ -15,8 +15,9 @@ Tables (in memory, backed by Faust changelog topics ``<app id>-<table>-changelog
   prediction asserts; none for an embedding model's), in tumbling windows of
   ``window_s`` seconds of *event time* (the prediction's window start), kept ``keep_s``
   seconds of wall-clock time after they end;
-- ``seen``: window ids already counted, in the same tumbling windows (the service
-  publishes at least once; a window it publishes again is not counted twice).
+- ``seen``: window ids already counted, with the revision and classes counted, in the same
+  tumbling windows (the service publishes at least once; a window it publishes again is not
+  counted twice, and an amended final, a higher revision, moves the window's count to its classes).
 
 HTTP views (Faust's web server, port ``FUSIONSTREAM_SUBSCRIBER_WEB_PORT`` or ``--web-port``):
 ``GET /streams/`` lists every stream with its newest prediction; ``GET /streams/{id}/`` adds
@@ -118,7 +119,8 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
         .tumbling(conf.window_s, expires=keep)
         .relative_to(_window_time)
     )
-    seen = app.Table("seen", default=int, help="window ids counted").tumbling(conf.window_s, expires=keep)
+    seen = app.Table("seen", default=list, help="window ids counted, with the revision and classes counted")
+    seen = seen.tumbling(conf.window_s, expires=keep)
     seen = seen.relative_to(_window_time)
 
     @app.agent(predictions)
@@ -137,13 +139,19 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
                 latest[p.stream_id] = p.to_dict()  # a window's final replaces its provisional prediction
             if not p.final:
                 continue  # counted when its final comes
-            if p.window_id in seen:
+            # [revision, classes] of the final counted for this window, if one was.
+            counted = seen[p.window_id].value() if p.window_id in seen else None
+            if counted and p.revision <= counted[0]:
                 duplicates[p.stream_id] += 1
                 continue
-            seen[p.window_id] = 1
+            if counted:  # an amended final (a partly late record changed the window): it replaces the one counted
+                for label in counted[1]:
+                    class_counts[json.dumps([p.stream_id, label])] -= 1
+            else:
+                received[p.stream_id] += 1
+            seen[p.window_id] = [p.revision, list(p.classes)]
             for label in p.classes:  # a multi-label window counts for each label it asserts, an embedding for none
                 class_counts[json.dumps([p.stream_id, label])] += 1
-            received[p.stream_id] += 1
 
     def stream_summary(stream_id: str) -> dict[str, Any]:
         return {

@@ -132,3 +132,41 @@ def test_kafka_revisions_publish_a_provisional_then_a_final_per_window(
         assert by_window[start] == [(0, False), (1, True)], f"window {(start - t0) // MS} ms"
     provisional = [v for v in values if not v["final"]]
     assert all(v["closed_by"] == "provisional" and not v["modalities"]["text"] for v in provisional[1:])
+
+
+def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_without_it(
+    kafka_bootstrap: str, topic_prefix: str, shipped_model: Path
+) -> None:
+    """Revisions on, the text's wait budget short: windows close without a word that comes later. The
+    word, spoken across the edge of the first open window, amends the closed windows it belongs to
+    (a final with a higher revision, closed_by "amended") instead of missing them silently."""
+    settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, revisions=True, text_wait_ms=300,
+                                idle_timeout_ms=20_000, threads=0)
+    t0 = (time.time_ns() // NS - 60) * NS
+    media = [r for r in _stream("amend", t0, told=True) if not r.is_progress]  # the word at 0.2-0.5 s included
+    late_word = text_record("amend", 1, t0 + 2400 * MS, t0 + 2600 * MS, "three", complete=True)
+    ended = [progress_record("amend", m, 99, t0 + SECONDS * NS, ended=True) for m in MODALITIES]
+    closed_before = [t0 + k * 500 * MS for k in range(-1, 5)]  # windows ending by 3 s: up to [2 s, 3 s)
+
+    async def scenario() -> list[dict]:
+        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
+        try:
+            await produce(settings, media)
+            async with Reader(kafka_bootstrap, settings.predictions_topic) as reader, Running(settings):
+                await reader.until(lambda r: {v["t_start_ns"] for v in r.values() if v["final"]} >= set(closed_before),
+                                   timeout_s=60)
+                await produce(settings, [late_word, *ended])
+                await reader.until(lambda r: any(v["closed_by"] == "amended" for v in r.values())
+                                   and t0 + 2500 * MS in {v["t_start_ns"] for v in r.values()}, timeout_s=60)
+                return reader.values()
+        finally:
+            await delete_topics(kafka_bootstrap, all_topics(settings))
+
+    values = asyncio.run(scenario())
+    amended = {v["t_start_ns"]: v for v in values if v["closed_by"] == "amended"}
+    assert sorted((s - t0) // MS for s in amended) == [1500, 2000]
+    for start, v in amended.items():
+        earlier = [u for u in values if u["t_start_ns"] == start and u is not v]
+        assert earlier and all(u["final"] and not u["modalities"]["text"] for u in earlier), "closed without the word"
+        assert v["final"] and v["modalities"]["text"] and v["revision"] == max(u["revision"] for u in earlier) + 1
+    assert [v for v in values if v["t_start_ns"] == t0 + 2500 * MS][-1]["modalities"]["text"], "the open one has it"

@@ -290,8 +290,15 @@ def check_faust(published: OnTopic, app_id: str, log_file: Path, *, duplicates: 
 
     ``duplicates``: re-deliveries sent on top of ``published.values``, per stream (None: not checked).
     """
-    # A window published twice (at least once) counts once; the app keeps the first copy.
-    unique = {s: list({v["window_id"]: v for v in reversed(published.of(s))}.values()) for s in published.stream_ids}
+    # A window published twice (at least once) counts once: the first copy of its highest revision (an
+    # amended final replaces the one counted before it).
+    unique: dict[str, list[dict[str, Any]]] = {}
+    for stream_id in published.stream_ids:
+        kept: dict[str, dict[str, Any]] = {}
+        for v in published.of(stream_id):
+            if v["window_id"] not in kept or v.get("revision", 0) > kept[v["window_id"]].get("revision", 0):
+                kept[v["window_id"]] = v
+        unique[stream_id] = list(kept.values())
     want = {s: (len(unique[s]), None if duplicates is None else duplicates.get(s, 0)) for s in published.stream_ids}
     window_ns = FAUST_WINDOW_S * 1_000_000_000
     with faust_worker(published, app_id, log_file) as (url, worker):
@@ -299,7 +306,7 @@ def check_faust(published: OnTopic, app_id: str, log_file: Path, *, duplicates: 
         assert body["window_s"] == FAUST_WINDOW_S
         for stream_id in published.stream_ids:
             mine = unique[stream_id]
-            newest = max(mine, key=lambda v: v["t_start_ns"])
+            newest = max(mine, key=lambda v: (v["t_start_ns"], v.get("revision", 0)))
             assert [s["latest"] for s in body["streams"] if s["stream_id"] == stream_id] == [newest]
             status, stream = _get(f"{url}/streams/{stream_id}/")
             assert status == 200
@@ -379,9 +386,14 @@ def test_kafka_subscribe_read_committed_hides_aborted_transactions(kafka_bootstr
 
 
 def test_kafka_faust_app_views(written: OnTopic, topic_prefix: str, tmp_path: Path) -> None:
-    # A re-delivered prediction (at-least-once) must not be counted twice.
+    # A re-delivered prediction (at-least-once) must not be counted twice; an amended final (revision 1,
+    # another label: a partly late record changed the window) replaces the count of the one before it.
     first = written.values[0]
-    asyncio.run(_send(written.bootstrap, written.topic, [(first["stream_id"].encode(), json.dumps(first).encode())]))
+    amended = dict(written.values[1], revision=1, label=str((int(written.values[1]["label"]) + 1) % 10))
+    sent = [first, amended]
+    records = [(v["stream_id"].encode(), json.dumps(v).encode()) for v in sent]
+    asyncio.run(_send(written.bootstrap, written.topic, records))
+    written.values.append(amended)
     check_faust(written, f"{topic_prefix}-faust", tmp_path / "faust.log", duplicates={first["stream_id"]: 1})
 
 
