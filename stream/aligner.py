@@ -145,7 +145,9 @@ class Aligner:
         amend: those whose items are kept (the last ``window_ns`` before the first open window)."""
         if state is None or state.retired is None or first >= emitted_until:
             return []
-        kept_from = emitted_until - self.config.window_ns
+        # Only windows this aligner closed itself: after a resume (a restart, a new owner) the windows before
+        # it were published by an earlier run, and the records re-read for the open ones were in them already.
+        kept_from = max(emitted_until - self.config.window_ns, state.first_start_ns)
         return [start for start in range(first, emitted_until, self.config.hop_ns) if start >= kept_from]
 
     def _rebuild(self, stream_id: str, state: StreamState | None, start: int, *, revision: int = 0,
