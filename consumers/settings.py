@@ -126,8 +126,8 @@ class Settings(BaseSettings):
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
     text_wait_ms: int | None = Field(
         None, ge=0,
-        description="The transcript's wait budget: text this far behind the newest modality is not waited for "
-        "(unset: max_skew_ms).",
+        description="The transcript's wait budget: a window waits for its text until the newest modality is this far "
+        "past the window's end, no longer (unset: max_skew_ms, past which text is not waited for at all).",
     )
     revisions: bool = Field(
         False,

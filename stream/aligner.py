@@ -364,7 +364,9 @@ class Aligner:
         """The end up to which every modality waited for is complete: a modality's newest event time
         less the allowed lateness, or what its producer promised (progress) if that is further. A
         modality is waited for while it is within ``max_skew`` of the newest, sent something (media
-        or progress) within ``idle_timeout``, and has not said its source ended."""
+        or progress) within ``idle_timeout``, and has not said its source ended. A modality with a
+        wait budget (``wait_ns``, e.g. ``text_wait_ms``) holds each window at most that long behind
+        the newest: its side is never further back than the newest less its budget."""
         cfg = self.config
         lateness = cfg.lateness_ns
         seen = {m: b for m, b in state.buffers.items()
@@ -374,10 +376,24 @@ class Aligner:
         if all(b.ended for b in seen.values()):
             return ENDED  # every source said it stopped: nothing more is coming, close everything
         newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen.values())
+        if cfg.wait_ns:
+            # Not dropped once it lags by its budget (that closed every window up to the others' side,
+            # even those whose budget had not run out, and made the words still coming for them late):
+            # each window waits for it until the newest data is the budget past the window's end.
+            budgets = dict(cfg.wait_ns)
+            waited_for = [
+                max(b.latest_end_ns - lateness, b.complete_ns, newest - budgets[m]) if m in budgets
+                else max(b.latest_end_ns - lateness, b.complete_ns)
+                for m, b in seen.items()
+                if (m in budgets or max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns)
+                and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
+                and not b.ended
+            ]
+            return min(waited_for, default=newest - lateness)
         waited_for = [
             max(b.latest_end_ns - lateness, b.complete_ns)
-            for m, b in seen.items()
-            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.skew_ns(m)
+            for b in seen.values()
+            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns
             and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
             and not b.ended
         ]

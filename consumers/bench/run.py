@@ -19,6 +19,8 @@ from typing import Any
 from rich.console import Console
 
 from fusionstream.consumers.bench.common import best_of, broker_available, machine, ratio, realtime_search
+from fusionstream.consumers.bench.cpu import efficiency, find_broker
+from fusionstream.consumers.bench.delivery import REALISTIC, DeliveryProfile
 from fusionstream.consumers.bench.stages import (
     StageResult,
     engine_stage,
@@ -56,6 +58,11 @@ class BenchOptions:
     max_streams: int = 512
     int8: bool = True
     rounds: int = 3
+    #: How the live trials deliver their records (docs/performance.md); revisions in them (None: the settings').
+    delivery: DeliveryProfile = REALISTIC
+    revisions: bool | None = None
+    #: Only live trials at this many streams through the broker, revisions off then on (``--live-streams``).
+    live_streams: int | None = None
 
 
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
@@ -68,6 +75,10 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     def done(result: StageResult) -> None:
         stages[result.name] = result
         line = f"  {result.name:<16} {result.windows_per_s:8.1f} windows/s"
+        if result.cpu_ms_per_window is not None:
+            line += f"   {result.cpu_ms_per_window:6.2f} CPU ms/window"
+        if result.extra.get("broker_cpu_ms_per_window") is not None:
+            line += f" (+ broker {result.extra['broker_cpu_ms_per_window']:.2f})"
         if result.latencies_ms:
             p = result.summary()["latency_ms"]
             line += f"   latency p50 {p['p50']:.1f} ms  p99 {p['p99']:.1f} ms"
@@ -166,11 +177,14 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
                 half = report["max_realtime_streams"] // 2
                 with console.status(f"kafka at half the maximum load: {half} live streams"):
-                    result, _ = kafka_realtime(make_runner, manifest, kafka_settings, workload, half,
-                                               seconds=options.trial_seconds, warmup_s=options.warmup_s,
-                                               bound_ms=options.bound_ms)
+                    result, trial = kafka_realtime(make_runner, manifest, kafka_settings, workload, half,
+                                                   seconds=options.trial_seconds, warmup_s=options.warmup_s,
+                                                   bound_ms=options.bound_ms, delivery=options.delivery,
+                                                   revisions=options.revisions)
                 done(result)
-                report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms")}
+                report["half_load"] = {"streams": half, "close_to_ack_ms": result.summary().get("latency_ms"),
+                                       "end_to_first_ms": trial.end_to_first_ms,
+                                       "end_to_final_ms": trial.end_to_final_ms, "trial": trial.summary()}
 
     rate = {name: round(result.windows_per_s, 1) for name, result in stages.items()}
     ratios = {"pipeline/engine": ratio(rate["pipeline"], rate["engine"])}
@@ -183,6 +197,15 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
     if "engine_int8" in rate:
         ratios["engine_int8/engine"] = ratio(rate["engine_int8"], rate["engine"])
+    # What each stage's own process spent per window, whatever else the machine ran meanwhile; the broker
+    # (another process, on this machine only in a test setup) apart. Efficiency: engine / service.
+    cpu = {name: result.cpu_ms_per_window for name, result in stages.items() if result.cpu_ms_per_window is not None}
+    report["cpu_ms_per_window"] = cpu
+    if "kafka" in stages:
+        report["broker_cpu_ms_per_window"] = stages["kafka"].extra.get("broker_cpu_ms_per_window")
+        report["broker"] = find_broker(kafka_settings.bootstrap_servers).describe()
+        report["efficiency"] = ratios["efficiency"] = efficiency(cpu.get("engine"), cpu.get("kafka"))
+        console.print(_cpu_line(cpu, report["broker_cpu_ms_per_window"], report["broker"], report["efficiency"]))
     report["windows_per_s"] = rate
     report["latency_ms"] = {
         name: result.summary()["latency_ms"] for name, result in stages.items() if result.latencies_ms
@@ -192,6 +215,12 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
     report["skipped"] = skipped
     report.setdefault("max_realtime_streams", None)
     return report
+
+
+def _cpu_line(cpu: dict[str, float], broker_ms: float | None, where: dict[str, Any], ratio_: float | None) -> str:
+    broker = f"unknown ({where.get('why_unknown', 'not measured')})" if broker_ms is None else f"{broker_ms:.2f}"
+    return (f"  CPU ms per window: engine {cpu.get('engine')}, kafka service {cpu.get('kafka')}, broker {broker}; "
+            f"efficiency (engine / kafka service) {ratio_} (target >= 0.75)")
 
 
 def _int8_runtime(settings: Settings, options: BenchOptions, options_of_backend: dict[str, Any], scope: ExitStack,

@@ -170,31 +170,35 @@ class Pipeline:
         items = await self._decode_all(records)
         now = self._clock()
         dead: list[DeadLetter] = []
+        # Once per record the service consumes: the attributes it uses, looked up once per call.
+        add, on_admit, ignored, stats = self.aligner.add, self._on_admit, self._ignored, self.stats
+        partly_late = 0
         for item in items:
             if isinstance(item, DeadLetter):
                 dead.append(item)
                 continue
-            if self._ignored and item.modality in self._ignored:
-                self.stats.records_ignored += 1
-                if self._on_admit is not None:
-                    self._on_admit(item.ref, 0)  # in no window: nothing to wait for
+            if ignored and item.modality in ignored:
+                stats.records_ignored += 1
+                if on_admit is not None:
+                    on_admit(item.ref, 0)  # in no window: nothing to wait for
                 continue
             if isinstance(item, Progress):
                 self.aligner.progress(item, now)
-                self.stats.progress_records += 1
-                if self._on_admit is not None:
-                    self._on_admit(item.ref, 0)
+                stats.progress_records += 1
+                if on_admit is not None:
+                    on_admit(item.ref, 0)
                 continue
-            admission = self.aligner.add(item, now)
+            admission = add(item, now)
             if admission.late:
                 dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
                                        item.stream_id))
                 continue
             # In some of its windows only: counted (the closed ones were published without it).
-            self.stats.records_partly_late += admission.missed > 0
-            if self._on_admit is not None:
-                self._on_admit(item.ref, len(admission.window_starts))
-        self.stats.records += len(records)
+            partly_late += admission.missed > 0
+            if on_admit is not None:
+                on_admit(item.ref, len(admission.window_starts))
+        stats.records_partly_late += partly_late
+        stats.records += len(records)
         self.stats.dead_letters += len(dead)
         await self._enqueue(self.aligner.poll(now))
         await self._enqueue(self.aligner.provisional(now))

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MODALITY_NAMES = ("video", "audio", "text")
+#: ``json.dumps(value, separators=(",", ":"))`` builds this encoder at every call; one per prediction
+#: published adds up. Same output.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +85,4 @@ class Prediction:
         return value
 
     def to_json(self, *, capture_to_publish_ms: float | None = None) -> bytes:
-        return json.dumps(self.to_dict(capture_to_publish_ms=capture_to_publish_ms), separators=(",", ":")).encode()
+        return _ENCODE(self.to_dict(capture_to_publish_ms=capture_to_publish_ms)).encode()

@@ -128,23 +128,23 @@ class Feeder:
         for tp, records in batch.items():
             if not self._handover.owns(tp):
                 continue
-            self._metrics.records.labels(tp.topic).inc(len(records))
+            self._metrics.records_fetched(tp.topic, len(records))
             if on_fetched is not None and records:
                 on_fetched(time.time() * 1000 - records[0].timestamp)
+            if self._options.on_fetched_record is not None and records:
+                self._options.on_fetched_record(records[0])
             self._merger.add(tp, self._handover.fetched(tp, records), now_ms, fetched_ms=self._fetched_ms(tp))
         released = self._merger.release(self._handover.owned, self._log_end, now_ms)
         self.clock.observe(self._behind())
         if not released:
             return
-        items: list[tuple[bytes, tuple[str, int, int]]] = []
-        messages: dict[tuple[str, int, int], ConsumerRecord] = {}
-        for tp, message in released:
-            ref = (tp[0], tp[1], message.offset)
-            messages[ref] = message
-            items.append((message.value if message.value is not None else b"", ref))
+        items = [(message.value if message.value is not None else b"", (tp[0], tp[1], message.offset))
+                 for tp, message in released]
         dead = await self._pipeline.feed(items)
-        for letter in dead:
-            await self._dead_letter(messages[letter.ref], letter)
+        if dead:  # rare: index the records by ref only then
+            messages = {(tp[0], tp[1], message.offset): message for tp, message in released}
+            for letter in dead:
+                await self._dead_letter(messages[letter.ref], letter)
 
     def _behind(self) -> bool:
         """Whether input is waiting on the service: unread records, unfed records, or a full engine queue."""

@@ -164,15 +164,17 @@ class Handover:
         """Hold the offsets of fetched records and note their streams; returns the records not fetched before
         (a re-seek can deliver an offset twice: the first copy is already being processed)."""
         streams = self._streams.setdefault(tp[1], OrderedDict())
-        accepted: list[R] = []
-        last_key = None
-        for record in records:
-            if not self.tracker.fetched((tp[0], tp[1], record.offset)):
-                continue
-            accepted.append(record)
-            if record.key is not None and record.key != last_key:
-                last_key = record.key
-                stream_id = record.key.decode("utf-8", "replace")
+        batch = list(records)
+        skipped = self.tracker.fetched_run(tp, [record.offset for record in batch])
+        if skipped is not None:  # the usual case: one fetch's increasing offsets, held at once
+            accepted = batch[skipped:]
+        else:
+            accepted = [r for r in batch if self.tracker.fetched((tp[0], tp[1], r.offset))]
+        # Each stream once, in the order of its last record here: the order that moving it to the end at
+        # every record would leave (least recently seen first).
+        for key in reversed(dict.fromkeys(r.key for r in reversed(accepted))):
+            if key is not None:
+                stream_id = key.decode("utf-8", "replace")
                 streams[stream_id] = None
                 streams.move_to_end(stream_id)
         while len(streams) > self._max_streams:
@@ -213,6 +215,10 @@ class Handover:
         until = prediction.t_start_ns + self.hop_ns
         if until > self._provisional.get(prediction.stream_id, until - 1):
             self._provisional[prediction.stream_id] = until
+        # A stream's first predictions may all be provisional, and a checkpoint only holds streams with a
+        # published time: without one, a restart would predict these windows again as revision 0. Nothing
+        # before this window is unpublished: every earlier window got its final or a provisional one first.
+        self._published.setdefault(prediction.stream_id, prediction.t_start_ns)
 
     def published_until(self, stream_id: str) -> int | None:
         """The start of the stream's first window not yet acknowledged, if known."""

@@ -101,20 +101,7 @@ class PartitionMerger(Generic[R]):
                 if isinstance(reported, bool):
                     raise TypeError("log_end returns when the log end was reported, or None; not a bool")
                 seen.append(_INF if self._idle(lane, now_ms) else -_INF if reported is None else reported)
-            while True:
-                head: _Lane[R] | None = None
-                head_tp: TP | None = None
-                for tp, lane in lanes:
-                    if lane.records and (head is None or lane.records[0].timestamp < head.records[0].timestamp):
-                        head, head_tp = lane, tp
-                if head is None or head_tp is None:
-                    break
-                timestamp, fetched = head.records[0].timestamp, head.fetched[0]
-                if not all(lane is head or lane.newest_ms >= timestamp or seen_at >= fetched
-                           for (_, lane), seen_at in zip(lanes, seen, strict=True)):
-                    break  # the oldest held record waits, and every later one with it
-                head.fetched.popleft()
-                out.append((head_tp, head.records.popleft()))
+            _merge(lanes, seen, out)
         return out
 
     def _idle(self, lane: _Lane[R], now_ms: float) -> bool:
@@ -144,6 +131,34 @@ class PartitionMerger(Generic[R]):
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._lanes.pop(tp, None)
+
+
+def _merge(lanes: list[tuple[TP, _Lane[R]]], seen: list[float], out: list[tuple[TP, R]]) -> None:
+    """Release one partition's held records into ``out``, oldest first, until the oldest must wait.
+
+    The oldest head goes (ties: the earlier lane) if every other lane has fetched a record at least as
+    new, or had its log end reported since the record was fetched; else it waits, and every later one
+    with it. Every record the service takes passes here, and the topics' records interleave (runs of
+    one or two), so the lanes' fields are read into lists once, not once per record."""
+    tps = [tp for tp, _ in lanes]
+    records = [lane.records for _, lane in lanes]
+    fetched = [lane.fetched for _, lane in lanes]
+    newest = [lane.newest_ms for _, lane in lanes]
+    count = len(lanes)
+    while True:
+        head, oldest = -1, _INF
+        for index in range(count):
+            held = records[index]
+            if held and held[0].timestamp < oldest:
+                head, oldest = index, held[0].timestamp
+        if head < 0:
+            return
+        fetched_at = fetched[head][0]
+        for index in range(count):
+            if index != head and newest[index] < oldest and seen[index] < fetched_at:
+                return  # the oldest held record waits, and every later one with it
+        fetched[head].popleft()
+        out.append((tps[head], records[head].popleft()))
 
 
 class IntakeClock:

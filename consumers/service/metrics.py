@@ -124,8 +124,11 @@ class ServiceMetrics:
         self.paused = Gauge(
             "paused", "1 while fetching is paused for backpressure.", namespace=ns, registry=registry
         )
-        for modality in MODALITY_NAMES:
-            self.coverage.labels(modality)
+        # The labelled children used per window or per fetch, looked up once: ``labels()`` takes a lock
+        # and builds its key each call (these families' children are never removed).
+        self._coverage_of = tuple(self.coverage.labels(modality) for modality in MODALITY_NAMES)
+        self._windows_by: dict[str, Any] = {}
+        self._records_of: dict[str, Any] = {}
 
     def observe_prediction(self, prediction: Prediction, capture_to_publish_ms: float) -> None:
         self.capture_to_publish.observe(max(capture_to_publish_ms, 0.0) / 1000)
@@ -133,9 +136,19 @@ class ServiceMetrics:
         self.queue.observe(prediction.queue_ms / 1000)
         self.inference.observe(prediction.inference_ms / 1000)
         self.batch_size.observe(prediction.batch_size)
-        self.windows.labels(prediction.closed_by).inc()
-        for modality, value in zip(MODALITY_NAMES, prediction.coverage, strict=True):
-            self.coverage.labels(modality).observe(value)
+        windows = self._windows_by.get(prediction.closed_by)
+        if windows is None:
+            windows = self._windows_by[prediction.closed_by] = self.windows.labels(prediction.closed_by)
+        windows.inc()
+        for child, value in zip(self._coverage_of, prediction.coverage, strict=True):
+            child.observe(value)
+
+    def records_fetched(self, topic: str, count: int) -> None:
+        """``records_consumed{topic}`` += count."""
+        records = self._records_of.get(topic)
+        if records is None:
+            records = self._records_of[topic] = self.records.labels(topic)
+        records.inc(count)
 
 
 class MetricsServer:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fusionstream.consumers.pipeline.prediction import Prediction
+
+if TYPE_CHECKING:
+    from aiokafka import ConsumerRecord
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class ServiceOptions:
     #: Called per fetched topic-partition batch with the age in milliseconds of its first record
     #: (now minus the record's timestamp): how far intake runs behind the producers.
     on_fetched: Callable[[float], None] | None = None
+    #: Called per fetched topic-partition batch with its first record (``fusionstream bench`` looks up when
+    #: its producer was due to send it: records of a live feed reach the broker well after their timestamps).
+    on_fetched_record: Callable[[ConsumerRecord], None] | None = None
 
 
 __all__ = ["ServiceOptions"]

@@ -16,6 +16,7 @@ as serving gives an absent modality. What is measured depends on the task:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from fusionstream.consumers.training.frozen_data import DIGITS, Part, clip_parts
 from fusionstream.consumers.training.frozen_heads import accuracy, micro_f1
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import Manifest, TaskSpec
+from fusionstream.stream.sources import Corruption
 
 BATCH = 512
 METRIC = {"single_label": "accuracy", "multi_label": "micro-F1", "embedding": "nearest-centroid accuracy"}
@@ -37,9 +39,13 @@ METRIC = {"single_label": "accuracy", "multi_label": "micro-F1", "embedding": "n
 CACHE_FORMAT = 1
 
 
-def heldout_parts(manifest: Manifest, *, seconds: float, seed: int,
-                  data: Path | None) -> tuple[tuple[str, ...], list[Part]]:
-    """The classes the data is labelled with and its parts: ``data``'s clips, else held-out synthetic streams."""
+def heldout_parts(manifest: Manifest, *, seconds: float, seed: int, data: Path | None, voices: str = "test",
+                  clean: bool = False) -> tuple[tuple[str, ...], list[Part]]:
+    """The classes the data is labelled with and its parts: ``data``'s clips, else held-out synthetic streams
+    spoken by ``voices`` (the bank's test voices, or ``voice:NAME`` alone), with no corruption when ``clean``.
+
+    The streams' plan (digits, times, corruption states) depends on the seed only, so every ``voices``
+    gets the same digits at the same times: voices are compared on the same sentences."""
     task = manifest.task
     assert task is not None
     labelled = task.kind != "embedding"
@@ -53,7 +59,12 @@ def heldout_parts(manifest: Manifest, *, seconds: float, seed: int,
     if labelled and sorted(task.classes) != sorted(DIGITS):
         raise ModelDirError(f"{manifest.path}: task.classes are not the synthetic source's digits 0-9: "
                             f"evaluate this model on your clips with --data DIR")
-    return DIGITS, synthetic_parts(seconds, seed, "test")
+    parts = synthetic_parts(seconds, seed, voices)
+    if clean:
+        # In the config, so its repr (the cache key's data part) tells clean and corrupted streams apart.
+        parts = [dataclasses.replace(p, config=dataclasses.replace(p.config, corruption=Corruption.none()))
+                 for p in parts]
+    return DIGITS, list(parts)
 
 
 def embed_heldout(runtime: Runtime, classes: tuple[str, ...], parts: list[Part], *, progress: Progress,

@@ -13,6 +13,7 @@ from fusionstream.consumers.pipeline.reuse import Embedder
 from fusionstream.consumers.pipeline.runner import Runtime
 from fusionstream.consumers.training.embed_cache import EmbeddedSet
 from fusionstream.consumers.training.evaluate import embed_heldout, evaluate, heldout_parts
+from fusionstream.consumers.training.evaluate_by import heldout_voices, per_class, print_breakdowns, voice_scores
 from fusionstream.consumers.training.frozen_data import Part, labelled_windows
 from fusionstream.consumers.training.generate import progress_bar
 from fusionstream.engines.backends import open_runtime
@@ -29,33 +30,63 @@ SPEED_BATCH = 32
 def evaluate_command(
     model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
     options: dict[str, Any] | None = None, cache: Path | None = None, int8: bool = False,
+    by: tuple[str, ...] = (), voices: tuple[str, ...] = (), clean: bool = False,
 ) -> dict[str, Any]:
+    """Score ``model_dir`` on held-out windows; ``by`` (``voice``, ``digit``) adds the breakdowns of
+    :mod:`~fusionstream.consumers.training.evaluate_by` (``voices``: which, default the bank's test
+    voices), ``clean`` renders the synthetic streams with no corruption."""
     console = Console(stderr=quiet)
     options = options or {}
     manifest = load_manifest(model_dir)
     if not manifest.servable:
         raise ModelDirError(f"{manifest.path}: an encoders-only directory (no task, no fusion head) has nothing to "
                             f"evaluate: train a head on it first (fusionstream train OUT --encoders {model_dir})")
-    classes, parts = heldout_parts(manifest, seconds=seconds, seed=seed, data=data)
-    what = "clips" if data is not None else "held-out streams"
+    _check_breakdowns(manifest.task.kind if manifest.task else "", data, by, clean)
+    classes, parts = heldout_parts(manifest, seconds=seconds, seed=seed, data=data, clean=clean)
+    # Checked before anything is embedded: an unknown voice is one line, not a minute of work and a traceback.
+    per_voice = heldout_voices(voices) if "voice" in by else ()
+    what = "clips" if data is not None else f"{'clean ' if clean else ''}held-out streams"
     runtime: Runtime
     with open_runtime(backend, model_dir, **options) as runtime:
         with progress_bar(console) as progress:
             windows = embed_heldout(runtime, classes, parts, progress=progress, what=what, cache=cache,
                                     options=options)
-        if not len(windows):
+            voice_windows = {
+                voice: embed_heldout(runtime, classes, heldout_parts(manifest, seconds=seconds, seed=seed, data=None,
+                                                                     voices=f"voice:{voice}", clean=clean)[1],
+                                     progress=progress, what=f"voice {voice}", cache=cache, options=options)
+                for voice in per_voice
+            }
+        if not len(windows) or not all(len(w) for w in voice_windows.values()):
             raise ModelDirError(f"{model_dir}: no held-out windows to evaluate on")
         result = evaluate(runtime, windows)
+        if voice_windows:
+            result["by_voice"] = {voice: voice_scores(runtime, w, "digit" in by) for voice, w in voice_windows.items()}
+        if "digit" in by:
+            result["by_digit"] = per_class(runtime, windows)
     described = ", ".join(f"{key} {value}" for key, value in options.items())
     task = result["task"]
     console.print(evaluation_table(result, f"{manifest.fusion.method if manifest.fusion else ''} model "
                                            f"v{manifest.version} ({task}) on {backend}"
                                            f"{f' ({described})' if described else ''}, "
                                            f"{result['windows']} clear of {result['all_windows']} windows"))
+    print_breakdowns(console, result, what)
     result |= {"backend": backend, "backend_options": {k: str(v) for k, v in options.items()}}
+    if data is None:
+        result["clean"] = clean
     if int8:
         result["int8"] = _int8(model_dir, classes, parts, windows, result, cache, console)
     return result
+
+
+def _check_breakdowns(task: str, data: Path | None, by: tuple[str, ...], clean: bool) -> None:
+    """Refuse what cannot be measured: voices and clean rendering are the synthetic streams' (a clip has
+    one soundtrack), and a per-digit accuracy needs labels the model predicts (not an embedding task)."""
+    if data is not None and ("voice" in by or clean):
+        raise ModelDirError("--by voice and --clean render the synthetic held-out streams: they do not apply "
+                            "to --data clips")
+    if "digit" in by and task == "embedding":
+        raise ModelDirError("--by digit needs a model that predicts labels: this one's task is embedding")
 
 
 def evaluation_table(result: dict[str, Any], title: str) -> Table:

@@ -3,6 +3,9 @@
 ``scripts/make_speech_bank.sh`` writes the bank (16 kHz mono 16-bit WAV, silence trimmed,
 peaks at -3 dBFS) and ``index.json``, which names the voices and which are held out for
 testing. This module reads it with the stdlib :mod:`wave` module: no audio library needed.
+
+Which voices a bank holds: a split (``train``, ``test``, ``all``) or one voice, ``voice:NAME``
+(any voice of ``index.json``), so that accuracy can be measured voice by voice.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Literal
 
 import numpy as np
 
+from fusionstream.stream.errors import FusionStreamError
+
 #: Where the bank ships, inside the package (see ``[tool.setuptools.package-data]``).
 BANK_DIR = Path(__file__).with_name("speech_bank")
 
@@ -24,6 +29,12 @@ BANK_DIR = Path(__file__).with_name("speech_bank")
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 Split = Literal["train", "test", "all"]
+#: ``voices="voice:NAME"`` selects that one voice of the bank instead of a split.
+VOICE_PREFIX = "voice:"
+
+
+class UnknownVoice(FusionStreamError, ValueError):
+    """A ``voice:NAME`` the bank does not hold (a ValueError too, like an unknown split)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -58,8 +69,9 @@ class SpeechBank:
     clips: tuple[tuple[Clip, ...], ...]
 
     @classmethod
-    def load(cls, split: Split = "train", directory: str | Path | None = None) -> SpeechBank:
-        """Load the clips of ``split`` (``train``, ``test`` or ``all``); cached, so calling it again is free."""
+    def load(cls, split: Split | str = "train", directory: str | Path | None = None) -> SpeechBank:
+        """Load the clips of ``split`` (``train``, ``test``, ``all`` or ``voice:NAME``); cached, so calling it
+        again is free."""
         return _load(split, str(Path(directory) if directory is not None else BANK_DIR))
 
     def __getitem__(self, digit: int) -> tuple[Clip, ...]:
@@ -89,16 +101,29 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-@functools.lru_cache(maxsize=8)
-def _load(split: str, directory: str) -> SpeechBank:
+def voices_of(split: Split | str, directory: str | Path = BANK_DIR) -> tuple[str, ...]:
+    """The voices ``split`` names (``train``, ``test``, ``all`` or ``voice:NAME``), in ``index.json``'s order."""
     index = read_index(directory)
+    everyone: tuple[str, ...] = tuple(index["voices"])  # type: ignore[call-overload]
     groups: dict[str, Sequence[str]] = index["split"]  # type: ignore[assignment]
     if split == "all":
-        voices = tuple(index["voices"])  # type: ignore[call-overload]
-    elif split in groups:
-        voices = tuple(groups[split])
-    else:
-        raise ValueError(f"unknown speech bank split {split!r}: choose train, test or all")
+        return everyone
+    if split in groups:
+        return tuple(groups[split])
+    if split.startswith(VOICE_PREFIX):
+        name = split[len(VOICE_PREFIX):]
+        if name not in everyone:
+            raise UnknownVoice(f"the speech bank has no voice {name!r}: its voices are {', '.join(everyone)} "
+                               f"(test: {', '.join(groups.get('test', ()))})")
+        return (name,)
+    raise ValueError(f"unknown speech bank split {split!r}: choose train, test, all or {VOICE_PREFIX}NAME")
+
+
+@functools.lru_cache(maxsize=16)
+def _load(split: str, directory: str) -> SpeechBank:
+    # 16: the three splits plus one bank per voice (``evaluate --by voice`` loads each test voice alone).
+    index = read_index(directory)
+    voices = voices_of(split, directory)
     speeds: Sequence[int] = index["speeds_wpm"]  # type: ignore[assignment]
     pattern = str(index["file_pattern"])
     sample_rate = int(index["sample_rate"])  # type: ignore[call-overload]
@@ -118,4 +143,5 @@ def _load(split: str, directory: str) -> SpeechBank:
     return SpeechBank(split, voices, sample_rate, tuple(tuple(c) for c in clips))
 
 
-__all__ = ["BANK_DIR", "DIGIT_WORDS", "Clip", "SpeechBank", "Split", "read_index", "read_wav"]
+__all__ = ["BANK_DIR", "DIGIT_WORDS", "VOICE_PREFIX", "Clip", "SpeechBank", "Split", "UnknownVoice", "read_index",
+           "read_wav", "voices_of"]

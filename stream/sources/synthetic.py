@@ -115,7 +115,7 @@ class SyntheticConfig:
     frame_size: tuple[int, int] = (96, 96)  # width, height
     sample_rate: int = 16_000
     chunk_ms: int = 40
-    voices: Split = "train"  # speech bank split: train | test | all
+    voices: Split | str = "train"  # speech bank voices: train | test | all | voice:NAME (one voice alone)
     video_encoding: Encoding = Encoding.JPEG
     jpeg_quality: int = 80
     audio_encoding: Encoding = Encoding.PCM_S16LE
@@ -170,6 +170,17 @@ class _Utterance:
     start: int  # sample offset from the stream start
     samples: np.ndarray  # the clip at the source's sample rate
     rms: float
+    voice: str
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One spoken digit word of a stream: when, which digit, and which voice of the speech bank said it."""
+
+    t_start_ns: int
+    t_end_ns: int
+    digit: int
+    voice: str
 
 
 def _record_order(record: Record) -> tuple[int, str, int]:
@@ -182,9 +193,9 @@ class SyntheticAV:
     def __init__(self, config: SyntheticConfig | None = None) -> None:
         self.config = config = config or SyntheticConfig()
         bank = SpeechBank.load(config.voices)
-        # Clips at the source's rate, resampled once here rather than per utterance.
-        self._clips: tuple[tuple[tuple[np.ndarray, float], ...], ...] = tuple(
-            tuple(_at_rate(c.samples, c.sample_rate, config.sample_rate) for c in bank[d])
+        # Clips at the source's rate, resampled once here rather than per utterance (with their voice).
+        self._clips: tuple[tuple[tuple[np.ndarray, float, str], ...], ...] = tuple(
+            tuple((*_at_rate(c.samples, c.sample_rate, config.sample_rate), c.voice) for c in bank[d])
             for d in range(len(DIGIT_WORDS))
         )
         self._plans = [self._plan(i) for i in range(config.streams)]
@@ -211,6 +222,14 @@ class SyntheticAV:
             # Everything of segment k starts before segment k+1 does, so sorting per segment suffices.
             batch.sort(key=lambda r: (r.t_start_ns, int(r.modality), r.seq))
             yield from batch
+
+    def utterances(self, stream_id: str) -> Iterator[Utterance]:
+        """Every word one stream speaks (dropped and silenced segments' too), without rendering any media."""
+        plan = self._plans[self.stream_ids.index(stream_id)]
+        for k, segment in enumerate(plan.segments):
+            for utt in self._utterances(plan, k):
+                yield Utterance(self._time(plan.start_ns, utt.start),
+                                self._time(plan.start_ns, utt.start + len(utt.samples)), segment.digit, utt.voice)
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -263,10 +282,10 @@ class SyntheticAV:
         out: list[_Utterance] = []
         cursor = s0 + round(rng.uniform(*PAUSE_S) * sr)
         while True:
-            samples, rms = clips[int(rng.integers(len(clips)))]
+            samples, rms, voice = clips[int(rng.integers(len(clips)))]
             if cursor + len(samples) > stop:
                 return out
-            out.append(_Utterance(cursor, samples, rms))
+            out.append(_Utterance(cursor, samples, rms, voice))
             cursor += len(samples) + round(rng.uniform(*PAUSE_S) * sr)
 
     # -- rendering ----------------------------------------------------------------------------
@@ -384,4 +403,4 @@ def _at_rate(samples: np.ndarray, rate: int, target: int) -> tuple[np.ndarray, f
     return samples, rms
 
 
-__all__ = ["ASR_CONFUSIONS", "Corruption", "SyntheticAV", "SyntheticConfig"]
+__all__ = ["ASR_CONFUSIONS", "Corruption", "SyntheticAV", "SyntheticConfig", "Utterance"]

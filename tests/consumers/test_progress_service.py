@@ -139,14 +139,16 @@ def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_w
 ) -> None:
     """Revisions on, the text's wait budget short: windows close without a word that comes later. The
     word, spoken across the edge of the first open window, amends the closed windows it belongs to
-    (a final with a higher revision, closed_by "amended") instead of missing them silently."""
+    (a final with a higher revision, closed_by "amended") instead of missing them silently. (A window
+    waits for the text until the newest media is the budget past its end: with media to 3 s and a
+    300 ms budget, the windows ending by 2.7 s close.)"""
     settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, revisions=True, text_wait_ms=300,
                                 idle_timeout_ms=20_000, threads=0)
     t0 = (time.time_ns() // NS - 60) * NS
     media = [r for r in _stream("amend", t0, told=True) if not r.is_progress]  # the word at 0.2-0.5 s included
-    late_word = text_record("amend", 1, t0 + 2400 * MS, t0 + 2600 * MS, "three", complete=True)
+    late_word = text_record("amend", 1, t0 + 1900 * MS, t0 + 2100 * MS, "three", complete=True)
     ended = [progress_record("amend", m, 99, t0 + SECONDS * NS, ended=True) for m in MODALITIES]
-    closed_before = [t0 + k * 500 * MS for k in range(-1, 5)]  # windows ending by 3 s: up to [2 s, 3 s)
+    closed_before = [t0 + k * 500 * MS for k in range(-1, 4)]  # windows ending by 2.7 s: up to [1.5 s, 2.5 s)
 
     async def scenario() -> list[dict]:
         await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
@@ -157,16 +159,16 @@ def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_w
                                    timeout_s=60)
                 await produce(settings, [late_word, *ended])
                 await reader.until(lambda r: any(v["closed_by"] == "amended" for v in r.values())
-                                   and t0 + 2500 * MS in {v["t_start_ns"] for v in r.values()}, timeout_s=60)
+                                   and t0 + 2000 * MS in {v["t_start_ns"] for v in r.values()}, timeout_s=60)
                 return reader.values()
         finally:
             await delete_topics(kafka_bootstrap, all_topics(settings))
 
     values = asyncio.run(scenario())
     amended = {v["t_start_ns"]: v for v in values if v["closed_by"] == "amended"}
-    assert sorted((s - t0) // MS for s in amended) == [1500, 2000]
+    assert sorted((s - t0) // MS for s in amended) == [1000, 1500]
     for start, v in amended.items():
         earlier = [u for u in values if u["t_start_ns"] == start and u is not v]
         assert earlier and all(u["final"] and not u["modalities"]["text"] for u in earlier), "closed without the word"
         assert v["final"] and v["modalities"]["text"] and v["revision"] == max(u["revision"] for u in earlier) + 1
-    assert [v for v in values if v["t_start_ns"] == t0 + 2500 * MS][-1]["modalities"]["text"], "the open one has it"
+    assert [v for v in values if v["t_start_ns"] == t0 + 2000 * MS][-1]["modalities"]["text"], "the open one has it"
