@@ -62,6 +62,9 @@ def demo(
     captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions for --video.")] = None,  # noqa: UP045
     labels: Annotated[Optional[Path], typer.Option("--labels", exists=True, dir_okay=False, help="Labelled spans of --video, a CSV file,start_s,end_s,label (docs/training.md; rows of other files are ignored): the summary then has the video's accuracy.")] = None,  # noqa: UP045
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write every prediction to this file, one JSON object per line (docs/predictions.md), whatever --json does.")] = None,  # noqa: UP045
+    asr: Annotated[bool, typer.Option("--asr", help="The transcript is what PocketSphinx recognises in the audio (with progress records), instead of the synthetic one or --captions; in real time at most 1 stream (general) or 8 (digits).")] = False,
+    asr_grammar: Annotated[str, typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")] = "general",
+    asr_max_segment: Annotated[float, typer.Option("--asr-max-segment", min=0.9, max=30, help="Seconds of speech after which a transcript is published even without a pause.")] = 1.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, no line per window.")] = False,
     as_json: JsonOpt = False,
     model: ModelOpt = None,
@@ -74,18 +77,22 @@ def demo(
     sources, no Kafka. Each line is one window: stream, window start, predicted digit and
     score, the true digit (for --video, the label from --labels), the modalities present (V A T),
     and close→prediction latency. --out keeps every prediction as the service would publish it.
+    The summary scores the transcript too (words naming the digit shown), so --asr compares.
     """
     from fusionstream.consumers.demo import run_demo
     from fusionstream.engines.errors import EngineError
     from fusionstream.stream.errors import FusionStreamError
+    from fusionstream.stream.sources.asr import AsrConfig
 
     for name, given in (("--captions", captions), ("--labels", labels)):
         if given is not None and video is None:
             raise typer.BadParameter("goes with --video FILE", param_hint=name)
     settings = load_settings(config, model_dir=model, backend=backend)
     _setup_logging(settings)
-    # Media decoding reports an unreadable file as a ValueError naming it; --out may be unwritable.
+    # Media decoding reports an unreadable file as a ValueError naming it (AsrError is one too);
+    # --out may be unwritable.
     with one_line_errors(FusionStreamError, EngineError, OSError, ValueError):
+        recogniser = AsrConfig(grammar=asr_grammar, max_segment_s=asr_max_segment) if asr else None  # type: ignore[arg-type]
         summary = run_demo(
             settings,
             streams=streams,
@@ -97,6 +104,7 @@ def demo(
             labels=labels,
             out=out,
             quiet=quiet or as_json,
+            asr=recogniser,
         )
     if as_json:
         typer.echo(json.dumps(summary, separators=(",", ":")))
@@ -143,6 +151,9 @@ def evaluate(
     as_json: JsonOpt = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them.")] = None,  # noqa: UP045
     int8: Annotated[bool, typer.Option("--int8", help="Also evaluate the int8 encoders (fusionstream quantize) on the same windows: accuracy change and speed.")] = False,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="voice|digit", help="Also break the figures down by voice (the held-out streams again, once per voice, each speaking only that voice) and/or digit (accuracy per true label); repeat it or separate with commas: --by voice --by digit.")] = None,  # noqa: UP045
+    voice: Annotated[Optional[list[str]], typer.Option("--voice", metavar="NAME", help="A speech bank voice for --by voice (repeatable; default: the held-out test voices; implies --by voice).")] = None,  # noqa: UP045
+    clean: Annotated[bool, typer.Option("--clean", help="Render the held-out streams with no corruption (every modality clean in every segment, no ASR errors).")] = False,
 ) -> None:
     """Accuracy over clear windows: fused, each modality alone, and with each modality removed.
 
@@ -150,10 +161,15 @@ def evaluate(
     (FUSIONSTREAM_DEVICE=cuda FUSIONSTREAM_PRECISION=fp16 with --backend torch measures a GPU's fp16).
     """
     from fusionstream.consumers.engine import backend_options
+    from fusionstream.consumers.training.evaluate_by import parse_by
     from fusionstream.consumers.training.evaluate_cli import evaluate_command
     from fusionstream.engines.errors import EngineError
     from fusionstream.stream.errors import FusionStreamError
 
+    try:
+        breakdowns = parse_by([*(by or ()), *(["voice"] if voice else [])])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--by'") from None
     settings = load_settings(model_dir=model_dir, backend=backend)
     if model_dir is None:
         where = "the model shipped in the package" if settings.model_dir == default_model_dir() else "settings' model_dir"
@@ -162,7 +178,8 @@ def evaluate(
             fail(f"model directory {settings.model_dir} does not exist")
     with one_line_errors(EngineError, FusionStreamError):  # the setup, or --data's clips
         result = evaluate_command(settings.model_dir, seconds=seconds, seed=seed, data=data, backend=settings.backend,
-                                  options=backend_options(settings), quiet=as_json, cache=cache, int8=int8)
+                                  options=backend_options(settings), quiet=as_json, cache=cache, int8=int8,
+                                  by=breakdowns, voices=tuple(voice or ()), clean=clean)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
 
@@ -244,6 +261,11 @@ def bench(
     max_streams: Annotated[int, typer.Option(min=1, help="Most live streams the real-time search tries.")] = 512,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the int8 encoders when the model has them (fusionstream quantize).")] = True,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds the throughput stages take turns in; each stage reports its best round.")] = 3,
+    delivery: Annotated[str, typer.Option("--delivery", help="How live trials deliver records: realistic (frames 0-80 ms after capture, audio chunks when they end, each transcript word --text-delay-ms after it ends, with our producers' progress records) or paced (every record at its start time, no progress).")] = "realistic",
+    text_delay_ms: Annotated[str, typer.Option("--text-delay-ms", help="LO-HI: how long after a word ends its transcript record arrives in realistic delivery (ms).")] = "300-700",
+    revisions: Annotated[Optional[bool], typer.Option("--revisions/--no-revisions", help="Early predictions with revisions in the live trials (default: the settings' revisions).")] = None,  # noqa: UP045
+    live_streams: Annotated[Optional[int], typer.Option("--live-streams", min=1, help="Only live trials at exactly N streams through the broker, revisions off then on (no stages, no search): what users see at N streams.")] = None,  # noqa: UP045
+    workers: Annotated[Optional[str], typer.Option("--workers", metavar="N|LIST|auto", help="Also run the kafka stage and the real-time search (or, with --live-streams, one live trial) through W `serve --workers` processes for W = 1..N, the listed counts (1,2,4) or auto (adding one while it helps, up to the cores): windows/s, CPU ms per window, live streams and kafka_wW/engine per W.")] = None,  # noqa: UP045
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
     model: ModelOpt = None,
@@ -261,7 +283,8 @@ def bench(
     15 fps, 16 kHz) the service sustains under --bound-ms p99 close → broker ack (the embedded
     pipeline's close → prediction without a broker), and its latency at half that load. Reports
     windows/s, latency percentiles and the ratios pipeline/engine, kafka/engine, pipeline/naive.
-    Takes four to six minutes with a broker.
+    Live trials also report window end → first and → final prediction. Takes four to six minutes
+    with a broker; --live-streams N about a minute.
     """
     from rich.console import Console
 
@@ -281,7 +304,23 @@ def bench(
         raise typer.BadParameter(f"not WIDTHxHEIGHT: {frame_size!r}", param_hint="--frame-size") from None
     if min(width, height) < 16 or width * height > 3840 * 2160:
         raise typer.BadParameter(f"{frame_size} is outside 16x16 .. 3840x2160", param_hint="--frame-size")
-    if realtime and trial_seconds > seconds:
+    from fusionstream.consumers.bench.delivery import PROFILES, parse_range_ms
+
+    if delivery not in PROFILES:
+        raise typer.BadParameter(f"one of {', '.join(PROFILES)}, not {delivery!r}", param_hint="--delivery")
+    try:
+        delay = parse_range_ms(text_delay_ms)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--text-delay-ms") from None
+    # Paced delivery sends every record at its start: it has no delay to set.
+    profile = PROFILES[delivery].with_text_delay(*delay) if delivery == "realistic" else PROFILES[delivery]
+    from fusionstream.consumers.bench.workers import parse_workers
+
+    try:
+        counts = None if workers is None else parse_workers(workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--workers") from None
+    if (realtime or live_streams) and trial_seconds > seconds:
         # The live streams replay the workload: a trial cannot outlast it.
         raise typer.BadParameter(f"a real-time trial replays the workload, so --trial-seconds ({trial_seconds:g}) "
                                  f"must not exceed --seconds ({seconds:g})", param_hint="--trial-seconds")
@@ -289,16 +328,20 @@ def bench(
         streams=streams, seconds=seconds, batch_sizes=sizes, naive_streams=min(naive_streams, streams), kafka=kafka,
         realtime=realtime, trial_seconds=trial_seconds, trial_attempts=trial_attempts, bound_ms=bound_ms, int8=int8,
         rounds=rounds, start_streams=start_streams, frame_size=(width, height), max_streams=max(max_streams, start_streams),
+        delivery=profile, revisions=revisions, live_streams=live_streams, workers=counts,
     )
     console = Console(stderr=as_json, highlight=False)
-    with _engine_errors():
-        report = run_bench(settings, options, console)
+    from fusionstream.consumers.bench.live import NoBroker, run_live
+    from fusionstream.consumers.bench.report import print_live, print_report
+
+    with _engine_errors(), one_line_errors(NoBroker):
+        # With --workers, --live-streams is a trial per worker count inside the whole bench.
+        only_live = live_streams is not None and counts is None
+        report = run_live(settings, options, console) if only_live else run_bench(settings, options, console)
     if as_json:
         typer.echo(json.dumps(report, separators=(",", ":")))
     else:
-        from fusionstream.consumers.bench.report import print_report
-
-        print_report(report, console)
+        (print_live if only_live else print_report)(report, console)
 
 
 # Sub-apps: like this module they import only typer and the settings; their commands import the rest.

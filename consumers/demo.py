@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -18,13 +18,17 @@ from fusionstream.consumers.embedded import run_embedded
 from fusionstream.consumers.engine import model_classes, model_title, open_engine
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.report import WindowCensus, summarize
+from fusionstream.consumers.report import TranscriptCensus, WindowCensus, percentiles, summarize
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.training.clips import Span
 from fusionstream.stream.errors import FusionStreamError
+from fusionstream.stream.records import Modality
 from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
 from fusionstream.stream.sources.truth import Segment
 from fusionstream.units import NS
+
+if TYPE_CHECKING:
+    from fusionstream.stream.sources.asr import AsrConfig
 
 LABEL_COLUMNS = ("file", "start_s", "end_s", "label")
 
@@ -45,13 +49,25 @@ def run_demo(
     labels: Path | None = None,
     out: Path | None = None,
     quiet: bool = False,
+    asr: AsrConfig | None = None,
 ) -> dict[str, Any]:
     """Run the demo to the end of its input and return the summary (printed unless ``quiet``).
 
     ``labels``: a CSV of labelled spans of ``video`` (docs/training.md's format), so that the
     summary has the video's accuracy. ``out``: every prediction is written there, one JSON
-    object per line (docs/predictions.md).
+    object per line (docs/predictions.md). ``asr``: the transcript is what PocketSphinx hears in
+    the audio, with its progress records, instead of the synthetic captions (or ``captions``);
+    in real time its streams are limited to what one recogniser thread keeps up with.
     """
+    from fusionstream.consumers.producers.asr import AsrStats, Recognisers, asr_realtime_refusal, asr_transcripts
+    from fusionstream.stream.sources.asr import AsrError
+
+    if asr is not None and captions is not None:
+        raise AsrError("--asr and --captions both make the transcript: choose one")
+    if asr is not None and video is None and realtime and (refusal := asr_realtime_refusal(streams, asr.grammar)):
+        raise AsrError(refusal)
+    # In real time, the recognisers load their models before the replay's clock starts.
+    recognisers = Recognisers(asr, streams=1 if video else streams) if asr is not None and realtime else None
     console = Console(highlight=False)
     truth: GroundTruth | None = None
     # Read before the engine loads: a bad labels file fails at once, not after the model warmed up.
@@ -69,8 +85,21 @@ def run_demo(
         )
         records, truth = source.records(), source.truth
         label = f"{streams} synthetic stream(s) x {seconds:g} s"
+    asr_stats = AsrStats()
+    if asr is not None:
+        # As `produce --asr` streams it: recogniser processes beside the replay in real time; with
+        # --fast inline, each word right after the audio that decided it (they would fall behind).
+        spoken = (r for r in records if r.modality is not Modality.TEXT)
+        records = (recognisers.transcripts(spoken) if recognisers is not None
+                   else asr_transcripts(spoken, asr, inline=True, stats=asr_stats))
+        label += f", transcript by PocketSphinx ({asr.grammar})"
+    transcript = TranscriptCensus()
+    records = transcript.watch(records)
 
     with ExitStack() as stack:
+        if recognisers is not None:
+            stack.callback(recognisers.close)  # should the run fail before its records are read
+            asr_stats = recognisers.stats
         # Opened first, so that an unwritable path fails before the run rather than after it.
         sink: IO[str] | None = stack.enter_context(out.open("w", encoding="utf-8")) if out is not None else None
         runner, spec = stack.enter_context(open_engine(settings))
@@ -131,6 +160,19 @@ def run_demo(
         scored = [dataclasses.replace(p, label=index.get(p.label, p.label)) for p in scored]
     summary = summarize(scored, seconds=result.seconds, truth=truth, expected=census.expected)
     summary["dead_letters"] = len(result.dead_letters)
+    # Word scores against the synthetic truth only: a labels file's segments hold class indices.
+    summary["transcript"] = {
+        "source": (f"PocketSphinx ({asr.grammar})" if asr is not None else "synthetic captions" if video is None
+                   else "caption file" if captions is not None else "none"),
+        **transcript.summary(truth if video is None else None),
+    }
+    if asr is not None:
+        summary["asr"] = {
+            "grammar": asr.grammar,
+            "real_time_factor": round(asr_stats.real_time_factor, 4),
+            # How far recognition ran behind the audio: meaningful only when replayed in real time.
+            **({"lag_ms": percentiles(asr_stats.lag_ms)} if realtime else {}),
+        }
     if ignored:  # records of modalities the model does not use (a model may declare a subset)
         summary["records_ignored"] = ignored
     if not quiet:
@@ -143,7 +185,22 @@ def run_demo(
             f"p95 {summary['latency_ms']['p95']:.1f} ms, p99 {summary['latency_ms']['p99']:.1f} ms; "
             f"missing windows {summary['missing_windows']}, dead letters {summary['dead_letters']}"
         )
+        console.print(_transcript_line(summary))
     return summary
+
+
+def _transcript_line(summary: dict[str, Any]) -> str:
+    text, asr = summary["transcript"], summary.get("asr")
+    line = f"transcript ({text['source']}): {text['words']} words"
+    if text.get("words_naming_true_digit") is not None:
+        line += (f", {text['words_naming_true_digit']:.0%} name the digit shown, "
+                 f"{text['segments_named']:.0%} of segments named")
+    line += f", {text['progress_records']} progress records"
+    if asr:
+        line += f"; recognition {asr['real_time_factor']:.2f} CPU s per audio s"
+        if "lag_ms" in asr:
+            line += f", {asr['lag_ms']['p95'] / 1000:.2f} s behind the audio (p95)"
+    return line
 
 
 def read_video_labels(path: Path, video: Path) -> list[Span]:

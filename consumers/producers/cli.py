@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from fusionstream.consumers.producers.publish import Published
     from fusionstream.stream.records import Record
 
+    #: What --asr does to a source's record iterator.
+    Transcribe = Callable[[Iterator[Record]], Iterator[Record]]
+
 produce_app = typer.Typer(
     name="produce",
     help=(
@@ -70,6 +73,9 @@ def synthetic(
     fast: Annotated[bool, typer.Option("--fast", help="As fast as possible, with the source's own reproducible event times (from 2026-01-01).")] = False,  # noqa: E501
     truth: Annotated[Optional[Path], typer.Option("--truth", dir_okay=False, help="Write the ground truth (JSON) here, for scoring the predictions later.")] = None,  # noqa: E501, UP045
     prefix: Annotated[str, typer.Option(help="Stream ids are PREFIX-00, PREFIX-01, ...")] = "cam",
+    asr: Annotated[bool, typer.Option("--asr", help="Replace the synthetic transcript by the words PocketSphinx recognises in each stream's audio, with progress records (docs/asr.md).")] = False,  # noqa: E501
+    asr_grammar: AsrGrammarOpt = "general",
+    asr_max_segment: AsrMaxOpt = 1.5,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     bootstrap: BootstrapOpt = None,
@@ -78,17 +84,28 @@ def synthetic(
 ) -> None:
     """The synthetic AV-digit streams (video, speech, transcript) with ground truth."""
     settings = _settings(config, bootstrap, partitions)
+    # Unpaced, each word follows the audio that decided it (inline): recognisers beside it would fall behind.
+    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=fast, streams=streams)
+    if asr and not fast:
+        from fusionstream.consumers.producers.asr import asr_realtime_refusal
+
+        if (refusal := asr_realtime_refusal(streams, asr_grammar)) is not None:
+            fail(refusal)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import synthetic_source
+        from fusionstream.stream.records import Modality
         from fusionstream.stream.sources import SyntheticConfig
 
+        transcribe = recognise()  # before the source: its clock starts when it is made
         source, ground_truth = synthetic_source(
             SyntheticConfig(streams=streams, seconds=seconds, seed=seed, stream_prefix=prefix), realtime=not fast
         )
         if truth is not None:
             truth.write_text(json.dumps(ground_truth.to_dict()) + "\n")
-        return source
+        if asr:  # the recogniser's words instead of the synthetic captions
+            source = (r for r in source if r.modality is not Modality.TEXT)
+        return transcribe(source)
 
     _produce(settings, records, as_json=as_json, quiet=quiet)
 
@@ -105,7 +122,7 @@ def video(
     language: Annotated[str, typer.Option(help="Language of the captions.")] = "en",
     asr: AsrOpt = False,
     asr_grammar: AsrGrammarOpt = "general",
-    asr_max_segment: AsrMaxOpt = 2.5,
+    asr_max_segment: AsrMaxOpt = 1.5,
     no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -117,12 +134,13 @@ def video(
     settings = _settings(config, bootstrap, partitions)
     if asr and captions is not None:
         fail("--asr and --captions both make the transcript: choose one")
-    recognise = _asr(asr, asr_grammar, asr_max_segment)
+    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import media_source
 
-        return recognise(media_source(
+        transcribe = recognise()
+        return transcribe(media_source(
             file, stream_id or file.stem, captions=captions, loop=loop, realtime=not no_pacing, max_fps=fps,
             size=size, language=language,
         ))
@@ -164,7 +182,7 @@ def audio(
     sample_rate: Annotated[Optional[int], typer.Option(min=1000, help="Resample to this rate (default: the track's).")] = None,  # noqa: E501, UP045
     asr: AsrOpt = False,
     asr_grammar: AsrGrammarOpt = "general",
-    asr_max_segment: AsrMaxOpt = 2.5,
+    asr_max_segment: AsrMaxOpt = 1.5,
     no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -174,12 +192,13 @@ def audio(
 ) -> None:
     """The first audio track of a file, as mono 16-bit PCM chunks (default id: FILE's stem)."""
     settings = _settings(config, bootstrap, partitions)
-    recognise = _asr(asr, asr_grammar, asr_max_segment)
+    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import audio_source
 
-        return recognise(audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate))
+        transcribe = recognise()
+        return transcribe(audio_source(file, stream_id or file.stem, realtime=not no_pacing, sample_rate=sample_rate))
 
     _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
 
@@ -192,7 +211,7 @@ def mic(
     chunk_ms: Annotated[float, typer.Option(min=1, help="Milliseconds of audio per record.")] = 40,
     asr: AsrOpt = False,
     asr_grammar: AsrGrammarOpt = "general",
-    asr_max_segment: AsrMaxOpt = 2.5,
+    asr_max_segment: AsrMaxOpt = 1.5,
     no_progress: NoProgressOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -207,7 +226,8 @@ def mic(
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import microphone_source
 
-        return recognise(microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
+        transcribe = recognise()
+        return transcribe(microphone_source(stream_id or _live_stream_id(), device=device, sample_rate=sample_rate,
                                            chunk_ms=chunk_ms))
 
     _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
@@ -240,18 +260,26 @@ def captions(
     _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
 
 
-def _asr(enabled: bool, grammar: str, max_segment_s: float) -> Callable[[Iterator[Record]], Iterator[Record]]:
-    """What ``--asr`` does to a source's records: nothing, or add the recognised words (settings checked now)."""
+def _asr(
+    enabled: bool, grammar: str, max_segment_s: float, *, inline: bool = False, streams: int = 1
+) -> Callable[[], Transcribe]:
+    """What ``--asr`` does to a source's records: nothing, or add the recognised words (settings checked now).
+
+    Call the result before opening the source: live recognisers load their models then, before the
+    source's clock starts. ``inline`` (unpaced sources): decode in the publishing thread, each word
+    right after its audio (docs/asr.md)."""
     if not enabled:
-        return lambda records: records
-    from fusionstream.consumers.producers.sources import asr_transcripts
+        return lambda: lambda records: records
+    from fusionstream.consumers.producers.asr import Recognisers, asr_transcripts
     from fusionstream.stream.sources.asr import AsrConfig, AsrError
 
     try:
         config = AsrConfig(grammar=grammar, max_segment_s=max_segment_s)  # type: ignore[arg-type]
     except AsrError as exc:
         fail(str(exc))
-    return lambda records: asr_transcripts(records, config)
+    if inline:
+        return lambda: lambda records: asr_transcripts(records, config, inline=True)
+    return lambda: Recognisers(config, streams=streams).transcripts
 
 
 # -- running ---------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ they go as fast as the broker takes them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -25,10 +24,7 @@ from fusionstream.stream.records import Modality, Record
 from fusionstream.units import NS
 
 if TYPE_CHECKING:
-    import queue
-
     from fusionstream.stream.sources import GroundTruth, SyntheticConfig
-    from fusionstream.stream.sources.asr import AsrConfig, AsrEvent
     from fusionstream.stream.sources.files import Size
 
 Clock = Callable[[], int]
@@ -211,115 +207,6 @@ def _passes(
         start = end
 
 
-#: Least event time between two ASR progress records (docs/wire-format.md#progress asks 100-500 ms).
-ASR_PROGRESS_NS = 250_000_000
-#: Audio chunks the recogniser may fall behind by before the audio waits for it (about 40 s of 40 ms chunks).
-ASR_BACKLOG = 1000
-
-
-def asr_transcripts(
-    records: Iterator[Record], config: AsrConfig | None = None, *, progress: bool = True, language: str = "en"
-) -> Iterator[Record]:
-    """``records`` as they come, plus one transcript record per word recognised in their audio.
-
-    Recognition runs in its own thread, so the audio and video leave on time however long the
-    decoding takes; each word is published when its utterance is final, stamped with when it was
-    spoken, ``meta`` adding ``confidence`` (posterior probability) and ``utterance`` (its
-    number). ``progress``: also a text progress record (docs/wire-format.md#progress) at most
-    every :data:`ASR_PROGRESS_NS` of event time as decoding advances, and one with ``ended`` at
-    the end. The recogniser is made on the first audio chunk, at that chunk's sample rate; each
-    stream gets its own.
-    """
-    import queue
-    import threading
-
-    results: queue.Queue[Record | BaseException | None] = queue.Queue()
-    audio: queue.Queue[Record | None] = queue.Queue(ASR_BACKLOG)
-    worker = threading.Thread(target=_recognise, args=(audio, results, config, progress, language),
-                              name="fusionstream-asr", daemon=True)
-    worker.start()
-    try:
-        for record in records:
-            yield from _drain(results)
-            if record.modality is Modality.AUDIO:
-                audio.put(record)  # waits when the recogniser is ASR_BACKLOG chunks behind
-            yield record
-        audio.put(None)
-        while (item := results.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        if worker.is_alive():
-            with contextlib.suppress(queue.Full):
-                audio.put_nowait(None)
-
-
-def _drain(results: queue.Queue[Record | BaseException | None]) -> Iterator[Record]:
-    import queue
-
-    while True:
-        try:
-            item = results.get_nowait()
-        except queue.Empty:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        if item is not None:
-            yield item
-
-
-def _recognise(
-    audio: queue.Queue[Record | None],
-    results: queue.Queue[Record | BaseException | None],
-    config: AsrConfig | None,
-    progress: bool,
-    language: str,
-) -> None:
-    """The recogniser thread: one :class:`~fusionstream.stream.sources.asr.Recognizer` per stream."""
-    from fusionstream.stream.media import decode_media, progress_record, text_record
-    from fusionstream.stream.records import AudioChunk
-    from fusionstream.stream.sources.asr import Decoded, Recognizer, Utterance
-
-    recognisers: dict[str, Recognizer] = {}
-    seq: dict[str, int] = {}
-    utterances: dict[str, int] = {}
-    reported: dict[str, int] = {}
-
-    def emit(stream_id: str, events: list[AsrEvent], *, final_ns: int | None = None) -> None:
-        for event in events:
-            if isinstance(event, Utterance):
-                for word in event.words:
-                    record = text_record(stream_id, seq[stream_id], word.t_start_ns, word.t_end_ns, word.text,
-                                         language=language)
-                    meta = {**record.meta, "confidence": word.confidence, "utterance": utterances[stream_id]}
-                    results.put(dataclasses.replace(record, meta=meta))
-                    seq[stream_id] += 1
-                utterances[stream_id] += 1
-            elif isinstance(event, Decoded) and progress and event.t_ns - reported[stream_id] >= ASR_PROGRESS_NS:
-                reported[stream_id] = event.t_ns
-                results.put(progress_record(stream_id, Modality.TEXT, seq[stream_id], event.t_ns))
-                seq[stream_id] += 1
-        if final_ns is not None and progress:
-            results.put(progress_record(stream_id, Modality.TEXT, seq[stream_id], final_ns, ended=True))
-            seq[stream_id] += 1
-
-    try:
-        while (record := audio.get()) is not None:
-            chunk = decode_media(record)
-            assert isinstance(chunk, AudioChunk)
-            sid = chunk.stream_id
-            if sid not in recognisers:
-                recognisers[sid] = Recognizer(chunk.sample_rate, config)
-                seq[sid], utterances[sid], reported[sid] = 0, 0, -(2**63)
-            emit(sid, recognisers[sid].feed(chunk.samples, chunk.t_start_ns))
-        for sid, recogniser in recognisers.items():
-            emit(sid, recogniser.flush(), final_ns=recogniser.decoded_ns)
-    except BaseException as exc:  # handed to the source's thread, which raises it
-        results.put(exc)
-    results.put(None)
-
-
 def _shifted(records: Iterable[Record], shift: int) -> Iterator[Record]:
     for record in records:
         yield dataclasses.replace(record, t_start_ns=record.t_start_ns + shift, t_end_ns=record.t_end_ns + shift)
@@ -351,8 +238,6 @@ def _paced(records: Iterator[Record], realtime: bool, clock: Clock) -> Iterator[
 
 
 __all__ = [
-    "ASR_PROGRESS_NS",
-    "asr_transcripts",
     "audio_source",
     "camera_source",
     "captions_source",

@@ -106,7 +106,10 @@ class AsrConfig:
 
     grammar: Grammar = "general"
     #: Speech is cut into utterances at most this long (bounded latency for talkers who never pause).
-    max_segment_s: float = 2.5
+    #: A word leaves up to this + ``pause_s`` after it starts: at 2.5 s, 64 % of the words of the
+    #: synthetic streams' continuous speech missed their windows under the service's default
+    #: ``max_skew_ms``/``idle_timeout_ms`` of 2 s; at 1.5 s, 8 % (docs/asr.md).
+    max_segment_s: float = 1.5
     #: Non-speech that ends an utterance; also how far speech detection looks back.
     pause_s: float = 0.3
     #: Voice activity detection aggressiveness, 0 (keeps most sound as speech) to 3; None: no
