@@ -284,7 +284,8 @@ def bench(
     pipeline's close → prediction without a broker), and its latency at half that load. Reports
     windows/s, latency percentiles and the ratios pipeline/engine, kafka/engine, pipeline/naive.
     Live trials also report window end → first and → final prediction. Takes four to six minutes
-    with a broker; --live-streams N about a minute.
+    with a broker; --live-streams N about a minute. --workers runs the kafka stage and the search (or
+    the --live-streams trial) again through W `serve --workers` processes per count W.
     """
     from rich.console import Console
 

@@ -63,6 +63,10 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         else:
             p99 = (half.get("close_to_ack_ms") or {}).get("p99")
             console.print(f"service at half that load ({half['streams']} streams): close -> broker ack p99 {p99} ms")
+    if "workers" in report:
+        from fusionstream.consumers.bench.workers import print_workers
+
+        print_workers(report["workers"], console, print_trials)
     machine = report["machine"]
     gpu = f", {machine['gpu']}" if machine.get("gpu") else ""
     console.print(f"[dim]{machine['cpu']}, {machine['cores']} cores{gpu}, Python {machine['python']}, "

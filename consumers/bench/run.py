@@ -63,6 +63,9 @@ class BenchOptions:
     revisions: bool | None = None
     #: Only live trials at this many streams through the broker, revisions off then on (``--live-streams``).
     live_streams: int | None = None
+    #: Worker counts the Kafka stage and the real-time search also run through (``--workers``: a tuple or
+    #: "auto"); with them, ``live_streams`` is one live trial per count instead of the search.
+    workers: tuple[int, ...] | str | None = None
 
 
 def run_bench(settings: Settings, options: BenchOptions, console: Console) -> dict[str, Any]:
@@ -169,7 +172,15 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             naive = _naive(settings.model_dir, workload, config, options.naive_streams, skip)
         if naive is not None:
             done(naive)
-        if options.realtime:
+        if broker and options.workers:
+            from fusionstream.consumers.bench.workers import worker_scaling
+
+            report["workers"] = worker_scaling(kafka_settings, manifest, workload, options.workers, options,
+                                               stages["engine"].windows_per_s, console)
+        elif options.workers:
+            skip("workers", f"no broker at {kafka_settings.bootstrap_servers}")
+        # Through workers, the real-time search ran per worker count above, in place of this one.
+        if options.realtime and not options.workers:
             report |= realtime_search(options, workload, config, make_runner, best_batch, settings, console,
                                       kafka_settings if broker else None, manifest)
             if broker and report["max_realtime_streams"] >= 2:
@@ -195,6 +206,8 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         ratios["kafka/engine"] = ratio(rate["kafka"], rate["engine"])
     # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
     ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
+    if "workers" in report:
+        ratios |= report["workers"]["ratios"]
     if "engine_int8" in rate:
         ratios["engine_int8/engine"] = ratio(rate["engine_int8"], rate["engine"])
     # What each stage's own process spent per window, whatever else the machine ran meanwhile; the broker
