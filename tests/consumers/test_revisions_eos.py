@@ -174,10 +174,17 @@ def check_revisions(records: Sequence[ConsumerRecord], expected: set[str]) -> di
     where: dict[tuple[str, int], list[tuple[int, int]]] = {}
     finals: Counter[str] = Counter()
     provisional: set[str] = set()
+    amended: list[tuple[str, int, int, int]] = []
     for record, value in zip(records, values(records), strict=True):
         window = value["window_id"]
-        assert (value["revision"], value["final"]) in {(0, False), (0, True), (1, True)}, history(records, window)
         where.setdefault((window, value["revision"]), []).append((record.partition, record.offset))
+        if value["closed_by"] == "amended":
+            # A word that came after its window closed (possible when the machine is slow): the window's
+            # next revision, after the final it amends (docs/predictions.md#revisions).
+            assert value["final"] and value["revision"] >= 1, history(records, window)
+            amended.append((window, value["revision"], record.partition, record.offset))
+            continue
+        assert (value["revision"], value["final"]) in {(0, False), (0, True), (1, True)}, history(records, window)
         finals[window] += value["final"]
         if not value["final"]:
             provisional.add(window)
@@ -185,9 +192,14 @@ def check_revisions(records: Sequence[ConsumerRecord], expected: set[str]) -> di
     assert not twice, f"{len(twice)} (window, revision) published twice, e.g. {history(records, twice[0])}"
     assert set(finals) == expected, (f"missing {sorted(expected - set(finals))[:4]}, "
                                      f"unexpected {sorted(set(finals) - expected)[:4]}")
-    assert set(finals.values()) == {1}, f"windows without a final: {sorted(w for w, n in finals.items() if n != 1)[:4]}"
+    several = sorted(w for w, n in finals.items() if n != 1)
+    assert not several, f"{len(several)} windows with more than one final, e.g. {history(records, several[0])}"
+    for window, revision, partition, offset in amended:
+        before = where.get((window, revision - 1), [])
+        assert before and before[0][0] == partition and before[0][1] < offset, history(records, window)
     # (window, 0) is unique, so a window with a provisional prediction has no revision 0 final.
-    revised = {w for w, rev in where if rev == 1}
+    revised = {w for (w, rev), places in where.items() if rev == 1
+               and not any((w, 1, p, o) in amended for p, o in places)}
     odd = sorted(provisional ^ revised)
     assert not odd, f"a provisional prediction without a revision 1 final or the reverse: {history(records, odd[0])}"
     for window in revised:
