@@ -42,7 +42,7 @@ class WindowCensus:
             if record.encoding is Encoding.PROGRESS:
                 pass  # it moves a watermark but joins no window (docs/wire-format.md#progress)
             elif self._modalities is None or record.modality.label in self._modalities:
-                starts = self.config.starts_overlapping(record.t_start_ns, last_instant(record))
+                starts = self.config.stream_starts(record.stream_id, record.t_start_ns, last_instant(record))
                 self.expected.update((record.stream_id, s) for s in starts)
             yield record
 

@@ -134,6 +134,12 @@ class Settings(BaseSettings):
         description="Early predictions with revisions: a provisional prediction when video and audio are complete, "
         "the final when the text is (docs/predictions.md#revisions).",
     )
+    stagger_windows: bool = Field(
+        True,
+        description="Offset each stream's window starts from the hop grid by a fixed amount from its id, so many "
+        "streams' windows do not all close at once (docs/architecture.md#staggered-windows); false: every window "
+        "starts at a multiple of the hop.",
+    )
     idle_timeout_ms: int = Field(
         2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open."
     )
@@ -228,6 +234,7 @@ class Settings(BaseSettings):
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
             provisional_without=frozenset({Modality.TEXT}) if self.revisions else frozenset(),
             wait_ns=() if self.text_wait_ms is None else ((Modality.TEXT, self.text_wait_ms * MS),),
+            stagger=self.stagger_windows,
         )
 
     def model_window_config(self, spec: ModelSpec | Manifest) -> WindowConfig:

@@ -5,7 +5,8 @@ and no clock of its own; callers pass the processing time (``now_ns``), so tests
 replays and the service all drive it the same way and get the same windows.
 
 Per stream it keeps each modality's items sorted by start time. A window
-``[s, s + W)`` with ``s`` a multiple of the hop is built only when it closes, by
+``[s, s + W)`` with ``s`` on the stream's grid (a multiple of the hop, plus the stream's
+offset when windows are staggered) is built only when it closes, by
 slicing those buffers, so overlapping windows share items without copies. Items
 are pruned once no unemitted window can contain them.
 """
@@ -89,7 +90,7 @@ class Aligner:
         """Buffer one decoded item; report which windows it joined (none means late)."""
         cfg = self.config
         last_ns = last_instant(item)
-        starts = cfg.starts_overlapping(item.t_start_ns, last_ns)
+        starts = cfg.stream_starts(item.stream_id, item.t_start_ns, last_ns)
         first, last = starts.start, starts.stop - 1
         state = self._streams.get(item.stream_id)
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
@@ -104,6 +105,7 @@ class Aligner:
         before = {start: self._rebuild(item.stream_id, state, start) for start in amending}
         if state is None:
             state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
+                                offset_ns=cfg.offset_ns(item.stream_id),
                                 provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
                                 retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None)
             self._streams[item.stream_id] = state
@@ -245,7 +247,7 @@ class Aligner:
             following = self._first_start_after(state, start)
             if following is None:
                 break
-            start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following).start)
+            start = max(start + cfg.hop_ns, cfg.starts_overlapping(following, following, state.offset_ns).start)
         return start
 
     def _media_complete(self, state: StreamState, now_ns: int) -> int:
@@ -298,16 +300,18 @@ class Aligner:
 
         For a restart, or a new owner of the stream's partition: the windows published
         before stay closed, so replayed records cannot emit them again (records that
-        belong only to them are late). The time is rounded up to a window start; a
-        stream never moves backwards. Meant for a stream with no open state: an open
-        stream's buffered windows before the time are discarded, not emitted.
+        belong only to them are late). The time is rounded up to a window start of the
+        stream's grid (as is ``provisional_until_ns``); a stream never moves backwards.
+        Meant for a stream with no open state: an open stream's buffered windows before
+        the time are discarded, not emitted.
         ``provisional_until_ns``: windows before it had their provisional prediction published
         (revisions on); they get none again, and their final is revision 1.
         """
-        hop = self.config.hop_ns
-        until = -(-emitted_until_ns // hop) * hop
+        offset = self.config.offset_ns(stream_id)
+        until = self.config.first_start_from(emitted_until_ns, offset)
         state = self._streams.get(stream_id)
         if provisional_until_ns is not None:  # provisional predictions published before: not again
+            provisional_until_ns = self.config.first_start_from(provisional_until_ns, offset)
             if state is not None:
                 state.provisional_until_ns = max(state.provisional_until_ns, provisional_until_ns)
             else:
@@ -376,27 +380,20 @@ class Aligner:
         if all(b.ended for b in seen.values()):
             return ENDED  # every source said it stopped: nothing more is coming, close everything
         newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen.values())
-        if cfg.wait_ns:
-            # Not dropped once it lags by its budget (that closed every window up to the others' side,
-            # even those whose budget had not run out, and made the words still coming for them late):
-            # each window waits for it until the newest data is the budget past the window's end.
-            budgets = dict(cfg.wait_ns)
-            waited_for = [
-                max(b.latest_end_ns - lateness, b.complete_ns, newest - budgets[m]) if m in budgets
-                else max(b.latest_end_ns - lateness, b.complete_ns)
-                for m, b in seen.items()
-                if (m in budgets or max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns)
-                and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
-                and not b.ended
-            ]
-            return min(waited_for, default=newest - lateness)
-        waited_for = [
-            max(b.latest_end_ns - lateness, b.complete_ns)
-            for b in seen.values()
-            if max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns
-            and now_ns - b.last_arrival_ns < cfg.idle_timeout_ns
-            and not b.ended
-        ]
+        budgets = dict(cfg.wait_ns)
+        waited_for: list[int] = []
+        for modality, b in seen.items():
+            if b.ended or now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
+                continue
+            side = max(b.latest_end_ns - lateness, b.complete_ns)
+            budget = budgets.get(modality)
+            if budget is not None:
+                # Not dropped once it lags by its budget (that closed every window up to the others' side,
+                # even those whose budget had not run out, and made the words still coming for them late):
+                # each window waits for it until the newest data is the budget past the window's end.
+                waited_for.append(max(side, newest - budget))
+            elif max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns:
+                waited_for.append(side)
         return min(waited_for, default=newest - lateness)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
@@ -407,7 +404,7 @@ class Aligner:
             earliest = min((b.starts[0] for b in state.buffers.values() if b.starts), default=None)
             if earliest is None:
                 break
-            start = cfg.starts_overlapping(earliest, earliest).start
+            start = cfg.starts_overlapping(earliest, earliest, state.offset_ns).start
             floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
             start = max(start, floor)
             if watermark is not None and start + cfg.window_ns > watermark:

@@ -77,6 +77,8 @@ class StreamState:
     next_start_ns: int | None
     first_start_ns: int
     last_arrival_ns: int
+    #: Where the stream's window starts sit on the hop (``WindowConfig.offset_ns``).
+    offset_ns: int = 0
     #: Start of the first window not yet offered by ``Aligner.ready``.
     offered_until_ns: int = NEVER
     #: Start of the first window without a provisional prediction (``Aligner.provisional``).

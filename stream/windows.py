@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from fusionstream.stream.records import Modality, TextSegment
-from fusionstream.units import NS
+from fusionstream.units import MS, NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,10 @@ class WindowConfig:
     #: Per modality, the most event time it may lag the newest modality and still be waited for (its
     #: wait budget, e.g. ``text_wait_ms``); modalities not listed use ``max_skew_ns``.
     wait_ns: tuple[tuple[Modality, int], ...] = ()
+    #: Staggered windows (docs/architecture.md#staggered-windows): each stream's window starts are offset
+    #: from the hop grid by a fixed amount derived from its id, so many streams' windows do not all close
+    #: at the same instant. False: every stream's windows start at multiples of the hop.
+    stagger: bool = False
 
     def __post_init__(self) -> None:
         if self.window_ns <= 0 or self.hop_ns <= 0:
@@ -56,22 +62,37 @@ class WindowConfig:
         if min(timeouts) < 0 or self.evict_after_ns < self.idle_timeout_ns:
             raise ValueError("timeouts must be non-negative and evict_after_ns >= idle_timeout_ns")
 
-    def skew_ns(self, modality: Modality) -> int:
-        """How far ``modality`` may lag the newest modality and still be waited for."""
-        for listed, ns in self.wait_ns:
-            if listed is modality:
-                return ns
-        return self.max_skew_ns
-
     @property
     def samples_per_window(self) -> int:
         return self.window_ns * self.sample_rate // NS
 
-    def starts_overlapping(self, first_ns: int, last_ns: int) -> range:
-        """Starts of the windows that contain any instant of ``[first_ns, last_ns]``."""
-        first = (first_ns - self.window_ns) // self.hop_ns * self.hop_ns + self.hop_ns
-        last = last_ns // self.hop_ns * self.hop_ns
-        return range(first, last + 1, self.hop_ns)
+    def offset_ns(self, stream_id: str) -> int:
+        """Where ``stream_id``'s window starts sit on the hop: they are ``offset + k * hop``."""
+        return stream_offset_ns(stream_id, self.hop_ns) if self.stagger else 0
+
+    def stream_starts(self, stream_id: str, first_ns: int, last_ns: int) -> range:
+        """Starts of ``stream_id``'s windows that contain any instant of ``[first_ns, last_ns]``."""
+        return self.starts_overlapping(first_ns, last_ns, self.offset_ns(stream_id))
+
+    def starts_overlapping(self, first_ns: int, last_ns: int, offset_ns: int) -> range:
+        """Starts of the windows on the grid ``offset_ns + k * hop`` that contain any instant of
+        ``[first_ns, last_ns]``."""
+        hop = self.hop_ns
+        first = (first_ns - offset_ns - self.window_ns) // hop * hop + hop + offset_ns
+        last = (last_ns - offset_ns) // hop * hop + offset_ns
+        return range(first, last + 1, hop)
+
+    def first_start_from(self, t_ns: int, offset_ns: int = 0) -> int:
+        """The first window start at or after ``t_ns`` on the grid ``offset_ns + k * hop``."""
+        return -(-(t_ns - offset_ns) // self.hop_ns) * self.hop_ns + offset_ns
+
+
+@lru_cache(maxsize=65_536)
+def stream_offset_ns(stream_id: str, hop_ns: int) -> int:
+    """A stream's window offset: whole milliseconds in ``[0, hop)`` from a CRC-32 of its id, the same in
+    every process and every run (not Python's salted ``hash``), so restarts and other instances agree."""
+    slots = max(1, hop_ns // MS)
+    return zlib.crc32(stream_id.encode()) % slots * (hop_ns // slots)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,9 @@ commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
 
 (``q`` only when some stream has one; readers from before it ignore it.)
 
-where a stream's time is ``(b + k) * h`` nanoseconds. When the streams do not fit,
+where a stream's time is stored as ``(b + k) * h`` nanoseconds, rounded down to a multiple of the
+hop: a window start lies within one hop above it (exactly on it unless windows are staggered),
+and ``Aligner.resume`` rounds it up onto the stream's own grid. When the streams do not fit,
 the ones furthest behind are left out (they lose only the duplicate protection).
 """
 
@@ -52,8 +54,9 @@ class Checkpoint:
         """The metadata string; streams furthest behind are dropped when it would not fit."""
         if hop_ns <= 0:
             raise ValueError("hop_ns must be positive")
-        # Window starts are multiples of the hop; round up, as Aligner.resume does.
-        ticks = {sid: -(-until // hop_ns) for sid, until in self.streams.items()}
+        # Rounded down: a staggered stream's start ``offset + k * hop`` (offset < hop) is stored as ``k``, and
+        # Aligner.resume rounds ``k * hop`` up onto the stream's grid, back to the same start.
+        ticks = {sid: until // hop_ns for sid, until in self.streams.items()}
         ordered = sorted(ticks.items(), key=lambda kv: kv[1], reverse=True)
         keep = len(ordered)
         while True:
@@ -62,7 +65,7 @@ class Checkpoint:
             doc: dict[str, object] = {
                 "v": VERSION, "r": self.replay_mark, "h": hop_ns, "b": base, "s": {s: k - base for s, k in chosen},
             }
-            ahead = {s: -(-self.provisional[s] // hop_ns) - base for s, _ in chosen if s in self.provisional}
+            ahead = {s: self.provisional[s] // hop_ns - base for s, _ in chosen if s in self.provisional}
             if ahead:
                 doc["q"] = ahead
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)

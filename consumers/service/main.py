@@ -38,18 +38,28 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     does not (two plain instances on one host would share it and fence each other).
     """
     logs_to_stdout()
-    try:
+
+    def serve() -> None:
         # Before the engine loads (a TensorRT build takes minutes), and before waiting for a broker.
         settings.check_model_windows(load_model(settings.model_dir))
         with open_engine(settings) as (runner, spec):
             options = ServiceOptions(instance_id=instance_id, static_membership=instance_id is not None)
             service = InferenceService(settings, runner, spec, options=options)
             asyncio.run(serve_until_stopped(service))
+
+    return exit_status("the service", serve)
+
+
+def exit_status(what: str, body: Callable[[], None]) -> int:
+    """Run ``body``; 0 when it returns, 1 when it raises: a setup failure (:data:`USER_ERRORS`) as one line
+    on stderr, anything else (a bug) logged with its traceback."""
+    try:
+        body()
     except USER_ERRORS as exc:
         print_error(str(exc) or repr(exc))
         return 1
     except Exception:
-        log.exception("the service stopped on an error")
+        log.exception("%s stopped on an error", what)
         return 1
     return 0
 

@@ -50,19 +50,18 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT.format(name="standby"), stream=sys.stdout)
 
     # The imports and the engine are what a cold start spends its seconds on: paid here, before a slot.
-    from fusionstream.consumers.cli_errors import print_error
     from fusionstream.consumers.engine import load_model, open_engine
-    from fusionstream.consumers.service.main import USER_ERRORS, serve_until_stopped
+    from fusionstream.consumers.service.main import exit_status, serve_until_stopped
     from fusionstream.consumers.service.options import ServiceOptions
     from fusionstream.consumers.service.service import InferenceService
 
-    try:
+    def serve() -> None:
         settings.check_model_windows(load_model(settings.model_dir))
         with open_engine(settings) as (runner, spec):
             _say_ready(setup.get("ready_fd"))
             line = sys.stdin.readline()
             if not line:
-                return 0  # a standby no longer needed
+                return  # a standby no longer needed
             slot = json.loads(line)
             instance_id = str(slot["instance_id"])
             for handler in logging.getLogger().handlers:
@@ -71,13 +70,8 @@ def main() -> int:
             service = InferenceService(settings.model_copy(update={"metrics_port": int(slot["metrics_port"])}),
                                        runner, spec, options=options)
             asyncio.run(serve_until_stopped(service, on_start=_stop_when_stdin_closes))
-    except USER_ERRORS as exc:
-        print_error(str(exc) or repr(exc))
-        return 1
-    except Exception:
-        log.exception("the worker stopped on an error")
-        return 1
-    return 0
+
+    return exit_status("the worker", serve)
 
 
 def _say_ready(fd: int | None) -> None:

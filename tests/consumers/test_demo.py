@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -42,13 +43,17 @@ def test_demo_runs_on_a_real_mp4_with_captions(tmp_path: Path, shipped_model: Pa
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("clip ")]
     assert len(lines) >= 10, result.stdout
-    # Inside the clip every window has all three modalities (the edges may hold audio padding only).
-    inside = [line for line in lines if 0.0 <= float(line.split()[1].rstrip("s")) <= 4.5]
-    assert len(inside) == 10 and all("V A T" in line for line in inside), result.stdout
-    # Windows fully inside a digit's 2 s are predicted as that digit.
-    predicted = {round(float(line.split()[1].rstrip("s")), 1): line.split()[2] for line in lines}
+    # Windows start every 0.5 s (offset from the clip's start: staggered by default), 1 s long.
+    starts = [float(line.split()[1].rstrip("s")) for line in lines]
+    assert all(abs(b - a - 0.5) < 0.01 for a, b in itertools.pairwise(starts)), result.stdout
+    # Inside the 6 s clip every window has all three modalities (the edges may hold audio padding only).
+    inside = [line for line, start in zip(lines, starts, strict=True) if start >= 0.0 and start + 1.0 <= 6.0]
+    assert len(inside) >= 9 and all("V A T" in line for line in inside), result.stdout
+    # Windows fully inside a digit's 2 s are predicted as that digit (two or three of them per digit).
     for i, digit in enumerate(digits):
-        assert predicted[2.0 * i + 0.5] == str(digit), result.stdout
+        within = [line.split()[2] for line, start in zip(lines, starts, strict=True)
+                  if 2.0 * i <= start and start + 1.0 <= 2.0 * i + 2.0]
+        assert len(within) >= 2 and set(within) == {str(digit)}, result.stdout
     json_run = fusionstream("demo", "--video", str(clip), "--captions", str(captions), "--fast", "--json")
     summary = json.loads(json_run.stdout.strip().splitlines()[-1])
     assert summary["accuracy"] is None and summary["windows"] == len(lines)

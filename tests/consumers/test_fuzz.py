@@ -142,7 +142,7 @@ def test_kafka_service_survives_fuzzed_records_and_good_streams_are_unaffected(
             if fuzz_id in letters:
                 continue
             if item is not None:
-                starts = census.config.starts_overlapping(item.t_start_ns, last_instant(item))
+                starts = census.config.stream_starts(item.stream_id, item.t_start_ns, last_instant(item))
                 if any(s in starts for s in windows.get(item.stream_id, ())):
                     predicted.add(fuzz_id)
                     continue

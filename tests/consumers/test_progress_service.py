@@ -12,6 +12,7 @@ from servicekit import PARTITIONS, Reader, Running, all_topics, produce, service
 from test_produce import SRT, _env, _produce, _topics, read_topics, write_mp4
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.settings import Settings
 from fusionstream.stream.media import audio_record, decode_media, image_record, progress_record, text_record
 from fusionstream.stream.records import FLAG_COMPLETE, MODALITIES, Encoding, Modality, Progress, Record
 from fusionstream.stream.wire import decode
@@ -46,6 +47,14 @@ def test_kafka_produce_flags_media_and_sends_progress(kafka_bootstrap: str, topi
     assert all(r.flags == FLAG_COMPLETE for r in old), "the flag stays: every reader accepts it"
 
 
+def _grid_t0(settings: Settings, stream_id: str) -> int:
+    """A minute ago, on ``stream_id``'s window grid (staggered by default: docs/architecture.md#staggered-windows),
+    so its windows start at ``t0 + k * 500 ms``."""
+    config = settings.window_config(frames_per_window=8, sample_rate=16_000)
+    assert config.stagger, "serve staggers windows by default"
+    return (time.time_ns() // NS - 60) * NS + config.offset_ns(stream_id)
+
+
 def _stream(stream_id: str, t0: int, *, told: bool) -> list[Record]:
     """3 s of 10 fps video and 40 ms audio chunks, one word at 0.2 s; with ``told``, flagged
     complete and ended with a progress record per modality, as our producers send them."""
@@ -67,8 +76,8 @@ def test_kafka_service_closes_windows_on_progress_instead_of_the_idle_timeout(
     """Both streams end at 3 s. The one whose producer said so gets every window closed by the
     watermark at once; the other's last windows wait out the idle timeout."""
     settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, idle_timeout_ms=6000, threads=0)
-    t0 = (time.time_ns() // NS - 60) * NS  # whole seconds: window starts fall on the hop
-    records = _stream("told", t0, told=True) + _stream("silent", t0, told=False)
+    t0, t0_silent = _grid_t0(settings, "told"), _grid_t0(settings, "silent")
+    records = _stream("told", t0, told=True) + _stream("silent", t0_silent, told=False)
 
     async def scenario() -> tuple[list[dict], float, list[dict]]:
         await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
@@ -90,7 +99,7 @@ def test_kafka_service_closes_windows_on_progress_instead_of_the_idle_timeout(
     assert told_after < 5.0, "the ended stream's windows did not wait for the 6 s idle timeout"
     assert {v["closed_by"] for v in told} == {"watermark"}
     assert sorted(v["t_start_ns"] for v in told) == [t0 + k * 500 * MS for k in range(-1, 2 * SECONDS)]
-    assert {v["t_start_ns"] for v in silent} == {v["t_start_ns"] for v in told}
+    assert {v["t_start_ns"] - t0_silent for v in silent} == {v["t_start_ns"] - t0 for v in told}
 
 
 def test_kafka_revisions_publish_a_provisional_then_a_final_per_window(
@@ -100,7 +109,7 @@ def test_kafka_revisions_publish_a_provisional_then_a_final_per_window(
     its text gets a provisional prediction at once and its final (revision 1) when the text comes."""
     settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, revisions=True, text_wait_ms=10_000,
                                 idle_timeout_ms=20_000, threads=0)
-    t0 = (time.time_ns() // NS - 60) * NS
+    t0 = _grid_t0(settings, "rev")
     media = [r for r in _stream("rev", t0, told=True) if not r.is_progress and r.modality is not Modality.TEXT]
     words = [text_record("rev", i, t0 + (i * 1000 + 200) * MS, t0 + (i * 1000 + 500) * MS, "seven", complete=True)
              for i in range(SECONDS)]
@@ -144,7 +153,7 @@ def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_w
     300 ms budget, the windows ending by 2.7 s close.)"""
     settings = service_settings(kafka_bootstrap, topic_prefix, shipped_model, revisions=True, text_wait_ms=300,
                                 idle_timeout_ms=20_000, threads=0)
-    t0 = (time.time_ns() // NS - 60) * NS
+    t0 = _grid_t0(settings, "amend")
     media = [r for r in _stream("amend", t0, told=True) if not r.is_progress]  # the word at 0.2-0.5 s included
     late_word = text_record("amend", 1, t0 + 1900 * MS, t0 + 2100 * MS, "three", complete=True)
     ended = [progress_record("amend", m, 99, t0 + SECONDS * NS, ended=True) for m in MODALITIES]

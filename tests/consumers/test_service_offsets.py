@@ -16,6 +16,7 @@ from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
 from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.consumers.service.offsets import OffsetTracker
 from fusionstream.consumers.service.options import ServiceOptions
+from fusionstream.stream.windows import WindowConfig
 
 V, A, T = ("fs.video", 0), ("fs.audio", 0), ("fs.text", 0)
 HOP = 500_000_000
@@ -119,13 +120,22 @@ def test_a_record_admitted_to_no_window_is_released_at_once() -> None:
 # -- Checkpoint ---------------------------------------------------------------------------------
 
 
-def test_checkpoint_round_trips_and_rounds_times_up_to_window_starts() -> None:
+def test_checkpoint_round_trips_times_to_the_window_start_the_aligner_resumes_at() -> None:
+    """Times are stored rounded down to the hop; ``Aligner.resume`` rounds them up onto the stream's own grid
+    (the shared one, or a staggered stream's), so it resumes at exactly the window it was stored for."""
     t0 = 1_767_225_600_000_000_000
-    checkpoint = Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + HOP + 1})
-    text = checkpoint.encode(HOP)
+    staggered = WindowConfig(stagger=True)
+    offset = staggered.offset_ns("cam-03")
+    assert 0 < offset < HOP
+    streams = {"cam-01": t0 + 3 * HOP, "cam-02": t0 + HOP + 1, "cam-03": t0 + 5 * HOP + offset}
+    text = Checkpoint(replay_mark=42, streams=streams).encode(HOP)
     assert json.loads(text)["v"] == 1 and text.isascii()
     back = Checkpoint.decode(text)
-    assert back == Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + 2 * HOP})
+    assert back == Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + HOP,
+                                                       "cam-03": t0 + 5 * HOP})
+    assert staggered.first_start_from(back.streams["cam-03"], offset) == streams["cam-03"]
+    shared = WindowConfig()
+    assert shared.first_start_from(back.streams["cam-01"], 0) == streams["cam-01"]
 
 
 @pytest.mark.parametrize("text", [None, "", "hello", "{}", '{"v":2}', '{"v":1,"h":"x"}', "[1,2]", '{"v":1,"h":0,"b":0,'
