@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
+from fusionstream.consumers.bench.cameras import produce_live
 from fusionstream.consumers.bench.cpu import CpuMeter, find_broker, ms_per_window
-from fusionstream.consumers.bench.delivery import REALISTIC, DeliveryProfile, Schedule, delivered, ideal_times
+from fusionstream.consumers.bench.delivery import REALISTIC, DeliveryProfile, ideal_times
 from fusionstream.consumers.bench.realtime import Seen, Trial, end_margin_ns
 from fusionstream.consumers.bench.stages import StageResult
 from fusionstream.consumers.bench.workload import NS, Workload
@@ -264,7 +265,7 @@ async def _realtime(
             path.write_bytes(pickle.dumps(schedule, protocol=pickle.HIGHEST_PROTOCOL))
             del schedule
             context = multiprocessing.get_context("spawn")
-            producer = context.Process(target=_produce_live, args=(path, run.settings), name="bench-cameras")
+            producer = context.Process(target=produce_live, args=(path, run.settings), name="bench-cameras")
             producer.start()
             await asyncio.get_running_loop().run_in_executor(None, producer.join)
             if producer.exitcode != 0:
@@ -309,12 +310,6 @@ def _floor(path: Path, config: WindowConfig, span: list[int]) -> dict[str, dict[
     ends = {key: key[1] + config.window_ns for key in keys}
     return {"end_to_first_ms": percentiles([(ideal.first[k] - ends[k]) / 1e6 for k in keys]),
             "end_to_final_ms": percentiles([(ideal.final[k] - ends[k]) / 1e6 for k in keys])}
-
-
-def _produce_live(path: Path, settings: Settings) -> None:
-    """In the producer process: publish each record of the pickled schedule when it is due."""
-    schedule: Schedule = pickle.loads(path.read_bytes())
-    asyncio.run(publish(delivered(schedule), settings, create_topics=False))
 
 
 def _service(

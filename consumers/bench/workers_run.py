@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusionstream.consumers.bench.cameras import produce_live
 from fusionstream.consumers.bench.cpu import find_broker, ms_per_window, process_cpu_s
 from fusionstream.consumers.bench.delivery import DeliveryProfile, ideal_times
 from fusionstream.consumers.bench.kafka_stage import (
     PRODUCER_START_NS,
     _delete,
-    _produce_live,
     _run_settings,
     _steady_windows,
 )
@@ -303,7 +303,7 @@ async def live_trial(settings: Settings, spec: Manifest, workload: Workload, wor
         schedule = delivery.schedule(records)
         del records
         path.write_bytes(pickle.dumps(schedule, protocol=pickle.HIGHEST_PROTOCOL))
-        producer = multiprocessing.get_context("spawn").Process(target=_produce_live, args=(path, run.settings),
+        producer = multiprocessing.get_context("spawn").Process(target=produce_live, args=(path, run.settings),
                                                                 name="bench-cameras")
         producer.start()
         await asyncio.get_running_loop().run_in_executor(None, producer.join)

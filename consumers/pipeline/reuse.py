@@ -235,24 +235,29 @@ class Embedder:
         return self._whole(windows, "video", encode, ("frames", video.pre.frames))
 
     def _audio(self, windows: Sequence[Window]) -> np.ndarray:
-        """Audio embeddings, taking those warmed on exactly these samples. A provisional window's
-        (revisions on) is kept for its final, which comes with the same audio once the text is in:
-        the audio graph is most of the engine's time, and running it twice per window doubled it."""
+        """Audio embeddings, taking those warmed on exactly these samples. With revisions on, a window's
+        embedding is kept past its provisional prediction and its final, for the revisions that follow
+        with the same audio once the text is in (the final, an amendment by a late word): the audio graph
+        is most of the engine's time, and running it again per revision doubled it. Without revisions a
+        window has one prediction, and its entry goes with it."""
         out = self._zeros(len(windows), "audio")
         todo = []
         for i in self._present(windows, "audio"):
             window = windows[i]
             key = (window.stream_id, window.t_start_ns)
-            warmed = self._warm_audio.pop(key, None) if window.final else self._warm_audio.get(key)
+            revised = not window.final or window.revision > 0
+            warmed = self._warm_audio.get(key) if revised else self._warm_audio.pop(key, None)
             if warmed is not None and np.array_equal(warmed[0], window.audio):
                 out[i] = warmed[1]
                 self.audio_warm_hits += 1
+                if revised:
+                    self._warm_audio.move_to_end(key)
             else:
                 todo.append(i)
         if todo:
             out[todo] = self._encode_audio([windows[i] for i in todo])
             for i in todo:
-                if not windows[i].final:
+                if not windows[i].final or windows[i].revision > 0:
                     self._warm_audio[(windows[i].stream_id, windows[i].t_start_ns)] = (windows[i].audio, out[i].copy())
             while len(self._warm_audio) > self._warm_capacity:
                 self._warm_audio.popitem(last=False)

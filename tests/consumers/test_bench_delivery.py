@@ -169,7 +169,7 @@ def test_kafka_a_live_trial_reports_what_users_see(kafka_bootstrap: str, shipped
     assert trial.intake_lag_ms["p99"] < 1000, "intake lag is measured from when a record was due, not its timestamp"
 
 
-def test_a_provisional_windows_audio_is_encoded_once_for_its_final(untrained_model: Path) -> None:
+def test_a_provisional_windows_audio_is_encoded_once_for_its_final_and_amendments(untrained_model: Path) -> None:
     """Revisions on, a window is predicted twice: its final reuses the provisional one's audio embedding
     (the audio graph is most of the engine's time), unless the audio changed in between."""
     import numpy as np
@@ -197,3 +197,10 @@ def test_a_provisional_windows_audio_is_encoded_once_for_its_final(untrained_mod
         embedder(provisional[:1])
         embedder([changed])
         assert embedder.audio_warm_hits == len(finals), "other samples: encoded again"
+        # A final after a provisional one is revision 1; a late word amends it as revision 2, with the same
+        # audio: both take the embedding the provisional one left.
+        revised = Embedder(runtime)
+        revised(provisional)
+        revised([dataclasses.replace(w, revision=1) for w in finals])
+        revised([dataclasses.replace(w, revision=2) for w in finals])
+        assert revised.audio_warm_hits == 2 * len(finals), "the amendments encoded the audio again"
