@@ -186,7 +186,9 @@ class Embedder:
         if "text" in self.modalities and self.reuse_text:
             self._text(windows, count_needed=False)
         if "audio" in self.modalities:
-            present = self._present(windows, "audio")
+            # Not those encoded already on these very samples: an open window whose provisional prediction
+            # (revisions on) came first, while it waits for its text, is offered here too.
+            present = [i for i in self._present(windows, "audio") if not self._has_warm_audio(windows[i])]
             if present:
                 rows = self._encode_audio([windows[i] for i in present])
                 for i, row in zip(present, rows, strict=True):
@@ -262,6 +264,10 @@ class Embedder:
             while len(self._warm_audio) > self._warm_capacity:
                 self._warm_audio.popitem(last=False)
         return out
+
+    def _has_warm_audio(self, window: Window) -> bool:
+        warmed = self._warm_audio.get((window.stream_id, window.t_start_ns))
+        return warmed is not None and np.array_equal(warmed[0], window.audio)
 
     def _encode_audio(self, windows: Sequence[Window]) -> np.ndarray:
         return self.runtime.encode("audio", self.prepare.audio_feed(np.stack([w.audio for w in windows])))

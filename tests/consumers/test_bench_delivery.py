@@ -201,6 +201,14 @@ def test_a_provisional_windows_audio_is_encoded_once_for_its_final_and_amendment
         # audio: both take the embedding the provisional one left.
         revised = Embedder(runtime)
         revised(provisional)
+        # Still open, waiting for its text, the window is offered to be encoded ahead: its audio is not again.
+        encoded: list[int] = []
+        encode_audio = revised._encode_audio
+        revised._encode_audio = lambda ws: encoded.append(len(ws)) or encode_audio(ws)  # type: ignore[method-assign]
+        revised.warm([dataclasses.replace(w, closed_by="ready") for w in finals])
+        assert encoded == [], "encoded ahead again on the samples its provisional prediction had"
         revised([dataclasses.replace(w, revision=1) for w in finals])
         revised([dataclasses.replace(w, revision=2) for w in finals])
         assert revised.audio_warm_hits == 2 * len(finals), "the amendments encoded the audio again"
+        revised.warm([changed])
+        assert encoded == [1], "the window whose samples changed is encoded ahead"
