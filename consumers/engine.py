@@ -8,6 +8,7 @@ Every model directory, format 1 (fusionstream's own architecture, like the shipp
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,21 @@ def backend_options(settings: Settings) -> dict[str, object]:
     """The options of ``settings.backend`` that the settings choose (threads, device, precision, ...),
     as that backend maps them."""
     return backend_class(settings.backend).options_for(runtime_choices(settings))
+
+
+def service_threads(settings: Settings, cores: int | None = None) -> int:
+    """The engine's intra-op threads where a pipeline runs beside it (serve, demo, the bench's pipeline,
+    Kafka and live stages): ``threads`` when set, else one per core but one, at least one. The pipeline's
+    own Python thread (fetching, decoding, aligning, publishing) needs a core of its own: an engine pool on
+    every core takes turns with it, and each window waits for both (docs/performance.md#engine-threads)."""
+    if settings.threads:
+        return settings.threads
+    return max(1, (cores or len(os.sched_getaffinity(0))) - 1)
+
+
+def service_options(settings: Settings) -> dict[str, object]:
+    """:func:`backend_options` with :func:`service_threads`: what a runtime serving a pipeline is opened with."""
+    return backend_options(settings.model_copy(update={"threads": service_threads(settings)}))
 
 
 def load_model(model_dir: str | Path) -> Manifest:
@@ -53,5 +69,5 @@ def open_engine(settings: Settings) -> Iterator[tuple[Runner, Manifest]]:
     ``open_runtime`` refuses, naming the file and field, a directory it cannot serve (an encoders-only
     one, a graph that disagrees with the manifest) or an option the backend lacks."""
     runtime: Runtime
-    with open_runtime(settings.backend, settings.model_dir, **backend_options(settings)) as runtime:
+    with open_runtime(settings.backend, settings.model_dir, **service_options(settings)) as runtime:
         yield Runner(runtime), runtime.manifest

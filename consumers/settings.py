@@ -100,7 +100,11 @@ class Settings(BaseSettings):
     backend: str = Field("onnxruntime", description="Inference backend: onnxruntime, torch or tensorrt (any name "
                          "registered in fusionstream.engines.backends.BACKENDS).")
     device: str = Field("cpu", description="Device for the torch backend: cpu or cuda.")
-    threads: int = Field(0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = all cores).")
+    threads: int = Field(
+        0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = auto: one per core but one where a "
+        "pipeline runs beside the engine, as in serve and demo, so its Python thread keeps a core; every core for "
+        "the engine alone).",
+    )
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto",
         description="auto = the backend's default (fp16 for tensorrt, else fp32); int8 runs the int8 encoders "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from fusionstream.stream.assemble import build_window
@@ -83,6 +84,8 @@ class Aligner:
         self._tombstones: OrderedDict[str, int] = OrderedDict()
         #: Streams resumed with provisional predictions published past their finals, before they reopen.
         self._provisional_resume: dict[str, int] = {}
+        #: Streams that took an item or progress since :meth:`take_recent` last asked.
+        self._recent: set[str] = set()
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Aligner:
                 item.ref,
                 item.complete,
             )
+        self._recent.add(item.stream_id)
         buffer = state.buffers[item.modality]
         buffer.insert(item, last_ns)
         if item.t_end_ns > buffer.latest_end_ns:
@@ -186,6 +190,7 @@ class Aligner:
         state = self._streams.get(progress.stream_id)
         if state is None:
             return
+        self._recent.add(progress.stream_id)
         buffer = state.buffers[progress.modality]
         if progress.t_ns > buffer.complete_ns:
             buffer.complete_ns = progress.t_ns
@@ -195,11 +200,20 @@ class Aligner:
 
     # -- closing --------------------------------------------------------------------------------
 
-    def poll(self, now_ns: int) -> list[Window]:
-        """Close every window the watermark has passed, or whose stream has gone silent."""
+    def take_recent(self) -> set[str]:
+        """The streams that took an item or progress since the last call: the only ones whose watermark
+        can have moved since, but by the clock (a modality or stream falling silent), which a periodic
+        :meth:`poll` of every stream covers."""
+        recent, self._recent = self._recent, set()
+        return recent
+
+    def poll(self, now_ns: int, streams: Collection[str] | None = None) -> list[Window]:
+        """Close every window the watermark has passed, or whose stream has gone silent: of every stream, or
+        of ``streams`` only (those of :meth:`take_recent`, right after a fetch: a poll of each of many streams
+        per fetch was most of the aligner's time)."""
         cfg = self.config
         closed: list[Window] = []
-        for stream_id in list(self._streams):
+        for stream_id in list(self._streams) if streams is None else [s for s in streams if s in self._streams]:
             state = self._streams[stream_id]
             if state.amended:
                 closed += state.amended
@@ -345,17 +359,19 @@ class Aligner:
     def buffered_items(self) -> int:
         return sum(len(b.items) for s in self._streams.values() for b in s.buffers.values())
 
-    def provisional(self, now_ns: int, limit: int = 64) -> list[Window]:
+    def provisional(self, now_ns: int, limit: int = 64, streams: Collection[str] | None = None) -> list[Window]:
         """Open windows whose every modality but ``config.provisional_without`` is complete past their
         end, while one of those is not (docs/predictions.md#revisions): each offered once, built from
         what is there (``final`` False, ``closed_by`` ``"provisional"``, no ``refs``: its records are
         still needed by the final). The window's final, from :meth:`poll`, has revision 1. Call it
-        after :meth:`poll`, which closes the windows that need no provisional."""
+        after :meth:`poll`, which closes the windows that need no provisional. ``streams``: as :meth:`poll`'s."""
         cfg = self.config
         if not cfg.provisional_without:
             return []
         offered: list[Window] = []
-        for stream_id, state in self._streams.items():
+        chosen = self._streams.items() if streams is None else [
+            (s, self._streams[s]) for s in streams if s in self._streams]
+        for stream_id, state in chosen:
             if now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
                 continue
             fast = self._watermark(state, now_ns, without=cfg.provisional_without)

@@ -17,7 +17,7 @@ from rich.console import Console
 from fusionstream.consumers.bench.common import broker_available, machine
 from fusionstream.consumers.bench.realtime import trial_line
 from fusionstream.consumers.bench.workload import Workload
-from fusionstream.consumers.engine import backend_options, model_title
+from fusionstream.consumers.engine import model_title, service_options
 from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import open_runtime
@@ -34,7 +34,7 @@ def run_live(settings: Settings, options: Any, console: Console) -> dict[str, An
     streams = int(options.live_streams)
     if not broker_available(settings, console):
         raise NoBroker(f"--live-streams runs through the broker, and none answers at {settings.bootstrap_servers}")
-    with open_runtime(settings.backend, settings.model_dir, **backend_options(settings)) as runtime:
+    with open_runtime(settings.backend, settings.model_dir, **service_options(settings)) as runtime:
         manifest = runtime.manifest
         with console.status("making the synthetic workload"):
             workload = Workload.synthetic(options.streams, options.seconds, options.seed, options.frame_size)

@@ -30,7 +30,7 @@ from fusionstream.consumers.bench.stages import (
     pipeline_stage,
 )
 from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from fusionstream.consumers.engine import backend_options, model_title
+from fusionstream.consumers.engine import backend_options, model_title, service_options
 from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import open_runtime
@@ -93,7 +93,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
     runtime: Runtime
     with open_runtime(settings.backend, settings.model_dir, **options_of_backend) as runtime, \
-            ExitStack() as int8_scope:
+            ExitStack() as int8_scope, ExitStack() as service_scope:
         manifest = runtime.manifest
         config = settings.model_window_config(manifest)
         report: dict[str, Any] = {
@@ -119,8 +119,15 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             f"on {settings.backend}"
         )
 
+        # The stages with a pipeline beside the engine run it with the service's engine threads (one core
+        # left to the pipeline's Python thread); the engine alone has every core.
+        options_of_service = service_options(settings)
+        served = runtime if options_of_service == options_of_backend else service_scope.enter_context(
+            open_runtime(settings.backend, settings.model_dir, **options_of_service))
+        report["service_backend_options"] = {k: str(v) for k, v in options_of_service.items()}
+
         def make_runner() -> Runner:
-            return Runner(runtime)
+            return Runner(served)
 
         with console.status("engine: the model alone, per batch size"):
             sweep = engine_stage(runtime, windows, options.batch_sizes)
@@ -151,7 +158,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                 rounds.setdefault("intake", []).append(intake_stage(workload, config, runtime.frame_side))
             with console.status(f"{label}: pipeline (the embedded pipeline at maximum rate)"):
                 rounds.setdefault("pipeline", []).append(pipeline_stage(
-                    runtime, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
+                    served, workload, config, max_batch=best_batch, decode_workers=settings.decode_workers,
                     speculate=settings.speculate,
                 ))
             if broker:

@@ -200,8 +200,10 @@ class Pipeline:
         stats.records_partly_late += partly_late
         stats.records += len(records)
         self.stats.dead_letters += len(dead)
-        await self._enqueue(self.aligner.poll(now))
-        await self._enqueue(self.aligner.provisional(now))
+        # Only the streams these records moved: the others' windows wait for the clock, which tick() polls.
+        recent = self.aligner.take_recent()
+        await self._enqueue(self.aligner.poll(now, recent))
+        await self._enqueue(self.aligner.provisional(now, streams=recent))
         self._maybe_warm(now)
         return dead
 

@@ -10,7 +10,7 @@ The supervisor
   transactional ids stay distinct between workers and each survives its worker's restarts, and the
   worker joins as a *static* member (``group.instance.id``) that takes its partitions straight back
   after a crash, without the group waiting out the dead member's session;
-- splits the engine threads (``threads``, 0 = every core) between them;
+- splits the engine threads (``threads``; unset, the cores less one per worker) between them;
 - keeps one more worker warm, imported and with its engine open (a *standby*): a worker that dies is
   replaced by the standby at once (and a new standby started), so a crash costs a rejoin and a re-read,
   not a process start; without a standby (``standby=False``) a fresh process is started;
@@ -65,9 +65,11 @@ def resolve_workers(settings: Settings, cores: int | None = None) -> int:
 
 
 def threads_per_worker(settings: Settings, workers: int, cores: int | None = None) -> int:
-    """The engine threads of one worker: ``threads`` (0 = every core) shared out, at least one each."""
-    total = settings.threads or cores or len(os.sched_getaffinity(0))
-    return max(1, total // workers)
+    """The engine threads of one worker: ``threads`` shared out, at least one each; unset (0), the cores less
+    one per worker for its own Python thread, as one ``serve`` leaves one (``service_threads``)."""
+    if settings.threads:
+        return max(1, settings.threads // workers)
+    return max(1, ((cores or len(os.sched_getaffinity(0))) - workers) // workers)
 
 
 class _Worker:

@@ -37,6 +37,7 @@ from servicekit import (
     synthetic,
 )
 
+from fusionstream.consumers.engine import service_options, service_threads
 from fusionstream.consumers.kafka import delete_topics, ensure_topics, leave_group, make_admin, make_consumer
 from fusionstream.consumers.service.hostview import WorkerView, host_health, merge_families
 from fusionstream.consumers.service.supervisor import resolve_workers, threads_per_worker
@@ -91,8 +92,19 @@ def test_auto_workers_follow_the_cores_the_partitions_and_the_gpu() -> None:
     assert resolve_workers(Settings(workers="auto", partitions=12), cores=16) == 8
     assert resolve_workers(Settings(workers="auto", partitions=12, backend="torch", device="cuda"), cores=16) == 4
     assert resolve_workers(Settings(workers="auto"), cores=2) == 1, "two cores: one process, no supervisor"
-    assert threads_per_worker(Settings(threads=0), 3, cores=16) == 5
+    assert threads_per_worker(Settings(threads=0), 3, cores=16) == 4, "a core left to each worker's Python thread"
+    assert threads_per_worker(Settings(threads=0), 2, cores=2) == 1
+    assert threads_per_worker(Settings(threads=12), 3, cores=16) == 4, "threads, when set, shared out as they are"
     assert threads_per_worker(Settings(threads=2), 4) == 1, "at least one engine thread each"
+
+
+def test_a_pipeline_leaves_a_core_to_its_python_thread_unless_threads_says_otherwise() -> None:
+    assert service_threads(Settings(threads=0), cores=2) == 1
+    assert service_threads(Settings(threads=0), cores=16) == 15
+    assert service_threads(Settings(threads=0), cores=1) == 1
+    assert service_threads(Settings(threads=2), cores=2) == 2
+    assert service_options(Settings(threads=0, backend="onnxruntime"))["threads"] == service_threads(
+        Settings(threads=0))
 
 
 def test_a_worker_gets_every_setting_secrets_included(monkeypatch: pytest.MonkeyPatch) -> None:
