@@ -141,7 +141,7 @@ def make_row(
     else:
         wave = np.zeros(shapes["audio"], np.float32)
     ids = text_to_ids(text, spec) if present[2] and text is not None else np.zeros(shapes["text"], np.int64)
-    return Row(video, wave, ids, np.asarray(present, dtype=np.float32))
+    return Row(video=video, audio=wave, text=ids, mask=np.asarray(present, dtype=np.float32))
 
 
 _DTYPES = {"video": np.float32, "audio": np.float32, "text": np.int64, "mask": np.float32}
@@ -232,4 +232,4 @@ def random_batch(
     lengths = rng.integers(0, spec.text_max_len + 1, size)
     text[np.arange(spec.text_max_len) >= lengths[:, None]] = 0
     mask = (rng.random((size, len(MODALITIES))) < p_present).astype(np.float32)
-    return Batch(video, audio.astype(np.float32), text, mask)
+    return Batch(video=video, audio=audio.astype(np.float32), text=text, mask=mask)
