@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionstream.consumers.bench.delivery import Schedule
-from fusionstream.consumers.producers.errors import BrokerUnavailable
-from fusionstream.consumers.producers.publish import producer_for, topics_of
+from fusionstream.consumers.producers.publish import started_producer, topics_of
 from fusionstream.consumers.settings import Settings
 from fusionstream.stream.wire import encode
 from fusionstream.units import NS
@@ -43,14 +42,7 @@ def produce_live(path: Path, settings: Settings) -> None:
 async def send_on_time(prepared: list[Prepared], settings: Settings) -> int:
     """Send each record at its due time (at once when that has passed); returns how many were acknowledged.
     Raises the first failure once everything sent before it is flushed."""
-    from aiokafka.errors import KafkaConnectionError
-
-    producer = producer_for(settings)
-    try:
-        await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+    producer = await started_producer(settings)
     failures: list[BaseException] = []
     acknowledged = 0
 

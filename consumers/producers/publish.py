@@ -85,6 +85,19 @@ def producer_for(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
     return make_producer(settings.bootstrap_servers, **options)
 
 
+async def started_producer(settings: Settings) -> AIOKafkaProducer:
+    """:func:`producer_for`, started; :class:`BrokerUnavailable` when no broker answers."""
+    from aiokafka.errors import KafkaConnectionError
+
+    producer = producer_for(settings)
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+    return producer
+
+
 async def prepare_topics(settings: Settings) -> None:
     """Create the three input topics with ``settings.partitions`` each; refuse unequal existing ones."""
     from aiokafka.errors import KafkaConnectionError
@@ -117,18 +130,12 @@ async def publish(
     source's own error (a missing file, a camera that stopped). Either way, what was
     sent before is flushed first.
     """
-    from aiokafka.errors import KafkaConnectionError
 
     if create_topics:
         await prepare_topics(settings)
     own = producer is None
     if producer is None:
-        producer = producer_for(settings)
-        try:
-            await producer.start()
-        except KafkaConnectionError as exc:
-            await producer.stop()
-            raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+        producer = await started_producer(settings)
     sender = _Sender(producer, topics_of(settings), progress)
     try:
         async with contextlib.aclosing(_records(records)) as source:  # stops the source thread however we leave
