@@ -44,12 +44,14 @@ kafka-start:
 kafka-stop:
 	scripts/kafka.sh stop
 
-# Retrains the shipped model and the fusion-head comparison (about 45 minutes on 2 cores):
-# 8 epochs from scratch, then a fine-tune of the encoders on freshly rendered data.
+# Retrains the shipped model and the fusion-head comparison (about 50 minutes on 2 cores):
+# 8 epochs from scratch, then a fine-tune of the encoders on freshly rendered data, both on
+# augmented streams (docs/training.md#augmentation); then its int8 encoders and its evaluation.
 model: install
 	$(BIN)/fusionstream train .cache/model-stage1 --fusion decision --cache .cache/windows
 	$(BIN)/fusionstream train engines/models/default --init .cache/model-stage1 --epochs 5 --seed 1 \
 		--compare docs/fusion-heads.md --cache .cache/windows
+	$(BIN)/fusionstream quantize engines/models/default
 	$(BIN)/fusionstream evaluate engines/models/default --cache .cache/windows
 
 clean:

@@ -123,6 +123,7 @@ def train(
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
     init: Annotated[Optional[Path], typer.Option("--init", exists=True, file_okay=False, help="Fine-tune: start from this model directory's encoders.")] = None,  # noqa: UP045
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Perturb the synthetic training streams' words (pitch, tempo, room, gain) and scenes (affine, colour, blur, cheap JPEG, occlusion), and mask the audio's log-mel (SpecAugment); docs/training.md#augmentation.")] = True,
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 
@@ -137,7 +138,7 @@ def train(
     with one_line_errors(FusionStreamError, EngineError):  # --data's clips, --init's model directory
         train_command(
             TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
-                         workers=workers, compare=compare, cache=cache, init=init)
+                         workers=workers, compare=compare, cache=cache, init=init, augment=augment)
         )
 
 
@@ -154,6 +155,7 @@ def evaluate(
     by: Annotated[Optional[list[str]], typer.Option("--by", metavar="voice|digit", help="Also break the figures down by voice (the held-out streams again, once per voice, each speaking only that voice) and/or digit (accuracy per true label); repeat it or separate with commas: --by voice --by digit.")] = None,  # noqa: UP045
     voice: Annotated[Optional[list[str]], typer.Option("--voice", metavar="NAME", help="A speech bank voice for --by voice (repeatable; default: the held-out test voices; implies --by voice).")] = None,  # noqa: UP045
     clean: Annotated[bool, typer.Option("--clean", help="Render the held-out streams with no corruption (every modality clean in every segment, no ASR errors).")] = False,
+    renderer: Annotated[str, typer.Option("--renderer", metavar="opencv|pillow", help="Who draws the held-out streams' frames: opencv (the training renderer) or pillow, a second held-out set training never sees: Pillow's font engine and typefaces, other backgrounds and clutter, other camera noise; same digits, times, audio and text.")] = "opencv",
 ) -> None:
     """Accuracy over clear windows: fused, each modality alone, and with each modality removed.
 
@@ -165,11 +167,16 @@ def evaluate(
     from fusionstream.consumers.training.evaluate_cli import evaluate_command
     from fusionstream.engines.errors import EngineError
     from fusionstream.stream.errors import FusionStreamError
+    from fusionstream.stream.sources.renderers import check_renderer
 
     try:
         breakdowns = parse_by([*(by or ()), *(["voice"] if voice else [])])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--by'") from None
+    try:
+        check_renderer(renderer)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--renderer'") from None
     settings = load_settings(model_dir=model_dir, backend=backend)
     if model_dir is None:
         where = "the model shipped in the package" if settings.model_dir == default_model_dir() else "settings' model_dir"
@@ -179,7 +186,7 @@ def evaluate(
     with one_line_errors(EngineError, FusionStreamError):  # the setup, or --data's clips
         result = evaluate_command(settings.model_dir, seconds=seconds, seed=seed, data=data, backend=settings.backend,
                                   options=backend_options(settings), quiet=as_json, cache=cache, int8=int8,
-                                  by=breakdowns, voices=tuple(voice or ()), clean=clean)
+                                  by=breakdowns, voices=tuple(voice or ()), clean=clean, renderer=renderer)
     if as_json:
         typer.echo(json.dumps(result, separators=(",", ":")))
 

@@ -41,7 +41,7 @@ _TEMP_OUTPUT = "fusionstream_output"
 #: Spec fields the weights depend on; the rest (version, metrics, hop, class names) may change freely.
 _ARCHITECTURE = (
     "fusion", "fusion_options", "embed_dim", "frames_per_window", "image_size",
-    "sample_rate", "window_ns", "text_buckets", "text_max_len", "n_mels",
+    "sample_rate", "window_ns", "text_buckets", "text_max_len", "n_mels", "audio_pooling",
 )  # fmt: skip
 
 

@@ -57,6 +57,10 @@ def _default_files() -> dict[str, str]:
     return {name: f"{name}.onnx" for name in (*REQUIRED_GRAPHS, FRAME_GRAPH)}
 
 
+#: The audio encoder's pooling over time (``ModelSpec.audio_pooling``).
+AUDIO_POOLINGS = ("mean", "mean+max")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     """Everything about a model that is not a weight: classes, fusion method, input geometry, files.
@@ -80,6 +84,8 @@ class ModelSpec:
     text_ngrams: tuple[int, ...] = (2, 3, 4)
     text_max_len: int = 256
     n_mels: int = 40
+    #: How the audio encoder pools over time: ``mean`` (models before 2026-12) or ``mean+max``.
+    audio_pooling: str = "mean"
     #: Modality name (and ``"fusion"``) → ONNX file name inside the model directory.
     files: dict[str, str] = field(default_factory=_default_files)
     #: Free-form results written by ``evaluate`` (accuracy per mask pattern, latency, ...).
@@ -123,6 +129,8 @@ class ModelSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 out.append(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.audio_pooling not in AUDIO_POOLINGS:
+            out.append(f"audio_pooling {self.audio_pooling!r} is not one of {', '.join(AUDIO_POOLINGS)}")
         if out:
             return out  # the checks below do arithmetic on the fields above
         if self.hop_ns > self.window_ns:

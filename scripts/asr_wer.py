@@ -1,6 +1,6 @@
 """Word error rate and real-time factor of the ASR producer's recogniser on the speech bank's digits.
 
-    python scripts/asr_wer.py [--grammar general|digits] [--voices all|train|test] [--snr-db 20]
+    python scripts/asr_wer.py [--grammar general|digits] [--voices all|train|test|voice:NAME,...] [--snr-db 20]
 
 Per voice, every clip of the bank (ten digits, both speeds) is spoken in turn, with 0.6 s pauses
 over a noise floor ``snr-db`` below the speech, and streamed to
@@ -45,7 +45,8 @@ def voice_stream(clips: list, snr_db: float, rng: np.random.Generator) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grammar", default="general", choices=["general", "digits"])
-    parser.add_argument("--voices", default="all", choices=["all", "train", "test"])
+    parser.add_argument("--voices", default="all",
+                        help="all, train, test, or voice:NAME[,NAME...] (the first bank's nine: see docs/asr.md)")
     parser.add_argument("--snr-db", type=float, default=20.0)
     args = parser.parse_args()
     bank = SpeechBank.load(args.voices)

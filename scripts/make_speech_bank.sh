@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate stream/sources/speech_bank/: espeak-ng clips of the ten digit words in
-# several voices and two speeds, as 16 kHz mono 16-bit WAV with the silence trimmed.
+# many voices (accents x variants) and speeds, as 16 kHz mono 16-bit WAV with the silence trimmed.
 #
 # The synthetic AV-digits source (stream/sources/synthetic.py) speaks these clips, so
 # demos, tests and training hear real synthesized speech rather than tones.
@@ -17,12 +17,36 @@ for tool in espeak-ng sox; do
     command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install espeak-ng sox)" >&2; exit 1; }
 done
 
-# Voices are espeak-ng language voices, some with a variant (+f3 ...) for a different
-# pitch/timbre and one (+klatt) with a different synthesiser. The test voices are held out
-# of training so evaluation measures generalisation to unseen speakers/accents.
+# Voices are espeak-ng language voices (accents), most with a variant (+f3 ...) for another
+# pitch, timbre or synthesiser (+klatt...). Training hears five accents crossed with many
+# variants; the test voices are held out of training *entirely*: their accents (Scottish,
+# Caribbean, West Midlands) and their variants (f4, m7, klatt4) appear in no training voice,
+# so evaluation measures generalisation to speakers and accents the model never heard.
+train_accents=(en-us en en-gb-x-rp en-gb-x-gbclan en-us-nyc)
+train_variants=("" m1 m2 m3 m4 m5 m6 f1 f2 f3 f5 klatt klatt2 klatt3 croak Andy annie
+                benjamin boris david edward grandma linda max quincy steph travis norbert robert)
+# The six voices the first bank had come first; then each variant with two accents in turn.
 train_voices=(en-us en en-gb-x-rp en+f3 en+m3 en+klatt)
-test_voices=(en-gb-scotland en-029 en-us+f4)
+i=0
+for variant in "${train_variants[@]}"; do
+    for k in 0 1; do
+        accent="${train_accents[$(( (i + k * 2) % ${#train_accents[@]} ))]}"
+        voice="$accent${variant:++$variant}"
+        [[ " ${train_voices[*]} " == *" $voice "* ]] || train_voices+=("$voice")
+    done
+    i=$((i + 1))
+done
+test_voices=(en-gb-scotland en-029 en-us+f4 en-gb-x-gbcwmd+m7 en-029+klatt4)
 speeds=(140 190)  # words per minute (espeak-ng default is 175)
+# The first bank's six voices and the test voices are spoken at both speeds; each later training
+# voice at one speed of three in turn (training perturbs tempo anyway), which keeps the bank small.
+first_voices=6
+one_speed=(130 160 190)
+declare -A voice_speeds=()
+for i in "${!train_voices[@]}"; do
+    (( i < first_voices )) || voice_speeds["${train_voices[$i]}"]="${one_speed[$(( i % 3 ))]}"
+done
+speeds_of() { echo "${voice_speeds[$1]:-${speeds[*]}}"; }
 digits=(zero one two three four five six seven eight nine)
 rate=16000
 
@@ -37,7 +61,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 for voice in "${train_voices[@]}" "${test_voices[@]}"; do
-    for speed in "${speeds[@]}"; do
+    for speed in $(speeds_of "$voice"); do
         for i in "${!digits[@]}"; do
             espeak-ng -v "$voice" -s "$speed" -w "$tmp/raw.wav" "${digits[$i]}"
             # -D: no dither (it is random). espeak-ng writes 22050 Hz: resample to 16 kHz.
@@ -66,6 +90,11 @@ cat >"$out/index.json" <<EOF
   "file_pattern": "{voice}_{speed}_{digit}.wav",
   "digits": [$(json_list "${digits[@]}")],
   "speeds_wpm": [$(json_list "${speeds[@]}" | tr -d '"')],
+  "speeds_by_voice": {$(first=1; for v in "${train_voices[@]}"; do
+      [[ -n "${voice_speeds[$v]:-}" ]] || continue
+      ((first)) && first=0 || printf ', '
+      printf '"%s": [%s]' "$v" "${voice_speeds[$v]}"
+  done)},
   "voices": [$(json_list "${train_voices[@]}" "${test_voices[@]}")],
   "split": {
     "train": [$(json_list "${train_voices[@]}")],

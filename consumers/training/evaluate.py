@@ -32,6 +32,7 @@ from fusionstream.consumers.training.frozen_heads import accuracy, micro_f1
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import Manifest, TaskSpec
 from fusionstream.stream.sources import Corruption
+from fusionstream.stream.sources.renderers import DEFAULT_RENDERER
 
 BATCH = 512
 METRIC = {"single_label": "accuracy", "multi_label": "micro-F1", "embedding": "nearest-centroid accuracy"}
@@ -40,12 +41,14 @@ CACHE_FORMAT = 1
 
 
 def heldout_parts(manifest: Manifest, *, seconds: float, seed: int, data: Path | None, voices: str = "test",
-                  clean: bool = False) -> tuple[tuple[str, ...], list[Part]]:
+                  clean: bool = False, renderer: str = DEFAULT_RENDERER) -> tuple[tuple[str, ...], list[Part]]:
     """The classes the data is labelled with and its parts: ``data``'s clips, else held-out synthetic streams
-    spoken by ``voices`` (the bank's test voices, or ``voice:NAME`` alone), with no corruption when ``clean``.
+    spoken by ``voices`` (the bank's test voices, or ``voice:NAME`` alone), with no corruption when ``clean``,
+    their frames drawn by ``renderer`` (``pillow``: a look training never saw).
 
     The streams' plan (digits, times, corruption states) depends on the seed only, so every ``voices``
-    gets the same digits at the same times: voices are compared on the same sentences."""
+    and every ``renderer`` gets the same digits at the same times: voices are compared on the same
+    sentences, renderers on the same scenes drawn differently."""
     task = manifest.task
     assert task is not None
     labelled = task.kind != "embedding"
@@ -60,10 +63,12 @@ def heldout_parts(manifest: Manifest, *, seconds: float, seed: int, data: Path |
         raise ModelDirError(f"{manifest.path}: task.classes are not the synthetic source's digits 0-9: "
                             f"evaluate this model on your clips with --data DIR")
     parts = synthetic_parts(seconds, seed, voices)
+    # In the config, so its repr (the cache key's data part) tells clean from corrupted streams and
+    # one renderer's from another's.
+    changes: dict[str, Any] = {"renderer": renderer}
     if clean:
-        # In the config, so its repr (the cache key's data part) tells clean and corrupted streams apart.
-        parts = [dataclasses.replace(p, config=dataclasses.replace(p.config, corruption=Corruption.none()))
-                 for p in parts]
+        changes["corruption"] = Corruption.none()
+    parts = [dataclasses.replace(p, config=dataclasses.replace(p.config, **changes)) for p in parts]
     return DIGITS, list(parts)
 
 

@@ -19,6 +19,7 @@ from fusionstream.consumers.training.generate import progress_bar
 from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import load_manifest
+from fusionstream.stream.sources.renderers import DEFAULT_RENDERER
 from fusionstream.stream.windows import Window
 
 #: fp32 and int8 speed are measured this many times each, alternating.
@@ -30,22 +31,24 @@ SPEED_BATCH = 32
 def evaluate_command(
     model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
     options: dict[str, Any] | None = None, cache: Path | None = None, int8: bool = False,
-    by: tuple[str, ...] = (), voices: tuple[str, ...] = (), clean: bool = False,
+    by: tuple[str, ...] = (), voices: tuple[str, ...] = (), clean: bool = False, renderer: str = DEFAULT_RENDERER,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on held-out windows; ``by`` (``voice``, ``digit``) adds the breakdowns of
     :mod:`~fusionstream.consumers.training.evaluate_by` (``voices``: which, default the bank's test
-    voices), ``clean`` renders the synthetic streams with no corruption."""
+    voices), ``clean`` renders the synthetic streams with no corruption, ``renderer`` names who draws
+    their frames (``pillow``: :mod:`~fusionstream.stream.sources.render_alt`, a look training never saw)."""
     console = Console(stderr=quiet)
     options = options or {}
     manifest = load_manifest(model_dir)
     if not manifest.servable:
         raise ModelDirError(f"{manifest.path}: an encoders-only directory (no task, no fusion head) has nothing to "
                             f"evaluate: train a head on it first (fusionstream train OUT --encoders {model_dir})")
-    _check_breakdowns(manifest.task.kind if manifest.task else "", data, by, clean)
-    classes, parts = heldout_parts(manifest, seconds=seconds, seed=seed, data=data, clean=clean)
+    _check_breakdowns(manifest.task.kind if manifest.task else "", data, by, clean, renderer)
+    classes, parts = heldout_parts(manifest, seconds=seconds, seed=seed, data=data, clean=clean, renderer=renderer)
     # Checked before anything is embedded: an unknown voice is one line, not a minute of work and a traceback.
     per_voice = heldout_voices(voices) if "voice" in by else ()
-    what = "clips" if data is not None else f"{'clean ' if clean else ''}held-out streams"
+    drawn = f" ({renderer} renderer)" if renderer != DEFAULT_RENDERER else ""
+    what = "clips" if data is not None else f"{'clean ' if clean else ''}held-out streams{drawn}"
     runtime: Runtime
     with open_runtime(backend, model_dir, **options) as runtime:
         with progress_bar(console) as progress:
@@ -53,7 +56,8 @@ def evaluate_command(
                                     options=options)
             voice_windows = {
                 voice: embed_heldout(runtime, classes, heldout_parts(manifest, seconds=seconds, seed=seed, data=None,
-                                                                     voices=f"voice:{voice}", clean=clean)[1],
+                                                                     voices=f"voice:{voice}", clean=clean,
+                                                                     renderer=renderer)[1],
                                      progress=progress, what=f"voice {voice}", cache=cache, options=options)
                 for voice in per_voice
             }
@@ -69,22 +73,23 @@ def evaluate_command(
     console.print(evaluation_table(result, f"{manifest.fusion.method if manifest.fusion else ''} model "
                                            f"v{manifest.version} ({task}) on {backend}"
                                            f"{f' ({described})' if described else ''}, "
-                                           f"{result['windows']} clear of {result['all_windows']} windows"))
+                                           f"{result['windows']} clear of {result['all_windows']} windows{drawn}"))
     print_breakdowns(console, result, what)
     result |= {"backend": backend, "backend_options": {k: str(v) for k, v in options.items()}}
     if data is None:
-        result["clean"] = clean
+        result |= {"clean": clean, "renderer": renderer}
     if int8:
         result["int8"] = _int8(model_dir, classes, parts, windows, result, cache, console)
     return result
 
 
-def _check_breakdowns(task: str, data: Path | None, by: tuple[str, ...], clean: bool) -> None:
-    """Refuse what cannot be measured: voices and clean rendering are the synthetic streams' (a clip has
-    one soundtrack), and a per-digit accuracy needs labels the model predicts (not an embedding task)."""
-    if data is not None and ("voice" in by or clean):
-        raise ModelDirError("--by voice and --clean render the synthetic held-out streams: they do not apply "
-                            "to --data clips")
+def _check_breakdowns(task: str, data: Path | None, by: tuple[str, ...], clean: bool, renderer: str) -> None:
+    """Refuse what cannot be measured: voices, clean rendering and another renderer are the synthetic
+    streams' (a clip has one soundtrack and its own pictures), and a per-digit accuracy needs labels the
+    model predicts (not an embedding task)."""
+    if data is not None and ("voice" in by or clean or renderer != DEFAULT_RENDERER):
+        raise ModelDirError("--by voice, --clean and --renderer render the synthetic held-out streams: they do not "
+                            "apply to --data clips")
     if "digit" in by and task == "embedding":
         raise ModelDirError("--by digit needs a model that predicts labels: this one's task is embedding")
 

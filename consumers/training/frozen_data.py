@@ -32,6 +32,7 @@ from fusionstream.consumers.training.generate import synthetic_configs
 from fusionstream.engines.manifest import Manifest
 from fusionstream.stream.records import Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
+from fusionstream.stream.sources.speech import bank_fingerprint
 from fusionstream.stream.windows import Window, WindowConfig
 from fusionstream.units import NS
 
@@ -124,7 +125,7 @@ def clip_parts(directory: Path, classes: Sequence[str] | None = None) -> tuple[t
 
 def data_key(parts: Sequence[Part], classes: Sequence[str]) -> str:
     """A digest of what the parts would produce: part for part, and the classes labels index."""
-    return hashlib.sha256(repr(([p.describe() for p in parts], list(classes))).encode()).hexdigest()
+    return hashlib.sha256(repr(([p.describe() for p in parts], list(classes), bank_fingerprint())).encode()).hexdigest()
 
 
 def coverage(intervals: Sequence[Interval], n_classes: int, t_start_ns: int, t_end_ns: int) -> np.ndarray:

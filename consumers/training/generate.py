@@ -13,6 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fusionstream.consumers.training.dataset import WindowSet, synthesize_many
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.sources import SyntheticConfig
+from fusionstream.stream.sources.augment import Augmentation
+from fusionstream.stream.sources.speech import bank_fingerprint
 
 #: Seconds per synthetic run; several runs with their own seeds make a set.
 RUN_SECONDS = 300.0
@@ -31,12 +33,15 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
-def synthetic_configs(seconds: float, seed: int, voices: str) -> list[SyntheticConfig]:
+def synthetic_configs(
+    seconds: float, seed: int, voices: str, augment: Augmentation | None = None
+) -> list[SyntheticConfig]:
     """Runs of ``RUN_SECONDS`` x ``STREAMS_PER_RUN`` streams adding up to ``seconds`` of streams."""
     runs = max(1, math.ceil(seconds / (RUN_SECONDS * STREAMS_PER_RUN)))
     per_run = seconds / (runs * STREAMS_PER_RUN)
     return [
-        SyntheticConfig(streams=STREAMS_PER_RUN, seconds=per_run, seed=seed * 1000 + i, voices=voices)  # type: ignore[arg-type]
+        SyntheticConfig(streams=STREAMS_PER_RUN, seconds=per_run, seed=seed * 1000 + i, voices=voices,  # type: ignore[arg-type]
+                        augment=augment or Augmentation.none())
         for i in range(runs)
     ]
 
@@ -50,7 +55,7 @@ def generate(
     cache: Path | None = None,
 ) -> WindowSet:
     """Render, window and featurise synthetic runs; reuse a cached copy when the inputs are identical."""
-    key = hashlib.sha256(repr((_input_fields(spec), list(configs))).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((_input_fields(spec), list(configs), bank_fingerprint())).encode()).hexdigest()[:16]
     path = cache / f"windows-{key}.npz" if cache else None
     if path is not None and path.exists():
         data = WindowSet.load(path)

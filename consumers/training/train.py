@@ -24,11 +24,18 @@ from fusionstream.consumers.training.assemble import assemble, export_dir
 from fusionstream.consumers.training.dataset import WindowSet
 from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
 from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
+from fusionstream.stream.sources.augment import Augmentation, require_audio_augmentation
 
 VALIDATION_SECONDS = 600.0
 BATCH = 64
 HEAD_EPOCHS = 40
 MODALITY_DROPOUT = 0.3
+#: SpecAugment of the audio encoder's log-mel while training: (masks, widest) of mel bands (of 40),
+#: then of frames (of 98 in a 1 s window).
+SPEC_AUGMENT = ((2, 5), (2, 10))
+#: The audio encoder's pooling over time for new models: the mean and the max (docs/training.md's
+#: ablation: +2 points of audio alone on unseen voices over the mean alone, at the same cost).
+AUDIO_POOLING = "mean+max"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class TrainOptions:
     compare: Path | None = None
     cache: Path | None = None
     init: Path | None = None
+    #: Render-time augmentation of the synthetic training streams and SpecAugment (not of validation).
+    augment: bool = True
 
 
 def _torch_batch(data: WindowSet, index: np.ndarray, mask: np.ndarray | None = None) -> tuple:
@@ -67,7 +76,7 @@ def _drop(mask: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
 
 def speed_perturb(audio, rng: np.random.Generator, low: float = 0.88, high: float = 1.12):
     """Resample each waveform by a random factor (pitch and tempo together, like another speaker's
-    vocal tract): the six training voices then stand for many more."""
+    vocal tract), freshly every epoch: the training voices then stand for many more."""
     import torch
 
     n = audio.shape[1]
@@ -85,7 +94,8 @@ def speed_perturb(audio, rng: np.random.Generator, low: float = 0.88, high: floa
 
 
 def train_encoders(
-    spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress, init: Path | None = None
+    spec: ModelSpec, train: WindowSet, epochs: int, seed: int, progress: Progress, init: Path | None = None,
+    spec_augment: tuple[tuple[int, int], tuple[int, int]] | None = None,
 ):
     """Stage 1; returns the trained ``MultimodalModel`` (concat head)."""
     import torch
@@ -105,6 +115,8 @@ def train_encoders(
         missing = model.load_state_dict(encoders, strict=False).missing_keys
         if any(not k.startswith("head.") for k in missing):
             raise SystemExit(f"{init} has other encoders than this model: missing {missing[:3]}")
+    if "audio" in model.modalities:
+        model.encoders["audio"].spec_augment = spec_augment  # type: ignore[union-attr]
     aux = nn.ModuleList(nn.Linear(spec.embed_dim, spec.n_classes) for _ in model.modalities)
     params = list(model.parameters()) + list(aux.parameters())
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
@@ -141,6 +153,8 @@ def train_encoders(
             seen += len(index)
             progress.update(task, advance=1, info=f"epoch {epoch + 1}/{epochs} loss {running / seen:.3f}")
     model.eval()
+    if "audio" in model.modalities:
+        model.encoders["audio"].spec_augment = None  # type: ignore[union-attr]
     return model
 
 
@@ -225,7 +239,9 @@ def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
 def train_command(options: TrainOptions) -> ModelSpec:
     console = Console()
     started = time.perf_counter()
-    spec = ModelSpec(version=time.strftime("%Y.%m.%d"), fusion="concat")
+    spec = ModelSpec(version=time.strftime("%Y.%m.%d"), fusion="concat", audio_pooling=AUDIO_POOLING)
+    if options.init is not None:  # a fine-tune keeps the encoders' architecture, older models' too
+        spec = spec.replace(audio_pooling=ModelSpec.load(options.init).audio_pooling)
     if options.fusion != "best" and options.fusion not in FUSION_HEADS:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
     with progress_bar(console) as progress:
@@ -239,11 +255,18 @@ def train_command(options: TrainOptions) -> ModelSpec:
                 raise ClipsError(str(exc)) from None
             train_set, val_set = split(clips, 0.2, options.seed)
         else:
-            train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train"),
+            augment = Augmentation() if options.augment else Augmentation.none()
+            if augment.pitch or augment.tempo:
+                try:
+                    require_audio_augmentation()
+                except ImportError as exc:
+                    raise SystemExit(f"error: {exc} (or train with --no-augment)") from None
+            train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train", augment),
                                  "training streams", options.workers, progress, options.cache)
             val_set = generate(spec, synthetic_configs(VALIDATION_SECONDS, options.seed + 500, "train"),
                                "validation streams", options.workers, progress, options.cache)
-        encoders = train_encoders(spec, train_set, options.epochs, options.seed, progress, options.init)
+        encoders = train_encoders(spec, train_set, options.epochs, options.seed, progress, options.init,
+                                  spec_augment=SPEC_AUGMENT if options.augment else None)
         train_emb = embed(encoders, train_set, progress, "training windows")
         val_emb = embed(encoders, val_set, progress, "validation windows")
         names = list(FUSION_HEADS) if options.fusion == "best" else [options.fusion]

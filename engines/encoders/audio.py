@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fusionstream.engines.encoders.image import pool_block, standardize
-from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT
+from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT, AUDIO_POOLINGS
 
 LOG_FLOOR = 1e-6
 
@@ -96,21 +96,49 @@ class AudioEncoder(nn.Module):
     """
 
     def __init__(
-        self, embed_dim: int, sample_rate: int, n_mels: int, channels: tuple[int, ...] = (32, 64, 96, 128)
+        self, embed_dim: int, sample_rate: int, n_mels: int, channels: tuple[int, ...] = (32, 64, 96, 128),
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
+        if pooling not in AUDIO_POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}: choose mean or mean+max")
         self.frontend = LogMel(sample_rate, n_mels)
         widths = (1, *channels)
         self.features = nn.Sequential(*(pool_block(a, b) for a, b in itertools.pairwise(widths)))
         bands = n_mels // 2 ** len(channels)
         if bands < 1:
             raise ValueError(f"n_mels {n_mels} is too few for {len(channels)} pooling blocks")
-        self.proj = nn.Linear(channels[-1] * bands, embed_dim)
+        self.pooling = pooling
+        self.proj = nn.Linear(channels[-1] * bands * (2 if pooling == "mean+max" else 1), embed_dim)
+
+    #: SpecAugment while training (``train_encoders`` turns it on): masks per window of up to
+    #: ``(count, width)`` mel bands and frames. Never in eval mode, so never in an exported graph.
+    spec_augment: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Embed a batch of waveforms."""
         x = self.frontend(audio)
         x = x - x.mean(dim=-1, keepdim=True)
         x = standardize(x, (1, 2), 1e-4)
-        x = self.features(x.unsqueeze(1)).mean(dim=3)
-        return self.proj(x.flatten(1))
+        if self.training and self.spec_augment is not None:
+            bands, frames = self.spec_augment
+            x = mask_axis(mask_axis(x, 1, *bands), 2, *frames)
+        x = self.features(x.unsqueeze(1))
+        if self.pooling == "mean+max":  # where a word part is strongest, beside how much of it there is
+            return self.proj(torch.cat([x.mean(dim=3).flatten(1), x.amax(dim=3).flatten(1)], dim=1))
+        return self.proj(x.mean(dim=3).flatten(1))
+
+
+def mask_axis(x: torch.Tensor, axis: int, count: int, width: int) -> torch.Tensor:
+    """SpecAugment (Park et al., 2019): zero ``count`` random spans of up to ``width`` steps along
+    ``axis`` (1: mel bands, 2: frames) of each ``[B, bands, frames]`` log-mel, independently per row.
+    On a normalised log-mel, zero is the window's mean: the masked span carries no information."""
+    size = x.shape[axis]
+    steps = torch.arange(size, device=x.device)
+    keep = torch.ones(x.shape[0], size, dtype=torch.bool, device=x.device)
+    for _ in range(count):
+        widths = torch.randint(0, width + 1, (x.shape[0], 1), device=x.device)
+        starts = (torch.rand(x.shape[0], 1, device=x.device) * (size - widths + 1)).long()
+        keep &= ~((steps >= starts) & (steps < starts + widths))
+    shape = (x.shape[0], size, 1) if axis == 1 else (x.shape[0], 1, size)
+    return x * keep.view(shape).to(x.dtype)

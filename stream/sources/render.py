@@ -12,6 +12,7 @@ same pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,11 +56,26 @@ class Scene:
 
 def segment_base(digit: int, kind: SceneKind, size: Size, rng: np.random.Generator) -> Scene:
     """The still scene of one segment: the digit (``clean``), no digit (``blank``) or the digit under a box."""
+    return compose_scene(digit, kind, size, rng, draw_digit=render_digit, draw_blank=render_blank, cover=occlude)
+
+
+def compose_scene(
+    digit: int,
+    kind: SceneKind,
+    size: Size,
+    rng: np.random.Generator,
+    *,
+    draw_digit: Callable[[int, Size, np.random.Generator], Scene],
+    draw_blank: Callable[[Size, np.random.Generator], np.ndarray],
+    cover: Callable[[np.ndarray, BBox, np.random.Generator], np.ndarray],
+) -> Scene:
+    """A scene kind from a renderer's three drawing functions (every renderer means the same by
+    ``blank`` and ``occlude``: an occluded digit is drawn, then covered where its ink is)."""
     if kind == "blank":
-        return Scene(render_blank(size, rng), None)
-    scene = render_digit(digit, size, rng)
+        return Scene(draw_blank(size, rng), None)
+    scene = draw_digit(digit, size, rng)
     if kind == "occlude":
-        return Scene(occlude(scene.image, scene.bbox or (0, 0, size[0], size[1]), rng), None)
+        return Scene(cover(scene.image, scene.bbox or (0, 0, size[0], size[1]), rng), None)
     return scene
 
 
@@ -277,6 +293,7 @@ __all__ = [
     "Scene",
     "SceneKind",
     "Size",
+    "compose_scene",
     "occlude",
     "render_blank",
     "render_digit",

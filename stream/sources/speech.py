@@ -4,13 +4,16 @@
 peaks at -3 dBFS) and ``index.json``, which names the voices and which are held out for
 testing. This module reads it with the stdlib :mod:`wave` module: no audio library needed.
 
-Which voices a bank holds: a split (``train``, ``test``, ``all``) or one voice, ``voice:NAME``
-(any voice of ``index.json``), so that accuracy can be measured voice by voice.
+Which voices a bank holds: a split (``train``, ``test``, ``all``), one voice, ``voice:NAME`` (any
+voice of ``index.json``), so that accuracy can be measured voice by voice, or several,
+``voice:NAME,NAME,...``.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import hashlib
 import json
 import wave
 from collections.abc import Sequence
@@ -29,7 +32,7 @@ BANK_DIR = Path(__file__).with_name("speech_bank")
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 Split = Literal["train", "test", "all"]
-#: ``voices="voice:NAME"`` selects that one voice of the bank instead of a split.
+#: ``voices="voice:NAME"`` selects that one voice of the bank instead of a split (``voice:A,B``: those voices).
 VOICE_PREFIX = "voice:"
 
 
@@ -82,10 +85,20 @@ class SpeechBank:
 
 
 def read_index(directory: str | Path = BANK_DIR) -> dict[str, object]:
-    """The bank's ``index.json`` (voices, speeds, split, sample rate)."""
+    """The bank's ``index.json`` (voices, speeds, split, sample rate).
+
+    ``speeds_wpm`` lists the speeds every voice is spoken at, unless ``speeds_by_voice`` (optional)
+    gives a voice its own.
+    """
     with open(Path(directory) / "index.json", encoding="utf-8") as fh:
         index: dict[str, object] = json.load(fh)
     return index
+
+
+def bank_fingerprint(directory: str | Path = BANK_DIR) -> str:
+    """A digest of the bank's ``index.json``: caches of rendered windows key on it, so a regenerated
+    bank (other voices, speeds or generator) never reuses windows spoken by the old one."""
+    return hashlib.sha256((Path(directory) / "index.json").read_bytes()).hexdigest()[:16]
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -111,25 +124,31 @@ def voices_of(split: Split | str, directory: str | Path = BANK_DIR) -> tuple[str
     if split in groups:
         return tuple(groups[split])
     if split.startswith(VOICE_PREFIX):
-        name = split[len(VOICE_PREFIX):]
-        if name not in everyone:
-            raise UnknownVoice(f"the speech bank has no voice {name!r}: its voices are {', '.join(everyone)} "
-                               f"(test: {', '.join(groups.get('test', ()))})")
-        return (name,)
+        names = tuple(dict.fromkeys(n.strip() for n in split[len(VOICE_PREFIX):].split(",") if n.strip()))
+        for name in names or ("",):
+            if name not in everyone:
+                close = difflib.get_close_matches(name, everyone, n=3, cutoff=0.5)
+                raise UnknownVoice(f"the speech bank has no voice {name!r}"
+                                   + (f" (did you mean {', '.join(close)}?)" if close else "")
+                                   + f": its test voices are {', '.join(groups.get('test', ()))}; all "
+                                   f"{len(everyone)} are listed in {Path(directory) / 'index.json'}")
+        return names
     raise ValueError(f"unknown speech bank split {split!r}: choose train, test, all or {VOICE_PREFIX}NAME")
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=24)
 def _load(split: str, directory: str) -> SpeechBank:
-    # 16: the three splits plus one bank per voice (``evaluate --by voice`` loads each test voice alone).
+    # 24: the three splits plus one bank per voice (``evaluate --by voice`` loads each test voice alone).
     index = read_index(directory)
     voices = voices_of(split, directory)
     speeds: Sequence[int] = index["speeds_wpm"]  # type: ignore[assignment]
+    # A voice may be spoken at other speeds than the bank's (most training voices at one).
+    by_voice: dict[str, Sequence[int]] = index.get("speeds_by_voice", {})  # type: ignore[assignment]
     pattern = str(index["file_pattern"])
     sample_rate = int(index["sample_rate"])  # type: ignore[call-overload]
     clips: list[list[Clip]] = [[] for _ in DIGIT_WORDS]
     for voice in voices:
-        for speed in speeds:
+        for speed in by_voice.get(voice, speeds):
             for digit in range(len(DIGIT_WORDS)):
                 path = Path(directory) / pattern.format(voice=voice, speed=speed, digit=digit)
                 samples, rate = read_wav(path)
@@ -143,5 +162,6 @@ def _load(split: str, directory: str) -> SpeechBank:
     return SpeechBank(split, voices, sample_rate, tuple(tuple(c) for c in clips))
 
 
-__all__ = ["BANK_DIR", "DIGIT_WORDS", "VOICE_PREFIX", "Clip", "SpeechBank", "Split", "UnknownVoice", "read_index",
+__all__ = ["BANK_DIR", "DIGIT_WORDS", "VOICE_PREFIX", "Clip", "SpeechBank", "Split", "UnknownVoice", "bank_fingerprint",
+           "read_index",
            "read_wav", "voices_of"]

@@ -10,6 +10,8 @@ Reproducibility: the plan (segment times, digits, corruption states) comes from 
 generator keyed by ``(seed, stream)`` and each segment's media from generators keyed by
 ``(seed, stream, segment, part)``. So the same seed gives the same bytes, streams
 differ, and changing the corruption rates changes states but not digits or times.
+The frames' renderer (``SyntheticConfig.renderer``, :mod:`.renderers`) draws from the segment's
+video generator alone, so it changes the video pixels only: same plan, audio and text.
 
 The records are exactly what the wire carries: the same objects feed Kafka producers,
 the embedded demo and training.
@@ -28,7 +30,9 @@ import numpy as np
 
 from fusionstream.stream.media import audio_record, image_record, text_record
 from fusionstream.stream.records import Encoding, Record
-from fusionstream.stream.sources.render import Camera, SceneKind, segment_base
+from fusionstream.stream.sources.augment import Augmentation
+from fusionstream.stream.sources.render import SceneKind
+from fusionstream.stream.sources.renderers import DEFAULT_RENDERER, check_renderer, renderer
 from fusionstream.stream.sources.speech import DIGIT_WORDS, SpeechBank, Split
 from fusionstream.stream.sources.truth import AudioState, GroundTruth, Segment, TextState, VideoState
 from fusionstream.units import NS
@@ -124,6 +128,10 @@ class SyntheticConfig:
     snr_db: tuple[float, float] = (5.0, 20.0)  # speech over the noise floor, clean segments
     stream_prefix: str = "cam"
     segment_s: tuple[float, float] = (1.5, 3.0)
+    #: Who draws the frames: opencv (training's renderer) | pillow (another look, for a held-out set).
+    renderer: str = DEFAULT_RENDERER
+    #: Render-time perturbation of words and scenes (training streams; off by default).
+    augment: Augmentation = field(default_factory=Augmentation.none)
 
     def __post_init__(self) -> None:
         if self.streams < 1:
@@ -145,6 +153,7 @@ class SyntheticConfig:
             raise ValueError(f"segment_s {self.segment_s}: need 0.3 <= min <= max")
         if self.snr_db[0] > self.snr_db[1]:
             raise ValueError(f"snr_db {self.snr_db}: min > max")
+        check_renderer(self.renderer)
 
     @property
     def chunk_samples(self) -> int:
@@ -198,6 +207,7 @@ class SyntheticAV:
             tuple((*_at_rate(c.samples, c.sample_rate, config.sample_rate), c.voice) for c in bank[d])
             for d in range(len(DIGIT_WORDS))
         )
+        self._renderer = renderer(config.renderer)
         self._plans = [self._plan(i) for i in range(config.streams)]
         self.stream_ids: list[str] = [p.stream_id for p in self._plans]
         self.truth = GroundTruth({p.stream_id: p.segments for p in self._plans})
@@ -281,8 +291,12 @@ class SyntheticAV:
         stop = s1 - round(END_MARGIN_S * sr)
         out: list[_Utterance] = []
         cursor = s0 + round(rng.uniform(*PAUSE_S) * sr)
+        augment = self.config.augment if self.config.augment.active else None
         while True:
             samples, rms, voice = clips[int(rng.integers(len(clips)))]
+            if augment is not None:  # its own generator per word: the plan's draws stay where they were
+                samples = augment.word(samples, sr, self._rng(plan.index, k, 5, len(out)))
+                rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) or rms
             if cursor + len(samples) > stop:
                 return out
             out.append(_Utterance(cursor, samples, rms, voice))
@@ -297,17 +311,19 @@ class SyntheticAV:
             return []
         rng = self._rng(plan.index, k, 1)
         kind = cast(SceneKind, segment.video_state)  # "drop" has returned above
-        scene = segment_base(segment.digit, kind, cfg.frame_size, rng)
-        camera = Camera.random(rng)
+        scene = self._renderer.segment_base(segment.digit, kind, cfg.frame_size, rng)
+        camera = self._renderer.camera(rng)
+        image, quality = scene.image, cfg.jpeg_quality
+        if cfg.augment.active:
+            jitter = self._rng(plan.index, k, 4)
+            image, quality = cfg.augment.scene(image, jitter), cfg.augment.jpeg_quality(quality, jitter)
         out: list[Record] = []
         tick = self._first_tick(plan.start_ns, segment.t_start_ns)
         while (t := self._tick_time(plan.start_ns, tick)) < segment.t_end_ns:
-            frame = camera.frame(scene.image, rng)
+            frame = camera.frame(image, rng)
             t_end = self._tick_time(plan.start_ns, tick + 1)
             out.append(
-                image_record(
-                    plan.stream_id, tick, t, t_end, frame, encoding=cfg.video_encoding, quality=cfg.jpeg_quality
-                )
+                image_record(plan.stream_id, tick, t, t_end, frame, encoding=cfg.video_encoding, quality=quality)
             )
             tick += 1
         return out

@@ -12,6 +12,7 @@ import torch
 from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 
 from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
+from fusionstream.engines.export import export_graph
 from fusionstream.engines.features import random_batch
 from fusionstream.engines.model import MultimodalModel
 from fusionstream.engines.spec import AUDIO_HOP, AUDIO_N_FFT, MODALITIES, TORCH_WEIGHTS, ModelSpec
@@ -45,6 +46,25 @@ def test_audio_encoder_ignores_loudness() -> None:
     with torch.no_grad():
         torch.testing.assert_close(encoder(wave * 0.05), encoder(wave), rtol=1e-3, atol=1e-3)
         assert torch.isfinite(encoder(torch.zeros(1, 16_000))).all()  # digital silence
+
+
+@pytest.mark.parametrize("pooling", ["mean", "mean+max"])
+def test_audio_encoder_pooling_keeps_loudness_out_and_exports(pooling: str, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    encoder = randomize(AudioEncoder(16, 16_000, 40, pooling=pooling)).eval()
+    wave = torch.randn(3, 16_000).clamp(-1, 1) * 0.3
+    with torch.no_grad():
+        out = encoder(wave)
+        torch.testing.assert_close(encoder(wave * 0.1), out, rtol=1e-3, atol=1e-3)
+    assert out.shape == (3, 16) and torch.isfinite(out).all()
+    # The max over time is a plain ReduceMax: the graph runs in ONNX Runtime like the mean's.
+    import onnxruntime as ort
+
+    path = export_graph(encoder, (wave,), tmp_path / "audio.onnx", input_names=["audio"], output_name="embedding")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"audio": wave.numpy()})[0]
+    np.testing.assert_allclose(got, out.numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        AudioEncoder(16, 16_000, 40, pooling="attention")
 
 
 def test_image_encoder_pools_over_time() -> None:

@@ -58,6 +58,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         ({"window_ns": 10_000_000, "hop_ns": 5_000_000}, "shorter than the 400-sample FFT"),
         ({"text_ngrams": ()}, "text_ngrams"),
         ({"n_mels": 300}, "exceeds"),
+        ({"audio_pooling": "attention"}, "audio_pooling 'attention' is not one of mean, mean\\+max"),
         ({"files": {"video": "v.onnx"}}, "files must map"),
         ({"files": {"video": "../v.onnx", "audio": "a", "text": "t", "fusion": "f"}}, "plain file name"),
     ],
@@ -89,6 +90,15 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         ModelSpec.load(tmp_path)
     with pytest.raises(ModelDirError, match="JSON-serialisable"):
         tiny_spec(metrics={"bad": object()}).save(tmp_path)
+
+
+def test_audio_pooling_defaults_to_mean_for_older_model_json(tmp_path: Path) -> None:
+    doc = tiny_spec().to_dict()
+    del doc["audio_pooling"]  # a model.json written before the field existed
+    (tmp_path / SPEC_FILE).write_text(json.dumps(doc))
+    assert ModelSpec.load(tmp_path).audio_pooling == "mean"
+    tiny_spec(audio_pooling="mean+max").save(tmp_path)
+    assert ModelSpec.load(tmp_path).audio_pooling == "mean+max"
 
 
 def test_every_head_name_is_a_valid_fusion() -> None:

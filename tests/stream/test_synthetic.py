@@ -327,7 +327,23 @@ def test_speech_bank_splits() -> None:
     train, test, everything = (SpeechBank.load(s) for s in ("train", "test", "all"))
     assert set(train.voices).isdisjoint(test.voices)
     assert set(train.voices) | set(test.voices) == set(everything.voices) == set(index["voices"])  # type: ignore[arg-type]
-    assert 2 <= len(test.voices) <= 3
+    assert len(test.voices) >= 5 and len(train.voices) >= 50
+    # Held out entirely: no training voice shares a test voice's accent or its variant.
+    def parts(voice: str) -> tuple[str, str]:
+        accent, _, variant = voice.partition("+")
+        return accent, variant
+    train_accents = {parts(v)[0] for v in train.voices}
+    train_variants = {parts(v)[1] for v in train.voices}
+    for voice in test.voices:
+        accent, variant = parts(voice)
+        assert accent not in train_accents or (variant and variant not in train_variants), voice
+        assert not variant or variant not in train_variants, voice
+    # A voice spoken at its own speeds (speeds_by_voice) has exactly those clips.
+    own = index.get("speeds_by_voice", {})
+    assert own, "the bank gives most training voices one speed"
+    for voice, speeds in list(own.items())[:5]:  # type: ignore[union-attr]
+        alone = SpeechBank.load(f"voice:{voice}")
+        assert sorted({c.speed_wpm for c in alone[0]}) == sorted(speeds)
     for bank in (train, test, everything):
         assert bank.sample_rate == 16_000
         for digit in range(10):

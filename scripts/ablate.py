@@ -1,0 +1,178 @@
+"""docs/training.md's ablation tables: what each change to the recipe does to one modality alone.
+
+Each row trains one encoder (audio or video, the shipped architecture unless the row changes it)
+with a linear classifier on that modality alone, on the same number of synthetic windows, for the
+same epochs, and scores it on the same clean held-out windows (test voices, seed 10000; for video
+also drawn by the second renderer): only the row's change differs. It is a small budget next to
+`make model` (minutes, not most of an hour), so compare rows with each other, not with the
+shipped model's figures, and mind the seed: run it with two.
+
+    .venv/bin/python scripts/ablate.py [--modality audio|video] [--train-seconds 1200] [--epochs 4]
+        [--seed 0] [--rows 0 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from fusionstream.consumers.training.dataset import WindowSet
+from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
+from fusionstream.consumers.training.train import BATCH, SPEC_AUGMENT, speed_perturb
+from fusionstream.engines.encoders.audio import AudioEncoder
+from fusionstream.engines.encoders.image import ImageEncoder
+from fusionstream.engines.spec import MODALITIES, ModelSpec
+from fusionstream.stream.sources import Corruption, SyntheticConfig
+from fusionstream.stream.sources.augment import Augmentation
+
+#: The six voices of the first speech bank (the recipe before this table).
+FIRST_VOICES = "voice:en-us,en,en-gb-x-rp,en+f3,en+m3,en+klatt"
+AUDIO_ONLY = Augmentation(affine=0.0, colour=0.0, blur=0.0, low_jpeg=0.0, occlusion=0.0, elastic=0.0, stroke=0.0,
+                          low_res=0.0)
+_ZERO_AUDIO = {"pitch": 0.0, "tempo": 0.0, "reverb": 0.0, "gain_db": 0.0}
+SHIPPED = {"channels": (32, 64, 96, 128), "pooling": "mean"}
+#: (row, voices, render-time augmentation, SpecAugment, encoder options)
+ROWS = (
+    ("first bank's 6 voices, speed perturbation only", FIRST_VOICES, Augmentation.none(), None, SHIPPED),
+    ("+ the 60 training voices", "train", Augmentation.none(), None, SHIPPED),
+    ("+ pitch, tempo, room, gain per word", "train", AUDIO_ONLY, None, SHIPPED),
+    ("+ SpecAugment", "train", AUDIO_ONLY, SPEC_AUGMENT, SHIPPED),
+    ("+ wider encoder (48, 96, 144, 192 channels)", "train", AUDIO_ONLY, SPEC_AUGMENT,
+     {**SHIPPED, "channels": (48, 96, 144, 192)}),
+    ("+ mean and max pooling over time", "train", AUDIO_ONLY, SPEC_AUGMENT, {**SHIPPED, "pooling": "mean+max"}),
+)
+
+
+#: (row, render-time augmentation) for video; every row hears the same voices.
+VIDEO_ROWS = (
+    ("no augmentation", Augmentation.none()),
+    ("+ affine, colour, blur, cheap JPEG, patches", Augmentation(**{**_ZERO_AUDIO, "elastic": 0.0, "stroke": 0.0,
+                                                                     "low_res": 0.0})),
+    ("+ elastic, stroke width, low resolution (the shipped recipe)", Augmentation(**_ZERO_AUDIO)),
+)
+
+
+def modality_rows(data: WindowSet, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    column = MODALITIES.index(modality)
+    rows = np.flatnonzero(data.mask[:, column] & (data.label >= 0) & data.clear)
+    return getattr(data, modality)[rows], data.label[rows]
+
+
+def _inputs(x: np.ndarray, modality: str) -> torch.Tensor:
+    return torch.from_numpy(x.astype(np.float32) / (255.0 if modality == "video" else 1.0))
+
+
+def train(x: np.ndarray, labels: np.ndarray, spec: ModelSpec, epochs: int, seed: int, masks,
+          options: dict, modality: str = "audio") -> nn.Module:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if modality == "video":
+        encoder: nn.Module = ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size)
+    else:
+        encoder = AudioEncoder(spec.embed_dim, spec.sample_rate, spec.n_mels, **options)
+        encoder.spec_augment = masks
+    model = nn.Sequential(encoder, nn.Linear(spec.embed_dim, spec.n_classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(labels) / BATCH)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        order = rng.permutation(len(labels))
+        for start in range(0, len(order), BATCH):
+            index = np.sort(order[start : start + BATCH])
+            batch = _inputs(x[index], modality)
+            batch = speed_perturb(batch, rng) if modality == "audio" else batch
+            loss = loss_fn(model(batch), torch.from_numpy(labels[index]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return model.eval()
+
+
+def score(
+    model: nn.Module, x: np.ndarray, labels: np.ndarray, modality: str = "audio"
+) -> tuple[float, dict[int, float]]:
+    with torch.no_grad():
+        predicted = np.concatenate([
+            model(_inputs(x[i : i + 256], modality)).argmax(1).numpy() for i in range(0, len(labels), 256)
+        ])
+    right = predicted == labels
+    return float(right.mean()), {d: float(right[labels == d].mean()) for d in range(10) if (labels == d).any()}
+
+
+def held_out(spec: ModelSpec, seconds: float, renderer: str, progress, cache: Path, modality: str):
+    configs = [SyntheticConfig(streams=c.streams, seconds=c.seconds, seed=c.seed, voices="test",
+                               corruption=Corruption.none(), renderer=renderer)
+               for c in synthetic_configs(seconds, 10, "test")]
+    what = f"clean held-out windows ({renderer})"
+    return modality_rows(generate(spec, configs, what, 1, progress, cache), modality)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=["audio", "video"], default="audio")
+    parser.add_argument("--train-seconds", type=float, default=1200.0)
+    parser.add_argument("--eval-seconds", type=float, default=300.0)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path(".cache/ablation"))
+    parser.add_argument("--json", action="store_true", help="Also print the rows as one JSON line.")
+    parser.add_argument("--rows", type=int, nargs="*", help="Only these rows (0-based), e.g. --rows 3 4 5.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    modality = args.modality
+    console, spec, results = Console(), ModelSpec(version="ablation", fusion="concat"), []
+    renderers = ("opencv", "pillow") if modality == "video" else ("opencv",)
+    if modality == "video":
+        table_rows = [(name, "train", augment, None, SHIPPED) for name, augment in VIDEO_ROWS]
+    else:
+        table_rows = list(ROWS)
+    with progress_bar(console) as progress:
+        sets = {r: held_out(spec, args.eval_seconds, r, progress, args.cache, modality) for r in renderers}
+        rows = [table_rows[i] for i in args.rows] if args.rows else table_rows
+        for name, voices, augment, masks, options in rows:
+            started = time.perf_counter()
+            data = generate(spec, synthetic_configs(args.train_seconds, args.seed, voices, augment),
+                            f"training windows: {name}", 1, progress, args.cache)
+            model = train(*modality_rows(data, modality), spec, args.epochs, args.seed, masks, options, modality)
+            row: dict = {"row": name}
+            for renderer, (x, labels) in sets.items():
+                overall, digits = score(model, x, labels, modality)
+                worst = min(digits, key=digits.__getitem__)
+                suffix = "" if renderer == "opencv" else f"_{renderer}"
+                row |= {f"{modality}_clean{suffix}": round(overall, 4), f"worst_digit{suffix}": worst,
+                        f"worst_digit_accuracy{suffix}": round(digits[worst], 4)}
+            results.append(row | {"seconds": round(time.perf_counter() - started, 1)})
+    windows = {r: len(labels) for r, (_, labels) in sets.items()}
+    table = Table(title=f"{modality} alone, clean held-out windows {windows}, test voices, seed {args.seed}")
+    table.add_column("recipe")
+    for renderer in renderers:
+        table.add_column(f"{modality} alone ({renderer})")
+        table.add_column("worst digit")
+    table.add_column("s")
+    for r in results:
+        cells = []
+        for renderer in renderers:
+            suffix = "" if renderer == "opencv" else f"_{renderer}"
+            cells += [f"{r[f'{modality}_clean{suffix}']:.4f}",
+                      f"{r[f'worst_digit{suffix}']}: {r[f'worst_digit_accuracy{suffix}']:.2f}"]
+        table.add_row(r["row"], *cells, f"{r['seconds']:.0f}")
+    console.print(table)
+    if args.json:
+        print(json.dumps({"modality": modality, "windows": windows, "train_seconds": args.train_seconds,
+                          "epochs": args.epochs, "seed": args.seed, "rows": results}))
+
+
+if __name__ == "__main__":
+    main()
