@@ -98,22 +98,24 @@ def test_demo_out_writes_every_prediction_whatever_json_does(tmp_path: Path, shi
 
 @pytest.mark.slow
 def test_demo_scores_a_video_against_its_labels(tmp_path: Path, shipped_model: Path) -> None:
-    digits = [3, 7, 1]
+    digits, each = [3, 7, 1], 3.0
+    # 3 s a digit: most clear windows lie inside one digit, not on the ≥ 75 % edge of a change,
+    # where one window may go either way (a score, not a coin, is what this checks).
     clip = tmp_path / "clip.mp4"
-    write_digit_clip(clip, digits)
+    write_digit_clip(clip, digits, seconds_each=each)
     captions = tmp_path / "clip.srt"
-    captions.write_text(srt_for(digits))
+    captions.write_text(srt_for(digits, seconds_each=each))
     labels = tmp_path / "labels.csv"
     # The training format (docs/training.md); rows of another file are ignored.
     labels.write_text("file,start_s,end_s,label\nother.mp4,0,2,5\n"
-                      + "".join(f"clip.mp4,{2 * i},{2 * i + 2},{d}\n" for i, d in enumerate(digits)))
+                      + "".join(f"clip.mp4,{each * i},{each * (i + 1)},{d}\n" for i, d in enumerate(digits)))
     out = tmp_path / "clip.jsonl"
     result = fusionstream("demo", "--video", str(clip), "--captions", str(captions), "--labels", str(labels),
                           "--fast", "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert isinstance(summary["accuracy"], float) and summary["accuracy"] >= 0.9, summary
-    assert isinstance(summary["accuracy_all"], float) and summary["clear_windows"] >= 6
+    assert isinstance(summary["accuracy_all"], float) and summary["clear_windows"] >= 12
     assert len(read_predictions(out)) == summary["windows"]
 
     shown = fusionstream("demo", "--video", str(clip), "--labels", str(labels), "--fast")
