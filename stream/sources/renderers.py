@@ -50,13 +50,13 @@ def renderer(name: str) -> Renderer:
     """The renderer called ``name`` (imported when first asked for: Pillow only loads for ``pillow``)."""
     check_renderer(name)
     if name == "pillow":
-        from fusionstream.stream.sources import render_alt
         from fusionstream.stream.sources.camera_alt import AltCamera
+        from fusionstream.stream.sources.render_alt import segment_base as pillow_scene
 
-        return Renderer(name, render_alt.segment_base, AltCamera.random)
-    from fusionstream.stream.sources import render
+        return Renderer(name, pillow_scene, AltCamera.random)
+    from fusionstream.stream.sources.render import Camera, segment_base
 
-    return Renderer(name, render.segment_base, render.Camera.random)
+    return Renderer(name, segment_base, Camera.random)
 
 
 __all__ = ["DEFAULT_RENDERER", "RENDERERS", "FrameCamera", "Renderer", "check_renderer", "renderer"]
