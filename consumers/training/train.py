@@ -23,8 +23,9 @@ from rich.table import Table
 from fusionstream.consumers.training.assemble import assemble, export_dir
 from fusionstream.consumers.training.dataset import WindowSet
 from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
+from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
-from fusionstream.stream.sources.augment import Augmentation, require_audio_augmentation
+from fusionstream.stream.sources.augment import Augmentation
 
 VALIDATION_SECONDS = 600.0
 BATCH = 64
@@ -236,10 +237,24 @@ def robust_score(head, emb: np.ndarray, data: WindowSet) -> tuple[float, float]:
 # -- stage 3: export -------------------------------------------------------------------------------
 
 
+def model_version(out: Path, today: str) -> str:
+    """``today``, or ``today.N`` when the model this run replaces in ``out`` was trained today too:
+    every prediction carries its model's version, so two models must never share one."""
+    try:
+        previous = ModelSpec.load(out).version
+    except (OSError, ValueError, ModelDirError):  # no model there yet, or not one this version can read
+        return today
+    if previous != today and not previous.startswith(today + "."):
+        return today
+    number = previous.removeprefix(today + ".") if previous != today else "1"
+    return f"{today}.{int(number) + 1 if number.isdigit() else 2}"
+
+
 def train_command(options: TrainOptions) -> ModelSpec:
     console = Console()
     started = time.perf_counter()
-    spec = ModelSpec(version=time.strftime("%Y.%m.%d"), fusion="concat", audio_pooling=AUDIO_POOLING)
+    spec = ModelSpec(version=model_version(options.out, time.strftime("%Y.%m.%d")), fusion="concat",
+                     audio_pooling=AUDIO_POOLING)
     if options.init is not None:  # a fine-tune keeps the encoders' architecture, older models' too
         spec = spec.replace(audio_pooling=ModelSpec.load(options.init).audio_pooling)
     if options.fusion != "best" and options.fusion not in FUSION_HEADS:
@@ -256,11 +271,10 @@ def train_command(options: TrainOptions) -> ModelSpec:
             train_set, val_set = split(clips, 0.2, options.seed)
         else:
             augment = Augmentation() if options.augment else Augmentation.none()
-            if augment.pitch or augment.tempo:
-                try:
-                    require_audio_augmentation()
-                except ImportError as exc:
-                    raise SystemExit(f"error: {exc} (or train with --no-augment)") from None
+            try:
+                augment.require()
+            except ImportError as exc:
+                raise SystemExit(f"error: {exc} (or train with --no-augment)") from None
             train_set = generate(spec, synthetic_configs(options.train_seconds, options.seed, "train", augment),
                                  "training streams", options.workers, progress, options.cache)
             val_set = generate(spec, synthetic_configs(VALIDATION_SECONDS, options.seed + 500, "train"),

@@ -19,6 +19,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from fusionstream.stream.sources.typefaces import draw as draw_typeface
+
 Size = tuple[int, int]
 """``(width, height)`` in pixels, as OpenCV orders it."""
 
@@ -54,9 +56,17 @@ class Scene:
     bbox: BBox | None
 
 
-def segment_base(digit: int, kind: SceneKind, size: Size, rng: np.random.Generator) -> Scene:
-    """The still scene of one segment: the digit (``clean``), no digit (``blank``) or the digit under a box."""
-    return compose_scene(digit, kind, size, rng, draw_digit=render_digit, draw_blank=render_blank, cover=occlude)
+def segment_base(digit: int, kind: SceneKind, size: Size, rng: np.random.Generator, *,
+                 typeface: str | None = None) -> Scene:
+    """The still scene of one segment: the digit (``clean``), no digit (``blank``) or the digit under a box.
+
+    ``typeface`` (one of :data:`.typefaces.TYPEFACES`, a training augmentation) draws the digit in that
+    TrueType typeface instead of a Hershey font; every other draw is the same.
+    """
+    def draw_digit(d: int, s: Size, r: np.random.Generator) -> Scene:
+        return render_digit(d, s, r, typeface=typeface)
+
+    return compose_scene(digit, kind, size, rng, draw_digit=draw_digit, draw_blank=render_blank, cover=occlude)
 
 
 def compose_scene(
@@ -79,14 +89,15 @@ def compose_scene(
     return scene
 
 
-def render_digit(digit: int, size: Size, rng: np.random.Generator) -> Scene:
-    """A digit in a random Hershey font, scale, thickness, rotation, position and colour, over clutter."""
+def render_digit(digit: int, size: Size, rng: np.random.Generator, *, typeface: str | None = None) -> Scene:
+    """A digit in a random Hershey font (or ``typeface``), scale, thickness, rotation, position and
+    colour, over clutter."""
     width, height = size
     bg_colour, fg_colour = _colours(rng)
     image = _background(size, bg_colour, rng)
     _clutter(image, bg_colour, rng, count=int(rng.integers(0, 6)))
 
-    alpha = _digit_mask(digit, size, rng)
+    alpha = _digit_mask(digit, size, rng, typeface)
     ys, xs = np.nonzero(alpha > 0.25)
     bbox: BBox = (
         (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else (0, 0, width, height)
@@ -249,22 +260,33 @@ def _clutter(
             cv2.rectangle(image, p1, p2, col, thickness, cv2.LINE_AA)
 
 
-def _digit_mask(digit: int, size: Size, rng: np.random.Generator) -> np.ndarray:
-    """Float32 HxW coverage in [0, 1] of the digit glyph: random font, scale, thickness, rotation, place."""
-    width, height = size
-    short = min(width, height)
+def _hershey(glyph: np.ndarray, digit: int, short: int, rng: np.random.Generator) -> None:
+    """Draw the digit in a random Hershey font, centred on the canvas ``glyph``."""
+    canvas_h, canvas_w = glyph.shape
     font = FONTS[int(rng.integers(len(FONTS)))] | (cv2.FONT_ITALIC if rng.random() < 0.2 else 0)
     text = str(digit)
     _, unit_h = cv2.getTextSize(text, font, 1.0, 1)[0]
     scale = rng.uniform(0.35, 0.72) * short / unit_h
     thickness = int(rng.integers(1, max(2, round(scale * 2.0)) + 1))
-
-    # Draw on a canvas twice the frame size so no glyph is clipped before it is measured.
-    canvas_w, canvas_h = 2 * width, 2 * height
     (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
-    glyph = np.zeros((canvas_h, canvas_w), np.uint8)
     org = (round(canvas_w / 2 - text_w / 2), round(canvas_h / 2 + text_h / 2))
     cv2.putText(glyph, text, org, font, scale, 255, thickness, cv2.LINE_AA)
+
+
+def _digit_mask(digit: int, size: Size, rng: np.random.Generator, typeface: str | None = None) -> np.ndarray:
+    """Float32 HxW coverage in [0, 1] of the digit glyph: random font, scale, thickness, rotation, place."""
+    width, height = size
+    short = min(width, height)
+    # Draw on a canvas twice the frame size so no glyph is clipped before it is measured.
+    canvas_w, canvas_h = 2 * width, 2 * height
+    glyph = np.zeros((canvas_h, canvas_w), np.uint8)
+    if typeface is None:
+        _hershey(glyph, digit, short, rng)
+    else:
+        # The same ink heights as the Hershey glyphs; a heavier weight now and then, as Hershey's thickness.
+        embolden = int(rng.integers(1, max(2, round(short / 24)) + 1)) if rng.random() < 0.35 else 0
+        draw_typeface(glyph, typeface, digit, rng.uniform(0.35, 0.72) * short, (canvas_w / 2, canvas_h / 2),
+                       embolden)
     gx, gy, gw, gh = cv2.boundingRect(glyph)
 
     angle = float(rng.uniform(-25.0, 25.0))

@@ -30,8 +30,8 @@ import numpy as np
 
 from fusionstream.stream.media import audio_record, image_record, text_record
 from fusionstream.stream.records import Encoding, Record
-from fusionstream.stream.sources.augment import Augmentation
-from fusionstream.stream.sources.render import SceneKind
+from fusionstream.stream.sources.augment import Augmentation, check_probabilities
+from fusionstream.stream.sources.render import SceneKind, segment_base
 from fusionstream.stream.sources.renderers import DEFAULT_RENDERER, check_renderer, renderer
 from fusionstream.stream.sources.speech import DIGIT_WORDS, SpeechBank, Split
 from fusionstream.stream.sources.truth import AudioState, GroundTruth, Segment, TextState, VideoState
@@ -81,10 +81,7 @@ class Corruption:
     asr_error: float = 0.1
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"Corruption.{f.name} = {value} is not a probability")
+        check_probabilities(self)
         for name, total in (
             ("video", self.video_blank + self.video_occlude + self.video_drop),
             ("audio", self.audio_silence + self.audio_noise + self.audio_drop),
@@ -154,6 +151,9 @@ class SyntheticConfig:
         if self.snr_db[0] > self.snr_db[1]:
             raise ValueError(f"snr_db {self.snr_db}: min > max")
         check_renderer(self.renderer)
+        if self.augment.typeface > 0 and self.renderer != DEFAULT_RENDERER:
+            raise ValueError(f"typeface augmentation draws with the {DEFAULT_RENDERER} renderer, not {self.renderer!r} "
+                             "(a held-out renderer): set Augmentation.typeface to 0")
 
     @property
     def chunk_samples(self) -> int:
@@ -311,7 +311,12 @@ class SyntheticAV:
             return []
         rng = self._rng(plan.index, k, 1)
         kind = cast(SceneKind, segment.video_state)  # "drop" has returned above
-        scene = self._renderer.segment_base(segment.digit, kind, cfg.frame_size, rng)
+        # Its own generator: the typeface draw leaves every other draw of the segment where it was.
+        typeface = cfg.augment.pick_typeface(self._rng(plan.index, k, 6)) if cfg.augment.typeface > 0 else None
+        if typeface is None:
+            scene = self._renderer.segment_base(segment.digit, kind, cfg.frame_size, rng)
+        else:
+            scene = segment_base(segment.digit, kind, cfg.frame_size, rng, typeface=typeface)
         camera = self._renderer.camera(rng)
         image, quality = scene.image, cfg.jpeg_quality
         if cfg.augment.active:

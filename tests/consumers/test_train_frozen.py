@@ -238,3 +238,16 @@ def test_multi_label_clips_with_overlapping_spans(tmp_path: Path, encoders: Path
     windows = EmbeddedSet.load(next((tmp_path / "cache").glob("embeddings-*.npz")))
     assert (windows.targets.sum(axis=1) == 2).sum() >= 10  # a digit and speech at once
     assert result.metrics["validation"]["windows"] >= 5
+
+
+def test_a_model_replaced_on_the_day_it_was_trained_gets_a_new_version(tmp_path: Path) -> None:
+    """Predictions carry the model's version, so a retrain must not reuse the one it replaces."""
+    from fusionstream.consumers.training.train import model_version
+
+    assert model_version(tmp_path / "new", "2026.12.05") == "2026.12.05"  # nothing there yet
+    shipped = Path(__file__).resolve().parents[2] / "engines/models/default/model.json"
+    spec = json.loads(shipped.read_text())
+    for previous, expected in (("2026.12.05", "2026.12.05.2"), ("2026.12.05.2", "2026.12.05.3"),
+                               ("2026.12.04", "2026.12.05"), ("2026.12.05-mine", "2026.12.05")):
+        (tmp_path / "model.json").write_text(json.dumps({**spec, "version": previous}))
+        assert model_version(tmp_path, "2026.12.05") == expected, previous

@@ -12,8 +12,8 @@ import torch
 from fusionstream.engines.encoders.audio import AudioEncoder, mask_axis
 from fusionstream.stream.media import decode_media
 from fusionstream.stream.records import Modality
-from fusionstream.stream.sources import SpeechBank, SyntheticAV, SyntheticConfig
-from fusionstream.stream.sources.augment import Augmentation, reverberate
+from fusionstream.stream.sources import Corruption, SpeechBank, SyntheticAV, SyntheticConfig
+from fusionstream.stream.sources.augment import AUDIO_KINDS, Augmentation, reverberate
 from fusionstream.stream.sources.render import segment_base
 
 CONFIG = SyntheticConfig(streams=2, seconds=10.0, seed=3)
@@ -114,6 +114,18 @@ def test_rates_are_checked() -> None:
         Augmentation(pitch=1.5)
     with pytest.raises(ValueError, match="gain_db"):
         Augmentation(gain_db=-1.0)
+    with pytest.raises(ValueError, match="not a probability"):
+        Corruption(text_missing=-0.1)
+
+
+def test_only_keeps_one_modalitys_kinds() -> None:
+    audio, video = Augmentation().only("audio"), Augmentation().only("video")
+    for name in AUDIO_KINDS:
+        assert getattr(audio, name) == getattr(Augmentation(), name) and getattr(video, name) == 0.0
+    assert video.typeface == Augmentation().typeface and video.affine == Augmentation().affine
+    assert audio.typeface == audio.affine == 0.0 and audio.active and video.active
+    with pytest.raises(ValueError, match="choose 'audio' or 'video'"):
+        Augmentation().only("text")
 
 
 def test_spec_augment_masks_only_while_training() -> None:
