@@ -19,13 +19,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from fusionstream.stream.assemble import build_window
-from fusionstream.stream.buffers import NEVER, ModalityBuffer, StreamState
+from fusionstream.stream.buffers import ENDED, NEVER, ModalityBuffer, StreamState, stream_watermark
 from fusionstream.stream.records import MODALITIES, AudioChunk, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import Window, WindowConfig
-
-#: The watermark of a stream all of whose sources said they ended (progress with ``ended``).
-ENDED = 2**63 - 1
 
 
 def last_instant(item: MediaItem | Record) -> int:
@@ -86,6 +83,7 @@ class Aligner:
         self._provisional_resume: dict[str, int] = {}
         #: Streams that took an item or progress since :meth:`take_recent` last asked.
         self._recent: set[str] = set()
+        self._budgets: dict[Modality, int] = dict(self.config.wait_ns)
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -132,6 +130,7 @@ class Aligner:
         if item.complete and item.t_end_ns > buffer.complete_ns:
             buffer.complete_ns = item.t_end_ns
         buffer.ended = False
+        self._advance_newest(state, item.t_end_ns)
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
         if first < state.first_start_ns:
@@ -195,8 +194,21 @@ class Aligner:
         if progress.t_ns > buffer.complete_ns:
             buffer.complete_ns = progress.t_ns
         buffer.ended = progress.ended
+        self._advance_newest(state, progress.t_ns, ended=progress.ended)
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
+
+    @staticmethod
+    def _advance_newest(state: StreamState, t_ns: int, *, ended: bool = False) -> None:
+        """Keep ``state.newest_ns`` (see there) past ``t_ns``, and ENDED while any source says it ended: the
+        watermark of the modalities left (a provisional window's) can then be ENDED, whatever the newest."""
+        if ended:
+            state.newest_ns = ENDED
+        elif state.newest_ns == ENDED:
+            if not any(b.ended for b in state.buffers.values()):  # every source that ended has sent again
+                state.newest_ns = max(max(b.latest_end_ns, b.complete_ns) for b in state.buffers.values())
+        elif t_ns > state.newest_ns:
+            state.newest_ns = t_ns
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -212,6 +224,7 @@ class Aligner:
         of ``streams`` only (those of :meth:`take_recent`, right after a fetch: a poll of each of many streams
         per fetch was most of the aligner's time)."""
         cfg = self.config
+        window_ns = cfg.window_ns
         closed: list[Window] = []
         for stream_id in list(self._streams) if streams is None else [s for s in streams if s in self._streams]:
             state = self._streams[stream_id]
@@ -223,7 +236,7 @@ class Aligner:
                 closed += self._emit_until(stream_id, state, None, "timeout")
                 if silent_for >= cfg.evict_after_ns:
                     self._evict(stream_id, state)
-            else:
+            elif state.newest_ns >= _floor(state) + window_ns:  # else no window can close: skip the watermark
                 closed += self._emit_until(stream_id, state, self._watermark(state, now_ns), "watermark")
         return closed
 
@@ -236,12 +249,12 @@ class Aligner:
         """
         cfg = self.config
         offered: list[Window] = []
+        reach = cfg.lateness_ns - cfg.window_ns  # what _media_complete can add to the newest, less a window
         for stream_id, state in self._streams.items():
-            if now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
+            start = max(_floor(state), state.offered_until_ns)
+            if state.newest_ns + reach < start or now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
                 continue
             complete = self._media_complete(state, now_ns)
-            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
-            start = max(floor, state.offered_until_ns)
             state.offered_until_ns = self._offer(stream_id, state, start, complete, limit, offered, final=True)
         return offered
 
@@ -372,11 +385,10 @@ class Aligner:
         chosen = self._streams.items() if streams is None else [
             (s, self._streams[s]) for s in streams if s in self._streams]
         for stream_id, state in chosen:
-            if now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
-                continue
+            start = max(_floor(state), state.provisional_until_ns)
+            if state.newest_ns < start + cfg.window_ns or now_ns - state.last_arrival_ns >= cfg.idle_timeout_ns:
+                continue  # nothing can end by the fast modalities' watermark (at most the newest), or silent
             fast = self._watermark(state, now_ns, without=cfg.provisional_without)
-            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
-            start = max(floor, state.provisional_until_ns)
             state.provisional_until_ns = self._offer(stream_id, state, start, fast, limit, offered, final=False)
         return offered
 
@@ -387,41 +399,20 @@ class Aligner:
         or progress) within ``idle_timeout``, and has not said its source ended. A modality with a
         wait budget (``wait_ns``, e.g. ``text_wait_ms``) holds each window at most that long behind
         the newest: its side is never further back than the newest less its budget."""
-        cfg = self.config
-        lateness = cfg.lateness_ns
-        seen = {m: b for m, b in state.buffers.items()
-                if m not in without and (b.latest_end_ns != NEVER or b.complete_ns != NEVER)}
-        if not seen:
-            return NEVER
-        if all(b.ended for b in seen.values()):
-            return ENDED  # every source said it stopped: nothing more is coming, close everything
-        newest = max(max(b.latest_end_ns, b.complete_ns) for b in seen.values())
-        budgets = dict(cfg.wait_ns)
-        waited_for: list[int] = []
-        for modality, b in seen.items():
-            if b.ended or now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
-                continue
-            side = max(b.latest_end_ns - lateness, b.complete_ns)
-            budget = budgets.get(modality)
-            if budget is not None:
-                # Not dropped once it lags by its budget (that closed every window up to the others' side,
-                # even those whose budget had not run out, and made the words still coming for them late):
-                # each window waits for it until the newest data is the budget past the window's end.
-                waited_for.append(max(side, newest - budget))
-            elif max(b.latest_end_ns, b.complete_ns) >= newest - cfg.max_skew_ns:
-                waited_for.append(side)
-        return min(waited_for, default=newest - lateness)
+        return stream_watermark(state, self.config, self._budgets, now_ns, without)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
         """Emit, in start order, the windows with data whose end is at or before ``watermark``."""
         cfg = self.config
+        if watermark is not None and _floor(state) + cfg.window_ns > watermark:
+            return []  # the usual answer after a fetch: not even the first window not emitted has ended
         closed: list[Window] = []
         while True:
             earliest = min((b.starts[0] for b in state.buffers.values() if b.starts), default=None)
             if earliest is None:
                 break
             start = cfg.starts_overlapping(earliest, earliest, state.offset_ns).start
-            floor = state.first_start_ns if state.next_start_ns is None else state.next_start_ns
+            floor = _floor(state)
             start = max(start, floor)
             if watermark is not None and start + cfg.window_ns > watermark:
                 break
@@ -474,6 +465,11 @@ class Aligner:
     def _build(self, stream_id: str, state: StreamState, start: int, reason: str, *, revision: int = 0,
                final: bool = True) -> Window | None:
         return build_window(self.config, stream_id, state.buffers, start, reason, revision=revision, final=final)
+
+
+def _floor(state: StreamState) -> int:
+    """Start of the stream's first window not emitted yet (or of its first window, before any)."""
+    return state.first_start_ns if state.next_start_ns is None else state.next_start_ns
 
 
 def _inputs(window: Window) -> tuple[object, ...]:

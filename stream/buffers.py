@@ -11,9 +11,13 @@ import numpy as np
 from fusionstream.stream.records import MediaItem, Modality
 
 if TYPE_CHECKING:
-    from fusionstream.stream.windows import Window
+    from collections.abc import Mapping
+
+    from fusionstream.stream.windows import Window, WindowConfig
 
 NEVER = -(2**63)
+#: The watermark of a stream all of whose sources said they ended (progress with ``ended``).
+ENDED = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -90,6 +94,48 @@ class StreamState:
     revisions: dict[int, int] = field(default_factory=dict)
     #: Amended windows made by ``Aligner.add``, handed out by the next ``Aligner.poll``.
     amended: list[Window] = field(default_factory=list)
+    #: The furthest event time any modality reached (media end or progress): no watermark passes it, so a
+    #: window ending later cannot close yet. ``ENDED`` while any of the stream's sources says it ended
+    #: (the watermark can then jump to ``ENDED``).
+    newest_ns: int = NEVER
+
+
+def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Modality, int], now_ns: int,
+                     without: frozenset[Modality] = frozenset()) -> int:
+    """``Aligner._watermark`` (see there), given the wait budgets by modality."""
+    lateness = cfg.lateness_ns
+    # One pass for the newest, one for the sides, no containers: it runs for every stream a fetch moved.
+    newest, ended = NEVER, True
+    for modality, b in state.buffers.items():
+        reach = b.latest_end_ns if b.latest_end_ns > b.complete_ns else b.complete_ns
+        if reach == NEVER or modality in without:
+            continue
+        ended = ended and b.ended
+        if reach > newest:
+            newest = reach
+    if newest == NEVER:
+        return NEVER
+    if ended:
+        return ENDED  # every source said it stopped: nothing more is coming, close everything
+    watermark = None
+    for modality, b in state.buffers.items():
+        if modality in without or b.ended or now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
+            continue
+        latest, complete = b.latest_end_ns, b.complete_ns
+        if latest == NEVER and complete == NEVER:
+            continue
+        side = latest - lateness if latest - lateness > complete else complete
+        budget = budgets.get(modality)
+        if budget is not None:
+            # Not dropped once it lags by its budget (that closed every window up to the others' side,
+            # even those whose budget had not run out, and made the words still coming for them late):
+            # each window waits for it until the newest data is the budget past the window's end.
+            side = max(side, newest - budget)
+        elif (latest if latest > complete else complete) < newest - cfg.max_skew_ns:
+            continue
+        if watermark is None or side < watermark:
+            watermark = side
+    return newest - lateness if watermark is None else watermark
 
 
 def contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:
@@ -132,4 +178,7 @@ def gaps(spans: list[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
     return tuple(holes)
 
 
-__all__ = ["NEVER", "ModalityBuffer", "StreamState", "contiguous", "gaps", "interval_coverage", "overlapping"]
+__all__ = [
+    "ENDED", "NEVER", "ModalityBuffer", "StreamState", "contiguous", "gaps", "interval_coverage", "overlapping",
+    "stream_watermark",
+]

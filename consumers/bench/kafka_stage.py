@@ -196,7 +196,7 @@ def kafka_realtime(
     trial = Trial(streams, result.extra["expected"], result.extra["windows_total"], counts["dead_letters"],
                   percentiles(result.latencies_ms), percentiles(lags), bound_ms, len(result.latencies_ms),
                   percentiles(seen.first_ms), percentiles(seen.final_ms), seen.counts | counts, settings.revisions,
-                  delivery.name, floor_ms)
+                  delivery.name, floor_ms, seen.first_split_ms())
     result.extra |= {"delivery": delivery.name, "revisions": settings.revisions,
                      "end_to_first_ms": trial.end_to_first_ms, "end_to_final_ms": trial.end_to_final_ms}
     return result, trial

@@ -34,6 +34,10 @@ from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import NS
 
 TICK_S = 0.02
+#: The parts of window end → first prediction: the feed and the aligner (end → close), the wait for the
+#: engine (queue), the engine call (engine, the whole batch's), and close → seen (queue, engine, and for
+#: the service the prediction's JSON, produce and broker acknowledgement).
+SPLIT_PARTS = ("end_to_close", "queue", "engine", "close_to_seen")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Trial:
     delivery: str = PACED.name
     #: The same figures with no transport and no engine: the schedule through an aligner alone.
     floor_ms: dict[str, dict[str, float]] | None = None
+    #: Where window end → first prediction went (:meth:`Seen.first_split_ms`); None where not measured.
+    first_split_ms: dict[str, dict[str, float]] | None = None
 
     @property
     def sustained(self) -> bool:
@@ -88,6 +94,8 @@ class Trial:
             out["counts"] = self.counts
         if self.floor_ms is not None:
             out["floor_ms"] = self.floor_ms
+        if self.first_split_ms is not None:
+            out["first_split_ms"] = self.first_split_ms
         return out
 
 
@@ -102,6 +110,9 @@ class Seen:
         self.counts = {"provisional": 0, "final": 0, "amended": 0}
         self._first: set[tuple[str, int]] = set()
         self._final: set[tuple[str, int]] = set()
+        #: Each measured first prediction's window end → close, its wait for the engine, the engine call,
+        #: and close → seen (ms): the parts of end → first, where the prediction carries its close instant.
+        self._first_split: dict[str, list[float]] = {part: [] for part in SPLIT_PARTS}
 
     def saw(self, prediction: Prediction, now_ns: int, measured: bool) -> bool:
         """Take one prediction seen at ``now_ns``; True when it is its window's first final."""
@@ -111,6 +122,11 @@ class Seen:
             self._first.add(key)
             if measured:
                 self.first_ms.append(ms)
+                if prediction.closed_at_ns:  # this process closed it (not a worker's prediction read back)
+                    close_to_seen = (time.perf_counter_ns() - prediction.closed_at_ns) / 1e6
+                    for part, value in zip(SPLIT_PARTS, (ms - close_to_seen, prediction.queue_ms,
+                                                         prediction.inference_ms, close_to_seen), strict=True):
+                        self._first_split[part].append(value)
         if not prediction.final:
             self.counts["provisional"] += 1
             return False
@@ -127,6 +143,13 @@ class Seen:
     def windows(self) -> int:
         """Windows with a final prediction."""
         return len(self._final)
+
+    def first_split_ms(self) -> dict[str, dict[str, float]] | None:
+        """Percentiles of each part of window end → first prediction (``SPLIT_PARTS``), None if none was timed.
+        Each part's p99 is its own: they do not add up to end → first's p99."""
+        if not self._first_split["end_to_close"]:
+            return None
+        return {part: percentiles(values) for part, values in self._first_split.items()}
 
 
 def realtime_trial(
@@ -219,7 +242,8 @@ async def _trial(
         counts = seen.counts | {"late_total": pipeline.aligner.stats.late, "dead_letters": dead,
                                 "partly_late_total": stats.records_partly_late, "dead_letters_total": dead_total}
     return Trial(streams, expected, seen.windows, dead, percentiles(latencies), percentiles(lags), bound_ms,
-                 len(latencies), percentiles(seen.first_ms), percentiles(seen.final_ms), counts)
+                 len(latencies), percentiles(seen.first_ms), percentiles(seen.final_ms), counts,
+                 first_split_ms=seen.first_split_ms())
 
 
 def trial_line(t: Trial) -> str:

@@ -107,10 +107,20 @@ def trial_lines(name: str, trial: dict[str, Any]) -> list[str]:
         figures("close → ack", trial.get("latency_ms")),
         figures("end → first", trial.get("end_to_first_ms"), "end_to_first_ms"),
         figures("end → final", trial.get("end_to_final_ms"), "end_to_final_ms"),
+        *_split_line(trial.get("first_split_ms")),
         f"  predictions {counts.get('provisional', 0)} provisional, {counts.get('final', trial['windows'])} final, "
         f"{counts.get('amended', 0)} amended; late {counts.get('late', counts.get('late_total', '-'))}, partly late "
         f"{counts.get('partly_late', counts.get('partly_late_total', '-'))}",
     ]
+
+
+def _split_line(split: dict[str, dict[str, float]] | None) -> list[str]:
+    """Where end → first went, p50/p99 of each part (each part's own p99: they do not add up)."""
+    if not split:
+        return []
+    names = {"end_to_close": "end → close", "queue": "queue", "engine": "engine", "close_to_seen": "close → ack"}
+    parts = ", ".join(f"{names.get(part, part)} {v['p50']:.0f}/{v['p99']:.0f}" for part, v in split.items())
+    return [f"  first, split  {parts} ms (p50/p99)"]
 
 
 def print_live(report: dict[str, Any], console: Console) -> None:
@@ -123,6 +133,8 @@ def print_live(report: dict[str, Any], console: Console) -> None:
             console.print(line)
     console.print("[dim]close → ack: window closed → prediction acknowledged by the broker; end → first, end → "
                   "final: window end (wall clock) → its first (provisional, or final) and its final prediction "
-                  "acknowledged; floor: the same deliveries through an aligner alone (no broker, no engine)[/]")
+                  "acknowledged; floor: the same deliveries through an aligner alone (no broker, no engine); "
+                  "first, split: the first predictions' window end → close (feed, aligner), wait for the engine, "
+                  "engine call (the whole batch) and close → ack[/]")
     machine = report["machine"]
     console.print(f"[dim]{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}[/]")

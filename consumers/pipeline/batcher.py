@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from typing import Generic, TypeVar
 
+from fusionstream.consumers.pipeline.runner import ClosedWindow
+
 T = TypeVar("T")
+
+
+class WindowQueue(asyncio.Queue[ClosedWindow]):
+    """Closed windows for the engine, provisional ones first, otherwise in the order they closed.
+
+    A provisional prediction is what a user waits for (window end → first prediction); a final has
+    the slow modality's whole wait budget behind it already. Behind a burst of closes, a window's
+    provisional is not kept waiting by the finals of earlier windows. Its own final closes after
+    it, so the order per window (provisional, then final, then amendments) holds, and finals keep
+    their order among themselves.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        self._queue: list[tuple[bool, int, ClosedWindow]] = []  # type: ignore[assignment]
+        self._order = itertools.count()
+
+    def _put(self, item: ClosedWindow) -> None:
+        heapq.heappush(self._queue, (item.window.final, next(self._order), item))
+
+    def _get(self) -> ClosedWindow:
+        return heapq.heappop(self._queue)[2]
 
 
 class MicroBatcher(Generic[T]):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from fusionstream.consumers.pipeline.batcher import MicroBatcher
+from fusionstream.consumers.pipeline.batcher import MicroBatcher, WindowQueue
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.stream.aligner import Aligner
@@ -125,7 +125,8 @@ class Pipeline:
         self.aligner = Aligner(window_config)
         self.stats = PipelineStats()
         self._clock = clock
-        self._windows: asyncio.Queue[ClosedWindow] = asyncio.Queue(maxsize=queue_windows)
+        #: Provisional windows first (see WindowQueue).
+        self._windows: asyncio.Queue[ClosedWindow] = WindowQueue(maxsize=queue_windows)
         self._predictions: asyncio.Queue[Prediction | None] = asyncio.Queue(maxsize=max(queue_windows, max_batch))
         self._batcher = MicroBatcher(self._windows, max_batch, max_delay_ms / 1000)
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="fs-decode")

@@ -167,6 +167,41 @@ def test_kafka_a_live_trial_reports_what_users_see(kafka_bootstrap: str, shipped
     assert counts["provisional"] > 0 and counts["final"] == trial.predicted
     assert {"late", "partly_late", "dead_letters"} <= set(counts)
     assert trial.intake_lag_ms["p99"] < 1000, "intake lag is measured from when a record was due, not its timestamp"
+    split = summary["first_split_ms"]
+    assert set(split) == {"end_to_close", "queue", "engine", "close_to_seen"}
+    # close -> ack holds the wait for the engine and the engine call; the parts of the median first prediction
+    # add up to about its end -> first (not exactly: each part's median is its own).
+    assert split["close_to_seen"]["p50"] >= split["engine"]["p50"] > 0 and split["queue"]["p50"] >= 0
+    assert split["end_to_close"]["p50"] + split["close_to_seen"]["p50"] == pytest.approx(first["p50"], rel=0.5)
+
+
+def test_the_first_prediction_is_split_into_its_parts() -> None:
+    """Seen splits each measured first prediction at its close: end -> close, then close -> seen, which
+    holds the wait for the engine and the engine call; predictions read back from another process (no
+    close instant) and later revisions are not split."""
+    import time
+
+    from fusionstream.consumers.bench.realtime import Seen
+    from fusionstream.consumers.pipeline.prediction import Prediction
+
+    end = time.time_ns() - 120 * MS
+
+    def prediction(start: int, *, final: bool, closed_ago_ms: float | None) -> Prediction:
+        closed = 0 if closed_ago_ms is None else time.perf_counter_ns() - round(closed_ago_ms * MS)
+        return Prediction("s", start, end, "one", 0.9, {"one": 0.9}, (True, True, False), (1.0, 1.0, 0.0), "v",
+                          "provisional", queue_ms=10.0, inference_ms=25.0, latency_ms=35.0, batch_size=4,
+                          closed_at_ns=closed, revision=0 if not final else 1, final=final)
+
+    seen = Seen()
+    assert seen.first_split_ms() is None
+    seen.saw(prediction(0, final=False, closed_ago_ms=50.0), time.time_ns(), True)
+    seen.saw(prediction(0, final=True, closed_ago_ms=5.0), time.time_ns(), True)  # its final: not a first
+    seen.saw(prediction(1, final=True, closed_ago_ms=None), time.time_ns(), True)  # read back: not split
+    split = seen.first_split_ms()
+    assert split is not None and len(seen.first_ms) == 2
+    assert split["queue"]["p50"] == 10.0 and split["engine"]["p50"] == 25.0
+    assert split["close_to_seen"]["p50"] == pytest.approx(50.0, abs=5.0)
+    assert split["end_to_close"]["p50"] == pytest.approx(70.0, abs=5.0)
 
 
 def test_a_provisional_windows_audio_is_encoded_once_for_its_final_and_amendments(untrained_model: Path) -> None:
