@@ -190,15 +190,24 @@ class Serve:
         self.port = base.port
         self.env = {**base.env, **{f"FUSIONSTREAM_{k.upper()}": v for k, v in env.items()}}
         self.lines: list[tuple[float, str]] = []
+        self._err: list[str] = []
         self.proc = subprocess.Popen([sys.executable, "-m", "fusionstream", "serve"], cwd=REPO_ROOT, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        # One reader per pipe, and nothing else reads them: communicate() beside a reader thread takes
+        # some of stdout's lines for itself, and a test then misses a line that was printed.
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self._err.append(self.proc.stderr.read())
 
     def first(self, text: str) -> float | None:
         return next((t for t, line in self.lines if text in line), None)
@@ -213,10 +222,18 @@ class Serve:
 
     def finish(self, timeout_s: float) -> tuple[int, float, str]:
         """Wait for the exit; (status, when, stderr)."""
-        _, err = self.proc.communicate(timeout=timeout_s)
+        self.proc.wait(timeout=timeout_s)
         ended = time.monotonic()
-        self._reader.join(timeout=5)
-        return self.proc.returncode, ended, err
+        self._close()
+        return self.proc.returncode, ended, "".join(self._err)
+
+    def _close(self) -> None:
+        """Once the process is gone: let the readers take what is left, then close the pipes."""
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
 
     def stdout(self) -> str:
         return "\n".join(line for _, line in self.lines)
@@ -224,7 +241,8 @@ class Serve:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        self._close()
 
 
 @pytest.fixture
