@@ -5,7 +5,9 @@ costs, per window").
                                                 [--rounds 2] [--max-batch 64] [--json]
 
 Runs the bench's kafka stage (``kafka_max_rate``: the whole workload produced first to topics of its own,
-``bench-max-<id>.*``, deleted after; then the real service consumes it) ``--rounds`` times as it is,
+``bench-max-<id>.*``, deleted after; then the real service consumes it, on a runtime opened as ``serve``
+and the bench's kafka stage open theirs: ``service_options``, one engine thread per core but one)
+``--rounds`` times as it is,
 then once more with a CPU ledger, and says what the service's CPU time over the timed span went to,
 in CPU milliseconds per window acknowledged within the span (the unit of ``fusionstream bench``'s
 ``cpu_ms_per_window``; the broker's, on this machine only, apart).
@@ -23,7 +25,12 @@ is read around
 
 and what is left of a thread's CPU time (``/proc/self/task/<tid>/stat``) is its residue: the event
 loop's own work (``select``, scheduling) on the loop's thread, hand-offs on the pool threads, and
-ONNX Runtime's and OpenCV's own threads, which run no Python, are the engine's. The ledger costs
+ONNX Runtime's and OpenCV's own threads, which run no Python, are the engine's.
+
+Before that, the same runtime runs the engine stage's work on the same windows alone (``run_engine``,
+at ``--max-batch``), and each ONNX Runtime graph's rows per window and calling-thread CPU per row are
+compared with the service's (``onnxruntime_by_graph``): the same graphs on the same rows cost more
+inside the service, where the engine thread shares the cores and their caches with the intake. The ledger costs
 about 2 µs per listed call (two clock reads and a wrapper), most of it charged to the parts called
 per record (aligner, offsets): compare the process's CPU per window with the unprofiled rounds'.
 """
@@ -203,6 +210,54 @@ class Ledger:
             undo()
 
 
+class GraphMeter:
+    """Rows and calling-thread CPU seconds of each ONNX Runtime graph (by file name) while active: the
+    same graphs on the same rows cost more per row inside the service than in the engine stage, and
+    this says how much (the engine's threads share the cores and caches with the intake's)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.graphs: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # graph: [rows, seconds]
+        self._lock = threading.Lock()
+        self._original: Callable[..., Any] | None = None
+
+    def install(self) -> None:
+        from onnxruntime.capi.onnxruntime_inference_collection import Session
+
+        original = self._original = Session.run
+        meter = self
+
+        @functools.wraps(original)
+        def run(session: Any, output_names: Any, input_feed: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if not meter.active:
+                return original(session, output_names, input_feed, *args, **kwargs)
+            started = time.thread_time()
+            try:
+                return original(session, output_names, input_feed, *args, **kwargs)
+            finally:
+                spent = time.thread_time() - started
+                graph = Path(str(getattr(session, "_model_path", "") or "?")).name
+                with meter._lock:
+                    entry = meter.graphs[graph]
+                    entry[0] += len(next(iter(input_feed.values()))) if input_feed else 0
+                    entry[1] += spent
+
+        Session.run = run  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        if self._original is not None:
+            from onnxruntime.capi.onnxruntime_inference_collection import Session
+
+            Session.run = self._original  # type: ignore[method-assign]
+
+    def take(self, windows: int) -> dict[str, dict[str, float]]:
+        """Per graph: rows per window and CPU microseconds per row since the last take; then reset."""
+        out = {graph: {"rows_per_window": round(rows / windows, 3), "us_per_row": round(seconds / rows * 1e6, 1)}
+               for graph, (rows, seconds) in sorted(self.graphs.items()) if rows}
+        self.graphs.clear()
+        return out
+
+
 def _task_part(handle: asyncio.events.Handle) -> str:
     callback = handle._callback  # type: ignore[attr-defined]
     owner = getattr(callback, "__self__", None)
@@ -234,8 +289,9 @@ def thread_cpu_s() -> dict[int, float]:
 class Span:
     """``kafka_max_rate``'s ``on_span``: the ledger on between "start" and "end", and each thread's CPU then."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, meter: GraphMeter | None = None) -> None:
         self.ledger = ledger
+        self.meter = meter
         self.start: dict[int, float] = {}
         self.end: dict[int, float] = {}
         self.charged: dict[str, float] = {}
@@ -246,8 +302,12 @@ class Span:
         if event == "start":
             self.start = thread_cpu_s()
             self.ledger.active = True
+            if self.meter is not None:
+                self.meter.active = True
         elif event == "end" and self.ledger.active:
             self.ledger.active = False
+            if self.meter is not None:
+                self.meter.active = False
             self.end = thread_cpu_s()
             self.charged = dict(self.ledger.seconds)
             self.batches = {kind: {"calls": len(sizes), "windows": sum(sizes),
@@ -296,8 +356,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from fusionstream.consumers.bench.kafka_stage import kafka_max_rate
+    from fusionstream.consumers.bench.stages import run_engine
     from fusionstream.consumers.bench.workload import Workload
-    from fusionstream.consumers.engine import backend_options
+    from fusionstream.consumers.engine import service_options
     from fusionstream.consumers.pipeline.runner import Runner
     from fusionstream.consumers.settings import Settings
     from fusionstream.engines.backends import open_runtime
@@ -305,8 +366,18 @@ def main() -> int:
     settings = Settings(bootstrap_servers=args.bootstrap, max_batch=args.max_batch)
     ledger = Ledger()
     ledger.install()  # inactive until the span starts: outside it each listed call costs one attribute read
-    with open_runtime(settings.backend, settings.model_dir, **backend_options(settings)) as runtime:
+    meter = GraphMeter()
+    meter.install()
+    with open_runtime(settings.backend, settings.model_dir, **service_options(settings)) as runtime:
         workload = Workload.synthetic(args.streams, args.seconds, 0).declared(runtime.modalities)
+        # The same runtime on the same windows alone first (the engine stage's work, at the service's
+        # batch size), for each graph's cost per row without the service beside it.
+        windows_alone = workload.windows(settings.model_window_config(runtime.manifest), runtime.frame_side)
+        run_engine(runtime, windows_alone, args.max_batch)
+        meter.active = True
+        run_engine(runtime, windows_alone, args.max_batch)
+        meter.active = False
+        alone = meter.take(len(windows_alone))
 
         def make_runner() -> Runner:
             return Runner(runtime)
@@ -318,10 +389,12 @@ def main() -> int:
                            result.cpu_ms_per_window, "broker_cpu_ms_per_window":
                            result.extra["broker_cpu_ms_per_window"]})
             print(f"round {turn + 1}: {rounds[-1]}", file=sys.stderr)
-        span = Span(ledger)
+        span = Span(ledger, meter)
         result = kafka_max_rate(make_runner, runtime.manifest, settings, workload, on_span=span)
+    meter.uninstall()  # the meter wraps the ledger's wrapper: off in the reverse order
     ledger.uninstall()
     windows = result.cpu_windows or result.windows
+    graphs = {"engine_alone": alone, "in_service": meter.take(windows)}
     report = {
         "workload": {"streams": args.streams, "seconds": args.seconds, "max_batch": args.max_batch},
         "rounds": rounds,
@@ -329,6 +402,7 @@ def main() -> int:
                      "cpu_ms_per_window": result.cpu_ms_per_window,
                      "broker_cpu_ms_per_window": result.extra["broker_cpu_ms_per_window"]},
         **attribute(span, windows),
+        "onnxruntime_by_graph": graphs,
     }
     for title, key in (("by row", "groups_ms_per_window"), ("by part", "parts_ms_per_window")):
         width = max(len(p) for p in report[key])
@@ -336,6 +410,12 @@ def main() -> int:
               file=sys.stderr)
         for part, ms in report[key].items():
             print(f"  {part:<{width}} {ms:7.3f}", file=sys.stderr)
+    print("ONNX Runtime by graph (calling thread), rows per window and CPU us per row, alone -> in the service:",
+          file=sys.stderr)
+    for graph, there in graphs["in_service"].items():
+        here = graphs["engine_alone"].get(graph, {"rows_per_window": 0.0, "us_per_row": 0.0})
+        print(f"  {graph:<16} rows {here['rows_per_window']:.2f} -> {there['rows_per_window']:.2f}, "
+              f"us/row {here['us_per_row']:.0f} -> {there['us_per_row']:.0f}", file=sys.stderr)
     print(f"total {report['total_ms_per_window']} (process {result.cpu_ms_per_window}); broker "
           f"{report['profiled']['broker_cpu_ms_per_window']}; engine calls {report['engine_calls']}", file=sys.stderr)
     if args.json:

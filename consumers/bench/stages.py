@@ -79,11 +79,11 @@ def engine_stage(
     """
     best: StageResult | None = None
     tried: dict[str, float] = {}
-    _run_engine(runtime, windows[: max(batch_sizes)], max(batch_sizes))  # warm-up: sessions, caches, cv2
+    run_engine(runtime, windows[: max(batch_sizes)], max(batch_sizes))  # warm-up: sessions, caches, cv2
     for size in batch_sizes:
         for _ in range(repeats):
             runtime.graph_seconds.clear()
-            seconds, cpu = _run_engine(runtime, windows, size)
+            seconds, cpu = run_engine(runtime, windows, size)
             result = StageResult("engine", len(windows), seconds, cpu_seconds=cpu)
             if best is None or result.windows_per_s > best.windows_per_s:
                 best = result
@@ -103,7 +103,7 @@ def graph_shares(graph_seconds: dict[str, float], total_s: float) -> dict[str, f
     return shares
 
 
-def _run_engine(runtime: Runtime, windows: Sequence[Window], size: int) -> tuple[float, float]:
+def run_engine(runtime: Runtime, windows: Sequence[Window], size: int) -> tuple[float, float]:
     """Wall and process CPU seconds of one pass over ``windows``."""
     embed = Embedder(runtime)
     started, cpu = time.perf_counter(), time.process_time()

@@ -81,14 +81,26 @@ class PipelineStats:
     records_partly_late: int = 0
 
 
-def _decode(value: bytes | Record, ref: Any) -> MediaItem | Progress | DeadLetter:
+#: A record to feed: wire bytes (or a record) and its ref, and, from Kafka, its key (checked against the stream id).
+Fed = tuple[bytes | Record, Any] | tuple[bytes | Record, Any, bytes | None]
+#: What a record fed without a Kafka key carries instead (the embedded pipeline's, a file's): nothing to check.
+UNKEYED: Any = object()
+
+
+def _decode(value: bytes | Record, ref: Any, key: bytes | None = UNKEYED) -> MediaItem | Progress | DeadLetter:
     try:
-        if isinstance(value, Record):
-            return decode_media(value, ref, lazy_jpeg=True)
-        return decode_wire(value, ref, lazy_jpeg=True)
+        item = decode_media(value, ref, lazy_jpeg=True) if isinstance(value, Record) else \
+            decode_wire(value, ref, lazy_jpeg=True)
     except BadRecord as exc:
         stream_id = value.stream_id if isinstance(value, Record) else None
         return DeadLetter(exc.reason, exc.detail, ref, stream_id)
+    # The key places a record on its partition: a stream's records under another key (or none) may land
+    # on another partition, or another worker, than the rest of the stream, and its windows lose them.
+    if key is not UNKEYED and (key is None or key != item.stream_id.encode()):
+        shown = "no key" if key is None else f"key {key.decode('utf-8', 'replace')!r}"
+        return DeadLetter("key-mismatch", f"{shown}, but the record's stream id is {item.stream_id!r} (they must "
+                          "be equal: the key decides the partition)", ref, item.stream_id)
+    return item
 
 
 class Pipeline:
@@ -164,8 +176,11 @@ class Pipeline:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    async def feed(self, records: Sequence[tuple[bytes | Record, Any]]) -> list[DeadLetter]:
-        """Decode, align and enqueue; waits while the window queue is full. Returns the rejects."""
+    async def feed(self, records: Sequence[Fed]) -> list[DeadLetter]:
+        """Decode, align and enqueue; waits while the window queue is full. Returns the rejects.
+
+        Each record is ``(value, ref)``, or ``(value, ref, key)`` from Kafka: a record whose key is not
+        its stream id is a dead letter (``key-mismatch``)."""
         if not records:
             return []
         items = await self._decode_all(records)
@@ -262,7 +277,7 @@ class Pipeline:
         await self._idle.wait()
 
     async def _decode_all(
-        self, records: Sequence[tuple[bytes | Record, Any]]
+        self, records: Sequence[Fed]
     ) -> list[MediaItem | Progress | DeadLetter]:
         loop = asyncio.get_running_loop()
         parts = max(1, min(self._decode_workers, len(records) // 8))
@@ -384,7 +399,7 @@ def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tupl
     return out
 
 
-def decode_records(chunk: Sequence[tuple[bytes | Record, Any]]) -> list[MediaItem | Progress | DeadLetter]:
+def decode_records(chunk: Sequence[Fed]) -> list[MediaItem | Progress | DeadLetter]:
     """Wire bytes (or records) to media items for the aligner, JPEGs only checked; the rejects as
-    dead letters. Runs on a decode thread."""
-    return [_decode(value, ref) for value, ref in chunk]
+    dead letters (a record fed with its Kafka key that is not its stream id too). Runs on a decode thread."""
+    return [_decode(*fed) for fed in chunk]

@@ -138,7 +138,7 @@ class Feeder:
         self.clock.observe(self._behind())
         if not released:
             return
-        items = [(message.value if message.value is not None else b"", (tp[0], tp[1], message.offset))
+        items = [(message.value if message.value is not None else b"", (tp[0], tp[1], message.offset), message.key)
                  for tp, message in released]
         dead = await self._pipeline.feed(items)
         if dead:  # rare: index the records by ref only then

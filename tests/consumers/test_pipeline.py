@@ -292,3 +292,20 @@ def test_windows_encoded_ahead_give_the_same_predictions(untrained_model: Path) 
     assert runner.embed.audio_warm_hits >= 0.5 * len(ahead) and cold_runner.embed.audio_warm_hits == 0
     # No frame was encoded twice for it.
     assert runner.embed.stats.frames_encoded == cold_runner.embed.stats.frames_encoded
+
+
+def test_a_record_from_kafka_must_be_keyed_by_its_stream_id() -> None:
+    from fusionstream.consumers.pipeline.core import DeadLetter, decode_records
+
+    value = wire.encode(text_record("cam-07", 3, 10 * NS, 11 * NS, "seven"))
+    keyed, other, unkeyed, embedded = decode_records(
+        [(value, "a", b"cam-07"), (value, "b", b"cam-08"), (value, "c", None), (value, "d")]
+    )
+    assert not isinstance(keyed, DeadLetter) and keyed.stream_id == "cam-07"
+    assert not isinstance(embedded, DeadLetter)  # no Kafka key to check
+    for letter, shown in ((other, "key 'cam-08'"), (unkeyed, "no key")):
+        assert isinstance(letter, DeadLetter) and letter.reason == "key-mismatch", letter
+        assert letter.stream_id == "cam-07" and shown in letter.detail and "\n" not in letter.detail
+    # A record that does not decode keeps its own reason, whatever its key.
+    (broken,) = decode_records([(value[:-1], "e", b"cam-08")])
+    assert isinstance(broken, DeadLetter) and broken.reason == "truncated"

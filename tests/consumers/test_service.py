@@ -149,6 +149,8 @@ def test_kafka_service_dead_letters_bad_input_with_its_reason_and_keeps_going(
         "bad-sample-rate": (s.audio_topic, wire.HEADER.pack(b"FS", 1, 2, 3, 0, 3, 0, t0, t0, len(rate0), 2) + b"bad"
                             + rate0 + bytes(2)),
         "bad-utf8": (s.text_topic, utf8[:-2] + b"\xc3\x28"),
+        # Sound, but keyed "bad" while its stream id is the stream's: it would land on another partition.
+        "key-mismatch": (s.text_topic, utf8),
     }
     trace = [("trace-id", b"abc-123")]
     raw = [(topic, b"bad", value, t0_ms, trace) for topic, value in bad.values()]
