@@ -61,12 +61,16 @@ VIDEO_ROWS = (
     ("no augmentation", Augmentation.none()),
     ("+ affine, colour, blur, cheap JPEG, patches", dataclasses.replace(Augmentation.none(), **_SCENE_FIRST)),
     ("+ elastic, stroke width, low resolution", dataclasses.replace(Augmentation.none(), **SCENE)),
-    ("+ TrueType typefaces on half the segments", dataclasses.replace(Augmentation.none(), **SCENE, typeface=0.5)),
-    ("typefaces alone, no scene augmentation", dataclasses.replace(Augmentation.none(), typeface=0.5)),
-    ("typefaces, scene augmentation at half its rates (the shipped recipe)",
-     dataclasses.replace(Augmentation.none(), **_SCENE_HALF, typeface=0.5)),
+    ("+ TrueType typefaces on half the segments", dataclasses.replace(Augmentation.none(), **SCENE, typeface=0.5,
+                                                                      typeface_pool="matplotlib")),
+    ("typefaces alone, no scene augmentation",
+     dataclasses.replace(Augmentation.none(), typeface=0.5, typeface_pool="matplotlib")),
+    ("typefaces, scene augmentation at half its rates (the recipe of v2026.12.05.2)",
+     dataclasses.replace(Augmentation.none(), **_SCENE_HALF, typeface=0.5, typeface_pool="matplotlib")),
     ("typefaces on 80 % of the segments, no scene augmentation",
-     dataclasses.replace(Augmentation.none(), typeface=0.8)),
+     dataclasses.replace(Augmentation.none(), typeface=0.8, typeface_pool="matplotlib")),
+    ("+ the font packages' typefaces beside matplotlib's, half-rate scenes (the shipped recipe)",
+     dataclasses.replace(Augmentation.none(), **_SCENE_HALF, typeface=0.5, typeface_pool="all")),
 )
 
 

@@ -15,6 +15,7 @@ from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.sources import SyntheticConfig
 from fusionstream.stream.sources.augment import Augmentation
 from fusionstream.stream.sources.speech import bank_fingerprint
+from fusionstream.stream.sources.typefaces import TYPEFACE_POOLS
 
 #: Seconds per synthetic run; several runs with their own seeds make a set.
 RUN_SECONDS = 300.0
@@ -55,7 +56,9 @@ def generate(
     cache: Path | None = None,
 ) -> WindowSet:
     """Render, window and featurise synthetic runs; reuse a cached copy when the inputs are identical."""
-    key = hashlib.sha256(repr((_input_fields(spec), list(configs), bank_fingerprint())).encode()).hexdigest()[:16]
+    # The typefaces' names too: an augmentation's pool is named, not listed, in its config.
+    inputs = (_input_fields(spec), list(configs), bank_fingerprint(), TYPEFACE_POOLS)
+    key = hashlib.sha256(repr(inputs).encode()).hexdigest()[:16]
     path = cache / f"windows-{key}.npz" if cache else None
     if path is not None and path.exists():
         data = WindowSet.load(path)

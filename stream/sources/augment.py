@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fusionstream.stream.sources.typefaces import TYPEFACES, require_typefaces
+from fusionstream.stream.sources.typefaces import TYPEFACE_POOLS, require_typefaces
 
 #: Pitch shift range, semitones (either way): a lower or higher voice of the same accent.
 PITCH_SEMITONES = 3.0
@@ -72,30 +72,42 @@ class Augmentation:
     stroke: float = 0.15
     #: A low-resolution camera: the scene down-sampled to a third to two thirds, then back up.
     low_res: float = 0.125
-    #: The digit drawn in one of matplotlib's TrueType typefaces (:mod:`.typefaces`) instead of a
-    #: Hershey font: other shapes of every digit, not only other placements of the same strokes.
+    #: The digit drawn in a TrueType typeface (:mod:`.typefaces`) instead of a Hershey font: other
+    #: shapes of every digit, not only other placements of the same strokes.
     typeface: float = 0.5
+    #: Which typefaces: ``"all"`` (matplotlib's and the font packages'), or ``"matplotlib"`` alone
+    #: (the recipe of v2026.12.05.2, for the ablation). Not a rate.
+    typeface_pool: str = "all"
 
     def __post_init__(self) -> None:
-        check_probabilities(self, skip=("gain_db",))
+        check_probabilities(self, skip=("gain_db", "typeface_pool"))
         if self.gain_db < 0:
             raise ValueError(f"Augmentation.gain_db = {self.gain_db} must be >= 0")
+        if self.typeface_pool not in TYPEFACE_POOLS:
+            raise ValueError(f"Augmentation.typeface_pool = {self.typeface_pool!r}: choose "
+                             f"{' or '.join(map(repr, TYPEFACE_POOLS))}")
 
     @classmethod
     def none(cls) -> Augmentation:
-        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
+        return cls(**{name: 0.0 for name in cls.rates()})
+
+    @classmethod
+    def rates(cls) -> tuple[str, ...]:
+        """The fields that are rates (every one but the typeface pool)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "typeface_pool")
 
     def only(self, modality: str) -> Augmentation:
         """These rates for one modality's kinds (``"audio"`` or ``"video"``), every other kind off."""
         if modality not in ("audio", "video"):
             raise ValueError(f"Augmentation.only({modality!r}): choose 'audio' or 'video'")
         keep = AUDIO_KINDS if modality == "audio" else tuple(
-            f.name for f in dataclasses.fields(self) if f.name not in AUDIO_KINDS)
-        return dataclasses.replace(Augmentation.none(), **{name: getattr(self, name) for name in keep})
+            name for name in self.rates() if name not in AUDIO_KINDS)
+        return dataclasses.replace(Augmentation.none(), typeface_pool=self.typeface_pool,
+                                   **{name: getattr(self, name) for name in keep})
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, f.name) > 0 for f in dataclasses.fields(self))
+        return any(getattr(self, name) > 0 for name in self.rates())
 
     # -- audio: one spoken word ---------------------------------------------------------------
 
@@ -170,13 +182,14 @@ class Augmentation:
             except ImportError as exc:
                 raise ImportError("room reverberation needs scipy: pip install 'fusionstream[train]'") from exc
         if self.typeface:
-            require_typefaces()
+            require_typefaces(self.typeface_pool)
 
     def pick_typeface(self, rng: np.random.Generator) -> str | None:
         """The TrueType typeface a segment's digit is drawn in, or None for a Hershey font."""
         if rng.random() >= self.typeface:
             return None
-        return TYPEFACES[int(rng.integers(len(TYPEFACES)))]
+        pool = TYPEFACE_POOLS[self.typeface_pool]
+        return pool[int(rng.integers(len(pool)))]
 
     def jpeg_quality(self, default: int, rng: np.random.Generator) -> int:
         """The quality a segment's frames are encoded at: now and then a cheap camera's."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import cv2
 import numpy as np
 import pytest
@@ -106,7 +104,7 @@ def test_cheap_jpeg_quality_is_used_on_the_wire() -> None:
 
 
 def _zero() -> dict[str, float]:
-    return {f.name: 0.0 for f in dataclasses.fields(Augmentation)}
+    return {name: 0.0 for name in Augmentation.rates()}
 
 
 def test_rates_are_checked() -> None:

@@ -1,4 +1,4 @@
-"""Typeface augmentation: digits drawn from matplotlib's TrueType outlines, in training only."""
+"""Typeface augmentation: digits drawn from TrueType outlines (matplotlib's and font packages'), in training only."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from fusionstream.stream.records import Modality
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.sources.augment import Augmentation
 from fusionstream.stream.sources.render import segment_base
-from fusionstream.stream.sources.typefaces import TYPEFACES, draw, outline
+from fusionstream.stream.sources.typefaces import (
+    MATPLOTLIB_TYPEFACES,
+    PACKAGED_TYPEFACES,
+    TYPEFACES,
+    draw,
+    outline,
+)
 
 TYPEFACE_ONLY = dataclasses.replace(Augmentation.none(), typeface=1.0)
 
@@ -101,3 +107,29 @@ def test_a_missing_training_library_is_named_in_one_line(monkeypatch: pytest.Mon
         Augmentation.none().require()  # nothing active, nothing needed
     finally:
         typefaces._font_dir.cache_clear()
+
+
+def test_a_missing_font_package_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusionstream.stream.sources import typefaces
+
+    typefaces._package_dir.cache_clear()
+    monkeypatch.setitem(sys.modules, "font_caladea", None)
+    try:
+        with pytest.raises(ImportError, match=r"font_caladea: pip install 'fusionstream\[train\]'") as caught:
+            TYPEFACE_ONLY.require()
+        assert "\n" not in str(caught.value)
+        # The recipe before the font packages needs matplotlib alone.
+        dataclasses.replace(TYPEFACE_ONLY, typeface_pool="matplotlib").require()
+    finally:
+        typefaces._package_dir.cache_clear()
+
+
+def test_the_pool_decides_which_typefaces_a_segment_can_get() -> None:
+    rng = np.random.default_rng(5)
+    every = {TYPEFACE_ONLY.pick_typeface(rng) for _ in range(3000)}
+    assert every == set(TYPEFACES)  # each is drawn, the font packages' too
+    assert set(PACKAGED_TYPEFACES) <= every and not set(PACKAGED_TYPEFACES) & set(MATPLOTLIB_TYPEFACES)
+    older = dataclasses.replace(TYPEFACE_ONLY, typeface_pool="matplotlib")
+    assert {older.pick_typeface(rng) for _ in range(1000)} == set(MATPLOTLIB_TYPEFACES)
+    with pytest.raises(ValueError, match="typeface_pool"):
+        Augmentation(typeface_pool="system")
