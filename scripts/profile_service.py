@@ -29,8 +29,8 @@ ONNX Runtime's and OpenCV's own threads, which run no Python, are the engine's.
 
 Before that, the same runtime runs the engine stage's work on the same windows alone (``run_engine``,
 at ``--max-batch``), and each ONNX Runtime graph's rows per window and calling-thread CPU per row are
-compared with the service's (``onnxruntime_by_graph``): the same graphs on the same rows cost more
-inside the service, where the engine thread shares the cores and their caches with the intake. The ledger costs
+compared with the service's (``onnxruntime_by_graph``): whether the graphs cost more per row inside the
+service, where the engine thread shares the cores and their caches with the intake. The ledger costs
 about 2 µs per listed call (two clock reads and a wrapper), most of it charged to the parts called
 per record (aligner, offsets): compare the process's CPU per window with the unprofiled rounds'.
 """
@@ -211,9 +211,8 @@ class Ledger:
 
 
 class GraphMeter:
-    """Rows and calling-thread CPU seconds of each ONNX Runtime graph (by file name) while active: the
-    same graphs on the same rows cost more per row inside the service than in the engine stage, and
-    this says how much (the engine's threads share the cores and caches with the intake's)."""
+    """Rows and calling-thread CPU seconds of each ONNX Runtime graph (by file name) while active, to
+    compare a graph's cost per row inside the service with the engine stage's (docs/performance.md)."""
 
     def __init__(self) -> None:
         self.active = False
