@@ -159,7 +159,8 @@ class Settings(BaseSettings):
     # Python half of intake only contends for the GIL (about a quarter more intake CPU on 2 cores).
     decode_workers: int = Field(1, ge=1, description="Threads decoding JPEG/PCM off the event loop.")
     speculate: bool = Field(
-        True, description="Encode windows whose media is complete while they wait out the lateness (idle engine only)."
+        True, description="Encode open windows ahead while the engine is idle: whole windows whose media is complete "
+        "while they wait out the lateness, and with revisions on each frame as soon as the video passes it."
     )
 
     # Processes (docs/operations.md#workers)

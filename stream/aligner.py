@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from fusionstream.stream.assemble import build_window
 from fusionstream.stream.buffers import ENDED, NEVER, ModalityBuffer, StreamState, stream_watermark
-from fusionstream.stream.records import MODALITIES, AudioChunk, MediaItem, Modality, Progress, Record
+from fusionstream.stream.frames_ahead import frames_due
+from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import Window, WindowConfig
 
@@ -257,6 +258,16 @@ class Aligner:
             complete = self._media_complete(state, now_ns)
             state.offered_until_ns = self._offer(stream_id, state, start, complete, limit, offered, final=True)
         return offered
+
+    def frames_due(self, streams: Collection[str], limit: int) -> list[tuple[str, Frame]]:
+        """``(stream, frame)`` for the frames these streams' open windows will sample, picked already and not
+        given out before (``fusionstream.stream.frames_ahead``), at most ``limit``: to encode ahead."""
+        due: list[tuple[str, Frame]] = []
+        for stream_id in streams:
+            state = self._streams.get(stream_id)
+            if state is not None and len(due) < limit:
+                due += [(stream_id, f) for f in frames_due(self.config, state, _floor(state), limit - len(due))]
+        return due
 
     def _offer(self, stream_id: str, state: StreamState, start: int, until: int, limit: int, offered: list[Window],
                *, final: bool) -> int:

@@ -9,7 +9,10 @@ are decoded (in the same pool) just before it is queued, each frame once.
 
 While the engine is idle, windows whose data is complete but that still wait out the allowed
 lateness are encoded ahead (``speculate``, see ``fusionstream.consumers.pipeline.reuse``): when such a
-window closes, only what changed since (a late record) and the fusion head are left to run.
+window closes, only what changed since (a late record) and the fusion head are left to run. Before
+that, with revisions on, the frames open windows will sample are decoded and embedded as soon as
+they are known (``fusionstream.stream.frames_ahead``), so a window closing the moment its audio is
+complete (a provisional prediction) has only its audio and its last frames left to encode.
 
 Every queue is bounded: when the engine falls behind, ``feed`` waits on the full
 window queue, and the caller (a source, or the Kafka consumer loop) slows down.
@@ -50,6 +53,10 @@ WARM_CHUNK = 8
 #: Most windows held for encoding ahead (each holds its audio, 64 KiB at 16 kHz): those beyond
 #: wait in the aligner until there is room, or close first.
 MAX_AHEAD = 256
+#: Most frames held for encoding ahead, and the most per engine call: a closing window waits for at most
+#: one such call (16 frames, a few ms on one core).
+MAX_FRAMES_AHEAD = 1024
+FRAME_CHUNK = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,8 @@ class PipelineStats:
     frames_undecodable: int = 0
     #: Open windows encoded ahead of their close.
     windows_warmed: int = 0
+    #: Frames of open windows embedded ahead of their close (``fusionstream.stream.frames_ahead``).
+    frames_warmed: int = 0
     #: Records of a modality the model does not use: not aligned, their offsets released at once.
     records_ignored: int = 0
     #: Progress records taken (docs/wire-format.md#progress): they move the watermark, join no window.
@@ -128,6 +137,14 @@ class Pipeline:
         self._prepare: Callable[[Sequence[Window]], None] | None = (
             getattr(runner, "prepare", None) if speculate else None
         )
+        # Only with provisional predictions: without them a window closes a lateness after its media is
+        # complete, and encoding it whole meanwhile (above) covers its frames, in larger batches. At 64
+        # live streams, revisions off, encoding frames ahead as well made the closing engine calls longer.
+        self._prepare_frames: Callable[[Sequence[tuple[str, int]], Sequence[Any]], None] | None = (
+            getattr(runner, "prepare_frames", None) if speculate and window_config.provisional_without else None
+        )
+        #: Frames open windows will sample, by (stream, frame time), not embedded yet, oldest first.
+        self._frames_ahead: dict[tuple[str, int], Any] = {}
         self._warming: asyncio.Task[None] | None = None
         #: Windows offered by ``Aligner.ready`` and not encoded yet, oldest first.
         self._ahead: dict[tuple[str, int], Window] = {}
@@ -220,6 +237,9 @@ class Pipeline:
         recent = self.aligner.take_recent()
         await self._enqueue(self.aligner.poll(now, recent))
         await self._enqueue(self.aligner.provisional(now, streams=recent))
+        if self._prepare_frames is not None and len(self._frames_ahead) < MAX_FRAMES_AHEAD:
+            for stream_id, frame in self.aligner.frames_due(recent, MAX_FRAMES_AHEAD - len(self._frames_ahead)):
+                self._frames_ahead[(stream_id, frame.t_start_ns)] = frame.image
         self._maybe_warm(now)
         return dead
 
@@ -241,7 +261,7 @@ class Pipeline:
             if room > 0:
                 for window in self.aligner.ready(now, limit=room):
                     self._ahead[window.window_id] = window
-        if self._ahead and self._warming is None and not self._in_flight:
+        if (self._ahead or self._frames_ahead) and self._warming is None and not self._in_flight:
             self._warming = asyncio.create_task(self._warm(), name="fs-warm")
 
     async def _warm(self) -> None:
@@ -249,8 +269,17 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         try:
             # Closed windows come first: stop as soon as one is in flight (the rest wait for the next
-            # moment the engine is idle). A window closing meanwhile waits at most for one chunk.
-            while self._ahead and not self._in_flight:
+            # moment the engine is idle). A window closing meanwhile waits at most for one chunk. Complete
+            # windows and frames take turns: the first close sooner, unless they wait for their text (with
+            # revisions on, their first prediction is out already), while the frames' windows may be a
+            # provisional prediction about to be made. Either first alone was worse at one of the two.
+            while (self._ahead or self._frames_ahead) and not self._in_flight:
+                if self._frames_ahead and self._prepare_frames is not None:
+                    await self._warm_frames(loop, self._prepare_frames)
+                    if self._in_flight:
+                        break
+                elif not self._ahead:
+                    break
                 chunk: list[Window] = []
                 while self._ahead and len(chunk) < WARM_CHUNK:
                     key = next(iter(self._ahead))
@@ -264,9 +293,26 @@ class Pipeline:
         except Exception:
             # Only a head start is lost: the windows are encoded in full when they close.
             log.exception("encoding windows ahead failed; not trying again")
-            self._prepare = None
+            self._prepare = self._prepare_frames = None
+            self._frames_ahead.clear()
         finally:
             self._warming = None
+
+    async def _warm_frames(self, loop: asyncio.AbstractEventLoop,
+                           prepare: Callable[[Sequence[tuple[str, int]], Sequence[Any]], None]) -> None:
+        """Decode and embed up to ``FRAME_CHUNK`` of the frames waiting to be encoded ahead."""
+        keys = []
+        for key in self._frames_ahead:
+            keys.append(key)
+            if len(keys) == FRAME_CHUNK:
+                break
+        images = [self._frames_ahead.pop(key) for key in keys]
+        pixels, failed = await loop.run_in_executor(self._decode_pool, decode_frames, images, self._frame_side)
+        if failed:  # counted here: at close these frames are decoded already, and not counted again
+            self.stats.frames_undecodable += failed
+            log.warning("%d sampled JPEG frame(s) passed the intake check but did not decode; shown black", failed)
+        await loop.run_in_executor(self._engine_pool, prepare, keys, pixels)
+        self.stats.frames_warmed += len(keys)
 
     async def flush(self, stream_ids: list[str] | None = None) -> None:
         """Close every open window of these streams (all by default), e.g. at the end of input."""
@@ -387,16 +433,22 @@ def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tupl
     """
     out = []
     for window in windows:
-        frames, failures = [], 0
-        for frame in window.frames:
-            if isinstance(frame, LazyJpeg):
-                already = frame.decoded
-                frames.append(frame.decode(min_side))
-                failures += frame.failed and not already
-            else:
-                frames.append(frame)
+        frames, failures = decode_frames(window.frames, min_side)
         out.append((window, dataclasses.replace(window, frames=tuple(frames)), failures))
     return out
+
+
+def decode_frames(images: Sequence[Any], min_side: int = 0) -> tuple[list[Any], int]:
+    """Pixels of these frames (JPEGs decoded no smaller than ``min_side``), and how many failed to decode."""
+    pixels, failures = [], 0
+    for image in images:
+        if isinstance(image, LazyJpeg):
+            already = image.decoded
+            pixels.append(image.decode(min_side))
+            failures += image.failed and not already
+        else:
+            pixels.append(image)
+    return pixels, failures
 
 
 def decode_records(chunk: Sequence[Fed]) -> list[MediaItem | Progress | DeadLetter]:

@@ -20,7 +20,9 @@ window's data is usually complete well before it closes (the watermark waits out
 lateness, 200 ms by default), so :meth:`Embedder.warm` encodes such windows while they
 wait: frames and captions into the caches above, and the window's audio embedding kept with
 its samples. When the window closes, the embedding is used only if the samples are the same
-(a late chunk changes them, and the window is encoded again).
+(a late chunk changes them, and the window is encoded again). Frames go further: each is known as
+soon as the video passes the instant a window samples it at (``fusionstream.stream.frames_ahead``),
+and :meth:`Embedder.warm_frames` embeds it then, long before its windows' audio is complete.
 """
 
 from __future__ import annotations
@@ -195,6 +197,15 @@ class Embedder:
                     self._warm_audio[(windows[i].stream_id, windows[i].t_start_ns)] = (windows[i].audio, row)
                 while len(self._warm_audio) > self._warm_capacity:  # windows that never closed here (moved away)
                     self._warm_audio.popitem(last=False)
+
+    def warm_frames(self, keys: Sequence[tuple[str, int]], frames: Sequence[np.ndarray]) -> None:
+        """Embed single frames, keyed by ``(stream, frame time)``, that open windows will sample (those cached
+        already are skipped): a window closing then finds them, and encodes only the rest."""
+        sources = dict(zip(keys, frames, strict=True))
+        _, encoded = lookup(
+            self._frames, sources, lambda todo: self.runtime.encode_frames(self.prepare.video_frames(todo))
+        )
+        self._count("frames", 0, encoded)
 
     # -- per modality ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ window per task:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,6 +64,11 @@ class Runner:
         self.frame_side = runtime.frame_side
         self.embed = Embedder(runtime, reuse=reuse)
         self._declared = tuple(name in self.modalities for name in MODALITIES)
+        #: Embeds frames open windows will sample (``Embedder.warm_frames``); ``None`` when the model's video
+        #: encoder reads whole windows, or frames are not reused.
+        self.prepare_frames: Callable[[Sequence[tuple[str, int]], Sequence[np.ndarray]], None] | None = (
+            self.embed.warm_frames if self.embed.reuse_frames else None
+        )
 
     def prepare(self, windows: Sequence[Window]) -> None:
         """Encode open windows whose data is complete, ahead of their close (``Embedder.warm``)."""

@@ -64,7 +64,8 @@ class Gauges:
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
         #: Pipeline counter → the metric it feeds, and how much of it was already added there.
-        self._counted = {"windows_warmed": metrics.encoded_ahead, "records_ignored": metrics.ignored,
+        self._counted = {"windows_warmed": metrics.encoded_ahead, "frames_warmed": metrics.frames_ahead,
+                         "records_ignored": metrics.ignored,
                          "progress_records": metrics.progress, "records_partly_late": metrics.partly_late}
         self._reported = dict.fromkeys(self._counted, 0)
 

@@ -69,6 +69,10 @@ class ServiceMetrics:
             "windows_encoded_ahead", "Open windows encoded while they waited out the lateness (speculate).",
             namespace=ns, registry=registry,
         )
+        self.frames_ahead = Counter(
+            "frames_encoded_ahead", "Frames open windows will sample, embedded before the windows closed (speculate).",
+            namespace=ns, registry=registry,
+        )
         self.ignored = Counter(
             "records_ignored", "Records of a modality the model does not use (not aligned, not waited for).",
             namespace=ns, registry=registry,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from fusionstream.engines.manifest import Manifest, load_manifest
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record, image_record, text_record
+from fusionstream.stream.records import Modality
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import NS
@@ -254,17 +256,22 @@ def test_camera_frames_larger_than_the_model_needs_are_decoded_smaller_with_the_
     assert (mine.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.9
 
 
-async def _live(model_dir: Path, records: list, *, speculate: bool) -> tuple[dict, Pipeline, Runner]:
-    """Feed ``records`` a few at a time, letting the engine go idle in between, as a live feed does."""
+async def _live(model_dir: Path, records: list, *, speculate: bool,
+                revisions: bool = False) -> tuple[dict, Pipeline, Runner]:
+    """Feed ``records`` a few at a time, letting the engine go idle in between, as a live feed does.
+    Returns each prediction's scores by (stream, window start, revision)."""
     with open_runtime("onnxruntime", model_dir) as runtime:
         runner = Runner(runtime)
         classes = runtime.task.classes
         got: dict = {}
-        async with Pipeline(runner, _config(runtime.manifest), speculate=speculate) as pipeline:
+        config = _config(runtime.manifest)
+        if revisions:
+            config = dataclasses.replace(config, provisional_without=frozenset({Modality.TEXT}))
+        async with Pipeline(runner, config, speculate=speculate) as pipeline:
 
             async def collect() -> None:
                 async for p in pipeline.predictions():
-                    got[(p.stream_id, p.t_start_ns)] = np.array([p.scores[c] for c in classes])
+                    got[(p.stream_id, p.t_start_ns, p.revision)] = np.array([p.scores[c] for c in classes])
 
             collector = asyncio.create_task(collect())
             for i in range(0, len(records), 12):
@@ -290,7 +297,26 @@ def test_windows_encoded_ahead_give_the_same_predictions(untrained_model: Path) 
     # Most windows were encoded while they waited out the lateness; at the close they reused it.
     assert pipeline.stats.windows_warmed >= 0.6 * len(ahead) and cold.stats.windows_warmed == 0
     assert runner.embed.audio_warm_hits >= 0.5 * len(ahead) and cold_runner.embed.audio_warm_hits == 0
-    # No frame was encoded twice for it.
+    # No frame was encoded twice for it; single frames are encoded ahead only with revisions on (below).
+    assert runner.embed.stats.frames_encoded == cold_runner.embed.stats.frames_encoded
+    assert pipeline.stats.frames_warmed == 0
+
+
+def test_frames_encoded_ahead_for_provisional_predictions_give_the_same_predictions(untrained_model: Path) -> None:
+    """With revisions on a window's first prediction is made the moment its video and audio are complete:
+    its frames are embedded before that, as soon as the video passes each instant the window samples."""
+    records = list(SyntheticAV(SyntheticConfig(streams=2, seconds=6, seed=9)).records())
+    # Words arrive about a second after they were said, as from a captioner: windows get a provisional prediction.
+    records.sort(key=lambda r: r.t_end_ns + (NS if r.modality is Modality.TEXT else 0))
+    ahead, pipeline, runner = asyncio.run(_live(untrained_model, records, speculate=True, revisions=True))
+    plain, cold, cold_runner = asyncio.run(_live(untrained_model, records, speculate=False, revisions=True))
+    assert ahead.keys() == plain.keys() and len(ahead) > 40
+    assert any(revision > 0 for _, _, revision in ahead), "no window was revised"
+    for key, probs in plain.items():
+        np.testing.assert_allclose(ahead[key], probs, rtol=0, atol=1e-5)
+    # Most frames were embedded ahead, and none twice.
+    assert pipeline.stats.frames_warmed >= 0.5 * cold_runner.embed.stats.frames_encoded > 0
+    assert cold.stats.frames_warmed == 0
     assert runner.embed.stats.frames_encoded == cold_runner.embed.stats.frames_encoded
 
 
