@@ -13,6 +13,9 @@ libjpeg refuses a frame only for what its marker segments say: damage in the ent
 data costs pixels, with a warning, never the decode. So once a frame with a given header block
 has decoded, later frames that start with the same block and carry no marker segment inside
 their scan (a byte search) skip the eighth-scale decode: most of the intake's JPEG work.
+
+OpenCV checks (its verdict on a frame is the refusal rule above); the sampled frames' pixels come
+from libjpeg-turbo through simplejpeg, the same pixels without OpenCV's per-call work.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ import cv2
 import numpy as np
 
 from fusionstream.stream.errors import BadRecord
+
+try:
+    # libjpeg-turbo straight to RGB without OpenCV's per-call work: a 96x96 frame in 39 us instead of 71,
+    # a 1280x720 one in 2.9 ms instead of 5.4, the same pixels (docs/performance.md). Optional, so that an
+    # environment with only the pure-Python dependencies (scripts/gpu_check.sh's) still decodes, with OpenCV.
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a dependency; only a bare environment lacks it
+    simplejpeg = None
 
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
@@ -271,11 +282,29 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     the size whose sides are still at least that: a 1280x720 camera frame for a 96x96 model
     comes out 320x180 for about a quarter of a full decode, and its resize costs less too.
     """
-    return decode_jpeg_reduced(data, reduction(*check_jpeg(data), min_side) if min_side > 0 else 1)
+    if min_side <= 0:
+        return decode_jpeg_reduced(data, 1)
+    shape = check_jpeg(data)
+    return decode_jpeg_reduced(data, reduction(*shape, min_side), shape)
 
 
-def decode_jpeg_reduced(data: bytes, factor: int) -> np.ndarray:
-    """:func:`decode_jpeg` at 1/``factor`` of the size (1, 2, 4 or 8), for a caller that knows the frame's size."""
+def decode_jpeg_reduced(data: bytes, factor: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """:func:`decode_jpeg` at 1/``factor`` of the size (1, 2, 4 or 8), for a caller that knows the frame's size
+    (``shape``, height and width: without it a reduced decode is OpenCV's).
+
+    simplejpeg decodes when it can do so without a warning; anything else (a recoverable error libjpeg
+    would only warn about, a form it does not convert) is left to OpenCV, which decides as it always did
+    what is refused and what decodes with a warning (docs/wire-format.md).
+    """
+    if simplejpeg is not None and (factor == 1 or shape is not None):
+        low = (-(-shape[0] // factor), -(-shape[1] // factor)) if shape is not None and factor > 1 else (0, 0)
+        try:
+            rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=low[0], min_width=low[1])
+        except ValueError:
+            rgb = None
+        # libjpeg-turbo scales by any eighth; the size OpenCV's factor gives is the one wanted (identical pixels).
+        if rgb is not None and (factor == 1 or rgb.shape[:2] == low):
+            return rgb
     buffer = np.frombuffer(data, dtype=np.uint8)
     if _IMREAD_RGB is not None:
         rgb = cv2.imdecode(buffer, _IMREAD_RGB | _REDUCED_BITS.get(factor, 0))
@@ -328,7 +357,7 @@ class LazyJpeg:
                     height, width = self.shape[:2]
                     factor = reduction(height, width, min_side)  # the header was read at construction
                     try:
-                        pixels = decode_jpeg_reduced(self._data, factor)
+                        pixels = decode_jpeg_reduced(self._data, factor, (height, width))
                     except BadRecord:
                         pixels = np.zeros((-(-height // factor), -(-width // factor), 3), np.uint8)
                         self.failed = True

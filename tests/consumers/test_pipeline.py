@@ -182,7 +182,7 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     decoded: list[int] = []
     real_decode = jpeg.decode_jpeg_reduced
     monkeypatch.setattr(
-        jpeg, "decode_jpeg_reduced", lambda data, factor: decoded.append(1) or real_decode(data, factor)
+        jpeg, "decode_jpeg_reduced", lambda data, *size: decoded.append(1) or real_decode(data, *size)
     )
     source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
     records = list(source.records())

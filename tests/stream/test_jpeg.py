@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fusionstream.stream.errors import BadRecord
-from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg, reduction
+from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg, decode_jpeg_reduced, reduction
 
 
 def picture(height: int = 48, width: int = 64) -> np.ndarray:
@@ -192,3 +192,37 @@ def test_a_large_frame_decodes_small_and_close_to_the_full_decode_shrunk() -> No
     lazy = LazyJpeg(data)
     assert lazy.decode(64).shape == (72, 96, 3) and lazy.decode(48) is lazy.decode(64)
     assert lazy.decode(0).shape == (288, 384, 3) and lazy.decode(64) is lazy.decode(0)
+
+
+@pytest.mark.parametrize("sampling", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+def test_libjpeg_turbo_through_simplejpeg_gives_opencvs_pixels(monkeypatch: pytest.MonkeyPatch, sampling: int) -> None:
+    """Frames decode through simplejpeg (faster), with exactly the pixels OpenCV's decode gives, at every
+    reduction; and what simplejpeg would only warn about is OpenCV's to decide, as before."""
+    from fusionstream.stream import jpeg as module
+
+    assert module.simplejpeg is not None, "simplejpeg is a dependency"
+    frames = [jpeg(picture(h, w), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling) for h, w in
+              [(96, 96), (100, 75), (37, 53), (288, 384), (481, 641)]]
+    rng = np.random.default_rng(5)
+    damaged = []
+    for original in frames[:3]:
+        scan = segment(original, 0xDA) + 20
+        data = bytearray(original)
+        for _ in range(3):
+            data[int(rng.integers(scan, len(data) - 2))] ^= 0x55
+        damaged.append(bytes(data))
+    fast = {}
+    for data in frames + damaged:
+        for factor in (1, 2, 4, 8):
+            fast[data, factor] = decode_jpeg_reduced(data, factor, check_jpeg(data))
+    used = []
+    real = module.simplejpeg.decode_jpeg
+    monkeypatch.setattr(module.simplejpeg, "decode_jpeg", lambda *a, **k: used.append(1) or real(*a, **k))
+    assert decode_jpeg_reduced(frames[0], 1).shape == (96, 96, 3) and used
+    monkeypatch.setattr(module, "simplejpeg", None)
+    for (data, factor), pixels in fast.items():
+        try:
+            expected = decode_jpeg_reduced(data, factor)
+        except BadRecord:
+            continue  # refused by OpenCV; the frame would have been refused at intake
+        np.testing.assert_array_equal(pixels, expected, err_msg=f"factor {factor}, {len(data)} bytes")
