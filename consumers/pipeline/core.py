@@ -237,7 +237,11 @@ class Pipeline:
         recent = self.aligner.take_recent()
         await self._enqueue(self.aligner.poll(now, recent))
         await self._enqueue(self.aligner.provisional(now, streams=recent))
-        if self._prepare_frames is not None and len(self._frames_ahead) < MAX_FRAMES_AHEAD:
+        if self._prepare_frames is not None:
+            if len(self._frames_ahead) >= MAX_FRAMES_AHEAD:
+                # The engine has not been idle for a while: most of their windows closed meanwhile, and
+                # encoded them. Forget them rather than encode them late, or stop taking new ones.
+                self._frames_ahead.clear()
             for stream_id, frame in self.aligner.frames_due(recent, MAX_FRAMES_AHEAD - len(self._frames_ahead)):
                 self._frames_ahead[(stream_id, frame.t_start_ns)] = frame.image
         self._maybe_warm(now)

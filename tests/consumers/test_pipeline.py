@@ -320,6 +320,31 @@ def test_frames_encoded_ahead_for_provisional_predictions_give_the_same_predicti
     assert runner.embed.stats.frames_encoded == cold_runner.embed.stats.frames_encoded
 
 
+def test_frames_waiting_to_be_encoded_ahead_stay_bounded_when_the_engine_is_never_idle(
+    untrained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusionstream.consumers.pipeline import core
+
+    monkeypatch.setattr(core, "MAX_FRAMES_AHEAD", 6)
+    records = list(SyntheticAV(SyntheticConfig(streams=3, seconds=4, seed=2)).records())
+    records.sort(key=lambda r: r.t_end_ns + (NS if r.modality is Modality.TEXT else 0))
+
+    async def run() -> tuple[int, int]:
+        with open_runtime("onnxruntime", untrained_model) as runtime:
+            config = dataclasses.replace(_config(runtime.manifest), provisional_without=frozenset({Modality.TEXT}))
+            async with Pipeline(Runner(runtime), config) as pipeline:
+                most = 0
+                for i in range(0, len(records), 12):  # no pause: windows are always in flight, nothing is warmed
+                    await pipeline.feed([(r, None) for r in records[i : i + 12]])
+                    most = max(most, len(pipeline._frames_ahead))
+                await pipeline.flush()
+                await pipeline.drain()
+                return most, pipeline.stats.predictions
+
+    most, predictions = asyncio.run(run())
+    assert 0 < most <= 6 and predictions > 20
+
+
 def test_a_record_from_kafka_must_be_keyed_by_its_stream_id() -> None:
     from fusionstream.consumers.pipeline.core import DeadLetter, decode_records
 
