@@ -60,7 +60,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic source (held-out voices are used).")] = 1234,
     video: Annotated[Optional[Path], typer.Option("--video", exists=True, dir_okay=False, help="Run on your own media file (video + its audio track) instead.")] = None,  # noqa: UP045
     captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions for --video.")] = None,  # noqa: UP045
-    labels: Annotated[Optional[Path], typer.Option("--labels", exists=True, dir_okay=False, help="Labelled spans of --video, a CSV file,start_s,end_s,label (docs/training.md; rows of other files are ignored): the summary then has the video's accuracy.")] = None,  # noqa: UP045
+    labels: Annotated[Optional[Path], typer.Option("--labels", exists=True, dir_okay=False, help="Labelled spans of --video: a CSV file with columns file,start_s,end_s,label (docs/training.md; rows of other files are ignored): the summary then has the video's accuracy.")] = None,  # noqa: UP045
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write every prediction to this file, one JSON object per line (docs/predictions.md), whatever --json does.")] = None,  # noqa: UP045
     asr: Annotated[bool, typer.Option("--asr", help="The transcript is what PocketSphinx recognises in the audio (with progress records), instead of the synthetic one or --captions; in real time at most 1 stream (general) or 8 (digits).")] = False,
     asr_grammar: Annotated[str, typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")] = "general",

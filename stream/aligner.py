@@ -73,8 +73,11 @@ class AlignerStats:
 class Aligner:
     """Groups items into per-stream hopping windows and closes them by watermark or timeout."""
 
-    def __init__(self, config: WindowConfig | None = None) -> None:
+    def __init__(self, config: WindowConfig | None = None, modalities: Collection[Modality] = MODALITIES) -> None:
+        """``modalities``: those a stream's windows wait for even before the stream sent any of it (a model's
+        declared modalities; a record of another one should not reach the aligner)."""
         self.config = config or WindowConfig()
+        self._awaited = frozenset(modalities)
         self.stats = AlignerStats()
         self._streams: dict[str, StreamState] = {}
         # Evicted streams remember how far they were emitted, so a stale record
@@ -109,7 +112,8 @@ class Aligner:
             state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
                                 offset_ns=cfg.offset_ns(item.stream_id),
                                 provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
-                                retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None)
+                                retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
+                                arrived_ns=now_ns)
             self._streams[item.stream_id] = state
             self._tombstones.pop(item.stream_id, None)
             self.stats.open_streams = len(self._streams)
@@ -407,10 +411,12 @@ class Aligner:
         """The end up to which every modality waited for is complete: a modality's newest event time
         less the allowed lateness, or what its producer promised (progress) if that is further. A
         modality is waited for while it is within ``max_skew`` of the newest, sent something (media
-        or progress) within ``idle_timeout``, and has not said its source ended. A modality with a
+        or progress) within ``idle_timeout``, and has not said its source ended; one that has sent
+        nothing yet, for ``max_skew`` (or its budget) past each window's end, during the stream's first
+        ``idle_timeout``. A modality with a
         wait budget (``wait_ns``, e.g. ``text_wait_ms``) holds each window at most that long behind
         the newest: its side is never further back than the newest less its budget."""
-        return stream_watermark(state, self.config, self._budgets, now_ns, without)
+        return stream_watermark(state, self.config, self._budgets, now_ns, without, self._awaited)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
         """Emit, in start order, the windows with data whose end is at or before ``watermark``."""

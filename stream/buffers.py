@@ -102,11 +102,15 @@ class StreamState:
     #: window ending later cannot close yet. ``ENDED`` while any of the stream's sources says it ended
     #: (the watermark can then jump to ``ENDED``).
     newest_ns: int = NEVER
+    #: When its first record arrived (processing time): a modality that has sent nothing yet is waited for
+    #: at most ``idle_timeout_ns`` from then (``stream_watermark``).
+    arrived_ns: int = NEVER
 
 
 def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Modality, int], now_ns: int,
-                     without: frozenset[Modality] = frozenset()) -> int:
-    """``Aligner._watermark`` (see there), given the wait budgets by modality."""
+                     without: frozenset[Modality] = frozenset(), awaited: frozenset[Modality] = frozenset()) -> int:
+    """``Aligner._watermark`` (see there), given the wait budgets by modality and the modalities ``awaited``
+    before they sent anything."""
     lateness = cfg.lateness_ns
     # One pass for the newest, one for the sides, no containers: it runs for every stream a fetch moved.
     newest, ended = NEVER, True
@@ -123,7 +127,20 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         return ENDED  # every source said it stopped: nothing more is coming, close everything
     watermark = None
     for modality, b in state.buffers.items():
-        if modality in without or b.ended or now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
+        if modality in without or b.ended:
+            continue
+        if b.last_arrival_ns == NEVER:
+            # Nothing from it yet: a source that starts later than the others (a camera after its microphone)
+            # lags them by an unknown amount, so each window waits for it as for one that lags: until the
+            # newest is its budget (or the allowed skew) past the window's end, or the stream has been open
+            # for the idle timeout. A producer without this modality says so with an ``ended`` progress record.
+            if modality in awaited and now_ns - state.arrived_ns < cfg.idle_timeout_ns:
+                budget = budgets.get(modality)
+                side = newest - (cfg.max_skew_ns if budget is None else budget)
+                if watermark is None or side < watermark:
+                    watermark = side
+            continue
+        if now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
             continue
         latest, complete = b.latest_end_ns, b.complete_ns
         if latest == NEVER and complete == NEVER:

@@ -151,7 +151,7 @@ class Pipeline:
         # Told (ref, number of windows) for every admitted record: the service's offset
         # bookkeeping holds a record's offset until that many windows are published.
         self._on_admit = on_admit
-        self.aligner = Aligner(window_config)
+        self.aligner = Aligner(window_config, [m for m in Modality if m not in self._ignored])
         self.stats = PipelineStats()
         self._clock = clock
         #: Provisional windows first (see WindowQueue).

@@ -206,6 +206,10 @@ class Feeder:
                 "dead letter (%s) %s[%d]@%d stream %s: %s", letter.reason, message.topic, message.partition,
                 message.offset, letter.stream_id or key, letter.detail,
             )
+        elif count == DEAD_LETTER_LOG_PER_S:
+            log.warning("more than %d dead letters this second: the rest of this second's are not logged "
+                        "(each is on the dead-letter topic and counted in fusionstream_dead_letters_total)",
+                        DEAD_LETTER_LOG_PER_S)
         self._log_budget = (second, count + 1)
         await self._publisher.dead_letter(message, letter)
 

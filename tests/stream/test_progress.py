@@ -104,7 +104,7 @@ def test_text_progress_closes_windows_without_waiting_for_the_next_word() -> Non
 
 def test_progress_and_complete_media_skip_the_lateness_wait() -> None:
     config = WindowConfig(lateness_ns=200 * MS)
-    aligner = Aligner(config)
+    aligner = Aligner(config, [Modality.VIDEO, Modality.AUDIO])  # a model without text
     for t in np.arange(0, 1000, 40):
         item = chunk(t)
         aligner.add(AudioChunk(item.stream_id, item.t_start_ns, item.t_end_ns, item.samples, item.sample_rate,
@@ -137,7 +137,8 @@ def test_progress_of_a_stream_not_open_here_is_dropped_and_partly_late_records_a
     assert aligner.stream_ids == []
     for item in av("s", 0, 2000, text=False):
         aligner.add(item, 0)
-    aligner.poll(0)
+    assert aligner.poll(0) == [], "text, not seen yet, is waited for"
+    aligner.poll(WindowConfig().idle_timeout_ns)  # no longer, once the stream is open for the idle timeout
     edge = aligner._streams["s"].next_start_ns - T0
     # A transcript segment spanning the edge: two of its three windows closed, the third is open.
     admission = aligner.add(segment(edge / MS - 100, edge / MS + 100, "late"), 0)
@@ -206,3 +207,48 @@ def test_provisional_windows_stop_at_the_data_when_the_fast_sources_ended() -> N
         aligner.progress(Progress("s", modality, T0 + 1000 * MS, ended=True), 0)
     early = aligner.provisional(0)  # the fast side's watermark is unbounded: it must still end
     assert [(w.t_start_ns - T0) // MS for w in early] == [-500, 0, 500]
+
+
+def test_a_modality_that_starts_after_the_others_loses_nothing_within_the_skew() -> None:
+    """A camera whose first frames arrive after 1.2 s of its microphone's audio (complete, even): the windows
+    wait for the video as for a modality that lags, so no frame is late and the first windows have video."""
+    aligner = Aligner(WindowConfig(lateness_ns=200 * MS), [Modality.VIDEO, Modality.AUDIO])
+    closed = []
+    for t in np.arange(0, 1200, 40):
+        item = chunk(t)
+        aligner.add(AudioChunk(item.stream_id, item.t_start_ns, item.t_end_ns, item.samples, item.sample_rate,
+                               item.ref, complete=True), 0)
+        closed += aligner.poll(0)
+    assert closed == [], "a window closed before the video had a chance to start"
+    frames = [frame(t) for t in np.arange(0, 1200, 1000 / 15)]
+    assert not any(aligner.add(f, 300 * MS).late for f in frames)
+    closed = aligner.poll(300 * MS) + aligner.flush()
+    assert aligner.stats.late == 0 and aligner.stats.partly_late == 0
+    assert {(w.t_start_ns - T0) // MS: w.mask[0] for w in closed} == {-500: True, 0: True, 500: True, 1000: True}
+
+
+def test_a_modality_that_never_comes_is_waited_for_within_bounds() -> None:
+    config = WindowConfig(lateness_ns=0)
+
+    def stream_without_text(aligner: Aligner) -> None:
+        for item in av("s", 0, 4000, text=False):
+            aligner.add(item, 0)
+
+    # Until the newest is the allowed skew (2 s) past a window's end...
+    aligner = Aligner(config)
+    stream_without_text(aligner)
+    assert [(w.t_start_ns - T0) // MS for w in aligner.poll(0)] == [-500, 0, 500, 1000]
+    # ...or the stream has been open for the idle timeout (processing time)...
+    aligner = Aligner(config)
+    stream_without_text(aligner)
+    assert len(aligner.poll(config.idle_timeout_ns - 1)) == 4
+    aligner.add(frame(3990), config.idle_timeout_ns)  # the camera goes on
+    assert [(w.t_start_ns - T0) // MS for w in aligner.poll(config.idle_timeout_ns)][-1] == 3000
+    # ...or its producer says it has none (an ended source), or the model does not use it: no wait at all.
+    aligner = Aligner(config)
+    stream_without_text(aligner)
+    aligner.progress(Progress("s", Modality.TEXT, T0, ended=True), 0)
+    assert [(w.t_start_ns - T0) // MS for w in aligner.poll(0)][-1] == 3000
+    aligner = Aligner(config, [Modality.VIDEO, Modality.AUDIO])
+    stream_without_text(aligner)
+    assert [(w.t_start_ns - T0) // MS for w in aligner.poll(0)][-1] == 3000
