@@ -50,13 +50,13 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     return exit_status("the service", serve)
 
 
-def exit_status(what: str, body: Callable[[], None]) -> int:
+def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | None = None) -> int:
     """Run ``body``; 0 when it returns, 1 when it raises: a setup failure (:data:`USER_ERRORS`) as one line
-    on stderr, anything else (a bug) logged with its traceback."""
+    on stderr (``[tag()]`` first, a worker's instance id), anything else (a bug) logged with its traceback."""
     try:
         body()
     except USER_ERRORS as exc:
-        print_error(str(exc) or repr(exc))
+        print_error((f"[{tag()}] " if tag is not None else "") + (str(exc) or repr(exc)))
         return 1
     except Exception:
         log.exception("%s stopped on an error", what)

@@ -288,6 +288,9 @@ class Supervisor:
         await asyncio.gather(*watchers, return_exceptions=True)
         failed = {view.index: view.last_exit for view in self.views if view.last_exit not in (0, None)}
         if self._fatal is not None:
+            from fusionstream.consumers.cli_errors import print_error
+
+            print_error(self._fatal)  # the reason the whole command failed, where a user looks for it
             return 1
         if failed:
             log.error("workers stopped with errors: %s", failed)

@@ -55,6 +55,9 @@ def main() -> int:
     from fusionstream.consumers.service.options import ServiceOptions
     from fusionstream.consumers.service.service import InferenceService
 
+    #: How the worker's lines are tagged: ``standby`` until a slot gives it an instance id.
+    name = ["standby"]
+
     def serve() -> None:
         settings.check_model_windows(load_model(settings.model_dir))
         with open_engine(settings) as (runner, spec):
@@ -63,7 +66,7 @@ def main() -> int:
             if not line:
                 return  # a standby no longer needed
             slot = json.loads(line)
-            instance_id = str(slot["instance_id"])
+            instance_id = name[0] = str(slot["instance_id"])
             for handler in logging.getLogger().handlers:
                 handler.setFormatter(logging.Formatter(LOG_FORMAT.format(name=instance_id)))
             options = ServiceOptions(instance_id=instance_id, static_membership=True, metrics_host="127.0.0.1")
@@ -71,7 +74,7 @@ def main() -> int:
                                        runner, spec, options=options)
             asyncio.run(serve_until_stopped(service, on_start=_stop_when_stdin_closes))
 
-    return exit_status("the worker", serve)
+    return exit_status("the worker", serve, tag=lambda: name[0])
 
 
 def _say_ready(fd: int | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -367,3 +368,6 @@ def test_workers_that_never_serve_are_restarted_with_backoff_then_given_up(tmp_p
     assert took > 0.5 + 1 + 2 + 4, "the backoff was waited out"
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert errors and all(line.startswith("fusionstream: error:") for line in errors), "one line per failure"
+    # Each worker's line says which worker it is; the last says why the command gave up.
+    assert all(re.match(r"fusionstream: error: \[\S+-[01]\] ", line) for line in errors[:-1]), errors
+    assert "failed 5 starts in a row" in errors[-1]
