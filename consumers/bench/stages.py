@@ -8,6 +8,7 @@ puts them side by side (see ``fusionstream.consumers.bench.run``). Every stage t
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -211,15 +212,22 @@ def intake_stage(workload: Workload, config: WindowConfig, frame_side: int) -> S
     """
     aligner = Aligner(config)
     windows = dead = 0
-    started, cpu = time.perf_counter(), time.thread_time()
-    for chunk in chunks(workload.encoded, FEED_CHUNK):
-        now = time.time_ns()
-        for item in decode_records(chunk):
-            if isinstance(item, DeadLetter) or aligner.add(item, now).late:
-                dead += 1
-        windows += len(decode_sampled_frames(aligner.poll(now), frame_side))
-    windows += len(decode_sampled_frames(aligner.flush(), frame_side))
-    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    # As a running pipeline does (``Pipeline.__aenter__``): the objects alive before it (torch, the runtimes,
+    # the workload) are left out of every collection. Without it, one full collection walking them cost
+    # this stage 75 ms, 2.5 ms a window on a 36-window workload against 0.33 without it.
+    gc.freeze()
+    try:
+        started, cpu = time.perf_counter(), time.thread_time()
+        for chunk in chunks(workload.encoded, FEED_CHUNK):
+            now = time.time_ns()
+            for item in decode_records(chunk):
+                if isinstance(item, DeadLetter) or aligner.add(item, now).late:
+                    dead += 1
+            windows += len(decode_sampled_frames(aligner.poll(now), frame_side))
+        windows += len(decode_sampled_frames(aligner.flush(), frame_side))
+        seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    finally:
+        gc.unfreeze()
     # This thread's CPU time only: the stage is one thread, and the process's idle pools are no part of it.
     return StageResult("intake", windows, seconds, extra={"dead_letters": dead}, cpu_seconds=cpu)
 
