@@ -113,7 +113,10 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
     before they sent anything."""
     lateness = cfg.lateness_ns
     # One pass for the newest, one for the sides, no containers: it runs for every stream a fetch moved.
-    newest, ended = NEVER, True
+    # How far a modality lags is measured between fronts (the latest start, or the promise), not ends: a
+    # caption cue is sent at its start and ends seconds later, and its end made a camera and a microphone
+    # in real time look more than max_skew behind, so they were not waited for and their records were late.
+    newest, front_newest, ended = NEVER, NEVER, True
     for modality, b in state.buffers.items():
         reach = b.latest_end_ns if b.latest_end_ns > b.complete_ns else b.complete_ns
         if reach == NEVER or modality in without:
@@ -121,6 +124,9 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         ended = ended and b.ended
         if reach > newest:
             newest = reach
+        front = _front(b)
+        if front > front_newest:
+            front_newest = front
     if newest == NEVER:
         return NEVER
     if ended:
@@ -136,7 +142,7 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
             # for the idle timeout. A producer without this modality says so with an ``ended`` progress record.
             if modality in awaited and now_ns - state.arrived_ns < cfg.idle_timeout_ns:
                 budget = budgets.get(modality)
-                side = newest - (cfg.max_skew_ns if budget is None else budget)
+                side = front_newest - (cfg.max_skew_ns if budget is None else budget)
                 if watermark is None or side < watermark:
                     watermark = side
             continue
@@ -152,11 +158,17 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
             # even those whose budget had not run out, and made the words still coming for them late):
             # each window waits for it until the newest data is the budget past the window's end.
             side = max(side, newest - budget)
-        elif (latest if latest > complete else complete) < newest - cfg.max_skew_ns:
+        elif _front(b) < front_newest - cfg.max_skew_ns:
             continue
         if watermark is None or side < watermark:
             watermark = side
     return newest - lateness if watermark is None else watermark
+
+
+def _front(b: ModalityBuffer) -> int:
+    """How far a modality has come, for telling how far it lags: its latest item's start, or its promise."""
+    front = b.starts[-1] if b.starts else b.latest_end_ns
+    return b.complete_ns if b.complete_ns > front else front
 
 
 def contiguous(placed: list[tuple[int, np.ndarray]]) -> bool:

@@ -49,7 +49,7 @@ def read_labels(directory: Path) -> dict[str, list[Span]]:
     spans: dict[str, list[Span]] = defaultdict(list)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or set(reader.fieldnames) < {"file", "start_s", "end_s", "label"}:
+        if reader.fieldnames is None or not {"file", "start_s", "end_s", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: the header must be file,start_s,end_s,label, got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             try:
@@ -64,6 +64,9 @@ def read_labels(directory: Path) -> dict[str, list[Span]]:
             spans[row["file"]].append(Span(start, end, label))
     if not spans:
         raise ValueError(f"{path} labels nothing")
+    labels = {span.label for file_spans in spans.values() for span in file_spans}
+    if len(labels) < 2:
+        raise ValueError(f"{path} has one label ({', '.join(labels)}): a classifier needs at least two")
     return dict(spans)
 
 

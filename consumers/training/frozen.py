@@ -35,7 +35,7 @@ from fusionstream.consumers.training.frozen_heads import (
     rows_for,
 )
 from fusionstream.consumers.training.generate import progress_bar
-from fusionstream.consumers.training.train import VALIDATION_SECONDS
+from fusionstream.consumers.training.train import VALIDATION_SECONDS, model_version
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import TASKS, Manifest
 from fusionstream.engines.spec import FUSION_HEADS
@@ -179,7 +179,7 @@ def frozen_train_command(options: FrozenOptions, console: Console | None = None)
         "encoders": str(options.encoders),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    version = options.version or time.strftime("%Y.%m.%d")
+    version = options.version or model_version(options.out, time.strftime("%Y.%m.%d"))
     error = write_model_dir(options.out, encoders, chosen.head, task=_task_doc(options.task, classes, outputs, chosen),
                             version=version, metrics=metrics, validation=val_set)
     console.print(f"[bold]{chosen.method}[/] head ({options.task}, validation {chosen.metrics}) on the encoders of "

@@ -24,6 +24,7 @@ from fusionstream.consumers.training.assemble import assemble, export_dir
 from fusionstream.consumers.training.dataset import WindowSet
 from fusionstream.consumers.training.generate import generate, progress_bar, synthetic_configs
 from fusionstream.engines.errors import ModelDirError
+from fusionstream.engines.manifest import load_manifest
 from fusionstream.engines.spec import FUSION_HEADS, MODALITIES, ModelSpec
 from fusionstream.stream.sources.augment import Augmentation
 
@@ -241,7 +242,7 @@ def model_version(out: Path, today: str) -> str:
     """``today``, or ``today.N`` when the model this run replaces in ``out`` was trained today too:
     every prediction carries its model's version, so two models must never share one."""
     try:
-        previous = ModelSpec.load(out).version
+        previous = load_manifest(out).version  # either format: `train --encoders` writes format 2
     except (OSError, ValueError, ModelDirError):  # no model there yet, or not one this version can read
         return today
     if previous != today and not previous.startswith(today + "."):

@@ -77,3 +77,11 @@ def test_bad_labels_file_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\na.mp4,2,1,one\n")
     with pytest.raises(ValueError, match=r"labels\.csv:2"):
         read_labels(tmp_path)
+    # No header row: the first span is not taken for one.
+    (tmp_path / "labels.csv").write_text("a.mp4,0,1,one\na.mp4,1,2,two\n")
+    with pytest.raises(ValueError, match=r"the header must be file,start_s,end_s,label"):
+        read_labels(tmp_path)
+    # One label only: refused before any work (a classifier needs two).
+    (tmp_path / "labels.csv").write_text("file,start_s,end_s,label\na.mp4,0,1,cat\na.mp4,1,2,cat\n")
+    with pytest.raises(ValueError, match=r"one label \(cat\)"):
+        read_labels(tmp_path)

@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,15 @@ def test_the_cache_makes_refitting_skip_the_embedding(work: Path, encoders: Path
     assert sorted((work / "cache").glob("embeddings-*.npz")) == cached
     assert load_manifest(work / "weighted").version == "refit-1"
     assert result.metrics["validation"]["accuracy"] > 0.5
+
+
+def test_a_head_refitted_the_same_day_gets_a_new_version(work: Path, encoders: Path,
+                                                         single: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """Predictions carry the model's version: a format-2 model replaced on the day it was made must not reuse it."""
+    today = time.strftime("%Y.%m.%d")
+    first = train(work, encoders, "twice", fusion="concat")
+    second = train(work, encoders, "twice", fusion="concat")
+    assert first.out == second.out and load_manifest(second.out).version in (f"{today}.2", f"{today}.3")
 
 
 def test_multi_label_head_has_sigmoid_scores_and_thresholds(work: Path, encoders: Path,
