@@ -75,12 +75,21 @@ def sample_frames(
     times = [f.t_start_ns for f in frames]
     picked: list[Frame] = []
     for k in range(config.frames_per_window):
-        target = start + (2 * k + 1) * config.window_ns // (2 * config.frames_per_window)
-        i = bisect.bisect_left(times, target)
-        if i == len(times) or (i > 0 and target - times[i - 1] <= times[i] - target):
-            i -= 1
-        picked.append(frames[i])  # type: ignore[arg-type]
+        picked.append(frames[nearest(times, sample_instant(config, start, k))])  # type: ignore[arg-type]
     return tuple(f.image for f in picked), tuple(f.t_start_ns for f in picked)
+
+
+def sample_instant(config: WindowConfig, start: int, k: int) -> int:
+    """The ``k``-th of the K evenly spaced instants of the window starting at ``start``."""
+    return start + (2 * k + 1) * config.window_ns // (2 * config.frames_per_window)
+
+
+def nearest(times: list[int], target: int) -> int:
+    """Index of the time in sorted ``times`` nearest to ``target`` (the earlier one on a tie)."""
+    i = bisect.bisect_left(times, target)
+    if i == len(times) or (i > 0 and target - times[i - 1] <= times[i] - target):
+        i -= 1
+    return i
 
 
 def stitch(config: WindowConfig, chunks: list[MediaItem], start: int) -> tuple[np.ndarray, list[tuple[int, int]]]:

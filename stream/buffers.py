@@ -88,9 +88,9 @@ class StreamState:
     #: Start of the first window without a provisional prediction (``Aligner.provisional``).
     provisional_until_ns: int = NEVER
     #: The last window instant whose frame ``frames_ahead.frames_due`` gave out (to be encoded ahead).
-    frames_due_ns: int = NEVER
-    #: The time of the last frame it gave out: neighbouring instants often pick the same frame.
-    frame_due_ns: int = NEVER
+    frames_due_until_ns: int = NEVER
+    #: The start time of the last frame it gave out: neighbouring instants often pick the same frame.
+    last_frame_due_ns: int = NEVER
     #: With amendments on: the items of the windows closed most recently, per modality, so a record that
     #: missed one of them can revise it (docs/predictions.md#revisions).
     retired: dict[Modality, ModalityBuffer] | None = None

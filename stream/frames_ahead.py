@@ -11,8 +11,7 @@ about a quarter of that prediction's engine call (docs/performance.md).
 
 from __future__ import annotations
 
-import bisect
-
+from fusionstream.stream.assemble import nearest, sample_instant
 from fusionstream.stream.buffers import StreamState
 from fusionstream.stream.records import Frame, Modality
 from fusionstream.stream.windows import WindowConfig
@@ -20,8 +19,8 @@ from fusionstream.stream.windows import WindowConfig
 
 def frames_due(config: WindowConfig, state: StreamState, first_start_ns: int, limit: int) -> list[Frame]:
     """The frames picked for the instants of the windows from ``first_start_ns`` that the video
-    has passed and were not given out before (``state.frames_due_ns``, ``frame_due_ns``), each once, at most
-    ``limit``; moves those marks.
+    has passed and were not given out before (``state.frames_due_until_ns``, ``last_frame_due_ns``), each
+    once, at most ``limit``; moves those marks.
 
     Only instants after the mark are considered, so with a hop that is no multiple of the instants'
     spacing an instant of a later window that falls before an earlier window's last one is skipped:
@@ -32,27 +31,25 @@ def frames_due(config: WindowConfig, state: StreamState, first_start_ns: int, li
         return []
     times = video.starts
     newest = times[-1]
-    k, window = config.frames_per_window, config.window_ns
-    mark, last = state.frames_due_ns, state.frame_due_ns
+    window = config.window_ns
+    mark, last = state.frames_due_until_ns, state.last_frame_due_ns
     due: list[Frame] = []
     start = first_start_ns
-    while start + window // (2 * k) <= newest and len(due) < limit:
-        for slot in range(k):
-            instant = start + (2 * slot + 1) * window // (2 * k)
+    while sample_instant(config, start, 0) <= newest and len(due) < limit:
+        for slot in range(config.frames_per_window):
+            instant = sample_instant(config, start, slot)
             if instant <= mark:
                 continue
             if instant > newest or len(due) >= limit:
                 break
-            i = bisect.bisect_left(times, instant)
-            if i > 0 and instant - times[i - 1] <= times[i] - instant:
-                i -= 1
+            i = nearest(times, instant)  # the pick ``assemble.sample_frames`` makes
             # The window samples among the frames overlapping it; one outside it is never its pick.
             if times[i] < start + window and video.lasts[i] >= start and times[i] != last:
                 due.append(video.items[i])  # type: ignore[arg-type]
                 last = times[i]
             mark = instant
         start += config.hop_ns
-    state.frames_due_ns, state.frame_due_ns = mark, last
+    state.frames_due_until_ns, state.last_frame_due_ns = mark, last
     return due
 
 
