@@ -244,7 +244,9 @@ def test_bench_reports_cpu_per_window_for_every_stage_the_broker_apart_and_the_e
     # The service runs the engine's work and more besides: the intake, Kafka's client, the publishing.
     assert cpu["kafka"] > cpu["intake"] and cpu["pipeline"] > cpu["intake"]
     assert report["efficiency"] == report["ratios"]["efficiency"] == round(cpu["engine"] / cpu["kafka"], 3)
-    assert report["broker"]["local"] is True and report["broker_cpu_ms_per_window"] > 0
+    # Found and measured apart; /proc counts in clock ticks (10 ms), which a short run on a fast CPU may not fill.
+    assert report["broker"]["local"] is True and report["broker"]["pids"]
+    assert report["broker_cpu_ms_per_window"] is not None and report["broker_cpu_ms_per_window"] >= 0
     assert stages["kafka"]["broker_cpu_ms_per_window"] == report["broker_cpu_ms_per_window"]
     assert "efficiency" in done.stderr and "broker" in done.stderr
 
