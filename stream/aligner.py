@@ -88,6 +88,8 @@ class Aligner:
         #: Streams that took an item or progress since :meth:`take_recent` last asked.
         self._recent: set[str] = set()
         self._budgets: dict[Modality, int] = dict(self.config.wait_ns)
+        #: Modalities with input not read yet (set by the service): windows wait for them however far they lag.
+        self.behind: frozenset[Modality] = frozenset()
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -415,8 +417,8 @@ class Aligner:
         nothing yet, for ``max_skew`` (or its budget) past each window's end, during the stream's first
         ``idle_timeout``. A modality with a
         wait budget (``wait_ns``, e.g. ``text_wait_ms``) holds each window at most that long behind
-        the newest: its side is never further back than the newest less its budget."""
-        return stream_watermark(state, self.config, self._budgets, now_ns, without, self._awaited)
+        the newest: its side is never further back than the newest less its budget (neither: in :attr:`behind`)."""
+        return stream_watermark(state, self.config, self._budgets, now_ns, without, self._awaited, self.behind)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
         """Emit, in start order, the windows with data whose end is at or before ``watermark``."""

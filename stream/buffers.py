@@ -108,15 +108,18 @@ class StreamState:
 
 
 def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Modality, int], now_ns: int,
-                     without: frozenset[Modality] = frozenset(), awaited: frozenset[Modality] = frozenset()) -> int:
-    """``Aligner._watermark`` (see there), given the wait budgets by modality and the modalities ``awaited``
-    before they sent anything."""
+                     without: frozenset[Modality] = frozenset(), awaited: frozenset[Modality] = frozenset(),
+                     behind: frozenset[Modality] = frozenset()) -> int:
+    """``Aligner._watermark`` (see there), given the wait budgets by modality, the modalities ``awaited``
+    before they sent anything, and those whose input is ``behind`` (unread: never left behind for lagging)."""
     lateness = cfg.lateness_ns
     # One pass for the newest, one for the sides, no containers: it runs for every stream a fetch moved.
-    # How far a modality lags is measured between fronts (the latest start, or the promise), not ends: a
-    # caption cue is sent at its start and ends seconds later, and its end made a camera and a microphone
-    # in real time look more than max_skew behind, so they were not waited for and their records were late.
-    newest, front_newest, ended = NEVER, NEVER, True
+    # How far a modality lags is measured from the leader's latest start, not from ends or promises: a
+    # caption cue is sent at its start and ends seconds later, and its end (or the complete flag on it,
+    # a promise up to that end) made a camera and a microphone in real time look more than max_skew
+    # behind, so they were not waited for and their records were late. The laggard's own promise counts
+    # (a modality complete up to T is not behind T).
+    newest, front_newest, promised_newest, ended = NEVER, NEVER, NEVER, True
     for modality, b in state.buffers.items():
         reach = b.latest_end_ns if b.latest_end_ns > b.complete_ns else b.complete_ns
         if reach == NEVER or modality in without:
@@ -124,11 +127,15 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         ended = ended and b.ended
         if reach > newest:
             newest = reach
-        front = _front(b)
+        front = _lead(b)
         if front > front_newest:
             front_newest = front
+        if b.complete_ns > promised_newest:
+            promised_newest = b.complete_ns
     if newest == NEVER:
         return NEVER
+    if front_newest == NEVER:  # promises alone so far (progress records, no media yet)
+        front_newest = promised_newest
     if ended:
         return ENDED  # every source said it stopped: nothing more is coming, close everything
     watermark = None
@@ -140,9 +147,11 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
             # lags them by an unknown amount, so each window waits for it as for one that lags: until the
             # newest is its budget (or the allowed skew) past the window's end, or the stream has been open
             # for the idle timeout. A producer without this modality says so with an ``ended`` progress record.
-            if modality in awaited and now_ns - state.arrived_ns < cfg.idle_timeout_ns:
+            if modality in awaited and (modality in behind or now_ns - state.arrived_ns < cfg.idle_timeout_ns):
                 budget = budgets.get(modality)
                 side = front_newest - (cfg.max_skew_ns if budget is None else budget)
+                if modality in behind:  # its first record may be among those not read yet
+                    side = NEVER
                 if watermark is None or side < watermark:
                     watermark = side
             continue
@@ -152,22 +161,31 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         if latest == NEVER and complete == NEVER:
             continue
         side = latest - lateness if latest - lateness > complete else complete
-        budget = budgets.get(modality)
+        # A modality ``behind`` has records waiting unread (a backlog; a log where streams with other clocks
+        # follow each other): it lags because the service has not read it yet, not because its source fell
+        # behind, so neither its budget nor the allowed skew lets a window close without it.
+        lagging_allowed = modality not in behind
+        budget = budgets.get(modality) if lagging_allowed else None
         if budget is not None:
             # Not dropped once it lags by its budget (that closed every window up to the others' side,
             # even those whose budget had not run out, and made the words still coming for them late):
             # each window waits for it until the newest data is the budget past the window's end.
             side = max(side, newest - budget)
-        elif _front(b) < front_newest - cfg.max_skew_ns:
+        elif lagging_allowed and _front(b) < front_newest - cfg.max_skew_ns:
             continue
         if watermark is None or side < watermark:
             watermark = side
     return newest - lateness if watermark is None else watermark
 
 
+def _lead(b: ModalityBuffer) -> int:
+    """How far a modality's media have come: its latest item's start (its latest end once none is held)."""
+    return b.starts[-1] if b.starts else b.latest_end_ns
+
+
 def _front(b: ModalityBuffer) -> int:
     """How far a modality has come, for telling how far it lags: its latest item's start, or its promise."""
-    front = b.starts[-1] if b.starts else b.latest_end_ns
+    front = _lead(b)
     return b.complete_ns if b.complete_ns > front else front
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
@@ -23,6 +23,7 @@ from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
 from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.publisher import Publisher
+from fusionstream.stream.records import Modality
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,12 @@ class Feeder:
     """Fetches input and feeds the pipeline; :meth:`attach` the clients before starting its tasks."""
 
     def __init__(self, handover: Handover, metrics: ServiceMetrics, options: ServiceOptions, *,
-                 lock: asyncio.Lock, max_backlog: int) -> None:
+                 lock: asyncio.Lock, max_backlog: int,
+                 modalities_of_topic: Mapping[str, frozenset[Modality]] | None = None) -> None:
         self._handover = handover
+        #: Input topic → the modalities it carries: a topic with records left unread holds its modalities'
+        #: lag out of the aligner's skew rule (``Aligner.behind``).
+        self._modalities_of_topic = dict(modalities_of_topic or {})
         self._metrics = metrics
         self._options = options
         self._lock = lock  # intake, ticks and rebalances change the aligner one at a time
@@ -113,7 +118,7 @@ class Feeder:
         while not self.stopping:
             await asyncio.sleep(self._options.tick_interval_s)
             # Observed outside the lock, so time spent blocked in intake counts as behind.
-            self.clock.observe(self._behind())
+            self._observe_input()
             async with self._lock:
                 await self._pipeline.tick()
 
@@ -135,7 +140,7 @@ class Feeder:
                 self._options.on_fetched_record(records[0])
             self._merger.add(tp, self._handover.fetched(tp, records), now_ms, fetched_ms=self._fetched_ms(tp))
         released = self._merger.release(self._handover.owned, self._log_end, now_ms)
-        self.clock.observe(self._behind())
+        self._observe_input()
         if not released:
             return
         items = [(message.value if message.value is not None else b"", (tp[0], tp[1], message.offset), message.key)
@@ -146,14 +151,24 @@ class Feeder:
             for letter in dead:
                 await self._dead_letter(messages[letter.ref], letter)
 
-    def _behind(self) -> bool:
-        """Whether input is waiting on the service: unread records, unfed records, or a full engine queue."""
+    def _observe_input(self) -> None:
+        """Tell the aligner's clock whether input is waiting on the service (unread or unfed records, a full
+        engine queue: the clock stands still), and the aligner which modalities have records not fed to it yet.
+
+        Reading a backlog, one topic's records can reach the aligner seconds (of event time) ahead of another's
+        when a partition's log holds streams with other clocks one after the other (a live stream, then a
+        replayed file): the merge by timestamp cannot tell. That lag is the service's, so it must not count
+        (``Aligner.behind``). One pass over the owned topic-partitions for both.
+        """
         assert self._pipeline is not None
-        return (
-            self._pipeline.backlog() >= self._max_backlog
-            or self._merger.total() > 0
-            or not all(self._caught_up(tp) for tp in self._handover.owned)
-        )
+        waiting = self._pipeline.backlog() >= self._max_backlog or self._merger.total() > 0
+        modalities: set[Modality] = set()
+        for tp in self._handover.owned:
+            if self._merger.buffered(tp) or not self._caught_up(tp):
+                waiting = True
+                modalities |= self._modalities_of_topic.get(tp[0], frozenset())
+        self.clock.observe(waiting)
+        self._pipeline.aligner.behind = frozenset(modalities)
 
     def _caught_up(self, tp: tuple[str, int]) -> bool:
         """Whether everything the broker has for ``tp`` was fetched, as far as the service knows."""

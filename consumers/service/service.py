@@ -58,6 +58,7 @@ from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.manifest import Manifest
+from fusionstream.stream.records import Modality
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,12 @@ class InferenceService:
         self.input_topics = (settings.video_topic, settings.audio_topic, settings.text_topic)
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()  # intake, ticks and rebalances change the aligner one at a time
+        modalities_of_topic: dict[str, frozenset[Modality]] = {}
+        for topic, modality in zip(self.input_topics, (Modality.VIDEO, Modality.AUDIO, Modality.TEXT), strict=True):
+            modalities_of_topic[topic] = modalities_of_topic.get(topic, frozenset()) | {modality}
         self._feeder = Feeder(self.handover, self.metrics, options, lock=self._lock,
-                              max_backlog=options.max_backlog_windows or settings.queue_windows)
+                              max_backlog=options.max_backlog_windows or settings.queue_windows,
+                              modalities_of_topic=modalities_of_topic)
         self._joined = False
         self._state = "starting"
         self._fatal: BaseException | None = None

@@ -146,8 +146,10 @@ async def _produce(settings: Settings, records: Iterable[Record | tuple[str, byt
 class Reader:
     """Reads a whole topic from the beginning, without a consumer group."""
 
-    def __init__(self, bootstrap: str, topic: str, *, read_committed: bool = False) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, read_committed: bool = False,
+                 partitions: int = PARTITIONS) -> None:
         self.topic = topic
+        self.partitions = partitions
         self.records: list[ConsumerRecord] = []
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -156,7 +158,7 @@ class Reader:
 
     async def __aenter__(self) -> Reader:
         await self._consumer.start()
-        self._consumer.assign([TopicPartition(self.topic, p) for p in range(PARTITIONS)])
+        self._consumer.assign([TopicPartition(self.topic, p) for p in range(self.partitions)])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -180,7 +182,7 @@ class Reader:
     async def to_end(self) -> None:
         """Read everything up to the end of every partition (for read_committed: the last stable offset)."""
         consumer = self._consumer
-        partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+        partitions = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         ends = await consumer.end_offsets(partitions)
         deadline = time.monotonic() + DEADLINE_S
         while True:

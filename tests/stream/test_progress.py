@@ -3,6 +3,7 @@ how the aligner closes windows on it instead of waiting out the lateness or the 
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -254,11 +255,16 @@ def test_a_modality_that_never_comes_is_waited_for_within_bounds() -> None:
     assert [(w.t_start_ns - T0) // MS for w in aligner.poll(0)][-1] == 3000
 
 
-def test_a_long_caption_cue_does_not_make_real_time_video_and_audio_look_behind() -> None:
-    """A captioner sends each cue at its start; a cue lasts 3 s. Its end is no reason to stop waiting for a
-    camera and a microphone delivering in real time: none of their records is late."""
+@pytest.mark.parametrize("complete", [False, True], ids=["no-flags", "complete-flags"])
+@pytest.mark.parametrize("cue_ms", [3000, 4500])
+def test_a_long_caption_cue_does_not_make_real_time_video_and_audio_look_behind(complete: bool, cue_ms: int) -> None:
+    """A captioner sends each cue at its start; a cue lasts seconds, longer than ``max_skew_ms``. Its end is no
+    reason to stop waiting for a camera and a microphone delivering in real time: none of their records is
+    late, also when every record carries the complete flag as our producers send them (a cue's flag then
+    promises the text up to the cue's end, seconds ahead of the camera)."""
     aligner = Aligner(WindowConfig(lateness_ns=200 * MS))
-    items = av("s", 0, 9000, text=False) + [segment(t, t + 3000, "seven") for t in (0, 3000, 6000)]
+    items = av("s", 0, 9000, text=False) + [segment(t, t + cue_ms, "seven") for t in range(0, 9000, cue_ms)]
+    items = [dataclasses.replace(item, complete=complete) for item in items]
     items.sort(key=lambda item: item.t_start_ns)  # in the order they are sent: a cue at its start
     closed = []
     for item in items:
