@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.settings import Settings, SettingsFileError
 
 PROG = "fusionstream"
 #: Exit status of a usage error (click's), of a failure, and after Ctrl-C (128 + SIGINT).
@@ -39,8 +39,10 @@ def one_line(text: str) -> str:
 def describe(exc: BaseException) -> str:
     """What an exception says to a user: its message (settings errors field by field), else its repr."""
     if type(exc).__name__ == "ValidationError" and hasattr(exc, "errors"):  # pydantic: one clause per field
+        # A validator's own message comes as "Value error, <message>": the message is what the user needs.
         fields = [
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" if error["loc"] else error["msg"]
+            (f"{'.'.join(str(part) for part in error['loc'])}: " if error["loc"] else "")
+            + error["msg"].removeprefix("Value error, ")
             for error in exc.errors()
         ]
         return "invalid settings: " + "; ".join(fields)
@@ -85,7 +87,7 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
     """:meth:`Settings.load`, with an invalid value or a missing ``--config`` file as the one error line."""
     from pydantic import ValidationError
 
-    with one_line_errors(ValidationError, FileNotFoundError):
+    with one_line_errors(ValidationError, FileNotFoundError, SettingsFileError):
         return Settings.load(config, **flags)
     raise AssertionError("unreachable")  # pragma: no cover  (one_line_errors exits)
 

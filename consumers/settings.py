@@ -57,6 +57,10 @@ def model_geometry(spec: ModelSpec | Manifest) -> tuple[int, int]:
     return frames, rate
 
 
+class SettingsFileError(FusionStreamError, ValueError):
+    """A ``--config`` file that cannot be read as TOML (one line: the file, the line and column)."""
+
+
 class ModelWindowMismatch(FusionStreamError):
     """``window_ms``/``hop_ms`` disagree with the windows the model was trained on (``model.json``)."""
 
@@ -64,7 +68,8 @@ class ModelWindowMismatch(FusionStreamError):
 class Settings(BaseSettings):
     """Every knob of fusionstream; see docs/settings.md."""
 
-    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_", frozen=True, extra="forbid")
+    # An empty variable (`FUSIONSTREAM_TEXT_WAIT_MS=`, as compose files write an unset one) means the default.
+    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_", frozen=True, extra="forbid", env_ignore_empty=True)
 
     # Kafka
     bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated.")
@@ -185,6 +190,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
         return name
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any) -> Any:
+        # Before pydantic tries each member of the union, so a bad value is one message, not one per member.
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto" or text.isdigit():
+                return text if text == "auto" else int(text)
+            raise ValueError(f"workers must be a whole number of processes or 'auto', not {value!r}")
+        return value
+
     @field_validator("workers")
     @classmethod
     def _positive_workers(cls, workers: int | str) -> int | str:
@@ -220,6 +236,15 @@ class Settings(BaseSettings):
         """Build settings from all sources; ``flags`` left as ``None`` fall through to lower sources."""
         if config_file is not None and not config_file.is_file():
             raise FileNotFoundError(f"settings file {config_file} does not exist")
+        if config_file is not None:
+            import tomllib
+
+            # Parsed here too, so that a syntax error is the one line that names the file, not a traceback
+            # from inside pydantic-settings.
+            try:
+                tomllib.loads(config_file.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+                raise SettingsFileError(f"settings file {config_file} is not valid TOML: {exc}") from None
         token = _CONFIG_FILE.set(config_file)
         try:
             return cls(**{k: v for k, v in flags.items() if v is not None})

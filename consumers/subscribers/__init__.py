@@ -6,6 +6,7 @@ per-stream state tables and serves them over HTTP (it imports Faust, so it is no
 imported here).
 """
 
+from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.subscribers.api import (
     DEFAULT_TOPIC,
     PredictionRecord,
@@ -15,4 +16,5 @@ from fusionstream.consumers.subscribers.api import (
 )
 from fusionstream.consumers.subscribers.errors import BadPrediction
 
-__all__ = ["DEFAULT_TOPIC", "BadPrediction", "PredictionRecord", "Subscription", "parse_prediction", "subscribe"]
+__all__ = ["DEFAULT_TOPIC", "BadPrediction", "BrokerUnavailable", "PredictionRecord", "Subscription",
+           "parse_prediction", "subscribe"]

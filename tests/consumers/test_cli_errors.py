@@ -86,6 +86,13 @@ def test_failures_are_one_line_with_exit_status_1(long_dir: Path, columns: str) 
     done = fusionstream("tail", "--config", str(long_dir / "fs.toml"), columns=columns)
     assert done.returncode == 1 and f"settings file {long_dir / 'fs.toml'} does not exist" in error_line(done)
 
+    bad_toml = long_dir / "bad.toml"
+    bad_toml.write_text("bootstrap_servers = 127.0.0.1:9392\n")  # unquoted: a TOML syntax error
+    for args in (["tail"], ["serve"], ["topics", "describe"]):
+        done = fusionstream(*args, "--config", str(bad_toml), columns=columns)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert f"settings file {bad_toml} is not valid TOML" in error_line(done) and "line 1" in error_line(done)
+
     done = fusionstream("tail", columns=columns, FUSIONSTREAM_MAX_BATCH="0")
     assert done.returncode == 1
     assert "invalid settings: max_batch: Input should be greater than or equal to 1" in error_line(done)

@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
-from fusionstream.consumers.settings import Settings
+from fusionstream.consumers.settings import Settings, SettingsFileError
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
@@ -25,6 +25,44 @@ def test_precedence_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest
     assert (settings.max_batch, settings.group_id, settings.hop_ms) == (9, "from-file", 250)
     assert Settings.load(config, max_batch=11, group_id=None).max_batch == 11
     assert Settings.load().hop_ms == 500
+
+
+def test_an_empty_variable_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose files write an unset variable as ``NAME=``: that is the default (or the file's value), not an error."""
+    monkeypatch.setenv("FUSIONSTREAM_TEXT_WAIT_MS", "")
+    monkeypatch.setenv("FUSIONSTREAM_MAX_BATCH", "")
+    assert Settings.load().text_wait_ms is None and Settings.load().max_batch == Settings().max_batch
+    config = tmp_path / "fs.toml"
+    config.write_text("text_wait_ms = 700\n")
+    assert Settings.load(config).text_wait_ms == 700
+    monkeypatch.setenv("FUSIONSTREAM_TEXT_WAIT_MS", "500")
+    assert Settings.load(config).text_wait_ms == 500
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), ("auto", "auto"), (" AUTO ", "auto"), (2, 2)])
+def test_workers_is_a_count_or_auto(value: object, expected: object) -> None:
+    assert Settings(workers=value).workers == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("many", "invalid settings: workers: workers must be a whole number of processes or 'auto', not 'many'"),
+    ("0", "invalid settings: workers: workers must be at least 1 or 'auto', not 0"),
+])
+def test_a_bad_worker_count_is_one_plain_message(value: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from fusionstream.consumers.cli_errors import describe
+
+    with pytest.raises(ValidationError) as caught:
+        Settings(workers=value)
+    assert describe(caught.value) == message
+
+
+def test_a_settings_file_that_is_not_toml_is_refused_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "fs.toml"
+    config.write_text("bootstrap_servers = 127.0.0.1:9392\n")
+    with pytest.raises(SettingsFileError, match=r"settings file .*fs\.toml is not valid TOML: .*line 1"):
+        Settings.load(config)
 
 
 def test_window_settings_become_the_aligner_config() -> None:
