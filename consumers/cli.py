@@ -123,7 +123,7 @@ def train(
     compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
     init: Annotated[Optional[Path], typer.Option("--init", exists=True, file_okay=False, help="Fine-tune: start from this model directory's encoders.")] = None,  # noqa: UP045
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Perturb the synthetic training streams' words (pitch, tempo, room, gain) and scenes (affine, colour, blur, cheap JPEG, occlusion), and mask the audio's log-mel (SpecAugment); docs/training.md#augmentation.")] = True,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Perturb the synthetic training streams' words (pitch, tempo, room, gain) and scenes (affine, colour, blur, cheap JPEG, occlusion, elastic, stroke width, low resolution, TrueType typefaces), and mask the audio's log-mel (SpecAugment); docs/training.md#augmentation.")] = True,
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 

@@ -42,6 +42,7 @@ _TEMP_OUTPUT = "fusionstream_output"
 _ARCHITECTURE = (
     "fusion", "fusion_options", "embed_dim", "frames_per_window", "image_size",
     "sample_rate", "window_ns", "text_buckets", "text_max_len", "n_mels", "audio_pooling",
+    "video_stem",
 )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from fusionstream.engines.spec import MODALITIES, ModelSpec
 #: How each format-1 modality's encoder is built from the spec (``MODALITIES`` order is the build
 #: order, so a seed gives the same initial weights as before).
 ENCODERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
-    "video": lambda spec: ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size),
+    "video": lambda spec: ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size, stem=spec.video_stem),
     "audio": lambda spec: AudioEncoder(spec.embed_dim, spec.sample_rate, spec.n_mels, pooling=spec.audio_pooling),
     "text": lambda spec: TextEncoder(spec.text_buckets, spec.embed_dim),
 }

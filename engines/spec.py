@@ -59,6 +59,8 @@ def _default_files() -> dict[str, str]:
 
 #: The audio encoder's pooling over time (``ModelSpec.audio_pooling``).
 AUDIO_POOLINGS = ("mean", "mean+max")
+#: How the image encoder's first block reads a frame (``ModelSpec.video_stem``).
+VIDEO_STEMS = ("pool", "strided")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,9 @@ class ModelSpec:
     n_mels: int = 40
     #: How the audio encoder pools over time: ``mean`` (models before 2026-12) or ``mean+max``.
     audio_pooling: str = "mean"
+    #: The image encoder's first block: ``pool`` (the frame averaged to 32×32 first; models before
+    #: 2026-12-06) or ``strided`` (a strided convolution over the full frame).
+    video_stem: str = "pool"
     #: Modality name (and ``"fusion"``) → ONNX file name inside the model directory.
     files: dict[str, str] = field(default_factory=_default_files)
     #: Free-form results written by ``evaluate`` (accuracy per mask pattern, latency, ...).
@@ -131,6 +136,8 @@ class ModelSpec:
                 out.append(f"{name} must be an integer >= {low}, got {value!r}")
         if self.audio_pooling not in AUDIO_POOLINGS:
             out.append(f"audio_pooling {self.audio_pooling!r} is not one of {', '.join(AUDIO_POOLINGS)}")
+        if self.video_stem not in VIDEO_STEMS:
+            out.append(f"video_stem {self.video_stem!r} is not one of {', '.join(VIDEO_STEMS)}")
         if out:
             return out  # the checks below do arithmetic on the fields above
         if self.hop_ns > self.window_ns:

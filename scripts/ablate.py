@@ -56,8 +56,9 @@ SCENE = {"affine": 0.6, "colour": 0.6, "blur": 0.3, "low_jpeg": 0.3, "occlusion"
          "stroke": 0.3, "low_res": 0.25}
 _SCENE_FIRST = {k: SCENE[k] for k in ("affine", "colour", "blur", "low_jpeg", "occlusion")}
 _SCENE_HALF = {k: v / 2 for k, v in SCENE.items()}
-#: (row, render-time augmentation) for video; every row hears the same voices.
-VIDEO_ROWS = (
+_GLYPHS = dataclasses.replace(Augmentation.none(), **_SCENE_HALF, typeface=0.5, typeface_pool="all", glyph_style=0.3)
+#: (row, render-time augmentation[, image encoder options]) for video; every row hears the same voices.
+VIDEO_ROWS: tuple[tuple, ...] = (
     ("no augmentation", Augmentation.none()),
     ("+ affine, colour, blur, cheap JPEG, patches", dataclasses.replace(Augmentation.none(), **_SCENE_FIRST)),
     ("+ elastic, stroke width, low resolution", dataclasses.replace(Augmentation.none(), **SCENE)),
@@ -71,6 +72,13 @@ VIDEO_ROWS = (
      dataclasses.replace(Augmentation.none(), typeface=0.8, typeface_pool="matplotlib")),
     ("+ the font packages' typefaces beside matplotlib's, half-rate scenes (the shipped recipe)",
      dataclasses.replace(Augmentation.none(), **_SCENE_HALF, typeface=0.5, typeface_pool="all")),
+    ("+ glyph styles (outlined, hollow, shadowed, blocky) on 30 % of the segments", _GLYPHS),
+    ("+ the CNN on 64x64 grey (five pooling blocks, 16-128 channels) instead of 32x32", _GLYPHS,
+     {"cnn_side": 64, "channels": (16, 32, 64, 96, 128)}),
+    ("+ the CNN on 64x64 grey, a narrow first block (8-128 channels)", _GLYPHS,
+     {"cnn_side": 64, "channels": (8, 32, 64, 96, 128)}),
+    ("+ a strided first block on the 64x64 frame instead of averaging it to 32x32 (the shipped channels)", _GLYPHS,
+     {"stem": "strided"}),
 )
 
 
@@ -89,7 +97,7 @@ def train(x: np.ndarray, labels: np.ndarray, spec: ModelSpec, epochs: int, seed:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if modality == "video":
-        encoder: nn.Module = ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size)
+        encoder: nn.Module = ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size, **options)
     else:
         encoder = AudioEncoder(spec.embed_dim, spec.sample_rate, spec.n_mels, **options)
         encoder.spec_augment = masks
@@ -148,7 +156,8 @@ def main() -> None:
     console, spec, results = Console(), ModelSpec(version="ablation", fusion="concat"), []
     renderers = ("opencv", "pillow") if modality == "video" else ("opencv",)
     if modality == "video":
-        table_rows = [(name, "train", augment, None, SHIPPED) for name, augment in VIDEO_ROWS]
+        table_rows = [(name, "train", augment, None, options[0] if options else {})
+                      for name, augment, *options in VIDEO_ROWS]
     else:
         table_rows = list(ROWS)
     with progress_bar(console) as progress:

@@ -38,6 +38,10 @@ SPEC_AUGMENT = ((2, 5), (2, 10))
 #: The audio encoder's pooling over time for new models: the mean and the max (docs/training.md's
 #: ablation: +2 points of audio alone on unseen voices over the mean alone, at the same cost).
 AUDIO_POOLING = "mean+max"
+#: The image encoder's first block for new models: the frame averaged to 32×32 first (``pool``). A
+#: strided convolution over the whole 64×64 frame (``strided``) helped the small ablation but not the
+#: full recipe (docs/training.md, "Glyph styles and a strided first block").
+VIDEO_STEM = "pool"
 
 
 @dataclass(frozen=True)
@@ -255,9 +259,10 @@ def train_command(options: TrainOptions) -> ModelSpec:
     console = Console()
     started = time.perf_counter()
     spec = ModelSpec(version=model_version(options.out, time.strftime("%Y.%m.%d")), fusion="concat",
-                     audio_pooling=AUDIO_POOLING)
+                     audio_pooling=AUDIO_POOLING, video_stem=VIDEO_STEM)
     if options.init is not None:  # a fine-tune keeps the encoders' architecture, older models' too
-        spec = spec.replace(audio_pooling=ModelSpec.load(options.init).audio_pooling)
+        init = ModelSpec.load(options.init)
+        spec = spec.replace(audio_pooling=init.audio_pooling, video_stem=init.video_stem)
     if options.fusion != "best" and options.fusion not in FUSION_HEADS:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
     with progress_bar(console) as progress:

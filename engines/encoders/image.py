@@ -30,6 +30,17 @@ def pool_block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def strided_block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """A first block that reads the full-resolution frame: a (2·stride+1)² convolution at ``stride``,
+    then what :func:`pool_block` does, in place of average-pooling the frame down first."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=2 * stride + 1, stride=stride, padding=stride, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
 def standardize(x: torch.Tensor, dims: tuple[int, ...], floor: float) -> torch.Tensor:
     """Zero mean, unit spread over ``dims`` (mean of squares, not ``std``: it exports everywhere)."""
     centred = x - x.mean(dim=dims, keepdim=True)
@@ -44,7 +55,10 @@ class ImageEncoder(nn.Module):
     learns shapes, not palettes, and learns them in a few hundred steps instead of never.
     Max-pooling blocks and a flattened 2×2 map keep where strokes are, which a global
     average would lose. Frames are folded into the batch; the mean over time makes the
-    embedding independent of frame order.
+    embedding independent of frame order. ``stem="pool"`` averages a frame larger than
+    ``cnn_side`` down to it before the first block (models before 2026-12-06); ``"strided"``
+    lets the first block's convolution stride over the full frame instead, so detail finer
+    than the averaging (a thin stroke, a small digit's counters) reaches the network.
     """
 
     def __init__(
@@ -53,14 +67,22 @@ class ImageEncoder(nn.Module):
         frames: int,
         image_size: int,
         channels: tuple[int, ...] = (32, 64, 96, 128),
+        cnn_side: int = CNN_SIDE,
+        stem: str = "pool",
     ) -> None:
         super().__init__()
         self.frames = frames
         self.image_size = image_size
-        self.pool = max(1, image_size // CNN_SIDE)
+        self.pool = max(1, image_size // cnn_side)
         side = image_size // self.pool
         widths = (1, *channels)
-        self.features = nn.Sequential(*(pool_block(a, b) for a, b in itertools.pairwise(widths)))
+        if stem not in ("pool", "strided"):
+            raise ValueError(f"stem {stem!r}: choose 'pool' or 'strided'")
+        blocks = [pool_block(a, b) for a, b in itertools.pairwise(widths)]
+        if stem == "strided" and self.pool > 1:
+            blocks[0] = strided_block(1, channels[0], self.pool)
+            self.pool = 1
+        self.features = nn.Sequential(*blocks)
         side //= 2 ** len(channels)
         if side < 1:
             raise ValueError(f"image_size {image_size} is too small for {len(channels)} pooling blocks")

@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fusionstream.stream.sources.glyph_styles import GlyphStyle
 from fusionstream.stream.sources.typefaces import TYPEFACE_POOLS, require_typefaces
 
 #: Pitch shift range, semitones (either way): a lower or higher voice of the same accent.
@@ -75,6 +76,10 @@ class Augmentation:
     #: The digit drawn in a TrueType typeface (:mod:`.typefaces`) instead of a Hershey font: other
     #: shapes of every digit, not only other placements of the same strokes.
     typeface: float = 0.5
+    #: The digit's ink outlined in a second colour, hollow, shadowed or blocky (:mod:`.glyph_styles`):
+    #: how captions, titles and pixel displays draw text, where the renderer fills it flat. Off in the
+    #: shipped recipe: at 30 % it helped the small ablation but not the full recipe (docs/training.md).
+    glyph_style: float = 0.0
     #: Which typefaces: ``"all"`` (matplotlib's and the font packages'), or ``"matplotlib"`` alone
     #: (the recipe of v2026.12.05.2, for the ablation). Not a rate.
     typeface_pool: str = "all"
@@ -190,6 +195,12 @@ class Augmentation:
             return None
         pool = TYPEFACE_POOLS[self.typeface_pool]
         return pool[int(rng.integers(len(pool)))]
+
+    def pick_glyph_style(self, rng: np.random.Generator) -> GlyphStyle | None:
+        """How a segment's digit is drawn, or None for a flat fill."""
+        if rng.random() >= self.glyph_style:
+            return None
+        return GlyphStyle.random(rng)
 
     def jpeg_quality(self, default: int, rng: np.random.Generator) -> int:
         """The quality a segment's frames are encoded at: now and then a cheap camera's."""

@@ -19,6 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from fusionstream.stream.sources.glyph_styles import GlyphStyle
 from fusionstream.stream.sources.typefaces import draw as draw_typeface
 
 Size = tuple[int, int]
@@ -57,14 +58,15 @@ class Scene:
 
 
 def segment_base(digit: int, kind: SceneKind, size: Size, rng: np.random.Generator, *,
-                 typeface: str | None = None) -> Scene:
+                 typeface: str | None = None, style: GlyphStyle | None = None) -> Scene:
     """The still scene of one segment: the digit (``clean``), no digit (``blank``) or the digit under a box.
 
-    ``typeface`` (one of :data:`.typefaces.TYPEFACES`, a training augmentation) draws the digit in that
-    TrueType typeface instead of a Hershey font; every other draw is the same.
+    ``typeface`` (one of :data:`.typefaces.TYPEFACES`) draws the digit in that TrueType typeface instead
+    of a Hershey font, ``style`` outlines, hollows, shadows or blocks its ink (training augmentations);
+    every other draw is the same.
     """
     def draw_digit(d: int, s: Size, r: np.random.Generator) -> Scene:
-        return render_digit(d, s, r, typeface=typeface)
+        return render_digit(d, s, r, typeface=typeface, style=style)
 
     return compose_scene(digit, kind, size, rng, draw_digit=draw_digit, draw_blank=render_blank, cover=occlude)
 
@@ -89,21 +91,25 @@ def compose_scene(
     return scene
 
 
-def render_digit(digit: int, size: Size, rng: np.random.Generator, *, typeface: str | None = None) -> Scene:
+def render_digit(digit: int, size: Size, rng: np.random.Generator, *, typeface: str | None = None,
+                 style: GlyphStyle | None = None) -> Scene:
     """A digit in a random Hershey font (or ``typeface``), scale, thickness, rotation, position and
-    colour, over clutter."""
+    colour, over clutter; solid, or drawn in ``style``."""
     width, height = size
     bg_colour, fg_colour = _colours(rng)
     image = _background(size, bg_colour, rng)
     _clutter(image, bg_colour, rng, count=int(rng.integers(0, 6)))
 
     alpha = _digit_mask(digit, size, rng, typeface)
+    if style is None:
+        a = alpha[..., None]
+        image = (image.astype(np.float32) * (1.0 - a) + np.asarray(fg_colour, np.float32) * a).astype(np.uint8)
+    else:
+        image, alpha = style.apply(image, alpha, fg_colour)
     ys, xs = np.nonzero(alpha > 0.25)
     bbox: BBox = (
         (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else (0, 0, width, height)
     )
-    a = alpha[..., None]
-    image = (image.astype(np.float32) * (1.0 - a) + np.asarray(fg_colour, np.float32) * a).astype(np.uint8)
 
     # An occasional thin line over the digit: real scenes are not all clean foreground.
     if rng.random() < 0.3:

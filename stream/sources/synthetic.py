@@ -151,9 +151,10 @@ class SyntheticConfig:
         if self.snr_db[0] > self.snr_db[1]:
             raise ValueError(f"snr_db {self.snr_db}: min > max")
         check_renderer(self.renderer)
-        if self.augment.typeface > 0 and self.renderer != DEFAULT_RENDERER:
-            raise ValueError(f"typeface augmentation draws with the {DEFAULT_RENDERER} renderer, not {self.renderer!r} "
-                             "(a held-out renderer): set Augmentation.typeface to 0")
+        for kind in ("typeface", "glyph_style"):
+            if getattr(self.augment, kind) > 0 and self.renderer != DEFAULT_RENDERER:
+                raise ValueError(f"{kind} augmentation draws with the {DEFAULT_RENDERER} renderer, not "
+                                 f"{self.renderer!r} (a held-out renderer): set Augmentation.{kind} to 0")
 
     @property
     def chunk_samples(self) -> int:
@@ -313,10 +314,11 @@ class SyntheticAV:
         kind = cast(SceneKind, segment.video_state)  # "drop" has returned above
         # Its own generator: the typeface draw leaves every other draw of the segment where it was.
         typeface = cfg.augment.pick_typeface(self._rng(plan.index, k, 6)) if cfg.augment.typeface > 0 else None
-        if typeface is None:
+        style = cfg.augment.pick_glyph_style(self._rng(plan.index, k, 7)) if cfg.augment.glyph_style > 0 else None
+        if typeface is None and style is None:
             scene = self._renderer.segment_base(segment.digit, kind, cfg.frame_size, rng)
         else:
-            scene = segment_base(segment.digit, kind, cfg.frame_size, rng, typeface=typeface)
+            scene = segment_base(segment.digit, kind, cfg.frame_size, rng, typeface=typeface, style=style)
         camera = self._renderer.camera(rng)
         image, quality = scene.image, cfg.jpeg_quality
         if cfg.augment.active:

@@ -12,6 +12,7 @@ import torch
 from tinymodels import HEAD_CONFIGS, HEAD_IDS, randomize, tiny_spec
 
 from fusionstream.engines.encoders import AudioEncoder, ImageEncoder, LogMel, TextEncoder, mel_filterbank
+from fusionstream.engines.encoders.image import FrameEncoder
 from fusionstream.engines.export import export_graph
 from fusionstream.engines.features import random_batch
 from fusionstream.engines.model import MultimodalModel
@@ -74,6 +75,33 @@ def test_image_encoder_pools_over_time() -> None:
         out = encoder(video)
         torch.testing.assert_close(encoder(video[:, [2, 0, 3, 1]]), out, rtol=1e-5, atol=1e-6)
     assert out.shape == (3, 16)
+
+
+@pytest.mark.parametrize("stem", ["pool", "strided"])
+def test_image_encoder_stems_read_the_frame_and_export(stem: str, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    torch.manual_seed(2)
+    encoder = randomize(ImageEncoder(16, frames=4, image_size=64, stem=stem)).eval()
+    frames = torch.rand(5, 3, 64, 64)
+    # A detail finer than 2x2 pixels: averaging the frame to 32x32 first erases it, a strided
+    # convolution over the full frame need not.
+    fine = frames.clone()
+    fine[:, :, 20:44:2, 20:44] = 1.0
+    fine[:, :, 21:44:2, 20:44] = 0.0
+    coarse = frames.clone()
+    coarse[:, :, 20:44, 20:44] = 0.5
+    with torch.no_grad():
+        out = encoder.embed_frames(frames)
+        moved = (encoder.embed_frames(fine) - encoder.embed_frames(coarse)).abs().max().item()
+    assert out.shape == (5, 16) and torch.isfinite(out).all()
+    assert (moved > 1e-3) == (stem == "strided")
+    path = export_graph(FrameEncoder(encoder).eval(), (frames,), tmp_path / "frame.onnx", input_names=["frame"],
+                        output_name="embedding")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"frame": frames.numpy()})[0]
+    np.testing.assert_allclose(got, out.numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="stem 'patchify'"):
+        ImageEncoder(16, frames=4, image_size=64, stem="patchify")
 
 
 def test_text_encoder_ignores_padding() -> None:

@@ -59,6 +59,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         ({"text_ngrams": ()}, "text_ngrams"),
         ({"n_mels": 300}, "exceeds"),
         ({"audio_pooling": "attention"}, "audio_pooling 'attention' is not one of mean, mean\\+max"),
+        ({"video_stem": "patchify"}, "video_stem 'patchify' is not one of pool, strided"),
         ({"files": {"video": "v.onnx"}}, "files must map"),
         ({"files": {"video": "../v.onnx", "audio": "a", "text": "t", "fusion": "f"}}, "plain file name"),
     ],
@@ -92,13 +93,17 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         tiny_spec(metrics={"bad": object()}).save(tmp_path)
 
 
-def test_audio_pooling_defaults_to_mean_for_older_model_json(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "older", "newer"), [("audio_pooling", "mean", "mean+max"),
+                                                    ("video_stem", "pool", "strided")])
+def test_an_architecture_field_defaults_to_what_older_model_json_meant(
+    tmp_path: Path, name: str, older: str, newer: str
+) -> None:
     doc = tiny_spec().to_dict()
-    del doc["audio_pooling"]  # a model.json written before the field existed
+    del doc[name]  # a model.json written before the field existed
     (tmp_path / SPEC_FILE).write_text(json.dumps(doc))
-    assert ModelSpec.load(tmp_path).audio_pooling == "mean"
-    tiny_spec(audio_pooling="mean+max").save(tmp_path)
-    assert ModelSpec.load(tmp_path).audio_pooling == "mean+max"
+    assert getattr(ModelSpec.load(tmp_path), name) == older
+    tiny_spec(**{name: newer}).save(tmp_path)
+    assert getattr(ModelSpec.load(tmp_path), name) == newer
 
 
 def test_every_head_name_is_a_valid_fusion() -> None:
