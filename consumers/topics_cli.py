@@ -169,12 +169,12 @@ async def _reachable(settings: Settings, step: Any) -> Any:
     """Await ``step``; an unreachable broker becomes the producers' error, which says how to start one."""
     from aiokafka.errors import KafkaConnectionError
 
-    from fusionstream.consumers.producers.errors import BrokerUnavailable
+    from fusionstream.consumers.kafka.readiness import unreachable
 
     try:
         return await step
     except KafkaConnectionError as exc:
-        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+        raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
 
 
 def _show(topics: list[Topic], *, as_json: bool) -> None:

@@ -160,4 +160,24 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-__all__ = ["Backoff", "when_ready"]
+#: The keyword arguments of a client's that say how to connect (what one probe needs of them).
+_CONNECTION_KEYS = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username",
+                    "sasl_plain_password")
+
+
+async def unreachable(bootstrap: str, client_options: Mapping[str, Any] | None, reason: str,
+                      timeout_s: float = 3.0) -> Exception:
+    """The error to raise for a client that could not connect: the broker's own refusal (SASL, TLS) when
+    one probe shows it (aiokafka's clients say only that they could not connect), else
+    :class:`BrokerUnavailable` with ``reason``. The probe is short: the client has waited already."""
+    options = {k: v for k, v in (client_options or {}).items() if k in _CONNECTION_KEYS}
+    try:
+        await _probe(bootstrap, options, timeout_s)
+    except BrokerAuthError as exc:
+        return exc
+    except _NotReady:
+        pass
+    return BrokerUnavailable(bootstrap, reason)
+
+
+__all__ = ["Backoff", "unreachable", "when_ready"]

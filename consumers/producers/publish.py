@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, It
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fusionstream.consumers.producers.errors import BrokerUnavailable, PublishError
+from fusionstream.consumers.producers.errors import PublishError
 from fusionstream.consumers.settings import Settings
 from fusionstream.stream.records import MODALITIES, Modality, Record
 from fusionstream.stream.wire import encode
@@ -89,12 +89,14 @@ async def started_producer(settings: Settings) -> AIOKafkaProducer:
     """:func:`producer_for`, started; :class:`BrokerUnavailable` when no broker answers."""
     from aiokafka.errors import KafkaConnectionError
 
+    from fusionstream.consumers.kafka.readiness import unreachable
+
     producer = producer_for(settings)
     try:
         await producer.start()
     except KafkaConnectionError as exc:
         await producer.stop()
-        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+        raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
     return producer
 
 
@@ -103,12 +105,13 @@ async def prepare_topics(settings: Settings) -> None:
     from aiokafka.errors import KafkaConnectionError
 
     from fusionstream.consumers.kafka import ensure_topics
+    from fusionstream.consumers.kafka.readiness import unreachable
 
     try:
         await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions,
                             security=settings.kafka_security())
     except KafkaConnectionError as exc:
-        raise BrokerUnavailable(settings.bootstrap_servers, str(exc)) from None
+        raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
 
 
 async def publish(

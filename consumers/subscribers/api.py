@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka.abc import ConsumerRebalanceListener
 
-from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.subscribers.errors import BadPrediction
 
 if TYPE_CHECKING:
@@ -283,8 +282,10 @@ class Subscription:
         try:
             await consumer.start()
         except KafkaConnectionError as exc:
+            from fusionstream.consumers.kafka.readiness import unreachable
+
             await consumer.stop()
-            raise BrokerUnavailable(self.bootstrap, str(exc)) from None
+            raise await unreachable(self.bootstrap, self._options, str(exc)) from None
         consumer.subscribe([self.topic], listener=_CommitOnRevoke(self) if self.group_id else None)
         self._consumer = consumer
 

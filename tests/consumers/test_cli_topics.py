@@ -133,3 +133,17 @@ def test_kafka_topics_create_errors_are_one_line(kafka_bootstrap: str, names: di
     down = topics("create", "--bootstrap", "127.0.0.1:1", env=env)
     assert down.returncode == 1
     assert "cannot reach Kafka at 127.0.0.1:1" in error_line(down)
+
+
+def test_a_sasl_client_on_a_plaintext_listener_is_told_so_not_that_kafka_is_unreachable(
+    kafka_bootstrap: str, names: dict[str, str]
+) -> None:
+    """aiokafka's clients only say they could not connect; one probe of the broker says why."""
+    env = {**_env(names), "FUSIONSTREAM_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "FUSIONSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "FUSIONSTREAM_SASL_MECHANISM": "PLAIN",
+           "FUSIONSTREAM_SASL_USERNAME": "svc", "FUSIONSTREAM_SASL_PASSWORD": "hunter2"}
+    done = topics("describe", env=env)
+    assert done.returncode == 1
+    line = error_line(done)
+    assert "does not accept SASL_PLAINTEXT with SASL mechanism PLAIN" in line and "cannot reach" not in line
+    assert "hunter2" not in done.stderr + done.stdout
