@@ -103,8 +103,9 @@ def demo(
             captions=captions,
             labels=labels,
             out=out,
-            quiet=quiet or as_json,
+            quiet=quiet,
             asr=recogniser,
+            silent=as_json,
         )
     if as_json:
         typer.echo(json.dumps(summary, separators=(",", ":")))

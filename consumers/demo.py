@@ -50,8 +50,10 @@ def run_demo(
     out: Path | None = None,
     quiet: bool = False,
     asr: AsrConfig | None = None,
+    silent: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo to the end of its input and return the summary (printed unless ``quiet``).
+    """Run the demo to the end of its input and return the summary: printed with a line per window,
+    only the summary when ``quiet``, nothing when ``silent`` (``--json`` prints it as JSON instead).
 
     ``labels``: a CSV of labelled spans of ``video`` (docs/training.md's format), so that the
     summary has the video's accuracy. ``out``: every prediction is written there, one JSON
@@ -110,13 +112,17 @@ def run_demo(
             # The synthetic streams show digits: a model of other classes (or labels, or embeddings) has
             # nothing to be scored against there (`evaluate --data DIR` scores it on labelled clips).
             truth = None
+            if not silent:
+                console.print("[dim]accuracy is not scored: the synthetic streams show the digits 0-9, not this "
+                              "model's classes (give --video FILE --labels FILE.csv, or evaluate MODEL --data DIR)[/]")
         window_config = settings.model_window_config(spec)
         census = WindowCensus(window_config, runner.modalities)
-        if not quiet:
+        if not silent:
             console.print(
                 f"[bold]fusionstream demo[/] {label}, model {model_title(spec)} on {settings.backend}, "
                 f"{'real time' if realtime else 'as fast as possible'}"
             )
+        if not quiet and not silent:
             console.print("[dim]stream      window   pred  score  true  V A T   latency[/]")
 
         def show(p: Prediction) -> None:
@@ -125,7 +131,7 @@ def run_demo(
                 # records' event times are the wall clock as they are replayed (real time).
                 latency = (time.time_ns() - p.t_end_ns) / 1e6 if realtime else None
                 sink.write(json.dumps(p.to_dict(capture_to_publish_ms=latency), separators=(",", ":")) + "\n")
-            if quiet:
+            if quiet or silent:
                 return
             rel = (p.t_start_ns - start_ns) / NS
             true = truth.label(p.stream_id, p.t_start_ns, p.t_end_ns) if truth else None
@@ -180,7 +186,7 @@ def run_demo(
         }
     if ignored:  # records of modalities the model does not use (a model may declare a subset)
         summary["records_ignored"] = ignored
-    if not quiet:
+    if not silent:
         acc = summary["accuracy"]
         console.print(
             f"\n[bold]{summary['windows']} windows[/] in {result.seconds:.1f} s ({summary['windows_per_s']} windows/s)"

@@ -151,7 +151,9 @@ class ViewerState:
     # -- input ------------------------------------------------------------------------------------
 
     def on_record(self, record: Record, now: float) -> bool:
-        """Take a decoded input record; False if it was not used (filtered, too old, no room)."""
+        """Take a decoded input record; False if it was not used (a progress record, filtered, too old, no room)."""
+        if record.encoding is Encoding.PROGRESS:
+            return False  # a producer's "complete up to T" or "ended": nothing to show
         view = self._view(record.stream_id, now)
         if view is None:
             return False

@@ -151,7 +151,6 @@ class Recognizer:
         if config.grammar == "digits":
             self._decoder.add_jsgf_string("digits", DIGITS_JSGF)
             self._decoder.activate_search("digits")
-        self._logmath = self._decoder.get_logmath()
         self._make_endpointer = lambda: Endpointer(window=config.pause_s, vad_mode=config.vad_mode or 0,
                                                    sample_rate=ASR_SAMPLE_RATE)
         self._endpointer = self._make_endpointer()
@@ -277,7 +276,9 @@ class Recognizer:
             text = _ALTERNATE.sub("", seg.word)
             if text.startswith(("<", "[")):  # <s>, </s>, <sil>, [NOISE]: not words
                 continue
-            confidence = min(1.0, max(0.0, self._logmath.exp(seg.prob)))
+            # pocketsphinx's Python segments carry the posterior already linear (it applies logmath.exp
+            # itself): exponentiating again turned every confidence into 1.0.
+            confidence = min(1.0, max(0.0, float(seg.prob)))
             words.append(Word(text, start_ns + seg.start_frame * FRAME_NS, start_ns + (seg.end_frame + 1) * FRAME_NS,
                               round(confidence, 4)))
         return words

@@ -32,6 +32,14 @@ def test_demo_fast_json_summary(shipped_model: Path) -> None:
     assert summary["windows_per_s"] > 0
 
 
+def test_demo_quiet_prints_the_summary_and_no_line_per_window(shipped_model: Path) -> None:
+    result = fusionstream("demo", "--fast", "--seconds", "6", "--streams", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # the console wraps at the terminal's width
+    assert " windows in " in text and "over clear windows" in text, result.stdout
+    assert "cam-00" not in text and "latency" in text, "the summary, and no line per window"
+
+
 @pytest.mark.slow
 def test_demo_runs_on_a_real_mp4_with_captions(tmp_path: Path, shipped_model: Path) -> None:
     digits = [3, 7, 1]

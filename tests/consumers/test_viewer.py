@@ -33,7 +33,7 @@ from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.viewer.state import LEVEL_FLOOR_DB, TIMELINE_LENGTH, ViewerState, to_jpeg
 from fusionstream.stream import wire
-from fusionstream.stream.media import audio_record, image_record, text_record
+from fusionstream.stream.media import audio_record, image_record, progress_record, text_record
 from fusionstream.stream.records import Encoding, Modality, Record
 from fusionstream.stream.sources import SyntheticAV, SyntheticConfig
 from fusionstream.units import NS
@@ -75,6 +75,19 @@ def test_newest_frame_wins_by_event_time_and_raw_frames_are_served_as_jpeg() -> 
     number, record = state.frame("raw") or (0, None)
     assert number == 1 and record is not None and to_jpeg(record).startswith(b"\xff\xd8")
     assert state.frame("nobody") is None
+
+
+@pytest.mark.parametrize("modality", list(Modality))
+def test_progress_records_are_passed_over(modality: Modality) -> None:
+    """Our file producers end each modality with an ``ended`` progress record (no media, no sample rate):
+    the viewer shows nothing for it and goes on (it raised KeyError on the audio one and stopped)."""
+    state = ViewerState(sync=False)
+    t0 = 1_800_000_000 * NS
+    assert state.on_record(frame("cam", t0), now=0.0)
+    for ended in (False, True):
+        record = wire.decode(wire.encode(progress_record("cam", modality, 9, t0 + NS, ended=ended)))
+        assert not state.on_record(record, now=0.1)
+    assert state.on_record(frame("cam", t0 + NS), now=0.2) and (state.frame("cam") or (0,))[0] == 2
 
 
 def test_synced_video_is_delayed_so_each_label_is_drawn_on_a_frame_of_its_window() -> None:

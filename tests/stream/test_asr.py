@@ -72,6 +72,9 @@ def test_digits_with_pauses_are_words_stamped_where_they_were_spoken() -> None:
         # Decided after the pause that closed it, and not long after.
         assert 0 < utterance.decided_ns - utterance.t_end_ns < 600 * MS
         assert all(0.0 <= w.confidence <= 1.0 and w.t_start_ns < w.t_end_ns for w in utterance.words)
+    # The posterior says something: not the same value for every word (it was 1.0 for all of them).
+    confidences = [w.confidence for u in utterances for w in u.words]
+    assert len(set(confidences)) > 1 and min(confidences) < 0.99, confidences
     heard = [w.text for w in words_of(events)]
     errors, n = word_error_rate(["one", "two", "three", "five", "seven"], heard)
     assert errors / n <= 0.4, heard
