@@ -48,7 +48,7 @@ kafka-stop:
 # 8 epochs from scratch, then a fine-tune of the encoders on freshly rendered data, both on
 # augmented streams (docs/training.md#augmentation); then its int8 encoders and its evaluation.
 model: install
-	$(BIN)/fusionstream train .cache/model-stage1 --fusion decision --cache .cache/windows
+	$(BIN)/fusionstream train .cache/model-stage1 --fusion decision --train-seconds 9600 --cache .cache/windows
 	$(BIN)/fusionstream train engines/models/default --init .cache/model-stage1 --epochs 5 --seed 1 \
 		--compare docs/fusion-heads.md --cache .cache/windows
 	$(BIN)/fusionstream quantize engines/models/default
