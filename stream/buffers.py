@@ -149,9 +149,8 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
             # for the idle timeout. A producer without this modality says so with an ``ended`` progress record.
             if modality in awaited and (modality in behind or now_ns - state.arrived_ns < cfg.idle_timeout_ns):
                 budget = budgets.get(modality)
-                side = front_newest - (cfg.max_skew_ns if budget is None else budget)
-                if modality in behind:  # its first record may be among those not read yet
-                    side = NEVER
+                # Behind: its first record may be among those not read yet.
+                side = NEVER if modality in behind else front_newest - (cfg.max_skew_ns if budget is None else budget)
                 if watermark is None or side < watermark:
                     watermark = side
             continue

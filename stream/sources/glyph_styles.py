@@ -65,27 +65,27 @@ class GlyphStyle:
         in [0, 1]) drawn in this style and colour ``fg``; also the coverage of everything drawn."""
         ink_h = _ink_height(alpha)
         if ink_h == 0:
-            return _composite(image, alpha, fg), alpha
+            return composite(image, alpha, fg), alpha
         second = _second_colour(fg, self.contrast)
         if self.kind == "blocky":
             blocks = _blocky(alpha, int(self.size))
-            return _composite(image, blocks, fg), blocks
+            return composite(image, blocks, fg), blocks
         if self.kind == "shadow":
             shift = max(1.0, self.size * ink_h)
             matrix = np.float32([[1, 0, self.direction[0] * shift], [0, 1, self.direction[1] * shift]])
             shadow = cv2.warpAffine(alpha, matrix, alpha.shape[::-1], flags=cv2.INTER_LINEAR)
             if self.softness > 0.5:
                 shadow = cv2.GaussianBlur(shadow, (0, 0), 0.3 * shift)
-            drawn = _composite(_composite(image, shadow, second), alpha, fg)
+            drawn = composite(composite(image, shadow, second), alpha, fg)
             return drawn, np.maximum(alpha, shadow)
         width = max(1, round(self.size * ink_h))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
         outer = cv2.dilate(alpha, kernel)
         if self.kind == "outlined":
-            return _composite(_composite(image, outer, second), alpha, fg), outer
+            return composite(composite(image, outer, second), alpha, fg), outer
         # hollow: only the ring around the ink; where the ink was shows the background
         ring = np.clip(outer - alpha, 0.0, 1.0)
-        return _composite(image, ring, fg), outer
+        return composite(image, ring, fg), outer
 
 
 def _ink_height(alpha: np.ndarray) -> int:
@@ -93,7 +93,8 @@ def _ink_height(alpha: np.ndarray) -> int:
     return int(rows[-1] - rows[0] + 1) if rows.size else 0
 
 
-def _composite(image: np.ndarray, alpha: np.ndarray, colour: Colour) -> np.ndarray:
+def composite(image: np.ndarray, alpha: np.ndarray, colour: Colour) -> np.ndarray:
+    """``colour`` laid over ``image`` (HxWx3 uint8) with coverage ``alpha`` (HxW float32 in [0, 1])."""
     a = alpha[..., None]
     return (image.astype(np.float32) * (1.0 - a) + np.asarray(colour, np.float32) * a).astype(np.uint8)
 
@@ -118,4 +119,4 @@ def _blocky(alpha: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-__all__ = ["STYLE_KINDS", "GlyphStyle", "StyleKind"]
+__all__ = ["STYLE_KINDS", "GlyphStyle", "StyleKind", "composite"]

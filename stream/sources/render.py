@@ -19,7 +19,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from fusionstream.stream.sources.glyph_styles import GlyphStyle
+from fusionstream.stream.sources.glyph_styles import GlyphStyle, composite
 from fusionstream.stream.sources.typefaces import draw as draw_typeface
 
 Size = tuple[int, int]
@@ -102,8 +102,7 @@ def render_digit(digit: int, size: Size, rng: np.random.Generator, *, typeface: 
 
     alpha = _digit_mask(digit, size, rng, typeface)
     if style is None:
-        a = alpha[..., None]
-        image = (image.astype(np.float32) * (1.0 - a) + np.asarray(fg_colour, np.float32) * a).astype(np.uint8)
+        image = composite(image, alpha, fg_colour)
     else:
         image, alpha = style.apply(image, alpha, fg_colour)
     ys, xs = np.nonzero(alpha > 0.25)
