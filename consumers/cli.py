@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ def train(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
     init: Annotated[Optional[Path], typer.Option("--init", exists=True, file_okay=False, help="Fine-tune: start from this model directory's encoders.")] = None,  # noqa: UP045
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Perturb the synthetic training streams' words (pitch, tempo, room, gain) and scenes (affine, colour, blur, cheap JPEG, occlusion, elastic, stroke width, low resolution, TrueType typefaces), and mask the audio's log-mel (SpecAugment); docs/training.md#augmentation.")] = True,
+    version: Annotated[Optional[str], typer.Option("--version", help="The model's version, copied into every prediction (default: today's date, YYYY.MM.DD, and YYYY.MM.DD.N when it replaces a model trained today in OUT; name two models trained the same day into different directories yourself).")] = None,  # noqa: UP045
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 
@@ -139,7 +141,8 @@ def train(
     with one_line_errors(FusionStreamError, EngineError):  # --data's clips, --init's model directory
         train_command(
             TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
-                         workers=workers, compare=compare, cache=cache, init=init, augment=augment)
+                         workers=workers, compare=compare, cache=cache, init=init, augment=augment,
+                         version=version)
         )
 
 
@@ -197,10 +200,16 @@ def export(
     model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory holding model.pt and model.json.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the ONNX files here instead of in place.")] = None,  # noqa: UP045
 ) -> None:
-    """Re-export a model directory's torch weights to ONNX and check parity against torch on random inputs."""
-    from fusionstream.consumers.training.train import export_command
+    """Re-export a model directory's torch weights to ONNX and check parity against torch on random inputs.
 
-    export_command(model_dir, out or model_dir)
+    For a directory `fusionstream train` wrote from the synthetic source (format 1). A directory with
+    imported encoders (format 2, `train --encoders`) is written as ONNX already and has no weights to export.
+    """
+    from fusionstream.consumers.training.train import export_command
+    from fusionstream.engines.errors import EngineError
+
+    with one_line_errors(EngineError, OSError):
+        export_command(model_dir, out or model_dir)
 
 
 @app.command()
@@ -455,7 +464,14 @@ def serve(
     settings = load_settings(config, model_dir=model, backend=backend, exactly_once=exactly_once,
                              bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port, workers=workers)
     _setup_logging(settings)
-    if (count := resolve_workers(settings)) > 1:
+    count = resolve_workers(settings)
+    if settings.workers == "auto":
+        cores = len(os.sched_getaffinity(0))
+        logging.getLogger("fusionstream.serve").info(
+            "--workers auto: %d worker%s for %d core%s and %d partitions%s", count, "s" if count > 1 else "",
+            cores, "s" if cores > 1 else "", settings.partitions,
+            "" if count > 1 else " (one process, no supervisor: a worker needs about two cores)")
+    if count > 1:
         raise typer.Exit(run_supervisor(settings, workers=count, instance_id=instance_id))
     raise typer.Exit(run_service(settings, instance_id=instance_id))
 

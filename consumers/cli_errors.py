@@ -87,9 +87,41 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
     """:meth:`Settings.load`, with an invalid value or a missing ``--config`` file as the one error line."""
     from pydantic import ValidationError
 
-    with one_line_errors(ValidationError, FileNotFoundError, SettingsFileError):
-        return Settings.load(config, **flags)
+    try:
+        with one_line_errors(FileNotFoundError, SettingsFileError):
+            return Settings.load(config, **flags)
+    except ValidationError as exc:
+        fail(settings_error(exc, config, flags))
     raise AssertionError("unreachable")  # pragma: no cover  (one_line_errors exits)
+
+
+def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
+    """A settings ``ValidationError`` as one line, each bad value with where it came from (an option, a
+    ``FUSIONSTREAM_*`` variable or the ``--config`` file, in that precedence) and an unknown key with the
+    setting it is closest to."""
+    import difflib
+    import os
+    import tomllib
+
+    try:
+        in_file = set(tomllib.loads(config.read_text(encoding="utf-8"))) if config is not None else set()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        in_file = set()
+    clauses = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, list(Settings.model_fields), n=1)
+            clauses.append(f"unknown setting {name!r}" + (f" in {config}" if name in in_file else "")
+                           + (f" (did you mean {close[0]}?)" if close else ""))
+            continue
+        variable = f"FUSIONSTREAM_{name.upper()}"
+        source = ("the command line" if flags.get(name) is not None else variable if os.environ.get(variable)
+                  else str(config) if name in in_file else None)
+        field = ".".join(str(part) for part in error["loc"])
+        clauses.append(f"{field}{f' (from {source})' if source else ''}: {message}")
+    return "invalid settings: " + "; ".join(clauses)
 
 
 def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:

@@ -123,13 +123,13 @@ class Settings(BaseSettings):
     # Windows (docs/architecture.md#alignment)
     window_ms: int = Field(
         1000, gt=0,
-        description="Window length W; must equal the model's (window_ns in model.json): serve refuses to start "
-        "otherwise.",
+        description="Window length W. Unset, the model's (model.json); set, it must equal the model's: serve "
+        "refuses to start otherwise. 1000 only for a model that declares none.",
     )
     hop_ms: int = Field(
         500, gt=0,
-        description="Hop H between window starts (H = W: tumbling); must equal the model's hop_ns where model.json "
-        "declares one.",
+        description="Hop H between window starts (H = W: tumbling). Unset, the model's where model.json declares "
+        "one; set, it must equal it.",
     )
     lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
@@ -251,11 +251,12 @@ class Settings(BaseSettings):
         finally:
             _CONFIG_FILE.reset(token)
 
-    def window_config(self, *, frames_per_window: int, sample_rate: int) -> WindowConfig:
-        """The aligner's settings; K and the sample rate come from the model."""
+    def window_config(self, *, frames_per_window: int, sample_rate: int, window_ns: int | None = None,
+                      hop_ns: int | None = None) -> WindowConfig:
+        """The aligner's settings; K and the sample rate come from the model (and the window and hop, when given)."""
         return WindowConfig(
-            window_ns=self.window_ms * MS,
-            hop_ns=self.hop_ms * MS,
+            window_ns=self.window_ms * MS if window_ns is None else window_ns,
+            hop_ns=self.hop_ms * MS if hop_ns is None else hop_ns,
             frames_per_window=frames_per_window,
             sample_rate=sample_rate,
             lateness_ns=self.lateness_ms * MS,
@@ -268,7 +269,7 @@ class Settings(BaseSettings):
         )
 
     def model_window_config(self, spec: ModelSpec | Manifest) -> WindowConfig:
-        """The aligner's settings for ``spec``'s model, after :meth:`check_model_windows`.
+        """The aligner's settings for ``spec``'s model, its window and hop as :meth:`check_model_windows` gives them.
 
         Everything that runs a model on windows built from these settings (serve, demo, bench)
         should build its windows here: a model fed windows of another length or hop than it
@@ -276,32 +277,44 @@ class Settings(BaseSettings):
         :class:`ModelSpec` or a (format-2) :class:`Manifest`, whose video preprocessing gives the
         frames per window and audio preprocessing the sample rate.
         """
-        self.check_model_windows(spec)
+        window_ns, hop_ns = self.check_model_windows(spec)
         frames, rate = model_geometry(spec)
-        return self.window_config(frames_per_window=frames, sample_rate=rate)
+        return self.window_config(frames_per_window=frames, sample_rate=rate, window_ns=window_ns, hop_ns=hop_ns)
 
-    def check_model_windows(self, spec: ModelSpec | Manifest) -> None:
-        """Raise :class:`ModelWindowMismatch` (one line naming both values and the setting to change) when
-        ``window_ms`` or ``hop_ms`` disagrees with the model; a model that declares no hop has only its window
-        length checked."""
+    def check_model_windows(self, spec: ModelSpec | Manifest) -> tuple[int, int]:
+        """The window and hop (ns) to run ``spec``'s model with: the model's, unless ``window_ms``/``hop_ms``
+        were set (flag, environment or file). A set value that disagrees with the model raises
+        :class:`ModelWindowMismatch` (one line naming both values and the setting to change); a model that
+        declares no hop runs at the set hop, or the default one (no longer than its window)."""
         # The model.json fields that say so: format 2 writes milliseconds under "window".
         fields = ("window_ns", "hop_ns") if getattr(spec, "source_format", 1) == 1 else ("window.length_ms",
                                                                                         "window.hop_ms")
         declared = {"window_ms": ("window", fields[0], spec.window_ns),
                     "hop_ms": ("hop", fields[1], getattr(spec, "hop_ns", None))}
         wrong = {name: (label, field, model_ns) for name, (label, field, model_ns) in declared.items()
-                 if model_ns is not None and getattr(self, name) * MS != model_ns}
-        if not wrong:
-            return
-        found = "; ".join(
-            f"{name}={getattr(self, name)} disagrees with the model's {label} of {model_ns / MS:g} ms ({field})"
-            for name, (label, field, model_ns) in wrong.items()
-        )
-        fix = " and ".join(f"FUSIONSTREAM_{name.upper()}={model_ns / MS:g}" for name, (_, _, model_ns) in wrong.items())
-        raise ModelWindowMismatch(
-            f"{found} in {Path(self.model_dir) / 'model.json'}: set {fix} (or {' and '.join(wrong)} in the --config "
-            "file); the model was trained on its windows"
-        )
+                 if model_ns is not None and name in self.model_fields_set and getattr(self, name) * MS != model_ns}
+        if wrong:
+            found = "; ".join(
+                f"{name}={getattr(self, name)} disagrees with the model's {label} of {model_ns / MS:g} ms ({field})"
+                for name, (label, field, model_ns) in wrong.items()
+            )
+            fix = " and ".join(f"FUSIONSTREAM_{name.upper()}={model_ns / MS:g}"
+                               for name, (_, _, model_ns) in wrong.items())
+            raise ModelWindowMismatch(
+                f"{found} in {Path(self.model_dir) / 'model.json'}: unset {' and '.join(wrong)} to take the "
+                f"model's, or set {fix} (or in the --config file); the model was trained on its windows"
+            )
+        window_ns = spec.window_ns or self.window_ms * MS
+        model_hop = declared["hop_ms"][2]
+        if model_hop is not None:
+            return window_ns, model_hop
+        hop_ns = self.hop_ms * MS
+        if "hop_ms" not in self.model_fields_set:
+            hop_ns = min(hop_ns, window_ns)
+        elif hop_ns > window_ns:
+            raise ModelWindowMismatch(f"hop_ms={self.hop_ms} is longer than the model's window of "
+                                      f"{window_ns / MS:g} ms ({fields[0]}): a hop must not exceed the window")
+        return window_ns, hop_ns
 
     def kafka_security(self) -> dict[str, Any]:
         """aiokafka keyword arguments for authentication and TLS."""

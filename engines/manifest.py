@@ -384,10 +384,17 @@ def parse_manifest(doc: Any, directory: Path) -> Manifest:
     if (task_f is None) != (fusion_f is None):
         top.fail("task and fusion go together: an encoders directory has neither, a model both")
     metrics = top.get("metrics", dict, {})
+    task = _task(task_f) if task_f else None
+    fusion = _fusion(fusion_f, modalities) if fusion_f else None
+    if task is not None and fusion is not None and task.kind == "multi_label" and fusion.activation == "softmax":
+        # Softmax makes the classes compete (their scores sum to 1): at most one could pass a 0.5 threshold.
+        output_f = fusion_f.sub("output") if fusion_f else None
+        assert output_f is not None
+        output_f.fail("softmax makes a multi_label model's classes compete (their scores sum to 1): use sigmoid, "
+                      "or none when the graph outputs per-class probabilities", "activation")
     return Manifest(
         version=top.get("version", str), window_ns=window_ns, hop_ns=hop_ns, modalities=modalities,
-        task=_task(task_f) if task_f else None, fusion=_fusion(fusion_f, modalities) if fusion_f else None,
-        directory=directory, metrics=metrics,
+        task=task, fusion=fusion, directory=directory, metrics=metrics,
     )
 
 
@@ -433,6 +440,8 @@ def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
     fmt = doc.get("format", 1) if isinstance(doc, dict) else None
     if fmt == 1:
         return manifest_of_v1(ModelSpec.load(directory), directory)
+    if isinstance(fmt, str) and fmt.strip().isdigit():
+        raise ModelDirError(f"{path}: format: {fmt!r} is a string; write the number, \"format\": {fmt.strip()}")
     if fmt != FORMAT:
         raise ModelDirError(f"{path}: format: {fmt!r} is not supported (this version reads 1 and {FORMAT})")
     return parse_manifest(doc, directory)

@@ -21,6 +21,7 @@ from fusionstream.engines.manifest import (
     TextPreprocess,
     load_manifest,
 )
+from fusionstream.engines.preprocess import tokenizer_problem
 
 #: ONNX Runtime's type strings for the dtypes a manifest may declare.
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
@@ -97,6 +98,9 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
                         f"{spec.dtype} declared, {modality.encoder.file} takes {found.type}")
         expected = modality.row_shape
         shape = tuple(found.shape)
+        if not shape:
+            raise _fail(manifest, field, f"{modality.encoder.file} input {spec.name!r} declares no shape (its rank is "
+                        "unknown): export the graph with its inputs' shapes, [batch, ...] with a dynamic batch axis")
         if len(shape) != len(expected) + 1:
             per_row = ", ".join("any" if d is None else str(d) for d in expected)
             raise _fail(manifest, field, f"{modality.encoder.file} input {spec.name!r} has shape {list(shape)}, "
@@ -123,7 +127,7 @@ def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dic
             tokenizer = Tokenizer.from_file(str(manifest.directory / pre.tokenizer))
         except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
             raise _fail(manifest, f"modalities.{modality.name}.preprocess.tokenizer",
-                        f"{pre.tokenizer} is not a Hugging Face tokenizer.json: {exc}") from None
+                        f"{pre.tokenizer} {tokenizer_problem(manifest.directory / pre.tokenizer, exc)}") from None
         encoding = tokenizer.encode(SAMPLE_TEXT)
         ids = encoding.ids[: pre.max_tokens]
         fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}

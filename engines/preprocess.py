@@ -17,7 +17,9 @@ nothing here imports ``stream`` or a runtime.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -34,6 +36,19 @@ from fusionstream.engines.manifest import (
 
 #: Added to the variance before the square root when normalising audio (what wav2vec2's feature extractor adds).
 AUDIO_EPS = 1e-7
+
+
+def tokenizer_problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a tokenizer file the tokenizers library refused (its own message reads like a JSON
+    syntax error even for valid JSON that is not a tokenizer)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return f"is not a Hugging Face tokenizer.json (not even JSON): {exc}"
+    if not isinstance(doc, dict) or "model" not in doc:
+        return ("is JSON but not a Hugging Face tokenizer.json (it has no \"model\" section): write one with the "
+                "tokenizers library's Tokenizer.save or a transformers tokenizer's save_pretrained")
+    return f"is JSON with a \"model\" section, but the tokenizers library cannot read it as a tokenizer: {exc}"
 
 
 def _resize(frame: np.ndarray, height: int, width: int, cv2: Any) -> np.ndarray:
@@ -163,7 +178,7 @@ class TextPreparer:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
-            raise ModelDirError(f"{field}: {pre.tokenizer} is not a Hugging Face tokenizer.json: {exc}") from None
+            raise ModelDirError(f"{field}: {pre.tokenizer} {tokenizer_problem(path, exc)}") from None
         padding = tokenizer.padding
         self._pad_id = int(padding["pad_id"]) if padding else 0
         tokenizer.no_padding()  # padded here, to the batch's longest

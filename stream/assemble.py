@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fusionstream.stream.buffers import ModalityBuffer, contiguous, gaps, interval_coverage, overlapping
+from fusionstream.stream.buffers import ModalityBuffer, contiguous, gaps, interval_coverage, overlapping, showing_at
 from fusionstream.stream.records import Frame, MediaItem, Modality
 from fusionstream.stream.windows import NS, Window, WindowConfig
 
@@ -55,7 +55,7 @@ def build_window(
         text=tuple(segments),  # type: ignore[arg-type]
         mask=(bool(frames), audio_coverage > 0, bool(segments)),
         coverage=(
-            interval_coverage(frames, start, end),
+            interval_coverage(frames, start, end, showing_at(buffers[Modality.VIDEO], start)) if frames else 0.0,
             audio_coverage,
             interval_coverage(segments, start, end),
         ),

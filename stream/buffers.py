@@ -34,6 +34,9 @@ class ModalityBuffer:
     complete_ns: int = NEVER
     #: Its producer said the source ended (a progress record with ``ended``) and sent nothing since.
     ended: bool = False
+    #: The end of the last item dropped from the front: a frame is a window member only at its start, but the
+    #: frame before a window's first one is still showing when the window starts (video coverage counts it).
+    dropped_end_ns: int = NEVER
 
     def insert(self, item: MediaItem, last: int) -> None:
         start = item.t_start_ns
@@ -54,6 +57,7 @@ class ModalityBuffer:
         while keep < len(lasts) and lasts[keep] < t_ns:
             keep += 1
         if keep:
+            self.dropped_end_ns = self.items[keep - 1].t_end_ns
             del self.starts[:keep], self.lasts[:keep], self.items[:keep]
 
     def retire_before(self, t_ns: int, into: ModalityBuffer) -> None:
@@ -63,6 +67,7 @@ class ModalityBuffer:
         while keep < len(lasts) and lasts[keep] < t_ns:
             keep += 1
         if keep:
+            self.dropped_end_ns = self.items[keep - 1].t_end_ns
             into.starts += self.starts[:keep]
             into.lasts += lasts[:keep]
             into.items += self.items[:keep]
@@ -204,10 +209,18 @@ def overlapping(buffer: ModalityBuffer, start: int, end: int) -> list[MediaItem]
     return [item for item, last in zip(buffer.items[:stop], buffer.lasts[:stop], strict=True) if last >= start]
 
 
-def interval_coverage(items: list[MediaItem], start: int, end: int) -> float:
-    """Fraction of ``[start, end)`` covered by the union of the items' intervals (``items`` in start order)."""
-    covered = 0
-    reach = start
+def showing_at(buffer: ModalityBuffer, start: int) -> int:
+    """Until when the last frame that started before ``start`` shows (``NEVER``: none known): the lead-in
+    of a window's video, which its first frame (a member only from its own start) does not cover."""
+    index = bisect.bisect_left(buffer.starts, start)
+    return buffer.items[index - 1].t_end_ns if index else buffer.dropped_end_ns
+
+
+def interval_coverage(items: list[MediaItem], start: int, end: int, lead_in_until: int = NEVER) -> float:
+    """Fraction of ``[start, end)`` covered by the union of the items' intervals (``items`` in start order),
+    and by ``[start, lead_in_until)``: an item before them still running."""
+    covered = min(max(lead_in_until, start), end) - start
+    reach = start + covered
     for item in items:
         lo, hi = max(item.t_start_ns, reach), min(item.t_end_ns, end)
         if hi > lo:
@@ -230,5 +243,6 @@ def gaps(spans: list[tuple[int, int]], n: int) -> tuple[tuple[int, int], ...]:
 
 __all__ = [
     "ENDED", "NEVER", "ModalityBuffer", "StreamState", "contiguous", "gaps", "interval_coverage", "overlapping",
+    "showing_at",
     "stream_watermark",
 ]

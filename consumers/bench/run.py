@@ -103,8 +103,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                       "fusion": runtime.fusion.method},
             "backend": settings.backend,
             "backend_options": {k: str(v) for k, v in options_of_backend.items()},
-            "workload": {"streams": options.streams, "seconds": options.seconds, "window_ms": settings.window_ms,
-                         "hop_ms": settings.hop_ms, "fps": 15, "sample_rate": config.sample_rate,
+            "workload": {"streams": options.streams, "seconds": options.seconds,
+                         "window_ms": config.window_ns // 1_000_000, "hop_ms": config.hop_ns // 1_000_000,
+                         "fps": 15, "sample_rate": config.sample_rate,
                          "frame_size": frame_size},
         }
         with console.status("making the synthetic workload"):

@@ -164,6 +164,10 @@ def camera(
     config: ConfigOpt = None,
 ) -> None:
     """Live frames from a camera or a video stream, stamped with the wall clock when grabbed. Ctrl-C stops."""
+    if Path(index_or_url).is_file():
+        # OpenCV reads a file as fast as it can: every frame would carry the same wall-clock stamp.
+        fail(f"{index_or_url} is a file, not a camera: `fusionstream produce video {index_or_url}` replays it at its "
+             "own frame rate with its own timestamps")
     settings = _settings(config, bootstrap, partitions)
 
     def records() -> Iterator[Record]:

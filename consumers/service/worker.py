@@ -33,9 +33,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
 
 
 def settings_line(settings: Settings, *, ready_fd: int | None = None, **overrides: Any) -> str:
-    """The first stdin line: every setting (with ``overrides``), secrets included (a pipe, not argv or the
-    environment, so ``ps`` and ``/proc/<pid>/environ`` never show them), and the readiness pipe."""
-    values = settings.model_dump(mode="json")
+    """The first stdin line: every setting given (with ``overrides``), secrets included (a pipe, not argv or
+    the environment, so ``ps`` and ``/proc/<pid>/environ`` never show them), and the readiness pipe. Only
+    those set, so that the worker's defaults stay defaults: an unset window is the model's."""
+    values = settings.model_dump(mode="json", exclude_unset=True)
     if settings.sasl_password is not None:
         values["sasl_password"] = settings.sasl_password.get_secret_value()
     return json.dumps({"settings": values | overrides, "ready_fd": ready_fd}) + "\n"

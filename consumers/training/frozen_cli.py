@@ -26,7 +26,7 @@ _EXTRA = {
     "head_epochs": (Annotated[int, typer.Option("--head-epochs", min=1, help="With --encoders: epochs of fusion-head training on the cached embeddings.")], HEAD_EPOCHS),  # noqa: E501
 }
 #: train's options that have no meaning for a head on frozen encoders.
-_ENCODER_TRAINING = {"epochs": "--epochs", "compare": "--compare", "init": "--init"}
+_ENCODER_TRAINING = {"epochs": "--epochs", "compare": "--compare", "init": "--init", "augment": "--no-augment"}
 
 
 def frozen_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -69,7 +69,7 @@ def _run_frozen(train: dict[str, Any], ours: dict[str, Any], defaults: dict[str,
         out=train["out"], encoders=ours["encoders"], fusion=train["fusion"], task=ours["task"],
         embedding_size=ours["embedding_size"] or DEFAULT_EMBEDDING_SIZE, data=train["data"],
         train_seconds=train["train_seconds"], head_epochs=ours["head_epochs"], seed=train["seed"],
-        workers=train["workers"], cache=train["cache"],
+        workers=train["workers"], cache=train["cache"], version=train["version"],
     )
     with one_line_errors(FusionStreamError, EngineError):  # the encoders directory, --data's clips
         frozen_train_command(options)

@@ -58,6 +58,8 @@ class TrainOptions:
     init: Path | None = None
     #: Render-time augmentation of the synthetic training streams and SpecAugment (not of validation).
     augment: bool = True
+    #: The model's version (every prediction carries it); None: :func:`model_version`.
+    version: str | None = None
 
 
 def _torch_batch(data: WindowSet, index: np.ndarray, mask: np.ndarray | None = None) -> tuple:
@@ -258,7 +260,8 @@ def model_version(out: Path, today: str) -> str:
 def train_command(options: TrainOptions) -> ModelSpec:
     console = Console()
     started = time.perf_counter()
-    spec = ModelSpec(version=model_version(options.out, time.strftime("%Y.%m.%d")), fusion="concat",
+    version = options.version or model_version(options.out, time.strftime("%Y.%m.%d"))
+    spec = ModelSpec(version=version, fusion="concat",
                      audio_pooling=AUDIO_POOLING, video_stem=VIDEO_STEM)
     if options.init is not None:  # a fine-tune keeps the encoders' architecture, older models' too
         init = ModelSpec.load(options.init)
@@ -335,6 +338,11 @@ def export_command(model_dir: Path, out: Path) -> None:
     from fusionstream.engines.spec import TORCH_WEIGHTS
 
     console = Console()
+    manifest = load_manifest(model_dir)  # either format, or one line on what is wrong with it
+    if manifest.source_format != 1:
+        raise ModelDirError(f"{model_dir} is a format {manifest.source_format} model (imported encoders, "
+                            "`train --encoders`): its graphs are ONNX already and it has no torch weights to export; "
+                            "`fusionstream model check` checks it")
     spec = ModelSpec.load(model_dir)
     model = MultimodalModel(spec)
     model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, map_location="cpu", weights_only=True))

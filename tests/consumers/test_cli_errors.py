@@ -95,7 +95,15 @@ def test_failures_are_one_line_with_exit_status_1(long_dir: Path, columns: str) 
 
     done = fusionstream("tail", columns=columns, FUSIONSTREAM_MAX_BATCH="0")
     assert done.returncode == 1
-    assert "invalid settings: max_batch: Input should be greater than or equal to 1" in error_line(done)
+    assert ("invalid settings: max_batch (from FUSIONSTREAM_MAX_BATCH): Input should be greater than or equal to 1"
+            in error_line(done))
+    # A bad value and a misspelt key in the file: each named with where it came from.
+    typo = long_dir / "typo.toml"
+    typo.write_text('max_batchh = 8\nhop_ms = "x"\n')
+    done = fusionstream("tail", "--config", str(typo), columns=columns)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"hop_ms (from {typo}): Input should be a valid integer" in error_line(done)
+    assert f"unknown setting 'max_batchh' in {typo} (did you mean max_batch?)" in error_line(done)
 
 
 def test_an_engine_error_is_one_line(long_dir: Path) -> None:

@@ -350,6 +350,13 @@ def test_produce_errors_are_one_clear_line(tmp_path: Path, columns: str) -> None
     assert config.returncode == 1
     assert f"settings file {long / 'nope.toml'} does not exist" in _one_error_line(config)
 
+    # A file given to `camera` would be read as fast as OpenCV can, every frame stamped at once.
+    clip = long / "clip.mp4"
+    clip.write_bytes(b"\0" * 16)
+    camera = run("camera", str(clip))
+    assert camera.returncode == 1
+    assert f"{clip} is a file, not a camera: `fusionstream produce video {clip}`" in _one_error_line(camera)
+
 
 def test_kafka_produce_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, topic_prefix: str) -> None:
     """Ctrl-C while the source blocks (stdin): what was read is published, exit status 130, a summary."""

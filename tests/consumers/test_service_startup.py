@@ -41,6 +41,7 @@ from fusionstream.consumers.settings import ModelWindowMismatch, Settings
 from fusionstream.engines.spec import ModelSpec
 
 NS = 1_000_000_000
+MS = 1_000_000
 
 
 # -- waiting for the broker, without a broker ----------------------------------------------------
@@ -132,6 +133,25 @@ def test_a_model_without_a_declared_hop_has_only_its_window_checked() -> None:
     assert config.hop_ns == 250_000_000
     with pytest.raises(ModelWindowMismatch, match="window_ms=2000"):
         Settings(window_ms=2000, hop_ms=250).check_model_windows(no_hop)  # type: ignore[arg-type]
+
+
+def test_unset_windows_are_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """model-format.md: serve, demo and bench take the window from model.json; only a window the user set
+    (flag, environment, file) that disagrees is refused."""
+    two_s = SimpleNamespace(window_ns=2 * NS, hop_ns=None, frames_per_window=4, sample_rate=16_000)
+    config = Settings().model_window_config(two_s)  # type: ignore[arg-type]
+    assert (config.window_ns, config.hop_ns) == (2 * NS, 500 * MS)  # no hop declared: the default hop
+    declared = SimpleNamespace(window_ns=2 * NS, hop_ns=NS, frames_per_window=4, sample_rate=16_000)
+    config = Settings().model_window_config(declared)  # type: ignore[arg-type]
+    assert (config.window_ns, config.hop_ns) == (2 * NS, NS)
+    short = SimpleNamespace(window_ns=400 * MS, hop_ns=None, frames_per_window=4, sample_rate=16_000)
+    config = Settings().model_window_config(short)  # type: ignore[arg-type]
+    assert (config.window_ns, config.hop_ns) == (400 * MS, 400 * MS)  # the default hop, no longer than the window
+    with pytest.raises(ModelWindowMismatch, match="hop_ms=450 is longer than the model's window of 400 ms"):
+        Settings(hop_ms=450).check_model_windows(short)  # type: ignore[arg-type]
+    monkeypatch.setenv("FUSIONSTREAM_WINDOW_MS", "1000")  # set, even to the default: it must agree
+    with pytest.raises(ModelWindowMismatch, match=r"window_ms=1000 disagrees .* unset window_ms to take the model's"):
+        Settings().check_model_windows(declared)  # type: ignore[arg-type]
 
 
 # -- against the shared broker -------------------------------------------------------------------

@@ -117,6 +117,8 @@ def test_a_worker_gets_every_setting_secrets_included(monkeypatch: pytest.Monkey
     copy = Settings(**line["settings"])
     assert copy.sasl_password is not None and copy.sasl_password.get_secret_value() == "s3cret"
     assert (copy.group_id, copy.threads, copy.workers) == ("g", 2, 1)
+    # Unset stays unset: the worker takes the model's window, as a single `serve` does.
+    assert "window_ms" not in copy.model_fields_set and "hop_ms" not in copy.model_fields_set
 
 
 # -- against the broker ---------------------------------------------------------------------------

@@ -165,6 +165,26 @@ def test_refusals_are_one_line(work: Path, encoders: Path) -> None:
     done = run("train", str(work / "x"), "--encoders", str(SHIPPED))
     assert done.returncode == 1 and "a format-1 model directory" in done.stderr
     assert "Traceback" not in done.stderr
+    done = run("train", str(work / "x"), "--encoders", str(encoders), "--no-augment")
+    assert done.returncode == 1 and "--no-augment: not with --encoders" in done.stderr
+
+
+def test_export_refuses_a_format_2_model_in_one_line(single: tuple[Path, object]) -> None:
+    """`export` re-exports format-1 torch weights; a model of imported encoders has none (it was a traceback)."""
+    out, _ = single
+    done = run("export", str(out), "--out", str(out.parent / "exported"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "format 2 model" in done.stderr and "no torch weights to export" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (out.parent / "exported").exists()
+
+
+def test_version_names_the_model(work: Path, encoders: Path, single: tuple[Path, object]) -> None:
+    """Two models trained the same day into two directories would share the date: --version names each."""
+    done = run("train", str(work / "named"), "--encoders", str(encoders), "--fusion", "weighted", "--version",
+               "shop-7", "--train-seconds", str(SECONDS), "--workers", "1", "--cache", str(work / "cache"),
+               "--head-epochs", str(EPOCHS))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert load_manifest(work / "named").version == "shop-7"
 
 
 def test_cache_key_follows_the_encoder_bytes_not_the_path(tmp_path: Path, encoders: Path) -> None:

@@ -91,6 +91,12 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda d: d["window"].update(hop_ms=2000), "window.hop_ms: hop 2000 ms is longer than the window 1000 ms"
     ),
     "unknown format": (lambda d: d.update(format=3), "format: 3 is not supported"),
+    "format as a string": (lambda d: d.update(format="2"), "format: '2' is a string; write the number"),
+    "softmax on a multi-label task": (
+        lambda d: d.update(task={"kind": "multi_label", "classes": [str(i) for i in range(10)]})
+        or d["fusion"]["output"].update(activation="softmax"),
+        "fusion.output.activation: softmax makes a multi_label model's classes compete",
+    ),
 }
 
 
@@ -118,6 +124,22 @@ def test_a_graph_file_that_is_not_onnx_is_refused_naming_it(av_model: Path, tmp_
         (broken / file.name).write_bytes(file.read_bytes())
     (broken / "audio.onnx").write_bytes(b"not a graph")
     with pytest.raises(ModelDirError, match=r"modalities\.audio\.encoder\.file: audio\.onnx is not a loadable ONNX"):
+        check_model_dir(broken)
+
+
+def test_a_graph_input_without_a_shape_is_refused_saying_so(av_model: Path, tmp_path: Path) -> None:
+    """An input with no shape at all was reported as 'has shape []', which reads as a scalar."""
+    import onnx
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for file in av_model.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    graph = onnx.load(str(broken / "audio.onnx"))
+    graph.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(graph, str(broken / "audio.onnx"))
+    with pytest.raises(ModelDirError, match=r"modalities\.audio\.encoder\.inputs\.\w+: audio\.onnx input '\w+' "
+                                            r"declares no shape \(its rank is unknown\)"):
         check_model_dir(broken)
 
 

@@ -121,7 +121,12 @@ def test_a_tokenizer_truncates_pads_to_the_batch_longest_and_feeds_the_declared_
 def test_a_tokenizer_file_that_is_not_one_is_refused_naming_the_field(tmp_path: Path) -> None:
     manifest = _text_manifest(tmp_path, {"input_ids": "ids"})
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(ModelDirError, match=r"modalities\.text\.preprocess\.tokenizer: tokenizer\.json is not"):
+    with pytest.raises(ModelDirError, match=r"modalities\.text\.preprocess\.tokenizer: tokenizer\.json is not a "
+                                            r"Hugging Face tokenizer\.json \(not even JSON\)"):
+        TextPreparer(manifest.modalities["text"], manifest)
+    # Valid JSON that is no tokenizer: the library's own message read like a JSON syntax error.
+    (tmp_path / "tokenizer.json").write_text('{"vocab": {"a": 0}}')
+    with pytest.raises(ModelDirError, match=r"is JSON but not a Hugging Face tokenizer\.json \(it has no \"model\""):
         TextPreparer(manifest.modalities["text"], manifest)
 
 

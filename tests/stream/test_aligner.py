@@ -66,9 +66,27 @@ def test_in_order_stream_gives_full_hopping_windows() -> None:
     for w in full:
         assert w.mask == (True, True, True)
         assert len(w.frames) == 8 and len(w.audio) == RATE
-        assert w.coverage[1] == pytest.approx(1.0) and w.coverage[0] > 1 - 1 / 15 - 1e-9
+        assert w.coverage[1] == pytest.approx(1.0) and w.coverage[0] == pytest.approx(1.0)
         assert w.audio_gaps == ()
         assert w.closed_by in {"watermark", "flush"}
+
+
+def test_video_coverage_counts_the_frame_still_showing_when_a_window_starts() -> None:
+    """A frame joins a window at its start instant only, but the one before the window's first frame still
+    shows until that frame: a continuous camera covers every window whole, whatever its phase or rate
+    (it read 0.96-0.98 at 10 fps, and far less at 1-2 fps). A camera that starts late or stalls covers less."""
+    for period_ms, phase_ms in ((100, 17), (100, 83), (500, 240), (1000 / 15, 5)):
+        times = np.arange(583, 4000, period_ms)  # the camera starts 83 ms into the window at 500 ms
+        items = [frame(t, period_ms=period_ms) for t in times + phase_ms - 17]
+        windows = by_id([*feed(aligner := Aligner(), items), *aligner.flush()])
+        inside = [w for w in windows.values() if w.t_start_ns >= T0 + 1000 * MS and w.t_end_ns <= T0 + 3000 * MS]
+        assert inside and all(w.coverage[0] == pytest.approx(1.0) for w in inside), (period_ms, phase_ms)
+    first = by_id([*feed(aligner := Aligner(), [frame(t, period_ms=100) for t in range(583, 4000, 100)]),
+                   *aligner.flush()])
+    assert first[("s", T0 + 500 * MS)].coverage[0] == pytest.approx(0.917)  # nothing before its first frame
+    stalled = [frame(t, period_ms=100) for t in range(0, 4000, 100) if not 1200 <= t < 1500]
+    windows = by_id([*feed(aligner := Aligner(), stalled), *aligner.flush()])
+    assert windows[("s", T0 + 1000 * MS)].coverage[0] == pytest.approx(0.7)  # 300 ms without a frame
 
 
 def test_watermark_waits_for_the_slowest_modality_then_closes() -> None:
