@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from fusionstream.stream.amendments import amend, amendable, rebuild
 from fusionstream.stream.assemble import build_window
 from fusionstream.stream.buffers import ENDED, NEVER, ModalityBuffer, StreamState, stream_watermark
 from fusionstream.stream.frames_ahead import frames_due
@@ -40,10 +41,12 @@ class Admission:
     window_starts: tuple[int, ...]
     #: Windows it belongs to that had already closed: it is in the others only (partly late).
     missed: int = 0
+    #: A copy of an item already buffered (a producer that resent it): taken once, in no window twice.
+    duplicate: bool = False
 
     @property
     def late(self) -> bool:
-        return not self.window_starts
+        return not self.window_starts and not self.duplicate
 
     @property
     def partly_late(self) -> bool:
@@ -62,6 +65,8 @@ class AlignerStats:
     progress: int = 0
     #: Closed windows predicted again because a partly late record changed what they hold (revisions on).
     amended: int = 0
+    #: Copies of items already buffered (``Admission.duplicate``): not buffered again.
+    duplicates: int = 0
     windows: int = 0
     closed_by_watermark: int = 0
     closed_by_timeout: int = 0
@@ -108,17 +113,6 @@ class Aligner:
         if first > last:
             self.stats.late += 1
             return Admission((), missed)
-        amending = self._amendable(state, starts.start, first)
-        before = {start: self._rebuild(item.stream_id, state, start) for start in amending}
-        if state is None:
-            state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
-                                offset_ns=cfg.offset_ns(item.stream_id),
-                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
-                                retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
-                                arrived_ns=now_ns)
-            self._streams[item.stream_id] = state
-            self._tombstones.pop(item.stream_id, None)
-            self.stats.open_streams = len(self._streams)
         if isinstance(item, AudioChunk) and item.sample_rate != cfg.sample_rate:
             item = AudioChunk(
                 item.stream_id,
@@ -129,6 +123,21 @@ class Aligner:
                 item.ref,
                 item.complete,
             )
+        if state is not None and (state.buffers[item.modality].holds(item)
+                                  or (state.retired is not None and state.retired[item.modality].holds(item))):
+            self.stats.duplicates += 1
+            return Admission((), missed, duplicate=True)
+        amending = amendable(cfg, state, starts.start, first)
+        before = {start: rebuild(cfg, item.stream_id, state, start) for start in amending}
+        if state is None:
+            state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
+                                offset_ns=cfg.offset_ns(item.stream_id),
+                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
+                                retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
+                                arrived_ns=now_ns)
+            self._streams[item.stream_id] = state
+            self._tombstones.pop(item.stream_id, None)
+            self.stats.open_streams = len(self._streams)
         self._recent.add(item.stream_id)
         buffer = state.buffers[item.modality]
         buffer.insert(item, last_ns)
@@ -144,47 +153,15 @@ class Aligner:
             state.first_start_ns = first
         self.stats.items += 1
         self.stats.partly_late += missed > 0
-        amended = tuple(self._amend(state, item, before))
+        queued = len(state.amended)
+        amended = tuple(amend(cfg, state, item, before)) if before else ()
+        self.stats.amended += len(state.amended) - queued
         return Admission(amended + tuple(range(first, last + 1, cfg.hop_ns)), missed)
 
     @property
     def _amends(self) -> bool:
         """Whether closed windows are revised when a partly late record changes them: with revisions on."""
         return bool(self.config.provisional_without)
-
-    def _amendable(self, state: StreamState | None, first: int, emitted_until: int) -> list[int]:
-        """The closed windows from ``first`` on that a record joining ``emitted_until`` and later can still
-        amend: those whose items are kept (the last ``window_ns`` before the first open window)."""
-        if state is None or state.retired is None or first >= emitted_until:
-            return []
-        # Only windows this aligner closed itself: after a resume (a restart, a new owner) the windows before
-        # it were published by an earlier run, and the records re-read for the open ones were in them already.
-        kept_from = max(emitted_until - self.config.window_ns, state.first_start_ns)
-        return [start for start in range(first, emitted_until, self.config.hop_ns) if start >= kept_from]
-
-    def _rebuild(self, stream_id: str, state: StreamState | None, start: int, *, revision: int = 0,
-                 refs: tuple[object, ...] = ()) -> Window | None:
-        """A closed window as it would be built now, from its kept items and those still buffered."""
-        assert state is not None and state.retired is not None
-        buffers = {m: state.retired[m].joined(state.buffers[m]) for m in MODALITIES}
-        return build_window(self.config, stream_id, buffers, start, "amended", revision=revision, refs=refs)
-
-    def _amend(self, state: StreamState, item: MediaItem, before: dict[int, Window | None]) -> list[int]:
-        """Queue a new revision of each closed window in ``before`` that ``item`` (now buffered) changed;
-        returns their starts. Its records were released with its earlier final: the amendment releases
-        ``item``'s only."""
-        amended: list[int] = []
-        for start, old in before.items():
-            revision = state.revisions.get(start, 0) + 1
-            new = self._rebuild(item.stream_id, state, start, revision=revision,
-                                refs=() if item.ref is None else (item.ref,))
-            if new is None or (old is not None and _inputs(old) == _inputs(new)):
-                continue  # e.g. a frame no sampling instant picks: the window's prediction stands
-            state.revisions[start] = revision
-            state.amended.append(new)
-            amended.append(start)
-        self.stats.amended += len(amended)
-        return amended
 
     def progress(self, progress: Progress, now_ns: int) -> None:
         """Take a progress record: its modality of its stream is complete up to ``progress.t_ns``, so
@@ -489,11 +466,6 @@ class Aligner:
 def _floor(state: StreamState) -> int:
     """Start of the stream's first window not emitted yet (or of its first window, before any)."""
     return state.first_start_ns if state.next_start_ns is None else state.next_start_ns
-
-
-def _inputs(window: Window) -> tuple[object, ...]:
-    """What a window's prediction depends on, to tell whether an amendment changed it."""
-    return (window.frame_times_ns, window.coverage, window.mask, tuple(s.text for s in window.text))
 
 
 __all__ = ["Admission", "Aligner", "AlignerStats", "last_instant"]

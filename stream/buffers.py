@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fusionstream.stream.records import MediaItem, Modality
+from fusionstream.stream.jpeg import LazyJpeg
+from fusionstream.stream.records import AudioChunk, Frame, MediaItem, Modality, TextSegment
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -49,6 +50,20 @@ class ModalityBuffer:
         self.starts.insert(index, start)
         self.lasts.insert(index, last)
         self.items.insert(index, item)
+
+    def holds(self, item: MediaItem) -> bool:
+        """Whether a copy of ``item`` (same span, same content) is buffered: a producer that restarted and
+        sent its last second again. Free for the usual item, which starts after every buffered one."""
+        starts = self.starts
+        start = item.t_start_ns
+        if not starts or start > starts[-1]:
+            return False
+        index = bisect.bisect_left(starts, start)
+        while index < len(starts) and starts[index] == start:
+            if _same(self.items[index], item):
+                return True
+            index += 1
+        return False
 
     def prune_before(self, t_ns: int) -> None:
         """Drop leading items that no window starting at ``t_ns`` or later can contain."""
@@ -207,6 +222,22 @@ def overlapping(buffer: ModalityBuffer, start: int, end: int) -> list[MediaItem]
     """Items that share at least one instant with ``[start, end)``."""
     stop = bisect.bisect_left(buffer.starts, end)
     return [item for item, last in zip(buffer.items[:stop], buffer.lasts[:stop], strict=True) if last >= start]
+
+
+def _same(a: MediaItem, b: MediaItem) -> bool:
+    """Two items of one modality and start: the same record's content (a resent copy)?"""
+    if a.t_end_ns != b.t_end_ns:
+        return False
+    if isinstance(a, TextSegment) and isinstance(b, TextSegment):
+        return a.text == b.text
+    if isinstance(a, AudioChunk) and isinstance(b, AudioChunk):
+        return np.array_equal(a.samples, b.samples)
+    if isinstance(a, Frame) and isinstance(b, Frame):
+        image_a, image_b = a.image, b.image
+        if isinstance(image_a, LazyJpeg) and isinstance(image_b, LazyJpeg):
+            return image_a.data == image_b.data
+        return isinstance(image_a, np.ndarray) and isinstance(image_b, np.ndarray) and np.array_equal(image_a, image_b)
+    return False
 
 
 def showing_at(buffer: ModalityBuffer, start: int) -> int:

@@ -370,5 +370,10 @@ class LazyJpeg:
         return (height, width) == self.shape[:2] or (min_side > 0 and min(height, width) >= min_side)
 
     @property
+    def data(self) -> bytes:
+        """The JPEG's bytes, as received."""
+        return self._data
+
+    @property
     def decoded(self) -> bool:
         return self._pixels is not None

@@ -6,11 +6,18 @@ created ``__consumer_offsets``, and aiokafka logs ``ERROR ... Group Coordinator 
 failed: [Error 15] CoordinatorNotAvailableError`` while it retries, as it should. An
 ERROR there trains people to ignore ERRORs, so :func:`lower_routine_client_errors`
 rewrites those records as INFO.
+
+The other: a broker that restarts or goes away. Every client logs each failed connection, metadata
+request and fetch at ERROR, many times a second while it retries (47,000 lines in a 14 s broker
+restart); :class:`_BrokerAway` lets the first of each kind through as a WARNING and then one per
+``REPEAT_S`` with how many it held back, so an outage is a few lines, not a flood.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
 
@@ -38,11 +45,51 @@ class _RoutineCoordinatorLookup(logging.Filter):
         return True
 
 
+#: What aiokafka logs at ERROR, over and over, while a broker is away (aiokafka 0.12-0.14): logger, message.
+_BROKER_AWAY = {
+    ("aiokafka", "Unable connect to node with id %s: %s"),
+    ("aiokafka", "Unable to update metadata from %s"),
+    ("aiokafka", "Unable to request metadata from node with id %s: %r"),
+    ("aiokafka", 'Unable to request metadata from "%s:%s": %s'),
+    ("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s"),
+}
+#: Seconds between two lines of one kind while a broker stays away.
+REPEAT_S = 10.0
+
+
+class _BrokerAway(logging.Filter):
+    """One WARNING per kind of broker-away error per ``REPEAT_S`` (with the count held back); the rest dropped."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # message -> (when one last went through, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or (record.name, record.msg) not in _BROKER_AWAY:
+            return True
+        now = self._clock()
+        last, held = self._last.get(record.msg, (-float("inf"), 0))
+        if now - last < REPEAT_S:
+            self._last[record.msg] = (last, held + 1)
+            return False
+        self._last[record.msg] = (now, 0)
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        suffix = f" ({held} more like it in the last {REPEAT_S:g} s)" if held else ""
+        record.msg = f"{record.msg} (the client retries; one such line per {REPEAT_S:g} s){suffix}"
+        return True
+
+
 def lower_routine_client_errors() -> None:
-    """Install the filter (once per process; calling it again changes nothing)."""
+    """Install the filters (once per process; calling it again changes nothing)."""
     logger = logging.getLogger(_COORDINATOR_LOGGER)
     if not any(isinstance(f, _RoutineCoordinatorLookup) for f in logger.filters):
         logger.addFilter(_RoutineCoordinatorLookup())
+    away = _BrokerAway()
+    for name in sorted({name for name, _ in _BROKER_AWAY}):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _BrokerAway) for f in logger.filters):
+            logger.addFilter(away)
 
 
 __all__ = ["lower_routine_client_errors"]

@@ -39,7 +39,7 @@ from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.errors import BadRecord
 from fusionstream.stream.jpeg import LazyJpeg
 from fusionstream.stream.media import decode_media, decode_wire
-from fusionstream.stream.records import MediaItem, Modality, Progress, Record
+from fusionstream.stream.records import MediaItem, Modality, Progress, Record, TextSegment
 from fusionstream.stream.windows import Window, WindowConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class PipelineStats:
     windows_warmed: int = 0
     #: Frames of open windows embedded ahead of their close (``fusionstream.stream.frames_ahead``).
     frames_warmed: int = 0
-    #: Records of a modality the model does not use: not aligned, their offsets released at once.
+    #: Records not aligned, their offsets released at once: of a modality the model does not use, or interim
+    #: transcript results (``is_final`` false: their final replaces them).
     records_ignored: int = 0
     #: Progress records taken (docs/wire-format.md#progress): they move the watermark, join no window.
     progress_records: int = 0
@@ -210,7 +211,9 @@ class Pipeline:
             if isinstance(item, DeadLetter):
                 dead.append(item)
                 continue
-            if ignored and item.modality in ignored:
+            if (ignored and item.modality in ignored) or (item.__class__ is TextSegment and not item.is_final):
+                # An interim transcript result (is_final false) is replaced by its final: fused, it would be
+                # counted twice, and it moves the text's watermark past words still to come.
                 stats.records_ignored += 1
                 if on_admit is not None:
                     on_admit(item.ref, 0)  # in no window: nothing to wait for
@@ -222,6 +225,11 @@ class Pipeline:
                     on_admit(item.ref, 0)
                 continue
             admission = add(item, now)
+            if admission.duplicate:  # resent by its producer: the copy taken before stands for it
+                stats.records_ignored += 1
+                if on_admit is not None:
+                    on_admit(item.ref, 0)
+                continue
             if admission.late:
                 dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
                                        item.stream_id))

@@ -163,8 +163,10 @@ class Feeder:
         assert self._pipeline is not None
         waiting = self._pipeline.backlog() >= self._max_backlog or self._merger.total() > 0
         modalities: set[Modality] = set()
-        for tp in self._handover.owned:
-            if self._merger.buffered(tp) or not self._caught_up(tp):
+        owned = list(self._handover.owned)
+        outage = self._unanswered(owned)
+        for tp in owned:
+            if outage or self._merger.buffered(tp) or not self._caught_up(tp):
                 waiting = True
                 modalities |= self._modalities_of_topic.get(tp[0], frozenset())
         self.clock.observe(waiting)
@@ -173,6 +175,25 @@ class Feeder:
     def _caught_up(self, tp: tuple[str, int]) -> bool:
         """Whether everything the broker has for ``tp`` was fetched, as far as the service knows."""
         return self._log_end(tp) is not None or self._merger.idle(tp, self._fetch_ms)
+
+    def _unanswered(self, tps: list[tuple[str, int]]) -> bool:
+        """Whether the broker has stopped answering: every one of ``tps`` had a fetch response once, and
+        none for ``unanswered_after_ms`` since. The last log end it reported would read as caught up, the
+        aligner's clock would run through the outage, and the streams' windows close by timeout without
+        the records their producers hold meanwhile (a broker restart: 12 windows closed short, 90 records
+        late after it). One topic-partition that cannot be read does not stop the clock for the others."""
+        consumer = self._consumer
+        if consumer is None or not tps:
+            return False
+        oldest = time.time() * 1000 - self._options.unanswered_after_ms
+        try:
+            for tp in tps:
+                reported = consumer.last_poll_timestamp(TopicPartition(*tp))
+                if reported is None or reported >= oldest:
+                    return False
+        except (AssertionError, IllegalStateError):
+            return False
+        return True
 
     def _log_end(self, tp: tuple[str, int]) -> float | None:
         """When the broker reported the log end ``tp``'s position has reached (the consumer's fetch time,

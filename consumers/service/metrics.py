@@ -74,7 +74,8 @@ class ServiceMetrics:
             namespace=ns, registry=registry,
         )
         self.ignored = Counter(
-            "records_ignored", "Records of a modality the model does not use (not aligned, not waited for).",
+            "records_ignored", "Records not aligned, not waited for: of a modality the model does not use, or "
+            "interim transcript results (is_final false).",
             namespace=ns, registry=registry,
         )
         self.progress = Counter(

@@ -40,6 +40,10 @@ class ServiceOptions:
     #: A topic-partition that delivers nothing for this long (of time spent fetching) stops holding
     #: back its partition's other topics (see fusionstream.consumers.service.intake).
     max_idle_ms: float = 1000.0
+    #: When no owned topic-partition has had a fetch response for this long (wall time), the broker is down or
+    #: unreachable: the service cannot tell a silent stream from an unread one, and its aligner's clock stands
+    #: still (a fetch answers every ``fetch_max_wait_ms`` when all is well).
+    unanswered_after_ms: float = 1000.0
     #: Fetching pauses above these bounds and resumes below half of them (backpressure).
     max_held_records: int = 100_000
     max_buffered_per_partition: int = 5_000

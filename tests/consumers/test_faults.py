@@ -122,6 +122,63 @@ def test_kafka_service_rides_out_a_broker_restart_without_losing_a_window(
         assert figures["duplicates"] == 0, "read_committed sees every window once, outage or not"
 
 
+def test_kafka_service_holds_its_windows_while_the_broker_is_away(
+    private_broker: PrivateBroker, topic_prefix: str, untrained_model: Path,
+    processes: Callable[..., ServiceProcess],
+) -> None:
+    """A live source holds its records while the broker is away and sends them when it is back, its event
+    times running on through the outage. The service cannot read them meanwhile: its streams are unread, not
+    silent, so no window may close by timeout (12 windows closed short and 90 records went late before)."""
+    import json
+
+    broker, prefix, model = private_broker, topic_prefix, untrained_model
+    # Generous: between the service catching up and the broker going away (kafka.sh stop takes seconds) the
+    # streams are silent for real, and a timeout then would be right.
+    settings = service_settings(broker.bootstrap, prefix, model, idle_timeout_ms=8000)
+    census = census_of(settings)
+    source = list(synthetic(streams=4, seconds=14, seed=33).records())
+    t0 = source[0].t_start_ns
+    first = list(census.watch([r for r in source if r.t_start_ns < t0 + 7 * NS]))
+    held = list(census.watch([r for r in source if r.t_start_ns >= t0 + 7 * NS]))  # no gap in event time
+    outage_s = 12.0  # longer than idle_timeout_ms: the windows open at the outage would time out in it
+
+    async def scenario() -> tuple[Reader, Reader, int]:
+        await ensure_topics(broker.bootstrap, all_topics(settings), PARTITIONS)
+        await produce(settings, first)
+        service = processes(settings, "outage")
+        async with Reader(broker.bootstrap, settings.predictions_topic) as reader:
+            await reader.until(lambda r: len(r.records) >= 10, timeout_s=DEADLINE_S, on_wait=service.alive)
+        stopped = time.monotonic()
+        await asyncio.to_thread(broker.stop, keep_state=True)
+        while time.monotonic() - stopped < outage_s:
+            service.alive()
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(broker.start)
+        await produce(settings, held)
+        async with Reader(broker.bootstrap, settings.predictions_topic) as reader, \
+                Reader(broker.bootstrap, settings.deadletter_topic) as dead:
+            await until_covered(reader, census.expected, DEADLINE_S, service.alive)
+            rc = service.terminate()
+            await reader.to_end()
+            await dead.to_end()
+        return reader, dead, rc
+
+    try:
+        reader, dead, rc = asyncio.run(scenario())
+    finally:
+        broker.start()
+    predictions = [json.loads(r.value) for r in reader.records]
+    # The windows open when the broker went away: their records after it were held by the source. (Windows at
+    # the end of the input close by timeout, rightly: a modality of a synthetic stream may end early.)
+    short = [p for p in predictions if p["closed_by"] == "timeout" and p["t_start_ns"] < t0 + 7 * NS]
+    figures = window_figures(reader.windows(), census.expected)
+    report("broker_outage_held_records", {**figures, "dead_letters": len(dead.records),
+                                          "closed_by_timeout_at_the_outage": len(short)})
+    assert rc == 0 and figures["windows_lost"] == 0
+    assert dead.records == [], f"late: {[(r.headers, r.key) for r in dead.records[:3]]}"
+    assert short == [], f"closed by timeout during the outage: {[(p['stream_id'], p['t_start_ns']) for p in short[:3]]}"
+
+
 def test_kafka_service_under_bursts_at_ten_times_real_time_stays_bounded_and_catches_up(
     kafka_bootstrap: str, topic_prefix: str, untrained_model: Path, processes: Callable[..., ServiceProcess]
 ) -> None:

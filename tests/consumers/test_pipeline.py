@@ -360,3 +360,31 @@ def test_a_record_from_kafka_must_be_keyed_by_its_stream_id() -> None:
     # A record that does not decode keeps its own reason, whatever its key.
     (broken,) = decode_records([(value[:-1], "e", b"cam-08")])
     assert isinstance(broken, DeadLetter) and broken.reason == "truncated"
+
+
+def test_interim_transcripts_and_resent_records_change_no_prediction(untrained_model: Path) -> None:
+    """An interim ASR result (is_final false) is replaced by its final, and a producer that restarts resends
+    its last second: neither may change a window (an interim word was fused as text and moved the text's
+    watermark; a resent word was in the transcript twice). Both are counted, in no window."""
+    records = list(SyntheticAV(SyntheticConfig(streams=2, seconds=8, seed=5)).records())
+    texts = [r for r in records if r.modality is Modality.TEXT]
+    interims = [dataclasses.replace(r, meta={**r.meta, "is_final": False}, payload=r.payload[:3]) for r in texts]
+    resent = [r for r in records if 4 * NS <= r.t_start_ns - records[0].t_start_ns < 5 * NS]
+    assert interims and {r.modality for r in resent} == set(Modality)
+    noisy: list = []
+    for record in records:
+        noisy += [i for i in interims if i.t_start_ns == record.t_start_ns and i.stream_id == record.stream_id
+                  and record.modality is Modality.TEXT]
+        noisy.append(record)
+        if record is resent[-1]:
+            noisy += resent
+    plain, _ = asyncio.run(_run(untrained_model, records))
+    mixed, pipeline = asyncio.run(_run(untrained_model, noisy))
+    assert mixed.dead_letters == []
+    assert pipeline.stats.records_ignored == len(interims) + len(resent)
+    assert pipeline.aligner.stats.duplicates == len(resent)
+    by_window = {(p.stream_id, p.t_start_ns): p for p in plain.predictions}
+    assert {(p.stream_id, p.t_start_ns) for p in mixed.predictions} == by_window.keys()
+    for p in mixed.predictions:
+        same = by_window[(p.stream_id, p.t_start_ns)]
+        assert p.label == same.label and p.scores == pytest.approx(same.scores, abs=1e-6)

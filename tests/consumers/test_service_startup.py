@@ -109,6 +109,40 @@ def test_a_coordinator_lookup_that_is_retried_is_logged_as_info_not_as_an_error(
     assert caplog.records == [], "lowered to INFO, it obeys the configured level"
 
 
+def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A broker restart: aiokafka logged each failed connection, metadata request and fetch at ERROR, about
+    3,400 lines a second. One WARNING per kind per 10 s now, saying how many it held back."""
+    from fusionstream.consumers.kafka.client_logs import _BrokerAway
+
+    now = [0.0]
+    away = _BrokerAway(clock=lambda: now[0])
+    client, fetcher = logging.getLogger("test.aiokafka"), logging.getLogger("test.aiokafka.consumer.fetcher")
+    for logger in (client, fetcher):
+        logger.addFilter(away)
+    try:
+        from fusionstream.consumers.kafka import client_logs
+
+        client_logs._BROKER_AWAY |= {("test.aiokafka", "Unable connect to node with id %s: %s"),
+                                     ("test.aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s")}
+        with caplog.at_level(logging.INFO):
+            for _ in range(500):
+                client.error("Unable connect to node with id %s: %s", 1, "connection refused")
+                fetcher.error("Failed fetch messages from %s: %s", 1, "NodeNotReadyError")
+                now[0] += 0.01  # 5 s in all
+            client.error("Something else went wrong")  # not one of the kinds: as it was
+            now[0] += 10.0
+            client.error("Unable connect to node with id %s: %s", 1, "connection refused")
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [level for level, _ in lines] == ["WARNING", "WARNING", "ERROR", "WARNING"], lines
+        assert "one such line per 10 s" in lines[0][1] and "connection refused" in lines[0][1]
+        assert lines[3][1].endswith("(499 more like it in the last 10 s)")
+    finally:
+        client_logs._BROKER_AWAY -= {("test.aiokafka", "Unable connect to node with id %s: %s"),
+                                     ("test.aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s")}
+        for logger in (client, fetcher):
+            logger.removeFilter(away)
+
+
 # -- window and hop against the model ------------------------------------------------------------
 
 

@@ -358,3 +358,29 @@ def test_ready_does_not_wait_for_captions_and_skips_gaps(monkeypatch: pytest.Mon
     starts = sorted((w.t_start_ns - T0) // MS for w in aligner.ready(0))
     assert starts == [1000, 1500, 59_500, 60_000, 60_500]  # 1500: the last chunk reaches 1.52 s
     assert len(built) <= len(starts) + 1  # one empty window looked at, not the 116 of the gap
+
+
+def test_a_resent_record_is_taken_once() -> None:
+    """A producer that restarts and sends its last second again: each copy joins no window a second time
+    (a resent word was in the transcript twice), and is not late either."""
+    items = sorted(av("s", 0, 3000), key=lambda i: i.t_start_ns)
+    aligner = Aligner()
+    plain = {w.window_id: w for w in [*feed(aligner, items), *aligner.flush()]}
+    aligner = Aligner()
+    copies = [i for i in items if 1000 * MS <= i.t_start_ns - T0 < 2000 * MS]
+    assert {type(i).__name__ for i in copies} == {"Frame", "AudioChunk", "TextSegment"}
+    windows = feed(aligner, [i for i in items if i.t_start_ns - T0 < 2000 * MS])
+    for item in copies:  # resent, each a new object with the same span and content
+        admission = aligner.add(type(item)(*(getattr(item, f) for f in item.__dataclass_fields__)), 0)
+        assert admission.duplicate and not admission.late and admission.window_starts == ()
+    windows += feed(aligner, [i for i in items if i.t_start_ns - T0 >= 2000 * MS]) + aligner.flush()
+    assert aligner.stats.duplicates == len(copies)
+    resent = {w.window_id: w for w in windows}
+    assert resent.keys() == plain.keys()
+    for key, window in resent.items():
+        assert window.transcript == plain[key].transcript and window.frame_times_ns == plain[key].frame_times_ns
+        assert window.coverage == plain[key].coverage and np.array_equal(window.audio, plain[key].audio)
+    # The same span with other content is no copy: a corrected word joins the window beside the first.
+    aligner = Aligner()
+    feed(aligner, [segment(100, 300, "seven")])
+    assert not aligner.add(segment(100, 300, "eleven"), 0).duplicate

@@ -21,6 +21,19 @@ def closed_through(aligner: Aligner, ms: int) -> list:
     return aligner.poll(0)
 
 
+def audio_short_of_video(audio_until_ms: int) -> tuple[Aligner, list]:
+    """Video to 2 s, audio to ``audio_until_ms``, both complete to 2 s (so windows close): the aligner and
+    what closed."""
+    aligner = Aligner(REVISIONS)
+    for item in av("s", 0, 2000, audio=False, text=False):
+        aligner.add(item, 0)
+    for item in av("s", 0, audio_until_ms, video=False, text=False):
+        aligner.add(item, 0)
+    for modality in (Modality.TEXT, Modality.AUDIO):
+        aligner.progress(Progress("s", modality, T0 + 2000 * MS), 0)
+    return aligner, aligner.poll(0)
+
+
 def test_a_word_that_misses_closed_windows_amends_them_with_its_own_record_only() -> None:
     aligner = Aligner(REVISIONS)
     closed = closed_through(aligner, 2000)
@@ -61,14 +74,7 @@ def test_a_window_that_had_a_provisional_prediction_is_amended_as_revision_2() -
 
 
 def test_a_late_audio_chunk_across_the_edge_amends_the_window_it_fills() -> None:
-    aligner = Aligner(REVISIONS)
-    for item in av("s", 0, 2000, audio=False, text=False):
-        aligner.add(item, 0)
-    for item in av("s", 0, 1400, video=False, text=False):
-        aligner.add(item, 0)
-    for modality in (Modality.TEXT, Modality.AUDIO):
-        aligner.progress(Progress("s", modality, T0 + 2000 * MS), 0)
-    closed = aligner.poll(0)
+    aligner, closed = audio_short_of_video(1400)
     assert [round(w.coverage[1], 2) for w in closed if w.t_start_ns - T0 == 1000 * MS] == [0.4]
     admission = aligner.add(chunk(1480, stream="s", value=0.5), 0)
     assert admission.partly_late
@@ -103,3 +109,21 @@ def test_only_the_last_window_length_is_kept_for_amendments() -> None:
     admission = aligner.add(segment(1000, 3600, "long"), 0)
     assert sorted((s - T0) // MS for s in admission.window_starts) == [2500, 3000, 3500]
     assert admission.missed == 6
+
+
+def test_late_records_taken_before_a_poll_make_one_revision_of_a_window() -> None:
+    """A backlog (after a broker outage) brings many partly late chunks at once: each used to be a final of
+    its own (33 revisions of one window in a second). Taken before one poll, they are one amendment that
+    holds them all and releases all their records."""
+    aligner, closed = audio_short_of_video(1000)
+    assert [round(w.coverage[1], 2) for w in closed if w.t_start_ns - T0 == 1000 * MS] == [0.0]
+    late = [chunk(t, stream="s", value=0.5) for t in range(1500, 1980, 40)]  # 12 chunks: windows 1000 and 1500
+    for item in late:
+        assert aligner.add(item, 0).partly_late
+    amended = aligner.poll(0)
+    assert [((w.t_start_ns - T0) // MS, w.revision) for w in amended] == [(1000, 1)]
+    (window,) = amended
+    assert round(window.coverage[1], 2) == 0.48 and set(window.refs) == {item.ref for item in late}
+    assert aligner.stats.amended == 1
+    aligner.add(chunk(1980, stream="s", value=0.5), 0)  # after the poll: the next revision
+    assert [w.revision for w in aligner.poll(0)] == [2]
