@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Regenerate stream/sources/speech_bank/: espeak-ng clips of the ten digit words in
-# many voices (accents x variants) and speeds, as 16 kHz mono 16-bit WAV with the silence trimmed.
+# Regenerate stream/sources/speech_bank/: clips of the ten digit words in many espeak-ng voices
+# (accents x variants) and speeds, and in the recorded speakers of two other synthesisers (flite
+# and festival), as 16 kHz mono 16-bit WAV with the silence trimmed.
 #
 # The synthetic AV-digits source (stream/sources/synthetic.py) speaks these clips, so
 # demos, tests and training hear real synthesized speech rather than tones.
 # Output is deterministic for a given espeak-ng + sox version (no dither, no clock).
 #
-# Needs: espeak-ng, sox  (apt-get install espeak-ng sox)
+# Needs: espeak-ng, sox, flite, festival and three festival voices
+#   (apt-get install espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
 # Usage: scripts/make_speech_bank.sh [OUTPUT_DIR]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-$(dirname "$here")/stream/sources/speech_bank}"
 
-for tool in espeak-ng sox; do
-    command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install espeak-ng sox)" >&2; exit 1; }
+for tool in espeak-ng sox flite text2wave; do
+    command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install espeak-ng sox flite festival)" >&2; exit 1; }
 done
 
 # Voices are espeak-ng language voices (accents), most with a variant (+f3 ...) for another
@@ -37,6 +39,15 @@ for variant in "${train_variants[@]}"; do
     i=$((i + 1))
 done
 test_voices=(en-gb-scotland en-029 en-us+f4 en-gb-x-gbcwmd+m7 en-029+klatt4)
+# espeak-ng's voices are one formant synthesiser: a model trained on them alone heard 0.65-0.91 of
+# other engines' speakers (audio alone). flite (diphone and clustergen voices of recorded speakers)
+# and festival (diphone, HTS) add real recorded speakers. Training hears four flite voices and
+# festival's kal; the held-out speakers are ones training never hears from any engine: slt (female,
+# CMU ARCTIC) through flite and through festival's HTS voice, and ked (male) through festival.
+train_engine_voices=(flite-awb flite-rms flite-kal flite-kal16 festival-kal)
+test_engine_voices=(flite-slt festival-ked festival-slt)
+train_voices+=("${train_engine_voices[@]}")
+test_voices+=("${test_engine_voices[@]}")
 speeds=(140 190)  # words per minute (espeak-ng default is 175)
 # The first bank's six voices and the test voices are spoken at both speeds; each later training
 # voice at one speed of three in turn (training perturbs tempo anyway), which keeps the bank small.
@@ -46,25 +57,44 @@ declare -A voice_speeds=()
 for i in "${!train_voices[@]}"; do
     (( i < first_voices )) || voice_speeds["${train_voices[$i]}"]="${one_speed[$(( i % 3 ))]}"
 done
+# Each other engine's training voice at all three speeds: there are few of them.
+for voice in "${train_engine_voices[@]}"; do voice_speeds["$voice"]="${one_speed[*]}"; done
 speeds_of() { echo "${voice_speeds[$1]:-${speeds[*]}}"; }
 digits=(zero one two three four five six seven eight nine)
 rate=16000
 
+# synthesise VOICE WPM WORD OUT.wav: flite-NAME and festival-NAME voices through those engines
+# (speed as a duration stretch of their default, about 175 wpm), any other through espeak-ng.
+synthesise() {
+    local voice="$1" speed="$2" word="$3" wav="$4" stretch
+    stretch="$(awk -v s="$speed" 'BEGIN { printf "%.4f", 175 / s }')"
+    case "$voice" in
+        flite-*) flite -voice "${voice#flite-}" --setf duration_stretch="$stretch" -t "$word" -o "$wav" ;;
+        festival-slt)  # the HTS voice ignores Duration_Stretch: sox changes its tempo, not its pitch
+            echo "$word" | text2wave -eval "(voice_cmu_us_slt_arctic_hts)" -o "$tmp/hts.wav"
+            sox -D "$tmp/hts.wav" "$wav" tempo -s "$(awk -v s="$speed" 'BEGIN { printf "%.4f", s / 175 }')" ;;
+        festival-*)
+            echo "$word" | text2wave -eval "(voice_${voice#festival-}_diphone)" \
+                -eval "(Parameter.set 'Duration_Stretch $stretch)" -o "$wav" ;;
+        *) espeak-ng -v "$voice" -s "$speed" -w "$wav" "$word" ;;
+    esac
+}
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
 for voice in "${train_voices[@]}" "${test_voices[@]}"; do
-    espeak-ng -v "$voice" -s 175 -w /dev/null "zero" \
-        || { echo "error: espeak-ng has no voice '$voice'" >&2; exit 1; }
+    synthesise "$voice" 175 zero "$tmp/check.wav" \
+        || { echo "error: no voice '$voice' (espeak-ng, flite or festival)" >&2; exit 1; }
 done
 
 mkdir -p "$out"
 rm -f "$out"/*.wav "$out"/index.json
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
 
 for voice in "${train_voices[@]}" "${test_voices[@]}"; do
     for speed in $(speeds_of "$voice"); do
         for i in "${!digits[@]}"; do
-            espeak-ng -v "$voice" -s "$speed" -w "$tmp/raw.wav" "${digits[$i]}"
-            # -D: no dither (it is random). espeak-ng writes 22050 Hz: resample to 16 kHz.
+            synthesise "$voice" "$speed" "${digits[$i]}" "$tmp/raw.wav"
+            # -D: no dither (it is random). The engines write 8 to 32 kHz: resample to 16 kHz.
             # silence ... reverse silence ... reverse trims both ends at 0.5 % of full scale,
             # quiet enough to keep the onsets of fricatives (four, six, seven).
             # norm -3: every clip peaks at -3 dBFS so the source sets loudness itself.
@@ -85,7 +115,7 @@ json_list() {  # json_list a b c -> "a", "b", "c"
 cat >"$out/index.json" <<EOF
 {
   "format": "fusionstream-speech-bank/1",
-  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), sox $(sox --version | awk 'NR==1 {print $3}'))",
+  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), $(flite --version | awk 'NR==2 {print $2}'), festival $(festival --version | awk '{print $6}' | cut -d: -f1), sox $(sox --version | awk 'NR==1 {print $3}'))",
   "sample_rate": $rate,
   "file_pattern": "{voice}_{speed}_{digit}.wav",
   "digits": [$(json_list "${digits[@]}")],
@@ -93,7 +123,7 @@ cat >"$out/index.json" <<EOF
   "speeds_by_voice": {$(first=1; for v in "${train_voices[@]}"; do
       [[ -n "${voice_speeds[$v]:-}" ]] || continue
       ((first)) && first=0 || printf ', '
-      printf '"%s": [%s]' "$v" "${voice_speeds[$v]}"
+      printf '"%s": [%s]' "$v" "$(echo "${voice_speeds[$v]}" | sed 's/ /, /g')"
   done)},
   "voices": [$(json_list "${train_voices[@]}" "${test_voices[@]}")],
   "split": {

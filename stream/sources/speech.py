@@ -1,4 +1,5 @@
-"""The speech bank: real espeak-ng clips of the ten digit words, split into train and test voices.
+"""The speech bank: real synthesized clips of the ten digit words (espeak-ng, flite and festival voices), split into
+train and test voices.
 
 ``scripts/make_speech_bank.sh`` writes the bank (16 kHz mono 16-bit WAV, silence trimmed,
 peaks at -3 dBFS) and ``index.json``, which names the voices and which are held out for

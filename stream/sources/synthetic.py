@@ -2,7 +2,7 @@
 
 Each stream is a sequence of 1.5-3 s segments, one digit per segment (never the same
 digit twice in a row). The video shows the digit for the whole segment; the audio speaks
-it repeatedly (real espeak-ng clips from :mod:`fusionstream.stream.sources.speech`, mixed with noise);
+it repeatedly (real synthesized speech from :mod:`fusionstream.stream.sources.speech`, mixed with noise);
 the transcript carries each spoken word with its times and ASR-like errors. Each modality
 is corrupted per segment by its own random draws, so that no single modality is enough.
 
