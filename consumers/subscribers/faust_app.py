@@ -91,8 +91,24 @@ def _kafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class _RoutineBackpressure(logging.Filter):
+    """Faust's table writes wait while more than 100 changelog messages are unsent, and it logs each wait as
+    a WARNING ("producer buffer full size 164": reading a backlog of predictions). That is flow control
+    working, not a fault: logged at INFO, so that a WARNING from this app still means something."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("producer buffer full size"):
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg = f"{record.msg} (table writes wait for the changelog producer: normal on a backlog)"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def create_app(settings: Settings | None = None, faust_settings: FaustSettings | None = None) -> faust.App:
     """The Faust app with its tables, agent and views; nothing connects until a worker starts it."""
+    producer_log = logging.getLogger("faust.transport.producer")
+    if not any(isinstance(f, _RoutineBackpressure) for f in producer_log.filters):
+        producer_log.addFilter(_RoutineBackpressure())
     settings = settings or Settings.load()
     conf = faust_settings or FaustSettings()
     keep = conf.keep_s or None

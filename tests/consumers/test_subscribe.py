@@ -405,6 +405,24 @@ def test_kafka_faust_app_counts_each_label_of_a_multi_label_model(
     check_faust(published, f"{topic_prefix}-faust-multi", tmp_path / "faust.log")
 
 
+def test_the_faust_apps_backpressure_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Reading a backlog, Faust's table writes wait for its changelog producer and it logged a WARNING per wait
+    ("producer buffer full size 164"): flow control, logged at INFO by the app; other warnings stay."""
+    import logging
+
+    from fusionstream.consumers.settings import Settings
+    from fusionstream.consumers.subscribers.faust_app import FaustSettings, create_app
+
+    create_app(Settings(bootstrap_servers="127.0.0.1:1"), FaustSettings())
+    producer_log = logging.getLogger("faust.transport.producer")
+    with caplog.at_level(logging.INFO, logger="faust.transport.producer"):
+        producer_log.warning("producer buffer full size 164")
+        producer_log.warning("something else")
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "faust.transport.producer"]
+    assert lines[0][0] == "INFO" and lines[0][1].startswith("producer buffer full size 164 (table writes wait")
+    assert lines[1] == ("WARNING", "something else")
+
+
 def test_parse_prediction_checks_fields() -> None:
     value = make_prediction("cam", 3, 10**18).to_json(capture_to_publish_ms=12.5)
     record = parse_prediction(value)
