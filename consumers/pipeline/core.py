@@ -82,8 +82,8 @@ class PipelineStats:
     windows_warmed: int = 0
     #: Frames of open windows embedded ahead of their close (``fusionstream.stream.frames_ahead``).
     frames_warmed: int = 0
-    #: Records not aligned, their offsets released at once: of a modality the model does not use, or interim
-    #: transcript results (``is_final`` false: their final replaces them).
+    #: Records not aligned, their offsets released at once: of a modality the model does not use, interim
+    #: transcript results (``is_final`` false: their final replaces them), copies of items already buffered.
     records_ignored: int = 0
     #: Progress records taken (docs/wire-format.md#progress): they move the watermark, join no window.
     progress_records: int = 0

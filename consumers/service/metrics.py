@@ -74,8 +74,8 @@ class ServiceMetrics:
             namespace=ns, registry=registry,
         )
         self.ignored = Counter(
-            "records_ignored", "Records not aligned, not waited for: of a modality the model does not use, or "
-            "interim transcript results (is_final false).",
+            "records_ignored", "Records not aligned, not waited for: of a modality the model does not use, "
+            "interim transcript results (is_final false), copies of records already taken.",
             namespace=ns, registry=registry,
         )
         self.progress = Counter(

@@ -254,7 +254,7 @@ class InferenceService:
         log.info(
             "stopped: %d records, %d predictions, %d dead letters%s",
             self._pipeline.stats.records, self._pipeline.stats.predictions, self._pipeline.stats.dead_letters,
-            f", {ignored} records ignored (modalities the model does not use, interim transcript results)"
+            f", {ignored} records ignored (unused modalities, interim transcript results, resent copies)"
             if (ignored := self._pipeline.stats.records_ignored) else "",
         )
 
