@@ -210,7 +210,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.hop_ms > self.window_ms:
+        # Only when both are given: an unset one is the model's (check_model_windows), e.g. a 400 ms model's
+        # window set alone, with its own hop, is no conflict with the default hop of 500.
+        if {"hop_ms", "window_ms"} <= self.model_fields_set and self.hop_ms > self.window_ms:
             raise ValueError(f"hop_ms {self.hop_ms} is longer than window_ms {self.window_ms}")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")

@@ -183,6 +183,11 @@ def test_unset_windows_are_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.window_ns, config.hop_ns) == (400 * MS, 400 * MS)  # the default hop, no longer than the window
     with pytest.raises(ModelWindowMismatch, match="hop_ms=450 is longer than the model's window of 400 ms"):
         Settings(hop_ms=450).check_model_windows(short)  # type: ignore[arg-type]
+    # A 400 ms model's window given alone: no conflict with the default hop, which is not given.
+    config = Settings(window_ms=400).model_window_config(short)  # type: ignore[arg-type]
+    assert (config.window_ns, config.hop_ns) == (400 * MS, 400 * MS)
+    with pytest.raises(ValueError, match="hop_ms 450 is longer than window_ms 400"):
+        Settings(window_ms=400, hop_ms=450)
     monkeypatch.setenv("FUSIONSTREAM_WINDOW_MS", "1000")  # set, even to the default: it must agree
     with pytest.raises(ModelWindowMismatch, match=r"window_ms=1000 disagrees .* unset window_ms to take the model's"):
         Settings().check_model_windows(declared)  # type: ignore[arg-type]

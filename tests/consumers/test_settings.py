@@ -73,7 +73,7 @@ def test_window_settings_become_the_aligner_config() -> None:
     assert config.samples_per_window == 32_000
 
 
-@pytest.mark.parametrize("flags", [{"hop_ms": 2000}, {"max_batch": 0}, {"sasl_mechanism": "PLAIN"},
+@pytest.mark.parametrize("flags", [{"window_ms": 1000, "hop_ms": 2000}, {"max_batch": 0}, {"sasl_mechanism": "PLAIN"},
                                    {"backend": "tpu"}, {"no_such_setting": 1}])
 def test_bad_settings_are_refused(flags: dict) -> None:
     with pytest.raises(ValidationError):
