@@ -21,6 +21,8 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
+from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
+
 CLIENT_ID = "fusionstream"
 
 # Settings a caller may not change: the service is only correct with these values.
@@ -57,6 +59,7 @@ def make_consumer(*topics: str, bootstrap: str, group_id: str, **kwargs: Any) ->
     to :class:`aiokafka.AIOKafkaConsumer`.
     """
     _reject_overrides(kwargs, _CONSUMER_FIXED)
+    lower_routine_client_errors()  # every client of ours: a broker restart is a few warnings, not a flood
     options: dict[str, Any] = {"client_id": CLIENT_ID, "auto_offset_reset": "earliest", **kwargs}
     return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=group_id, **options, **_CONSUMER_FIXED)
 
@@ -91,6 +94,7 @@ def make_producer(bootstrap: str, **kwargs: Any) -> AIOKafkaProducer:
     :class:`aiokafka.AIOKafkaProducer`.
     """
     _reject_overrides(kwargs, _PRODUCER_FIXED)
+    lower_routine_client_errors()
     options: dict[str, Any] = {"client_id": CLIENT_ID, "partitioner": KeyPartitioner(), **kwargs}
     return AIOKafkaProducer(bootstrap_servers=bootstrap, **options, **_PRODUCER_FIXED)
 

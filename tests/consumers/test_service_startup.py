@@ -143,6 +143,26 @@ def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(caplog: p
             logger.removeFilter(away)
 
 
+def test_every_client_of_ours_quiets_a_broker_that_is_away() -> None:
+    """Subscribers, producers and the viewer make their clients with make_consumer/make_producer: a process
+    that logs at INFO (a subscriber app) got aiokafka's thousands of ERROR lines a second in an outage too."""
+    from fusionstream.consumers.kafka import make_consumer
+    from fusionstream.consumers.kafka.client_logs import _BrokerAway
+
+    for name in ("aiokafka", "aiokafka.consumer.fetcher"):  # whatever an earlier test installed: gone
+        logger = logging.getLogger(name)
+        for installed in [f for f in logger.filters if isinstance(f, _BrokerAway)]:
+            logger.removeFilter(installed)
+
+    async def make() -> None:
+        consumer = make_consumer("t", bootstrap="127.0.0.1:1", group_id="g")  # never started: connects to nothing
+        await consumer.stop()
+
+    asyncio.run(make())
+    for name in ("aiokafka", "aiokafka.consumer.fetcher"):
+        assert sum(isinstance(f, _BrokerAway) for f in logging.getLogger(name).filters) == 1, name
+
+
 # -- window and hop against the model ------------------------------------------------------------
 
 
