@@ -9,6 +9,7 @@
 #
 # Needs: espeak-ng, sox, flite, festival and three festival voices
 #   (apt-get install espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
+#   and a Python with praat-parselmouth (pip install praat-parselmouth; PYTHON names it, default python3)
 # Usage: scripts/make_speech_bank.sh [OUTPUT_DIR]
 set -euo pipefail
 
@@ -18,6 +19,9 @@ out="${1:-$(dirname "$here")/stream/sources/speech_bank}"
 for tool in espeak-ng sox flite text2wave; do
     command -v "$tool" >/dev/null || { echo "error: $tool is not installed (apt-get install espeak-ng sox flite festival)" >&2; exit 1; }
 done
+python="${PYTHON:-python3}"
+"$python" -c "import parselmouth" 2>/dev/null \
+    || { echo "error: $python has no parselmouth (pip install praat-parselmouth, or set PYTHON)" >&2; exit 1; }
 
 # Voices are espeak-ng language voices (accents), most with a variant (+f3 ...) for another
 # pitch, timbre or synthesiser (+klatt...). Training hears five accents crossed with many
@@ -46,6 +50,15 @@ test_voices=(en-gb-scotland en-029 en-us+f4 en-gb-x-gbcwmd+m7 en-029+klatt4)
 # CMU ARCTIC) through flite and through festival's HTS voice, and ked (male) through festival.
 train_engine_voices=(flite-awb flite-rms flite-kal flite-kal16 festival-kal)
 test_engine_voices=(flite-slt festival-ked festival-slt)
+# Every recorded speaker training may hear is male: a model trained on them heard the held-out
+# female slt worst of all ("two" 0.00 and 0.33). VOICE+female is VOICE re-synthesised by Praat's
+# "Change gender" (scripts/change_gender.py) with its formants scaled by the first number and its
+# pitch median moved to the second (Hz): female vocal tracts are ~15-20 % shorter, female pitch
+# ~165-255 Hz. Each speaker gets other values, so training hears a spread, not one target.
+declare -A gender_change=(
+    [flite-awb+female]="1.16 190" [flite-rms+female]="1.20 215" [flite-kal+female]="1.18 230"
+    [flite-kal16+female]="1.14 175" [festival-kal+female]="1.22 205")
+train_engine_voices+=(flite-awb+female flite-rms+female flite-kal+female flite-kal16+female festival-kal+female)
 train_voices+=("${train_engine_voices[@]}")
 test_voices+=("${test_engine_voices[@]}")
 speeds=(140 190)  # words per minute (espeak-ng default is 175)
@@ -69,6 +82,10 @@ synthesise() {
     local voice="$1" speed="$2" word="$3" wav="$4" stretch
     stretch="$(awk -v s="$speed" 'BEGIN { printf "%.4f", 175 / s }')"
     case "$voice" in
+        *+female)
+            synthesise "${voice%+female}" "$speed" "$word" "$tmp/male.wav"
+            # shellcheck disable=SC2086  # two numbers: formant ratio, pitch median
+            "$python" "$here/change_gender.py" "$tmp/male.wav" "$wav" ${gender_change[$voice]} ;;
         flite-*) flite -voice "${voice#flite-}" --setf duration_stretch="$stretch" -t "$word" -o "$wav" ;;
         festival-slt)  # the HTS voice ignores Duration_Stretch: sox changes its tempo, not its pitch
             echo "$word" | text2wave -eval "(voice_cmu_us_slt_arctic_hts)" -o "$tmp/hts.wav"
@@ -115,7 +132,7 @@ json_list() {  # json_list a b c -> "a", "b", "c"
 cat >"$out/index.json" <<EOF
 {
   "format": "fusionstream-speech-bank/1",
-  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), $(flite --version | awk 'NR==2 {print $2}'), festival $(festival --version | awk '{print $6}' | cut -d: -f1), sox $(sox --version | awk 'NR==1 {print $3}'))",
+  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), $(flite --version | awk 'NR==2 {print $2}'), festival $(festival --version | awk '{print $6}' | cut -d: -f1), sox $(sox --version | awk 'NR==1 {print $3}'), praat-parselmouth $("$python" -c 'import parselmouth; print(parselmouth.__version__)'))",
   "sample_rate": $rate,
   "file_pattern": "{voice}_{speed}_{digit}.wav",
   "digits": [$(json_list "${digits[@]}")],
