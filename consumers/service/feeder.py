@@ -180,8 +180,9 @@ class Feeder:
         """Whether the broker has stopped answering: every one of ``tps`` had a fetch response once, and
         none for ``unanswered_after_ms`` since. The last log end it reported would read as caught up, the
         aligner's clock would run through the outage, and the streams' windows close by timeout without
-        the records their producers hold meanwhile (a broker restart: 12 windows closed short, 90 records
-        late after it). One topic-partition that cannot be read does not stop the clock for the others."""
+        the records their producers hold meanwhile (a client's broker restart: 12 windows closed short, 90
+        records late after it; test_faults' 12 s outage: 10 and 30). One topic-partition that cannot be
+        read does not stop the clock for the others."""
         consumer = self._consumer
         if consumer is None or not tps:
             return False
