@@ -304,7 +304,6 @@ def bench(
     with a broker; --live-streams N about a minute. --workers runs the kafka stage and the search (or
     the --live-streams trial) again through W `serve --workers` processes per count W.
     """
-    from rich.console import Console
 
     from fusionstream.consumers.bench.run import BenchOptions, run_bench
 
@@ -348,9 +347,10 @@ def bench(
         rounds=rounds, start_streams=start_streams, frame_size=(width, height), max_streams=max(max_streams, start_streams),
         delivery=profile, revisions=revisions, live_streams=live_streams, workers=counts,
     )
-    console = Console(stderr=as_json, highlight=False)
     from fusionstream.consumers.bench.live import NoBroker, run_live
-    from fusionstream.consumers.bench.report import print_live, print_report
+    from fusionstream.consumers.bench.report import print_live, print_report, report_console
+
+    console = report_console(stderr=as_json)
 
     with _engine_errors(), one_line_errors(NoBroker):
         # With --workers, --live-streams is a trial per worker count inside the whole bench.
@@ -382,19 +382,32 @@ def tail(
     until_end: Annotated[bool, typer.Option("--until-end", help="Stop at the end of the topic instead of waiting for more.")] = False,
     finals_only: Annotated[bool, typer.Option("--finals-only", help="Skip provisional predictions (a service with revisions on sends one before each final).")] = False,
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
-    topic: Annotated[Optional[str], typer.Option("--topic", help="Predictions topic (default: settings).")] = None,  # noqa: UP045
+    topic: Annotated[Optional[str], typer.Option("--topic", help="Predictions topic (default: settings; with --dead-letters the dead-letter topic).")] = None,  # noqa: UP045
+    dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Print the dead-letter topic instead: when, reason, where the record was read (topic[partition]@offset), stream, detail.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Print predictions as they are published, one line each (or raw JSON lines with --json).
 
     Each line: stream, window start (local time), label and score, the modalities the window
-    had (V A T), and the capture→publish latency the service measured.
+    had (V A T), and the capture→publish latency the service measured. With --dead-letters, the
+    records the service refused instead (--json: reason, detail, origin, stream, headers).
     """
     from aiokafka.errors import KafkaError
 
     from fusionstream.consumers.subscribers.tail import run_tail
     from fusionstream.stream.errors import FusionStreamError
 
+    if dead_letters:
+        from fusionstream.consumers.subscribers.deadletters import run_dead_letters
+
+        if stream or finals_only:
+            raise typer.BadParameter("--stream and --finals-only select predictions, not dead letters",
+                                     param_hint="--dead-letters")
+        settings = load_settings(config, bootstrap_servers=bootstrap, deadletter_topic=topic)
+        with one_line_errors(FusionStreamError, KafkaError):
+            run_dead_letters(settings, as_json=as_json, from_beginning=from_beginning, limit=limit,
+                             read_committed=read_committed, until_end=until_end)
+        return
     settings = load_settings(config, bootstrap_servers=bootstrap, predictions_topic=topic)
     with one_line_errors(FusionStreamError, KafkaError):
         run_tail(settings, as_json=as_json, from_beginning=from_beginning, stream_ids=stream, limit=limit,

@@ -178,7 +178,13 @@ class Settings(BaseSettings):
 
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, level: object) -> object:
+        return level.strip().upper() if isinstance(level, str) else level
 
     @field_validator("backend")
     @classmethod

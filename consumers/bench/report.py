@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -9,6 +11,14 @@ from rich.table import Table
 
 #: What each ratio is expected to reach on a CPU (issue targets; shown beside the measurement).
 TARGETS = {"pipeline/engine": 0.85, "kafka/engine": 0.75, "pipeline/naive": 4.0, "efficiency": 0.75}
+
+
+def report_console(*, stderr: bool) -> Console:
+    """Where the report goes: redirected to a file, rich would wrap it at 80 columns, mid-field; a terminal (or
+    an explicit COLUMNS) keeps its width."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

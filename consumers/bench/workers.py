@@ -45,6 +45,10 @@ def parse_workers(text: str) -> Counts:
     return tuple(counts)
 
 
+#: Fewer windows than this through the workers make a rate that says more about starting them than serving.
+FEW_WINDOWS = 200
+
+
 def worker_scaling(settings: Settings, spec: Manifest, workload: Workload, counts: Counts, options: Any,
                    engine_windows_per_s: float, console: Console) -> dict[str, Any]:
     """Every worker count's figures, the ``kafka_w<W>/engine`` ratios and the best count."""
@@ -61,6 +65,9 @@ def worker_scaling(settings: Settings, spec: Manifest, workload: Workload, count
             figures = asyncio.run(max_rate(settings, spec, workload, workers, partitions))
         by_count[workers] = figures
         console.print(f"  kafka_w{workers:<9} {_max_rate_line(figures)}")
+        if figures["windows"] < FEW_WINDOWS:
+            console.print(f"  [yellow]only {figures['windows']} windows measured through {workers} worker(s): "
+                          "start-up and hand-over weigh on so short a run; raise --seconds or --streams[/]")
         if counts == "auto":
             top = max((by_count[w]["windows_per_s"] for w in by_count if w != workers), default=0.0)
             if top and figures["windows_per_s"] < top * (1 + AUTO_GAIN):

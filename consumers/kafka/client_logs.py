@@ -9,8 +9,10 @@ rewrites those records as INFO.
 
 The other: a broker that restarts or goes away. Every client logs each failed connection, metadata
 request and fetch at ERROR, many times a second while it retries (47,000 lines in a 14 s broker
-restart); :class:`_BrokerAway` lets the first of each kind through as a WARNING and then one per
-``REPEAT_S`` with how many it held back, so an outage is a few lines, not a flood.
+restart; a broker that lost its data: each metadata refresh's "topic not found", 158,000 lines a
+minute); :class:`_BrokerAway` lets the first of each kind through (as a WARNING, or INFO for retried
+lookups) and then one per ``REPEAT_S`` with how many it held back, so an outage is a few lines, not a
+flood.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from aiokafka.errors import KafkaError
 #: The logger and message format aiokafka uses for a failed coordinator lookup (aiokafka 0.12-0.14).
 _COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
 _COORDINATOR_LOOKUP_FAILED = "Group Coordinator Request failed: %s"
+_ROUTINE_LOOKUP = "group coordinator not available yet, retrying (normal on a new broker): %s"
 
 
 class _RoutineCoordinatorLookup(logging.Filter):
@@ -39,26 +42,34 @@ class _RoutineCoordinatorLookup(logging.Filter):
             and args[0].retriable
         ):
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
-            record.msg = "group coordinator not available yet, retrying (normal on a new broker): %s"
+            record.msg = _ROUTINE_LOOKUP
             # The logger let the record through as an ERROR; as an INFO it must pass the level again.
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)
         return True
 
 
-#: What aiokafka logs at ERROR, over and over, while a broker is away (aiokafka 0.12-0.14): logger, message.
+#: What aiokafka logs over and over while a broker is away or has lost its state (aiokafka 0.12-0.14):
+#: (logger, message) -> the level the lines that pass are logged at.
 _BROKER_AWAY = {
-    ("aiokafka", "Unable connect to node with id %s: %s"),
-    ("aiokafka", "Unable to update metadata from %s"),
-    ("aiokafka", "Unable to request metadata from node with id %s: %r"),
-    ("aiokafka", 'Unable to request metadata from "%s:%s": %s'),
-    ("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s"),
+    ("aiokafka", "Unable connect to node with id %s: %s"): logging.WARNING,
+    ("aiokafka", "Unable to update metadata from %s"): logging.WARNING,
+    ("aiokafka", "Unable to request metadata from node with id %s: %r"): logging.WARNING,
+    ("aiokafka", 'Unable to request metadata from "%s:%s": %s'): logging.WARNING,
+    ("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s"): logging.WARNING,
+    # Each metadata refresh while a topic is missing (a broker that lost its data: 158,000 lines a minute).
+    ("aiokafka.cluster", "Topic %s not found in cluster metadata"): logging.WARNING,
+    ("aiokafka.consumer.group_coordinator", "Heartbeat session expired - marking coordinator dead"): logging.WARNING,
+    ("aiokafka.consumer.group_coordinator", "Marking the coordinator dead (node %s)for group %s."): logging.WARNING,
+    # Retried lookups, ten a second while the coordinator moves or restarts (INFO, but a flood).
+    ("aiokafka.consumer.group_coordinator", _ROUTINE_LOOKUP): logging.INFO,
+    ("aiokafka.producer.sender", "Discovered coordinator %s for group id %s"): logging.INFO,
 }
 #: Seconds between two lines of one kind while a broker stays away.
 REPEAT_S = 10.0
 
 
 class _BrokerAway(logging.Filter):
-    """One WARNING per kind of broker-away error per ``REPEAT_S`` (with the count held back); the rest dropped."""
+    """One line per kind of broker-away message per ``REPEAT_S`` (with the count held back); the rest dropped."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -66,7 +77,8 @@ class _BrokerAway(logging.Filter):
         self._last: dict[str, tuple[float, int]] = {}  # message -> (when one last went through, held back since)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or (record.name, record.msg) not in _BROKER_AWAY:
+        level = _BROKER_AWAY.get((record.name, record.msg))
+        if level is None:
             return True
         now = self._clock()
         last, held = self._last.get(record.msg, (-float("inf"), 0))
@@ -74,7 +86,7 @@ class _BrokerAway(logging.Filter):
             self._last[record.msg] = (last, held + 1)
             return False
         self._last[record.msg] = (now, 0)
-        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.levelno, record.levelname = level, logging.getLevelName(level)
         suffix = f" ({held} more like it in the last {REPEAT_S:g} s)" if held else ""
         record.msg = f"{record.msg} (the client retries; one such line per {REPEAT_S:g} s){suffix}"
         return True

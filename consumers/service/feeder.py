@@ -52,6 +52,8 @@ class Feeder:
         self._ready = asyncio.Event()  # our assignment listener has run for the current assignment
         self._generation = 0  # bumped at every revocation: a batch fetched before it is discarded
         self._log_budget = (0.0, 0)
+        #: Dead letters not sent: re-read records an earlier run already handled (see Handover.replayed).
+        self.replayed = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._pipeline: Pipeline | None = None
         self._publisher: Publisher | None = None
@@ -229,8 +231,10 @@ class Feeder:
     async def _dead_letter(self, message: ConsumerRecord, letter: DeadLetter) -> None:
         assert self._publisher is not None
         if self._handover.replayed(letter.ref):
-            # An earlier run sent this dead letter (and it was acknowledged) before it stopped.
+            # Below the committed replay mark: an earlier run handled this record (its window published, or its
+            # dead letter acknowledged); re-read after a restart it is only older than the resumed checkpoint.
             self._metrics.replayed.inc()
+            self.replayed += 1
             return
         now = time.monotonic()
         second, count = self._log_budget

@@ -45,6 +45,10 @@ class WorkerView:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: A worker's state while its /healthz does not answer.
+NOT_ANSWERING = "not answering (starting or stuck)"
+
+
 def read_worker(port: int, path: str) -> tuple[int, bytes]:
     """GET a worker's endpoint: (status, body); raises OSError when it does not answer."""
     try:
@@ -65,7 +69,7 @@ def poll_health(view: WorkerView, now: float) -> None:
         status, body = read_worker(view.port, "/healthz")
         detail = json.loads(body)
     except (OSError, ValueError):
-        status, detail = 0, {"status": "unavailable", "state": "not answering (starting or stuck)"}
+        status, detail = 0, {"status": "unavailable", "state": NOT_ANSWERING}
     if view.pid != pid or view.state not in ("starting", "running"):
         return  # the worker died (or was replaced) meanwhile: what it said is stale
     view.healthy, view.detail = status == 200, detail

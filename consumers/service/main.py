@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from aiokafka.errors import KafkaError
@@ -72,7 +75,8 @@ def logs_to_stdout() -> None:
 
 
 async def serve_until_stopped(service: InferenceService,
-                              on_start: Callable[[InferenceService], None] | None = None) -> None:
+                              on_start: Callable[[InferenceService], None] | None = None,
+                              tag: Callable[[], str] | None = None) -> None:
     """Run ``service`` until SIGTERM/SIGINT (graceful; a second one aborts); ``on_start`` runs first, on the loop."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -91,6 +95,7 @@ async def serve_until_stopped(service: InferenceService,
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    exit_if_cleanup_hangs(service, tag=tag)
     if on_start is not None:
         on_start(service)
     try:
@@ -100,3 +105,29 @@ async def serve_until_stopped(service: InferenceService,
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+#: After a fatal error, how long the cleanup (aborting, closing the clients) may take before the process
+#: exits anyway: a client that waits on a broker that lost its data never returns, and a process that
+#: neither serves nor exits is restarted by nobody.
+ERROR_EXIT_S = 15.0
+
+
+def exit_if_cleanup_hangs(service: InferenceService, after_s: float = ERROR_EXIT_S,
+                          tag: Callable[[], str] | None = None) -> None:
+    """Watch, from a thread, for ``service`` stopping on an error and still running ``after_s`` later: then
+    print the error as one line (as a clean exit would, ``[tag()]`` first) and end the process with status 1."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            failed_at = service.failed_at
+            if failed_at is not None and time.monotonic() - failed_at > after_s:
+                log.error("still stopping %g s after the error; exiting without finishing the cleanup", after_s)
+                reason = str(service.failure) or repr(service.failure)
+                print_error((f"[{tag()}] " if tag is not None else "") + reason)
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                os._exit(1)
+
+    threading.Thread(target=watch, name="fs-exit-watch", daemon=True).start()

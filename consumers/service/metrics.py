@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fusionstream.consumers.pipeline.prediction import MODALITY_NAMES, Prediction
+from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,8 @@ class ServiceMetrics:
         )
         self.replayed = Counter(
             "replayed_dead_letters",
-            "Re-read records whose dead letter an earlier run already sent (not sent again).",
+            "Re-read records an earlier run already handled (in a published window, or dead-lettered): not "
+            "dead-lettered again.",
             namespace=ns, registry=registry,
         )
         self.commits = Counter(
@@ -156,14 +159,32 @@ class ServiceMetrics:
         records.inc(count)
 
 
+class MetricsPortError(FusionStreamError):
+    """The port for /metrics and /healthz cannot be listened on (taken by another process, or not allowed)."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper or probe that hung up before its answer (a timeout, curl -m): theirs, not a fault here.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class MetricsServer:
     """``/metrics`` (Prometheus text format) and ``/healthz`` on a port, served from a daemon thread."""
 
     def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
                  port: int, host: str = "0.0.0.0") -> None:
         handler = _handler(registry, health)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        try:
+            self._server = _Server((host, port), handler)
+        except OSError as exc:
+            raise MetricsPortError(
+                f"cannot serve /metrics and /healthz on {host}:{port}: {exc.strerror or exc} (set another "
+                "metrics_port: --metrics-port, FUSIONSTREAM_METRICS_PORT; 0 turns them off)") from exc
         self._thread = threading.Thread(target=self._server.serve_forever, name="fs-metrics", daemon=True)
         self._host = host
 

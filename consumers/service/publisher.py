@@ -9,7 +9,9 @@ adds the input offsets (with their checkpoints) and commits, so predictions, dea
 letters and offsets become visible together or not at all.
 
 A failed send or transaction is fatal (:class:`PredictionPublishError`): the service
-stops without committing past it, and the next run re-reads from the last commit.
+stops without committing past it, and the next run re-reads from the last commit. So is a
+commit after the process stood still for longer than the group's session
+(:mod:`fusionstream.consumers.service.freezes`): its transaction is aborted instead.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
+from fusionstream.consumers.service.freezes import FreezeWatch
 from fusionstream.consumers.service.handover import Offsets
 from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.stream.errors import FusionStreamError
@@ -31,6 +35,9 @@ from fusionstream.stream.errors import FusionStreamError
 log = logging.getLogger(__name__)
 
 Ref = tuple[str, int, int]
+
+#: Exactly-once: how long a commit may take, the producer's transaction timeout (aiokafka's default 60 s).
+COMMIT_TIMEOUT_S = 60.0
 
 
 class PredictionPublishError(FusionStreamError):
@@ -52,6 +59,15 @@ class Acknowledgements(Protocol):
     def dead_letter_acknowledged(self, ref: Ref) -> None: ...
 
 
+def _describe(error: BaseException) -> str:
+    """The failure as a user reads it: aiokafka's batch errors say little without their cause."""
+    cause = error.__cause__ or error.__context__
+    text = f"{error!r}" if cause is None else f"{error!r} (caused by {cause!r})"
+    if "InvalidProducerIdMapping" in text or "UnknownProducerId" in text:
+        text += "; the broker no longer knows this producer (it lost its data, or the producer's id expired)"
+    return text
+
+
 class Publisher:
     """Sends predictions and dead letters; reports their acknowledgements, which release their input records."""
 
@@ -66,7 +82,10 @@ class Publisher:
         transactional: bool,
         group_id: str,
         on_acknowledged: Callable[[Prediction, float], None] | None = None,
+        freezes: FreezeWatch | None = None,
     ) -> None:
+        #: Exactly-once: a freeze this long refuses every later commit (see :mod:`.freezes`).
+        self._freezes = freezes
         #: Called with each acknowledged prediction and its close → acknowledged milliseconds.
         self._on_acknowledged = on_acknowledged
         self._producer = producer
@@ -187,7 +206,7 @@ class Publisher:
 
     def _raise_failure(self) -> None:
         if self.failure is not None:
-            raise PredictionPublishError("publishing failed") from self.failure
+            raise PredictionPublishError(f"publishing failed: {_describe(self.failure)}") from self.failure
 
     # -- transactions (exactly-once) ------------------------------------------------------------
 
@@ -201,13 +220,29 @@ class Publisher:
             chosen = offsets()
             if not chosen and not self._in_transaction:
                 return None
+            if self._freezes is not None and (frozen_s := self._freezes.check()) is not None:
+                await self._refuse_as_zombie(frozen_s)
             try:
                 if not self._in_transaction:
                     await self._producer.begin_transaction()
                     self._in_transaction = True
-                if chosen:
-                    await self._producer.send_offsets_to_transaction(chosen, self._group_id)
-                await self._producer.commit_transaction()
+                # Past the producer's transaction timeout the broker has aborted the transaction: waiting longer
+                # (aiokafka retries a coordinator that lost the producer's id for ever) cannot commit it.
+                async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                    if chosen:
+                        await self._producer.send_offsets_to_transaction(chosen, self._group_id)
+                    # Again: a stop that fell while the offsets went out resumes here, its network
+                    # callbacks running before the watch task's timer.
+                    if self._freezes is not None and (frozen_s := self._freezes.check()) is not None:
+                        await self._refuse_as_zombie(frozen_s)
+                    await self._producer.commit_transaction()
+            except TimeoutError as exc:
+                error = PredictionPublishError(
+                    f"the transaction did not commit within {COMMIT_TIMEOUT_S:g} s (the broker away that long, or "
+                    "it lost its data): stopping; a restart re-reads from the last commit")
+                self.failure = self.failure or error
+                self.failed.set()
+                raise error from exc
             except Exception as exc:
                 self.failure = self.failure or exc
                 self.failed.set()
@@ -215,6 +250,28 @@ class Publisher:
             finally:
                 self._in_transaction = False
             return chosen
+
+    async def fence(self, frozen_s: float) -> None:
+        """The process stood still too long (:class:`~.freezes.FreezeWatch`): abort the open transaction now, not
+        at the next commit (an idle instance might have none for hours), and fail."""
+        async with self._lock:  # after a commit in flight, which refuses by itself
+            with suppress(PredictionPublishError):
+                await self._refuse_as_zombie(frozen_s)
+
+    async def _refuse_as_zombie(self, frozen_s: float) -> None:
+        error = PredictionPublishError(
+            f"this process stood still for {frozen_s:.1f} s, longer than its consumer group's session allows: "
+            "its partitions may be another member's now, so its transaction was aborted, not committed "
+            "(restart it: a supervised worker is restarted)")
+        try:
+            # Before failing: the service's stop that follows could otherwise cut the abort short, and the open
+            # transaction would hold read-committed readers back until the broker's timeout.
+            await self.abort_transaction()
+        except Exception as exc:  # fenced or gone already: nothing of it becomes visible either way
+            log.warning("aborting the transaction after the freeze: %r", exc)
+        self.failure = self.failure or error
+        self.failed.set()
+        raise error
 
     async def abort_transaction(self) -> None:
         """Exactly-once, after an error: drop the open transaction (its sends never become visible)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack, suppress
 from typing import Any
@@ -51,6 +52,7 @@ from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.service.commits import Committer
 from fusionstream.consumers.service.feeder import Feeder
+from fusionstream.consumers.service.freezes import FreezeWatch, freeze_threshold_s
 from fusionstream.consumers.service.handover import Handover, Offsets
 from fusionstream.consumers.service.health import Gauges, Health
 from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
@@ -98,6 +100,13 @@ class InferenceService:
         self._joined = False
         self._state = "starting"
         self._fatal: BaseException | None = None
+        #: The error the service is stopping on, and when (monotonic): a process whose cleanup then hangs can
+        #: exit anyway (:func:`fusionstream.consumers.service.main.serve_until_stopped`).
+        self.failure: BaseException | None = None
+        self.failed_at: float | None = None
+        # Exactly-once only: at least once, a frozen instance's late commit duplicates what it allows anyway.
+        self._freezes = (FreezeWatch(freeze_threshold_s(options.session_timeout_ms, options.heartbeat_interval_ms))
+                         if settings.exactly_once else None)
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._pipeline: Pipeline | None = None
@@ -162,6 +171,7 @@ class InferenceService:
                 producer, self.handover, self.metrics,
                 predictions_topic=s.predictions_topic, deadletter_topic=s.deadletter_topic,
                 transactional=s.exactly_once, group_id=s.group_id, on_acknowledged=self.options.on_acknowledged,
+                freezes=self._freezes,
             )
             if s.metrics_port:
                 server = MetricsServer(self.metrics.registry, self.health, s.metrics_port, self.options.metrics_host)
@@ -202,6 +212,8 @@ class InferenceService:
                 "publish": asyncio.create_task(self._publisher.run(self._pipeline), name="fs-publish"),
                 "tick": asyncio.create_task(self._feeder.tick(), name="fs-tick"),
                 "commit": asyncio.create_task(self._commit_loop(), name="fs-commit"),
+                **({"freezes": asyncio.create_task(self._freezes.run(on_freeze=self._publisher.fence),
+                                                   name="fs-freezes")} if self._freezes else {}),
             }
             stop = asyncio.create_task(self._stop.wait(), name="fs-stop")
             failed = asyncio.create_task(self._publisher.failed.wait(), name="fs-failed")
@@ -213,8 +225,13 @@ class InferenceService:
                 if error is None and stop not in done:
                     error = RuntimeError(f"task {[t.get_name() for t in done]} ended unexpectedly")
                 if error is None:
-                    await self._shutdown()
+                    try:
+                        await self._shutdown()
+                    except Exception as exc:  # e.g. the final commit refused or timed out: the watchdog's case too
+                        self.failure, self.failed_at = exc, time.monotonic()
+                        raise
                 else:
+                    self.failure, self.failed_at = error, time.monotonic()
                     log.error("stopping on an error: %r", error)
                     await self._abort()
                     raise error
@@ -251,11 +268,13 @@ class InferenceService:
         await self._leave_group()
         await self._pipeline.close_output()
         await self._tasks["publish"]
+        stats, replayed = self._pipeline.stats, self._feeder.replayed
         log.info(
-            "stopped: %d records, %d predictions, %d dead letters%s",
-            self._pipeline.stats.records, self._pipeline.stats.predictions, self._pipeline.stats.dead_letters,
+            "stopped: %d records, %d predictions, %d dead letters%s%s",
+            stats.records, stats.predictions, stats.dead_letters - replayed,
             f", {ignored} records ignored (unused modalities, interim transcript results, resent copies)"
-            if (ignored := self._pipeline.stats.records_ignored) else "",
+            if (ignored := stats.records_ignored) else "",
+            f", {replayed} re-read records an earlier run had handled" if replayed else "",
         )
 
     async def _abort(self) -> None:

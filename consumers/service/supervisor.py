@@ -17,8 +17,11 @@ The supervisor
 - restarts a worker that dies: at once after a run of ``stable_s`` or more, otherwise with exponential
   backoff (0.5 s doubling to 30 s), and gives up (exit status 1) after ``max_failed_starts`` starts in a
   row that never served (a bad setting or an unreachable broker, not a crash);
+- kills a worker that is stuck (its /healthz unanswered, or stopping without exiting, for
+  ``stuck_after_s``), which restarts it;
 - forwards SIGTERM/SIGINT to every worker (the first: graceful stop, each leaves the group; a second:
-  abort), waits for them, and exits 0 when every worker stopped cleanly;
+  abort), waits for them (``stop_timeout_s`` at most, then kills the ones left), and exits 0 when every
+  worker stopped cleanly;
 - serves one ``/metrics`` and ``/healthz`` for the host on ``metrics_port``
   (:mod:`fusionstream.consumers.service.hostview`).
 
@@ -40,7 +43,13 @@ from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fusionstream.consumers.service.hostview import HostMetrics, WorkerView, host_health, poll_health
+from fusionstream.consumers.service.hostview import (
+    NOT_ANSWERING,
+    HostMetrics,
+    WorkerView,
+    host_health,
+    poll_health,
+)
 from fusionstream.consumers.service.metrics import MetricsServer
 from fusionstream.consumers.service.worker import settings_line
 from fusionstream.consumers.settings import Settings
@@ -79,6 +88,8 @@ class _Worker:
         self.proc = proc
         self.started = time.monotonic()
         self.warm = False  # its engine is open
+        self.killed = False  # by the supervisor, as stuck
+        self.stuck_since: float | None = None  # when its /healthz first said it is frozen or will not exit
         self._ready = asyncio.create_task(self._await_ready(ready))
 
     async def _await_ready(self, ready: asyncio.StreamReader) -> None:
@@ -108,13 +119,14 @@ class Supervisor:
     def __init__(
         self, settings: Settings, *, workers: int, instance_id: str | None = None, standby: bool = True,
         grace_s: float = 15.0, stable_s: float = 5.0, max_failed_starts: int = 5, poll_s: float = 0.5,
-        registry: CollectorRegistry | None = None,
+        stuck_after_s: float = 20.0, stop_timeout_s: float = 30.0, registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.count = workers
         self.instance_id = instance_id or socket.gethostname()
         self.standby = standby
         self.grace_s, self.stable_s, self.poll_s = grace_s, stable_s, poll_s
+        self.stuck_after_s, self.stop_timeout_s = stuck_after_s, stop_timeout_s
         self.max_failed_starts = max_failed_starts
         self.threads = threads_per_worker(settings, workers)
         self.views = [WorkerView(i, f"{self.instance_id}-{i}", _free_port()) for i in range(workers)]
@@ -266,10 +278,38 @@ class Supervisor:
             await asyncio.gather(*(asyncio.to_thread(poll_health, view, now) for view in self.views))
             for view in self.views:
                 self.up.labels(str(view.index)).set(1 if view.healthy else 0)
+                self._kill_if_stuck(view, now)
             # The standby starts once every worker serves: on few cores it would slow their (re)start.
             if self.standby and self._spare is None and all(v.healthy for v in self.views):
                 self._spare = await self._spawn()
             await asyncio.sleep(self.poll_s)
+
+    def _kill_if_stuck(self, view: WorkerView, now: float) -> None:
+        """SIGKILL a worker that served and then stopped answering its /healthz (frozen: SIGSTOP, swapping), or
+        says it is stopping or stopped but does not exit (a client waiting on a broker that lost its data), for
+        ``stuck_after_s``; its watcher restarts it. A worker that answers and is unhealthy for another reason
+        (no partitions yet, the broker away) is left alone: a restart would not help it. A frozen exactly-once
+        worker's open transaction is aborted when its replacement, with the same transactional id, starts."""
+        worker = self._workers.get(view.index)
+        state = view.detail.get("state")
+        if worker is None or worker.proc.returncode is not None:
+            return
+        if view.healthy or state not in (NOT_ANSWERING, "stopping", "stopped"):
+            worker.stuck_since = None
+            return
+        # Timed from when it became stuck, not from its last healthy answer: one that was unhealthy for
+        # another reason a while (a stalled engine) gets the whole time too, to exit by itself.
+        if worker.stuck_since is None:
+            worker.stuck_since = now
+        since = worker.stuck_since
+        served = view.healthy_at is not None and view.healthy_at >= worker.started
+        if worker.killed or not served or now - since < self.stuck_after_s:
+            return
+        how = "not answering" if state == NOT_ANSWERING else f"{state} but not exiting"
+        log.warning("worker %d (%s, pid %s) %s for %.0f s: killing it to restart it", view.index, view.instance_id,
+                    worker.proc.pid, how, now - since)
+        worker.killed = True
+        worker.signal(signal.SIGKILL)
 
     def _live(self) -> list[_Worker]:
         workers = [*self._workers.values(), *([self._spare] if self._spare else [])]
@@ -283,8 +323,18 @@ class Supervisor:
                 view.state = "stopping"
         for worker in self._workers.values():
             worker.signal(signal.SIGTERM)
-        codes = await asyncio.gather(*(w.proc.wait() for w in [*self._workers.values(),
-                                                               *([self._spare] if self._spare else [])]))
+        everyone = [*self._workers.values(), *([self._spare] if self._spare else [])]
+        try:
+            codes = await asyncio.wait_for(asyncio.gather(*(w.proc.wait() for w in everyone)), self.stop_timeout_s)
+        except TimeoutError:
+            # A graceful stop takes a second or two; one that hangs (a client waiting on a broker that lost its
+            # data) would keep the host from stopping at all.
+            stuck = [w for w in everyone if w.proc.returncode is None]
+            log.warning("%d workers still stopping after %g s: killing them (pids %s)", len(stuck),
+                        self.stop_timeout_s, ", ".join(str(w.proc.pid) for w in stuck))
+            for worker in stuck:
+                worker.signal(signal.SIGKILL)
+            codes = await asyncio.gather(*(w.proc.wait() for w in everyone))
         await asyncio.gather(*watchers, return_exceptions=True)
         failed = {view.index: view.last_exit for view in self.views if view.last_exit not in (0, None)}
         if self._fatal is not None:
@@ -320,7 +370,11 @@ def run_supervisor(settings: Settings, *, workers: int, instance_id: str | None 
     except USER_ERRORS as exc:
         print_error(str(exc) or repr(exc))
         return 1
-    return asyncio.run(Supervisor(settings, workers=workers, instance_id=instance_id).run())
+    try:
+        return asyncio.run(Supervisor(settings, workers=workers, instance_id=instance_id).run())
+    except USER_ERRORS as exc:  # the host's own /metrics port, taken
+        print_error(str(exc) or repr(exc))
+        return 1
 
 
 __all__ = ["Supervisor", "resolve_workers", "run_supervisor", "threads_per_worker"]

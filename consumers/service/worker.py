@@ -73,7 +73,7 @@ def main() -> int:
             options = ServiceOptions(instance_id=instance_id, static_membership=True, metrics_host="127.0.0.1")
             service = InferenceService(settings.model_copy(update={"metrics_port": int(slot["metrics_port"])}),
                                        runner, spec, options=options)
-            asyncio.run(serve_until_stopped(service, on_start=_stop_when_stdin_closes))
+            asyncio.run(serve_until_stopped(service, on_start=_stop_when_stdin_closes, tag=lambda: name[0]))
 
     return exit_status("the worker", serve, tag=lambda: name[0])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
@@ -15,6 +15,8 @@ from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
+
+T = TypeVar("T")
 
 _MODALITY_LETTERS = (("V", "magenta"), ("A", "yellow"), ("T", "blue"))
 
@@ -53,6 +55,29 @@ def format_line(p: PredictionRecord) -> Text:
     return line
 
 
+def tail_console(topic: str, bootstrap: str, what: str, *, banner: bool) -> Console:
+    """The console records are printed on, after a ``tailing TOPIC at BOOTSTRAP (what)`` line on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    if banner:
+        # One line whatever the terminal's width (soft wrap): scripts read stderr line by line.
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[dim]tailing {escape(topic)} at {escape(bootstrap)} ({what}); Ctrl-C stops[/]")
+    return Console(highlight=False)
+
+
+def print_record(value: dict[str, Any], format_text: Callable[[T], Text], record: T, *, as_json: bool,
+                 console: Console) -> None:
+    """One record on stdout: its JSON ``value`` on a line of its own, or ``format_text(record)`` as one line
+    whatever the terminal's width (scripts read it line by line)."""
+    if as_json:
+        sys.stdout.write(json.dumps(value, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+    else:
+        console.print(format_text(record), soft_wrap=True)
+
+
 async def _tail(
     settings: Settings,
     *,
@@ -81,11 +106,7 @@ async def _tail(
     )
     async with subscription as predictions:
         async for p in predictions:
-            if as_json:
-                sys.stdout.write(json.dumps(p.to_dict(), separators=(",", ":")) + "\n")
-                sys.stdout.flush()
-            else:
-                console.print(format_line(p), soft_wrap=True)
+            print_record(p.to_dict(), format_line, p, as_json=as_json, console=console)
             shown += 1
             if limit is not None and shown >= limit:
                 break
@@ -104,17 +125,8 @@ def run_tail(
     finals_only: bool = False,
 ) -> int:
     """Print predictions until ``limit`` (or the end, with ``until_end``); return how many were printed."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    console = Console(highlight=False)
-    if not as_json:
-        what = "from the beginning" if from_beginning else "new predictions"
-        # One line whatever the terminal's width (soft wrap): scripts read stderr line by line.
-        Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"[dim]tailing {escape(settings.predictions_topic)} at {escape(settings.bootstrap_servers)} ({what}); "
-            "Ctrl-C stops[/]"
-        )
+    console = tail_console(settings.predictions_topic, settings.bootstrap_servers,
+                           "from the beginning" if from_beginning else "new predictions", banner=not as_json)
     return asyncio.run(
         _tail(
             settings,
@@ -130,4 +142,4 @@ def run_tail(
     )
 
 
-__all__ = ["format_line", "run_tail"]
+__all__ = ["format_line", "print_record", "run_tail", "tail_console"]

@@ -91,55 +91,71 @@ def test_an_unreachable_broker_is_retried_with_capped_backoff_then_given_up_in_o
 def test_a_coordinator_lookup_that_is_retried_is_logged_as_info_not_as_an_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from fusionstream.consumers.kafka.client_logs import _BrokerAway
+
+    aiokafka_log = logging.getLogger("aiokafka.consumer.group_coordinator")
+    for installed in list(aiokafka_log.filters):  # an earlier test's filters: their rate limits start afresh
+        aiokafka_log.removeFilter(installed)
     lower_routine_client_errors()
     lower_routine_client_errors()  # idempotent
-    aiokafka_log = logging.getLogger("aiokafka.consumer.group_coordinator")
-    assert len(aiokafka_log.filters) == 1
+    assert len(aiokafka_log.filters) == 2 and isinstance(aiokafka_log.filters[1], _BrokerAway)
     with caplog.at_level(logging.INFO):
         aiokafka_log.error("Group Coordinator Request failed: %s", CoordinatorNotAvailableError())
-        aiokafka_log.error("Group Coordinator Request failed: %s", KafkaConnectionError("x"))
+        aiokafka_log.error("Group Coordinator Request failed: %s", KafkaConnectionError("x"))  # the same, held back
         aiokafka_log.error("Heartbeat session expired - marking coordinator dead")
+        aiokafka_log.error("Heartbeat failed: %r", RuntimeError("something else"))
     levels = [(r.levelname, r.getMessage()) for r in caplog.records]
-    assert levels[0][0] == "INFO" and "not available yet" in levels[0][1]
-    assert levels[1][0] == "INFO"
-    assert levels[2][0] == "ERROR", "only the routine lookup failure is lowered"
+    assert [level for level, _ in levels] == ["INFO", "WARNING", "ERROR"], levels
+    assert "not available yet" in levels[0][1]
+    assert "one such line per 10 s" in levels[1][1], "a broker restart's routine expiry: a warning, rate-limited"
     caplog.clear()
+    for installed in list(aiokafka_log.filters):
+        aiokafka_log.removeFilter(installed)
+    lower_routine_client_errors()
     with caplog.at_level(logging.WARNING):
         aiokafka_log.error("Group Coordinator Request failed: %s", CoordinatorNotAvailableError())
     assert caplog.records == [], "lowered to INFO, it obeys the configured level"
 
 
-def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A broker restart: aiokafka logged each failed connection, metadata request and fetch at ERROR, about
-    3,400 lines a second. One WARNING per kind per 10 s now, saying how many it held back."""
+    3,400 lines a second; a broker that lost its data, "topic not found" at each metadata refresh (158,000 a
+    minute) and a producer's coordinator lookups at INFO ten a second. One line per kind per 10 s now (a
+    WARNING, an INFO for a retried lookup), saying how many it held back."""
+    from fusionstream.consumers.kafka import client_logs
     from fusionstream.consumers.kafka.client_logs import _BrokerAway
 
     now = [0.0]
     away = _BrokerAway(clock=lambda: now[0])
-    client, fetcher = logging.getLogger("test.aiokafka"), logging.getLogger("test.aiokafka.consumer.fetcher")
-    for logger in (client, fetcher):
+    kinds = {("test.aiokafka", "Unable connect to node with id %s: %s"): logging.WARNING,
+             ("test.aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s"): logging.WARNING,
+             ("test.aiokafka.cluster", "Topic %s not found in cluster metadata"): logging.WARNING,
+             ("test.aiokafka.producer.sender", "Discovered coordinator %s for group id %s"): logging.INFO}
+    for key, level in kinds.items():
+        monkeypatch.setitem(client_logs._BROKER_AWAY, key, level)
+    client, fetcher, cluster, sender = (logging.getLogger(name) for name, _ in kinds)
+    for logger in (client, fetcher, cluster, sender):
         logger.addFilter(away)
     try:
-        from fusionstream.consumers.kafka import client_logs
-
-        client_logs._BROKER_AWAY |= {("test.aiokafka", "Unable connect to node with id %s: %s"),
-                                     ("test.aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s")}
         with caplog.at_level(logging.INFO):
-            for _ in range(500):
+            for i in range(500):
                 client.error("Unable connect to node with id %s: %s", 1, "connection refused")
                 fetcher.error("Failed fetch messages from %s: %s", 1, "NodeNotReadyError")
+                cluster.error("Topic %s not found in cluster metadata", f"fs.{('video', 'audio', 'text')[i % 3]}")
+                sender.info("Discovered coordinator %s for group id %s", 1, "fusionstream")
                 now[0] += 0.01  # 5 s in all
             client.error("Something else went wrong")  # not one of the kinds: as it was
             now[0] += 10.0
             client.error("Unable connect to node with id %s: %s", 1, "connection refused")
         lines = [(r.levelname, r.getMessage()) for r in caplog.records]
-        assert [level for level, _ in lines] == ["WARNING", "WARNING", "ERROR", "WARNING"], lines
+        assert [level for level, _ in lines] == ["WARNING", "WARNING", "WARNING", "INFO", "ERROR", "WARNING"], lines
         assert "one such line per 10 s" in lines[0][1] and "connection refused" in lines[0][1]
-        assert lines[3][1].endswith("(499 more like it in the last 10 s)")
+        assert lines[2][1].startswith("Topic fs.video not found in cluster metadata")
+        assert lines[5][1].endswith("(499 more like it in the last 10 s)")
     finally:
-        client_logs._BROKER_AWAY -= {("test.aiokafka", "Unable connect to node with id %s: %s"),
-                                     ("test.aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s")}
-        for logger in (client, fetcher):
+        for logger in (client, fetcher, cluster, sender):
             logger.removeFilter(away)
 
 

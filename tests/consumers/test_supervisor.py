@@ -87,6 +87,74 @@ def test_host_health_waits_for_every_worker_and_forgives_a_restart_within_the_gr
     assert not ok and detail["workers"]["1"]["unhealthy_for_s"] == 11.0
 
 
+class _FakeProc:
+    pid, returncode = 4242, None
+
+
+class _FakeWorker:
+    def __init__(self, started: float) -> None:
+        self.proc, self.started, self.killed, self.signals = _FakeProc(), started, False, []
+        self.stuck_since: float | None = None
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+
+def test_only_a_worker_that_is_frozen_or_will_not_exit_is_killed_as_stuck() -> None:
+    """Killed: served, then unanswered (SIGSTOP) or stopping/stopped without exiting, for 20 s on end. Left alone:
+    one unhealthy but answering (waiting for partitions, the broker away: a restart mends nothing), one stuck for
+    less (timed from when it got stuck, not from its last healthy answer), one that never served since its
+    start (its start-up is the backoff's business)."""
+    from fusionstream.consumers.service.hostview import NOT_ANSWERING
+    from fusionstream.consumers.service.supervisor import Supervisor
+
+    supervisor = Supervisor(Settings(), workers=1, stuck_after_s=20.0)
+    now = 1000.0
+    cases = {  # states reported (each for its seconds, in turn), started at: killed?
+        "frozen": ([(NOT_ANSWERING, 25.0)], 100.0, True),
+        "stopped, not exiting": ([("stopped", 25.0)], 100.0, True),
+        "stopping, not exiting": ([("stopping", 21.0)], 100.0, True),
+        "answering, no partitions": ([("running", 60.0)], 100.0, False),
+        "frozen for less": ([(NOT_ANSWERING, 10.0)], 100.0, False),
+        "a stalled engine, then one poll unanswered": ([("running", 60.0), (NOT_ANSWERING, 2.0)], 100.0, False),
+        "stopped after a while unhealthy": ([("running", 60.0), ("stopped", 5.0)], 100.0, False),
+        "never served since its start": ([(NOT_ANSWERING, 60.0)], 995.0, False),
+    }
+    for name, (states, started, killed) in cases.items():
+        view, worker = supervisor.views[0], _FakeWorker(started)
+        supervisor._workers[0] = worker  # type: ignore[assignment]
+        when = now - sum(seconds for _, seconds in states)
+        view.healthy, view.healthy_at = False, when  # its last healthy answer: before all of these
+        for state, seconds in states:
+            view.detail = {"status": "unavailable", "state": state}
+            for tick in range(int(seconds * 2) + 1):  # polled every 0.5 s
+                supervisor._kill_if_stuck(view, when + tick * 0.5)
+            when += seconds
+        assert (worker.signals == [signal.SIGKILL]) is killed, name
+
+
+def test_a_worker_that_will_not_stop_is_killed_after_the_stop_timeout() -> None:
+    """SIGTERM to the host did not finish in 60 s for a client (a worker hung in its cleanup)."""
+    from fusionstream.consumers.service.supervisor import Supervisor, _Worker
+
+    ignores_sigterm = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
+        "time.sleep(60)"
+
+    async def scenario() -> tuple[int | None, float]:
+        supervisor = Supervisor(Settings(), workers=1, stop_timeout_s=0.5)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", ignores_sigterm,
+                                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        await proc.stdout.readline()  # its handler is in place
+        supervisor._workers[0] = _Worker(proc, asyncio.StreamReader())
+        started = time.monotonic()
+        await supervisor._shutdown(set())
+        return proc.returncode, time.monotonic() - started
+
+    code, took = asyncio.run(scenario())
+    assert code == -signal.SIGKILL and took < 5
+
+
 def test_auto_workers_follow_the_cores_the_partitions_and_the_gpu() -> None:
     assert resolve_workers(Settings(workers=3)) == 3
     assert resolve_workers(Settings(workers="auto"), cores=16) == 4, "no more workers than partitions (4)"
@@ -373,3 +441,64 @@ def test_workers_that_never_serve_are_restarted_with_backoff_then_given_up(tmp_p
     # Each worker's line says which worker it is; the last says why the command gave up.
     assert all(re.match(r"fusionstream: error: \[\S+-[01]\] ", line) for line in errors[:-1]), errors
     assert "failed 5 starts in a row" in errors[-1]
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kafka_a_frozen_exactly_once_worker_neither_duplicates_nor_stays_stuck(
+    kafka_bootstrap: str, topic_prefix: str, untrained_model: Path, processes: Callable[..., ServiceProcess],
+) -> None:
+    """SIGSTOP of one worker past the group's 10 s session: the other takes its partitions and republishes from
+    the last commit. First the frozen one resumes (SIGCONT after 13 s): its open transaction must be aborted,
+    not committed (a client read 4 windows twice after a 25 s stop), and it exits to be restarted. Then one
+    stays frozen: the supervisor kills it once it has not answered for 20 s, and its restart fences the
+    transaction it left open. Read committed, every window once."""
+    settings = service_settings(kafka_bootstrap, topic_prefix, untrained_model, exactly_once=True)
+    census = census_of(settings)
+    seconds = 75
+    records = list(census.watch(synthetic(streams=4, seconds=seconds, seed=19).records()))
+
+    async def freeze(host: ServiceProcess, worker: str, started: dict[int, float], resume_after_s: float | None
+                     ) -> int:
+        health = await until_host(host, ready_to_kill(started, stable_s=6.0))
+        pid = health["workers"][worker]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        if resume_after_s is not None:
+            await asyncio.sleep(resume_after_s)
+            os.kill(pid, signal.SIGCONT)
+        await until_host(host, lambda h: h["workers"][worker]["pid"] != pid and h["workers"][worker]["healthy"],
+                         timeout_s=90)
+        started[int(worker)] = time.monotonic()
+        return pid
+
+    async def scenario() -> tuple[Reader, Reader, int, str]:
+        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
+        try:
+            host = processes(settings, "frz", WORKERS="2")
+            started: dict[int, float] = {}
+            async with Reader(kafka_bootstrap, settings.predictions_topic, read_committed=True) as reader, \
+                    Reader(kafka_bootstrap, settings.deadletter_topic, read_committed=True) as dead:
+                await until_host(host, lambda h: h["http_status"] == 200)
+                producing = asyncio.create_task(produce_paced(settings, records, speed=1.0))
+                reading = asyncio.create_task(reader.until(lambda r: producing.done() and census.expected <= set(
+                    r.windows()), timeout_s=seconds + DEADLINE_S, on_wait=host.alive))
+                await freeze(host, "0", started, resume_after_s=13.0)
+                await freeze(host, "1", started, resume_after_s=None)
+                await producing
+                await reading
+                rc = host.terminate()
+                await reader.to_end()
+                await dead.to_end()
+            return reader, dead, rc, host.tail(200_000)
+        finally:
+            await delete_topics(kafka_bootstrap, all_topics(settings))
+
+    reader, dead, rc, log = asyncio.run(scenario())
+    figures = window_figures(reader.windows(), census.expected)
+    report("frozen_worker_exactly_once", figures)
+    assert "stood still for 1" in log, "the resumed worker refused to commit (see freezes.py)"
+    assert re.search(r"worker 1 \(frz-1, pid \d+\) not answering for 2\d s: killing it", log), log[-3000:]
+    assert figures["windows_lost"] == 0, f"missing {sorted(census.expected - set(reader.windows()))[:5]}"
+    assert figures["duplicates"] == 0, "read_committed sees every window once, frozen workers or not"
+    assert dead.records == [], "nothing late: what the resumed worker dead-lettered was in its aborted transaction"
+    assert rc == 0

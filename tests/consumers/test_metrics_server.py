@@ -1,0 +1,43 @@
+"""The /metrics and /healthz endpoint: clients that hang up early, and a port that is taken."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from fusionstream.consumers.service.metrics import MetricsPortError, MetricsServer
+
+
+def test_a_scraper_that_hangs_up_early_leaves_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """A probe with a short timeout (curl -m 0.005) printed a BrokenPipeError traceback per hang-up on stderr."""
+    registry = CollectorRegistry()
+    for i in range(300):  # a reply long enough to be written after the client is gone
+        Counter(f"c{i}", "a counter with a long help text " * 5, ["a"], registry=registry).labels("x" * 50).inc()
+    server = MetricsServer(registry, lambda: (True, {}), 0, "127.0.0.1")
+    server.start()
+    try:
+        for _ in range(30):
+            client = socket.create_connection(("127.0.0.1", server.port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            client.close()
+        time.sleep(0.5)
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[:2000]
+
+
+def test_a_taken_port_is_one_error_naming_the_setting() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortError) as raised:
+            MetricsServer(CollectorRegistry(), lambda: (True, {}), port, "127.0.0.1")
+    message = str(raised.value)
+    assert f"127.0.0.1:{port}" in message and "in use" in message and "FUSIONSTREAM_METRICS_PORT" in message
