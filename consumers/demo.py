@@ -171,6 +171,9 @@ def run_demo(
         scored = [dataclasses.replace(p, label=index.get(p.label, p.label)) for p in scored]
     summary = summarize(scored, seconds=result.seconds, truth=truth, expected=census.expected)
     summary["dead_letters"] = len(result.dead_letters)
+    # The event time the streams start at (the next whole second when the demo started; a --video file's 0:00):
+    # a prediction of --out lies (t_start_ns - start_ns) / 1e9 s into the file.
+    summary["start_ns"] = start_ns
     # Word scores against the synthetic truth only: a labels file's segments hold class indices.
     summary["transcript"] = {
         "source": (f"PocketSphinx ({asr.grammar})" if asr is not None else "synthetic captions" if video is None

@@ -9,7 +9,8 @@
 #
 # Needs: espeak-ng, sox, flite, festival and three festival voices
 #   (apt-get install espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)
-#   and a Python with praat-parselmouth (pip install praat-parselmouth; PYTHON names it, default python3)
+#   and a Python with praat-parselmouth (.venv/bin/pip install -e '.[bank]'; PYTHON names it, default python3:
+#   PYTHON=.venv/bin/python scripts/make_speech_bank.sh)
 # Usage: scripts/make_speech_bank.sh [OUTPUT_DIR]
 set -euo pipefail
 

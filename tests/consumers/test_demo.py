@@ -95,6 +95,14 @@ def test_demo_out_writes_every_prediction_whatever_json_does(tmp_path: Path, shi
     written = read_predictions(out)
     assert len(written) == summary["windows"] >= 2 * 5 * 2 - 2
     assert len({v["stream_id"] for v in written}) == 2
+    # The streams start at the summary's start_ns: the first window of each covers it (a window of the grid may
+    # begin up to a window's length before).
+    start = summary["start_ns"]
+    assert start % 1_000_000_000 == 0
+    firsts = {}
+    for v in written:
+        firsts[v["stream_id"]] = min(firsts.get(v["stream_id"], v["t_start_ns"]), v["t_start_ns"])
+    assert all(start - 1_000_000_000 < first <= start for first in firsts.values()), (start, firsts)
     # Replayed as fast as possible: event times are not the wall clock, so no capture→publish figure.
     assert all(v["latency_ms"]["capture_to_publish"] is None for v in written)
 
