@@ -3,7 +3,9 @@
 Against the real broker: the publisher's transactional producer sends a prediction, the event loop is
 blocked (what SIGSTOP, a paused VM or swapping do to the whole process), and the commit that follows is
 refused: the transaction is aborted, so a read_committed reader never sees the prediction that another
-member, owning the partitions by then, publishes again.
+member, owning the partitions by then, publishes again. And a commit that never finishes (a coordinator
+that lost the producer's id, retried for ever) is fatal after the transaction timeout; that one uses a
+producer that never answers, as no broker can be made to hang on demand.
 """
 
 from __future__ import annotations
@@ -111,3 +113,39 @@ def test_a_freeze_is_seen_before_the_watch_task_has_run_again() -> None:
     assert frozen is not None and frozen >= 0.3
     time.sleep(0.01)
     assert watch.check() == frozen, "sticky: once frozen, never safe to commit again"
+
+
+class _StuckProducer:
+    """A transactional producer whose coordinator never answers the commit (a broker that lost its data:
+    aiokafka retried the lookup ten times a second, for ever)."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    async def begin_transaction(self) -> None: ...
+
+    async def send_offsets_to_transaction(self, offsets: Any, group_id: str) -> None: ...
+
+    async def commit_transaction(self) -> None:
+        await asyncio.Event().wait()
+
+    async def abort_transaction(self) -> None:
+        self.aborted = True
+
+
+def test_a_commit_that_never_finishes_is_fatal_after_the_transaction_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusionstream.consumers.service import publisher as publishing
+
+    monkeypatch.setattr(publishing, "COMMIT_TIMEOUT_S", 0.3)
+
+    async def scenario() -> tuple[str, bool]:
+        publisher = Publisher(_StuckProducer(), Acks(), ServiceMetrics(),  # type: ignore[arg-type]
+                              predictions_topic="p", deadletter_topic="d", transactional=True, group_id="g")
+        try:
+            await publisher.commit_transaction(lambda: {("fs.video", 0): 5})  # type: ignore[dict-item]
+        except PredictionPublishError as exc:
+            return str(exc), publisher.failed.is_set()
+        return "committed", False
+
+    message, failed = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert message.startswith("the transaction did not commit within 0.3 s") and failed
