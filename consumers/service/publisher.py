@@ -24,6 +24,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import InvalidProducerIdMapping
 
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
@@ -63,7 +64,7 @@ def _describe(error: BaseException) -> str:
     """The failure as a user reads it: aiokafka's batch errors say little without their cause."""
     cause = error.__cause__ or error.__context__
     text = f"{error!r}" if cause is None else f"{error!r} (caused by {cause!r})"
-    if "InvalidProducerIdMapping" in text or "UnknownProducerId" in text:
+    if isinstance(error, InvalidProducerIdMapping) or isinstance(cause, InvalidProducerIdMapping):
         text += "; the broker no longer knows this producer (it lost its data, or the producer's id expired)"
     return text
 
@@ -220,8 +221,7 @@ class Publisher:
             chosen = offsets()
             if not chosen and not self._in_transaction:
                 return None
-            if self._freezes is not None and (frozen_s := self._freezes.check()) is not None:
-                await self._refuse_as_zombie(frozen_s)
+            await self._refuse_if_frozen()
             try:
                 if not self._in_transaction:
                     await self._producer.begin_transaction()
@@ -233,8 +233,7 @@ class Publisher:
                         await self._producer.send_offsets_to_transaction(chosen, self._group_id)
                     # Again: a stop that fell while the offsets went out resumes here, its network
                     # callbacks running before the watch task's timer.
-                    if self._freezes is not None and (frozen_s := self._freezes.check()) is not None:
-                        await self._refuse_as_zombie(frozen_s)
+                    await self._refuse_if_frozen()
                     await self._producer.commit_transaction()
             except TimeoutError as exc:
                 error = PredictionPublishError(
@@ -257,6 +256,10 @@ class Publisher:
         async with self._lock:  # after a commit in flight, which refuses by itself
             with suppress(PredictionPublishError):
                 await self._refuse_as_zombie(frozen_s)
+
+    async def _refuse_if_frozen(self) -> None:
+        if self._freezes is not None and (frozen_s := self._freezes.check()) is not None:
+            await self._refuse_as_zombie(frozen_s)
 
     async def _refuse_as_zombie(self, frozen_s: float) -> None:
         error = PredictionPublishError(

@@ -367,12 +367,8 @@ def run_supervisor(settings: Settings, *, workers: int, instance_id: str | None 
     try:
         # Refused once here, not N times by crash-looping workers.
         settings.check_model_windows(load_model(settings.model_dir))
-    except USER_ERRORS as exc:
-        print_error(str(exc) or repr(exc))
-        return 1
-    try:
         return asyncio.run(Supervisor(settings, workers=workers, instance_id=instance_id).run())
-    except USER_ERRORS as exc:  # the host's own /metrics port, taken
+    except USER_ERRORS as exc:  # also: the host's own /metrics port, taken
         print_error(str(exc) or repr(exc))
         return 1
 

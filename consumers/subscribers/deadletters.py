@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from fusionstream.consumers.settings import Settings
-from fusionstream.consumers.subscribers.tail import print_record, tail_console
+from fusionstream.consumers.subscribers.api import Subscription
+from fusionstream.consumers.subscribers.tail import print_all, tail_console
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -77,50 +78,22 @@ def format_dead_letter(letter: DeadLetterRecord) -> Text:
     )
 
 
+class DeadLetterSubscription(Subscription):
+    """A :class:`~.api.Subscription` of the dead-letter topic: each record read as a :class:`DeadLetterRecord`
+    (its headers), not parsed as a prediction."""
+
+    def _accept(self, message: ConsumerRecord) -> DeadLetterRecord:  # type: ignore[override]
+        return DeadLetterRecord.of(message)
+
+
 async def _read(settings: Settings, *, as_json: bool, from_beginning: bool, limit: int | None,
                 read_committed: bool, until_end: bool, console: Console) -> int:
-    from aiokafka.errors import KafkaConnectionError
-
-    from fusionstream.consumers.kafka import make_consumer
-    from fusionstream.consumers.kafka.readiness import unreachable
-
-    if limit == 0:
-        return 0
-    topic = settings.deadletter_topic
-    options: dict[str, Any] = {
-        "auto_offset_reset": "earliest" if from_beginning else "latest",
-        "isolation_level": "read_committed" if read_committed else "read_uncommitted",
-        "client_id": f"{settings.client_id}-tail", **settings.kafka_security(),
-    }
-    consumer = make_consumer(bootstrap=settings.bootstrap_servers, group_id=None, **options)  # type: ignore[arg-type]
-    try:
-        await consumer.start()
-    except KafkaConnectionError as exc:
-        await consumer.stop()
-        raise await unreachable(settings.bootstrap_servers, options, str(exc)) from None
-    shown = 0
-    ends: dict[Any, int] | None = None
-    try:
-        consumer.subscribe([topic])  # no group: every partition
-        while True:
-            if until_end:
-                if not consumer.assignment():
-                    # Not assigned yet, or no such topic: then nothing was ever dead-lettered.
-                    if topic not in await consumer.topics():
-                        return shown
-                elif ends is None:
-                    ends = await consumer.end_offsets(list(consumer.assignment()))
-                if ends is not None and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
-                    return shown
-            batches = await consumer.getmany(timeout_ms=200)
-            for message in sorted((m for ms in batches.values() for m in ms), key=lambda m: m.timestamp):
-                letter = DeadLetterRecord.of(message)
-                print_record(letter.to_dict(), format_dead_letter, letter, as_json=as_json, console=console)
-                shown += 1
-                if limit is not None and shown >= limit:
-                    return shown
-    finally:
-        await consumer.stop()
+    subscription = DeadLetterSubscription(
+        settings.bootstrap_servers, settings.deadletter_topic, from_beginning=from_beginning,
+        read_committed=read_committed, until_end=until_end, client_id=f"{settings.client_id}-tail",
+        **settings.kafka_security(),
+    )
+    return await print_all(subscription, format_dead_letter, as_json=as_json, limit=limit, console=console)
 
 
 def run_dead_letters(settings: Settings, *, as_json: bool = False, from_beginning: bool = False,
@@ -132,4 +105,4 @@ def run_dead_letters(settings: Settings, *, as_json: bool = False, from_beginnin
                              read_committed=read_committed, until_end=until_end, console=console))
 
 
-__all__ = ["DeadLetterRecord", "format_dead_letter", "run_dead_letters"]
+__all__ = ["DeadLetterRecord", "DeadLetterSubscription", "format_dead_letter", "run_dead_letters"]

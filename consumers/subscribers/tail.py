@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
@@ -15,8 +15,6 @@ from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
-
-T = TypeVar("T")
 
 _MODALITY_LETTERS = (("V", "magenta"), ("A", "yellow"), ("T", "blue"))
 
@@ -67,15 +65,25 @@ def tail_console(topic: str, bootstrap: str, what: str, *, banner: bool) -> Cons
     return Console(highlight=False)
 
 
-def print_record(value: dict[str, Any], format_text: Callable[[T], Text], record: T, *, as_json: bool,
-                 console: Console) -> None:
-    """One record on stdout: its JSON ``value`` on a line of its own, or ``format_text(record)`` as one line
-    whatever the terminal's width (scripts read it line by line)."""
-    if as_json:
-        sys.stdout.write(json.dumps(value, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
-    else:
-        console.print(format_text(record), soft_wrap=True)
+async def print_all(subscription: Any, format_text: Callable[[Any], Text], *, as_json: bool, limit: int | None,
+                    console: Console) -> int:
+    """Print each record ``subscription`` yields until ``limit``: its ``to_dict()`` as a JSON line, or
+    ``format_text(record)`` as one line whatever the terminal's width (scripts read it line by line).
+    Returns how many were printed."""
+    shown = 0
+    if limit == 0:
+        return 0
+    async with subscription as records:
+        async for record in records:
+            if as_json:
+                sys.stdout.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
+                sys.stdout.flush()
+            else:
+                console.print(format_text(record), soft_wrap=True)
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    return shown
 
 
 async def _tail(
@@ -90,9 +98,6 @@ async def _tail(
     console: Console,
     finals_only: bool = False,
 ) -> int:
-    shown = 0
-    if limit == 0:
-        return 0
     subscription = subscribe(
         settings.bootstrap_servers,
         settings.predictions_topic,
@@ -104,13 +109,7 @@ async def _tail(
         client_id=f"{settings.client_id}-tail",
         **settings.kafka_security(),
     )
-    async with subscription as predictions:
-        async for p in predictions:
-            print_record(p.to_dict(), format_line, p, as_json=as_json, console=console)
-            shown += 1
-            if limit is not None and shown >= limit:
-                break
-    return shown
+    return await print_all(subscription, format_line, as_json=as_json, limit=limit, console=console)
 
 
 def run_tail(
@@ -142,4 +141,4 @@ def run_tail(
     )
 
 
-__all__ = ["format_line", "print_record", "run_tail", "tail_console"]
+__all__ = ["format_line", "print_all", "run_tail", "tail_console"]
