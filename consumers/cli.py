@@ -282,7 +282,7 @@ def bench(
     text_delay_ms: Annotated[str, typer.Option("--text-delay-ms", help="LO-HI: how long after a word ends its transcript record arrives in realistic delivery (ms).")] = "300-700",
     revisions: Annotated[Optional[bool], typer.Option("--revisions/--no-revisions", help="Early predictions with revisions in the live trials (default: the settings' revisions).")] = None,  # noqa: UP045
     live_streams: Annotated[Optional[int], typer.Option("--live-streams", min=1, help="Only live trials at exactly N streams through the broker, revisions off then on (no stages, no search): what users see at N streams.")] = None,  # noqa: UP045
-    workers: Annotated[Optional[str], typer.Option("--workers", metavar="N|LIST|auto", help="Also run the kafka stage and the real-time search (or, with --live-streams, one live trial) through W `serve --workers` processes for W = 1..N, the listed counts (1,2,4) or auto (adding one while it helps, up to the cores): windows/s, CPU ms per window, live streams and kafka_wW/engine per W.")] = None,  # noqa: UP045
+    workers: Annotated[Optional[str], typer.Option("--workers", metavar="N|LIST|auto", help="Also run the kafka stage and the real-time search (or, with --live-streams, one live trial) through W `serve --workers` processes for W = 1..N, the listed counts (1,2,4) or auto (adding one while it helps, up to the cores): windows/s, CPU ms per window, live streams and kafka_wW/engine per W. Without a broker: the search through W pipeline processes (auto: 1, 2, 4, ...), with the CPU and GPU load.")] = None,  # noqa: UP045
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
     model: ModelOpt = None,
@@ -302,7 +302,8 @@ def bench(
     windows/s, latency percentiles and the ratios pipeline/engine, kafka/engine, pipeline/naive.
     Live trials also report window end → first and → final prediction. Takes four to six minutes
     with a broker; --live-streams N about a minute. --workers runs the kafka stage and the search (or
-    the --live-streams trial) again through W `serve --workers` processes per count W.
+    the --live-streams trial) again through W `serve --workers` processes per count W (without a broker,
+    the search through W pipeline processes: what one host, or one GPU, holds).
     """
 
     from fusionstream.consumers.bench.run import BenchOptions, run_bench

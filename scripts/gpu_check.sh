@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one run, on a machine with an NVIDIA GPU; installs nothing.
 #
-#   scripts/gpu_check.sh            (about 5 minutes on an H200; made to fit one 10-minute slot)
+#   scripts/gpu_check.sh                        (steps 1-5: about 5 minutes on an H200; step 6 about 5 more)
+#   STEPS="tests workers" scripts/gpu_check.sh   (the GPU tests and step 6 alone: one 10-minute slot)
 #
 # 1. the GPU tests (pytest -m gpu: TensorRT parity with ONNX Runtime, engine cache reuse and
 #    rebuild, torch CUDA graphs and fp16 against the CPU), each skipping with its reason where its
@@ -12,12 +13,18 @@
 # 3. `fusionstream evaluate` of the shipped model on the same held-out windows: accuracy on the
 #    GPU backends (fp16) beside onnxruntime fp32 on the CPU;
 # 4. one summary table;
-# 5. last, as time allows: the real-time search (most live streams under the latency bound) of
-#    the embedded pipeline on torch cuda fp16 with CUDA graphs.
+# 5. the real-time search (most live streams under the latency bound) of the embedded pipeline
+#    on torch cuda fp16 with CUDA graphs, one process;
+# 6. the same search through W pipeline processes sharing the GPU (`bench --workers 1,2,4,8`
+#    without a broker: each process its own intake and engine session), with the GPU's and the
+#    CPUs' load at each count: how many live streams one GPU holds when the host's cores feed it.
 #
 # Settings (environment): PYTHON (default: .venv/bin/python if present, else python3),
 # OUT (where logs and JSON go, default: a temporary directory), BENCH_ARGS (bench flags),
-# EVAL_SECONDS (held-out seconds for step 3, default 600), REALTIME (0 skips step 5).
+# EVAL_SECONDS (held-out seconds for step 3, default 600), STEPS (the steps to run, default
+# "tests bench evaluate realtime workers"; step 4 follows 2), WORKERS (step 6's counts, default
+# 1,2,4,8), WORKERS_START (step 6's first trial, default 128 streams), WORKERS_TIMEOUT (step 6's
+# limit, default 560 s), REALTIME (0 skips step 5).
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +37,10 @@ export FUSIONSTREAM_ENGINE_CACHE="${FUSIONSTREAM_ENGINE_CACHE:-$OUT/engines}"
 # 32 streams: enough windows (about 1,300) that a GPU's engine stage runs long enough to time.
 BENCH_ARGS="${BENCH_ARGS:---streams 32 --seconds 20 --batch-sizes 1,8,32,64 --no-kafka --no-realtime --naive-streams 1}"
 EVAL_SECONDS="${EVAL_SECONDS:-600}"
+STEPS=" ${STEPS:-tests bench evaluate realtime workers} "
+WORKERS="${WORKERS:-1,2,4,8}"
+WORKERS_START="${WORKERS_START:-128}"
+step() { [[ "$STEPS" == *" $1 "* ]]; }
 HELDOUT="$(mktemp -d)"  # rendered once, evaluated by every backend
 MODEL="$REPO_ROOT/engines/models/default"
 
@@ -59,9 +70,12 @@ except Exception as exc:
     print("probe failed:", exc)
 EOF
 
-echo "== GPU tests"
-"$PYTHON" -m pytest -q -m gpu -rs -p no:cacheprovider tests/engines 2>&1 | tee "$OUT/gpu-tests.log"
-tests_status=${PIPESTATUS[0]}
+tests_status=0
+if step tests; then
+  echo "== GPU tests"
+  "$PYTHON" -m pytest -q -m gpu -rs -p no:cacheprovider tests/engines 2>&1 | tee "$OUT/gpu-tests.log"
+  tests_status=${PIPESTATUS[0]}
+fi
 
 declare -a NAMES=()
 run_bench() {  # name, env assignments...
@@ -73,11 +87,13 @@ run_bench() {  # name, env assignments...
     echo "   failed or unavailable (last lines of $OUT/bench-$name.log):"; tail -n 3 "$OUT/bench-$name.log" | sed 's/^/   /'
   fi
 }
-run_bench onnxruntime-cpu "${ORT[@]}"
-run_bench tensorrt-fp16 "${TRT[@]}"
-run_bench torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
-run_bench torch-cuda-fp16 "${CUDA_FP16[@]}"
-run_bench torch-cuda-fp32-graphs "${CUDA_FP32_GRAPHS[@]}"
+if step bench; then
+  run_bench onnxruntime-cpu "${ORT[@]}"
+  run_bench tensorrt-fp16 "${TRT[@]}"
+  run_bench torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
+  run_bench torch-cuda-fp16 "${CUDA_FP16[@]}"
+  run_bench torch-cuda-fp32-graphs "${CUDA_FP32_GRAPHS[@]}"
+fi
 
 run_eval() {  # name, env assignments...
   local name=$1; shift
@@ -87,14 +103,18 @@ run_eval() {  # name, env assignments...
     echo "   failed or unavailable:"; tail -n 2 "$OUT/eval-$name.log" | sed 's/^/   /'
   fi
 }
-run_eval onnxruntime-cpu "${ORT[@]}"
-run_eval tensorrt-fp16 "${TRT[@]}"
-run_eval torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
+if step evaluate; then
+  run_eval onnxruntime-cpu "${ORT[@]}"
+  run_eval tensorrt-fp16 "${TRT[@]}"
+  run_eval torch-cuda-fp16-graphs "${CUDA_FP16_GRAPHS[@]}"
+fi
 
-echo "== summary"
-"$PYTHON" scripts/gpu_summary.py "$OUT" "${NAMES[@]}"
+if step bench; then
+  echo "== summary"
+  "$PYTHON" scripts/gpu_summary.py "$OUT" "${NAMES[@]}"
+fi
 
-if [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graphs "* ]]; then
+if step realtime && [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graphs "* ]]; then
   echo "== real-time search: embedded pipeline, torch cuda fp16 + CUDA graphs"
   # Starts at 128 streams with 14 s trials (the H200's 16 cores sustained 208 in 10 s trials): the
   # search then fits in about three minutes.
@@ -102,6 +122,17 @@ if [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graph
       --rounds 1 --batch-sizes 32 --naive-streams 1 --start-streams 128 --trial-seconds 14 --json \
       >"$OUT/realtime-torch-cuda.json" 2>"$OUT/realtime-torch-cuda.log" || echo "   did not finish (see $OUT/realtime-torch-cuda.log)"
   "$PYTHON" scripts/gpu_summary.py --realtime "$OUT/realtime-torch-cuda.json" || true
+fi
+if step workers; then
+  echo "== workers: live streams through W pipeline processes on one GPU (W = $WORKERS), torch cuda fp16 + graphs"
+  # No broker (the GPU machine has none): each process replays its share of the streams live. 10 s trials,
+  # one attempt each, the search of each count starting from the last count's answer: about 80 s a count.
+  env "${CUDA_FP16_GRAPHS[@]}" timeout "${WORKERS_TIMEOUT:-560}" "$PYTHON" -m fusionstream bench --streams 16 --seconds 20 --no-kafka \
+      --rounds 1 --batch-sizes 32,64 --naive-streams 1 --no-int8 --trial-seconds 10 --trial-attempts 1 \
+      --start-streams "$WORKERS_START" --max-streams 4096 --workers "$WORKERS" --json \
+      >"$OUT/workers-torch-cuda.json" 2>"$OUT/workers-torch-cuda.log" || echo "   did not finish (see $OUT/workers-torch-cuda.log)"
+  grep -E "^  w[0-9]|workers|best worker" "$OUT/workers-torch-cuda.log" | sed 's/^/   /'
+  "$PYTHON" scripts/gpu_summary.py --workers "$OUT/workers-torch-cuda.json" || true
 fi
 rm -rf "$HELDOUT"
 echo "logs and JSON: $OUT"

@@ -2,6 +2,7 @@
 
     python scripts/gpu_summary.py OUT NAME...      bench-NAME.json and eval-NAME.json under OUT
     python scripts/gpu_summary.py --realtime FILE  the real-time search's result
+    python scripts/gpu_summary.py --workers FILE   live streams per count of pipeline processes on one GPU
 """
 
 from __future__ import annotations
@@ -71,9 +72,29 @@ def realtime_line(path: Path) -> str:
     return f"max real-time streams (embedded pipeline, p99 under {bound} ms): {report['max_realtime_streams']}"
 
 
+def workers_lines(path: Path) -> list[str]:
+    """One line per worker count: live streams sustained, and the GPU's and the CPUs' load at that count."""
+    report = last_json(path)
+    scaling = (report or {}).get("workers")
+    if not scaling:
+        return ["workers: no result"]
+    lines = [f"live streams through W pipeline processes on one GPU ({scaling['cores']} cores), "
+             f"p99 close -> prediction under {report.get('realtime', {}).get('bound_ms', 100)} ms:"]
+    for workers, figures in scaling["by_workers"].items():
+        load = figures.get("load_at_best") or {}
+        lines.append(f"  W={workers:>2}: {figures['live_streams']:5d} streams   GPU {load.get('gpu_util_pct')} % busy "
+                     f"(max {load.get('gpu_util_max_pct')}), {load.get('gpu_memory_mib')} MiB; "
+                     f"CPUs {load.get('cpu_busy_pct')} % busy; ready in {figures['ready_s']} s")
+    lines.append(f"best: W={scaling['best']}, {scaling['max_live_streams']} live streams")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--realtime"] and len(argv) == 2:
         print(realtime_line(Path(argv[1])))
+        return 0
+    if argv[:1] == ["--workers"] and len(argv) == 2:
+        print("\n".join(workers_lines(Path(argv[1]))))
         return 0
     if not argv:
         print(__doc__, file=sys.stderr)

@@ -73,7 +73,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         else:
             p99 = (half.get("close_to_ack_ms") or {}).get("p99")
             console.print(f"service at half that load ({half['streams']} streams): close -> broker ack p99 {p99} ms")
-    if "workers" in report:
+    if report.get("workers", {}).get("through") == "embedded":
+        from fusionstream.consumers.bench.embedded_workers import print_embedded
+
+        print_embedded(report["workers"], console, print_trials)
+    elif "workers" in report:
         from fusionstream.consumers.bench.workers import print_workers
 
         print_workers(report["workers"], console, print_trials)

@@ -185,8 +185,15 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
 
             report["workers"] = worker_scaling(kafka_settings, manifest, workload, options.workers, options,
                                                stages["engine"].windows_per_s, console)
+        elif options.workers and (options.realtime or options.live_streams):
+            # No broker: the search (or the one live trial) through W embedded pipeline processes instead.
+            from fusionstream.consumers.bench.embedded_workers import embedded_scaling
+
+            report["workers"] = embedded_scaling(kafka_settings, workload, config, options.workers, options,
+                                                 best_batch, console)
         elif options.workers:
-            skip("workers", f"no broker at {kafka_settings.bootstrap_servers}")
+            skip("workers", f"no broker at {kafka_settings.bootstrap_servers}, and no real-time search to run "
+                            "through pipeline processes instead (--no-realtime)")
         # Through workers, the real-time search ran per worker count above, in place of this one.
         if options.realtime and not options.workers:
             report |= realtime_search(options, workload, config, make_runner, best_batch, settings, console,
@@ -214,7 +221,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         ratios["kafka/engine"] = ratio(rate["kafka"], rate["engine"])
     # Below 1, one process's input work cannot keep the engine busy: more serve replicas can.
     ratios["intake/engine"] = ratio(rate["intake"], rate["engine"])
-    if "workers" in report:
+    if "workers" in report and "ratios" in report["workers"]:
         ratios |= report["workers"]["ratios"]
     if "engine_int8" in rate:
         ratios["engine_int8/engine"] = ratio(rate["engine_int8"], rate["engine"])
