@@ -15,6 +15,17 @@ class FusionStreamError(Exception):
     retriable: bool = False
 
 
+#: Every reason a record is dead-lettered for (``BadRecord.reason``, the ``fs.reason`` header; the table in
+#: docs/wire-format.md#errors): the service's metrics start each one's series at zero, so that a rate or an
+#: alert on it works before the first such record.
+DEAD_LETTER_REASONS: tuple[str, ...] = (
+    "truncated", "trailing-bytes", "bad-magic", "unsupported-version", "unknown-modality", "unknown-encoding",
+    "encoding-mismatch", "t_end-before-t_start", "too-long", "bad-stream-id", "bad-meta", "bad-size",
+    "bad-sample-rate", "bad-channels", "bad-pcm-size", "sample-rate-mismatch", "bad-pcm", "bad-utf8",
+    "bad-progress", "key-mismatch", "bad-jpeg", "late",
+)
+
+
 class BadRecord(FusionStreamError):
     """A record that cannot be decoded or placed in a window.
 

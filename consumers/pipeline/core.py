@@ -211,24 +211,21 @@ class Pipeline:
             if isinstance(item, DeadLetter):
                 dead.append(item)
                 continue
-            if (ignored and item.modality in ignored) or (item.__class__ is TextSegment and not item.is_final):
-                # An interim transcript result (is_final false) is replaced by its final: fused, it would be
-                # counted twice, and it moves the text's watermark past words still to come.
-                stats.records_ignored += 1
-                if on_admit is not None:
-                    on_admit(item.ref, 0)  # in no window: nothing to wait for
-                continue
-            if isinstance(item, Progress):
+            skipped = (ignored and item.modality in ignored) or (item.__class__ is TextSegment and not item.is_final)
+            if not skipped and isinstance(item, Progress):
                 self.aligner.progress(item, now)
                 stats.progress_records += 1
                 if on_admit is not None:
                     on_admit(item.ref, 0)
                 continue
-            admission = add(item, now)
-            if admission.duplicate:  # resent by its producer: the copy taken before stands for it
+            admission = None if skipped else add(item, now)
+            if admission is None or admission.duplicate:
+                # Ignored: a modality the model does not use; an interim transcript result (is_final false),
+                # which its final replaces (fused, it would count twice, and it moves the text's watermark past
+                # words still to come); or a record resent by its producer (the copy taken before stands).
                 stats.records_ignored += 1
                 if on_admit is not None:
-                    on_admit(item.ref, 0)
+                    on_admit(item.ref, 0)  # in no window: nothing to wait for
                 continue
             if admission.late:
                 dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fusionstream.consumers.pipeline.prediction import MODALITY_NAMES, Prediction
-from fusionstream.stream.errors import FusionStreamError
+from fusionstream.stream.errors import DEAD_LETTER_REASONS, FusionStreamError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class ServiceMetrics:
             "dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"],
             namespace=ns, registry=registry,
         )
+        for reason in DEAD_LETTER_REASONS:  # every series from zero: rate() and alerts see the first one
+            self.dead_letters.labels(reason)
         self.replayed = Counter(
             "replayed_dead_letters",
             "Re-read records an earlier run already handled (in a published window, or dead-lettered): not "

@@ -117,6 +117,28 @@ def test_a_coordinator_lookup_that_is_retried_is_logged_as_info_not_as_an_error(
     assert caplog.records == [], "lowered to INFO, it obeys the configured level"
 
 
+def test_fusionstream_debug_leaves_aiokafkas_wire_debug_off_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
+    client = logging.getLogger("aiokafka")
+    wire = logging.getLogger("aiokafka.conn")
+    old = client.level
+    try:
+        client.setLevel(logging.NOTSET)
+        lower_routine_client_errors()
+        with caplog.at_level(logging.DEBUG):  # FUSIONSTREAM_LOG_LEVEL=DEBUG: the root logger at DEBUG
+            logging.getLogger("fusionstream.consumers.service").debug("ours")
+            wire.debug("<AIOKafkaConnection> Request 1: MetadataRequest")
+            wire.info("kept")
+        assert [r.getMessage() for r in caplog.records] == ["ours", "kept"]
+        caplog.clear()
+        client.setLevel(logging.DEBUG)  # set on purpose: left as it is
+        lower_routine_client_errors()
+        with caplog.at_level(logging.DEBUG):
+            wire.debug("<AIOKafkaConnection> Request 2: FetchRequest")
+        assert [r.getMessage() for r in caplog.records] == ["<AIOKafkaConnection> Request 2: FetchRequest"]
+    finally:
+        client.setLevel(old)
+
+
 def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
