@@ -55,8 +55,10 @@ async def ensure_topics(
     security: Mapping[str, Any] | None = None,
     any_partitions: Sequence[str] = (),
     create: bool = True,
-) -> None:
-    """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable.
+    adopt: bool = False,
+) -> int:
+    """Create the missing ``topics`` with ``partitions`` partitions each; return when all are usable, with
+    the partition count they have.
 
     "Usable" means every partition has a leader that serves it, so a producer or consumer
     started right after this call does not race the topic creation. Raises
@@ -66,6 +68,9 @@ async def ensure_topics(
     ``security``: aiokafka's authentication and TLS arguments (``Settings.kafka_security()``).
     With ``create=False``, or when the cluster refuses to create them (ACLs, a creation policy),
     missing topics raise :class:`~fusionstream.consumers.kafka.errors.MissingTopicsError`.
+    With ``adopt``, existing topics that all have one count other than ``partitions`` are taken as they
+    are (missing ones are created with their count, which is returned): ``partitions`` is then only the
+    count of topics that do not exist yet. Existing topics that disagree among themselves are refused.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
@@ -75,6 +80,8 @@ async def ensure_topics(
     try:
         await admin.start()
         layout = await _describe(admin, names)
+        if adopt:
+            partitions = _agreed_count(layout, partitions, flexible)
         _check_layout(layout, partitions, flexible)
         missing = [name for name, (count, _) in layout.items() if count is None]
         if missing and not create:
@@ -113,6 +120,7 @@ async def ensure_topics(
     if missing:
         await _until_served(bootstrap, [TopicPartition(t, p) for t in missing for p in range(partitions)], security,
                             timeout_s)
+    return partitions
 
 
 async def _until_served(
@@ -175,6 +183,13 @@ async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, t
         led = all(not p["error_code"] and p["leader"] >= 0 for p in parts)
         layout[topic["topic"]] = (len(parts), led)
     return layout
+
+
+def _agreed_count(layout: dict[str, tuple[int | None, bool]], partitions: int, flexible: set[str]) -> int:
+    """The one partition count the existing co-partitioned topics have, or ``partitions`` if none exists yet
+    (or they disagree: :func:`_check_layout` then names them)."""
+    counts = {count for name, (count, _) in layout.items() if count is not None and name not in flexible}
+    return counts.pop() if len(counts) == 1 else partitions
 
 
 def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int, flexible: set[str]) -> None:

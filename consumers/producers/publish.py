@@ -101,7 +101,8 @@ async def started_producer(settings: Settings) -> AIOKafkaProducer:
 
 
 async def prepare_topics(settings: Settings) -> None:
-    """Create the three input topics with ``settings.partitions`` each; refuse unequal existing ones."""
+    """Create the missing input topics with ``settings.partitions`` each, or with the count the existing ones
+    have (they must agree among themselves: co-partitioning)."""
     from aiokafka.errors import KafkaConnectionError
 
     from fusionstream.consumers.kafka import ensure_topics
@@ -109,7 +110,7 @@ async def prepare_topics(settings: Settings) -> None:
 
     try:
         await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions,
-                            security=settings.kafka_security())
+                            security=settings.kafka_security(), adopt=True)
     except KafkaConnectionError as exc:
         raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
 

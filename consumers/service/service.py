@@ -132,12 +132,15 @@ class InferenceService:
         lower_routine_client_errors()
         # One call: each call that creates topics waits for their leaders to serve them.
         outputs = [t for t in (s.predictions_topic, s.deadletter_topic) if t not in self.input_topics]
-        await when_ready(
+        partitions = await when_ready(
             lambda: ensure_topics(s.bootstrap_servers, [*self.input_topics, *outputs], s.partitions,
                                   security=security, any_partitions=outputs,  # outputs: any partition count
-                                  create=s.create_topics),
+                                  create=s.create_topics, adopt=True),
             bootstrap=s.bootstrap_servers, security=security, wait_s=s.broker_wait_s,
         )
+        if partitions != s.partitions:
+            log.info("the input topics have %d partitions each (the partitions setting, %d, is for topics created "
+                     "here): serving them as they are", partitions, s.partitions)
 
         client_id = f"{s.client_id}-{self.instance_id}"
         transactional_id = f"{s.group_id}.{self.instance_id}" if s.exactly_once else None

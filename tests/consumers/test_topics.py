@@ -63,3 +63,40 @@ def test_a_topic_with_another_partition_count_is_refused_unless_any_count_will_d
             await delete_topics(kafka_bootstrap, [existing, new])
 
     assert asyncio.run(scenario()) == {existing: 2, new: PARTITIONS}
+
+
+def test_existing_topics_of_one_other_count_are_adopted_and_disagreeing_ones_refused(kafka_bootstrap: str) -> None:
+    from fusionstream.consumers.kafka import TopicLayoutError
+
+    tag = uuid.uuid4().hex[:8]
+    video, audio, text = (f"adopt-{tag}-{kind}" for kind in ("video", "audio", "text"))
+
+    async def scenario() -> tuple[int, int]:
+        await ensure_topics(kafka_bootstrap, [video, audio], 3)
+        try:
+            # Without adopt, the setting rules: refused.
+            with pytest.raises(TopicLayoutError, match=rf"{video} has 3"):
+                await ensure_topics(kafka_bootstrap, [video, audio, text], PARTITIONS)
+            # With it, the existing topics' count is taken, and the missing topic is created with it.
+            used = await ensure_topics(kafka_bootstrap, [video, audio, text], PARTITIONS, adopt=True)
+            consumer_side = len(await _partitions(text))
+            await delete_topics(kafka_bootstrap, [text])
+            await ensure_topics(kafka_bootstrap, [text], 2)  # now they disagree: 3, 3 and 2
+            with pytest.raises(TopicLayoutError, match=rf"{text} has 2|{video} has 3"):
+                await ensure_topics(kafka_bootstrap, [video, audio, text], PARTITIONS, adopt=True)
+            return used, consumer_side
+        finally:
+            await delete_topics(kafka_bootstrap, [video, audio, text])
+
+    async def _partitions(topic: str) -> list[int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+            return [p["partition"] for p in described["partitions"]]
+        finally:
+            await admin.close()
+
+    assert asyncio.run(scenario()) == (3, 3)
