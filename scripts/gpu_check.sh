@@ -22,9 +22,9 @@
 # Settings (environment): PYTHON (default: .venv/bin/python if present, else python3),
 # OUT (where logs and JSON go, default: a temporary directory), BENCH_ARGS (bench flags),
 # EVAL_SECONDS (held-out seconds for step 3, default 600), STEPS (the steps to run, default
-# "tests bench evaluate realtime workers"; step 4 follows 2), WORKERS (step 6's counts, default
-# 1,2,4,8), WORKERS_START (step 6's first trial, default 128 streams), WORKERS_TIMEOUT (step 6's
-# limit, default 560 s), REALTIME (0 skips step 5).
+# "tests bench evaluate realtime workers"; step 4 follows 2), WORKERS (step 6's counts: a list,
+# default 1,2,4,8; a single N means 1..N), WORKERS_START (step 6's first trial, default 128
+# streams), WORKERS_TIMEOUT (step 6's limit, default 560 s), REALTIME (0 skips step 5).
 set -uo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +41,9 @@ STEPS=" ${STEPS:-tests bench evaluate realtime workers} "
 WORKERS="${WORKERS:-1,2,4,8}"
 WORKERS_START="${WORKERS_START:-128}"
 step() { [[ "$STEPS" == *" $1 "* ]]; }
+for asked in $STEPS; do
+  [[ " tests bench evaluate realtime workers " == *" $asked "* ]] || { echo "unknown step '$asked' in STEPS" >&2; exit 2; }
+done
 HELDOUT="$(mktemp -d)"  # rendered once, evaluated by every backend
 MODEL="$REPO_ROOT/engines/models/default"
 
@@ -55,7 +58,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 "$PYTHON" - <<'EOF'
 import importlib, platform
 print("python", platform.python_version())
-for name in ("torch", "onnxruntime", "tensorrt", "cv2", "av", "aiokafka", "typer", "rich", "pydantic_settings"):
+for name in ("torch", "onnxruntime", "tensorrt", "cv2", "av", "aiokafka", "typer", "rich", "pydantic_settings",
+             "pynvml"):
     try:
         module = importlib.import_module(name)
         print(f"{name:18s} {getattr(module, '__version__', '?')}")
@@ -114,7 +118,8 @@ if step bench; then
   "$PYTHON" scripts/gpu_summary.py "$OUT" "${NAMES[@]}"
 fi
 
-if step realtime && [[ "${REALTIME:-1}" != 0 ]] && [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graphs "* ]]; then
+# Without step 2 in this run, step 5 runs anyway (it fails on its own, with its log, where torch has no CUDA).
+if step realtime && [[ "${REALTIME:-1}" != 0 ]] && { ! step bench || [[ " ${NAMES[*]} " == *" torch-cuda-fp16-graphs "* ]]; }; then
   echo "== real-time search: embedded pipeline, torch cuda fp16 + CUDA graphs"
   # Starts at 128 streams with 14 s trials (the H200's 16 cores sustained 208 in 10 s trials): the
   # search then fits in about three minutes.
@@ -127,11 +132,13 @@ if step workers; then
   echo "== workers: live streams through W pipeline processes on one GPU (W = $WORKERS), torch cuda fp16 + graphs"
   # No broker (the GPU machine has none): each process replays its share of the streams live. 10 s trials,
   # one attempt each, the search of each count starting from the last count's answer: about 80 s a count.
-  env "${CUDA_FP16_GRAPHS[@]}" timeout "${WORKERS_TIMEOUT:-560}" "$PYTHON" -m fusionstream bench --streams 16 --seconds 20 --no-kafka \
+  # COLUMNS: rich would wrap the per-trial lines of the log (the grep below reads them) at 160 columns.
+  env "${CUDA_FP16_GRAPHS[@]}" COLUMNS=400 timeout "${WORKERS_TIMEOUT:-560}" "$PYTHON" -m fusionstream bench --streams 16 --seconds 20 --no-kafka \
       --rounds 1 --batch-sizes 32,64 --naive-streams 1 --no-int8 --trial-seconds 10 --trial-attempts 1 \
       --start-streams "$WORKERS_START" --max-streams 4096 --workers "$WORKERS" --json \
       >"$OUT/workers-torch-cuda.json" 2>"$OUT/workers-torch-cuda.log" || echo "   did not finish (see $OUT/workers-torch-cuda.log)"
-  grep -E "^  w[0-9]|workers|best worker" "$OUT/workers-torch-cuda.log" | sed 's/^/   /'
+  # Each trial's line and each count's answer as it ended: what is left if the time limit cut the run short.
+  grep -E "^  w[0-9]" "$OUT/workers-torch-cuda.log" | sed 's/^/   /'
   "$PYTHON" scripts/gpu_summary.py --workers "$OUT/workers-torch-cuda.json" || true
 fi
 rm -rf "$HELDOUT"

@@ -78,13 +78,18 @@ def workers_lines(path: Path) -> list[str]:
     scaling = (report or {}).get("workers")
     if not scaling:
         return ["workers: no result"]
+    bound = scaling.get("realtime", {}).get("bound_ms")
     lines = [f"live streams through W pipeline processes on one GPU ({scaling['cores']} cores), "
-             f"p99 close -> prediction under {report.get('realtime', {}).get('bound_ms', 100)} ms:"]
+             f"p99 close -> prediction under {bound} ms:"]
     for workers, figures in scaling["by_workers"].items():
         load = figures.get("load_at_best") or {}
         lines.append(f"  W={workers:>2}: {figures['live_streams']:5d} streams   GPU {load.get('gpu_util_pct')} % busy "
-                     f"(max {load.get('gpu_util_max_pct')}), {load.get('gpu_memory_mib')} MiB; "
-                     f"CPUs {load.get('cpu_busy_pct')} % busy; ready in {figures['ready_s']} s")
+                     f"(max {load.get('gpu_util_max_pct')}), {load.get('gpu_memory_mib')} MiB; processes "
+                     f"{load.get('workers_cpu_cores')} cores, host CPUs {load.get('cpu_busy_pct')} % busy; "
+                     f"ready in {figures['ready_s']} s"
+                     + (f"; failed: {figures['error']}" if figures.get("error") else ""))
+    if scaling.get("gpu_unavailable"):
+        lines.append(f"no GPU figures: {scaling['gpu_unavailable']}")
     lines.append(f"best: W={scaling['best']}, {scaling['max_live_streams']} live streams")
     return lines
 

@@ -27,17 +27,20 @@ from typing import Any
 
 from rich.console import Console
 
-from fusionstream.consumers.bench.host_load import HostLoad, uses_gpu
-from fusionstream.consumers.bench.realtime import Trial, search_max_streams, trial_line
+from fusionstream.consumers.bench.host_load import HostLoad, nvml_device, uses_gpu
+from fusionstream.consumers.bench.realtime import Trial, end_margin_ns, search_max_streams, trial_line
 from fusionstream.consumers.bench.workload import Workload
 from fusionstream.consumers.settings import Settings
+from fusionstream.stream.records import Modality
 from fusionstream.stream.windows import WindowConfig
+from fusionstream.units import NS
 
 #: Longest a process may take to open and warm its engine (W model loads and graph captures at once).
 READY_TIMEOUT_S = 300.0
-#: Time the W processes get between being told a trial's start and that start: enough to clone their
-#: streams' records, so that every process's first record is due at the same instant.
+#: Time the W processes get between being told a trial's start and that start, to make their streams' records
+#: (about 8 ms a stream here), so that every process's first record is due at the same instant.
 START_LEAD_S = 1.0
+CLONE_S_PER_STREAM = 0.012
 
 
 def split_streams(streams: int, workers: int) -> list[int]:
@@ -83,21 +86,20 @@ def _serve_trials(conn: Connection, settings: Settings, workload: Workload, conf
         served = settings.model_copy(update={"threads": threads})
         with open_runtime(settings.backend, settings.model_dir, **service_options(served)) as runtime:
             windows = workload.windows(config, runtime.frame_side)
-            size = 1
-            while size <= max_batch:  # every power-of-two batch the pipeline can form (CUDA graphs per size)
+            # Every batch size the engine runs (a CUDA graph each): the powers of two, and the largest.
+            for size in sorted({1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch} | {max_batch}):
                 run_engine(runtime, windows[:size], size)
-                size *= 2
             conn.send("ready")
             while (job := conn.recv()) is not None:
                 streams, start_at = job
-                time.sleep(max(0.0, start_at - time.time()))
+                cpu = time.process_time()
                 trial = realtime_trial(
                     lambda: Runner(runtime), workload, config, streams, seconds=options["seconds"],
                     warmup_s=options["warmup_s"], bound_ms=options["bound_ms"], max_batch=max_batch,
                     decode_workers=settings.decode_workers, speculate=settings.speculate,
-                    delivery=options["delivery"],
+                    delivery=options["delivery"], start_ns=int(start_at * 1e9),
                 )
-                conn.send(trial)
+                conn.send((trial, time.process_time() - cpu))
     except Exception as exc:  # told to the parent as one line; the process ends
         conn.send(f"{type(exc).__name__}: {exc}")
 
@@ -109,6 +111,9 @@ class Processes:
                  options: Any) -> None:
         from fusionstream.consumers.service.supervisor import threads_per_worker
 
+        self.gpu = uses_gpu(settings)
+        # Resolved before anything starts: a device NVML cannot find costs the GPU figures, nothing else.
+        self._nvml, self.gpu_unavailable = nvml_device(str(settings.device)) if self.gpu else (None, None)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no forked CUDA or threads
         self.workers = workers
         self.threads = threads_per_worker(settings, workers)
@@ -131,9 +136,8 @@ class Processes:
             self.close()
             raise
         self.ready_s = time.perf_counter()  # when the last one was warm
-        device = str(settings.device)
-        self._gpu = uses_gpu(settings)
-        self._device_index = int(device.split(":", 1)[1]) if ":" in device else 0
+        self._trial_s = options.trial_seconds
+        self._measured_s = (options.warmup_s, options.trial_seconds - end_margin_ns(config) / NS)
         self._trial_timeout_s = options.trial_seconds * 3 + 60
 
     def _expect(self, conn: Connection, kind: type, timeout_s: float) -> Any:
@@ -150,13 +154,17 @@ class Processes:
         return answer
 
     def trial(self, streams: int) -> tuple[Trial, dict[str, float | None]]:
+        """``streams`` live streams over the processes (S < W: one each for the first S), and the host's load
+        over the trial's measured part, with ``workers_cpu_cores``: the cores the processes kept busy."""
         shares = [n for n in split_streams(streams, self.workers) if n > 0]
-        start_at = time.time() + START_LEAD_S
-        with HostLoad(self._gpu, self._device_index) as load:
+        start_at = time.time() + START_LEAD_S + CLONE_S_PER_STREAM * max(shares)
+        with HostLoad(self._nvml) as load:
             for conn, share in zip(self._conns, shares, strict=False):
                 conn.send((share, start_at))
-            trials = [self._expect(conn, Trial, self._trial_timeout_s) for conn in self._conns[:len(shares)]]
-        return merge_trials(trials), load.figures()
+            answers = [self._expect(conn, tuple, self._trial_timeout_s) for conn in self._conns[:len(shares)]]
+        figures = load.figures(start_at + self._measured_s[0], start_at + self._measured_s[1])
+        figures["workers_cpu_cores"] = round(sum(cpu for _, cpu in answers) / self._trial_s, 2)
+        return merge_trials([trial for trial, _ in answers]), figures
 
     def close(self) -> None:
         for conn in self._conns:
@@ -171,17 +179,23 @@ class Processes:
 def embedded_scaling(settings: Settings, workload: Workload, config: WindowConfig, counts: Any, options: Any,
                      max_batch: int, console: Console) -> dict[str, Any]:
     """The most live streams for each worker count (``auto``: 1, 2, 4, … while the last count helped, up to
-    the cores), with the host's load at each count's best trial."""
+    the cores), with the host's load at each count's best trial. Revisions as ``options.revisions`` says
+    (None: the settings')."""
+    revisions = settings.revisions if options.revisions is None else options.revisions
+    # As Settings.window_config has it: with revisions, a window is predicted before its text is complete.
+    config = dataclasses.replace(config, provisional_without=frozenset({Modality.TEXT}) if revisions else frozenset())
     cores = len(os.sched_getaffinity(0))
     by_count: dict[int, dict[str, Any]] = {}
     plan = list(counts) if counts != "auto" else [w for w in (1, 2, 4, 8, 16, 32, 64) if w <= cores]
     best_so_far = 0
+    gpu_unavailable = None
     for workers in plan:
         started = time.perf_counter()
         processes: Processes | None = None
         try:
             with console.status(f"starting {workers} pipeline process{'es' if workers > 1 else ''} (engine warm-up)"):
                 processes = Processes(workers, settings, workload, config, max_batch, options)
+            gpu_unavailable = processes.gpu_unavailable
             figures = _search(processes, options, console, best_so_far)
         except RuntimeError as exc:  # a process failed (out of GPU memory, say): the counts before it stand
             console.print(f"  [red]w{workers}: {exc}[/]")
@@ -192,49 +206,57 @@ def embedded_scaling(settings: Settings, workload: Workload, config: WindowConfi
             if processes is not None:
                 processes.close()
         by_count[workers] = figures | {"ready_s": round(processes.ready_s - started, 1)}
+        # One line per count as it ends: a run cut short (a time limit) still leaves each finished count's answer.
+        at_best = _load_text(figures["load_at_best"] or {})
+        console.print(f"  w{workers}: {figures['live_streams']} live streams{at_best}")
         if counts == "auto" and best_so_far and figures["live_streams"] <= best_so_far:
             break
         best_so_far = max(best_so_far, figures["live_streams"])
     best = max(by_count, key=lambda w: (by_count[w]["live_streams"], -w))
     return {"through": "embedded", "counts": list(by_count), "cores": cores, "gpu": uses_gpu(settings),
-            "by_workers": {str(w): f for w, f in by_count.items()}, "best": best, "best_by": "live streams",
-            "max_live_streams": by_count[best]["live_streams"]}
+            "gpu_unavailable": gpu_unavailable, "by_workers": {str(w): f for w, f in by_count.items()},
+            "best": best, "best_by": "live streams", "max_live_streams": by_count[best]["live_streams"],
+            "realtime": {"bound_ms": options.bound_ms, "trial_seconds": options.trial_seconds,
+                         "trial_attempts": options.trial_attempts, "delivery": options.delivery.describe(),
+                         "revisions": revisions}}
 
 
 def _search(processes: Processes, options: Any, console: Console, best_so_far: int) -> dict[str, Any]:
     """One count's search (or its one trial at ``--live-streams``), with the host's load at each trial."""
     workers = processes.workers
-    loads: dict[int, dict[str, float | None]] = {}
+    loads: list[dict[str, float | None]] = []  # each trial's, in the order they ran
 
     def trial(streams: int) -> Trial:
         with console.status(f"real time: {streams} live streams for {options.trial_seconds:g} s over "
                             f"{workers} pipeline processes"):
-            result, load = processes.trial(max(streams, workers))
-        loads[result.streams] = load
+            result, load = processes.trial(streams)
+        loads.append(load)
         return result
 
     def show(t: Trial) -> None:
-        console.print(f"  w{workers} {t.streams:4d} live streams: {trial_line(t)}{_load_text(loads[t.streams])}")
+        console.print(f"  w{workers} {t.streams:4d} live streams: {trial_line(t)}{_load_text(loads[-1])}")
 
     if options.live_streams:
         done = trial(int(options.live_streams))
         show(done)
         most, trials = (done.streams if done.sustained else 0), [done]
     else:
-        # A host sustains at least about what it did with fewer processes: start there, not at 8 again.
-        start = max(options.start_streams, workers, best_so_far)
+        # More processes hold at least about what fewer held: start below that (a start that fails is only
+        # halved, never bisected back up), not at --start-streams again.
+        start = max(options.start_streams, best_so_far * 3 // 4)
         most, trials = search_max_streams(trial, start=start, limit=max(options.max_streams, start),
                                           progress=show, attempts=options.trial_attempts)
-    sustained = any(t.streams == most and t.sustained for t in trials)
-    return {"live_streams": most, "threads_per_worker": processes.threads,
-            "load_at_best": loads.get(most) if sustained else None,
-            "live_trials": [t.summary() | {"load": loads.get(t.streams)} for t in trials]}
+    best = next((load for t, load in zip(trials, loads, strict=True) if t.streams == most and t.sustained), None)
+    return {"live_streams": most, "threads_per_worker": processes.threads, "load_at_best": best,
+            "live_trials": [t.summary() | {"load": load} for t, load in zip(trials, loads, strict=True)]}
 
 
 def _load_text(load: dict[str, float | None]) -> str:
     parts = []
+    if load.get("workers_cpu_cores") is not None:
+        parts.append(f"processes {load['workers_cpu_cores']:.1f} cores")
     if load.get("cpu_busy_pct") is not None:
-        parts.append(f"CPU {load['cpu_busy_pct']:.0f} % busy")
+        parts.append(f"host CPU {load['cpu_busy_pct']:.0f} % busy")
     if load.get("gpu_util_pct") is not None:
         parts.append(f"GPU {load['gpu_util_pct']:.0f} % (max {load['gpu_util_max_pct']}), "
                      f"{load['gpu_memory_mib']} MiB")
@@ -247,17 +269,20 @@ def print_embedded(scaling: dict[str, Any], console: Console, print_trials: Any)
 
     table = Table(title=f"pipeline processes (no broker; {scaling['cores']} cores"
                         f"{', one GPU shared' if scaling['gpu'] else ''})")
-    for column in ("workers", "live streams", "engine threads each", "CPU busy", "GPU busy", "GPU MiB"):
+    for column in ("workers", "live streams", "engine threads each", "cores used", "host CPU busy", "GPU busy",
+                   "GPU MiB"):
         table.add_column(column, justify="right")
     for workers, f in scaling["by_workers"].items():
         load = f.get("load_at_best") or {}
 
-        def cell(key: str, unit: str = "", load: dict[str, Any] = load) -> str:
-            return "-" if load.get(key) is None else f"{load[key]:.0f}{unit}"
+        def cell(key: str, unit: str = "", digits: int = 0, load: dict[str, Any] = load) -> str:
+            return "-" if load.get(key) is None else f"{load[key]:.{digits}f}{unit}"
 
-        table.add_row(workers, str(f["live_streams"]), str(f["threads_per_worker"]), cell("cpu_busy_pct", " %"),
-                      cell("gpu_util_pct", " %"), cell("gpu_memory_mib"))
+        table.add_row(workers, str(f["live_streams"]), str(f["threads_per_worker"]), cell("workers_cpu_cores", "", 1),
+                      cell("cpu_busy_pct", " %"), cell("gpu_util_pct", " %"), cell("gpu_memory_mib"))
     console.print(table)
+    if scaling.get("gpu_unavailable"):
+        console.print(f"[yellow]no GPU figures: {scaling['gpu_unavailable']}[/]")
     console.print(f"best worker count: [bold]{scaling['best']}[/] ({scaling['max_live_streams']} live streams)")
     for workers, f in scaling["by_workers"].items():
         print_trials(f["live_trials"], console, f"real-time trials over {workers} pipeline processes "

@@ -165,10 +165,12 @@ def realtime_trial(
     decode_workers: int,
     speculate: bool = True,
     delivery: DeliveryProfile = REALISTIC,
+    start_ns: int | None = None,
 ) -> Trial:
     """One trial through the embedded pipeline (no broker): ``streams`` live streams delivered by
-    ``delivery``; revisions as ``config`` says (``provisional_without``)."""
-    start_ns = time.time_ns() + NS // 2
+    ``delivery``; revisions as ``config`` says (``provisional_without``). The streams start at ``start_ns``
+    (wall clock; default half a second from now), which must leave time to make their records."""
+    start_ns = time.time_ns() + NS // 2 if start_ns is None else start_ns
     records = workload.cloned(streams, start_ns, seconds)
     census = WindowCensus(config)
     for _ in census.watch(records):

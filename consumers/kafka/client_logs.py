@@ -96,9 +96,10 @@ def lower_routine_client_errors() -> None:
     """Install the filters (once per process; calling it again changes nothing), and keep aiokafka's own
     DEBUG lines off unless its logger's level was set on purpose."""
     client = logging.getLogger("aiokafka")
-    if client.level == logging.NOTSET:
+    if client.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() < logging.INFO:
         # FUSIONSTREAM_LOG_LEVEL=DEBUG is for fusionstream's lines; aiokafka's DEBUG is every request and
         # response on the wire (16,000 lines in 25 s of one service). Its logger's own level shows them.
+        # (Only then: at WARNING, an INFO level here would let aiokafka's INFO lines through.)
         client.setLevel(logging.INFO)
     logger = logging.getLogger(_COORDINATOR_LOGGER)
     if not any(isinstance(f, _RoutineCoordinatorLookup) for f in logger.filters):

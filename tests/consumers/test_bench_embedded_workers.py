@@ -13,7 +13,7 @@ import sys
 import time
 
 from fusionstream.consumers.bench.embedded_workers import merge_trials, split_streams
-from fusionstream.consumers.bench.host_load import HostLoad
+from fusionstream.consumers.bench.host_load import HostLoad, nvml_device
 from fusionstream.consumers.bench.realtime import Trial
 
 
@@ -48,27 +48,37 @@ def test_a_trial_over_processes_adds_counts_and_keeps_the_worst_percentiles() ->
     assert not merge_trials([_trial(4, 30.0, 5.0), _trial(4, 30.0, 5.0, predicted=39)]).sustained
 
 
-def test_host_load_sees_a_busy_core() -> None:
-    with HostLoad(gpu=False) as load:
-        until = time.thread_time() + 0.3
+def test_host_load_sees_a_busy_core_over_the_span_asked() -> None:
+    with HostLoad() as load:  # no NVML handle: no GPU figures
+        started = time.time()
+        until = time.thread_time() + 0.6
         while time.thread_time() < until:
             pass
-    figures = load.figures()
+        busy_until = time.time()
+        time.sleep(0.5)
+    figures = load.figures(started, busy_until)
     assert figures["cpu_busy_pct"] is not None and figures["cpu_busy_pct"] > 0
-    assert figures["gpu_util_pct"] is None  # asked for no GPU
+    assert figures["gpu_util_pct"] is None and figures["gpu_memory_mib"] is None
+    assert load.figures()["cpu_busy_pct"] is not None  # the whole block
+
+
+def test_a_gpu_nvml_cannot_find_says_why() -> None:
+    handle, why = nvml_device("cuda:x")
+    assert handle is None and why is not None and "cuda:x" in why
 
 
 def test_live_trials_through_one_and_two_pipeline_processes() -> None:
     command = [
         sys.executable, "-m", "fusionstream", "bench", "--no-kafka", "--workers", "1,2", "--live-streams", "4",
         "--streams", "4", "--seconds", "8", "--trial-seconds", "6", "--rounds", "1", "--no-int8",
-        "--batch-sizes", "8", "--naive-streams", "1", "--json",
+        "--batch-sizes", "8", "--naive-streams", "1", "--revisions", "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     scaling = report["workers"]
     assert scaling["through"] == "embedded" and scaling["counts"] == [1, 2] and not scaling["gpu"]
+    assert scaling["realtime"]["revisions"] is True and scaling["realtime"]["trial_seconds"] == 6
     one, two = (scaling["by_workers"][w] for w in ("1", "2"))
     for figures in (one, two):
         (trial,) = figures["live_trials"]
@@ -76,6 +86,8 @@ def test_live_trials_through_one_and_two_pipeline_processes() -> None:
         assert trial["streams"] == 4 and trial["expected"] > 0 and trial["windows"] == trial["expected"]
         assert trial["dead_letters"] == 0
         assert trial["load"]["cpu_busy_pct"] is not None and trial["load"]["gpu_util_pct"] is None
+        assert trial["load"]["workers_cpu_cores"] > 0
+        assert trial["revisions"] and trial["counts"]["provisional"] > 0  # --revisions, honoured without a broker
         assert figures["threads_per_worker"] >= 1 and figures["ready_s"] > 0
     # Four streams of 6 s: about 11 windows each, whichever instant the trial starts at (hop grid).
     for figures in (one, two):

@@ -5,6 +5,7 @@ no broker, a broker that starts 20 s after it, and the shared broker."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import subprocess
 import sys
@@ -117,26 +118,32 @@ def test_a_coordinator_lookup_that_is_retried_is_logged_as_info_not_as_an_error(
     assert caplog.records == [], "lowered to INFO, it obeys the configured level"
 
 
-def test_fusionstream_debug_leaves_aiokafkas_wire_debug_off_unless_asked(caplog: pytest.LogCaptureFixture) -> None:
-    client = logging.getLogger("aiokafka")
+def test_fusionstream_debug_leaves_aiokafkas_wire_debug_off_unless_asked() -> None:
+    root, client = logging.getLogger(), logging.getLogger("aiokafka")
     wire = logging.getLogger("aiokafka.conn")
-    old = client.level
+    seen: list[str] = []
+    handler = logging.StreamHandler(io.StringIO())  # a plain handler, with no level of its own (as basicConfig's)
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    old_root, old_client = root.level, client.level
+    root.addHandler(handler)
     try:
-        client.setLevel(logging.NOTSET)
-        lower_routine_client_errors()
-        with caplog.at_level(logging.DEBUG):  # FUSIONSTREAM_LOG_LEVEL=DEBUG: the root logger at DEBUG
+        for level, asked, expected in (
+            (logging.DEBUG, logging.NOTSET, ["ours", "kept"]),  # FUSIONSTREAM_LOG_LEVEL=DEBUG: no wire lines
+            (logging.DEBUG, logging.DEBUG, ["ours", "wire", "kept"]),  # aiokafka's level set on purpose: left
+            (logging.WARNING, logging.NOTSET, []),  # WARNING: aiokafka's INFO lines stay out too
+        ):
+            seen.clear()
+            root.setLevel(level)
+            client.setLevel(asked)
+            lower_routine_client_errors()
             logging.getLogger("fusionstream.consumers.service").debug("ours")
-            wire.debug("<AIOKafkaConnection> Request 1: MetadataRequest")
+            wire.debug("wire")
             wire.info("kept")
-        assert [r.getMessage() for r in caplog.records] == ["ours", "kept"]
-        caplog.clear()
-        client.setLevel(logging.DEBUG)  # set on purpose: left as it is
-        lower_routine_client_errors()
-        with caplog.at_level(logging.DEBUG):
-            wire.debug("<AIOKafkaConnection> Request 2: FetchRequest")
-        assert [r.getMessage() for r in caplog.records] == ["<AIOKafkaConnection> Request 2: FetchRequest"]
+            assert seen == expected, (logging.getLevelName(level), seen)
     finally:
-        client.setLevel(old)
+        root.removeHandler(handler)
+        root.setLevel(old_root)
+        client.setLevel(old_client)
 
 
 def test_a_broker_that_is_away_is_a_few_warnings_not_a_flood_of_errors(

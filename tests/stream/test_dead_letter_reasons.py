@@ -3,6 +3,7 @@ docs/wire-format.md's table, and has its metric series from the start (at zero).
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -12,24 +13,62 @@ from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.stream.errors import DEAD_LETTER_REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
-#: A reason given as a literal: ``BadRecord("bad-jpeg", …)``, ``DeadLetter("late", …)``, or a reason argument
-#: of a field check (``_int_field(meta, "channels", 1, MAX_CHANNELS, "bad-channels")``), or chosen inline.
-LITERAL = re.compile(r'(?:BadRecord|DeadLetter)\(\s*"([a-z0-9_-]+)"|"((?:bad|unknown|sample|trailing)-[a-z0-9-]+)"')
+#: The calls that make a dead letter, by name, and where their reason is.
+MAKERS = {"BadRecord": 0, "DeadLetter": 0}
+
+
+def _strings(node: ast.AST | None) -> set[str]:
+    """The string constants an expression can give (a literal, or either arm of ``a if c else b``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) | _strings(node.orelse)
+    return set()
 
 
 def _reasons_in_code() -> set[str]:
+    """Every reason passed to a maker: literally, through a local variable assigned literals, or through a
+    helper's ``reason`` parameter (``_int_field(meta, "channels", 1, MAX_CHANNELS, "bad-channels")``)."""
+    trees = [ast.parse(path.read_text()) for folder in ("stream", "consumers/pipeline", "consumers/service")
+             for path in (ROOT / folder).rglob("*.py")]
+    # Helpers that pass a parameter of theirs on as the reason: their calls give reasons too.
+    makers = dict(MAKERS)
+    for tree in trees:
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef):
+                continue
+            params = [a.arg for a in func.args.args]
+            for call in ast.walk(func):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in MAKERS \
+                        and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in params:
+                    makers[func.name] = params.index(call.args[0].id)
     found: set[str] = set()
-    for folder in ("stream", "consumers/pipeline", "consumers/service"):  # where records are refused
-        for path in (ROOT / folder).rglob("*.py"):
-            for match in LITERAL.finditer(path.read_text()):
-                found.add(match.group(1) or match.group(2))
+    for tree in trees:
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            assigned: dict[str, set[str]] = {}
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    assigned.setdefault(node.targets[0].id, set()).update(_strings(node.value))
+            for call in ast.walk(func):
+                if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in makers):
+                    continue
+                position = makers[call.func.id]
+                if position >= len(call.args):
+                    continue
+                argument = call.args[position]
+                found |= _strings(argument)
+                if isinstance(argument, ast.Name):
+                    found |= assigned.get(argument.id, set())
     return found
 
 
 def test_the_list_holds_every_reason_the_code_gives() -> None:
     in_code = _reasons_in_code()
-    assert "bad-channels" in in_code and "trailing-bytes" in in_code  # the scan finds the inline ones too
-    assert in_code <= set(DEAD_LETTER_REASONS), in_code - set(DEAD_LETTER_REASONS)
+    # The scan finds those given through a helper's parameter and through a variable too.
+    assert {"bad-channels", "trailing-bytes", "truncated", "late", "key-mismatch"} <= in_code
+    assert in_code == set(DEAD_LETTER_REASONS), in_code ^ set(DEAD_LETTER_REASONS)  # none missing, none stale
     assert len(set(DEAD_LETTER_REASONS)) == len(DEAD_LETTER_REASONS)
 
 
