@@ -159,6 +159,12 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:  # outside a command (typer maps one inside a command to exit status 130)
         return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        # SystemExit("why") prints its text bare: give it the prefix every other refusal has.
+        if isinstance(exc.code, str):
+            print_error(exc.code.removeprefix(f"{PROG}: error: "))
+            return EXIT_FAILURE
+        raise
     # Without standalone mode a command's typer.Exit(n) comes back as n, and a normal return as None.
     return result if isinstance(result, int) else 0
 

@@ -144,9 +144,9 @@ def run_demo(
             else:
                 mark = "   -  "
             mods = " ".join(c if present else "·" for c, present in zip("VAT", p.mask, strict=True))
-            console.print(
-                f"{p.stream_id:<10} {rel:7.1f}s  {p.label:>4}  {p.score:5.2f} {mark:<8} {mods}  {p.latency_ms:6.1f} ms"
-            )
+            # An embedding model's prediction has no label or score: its vector's size, as `tail` shows it.
+            pred = f"{f'emb[{len(p.embedding)}]':>11}" if p.embedding is not None else f"{p.label:>4}  {p.score:5.2f}"
+            console.print(f"{p.stream_id:<10} {rel:7.1f}s  {pred} {mark:<8} {mods}  {p.latency_ms:6.1f} ms")
 
         async def go() -> Any:
             pipeline = Pipeline(

@@ -12,6 +12,7 @@ Parsing only: nothing here opens a graph (see :mod:`fusionstream.engines.manifes
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,13 +230,18 @@ class _Fields:
             self.fail(f"must be a plain file name inside the model directory, got {name!r}", key)
         return name
 
-    def numbers(self, key: str, count: int, default: tuple[float, ...]) -> tuple[float, ...]:
+    def numbers(self, key: str, count: int, default: tuple[float, ...], *, positive: bool = False) -> tuple[float, ...]:
         value = self.doc.get(key, list(default))
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value] * count
         if not (isinstance(value, list) and len(value) == count
                 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
             self.fail(f"expected {count} numbers, got {value!r}", key)
+        # JSON as Python reads it allows NaN and Infinity: either would make every input, and prediction, NaN.
+        if not all(math.isfinite(v) for v in value):
+            self.fail(f"expected finite numbers, got {value!r}", key)
+        if positive and not all(v > 0 for v in value):
+            self.fail(f"expected numbers above 0 (each channel is divided by its own), got {value!r}", key)
         return tuple(float(v) for v in value)
 
 
@@ -280,7 +286,8 @@ def _video(f: _Fields) -> VideoPreprocess:
         frames=f.get("frames", int, low=1), height=f.get("height", int, low=1), width=f.get("width", int, low=1),
         resize=f.get("resize", str, "stretch", choices=RESIZE_MODES),
         colour=f.get("colour", str, "rgb", choices=("rgb", "bgr")), scale=f.get("scale", float, 1 / 255),
-        mean=f.numbers("mean", 3, (0.0, 0.0, 0.0)), std=f.numbers("std", 3, (1.0, 1.0, 1.0)),  # type: ignore[arg-type]
+        mean=f.numbers("mean", 3, (0.0, 0.0, 0.0)),  # type: ignore[arg-type]
+        std=f.numbers("std", 3, (1.0, 1.0, 1.0), positive=True),  # type: ignore[arg-type]
         layout=f.get("layout", str, "nchw", choices=("nchw", "nhwc")),
     )
 

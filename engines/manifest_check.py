@@ -72,7 +72,9 @@ def _session(manifest: Manifest, file: str, field: str, threads: int) -> Any:
         raise ModelDirError(f"{manifest.path}: {field}: {path} does not exist")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    # FATAL only: a graph failing on a check's input is reported as one line naming the field, and ONNX
+    # Runtime's own ERROR line (coloured, on stderr) would come before it.
+    options.log_severity_level = 4
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own, unexported exception types
@@ -121,14 +123,7 @@ def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dic
     pre = modality.preprocess
     arrays: dict[str, np.ndarray] = {}
     if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(manifest.directory / pre.tokenizer))
-        except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
-            raise _fail(manifest, f"modalities.{modality.name}.preprocess.tokenizer",
-                        f"{pre.tokenizer} {tokenizer_problem(manifest.directory / pre.tokenizer, exc)}") from None
-        encoding = tokenizer.encode(SAMPLE_TEXT)
+        encoding = _tokenizer(manifest, modality).encode(SAMPLE_TEXT)
         ids = encoding.ids[: pre.max_tokens]
         fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
         for role, spec in modality.encoder.inputs.items():
@@ -138,6 +133,19 @@ def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dic
         shape = tuple(d if d is not None else 8 for d in modality.row_shape)
         arrays[spec.name] = np.zeros((batch, *shape), dtype=spec.dtype)
     return arrays
+
+
+def _tokenizer(manifest: Manifest, modality: ModalitySpec) -> Any:
+    """The text modality's tokenizer, or the one-line refusal of its file."""
+    from tokenizers import Tokenizer
+
+    pre = modality.preprocess
+    assert isinstance(pre, TextPreprocess) and pre.tokenizer is not None
+    try:
+        return Tokenizer.from_file(str(manifest.directory / pre.tokenizer))
+    except Exception as exc:  # the tokenizers library raises a bare Exception on a bad file
+        raise _fail(manifest, f"modalities.{modality.name}.preprocess.tokenizer",
+                    f"{pre.tokenizer} {tokenizer_problem(manifest.directory / pre.tokenizer, exc)}") from None
 
 
 def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: str, field: str,
@@ -158,6 +166,10 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, fie
     base = f"modalities.{modality.name}.encoder"
     session = _session(manifest, encoder.file, f"{base}.{field}", threads)
     _check_inputs(manifest, modality, session)
+    pre = modality.preprocess
+    if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
+        _tokenizer(manifest, modality)  # a bad file named as such, before the graph runs what it gives
+        _check_token_range(manifest, modality, session)
     cpu_ms = 0.0
     for batch in (1, 2):
         result, cpu_ms = _run(manifest, session, _dummy_inputs(manifest, modality, batch), encoder.output,
@@ -165,8 +177,43 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, fie
         if result.shape != (batch, encoder.size):
             raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "
                         f"{list(result.shape[1:])} per row (batch {batch}: {list(result.shape)})")
+        if not np.isfinite(result).all():
+            raise _fail(manifest, f"modalities.{modality.name}", f"{encoder.file} gives non-finite values (NaN or "
+                        "infinity) on a dummy window: check the preprocessing (scale, mean, std) and the graph")
     graph = modality.name if field == "file" else f"{modality.name} (int8)"
     return GraphReport(graph, encoder.file, _described(session), encoder.output, encoder.size, cpu_ms)
+
+
+def _check_token_range(manifest: Manifest, modality: ModalitySpec, session: Any) -> None:
+    """Run the largest id the tokenizer can give, and the longest input ``max_tokens`` allows, through the text
+    encoder: a tokenizer larger than the encoder's embedding table, or more tokens than its position
+    embeddings, would fail on the first caption that has them, in the middle of serving."""
+    pre = modality.preprocess
+    assert isinstance(pre, TextPreprocess) and pre.tokenizer is not None
+    tokenizer = _tokenizer(manifest, modality)
+    vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
+    base = f"modalities.{modality.name}"
+    sample = tokenizer.encode(SAMPLE_TEXT).ids[: pre.max_tokens] or [0]
+    for ids, field, what in (
+        ([*sample[:-1], vocabulary - 1], f"{base}.preprocess.tokenizer",
+         f"{pre.tokenizer} has {vocabulary} tokens, and {modality.encoder.file} fails on the last one (id "
+         f"{vocabulary - 1}): its embedding table is smaller than the tokenizer"),
+        ((sample * pre.max_tokens)[: pre.max_tokens], f"{base}.preprocess.max_tokens",
+         f"{modality.encoder.file} fails on {pre.max_tokens} tokens (max_tokens): more than its position "
+         "embeddings hold? Lower max_tokens"),
+    ):
+        fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
+        feed = {spec.name: np.array([fields[role]], dtype=spec.dtype) for role, spec in modality.encoder.inputs.items()}
+        try:
+            (result,) = session.run([modality.encoder.output], feed)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise _fail(manifest, field, f"{what} ({_first_line(exc)})") from None
+        if not np.isfinite(np.asarray(result)).all():
+            raise _fail(manifest, field, f"{what} (non-finite output)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
@@ -189,6 +236,9 @@ def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
                 for m, spec in manifest.modalities.items()}
         feed[fusion.mask] = np.ones((batch, len(manifest.modalities)), np.float32)
         result, cpu_ms = _run(manifest, session, feed, fusion.output, "fusion.output.name", fusion.file)
+        if not np.isfinite(result).all():
+            raise _fail(manifest, "fusion", f"{fusion.file} gives non-finite values (NaN or infinity) on a dummy "
+                        "window")
         if result.shape != (batch, task.outputs):
             what = f"size {task.size}" if task.kind == "embedding" else f"{task.outputs} classes"
             raise _fail(manifest, "fusion.output", f"the task has {what}, {fusion.file} gives {list(result.shape)} "

@@ -65,6 +65,7 @@ def import_encoders(
     existing = manifest_io.read_encoders(out)
     window = resolve_window(existing, jobs, window_ms, hop_ms)
     manifest_io.check_audio_window(existing, window, set(seen), out / SPEC_FILE)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=out))
     try:
@@ -76,8 +77,12 @@ def import_encoders(
                 on_done(job, done)
         name = version or (existing or {}).get("version") or out.resolve().name
         path = manifest_io.commit(out, staging, existing, manifest_io.merged(existing, name, window, results))
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a failed import leaves the directory as it was: here, not there
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return path, results
 
 

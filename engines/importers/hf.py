@@ -63,8 +63,9 @@ def load_model(path: Path) -> nn.Module:
                 model = transformers.AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
             except (ValueError, TypeError):  # an architecture without the eager implementation
                 model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as exc:
-        raise ImportSourceError(f"{path}: transformers cannot load it: {' '.join(str(exc).split())}") from None
+    except Exception as exc:  # transformers, and the readers of its weight files (safetensors, pickle), raise many
+        raise ImportSourceError(f"{path}: transformers cannot load it: {type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())}") from None
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

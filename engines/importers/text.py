@@ -89,6 +89,13 @@ def inspect_source(path: Path, max_tokens: int | None, option: str) -> TextSourc
     if modules_file.is_file():
         model_dir, modes, normalize, declared = _sentence_transformers(path, modules_file)
     config = hf.check_dir(model_dir, option)
+    if config.get("is_encoder_decoder"):
+        # Its forward wants decoder inputs too: the exporter's own error said nothing about why.
+        raise ImportSourceError(
+            f"{model_dir / hf.CONFIG}: model_type {config['model_type']!r} is an encoder-decoder model; "
+            f"{option} takes an encoder-only model (BERT-like, sentence-transformers; transformers' AutoModel of an "
+            "encoder-decoder one wants decoder inputs too)"
+        )
     tokenizer = next((d / TOKENIZER for d in (model_dir, path) if (d / TOKENIZER).is_file()), None)
     if tokenizer is None:
         raise ImportSourceError(

@@ -7,6 +7,7 @@ even for these tiny models; the plumbing and refusal tests are not."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -221,7 +222,30 @@ def test_sources_are_refused_in_one_line_naming_the_file(tmp_path: Path) -> None
     job = image.factory_plan("tests.importkit:not_a_module", image.VideoPreprocess())
     with pytest.raises(ImportSourceError, match=r"returned a str, not a torch nn\.Module"):
         import_encoders(tmp_path / "out", [job])
-    assert not (tmp_path / "out" / "model.json").exists()
+    assert not (tmp_path / "out").exists()  # a failed import leaves no directory it made
+    encoder_decoder = tmp_path / "t5"
+    encoder_decoder.mkdir()
+    (encoder_decoder / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
+    (encoder_decoder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ImportSourceError, match=r"model_type 't5' is an encoder-decoder model; --text takes an "
+                                                r"encoder-only model"):
+        text.plan(encoder_decoder)
+
+
+@pytest.mark.slow
+def test_weights_that_cannot_be_read_are_one_line_naming_the_directory(bert: Path, tmp_path: Path) -> None:
+    # safetensors and pickle raise their own types, which went through as a hundred-line traceback.
+    for name, garbage in (("model.safetensors", b"\xff" * 64), ("pytorch_model.bin", b"not a pickle at all")):
+        source = tmp_path / name.replace(".", "-")
+        shutil.copytree(bert, source)
+        for weights in ("model.safetensors", "pytorch_model.bin"):
+            (source / weights).unlink(missing_ok=True)
+        (source / name).write_bytes(garbage)
+        with pytest.raises(ImportSourceError) as caught:
+            import_encoders(tmp_path / f"out-{name}", [text.plan(source)])
+        message = str(caught.value)
+        assert message.startswith(f"{source}: transformers cannot load it: ") and "\n" not in message, message
+        assert not (tmp_path / f"out-{name}").exists()
 
 
 def test_importing_the_importers_loads_neither_torch_nor_transformers() -> None:

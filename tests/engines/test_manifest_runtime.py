@@ -253,6 +253,11 @@ CASES = {
     "missing tokenizer": (_set("modalities.text.preprocess.tokenizer", "absent.json"),
                           r"model\.json: modalities\.text\.preprocess\.tokenizer: .*absent\.json does not exist"),
     "fusion input": (_set("fusion.inputs.video", "emb_v"), r"fusion\.inputs\.video: fusion\.onnx has no input 'emb_v'"),
+    # A channel divided by 0, or NaN (JSON as Python reads it allows it): every prediction would be NaN.
+    "std of 0": (_set("modalities.video.preprocess.std", [0, 1, 1]),
+                 r"modalities\.video\.preprocess\.std: expected numbers above 0"),
+    "NaN mean": (_set("modalities.video.preprocess.mean", [float("nan"), 0, 0]),
+                 r"modalities\.video\.preprocess\.mean: expected finite numbers"),
     "encoders only": (lambda doc: (doc.pop("task"), doc.pop("fusion")),
                       r"encoders-only directory .* train a head on it first \(fusionstream train OUT --encoders "),
 }
@@ -299,3 +304,19 @@ def test_options_precisions_and_lifecycle_of_a_format_2_runtime(tiny: tuple[Path
         assert runtime.graph_seconds == {}  # refused calls and an empty batch run no graph
     assert not runtime.is_active
     runtime.release()  # twice is fine
+
+
+def test_a_tokenizer_larger_than_the_encoders_embedding_table_is_refused_at_load(
+    tiny: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    # Ids past the table fail in the graph only when a caption has them: mid-serving, at every restart.
+    from tokenizers import Tokenizer
+
+    model_dir = _broken(tiny, tmp_path, lambda doc: None)
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.add_tokens(["zebra", "quokka"])
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    with pytest.raises(ModelDirError, match=rf"modalities\.text\.preprocess\.tokenizer: tokenizer\.json has {size} "
+                                            rf"tokens, and text\.onnx fails on the last one \(id {size - 1}\)"):
+        open_runtime("onnxruntime", model_dir).activate()
