@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from fusionstream.consumers.producers.errors import RecogniserError
+from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.records import Modality, Record
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ def asr_transcripts(
         stats.add(recognisers.stats)
 
 
+
 class Recognisers:
     """Recogniser processes for ``streams`` streams (one per stream, at most ``processes``, default
     one per core), started with their models loaded when made: make them before a live source
@@ -159,22 +162,24 @@ class Recognisers:
             raise
 
     def transcripts(self, records: Iterator[Record]) -> Iterator[Record]:
-        """``records`` as they come, plus the words and progress records of their audio (once per instance)."""
+        """``records`` as they come, plus the words and progress records of their audio (once per instance).
+
+        A recogniser that dies (killed, or failed) stops the source with one error line naming its stream:
+        the recognisers share one results queue, whose lock a process killed while writing holds for ever,
+        so the others cannot be trusted to go on."""
         workers, route = self._workers, self._route
         try:
             for record in records:
                 yield from self._drain()
                 if record.modality is Modality.AUDIO:
-                    if record.stream_id not in route:
-                        route[record.stream_id] = len(route) % len(workers)
-                    worker, audio = workers[route[record.stream_id]]
-                    if not worker.is_alive():  # killed, or failed: its error (if it sent one) first
-                        yield from self._drain()
-                        raise RuntimeError(f"the speech recogniser of {record.stream_id} stopped ({worker.exitcode})")
-                    audio.put(record)  # waits when that recogniser is ASR_BACKLOG chunks behind
+                    index = route.setdefault(record.stream_id, len(route) % len(workers))
+                    if not self._send(index, record):
+                        yield from self._drain()  # its error, if it sent one, is raised here
+                        raise RecogniserError(f"the speech recogniser of {record.stream_id} stopped (exit status "
+                                              f"{workers[index][0].exitcode})")
                 yield record
-            for _, audio in workers:
-                audio.put(None)
+            for index in range(len(workers)):
+                self._send(index, None)
             ended = 0
             while ended < len(workers):
                 item = self._next(timeout=None)
@@ -185,6 +190,18 @@ class Recognisers:
         finally:
             self.close()
 
+    def _send(self, index: int, record: Record | None) -> bool:
+        """Queue ``record`` for recogniser ``index`` (waiting while it is ASR_BACKLOG chunks behind); False if
+        it is dead (a full queue would otherwise wait for it forever)."""
+        worker, audio = self._workers[index]
+        while worker.is_alive():
+            try:
+                audio.put(record, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def close(self) -> None:
         """Stop the processes (at once if they are still decoding: their source was abandoned)."""
         for worker, audio in self._workers:
@@ -194,6 +211,10 @@ class Recognisers:
                 worker.join(timeout=2)
             if worker.is_alive():
                 worker.kill()
+            # Chunks a dead recogniser never read would keep this process from exiting (the queue's feeder
+            # thread is joined at exit, and waits for room in a pipe nobody reads).
+            audio.cancel_join_thread()
+            audio.close()
 
     def _next(self, timeout: float | None) -> Any:
         """The next result; a recogniser that died without saying so is an error, not a hang."""
@@ -204,9 +225,9 @@ class Recognisers:
             except queue.Empty:
                 waited += 1.0
                 if not any(worker.is_alive() for worker, _ in self._workers):
-                    raise RuntimeError("the speech recognisers stopped before the end of their audio") from None
+                    raise RecogniserError("the speech recognisers stopped before the end of their audio") from None
                 if timeout is not None and waited >= timeout:
-                    raise RuntimeError(f"the speech recognisers did not start in {timeout:g} s") from None
+                    raise RecogniserError(f"the speech recognisers did not start in {timeout:g} s") from None
 
     def _drain(self) -> Iterator[Record]:
         while True:
@@ -218,8 +239,10 @@ class Recognisers:
                 yield from self._taken(item)
 
     def _taken(self, item: Record | AsrStats | BaseException) -> Iterator[Record]:
-        if isinstance(item, BaseException):
+        if isinstance(item, FusionStreamError):
             raise item
+        if isinstance(item, BaseException):  # the recogniser's own failure: one line, not its traceback
+            raise RecogniserError(f"speech recognition failed: {type(item).__name__}: {item}") from item
         if isinstance(item, AsrStats):
             self.stats.add(item)
             return
@@ -237,7 +260,7 @@ def _recognise(audio: Any, results: Any, config: AsrConfig | None, progress: boo
     try:
         transcriber = _Transcriber(config, progress, language, spares=spares)
         results.put(READY)
-        while (record := audio.get()) is not None:
+        while (record := _next_chunk(audio)) is not None:
             for item in transcriber.feed(record):
                 results.put(item)
         for item in transcriber.finish():
@@ -247,9 +270,28 @@ def _recognise(audio: Any, results: Any, config: AsrConfig | None, progress: boo
         try:
             pickle.dumps(exc)
         except Exception:
-            exc = RuntimeError(f"speech recognition failed: {exc!r}")
+            exc = RecogniserError(f"speech recognition failed: {exc!r}")
         results.put(exc)
     results.put(None)
+
+
+def _next_chunk(audio: Any) -> Record | None:
+    """The next audio record; exits the process once its parent is gone (killed: ``daemon`` processes are
+    only ended by a parent that exits normally), instead of waiting on the queue for ever."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            record: Record | None = audio.get(timeout=PARENT_CHECK_S)
+            return record
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                os._exit(0)  # nobody to send anything to; no cleanup that could wait on the dead parent
+
+
+#: How often an idle recogniser checks that its parent still runs.
+PARENT_CHECK_S = 1.0
 
 
 class _Transcriber:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -325,6 +326,8 @@ def _produce(
         return await publish(source, settings, create_topics=False, progress=progress)
 
     interrupted = False
+    # SIGTERM (a supervisor, `kill`) stops as Ctrl-C does: the summary, and the recognisers and sources closed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         latest = asyncio.run(main())
     except KeyboardInterrupt:

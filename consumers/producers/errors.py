@@ -27,4 +27,8 @@ class PublishError(FusionStreamError):
         self.retriable = retriable
 
 
-__all__ = ["BROKER_HINT", "BrokerUnavailable", "PublishError"]
+class RecogniserError(FusionStreamError):
+    """The speech recognisers of ``--asr`` failed: could not start, or raised while decoding."""
+
+
+__all__ = ["BROKER_HINT", "BrokerUnavailable", "PublishError", "RecogniserError"]
