@@ -21,6 +21,9 @@ import typer
 from fusionstream.consumers.cli_errors import EXIT_INTERRUPTED, describe, fail, load_settings
 from fusionstream.consumers.settings import Settings
 
+#: How long a stopped producer may spend telling the service its streams ended.
+ENDED_TIMEOUT_S = 5.0
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
@@ -135,7 +138,7 @@ def video(
     settings = _settings(config, bootstrap, partitions)
     if asr and captions is not None:
         fail("--asr and --captions both make the transcript: choose one")
-    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing)
+    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing, media=file)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import media_source
@@ -197,7 +200,7 @@ def audio(
 ) -> None:
     """The first audio track of a file, as mono 16-bit PCM chunks (default id: FILE's stem)."""
     settings = _settings(config, bootstrap, partitions)
-    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing)
+    recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing, sample_rate=sample_rate, media=file)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import audio_source
@@ -226,7 +229,7 @@ def mic(
 ) -> None:
     """Live audio from a microphone (PortAudio), timed from the audio callback. Ctrl-C stops."""
     settings = _settings(config, bootstrap, partitions)
-    recognise = _asr(asr, asr_grammar, asr_max_segment)
+    recognise = _asr(asr, asr_grammar, asr_max_segment, sample_rate=sample_rate)
 
     def records() -> Iterator[Record]:
         from fusionstream.consumers.producers.sources import microphone_source
@@ -266,17 +269,29 @@ def captions(
 
 
 def _asr(
-    enabled: bool, grammar: str, max_segment_s: float, *, inline: bool = False, streams: int = 1
+    enabled: bool, grammar: str, max_segment_s: float, *, inline: bool = False, streams: int = 1,
+    sample_rate: int | None = None, media: Path | None = None,
 ) -> Callable[[], Transcribe]:
     """What ``--asr`` does to a source's records: nothing, or add the recognised words (settings checked now).
 
     Call the result before opening the source: live recognisers load their models then, before the
     source's clock starts. ``inline`` (unpaced sources): decode in the publishing thread, each word
-    right after its audio (docs/asr.md)."""
+    right after its audio (docs/asr.md). ``sample_rate`` (asked for) and ``media`` (a file) are
+    refused now when there is no speech to recognise in them, rather than publishing no words."""
     if not enabled:
         return lambda: lambda records: records
     from fusionstream.consumers.producers.asr import Recognisers, asr_transcripts
-    from fusionstream.stream.sources.asr import AsrConfig, AsrError
+    from fusionstream.stream.sources import has_audio
+    from fusionstream.stream.sources.asr import ASR_MIN_SAMPLE_RATE, AsrConfig, AsrError
+
+    if sample_rate is not None and sample_rate < ASR_MIN_SAMPLE_RATE:
+        fail(f"--asr needs audio at {ASR_MIN_SAMPLE_RATE} Hz or more (speech reaches 4 kHz), not --sample-rate "
+             f"{sample_rate}")
+    try:
+        if media is not None and not has_audio(media):
+            fail(f"{media} has no audio track: --asr would have nothing to recognise")
+    except ValueError as exc:
+        fail(str(exc))
 
     try:
         config = AsrConfig(grammar=grammar, max_segment_s=max_segment_s)  # type: ignore[arg-type]
@@ -302,7 +317,7 @@ def _produce(
     from aiokafka.errors import KafkaError
     from rich.console import Console
 
-    from fusionstream.consumers.producers.progress import announce_progress, without_progress_records
+    from fusionstream.consumers.producers.progress import ProgressAnnouncer, without_progress_records
     from fusionstream.consumers.producers.publish import Published, prepare_topics, publish
     from fusionstream.stream.errors import FusionStreamError
 
@@ -315,11 +330,13 @@ def _produce(
         latest = published
         status.update(published)
 
+    announcer = ProgressAnnouncer(follow_text=follow_text)
+
     async def main() -> Published:
         await prepare_topics(settings)
         source = records()
         if announce is not None:
-            source = announce_progress(source, follow_text=follow_text)
+            source = announcer(source)
             if not announce:
                 source = without_progress_records(source)
         status.start()
@@ -332,6 +349,8 @@ def _produce(
         latest = asyncio.run(main())
     except KeyboardInterrupt:
         interrupted = True
+        if announce:
+            _say_ended(settings, announcer.ended())
     except (FusionStreamError, KafkaError, OSError, ValueError) as exc:
         status.stop()
         fail(describe(exc))
@@ -342,6 +361,21 @@ def _produce(
         typer.echo(json.dumps(latest.to_dict(), separators=(",", ":")))
     if interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _say_ended(settings: Settings, ended: list[Record]) -> None:
+    """Tell the service that the streams stopped, so that it closes their windows now instead of
+    waiting out the allowed lateness; best effort, a few seconds at most (a second Ctrl-C skips it)."""
+    from fusionstream.consumers.producers.publish import publish
+
+    if not ended:
+        return
+    try:
+        asyncio.run(asyncio.wait_for(publish(ended, settings, create_topics=False), ENDED_TIMEOUT_S))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # stopping anyway: say so and go on
+        typer.echo(f"fusionstream: warning: could not tell the service the streams ended: {describe(exc)}", err=True)
 
 
 class _Status:

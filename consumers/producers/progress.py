@@ -28,48 +28,73 @@ from fusionstream.stream.records import FLAG_COMPLETE, Encoding, Modality, Recor
 EVERY_NS = 250_000_000
 
 
+class ProgressAnnouncer:
+    """Adds the complete flag and progress records to a source's records (:meth:`__call__`), and
+    remembers how far each modality got, so that a producer stopped from outside (Ctrl-C, SIGTERM)
+    can still say ``ended`` (:meth:`ended`) instead of leaving the service to wait out the lateness."""
+
+    def __init__(self, *, follow_text: bool = False, every_ns: int = EVERY_NS) -> None:
+        self.follow_text = follow_text
+        self.every_ns = every_ns
+        # Per (stream, modality): the next seq to use and the newest t_end sent.
+        self._seq: dict[tuple[str, Modality], int] = {}
+        self._reached: dict[tuple[str, Modality], int] = {}
+        #: Modalities whose source already sent its own ``ended`` (the recogniser does) since its last record.
+        self._said_ended: set[tuple[str, Modality]] = set()
+
+    def ended(self) -> list[Record]:
+        """An ``ended`` progress record for each modality seen that has not said so itself.
+
+        Safe to call from another thread than the one iterating: it reads copies, and a record the
+        source made but nobody sent only leaves a gap in ``seq``, which readers do not rely on."""
+        reached, seq, said = dict(self._reached), dict(self._seq), set(self._said_ended)
+        return [
+            progress_record(key[0], key[1], seq.get(key, 0), t_ns, ended=True)
+            for key, t_ns in reached.items()
+            if key not in said
+        ]
+
+    def __call__(self, records: Iterable[Record]) -> Iterator[Record]:
+        seq, reached = self._seq, self._reached
+        text_told: dict[str, int] = {}
+        try:
+            for record in records:
+                key = (record.stream_id, record.modality)
+                seq[key] = max(seq.get(key, 0), record.seq + 1)
+                if record.encoding is Encoding.PROGRESS:
+                    reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
+                    if record.meta.get("ended"):
+                        self._said_ended.add(key)
+                    yield record
+                    continue
+                self._said_ended.discard(key)
+                reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
+                yield dataclasses.replace(record, flags=record.flags | FLAG_COMPLETE)
+                if self.follow_text and record.modality is not Modality.TEXT:
+                    # Merged by start time: every cue starting before this record's start has been sent.
+                    told = text_told.get(record.stream_id)
+                    if told is None or record.t_start_ns - told >= self.every_ns:
+                        text_told[record.stream_id] = record.t_start_ns
+                        text = (record.stream_id, Modality.TEXT)
+                        reached[text] = max(reached.get(text, record.t_start_ns), record.t_start_ns)
+                        yield progress_record(record.stream_id, Modality.TEXT, seq.get(text, 0), record.t_start_ns)
+        except Exception:
+            yield from self._ended_once()  # a failed source (a camera that dropped) says so before its error
+            raise
+        yield from self._ended_once()
+
+    def _ended_once(self) -> list[Record]:
+        ended = self.ended()
+        self._said_ended.update((r.stream_id, r.modality) for r in ended)
+        return ended
+
+
 def announce_progress(
     records: Iterable[Record], *, follow_text: bool = False, every_ns: int = EVERY_NS
 ) -> Iterator[Record]:
     """``records`` with the complete flag on each media record, text progress when ``follow_text``
     (captions merged in event time with the media), and ``ended`` progress when they end."""
-    # Per (stream, modality): the next seq to use and the newest t_end sent.
-    seq: dict[tuple[str, Modality], int] = {}
-    reached: dict[tuple[str, Modality], int] = {}
-    text_told: dict[str, int] = {}
-    #: Modalities whose source already sent its own ``ended`` (the recogniser does) since its last record.
-    said_ended: set[tuple[str, Modality]] = set()
-
-    def ended() -> Iterator[Record]:
-        for key, t_ns in reached.items():
-            if key not in said_ended:
-                yield progress_record(key[0], key[1], seq.get(key, 0), t_ns, ended=True)
-
-    try:
-        for record in records:
-            key = (record.stream_id, record.modality)
-            seq[key] = max(seq.get(key, 0), record.seq + 1)
-            if record.encoding is Encoding.PROGRESS:
-                reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
-                if record.meta.get("ended"):
-                    said_ended.add(key)
-                yield record
-                continue
-            said_ended.discard(key)
-            reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
-            yield dataclasses.replace(record, flags=record.flags | FLAG_COMPLETE)
-            if follow_text and record.modality is not Modality.TEXT:
-                # Merged by start time: every cue starting before this record's start has been sent.
-                told = text_told.get(record.stream_id)
-                if told is None or record.t_start_ns - told >= every_ns:
-                    text_told[record.stream_id] = record.t_start_ns
-                    text = (record.stream_id, Modality.TEXT)
-                    reached[text] = max(reached.get(text, record.t_start_ns), record.t_start_ns)
-                    yield progress_record(record.stream_id, Modality.TEXT, seq.get(text, 0), record.t_start_ns)
-    except Exception:
-        yield from ended()  # a failed source (a camera that dropped) says so before its error is reported
-        raise
-    yield from ended()
+    return ProgressAnnouncer(follow_text=follow_text, every_ns=every_ns)(records)
 
 
 def without_progress_records(records: Iterable[Record]) -> Iterator[Record]:
@@ -77,4 +102,4 @@ def without_progress_records(records: Iterable[Record]) -> Iterator[Record]:
     return (r for r in records if r.encoding is not Encoding.PROGRESS)
 
 
-__all__ = ["EVERY_NS", "announce_progress", "without_progress_records"]
+__all__ = ["EVERY_NS", "ProgressAnnouncer", "announce_progress", "without_progress_records"]

@@ -80,12 +80,13 @@ def media_source(
     service sees one long stream.
     """
     from fusionstream.stream.sources import probe, read_captions
+    from fusionstream.stream.sources.captions import MAX_CUE_SECONDS
 
     info = probe(path)  # FileNotFoundError / ValueError now, not at the first record
     if not (info.has_video or info.has_audio):
         raise ValueError(f"{path}: no video or audio stream")
     if captions is not None:
-        read_captions(captions)  # a broken caption file fails now too
+        read_captions(captions, max_cue_s=MAX_CUE_SECONDS)  # a broken caption file fails now too
 
     def passes(start: int) -> Iterator[Record]:
         return _passes(
@@ -135,12 +136,13 @@ def captions_source(
     import sys
 
     from fusionstream.stream.sources import caption_records, read_captions, stdin_caption_records
+    from fusionstream.stream.sources.captions import MAX_CUE_SECONDS
 
     if path == "-":
         return stdin_caption_records(stdin or sys.stdin, stream_id, clock, language=language)
     if not Path(path).is_file():
         raise FileNotFoundError(2, "no such caption file", path)
-    read_captions(path)  # a broken file fails now
+    read_captions(path, max_cue_s=MAX_CUE_SECONDS)  # a broken file fails now
 
     def records(start: int) -> Iterator[Record]:
         return caption_records(path, stream_id, start, language=language)

@@ -36,6 +36,8 @@ from fusionstream.units import NS
 
 #: The rate of the ``pocketsphinx`` wheel's en-us acoustic model.
 ASR_SAMPLE_RATE = 16_000
+#: The least rate worth recognising: speech's formants reach about 4 kHz (telephone audio is 8 kHz).
+ASR_MIN_SAMPLE_RATE = 8_000
 #: PocketSphinx computes 100 feature frames a second; word times come in frames.
 FRAME_NS = 10_000_000
 #: Chunks whose start is this far from where the previous chunk ended are a new timeline
@@ -375,6 +377,7 @@ def word_error_rate(reference: Sequence[str], hypothesis: Sequence[str]) -> tupl
 
 
 __all__ = [
+    "ASR_MIN_SAMPLE_RATE",
     "ASR_SAMPLE_RATE",
     "DIGITS_JSGF",
     "AsrConfig",

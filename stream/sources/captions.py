@@ -17,16 +17,19 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionstream.stream.media import text_record
 from fusionstream.stream.records import Record
+from fusionstream.stream.wire import MAX_DURATION_NS
 from fusionstream.units import NS
 
 #: Speaking-rate estimate for a live line with no times: seconds per word, and the cap.
 SECONDS_PER_WORD = 0.4
 MAX_LINE_SECONDS = 5.0
+#: The longest cue a text record can carry (the wire's longest record, docs/wire-format.md).
+MAX_CUE_SECONDS = MAX_DURATION_NS / NS
 
 # Hours are optional (WebVTT) and may exceed two digits; "," is SRT's separator, "." WebVTT's.
 _TIMESTAMP = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?"
@@ -47,6 +50,8 @@ class Cue:
     start_s: float
     end_s: float
     text: str
+    #: 1-based line of the cue's timing line in its file (0: not from a file), for error messages.
+    line: int = field(default=0, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -64,11 +69,12 @@ def clean_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def parse_captions(text: str, source: str = "<captions>") -> list[Cue]:
+def parse_captions(text: str, source: str = "<captions>", *, max_cue_s: float | None = None) -> list[Cue]:
     """Parse SRT or WebVTT text (WebVTT if it starts with ``WEBVTT``) into cues sorted by start time.
 
     Cues whose text is empty once markup is stripped are dropped: there is nothing to say.
-    ``source`` names the input in error messages.
+    ``source`` names the input in error messages. A cue longer than ``max_cue_s`` is refused
+    (naming its line): the whole file is refused before anything is sent, never mid-stream.
     """
     lines = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     webvtt = lines[0].startswith("WEBVTT")
@@ -85,13 +91,20 @@ def parse_captions(text: str, source: str = "<captions>") -> list[Cue]:
     for first, block in _blocks(lines, skip_header=webvtt):
         cue = _parse_block(block, first, source, webvtt)
         if cue is not None and cue.text:
+            if max_cue_s is not None and cue.duration_s > max_cue_s:
+                raise ValueError(
+                    f"{source}:{cue.line}: cue lasts {cue.duration_s:.3f} s; a text record spans at most "
+                    f"{max_cue_s:g} s (split the cue in two)"
+                )
             cues.append(cue)
     # Files are usually in order, but records must be: a merge downstream assumes sorted inputs.
     cues.sort(key=lambda c: c.start_s)
     return cues
 
 
-def read_captions(path: str | os.PathLike[str], *, encoding: str = "utf-8-sig") -> list[Cue]:
+def read_captions(
+    path: str | os.PathLike[str], *, encoding: str = "utf-8-sig", max_cue_s: float | None = None
+) -> list[Cue]:
     """Read and parse an SRT or WebVTT file (see :func:`parse_captions`)."""
     raw = Path(path).read_bytes()
     try:
@@ -99,19 +112,20 @@ def read_captions(path: str | os.PathLike[str], *, encoding: str = "utf-8-sig") 
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ValueError(
-            f"{path}:{line}: not valid {encoding} ({exc.reason}); pass encoding= for legacy files (e.g. 'cp1252')"
+            f"{path}:{line}: not valid {encoding} ({exc.reason}); convert it to UTF-8 "
+            f"(e.g. iconv -f cp1252 -t utf-8), or in Python pass read_captions(encoding='cp1252')"
         ) from None
-    return parse_captions(text, str(path))
+    return parse_captions(text, str(path), max_cue_s=max_cue_s)
 
 
-def load_cues(path_or_text: str | os.PathLike[str]) -> list[Cue]:
+def load_cues(path_or_text: str | os.PathLike[str], *, max_cue_s: float | None = None) -> list[Cue]:
     """Cues from a path, or from caption text itself when given a ``str`` with a line break in it.
 
     A cue needs at least a timing line and a text line, so one-line strings are always paths.
     """
     if isinstance(path_or_text, str) and "\n" in path_or_text:
-        return parse_captions(path_or_text)
-    return read_captions(path_or_text)
+        return parse_captions(path_or_text, max_cue_s=max_cue_s)
+    return read_captions(path_or_text, max_cue_s=max_cue_s)
 
 
 def caption_records(
@@ -124,9 +138,10 @@ def caption_records(
 ) -> Iterator[Record]:
     """Final ``utf8`` text records, one per cue, at ``start_ns`` + cue times, in start order.
 
-    The file is parsed here, so a broken file raises now rather than at the first ``next()``.
+    The file is parsed here, so a broken file (or a cue too long for one record) raises now
+    rather than at the first ``next()``.
     """
-    cues = load_cues(path_or_text)
+    cues = load_cues(path_or_text, max_cue_s=MAX_CUE_SECONDS)
     return _cue_records(cues, stream_id, start_ns, language, first_seq)
 
 
@@ -213,7 +228,7 @@ def _parse_block(block: list[str], first: int, source: str, webvtt: bool) -> Cue
     for offset, line in enumerate(text_lines, number + 1):
         if "-->" in line:  # two timing lines in one block: a missing blank line would merge cues
             raise ValueError(f"{source}:{offset}: timing line inside a cue's text (missing blank line?)")
-    return Cue(start, end, clean_text("\n".join(text_lines)))
+    return Cue(start, end, clean_text("\n".join(text_lines)), number)
 
 
 def _seconds(parts: tuple[str | None, ...], source: str, line: int) -> float:
@@ -227,6 +242,7 @@ def _seconds(parts: tuple[str | None, ...], source: str, line: int) -> float:
 
 
 __all__ = [
+    "MAX_CUE_SECONDS",
     "MAX_LINE_SECONDS",
     "SECONDS_PER_WORD",
     "Cue",

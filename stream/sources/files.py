@@ -29,6 +29,7 @@ import numpy as np
 from fusionstream.stream.media import image_record
 from fusionstream.stream.records import Encoding, Modality, Record
 from fusionstream.stream.sources.captions import caption_records
+from fusionstream.stream.wire import MAX_DURATION_NS
 from fusionstream.units import NS
 
 if TYPE_CHECKING:
@@ -257,7 +258,10 @@ def _video_records(
     def record(pts: float, bgr: np.ndarray, end: float) -> Record:
         # image_record takes RGB (the wire's convention); OpenCV decodes to BGR.
         rgb = cv2.cvtColor(resize_to_fit(bgr, size), cv2.COLOR_BGR2RGB)
-        t_start, t_end = start_ns + round(pts * NS), start_ns + round(end * NS)
+        # A still held longer than a record may last (a variable-rate slideshow) is cut to that
+        # length rather than aborting the stream mid-file: the windows after it have no video.
+        t_start = start_ns + round(pts * NS)
+        t_end = min(start_ns + round(end * NS), t_start + MAX_DURATION_NS)
         return image_record(stream_id, seq, t_start, t_end, rgb, encoding=encoding, quality=quality)
 
     for pts, bgr in _decoded_frames(capture, frame_s):

@@ -196,14 +196,15 @@ RATE = 16_000
 SRT = "1\n00:00:00,200 --> 00:00:00,900\nhello there\n\n2\n00:00:01,100 --> 00:00:01,800\n<i>seven</i> eight\n"
 
 
-def write_mp4(path: Path) -> Path:
-    """2 s of H.264 at 10 fps (a moving bar) with an AAC tone."""
+def write_mp4(path: Path, *, audio: bool = True) -> Path:
+    """2 s of H.264 at 10 fps (a moving bar) with an AAC tone (unless not ``audio``)."""
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         video.time_base = Fraction(1, FPS)
-        audio = out.add_stream("aac", rate=RATE)
-        audio.layout = "mono"
+        track = out.add_stream("aac", rate=RATE) if audio else None
+        if track is not None:
+            track.layout = "mono"
         for i in range(round(SECONDS * FPS)):
             image = np.full((48, 64, 3), 40, np.uint8)
             image[:, 3 * i : 3 * i + 6] = 250
@@ -211,12 +212,14 @@ def write_mp4(path: Path) -> Path:
             frame.pts = i
             out.mux(video.encode(frame))
         out.mux(video.encode())
+        if track is None:
+            return path
         tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(round(SECONDS * RATE)) / RATE)).astype(np.float32)
         for at in range(0, len(tone), 1024):
             frame = av.AudioFrame.from_ndarray(tone[None, at : at + 1024], format="fltp", layout="mono")
             frame.sample_rate, frame.pts = RATE, at
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
+            out.mux(track.encode(frame))
+        out.mux(track.encode())
     return path
 
 
@@ -376,11 +379,15 @@ def test_kafka_produce_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, topic_prefi
         time.sleep(0.2)
         if _exists(kafka_bootstrap, topics):
             received = read_topics(kafka_bootstrap, topics)
+    assert [decode(m.value).payload for m in received[Modality.TEXT]] == [b"still listening"]
     producer.send_signal(signal.SIGINT)
     _, err = producer.communicate(timeout=DEADLINE_S)
     assert producer.returncode == 130, err
     assert "stopped after 1 records" in err
-    assert [decode(m.value).payload for m in received[Modality.TEXT]] == [b"still listening"]
+    # Then an `ended` progress record, so the service closes the stream's windows now (wire-format.md#progress).
+    line, ended = (decode(m.value) for m in read_topics(kafka_bootstrap, topics)[Modality.TEXT])
+    assert ended.is_progress and ended.meta.get("ended") and ended.stream_id == "desk"
+    assert ended.seq == line.seq + 1 and ended.t_end_ns == line.t_end_ns
 
 
 def _exists(bootstrap: str, topics: dict[Modality, str]) -> bool:
@@ -468,3 +475,16 @@ def test_kafka_produce_asr_refusals(kafka_bootstrap: str, topic_prefix: str, tmp
     assert both.returncode == 1 and "--asr and --captions" in _one_error_line(both)
     mic = subprocess.run([*FUSIONSTREAM, "produce", "mic", "--asr"], **run)
     assert mic.returncode == 1 and "PortAudio" in _one_error_line(mic)
+
+
+def test_produce_asr_with_nothing_to_recognise_is_refused_at_once(tmp_path: Path) -> None:
+    """Audio too coarse for speech, or a file without an audio track: one line before anything is sent
+    (they published no words at all, silently). No broker needed: the check comes first."""
+    env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
+    run = {"env": env, "cwd": REPO_ROOT, "capture_output": True, "text": True, "timeout": DEADLINE_S}
+    low = subprocess.run([*FUSIONSTREAM, "produce", "mic", "--asr", "--sample-rate", "4000"], **run)
+    assert low.returncode == 1 and "--asr needs audio at 8000 Hz or more" in _one_error_line(low)
+    silent = write_mp4(tmp_path / "silent.mp4", audio=False)
+    for command in ("video", "audio"):
+        mute = subprocess.run([*FUSIONSTREAM, "produce", command, str(silent), "--asr"], **run)
+        assert mute.returncode == 1 and "has no audio track" in _one_error_line(mute), mute.stderr

@@ -142,6 +142,18 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         load_cues(tmp_path / "missing.srt")
 
 
+def test_a_cue_longer_than_a_record_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """A 90 s music cue: parsing alone accepts it, but a text record spans at most 60 s, so the
+    records of the file are refused at once naming the cue's line (a live replay used to stop there)."""
+    path = tmp_path / "music.srt"
+    path.write_text("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 --> 00:01:33,000\n[music]\n")
+    assert [c.duration_s for c in read_captions(path)] == [1.0, 90.0]
+    with pytest.raises(ValueError, match=r"music\.srt:6: cue lasts 90\.000 s; a text record spans at most 60 s"):
+        caption_records(path, "cam", START)
+    path.write_text("1\n00:00:03,000 --> 00:01:03,000\n[music]\n")  # exactly the longest record
+    assert [r.t_end_ns - r.t_start_ns for r in caption_records(path, "cam", START)] == [60 * NS]
+
+
 def test_caption_records_from_file_and_text(tmp_path: Path) -> None:
     path = tmp_path / "subs.vtt"
     path.write_text(VTT, encoding="utf-8")

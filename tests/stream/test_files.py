@@ -219,6 +219,27 @@ def test_video_stream_starting_late_keeps_its_offset(media_dir: Path) -> None:
     assert chunks[0].t_start_ns == START
 
 
+def test_a_still_held_longer_than_a_record_may_last_is_cut_not_fatal(tmp_path: Path) -> None:
+    """A variable-rate slideshow: a frame shown 90 s would be a record the wire refuses (60 s at most),
+    which used to stop a live `produce` mid-file. It is cut to the longest record instead."""
+    path = tmp_path / "slides.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for i, ms in enumerate((0, 90_000, 90_100)):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    frames = [wire.decode(wire.encode(r)) for r in video_frame_records(path, "cam", START)]
+    assert [((r.t_start_ns - START) // MS, (r.t_end_ns - START) // MS) for r in frames] == [
+        (0, wire.MAX_DURATION_NS // MS), (90_000, 90_100), (90_100, 90_200),
+    ]
+
+
 # -- audio --------------------------------------------------------------------------------------
 
 
