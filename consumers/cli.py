@@ -149,8 +149,8 @@ def train(
 @app.command()
 def evaluate(
     model_dir: Annotated[Optional[Path], typer.Argument(exists=True, file_okay=False, help="Model directory to evaluate (default: settings' model_dir, the model shipped in the package).")] = None,  # noqa: UP045
-    seconds: Annotated[float, typer.Option(help="Seconds of held-out synthetic streams.")] = 1200.0,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out data (other seeds and voices than training).")] = 10_000,
+    seconds: Annotated[Optional[float], typer.Option(min=1, help="Seconds of held-out synthetic streams [default: 1200].")] = None,  # noqa: UP045
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the held-out data (other seeds and voices than training) [default: 10000].")] = None,  # noqa: UP045
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Evaluate on your labelled clips instead.")] = None,  # noqa: UP045
     backend: BackendOpt = None,
     as_json: JsonOpt = False,

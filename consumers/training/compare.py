@@ -13,16 +13,19 @@ from rich.table import Table
 from fusionstream.consumers.pipeline.reuse import Embedder
 from fusionstream.consumers.pipeline.runner import Runtime
 from fusionstream.consumers.training.assemble import assemble, export_dir
-from fusionstream.consumers.training.evaluate import embed_heldout, evaluate, heldout_parts
+from fusionstream.consumers.training.evaluate import (
+    HELDOUT_SECONDS,
+    HELDOUT_SEED,
+    embed_heldout,
+    evaluate,
+    heldout_parts,
+)
 from fusionstream.consumers.training.frozen_data import labelled_windows
 from fusionstream.consumers.training.generate import progress_bar
 from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.manifest import load_manifest
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.windows import Window
-
-HELDOUT_SECONDS = 1200.0
-HELDOUT_SEED = 10_000
 
 
 def _ms_per_window(runtime: Runtime, windows: list[Window], repeats: int = 5) -> float:

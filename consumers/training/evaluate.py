@@ -39,6 +39,11 @@ METRIC = {"single_label": "accuracy", "multi_label": "micro-F1", "embedding": "n
 #: Bumped when how evaluation embeds changes: older ``--cache`` files then stop matching.
 CACHE_FORMAT = 1
 
+#: The held-out synthetic streams `evaluate` scores unless told otherwise: seconds, and a seed no
+#: training run uses.
+HELDOUT_SECONDS = 1200.0
+HELDOUT_SEED = 10_000
+
 
 def heldout_parts(manifest: Manifest, *, seconds: float, seed: int, data: Path | None, voices: str = "test",
                   clean: bool = False, renderer: str = DEFAULT_RENDERER) -> tuple[tuple[str, ...], list[Part]]:
@@ -174,4 +179,13 @@ def evaluate(runtime: Runtime, windows: EmbeddedSet) -> dict[str, Any]:
     return result
 
 
-__all__ = ["centroid_accuracy", "embed_heldout", "evaluate", "fuse_all", "heldout_parts", "task_score"]
+__all__ = [
+    "HELDOUT_SECONDS",
+    "HELDOUT_SEED",
+    "centroid_accuracy",
+    "embed_heldout",
+    "evaluate",
+    "fuse_all",
+    "heldout_parts",
+    "task_score",
+]

@@ -12,7 +12,13 @@ from rich.table import Table
 from fusionstream.consumers.pipeline.reuse import Embedder
 from fusionstream.consumers.pipeline.runner import Runtime
 from fusionstream.consumers.training.embed_cache import EmbeddedSet
-from fusionstream.consumers.training.evaluate import embed_heldout, evaluate, heldout_parts
+from fusionstream.consumers.training.evaluate import (
+    HELDOUT_SECONDS,
+    HELDOUT_SEED,
+    embed_heldout,
+    evaluate,
+    heldout_parts,
+)
 from fusionstream.consumers.training.evaluate_by import heldout_voices, per_class, print_breakdowns, voice_scores
 from fusionstream.consumers.training.frozen_data import Part, labelled_windows
 from fusionstream.consumers.training.generate import progress_bar
@@ -29,14 +35,16 @@ SPEED_BATCH = 32
 
 
 def evaluate_command(
-    model_dir: Path, *, seconds: float, seed: int, data: Path | None, backend: str, quiet: bool,
+    model_dir: Path, *, seconds: float | None, seed: int | None, data: Path | None, backend: str, quiet: bool,
     options: dict[str, Any] | None = None, cache: Path | None = None, int8: bool = False,
     by: tuple[str, ...] = (), voices: tuple[str, ...] = (), clean: bool = False, renderer: str = DEFAULT_RENDERER,
 ) -> dict[str, Any]:
     """Score ``model_dir`` on held-out windows; ``by`` (``voice``, ``digit``) adds the breakdowns of
     :mod:`~fusionstream.consumers.training.evaluate_by` (``voices``: which, default the bank's test
     voices), ``clean`` renders the synthetic streams with no corruption, ``renderer`` names who draws
-    their frames (``pillow``: :mod:`~fusionstream.stream.sources.render_alt`, a look training never saw)."""
+    their frames (``pillow``: :mod:`~fusionstream.stream.sources.render_alt`, a look training never saw).
+    ``seconds`` and ``seed`` (None: :data:`HELDOUT_SECONDS`, :data:`HELDOUT_SEED`) draw the synthetic
+    streams, so they are refused with ``data``, which scores every window of the clips."""
     console = Console(stderr=quiet)
     options = options or {}
     manifest = load_manifest(model_dir)
@@ -44,6 +52,11 @@ def evaluate_command(
         raise ModelDirError(f"{manifest.path}: an encoders-only directory (no task, no fusion head) has nothing to "
                             f"evaluate: train a head on it first (fusionstream train OUT --encoders {model_dir})")
     _check_breakdowns(manifest.task.kind if manifest.task else "", data, by, clean, renderer)
+    if data is not None and (seconds is not None or seed is not None):
+        raise ModelDirError("--seconds and --seed draw the synthetic held-out streams: --data scores every window "
+                            "of your clips (choose which in labels.csv)")
+    seconds = HELDOUT_SECONDS if seconds is None else seconds
+    seed = HELDOUT_SEED if seed is None else seed
     classes, parts = heldout_parts(manifest, seconds=seconds, seed=seed, data=data, clean=clean, renderer=renderer)
     # Checked before anything is embedded: an unknown voice is one line, not a minute of work and a traceback.
     per_voice = heldout_voices(voices) if "voice" in by else ()

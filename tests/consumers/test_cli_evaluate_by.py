@@ -75,6 +75,10 @@ def test_unknown_voice_and_breakdown_are_one_line_errors(shipped_model: Path, tm
     assert len(done.stderr.strip().splitlines()) == 1
     done = _evaluate(str(shipped_model), "--by", "voice", "--data", str(tmp_path))
     assert done.returncode == 1 and "do not apply to --data clips" in done.stderr
+    for option, value in (("--seconds", "30"), ("--seed", "3")):  # were silently ignored with --data
+        done = _evaluate(str(shipped_model), option, value, "--data", str(tmp_path))
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "--seconds and --seed draw the synthetic held-out streams" in done.stderr
 
 
 def test_by_values_repeat_or_comma_separate() -> None:
