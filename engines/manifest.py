@@ -180,6 +180,14 @@ class Manifest:
             files["fusion"] = self.fusion.file
         return files
 
+    def field_naming(self, file: str) -> str | None:
+        """The model.json field that names ``file`` (``modalities.audio.encoder.file``, ``fusion.file``), if any."""
+        for name, modality in self.modalities.items():
+            for key in ("file", "int8_file"):
+                if getattr(modality.encoder, key) == file:
+                    return f"modalities.{name}.encoder.{key}"
+        return "fusion.file" if self.fusion is not None and self.fusion.file == file else None
+
 
 class _Fields:
     """Reads one JSON object, naming ``file: a.b.c`` in every error."""

@@ -106,8 +106,6 @@ class Aligner:
         first, last = starts.start, starts.stop - 1
         state = self._streams.get(item.stream_id)
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
-        if state is not None and emitted_until is None and first < state.first_start_ns:
-            emitted_until = self._passed_before_start(state, first, now_ns)
         missed = 0
         if emitted_until is not None and emitted_until > first:
             missed = min(len(starts), -(-(emitted_until - first) // cfg.hop_ns))
@@ -159,19 +157,6 @@ class Aligner:
         amended = tuple(amend(cfg, state, item, before)) if before else ()
         self.stats.amended += len(state.amended) - queued
         return Admission(amended + tuple(range(first, last + 1, cfg.hop_ns)), missed)
-
-    def _passed_before_start(self, state: StreamState, first: int, now_ns: int) -> int | None:
-        """For a record before a young stream's first window: where its on-time windows begin.
-
-        Windows before the stream's first that the watermark has passed were never opened; one
-        record would open them and close them at once, alone (a word stamped 30 s before its camera
-        started gave text-only predictions of the past). They are late, as they would be had the
-        stream begun earlier: the first window that has not ended by the watermark, or None."""
-        cfg = self.config
-        passed = self._watermark(state, now_ns)
-        if first + cfg.window_ns > passed:
-            return None
-        return min(state.first_start_ns, cfg.first_start_from(passed - cfg.window_ns + 1, state.offset_ns))
 
     @property
     def _amends(self) -> bool:

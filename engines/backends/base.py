@@ -140,7 +140,11 @@ class Runtime(ABC):
         self._active = False
         missing = [file for file in self.required_files() if not (self.model_dir / file).is_file()]
         if missing:
-            raise ModelDirError(f"{self.model_dir} lacks {', '.join(missing)}, needed by the {self.name} backend")
+            # Worded as `model check` words it: the field that names the file, then the file.
+            field = self.manifest.field_naming(missing[0])
+            more = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
+            raise ModelDirError(f"{self.manifest.path}: {f'{field}: ' if field else ''}{self.model_dir / missing[0]} "
+                                f"does not exist; the {self.name} backend needs it{more}")
 
     def graph_files(self) -> dict[str, str]:
         """Graph name (a modality, or ``fusion``) → the file this runtime runs for it."""

@@ -132,32 +132,6 @@ def test_record_older_than_every_open_window_is_late() -> None:
     assert not partly.late and min(partly.window_starts) == edge + T0
 
 
-def test_a_record_from_before_a_young_streams_start_that_the_watermark_passed_is_late() -> None:
-    """A word stamped 30 s before its stream's first frame, before any window was published: it opened
-    windows of the past that closed at once on it alone (text-only predictions). It is late, as it
-    would be had the stream begun earlier; one within the waits still opens the windows it belongs to."""
-    aligner = Aligner()
-    young = sorted(av("s", 0, 1500, text=False), key=lambda i: i.t_start_ns)
-    windows = feed(aligner, young)
-    assert windows == [] and aligner._streams["s"].next_start_ns is None  # text awaited: nothing closed yet
-    old = aligner.add(segment(-30_000, -29_700, "seven"), 0)
-    assert old.late and aligner.stats.late == 1
-    assert aligner.poll(0) == [] and aligner._streams["s"].first_start_ns == T0 - 500 * MS
-    # Straddling the watermark: it joins the windows that have not ended yet, and only those.
-    fresh = Aligner()
-    feed(fresh, young)
-    watermark = fresh.watermark("s", 0)
-    assert watermark is not None and T0 - 30_000 * MS < watermark < T0
-    wide = fresh.add(segment(-5000, 1400, "seven"), 0)
-    assert not wide.late and wide.missed > 0
-    assert min(wide.window_starts) + fresh.config.window_ns > watermark >= min(wide.window_starts) + MS * 500
-    # Behind the first frame by less than the waits: on time, and the windows it opens come out.
-    near = Aligner()
-    feed(near, young)
-    early = near.add(segment(-300, 200, "seven"), 0)
-    assert not early.late and early.missed == 0 and min(early.window_starts) == T0 - 1000 * MS
-
-
 def test_audio_is_stitched_across_chunk_boundaries_to_the_exact_sample_count() -> None:
     cfg = WindowConfig(window_ns=NS, hop_ns=NS)
     aligner = Aligner(cfg)
