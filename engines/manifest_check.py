@@ -119,11 +119,11 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
                         f"(declared: {', '.join(declared) or 'none'})")
 
 
-def _dummy_inputs(manifest: Manifest, modality: ModalitySpec, batch: int) -> dict[str, np.ndarray]:
+def _dummy_inputs(modality: ModalitySpec, batch: int, tokenizer: Any = None) -> dict[str, np.ndarray]:
     pre = modality.preprocess
     arrays: dict[str, np.ndarray] = {}
-    if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
-        encoding = _tokenizer(manifest, modality).encode(SAMPLE_TEXT)
+    if isinstance(pre, TextPreprocess) and tokenizer is not None:
+        encoding = tokenizer.encode(SAMPLE_TEXT)
         ids = encoding.ids[: pre.max_tokens]
         fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
         for role, spec in modality.encoder.inputs.items():
@@ -167,12 +167,13 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, fie
     session = _session(manifest, encoder.file, f"{base}.{field}", threads)
     _check_inputs(manifest, modality, session)
     pre = modality.preprocess
+    tokenizer = None
     if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
-        _tokenizer(manifest, modality)  # a bad file named as such, before the graph runs what it gives
-        _check_token_range(manifest, modality, session)
+        tokenizer = _tokenizer(manifest, modality)  # a bad file named as such, before the graph runs what it gives
+        _check_token_range(manifest, modality, session, tokenizer)
     cpu_ms = 0.0
     for batch in (1, 2):
-        result, cpu_ms = _run(manifest, session, _dummy_inputs(manifest, modality, batch), encoder.output,
+        result, cpu_ms = _run(manifest, session, _dummy_inputs(modality, batch, tokenizer), encoder.output,
                               f"{base}.output.name", encoder.file)
         if result.shape != (batch, encoder.size):
             raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "
@@ -184,13 +185,12 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, fie
     return GraphReport(graph, encoder.file, _described(session), encoder.output, encoder.size, cpu_ms)
 
 
-def _check_token_range(manifest: Manifest, modality: ModalitySpec, session: Any) -> None:
+def _check_token_range(manifest: Manifest, modality: ModalitySpec, session: Any, tokenizer: Any) -> None:
     """Run the largest id the tokenizer can give, and the longest input ``max_tokens`` allows, through the text
     encoder: a tokenizer larger than the encoder's embedding table, or more tokens than its position
     embeddings, would fail on the first caption that has them, in the middle of serving."""
     pre = modality.preprocess
     assert isinstance(pre, TextPreprocess) and pre.tokenizer is not None
-    tokenizer = _tokenizer(manifest, modality)
     vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
     base = f"modalities.{modality.name}"
     sample = tokenizer.encode(SAMPLE_TEXT).ids[: pre.max_tokens] or [0]

@@ -35,6 +35,8 @@ from fusionstream.stream.records import Modality
 from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import NS
 
+#: What a trial process answers once its engine is warm at every batch size.
+READY = "ready"
 #: Longest a process may take to open and warm its engine (W model loads and graph captures at once).
 READY_TIMEOUT_S = 300.0
 #: Time the W processes get between being told a trial's start and that start, to make their streams' records
@@ -89,7 +91,7 @@ def _serve_trials(conn: Connection, settings: Settings, workload: Workload, conf
             # Every batch size the engine runs (a CUDA graph each): the powers of two, and the largest.
             for size in sorted({1 << k for k in range(max_batch.bit_length()) if 1 << k <= max_batch} | {max_batch}):
                 run_engine(runtime, windows[:size], size)
-            conn.send("ready")
+            conn.send(READY)
             while (job := conn.recv()) is not None:
                 streams, start_at = job
                 cpu = time.process_time()
@@ -131,7 +133,7 @@ class Processes:
             self._procs.append(proc)
         try:
             for conn in self._conns:
-                self._expect(conn, str, READY_TIMEOUT_S)
+                self._expect(conn, READY_TIMEOUT_S)
         except RuntimeError:
             self.close()
             raise
@@ -140,16 +142,15 @@ class Processes:
         self._measured_s = (options.warmup_s, options.trial_seconds - end_margin_ns(config) / NS)
         self._trial_timeout_s = options.trial_seconds * 3 + 60
 
-    def _expect(self, conn: Connection, kind: type, timeout_s: float) -> Any:
+    def _expect(self, conn: Connection, timeout_s: float) -> Any:
+        """A process's next answer (READY, or a trial's figures); its error, a one-line string, raised."""
         if not conn.poll(timeout_s):
             raise RuntimeError(f"a trial process did not answer in {timeout_s:.0f} s")
         try:
             answer = conn.recv()
         except EOFError:
             raise RuntimeError("a trial process ended without a word (killed? out of memory?)") from None
-        if kind is str and answer == "ready":
-            return answer
-        if isinstance(answer, str):  # the process's error, one line
+        if isinstance(answer, str) and answer != READY:  # the process's error, one line
             raise RuntimeError(f"a trial process failed: {answer}")
         return answer
 
@@ -161,7 +162,7 @@ class Processes:
         with HostLoad(self._nvml) as load:
             for conn, share in zip(self._conns, shares, strict=False):
                 conn.send((share, start_at))
-            answers = [self._expect(conn, tuple, self._trial_timeout_s) for conn in self._conns[:len(shares)]]
+            answers = [self._expect(conn, self._trial_timeout_s) for conn in self._conns[:len(shares)]]
         figures = load.figures(start_at + self._measured_s[0], start_at + self._measured_s[1])
         figures["workers_cpu_cores"] = round(sum(cpu for _, cpu in answers) / self._trial_s, 2)
         return merge_trials([trial for trial, _ in answers]), figures

@@ -210,13 +210,14 @@ def test_backend_option_and_file_errors_are_one_line(model_dirs: dict[str, Path]
     partial = tmp_path / "partial"
     shutil.copytree(SHIPPED, partial)
     (partial / "audio.onnx").unlink()
-    with pytest.raises(ModelDirError, match=r"model\.json: modalities\.audio\.encoder\.file: \S*audio\.onnx does not exist; the onnxruntime backend needs it$"):
+    missing = r"model\.json: modalities\.audio\.encoder\.file: \S*audio\.onnx does not exist; the {} backend needs it$"
+    with pytest.raises(ModelDirError, match=missing.format("onnxruntime")):
         open_runtime("onnxruntime", partial)
     open_runtime("torch", partial)  # format 1 on torch reads model.pt only
     v2 = tmp_path / "v2"
     shutil.copytree(model_dirs["three"], v2)
     (v2 / "audio.onnx").unlink()
-    with pytest.raises(ModelDirError, match=r"model\.json: modalities\.audio\.encoder\.file: \S*audio\.onnx does not exist; the torch backend needs it$"):
+    with pytest.raises(ModelDirError, match=missing.format("torch")):
         open_runtime("torch", v2)
     with pytest.raises(BackendUnavailable, match="GPUExecutionProvider"), \
             open_runtime("onnxruntime", SHIPPED, providers=["GPUExecutionProvider"]):
