@@ -350,6 +350,7 @@ def _produce(
     except KeyboardInterrupt:
         interrupted = True
         if announce:
+            status.stop()
             _say_ended(settings, announcer.ended())
     except (FusionStreamError, KafkaError, OSError, ValueError) as exc:
         status.stop()
