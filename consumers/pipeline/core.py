@@ -50,6 +50,8 @@ GIL_SWITCH_S = 0.001
 #: it, but not so small that encoding ahead falls behind at high load. Embedded real-time trials on
 #: 2 cores, 8 against 4 side by side: p99 lower in all 6 pairs (64-80 live streams).
 WARM_CHUNK = 8
+#: Failures of encoding ahead after which the pipeline stops trying (each loses only a head start).
+WARM_FAILURES = 10
 #: Most windows held for encoding ahead (each holds its audio, 64 KiB at 16 kHz): those beyond
 #: wait in the aligner until there is room, or close first.
 MAX_AHEAD = 256
@@ -89,6 +91,8 @@ class PipelineStats:
     progress_records: int = 0
     #: Records that missed some of their windows (closed already) but joined others.
     records_partly_late: int = 0
+    #: Windows predicted without a modality whose encoder failed on their data (``Runner.run_isolating``).
+    windows_degraded: int = 0
 
 
 #: A record to feed: wire bytes (or a record) and its ref, and, from Kafka, its key (checked against the stream id).
@@ -149,6 +153,7 @@ class Pipeline:
         self._warming: asyncio.Task[None] | None = None
         #: Windows offered by ``Aligner.ready`` and not encoded yet, oldest first.
         self._ahead: dict[tuple[str, int], Window] = {}
+        self._warm_failures = 0
         # Told (ref, number of windows) for every admitted record: the service's offset
         # bookkeeping holds a record's offset until that many windows are published.
         self._on_admit = on_admit
@@ -300,9 +305,16 @@ class Pipeline:
                     await loop.run_in_executor(self._engine_pool, self._prepare, chunk)
                     self.stats.windows_warmed += len(chunk)
         except Exception:
-            # Only a head start is lost: the windows are encoded in full when they close.
-            log.exception("encoding windows ahead failed; not trying again")
-            self._prepare = self._prepare_frames = None
+            # Only a head start is lost: the windows are encoded in full when they close (where a window
+            # whose data an encoder fails on is predicted without that modality). One such window must not
+            # end the head start of every later one; an engine that fails again and again is left alone.
+            self._warm_failures += 1
+            giving_up = self._warm_failures >= WARM_FAILURES
+            log.exception("encoding windows ahead failed%s", "; not trying again" if giving_up else
+                          f" ({self._warm_failures} of {WARM_FAILURES} before it stops trying)")
+            if giving_up:
+                self._prepare = self._prepare_frames = None
+            self._ahead.clear()
             self._frames_ahead.clear()
         finally:
             self._warming = None
@@ -328,8 +340,15 @@ class Pipeline:
         await self._enqueue(self.aligner.flush(stream_ids))
 
     async def drain(self) -> None:
-        """Wait until every enqueued window has come out as a prediction."""
-        await self._idle.wait()
+        """Wait until every enqueued window has come out as a prediction; the engine's error if it stopped."""
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait([idle] if self._task is None else [idle, self._task],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        if not self._idle.is_set() and self._task is not None and self._task.done():
+            self._task.result()  # its exception: waiting on would be for ever
 
     async def _decode_all(
         self, records: Sequence[Fed]
@@ -393,11 +412,17 @@ class Pipeline:
             batch = await self._batcher.next_batch()
             try:
                 predictions = await loop.run_in_executor(self._engine_pool, self.runner.run, batch)
-            except Exception:
-                # An engine failure is ours, not the input's: stop loudly rather than skip windows.
-                log.exception("inference failed on a batch of %d windows", len(batch))
-                await self._predictions.put(None)
-                raise
+            except Exception as failure:
+                try:
+                    # The data's, or the engine's? Each window alone, then without the modality that fails.
+                    predictions, degraded = await loop.run_in_executor(
+                        self._engine_pool, self.runner.run_isolating, batch, failure)
+                except Exception:
+                    # An engine failure is ours, not the input's: stop loudly rather than skip windows.
+                    log.exception("inference failed on a batch of %d windows", len(batch))
+                    await self._predictions.put(None)
+                    raise
+                self.stats.windows_degraded += degraded
             self.stats.batches += 1
             for prediction in predictions:
                 await self._predictions.put(prediction)

@@ -14,6 +14,8 @@ window per task:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,14 @@ from fusionstream.consumers.pipeline.reuse import Embedder, EncoderRuntime
 from fusionstream.engines.manifest import FusionSpec, Manifest, TaskSpec
 from fusionstream.engines.spec import MODALITIES
 from fusionstream.stream.windows import Window
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {line if len(line) <= limit else line[: limit - 1] + '…'}"
 
 
 class Runtime(EncoderRuntime, Protocol):
@@ -106,6 +116,42 @@ class Runner:
                 )
             )
         return predictions
+
+    def run_isolating(self, closed: Sequence[ClosedWindow], failure: Exception) -> tuple[list[Prediction], int]:
+        """After :meth:`run` raised ``failure`` on ``closed``: each window alone, and a window that fails alone
+        again without each of its modalities in turn (``MODALITIES`` order), so that data one encoder cannot
+        take (a caption, a frame) costs that window that modality, logged, and never stops the service in a
+        restart loop on the same records. Returns the predictions and how many windows lost a modality.
+        Re-raises ``failure`` when a window fails however it is cut: the engine's fault, not the data's."""
+        predictions: list[Prediction] = []
+        degraded = 0
+        for item in closed:
+            try:
+                predictions += self.run([item])
+                continue
+            except Exception as alone:  # the window's own data, most likely: see which modality
+                error = alone
+            prediction, dropped = self._without_failing_modality(item)
+            if prediction is None:
+                raise failure
+            predictions.append(prediction)
+            degraded += 1
+            window = item.window
+            log.error("the %s encoder failed on window %d of stream %s (%s): predicted without %s",
+                      dropped, window.t_start_ns, window.stream_id, _first_line(error), dropped)
+        return predictions, degraded
+
+    def _without_failing_modality(self, item: ClosedWindow) -> tuple[Prediction | None, str]:
+        window = item.window
+        present = [c for c, name in enumerate(MODALITIES) if window.mask[c] and name in self.modalities]
+        for column in present if len(present) > 1 else ():  # one left: nothing to predict from without it
+            mask = tuple(p and c != column for c, p in enumerate(window.mask))
+            try:
+                cut = dataclasses.replace(item, window=dataclasses.replace(window, mask=mask))
+                return self.run([cut])[0], MODALITIES[column]
+            except Exception:  # not this modality (or not this one alone): the next
+                continue
+        return None, ""
 
     def _outputs(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Per row, the task's prediction fields (label, score, scores, labels, embedding)."""

@@ -59,14 +59,15 @@ class Health:
 
 class Gauges:
     """Sets the service's gauges, and the counters the pipeline keeps (encoded ahead, ignored, progress, partly
-    late), from their sources."""
+    late, degraded), from their sources."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
         #: Pipeline counter → the metric it feeds, and how much of it was already added there.
         self._counted = {"windows_warmed": metrics.encoded_ahead, "frames_warmed": metrics.frames_ahead,
                          "records_ignored": metrics.ignored,
-                         "progress_records": metrics.progress, "records_partly_late": metrics.partly_late}
+                         "progress_records": metrics.progress, "records_partly_late": metrics.partly_late,
+                         "windows_degraded": metrics.degraded}
         self._reported = dict.fromkeys(self._counted, 0)
 
     def reset(self) -> None:

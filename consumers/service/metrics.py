@@ -88,6 +88,10 @@ class ServiceMetrics:
             "records_partly_late", "Records that missed some of their windows (already closed) and joined the rest.",
             namespace=ns, registry=registry,
         )
+        self.degraded = Counter(
+            "windows_degraded", "Windows predicted without a modality whose encoder failed on their data (each "
+            "logged at ERROR with its stream and window).", namespace=ns, registry=registry,
+        )
         self.published = Counter(
             "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
         )
