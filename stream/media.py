@@ -119,6 +119,9 @@ def _pcm(encoding: Encoding, payload: bytes, meta: Mapping[str, Any]) -> np.ndar
         samples = np.frombuffer(payload, dtype=_F32).astype(np.float32)
         if not np.isfinite(samples).all():
             raise BadRecord("bad-pcm", "float PCM contains NaN or infinity")
+        # Full scale is ±1; beyond it (a hot mix, a resampler's overshoot) is clipped, as any conversion to
+        # integer PCM would, rather than refusing the chunk or letting it outweigh the window's other audio.
+        np.clip(samples, -1.0, 1.0, out=samples)
     channels = meta["channels"]
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)

@@ -103,7 +103,8 @@ def topic_of(settings: Settings, record: Record) -> str:
 _producing = [0, False]
 
 
-async def produce(settings: Settings, records: Iterable[Record | tuple[str, bytes, bytes, int, list]]) -> int:
+async def produce(settings: Settings, records: Iterable[Record | tuple[str, bytes, bytes, int, list]],
+                  compression: str | None = None) -> int:
     """Send records (key = stream id, timestamp = event time in ms) or raw (topic, key, value, ms, headers).
 
     The test process's heap is frozen out of garbage collection meanwhile, as a pipeline freezes the
@@ -118,15 +119,16 @@ async def produce(settings: Settings, records: Iterable[Record | tuple[str, byte
         gc.freeze()
     _producing[0] += 1
     try:
-        return await _produce(settings, records)
+        return await _produce(settings, records, compression)
     finally:
         _producing[0] -= 1
         if _producing[0] == 0 and _producing[1]:
             gc.unfreeze()
 
 
-async def _produce(settings: Settings, records: Iterable[Record | tuple[str, bytes, bytes, int, list]]) -> int:
-    producer = make_producer(settings.bootstrap_servers, linger_ms=5)
+async def _produce(settings: Settings, records: Iterable[Record | tuple[str, bytes, bytes, int, list]],
+                   compression: str | None) -> int:
+    producer = make_producer(settings.bootstrap_servers, linger_ms=5, compression_type=compression)
     await producer.start()
     try:
         futures = []

@@ -69,7 +69,7 @@ def test_kafka_service_predicts_every_window_exactly_once_with_metrics_and_healt
     async def scenario() -> tuple[Reader, Reader, dict[str, Any], str, float]:
         await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
         try:
-            await produce(settings, records)
+            await produce(settings, records, compression="snappy")  # franz-go's default: it once stopped serve
             started = time.monotonic()
             async with Reader(kafka_bootstrap, settings.predictions_topic) as reader, \
                     Reader(kafka_bootstrap, settings.deadletter_topic) as dead:

@@ -152,6 +152,17 @@ def test_audio_round_trips(sid: str, t0: int, values: list[float], rate: int, en
     assert isinstance(chunk, AudioChunk) and len(chunk.samples) == len(values)
 
 
+def test_float_pcm_beyond_full_scale_is_clipped_and_non_finite_is_refused() -> None:
+    hot = np.array([0.5, 2.0, -3.5, 1.0, -1.0], np.float32)
+    chunk = decode_media(wire.decode(wire.encode(audio_record("mic", 0, T, hot, 8000, encoding=Encoding.PCM_F32LE))))
+    assert isinstance(chunk, AudioChunk)
+    assert chunk.samples.tolist() == [0.5, 1.0, -1.0, 1.0, -1.0]
+    hot[1] = np.nan
+    with pytest.raises(BadRecord, match="NaN or infinity") as refused:
+        decode_media(wire.decode(wire.encode(audio_record("mic", 0, T, hot, 8000, encoding=Encoding.PCM_F32LE))))
+    assert refused.value.reason == "bad-pcm"
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 40), st.binary(min_size=0, max_size=1))
 def test_raw_frames_round_trip(width: int, height: int, seed: bytes) -> None:
