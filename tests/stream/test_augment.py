@@ -139,9 +139,12 @@ def test_spec_augment_masks_only_while_training() -> None:
     wave = torch.randn(4, 16_000) * 0.1
     encoder.eval()
     with torch.no_grad():
-        np.testing.assert_array_equal(encoder(wave).numpy(), encoder(wave).numpy())  # eval: no masks
+        # Eval: no masks, the same output (to float noise: a loaded host's threads may sum in another order).
+        np.testing.assert_allclose(encoder(wave).numpy(), encoder(wave).numpy(), rtol=1e-5, atol=1e-6)
         encoder.train()
         torch.manual_seed(1)
         first = encoder(wave)
         torch.manual_seed(2)
-        assert not torch.equal(first, encoder(wave))  # training: fresh masks per call
+        assert (first - encoder(wave)).abs().max() > 1e-3  # training: fresh masks per call, far beyond noise
+        encoder.spec_augment = None  # the masks made that difference, not training mode itself
+        np.testing.assert_allclose(encoder(wave).numpy(), encoder(wave).numpy(), rtol=1e-5, atol=1e-6)
