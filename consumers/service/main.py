@@ -102,6 +102,10 @@ async def serve_until_stopped(service: InferenceService,
         await service.run()
     except asyncio.CancelledError:
         log.warning("aborted")
+        if service.failure is not None:
+            # Cancelled while stopping on an error: the error is why it stopped (status 1, its one line on
+            # stderr), or a supervisor or `restart: on-failure` would take it for a clean exit.
+            raise service.failure from None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 HANGS = textwrap.dedent("""
@@ -38,3 +40,33 @@ def test_a_cleanup_that_hangs_after_a_fatal_error_ends_the_process() -> None:
     assert "not reached" not in done.stdout and took < 20
     assert "fusionstream: error: KafkaError: Unexpected error during batch delivery" in done.stderr
     assert "still stopping 0.5 s after the error; exiting without finishing the cleanup" in done.stderr
+
+
+def test_a_service_cancelled_while_stopping_on_an_error_exits_1_with_the_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A worker that stopped on a broker error was cancelled on its way out and exited 0 ("aborted"): its
+    supervisor logged a clean exit, and `restart: on-failure` would not have restarted it."""
+    import asyncio
+
+    from aiokafka.errors import LeaderNotAvailableError
+
+    from fusionstream.consumers.service.main import exit_status, serve_until_stopped
+
+    class Failing:
+        failure: BaseException | None = None
+        failed_at = None  # the hang watch stays quiet
+
+        def stop(self) -> None: ...
+
+        async def run(self) -> None:
+            self.failure = LeaderNotAvailableError()
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(5)
+
+    status = exit_status("the service", lambda: asyncio.run(serve_until_stopped(Failing())))  # type: ignore[arg-type]
+    assert status == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fusionstream: error: ") and err.endswith("LeaderNotAvailableError") and "\n" not in err
