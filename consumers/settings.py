@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         description="serve: how long to keep trying to reach the broker at start (backoff 0.5 s doubling to 5 s) "
         "before exiting with status 1.",
     )
+    produce_hold_s: float = Field(
+        300.0, ge=40,
+        description="produce: how long records wait for a broker that is away (restarting, no partition leader) "
+        "before produce gives up with status 1; they are sent in order once it is back.",
+    )
     create_topics: bool = Field(
         True, description="serve: create missing topics at start; off: they must exist (a missing one is an error)."
     )
@@ -185,6 +190,17 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, level: object) -> object:
         return level.strip().upper() if isinstance(level, str) else level
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, servers: str) -> str:
+        # aiokafka raises a bare ValueError deep in its connect (a traceback) on "host:abc"; say it here.
+        for server in servers.split(","):
+            host, _, port = server.strip().rpartition(":") if ":" in server else (server.strip(), "", "9092")
+            if not host.strip("[]") or not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{server.strip()!r} is not host:port (e.g. localhost:9092; "
+                                 "several separated by commas)")
+        return servers
 
     @field_validator("backend")
     @classmethod

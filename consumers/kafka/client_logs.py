@@ -63,6 +63,18 @@ _BROKER_AWAY = {
     # Retried lookups, ten a second while the coordinator moves or restarts (INFO, but a flood).
     ("aiokafka.consumer.group_coordinator", _ROUTINE_LOOKUP): logging.INFO,
     ("aiokafka.producer.sender", "Discovered coordinator %s for group id %s"): logging.INFO,
+    # The producer's retries, about ten a second each, while a partition has no leader (262 lines in 26 s).
+    ("aiokafka.producer.sender", "Got error produce response: %s"): logging.WARNING,
+    # Heartbeats and requests to a coordinator that went away: retried, so not ERRORs.
+    ("aiokafka.consumer.group_coordinator", "Heartbeat send request failed: %s. Will retry."): logging.WARNING,
+    ("aiokafka.consumer.group_coordinator", "Error sending %s to node %s [%s] -- marking coordinator dead"):
+        logging.WARNING,
+    # As the broker comes back (about 110 lines in 3 s).
+    ("aiokafka.consumer.group_coordinator",
+     "OffsetCommit failed for group %s because group is initializing (%s), will retry"): logging.INFO,
+    ("aiokafka.consumer.group_coordinator",
+     "OffsetCommit failed for group %s due to a coordinator error (%s), will find new coordinator and retry"):
+        logging.INFO,
 }
 #: Seconds between two lines of one kind while a broker stays away.
 REPEAT_S = 10.0

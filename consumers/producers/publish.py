@@ -81,7 +81,10 @@ def producer_for(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
     """An unstarted idempotent ``acks=all`` producer for ``settings``' cluster (call from a coroutine)."""
     from fusionstream.consumers.kafka import make_producer
 
-    options = {"client_id": f"{settings.client_id}-producer", **settings.kafka_security(), **kwargs}
+    # A batch with no partition leader expires after request_timeout_ms (aiokafka's default, 40 s): a broker
+    # restart longer than that failed `produce` with LeaderNotAvailableError. Held as long as the setting says.
+    options = {"client_id": f"{settings.client_id}-producer", "request_timeout_ms": int(settings.produce_hold_s * 1000),
+               **settings.kafka_security(), **kwargs}
     return make_producer(settings.bootstrap_servers, **options)
 
 

@@ -446,3 +446,30 @@ def test_serve_started_before_its_broker_connects_when_it_comes_up_and_serves(
     assert "Traceback" not in out
     errors = [line for line in out.splitlines() if " ERROR " in line]
     assert errors == [], f"a first start on a new broker logs no ERROR: {errors[:3]}"
+
+
+def test_every_quieted_client_message_is_one_aiokafka_logs() -> None:
+    """The filter matches aiokafka's format strings exactly: one that drifted (a typo here, a new aiokafka)
+    would silently let its flood through again. Each must be the first argument of a log call in the
+    installed aiokafka's modules under that logger."""
+    import ast
+
+    import aiokafka
+
+    from fusionstream.consumers.kafka.client_logs import _BROKER_AWAY, _ROUTINE_LOOKUP
+
+    root = Path(aiokafka.__file__).parent
+    logged: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        module = ".".join(("aiokafka", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
+                    and node.func.attr in {"debug", "info", "warning", "error", "exception"}
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                logged.setdefault(module, set()).add(node.args[0].value)
+    for logger, message in _BROKER_AWAY:
+        if message == _ROUTINE_LOOKUP:  # ours: the coordinator lookup's line, rewritten before it gets here
+            continue
+        # Logger names are modules' (aiokafka.consumer.fetcher), or the package's for several (aiokafka).
+        under = set().union(*(found for module, found in logged.items() if module.startswith(logger)))
+        assert message in under, f"no module under {logger} logs {message!r}"

@@ -80,6 +80,18 @@ def test_bad_settings_are_refused(flags: dict) -> None:
         Settings.load(**flags)
 
 
+@pytest.mark.parametrize("servers", ["127.0.0.1:abc", ":9092", "kafka:0", "kafka:70000", "a:1,,b:2"])
+def test_a_bootstrap_list_that_is_not_host_port_is_one_plain_message(servers: str) -> None:
+    """aiokafka raised a bare ValueError from inside its connect: a 30-145 line traceback from serve and tail."""
+    with pytest.raises(ValidationError, match="is not host:port"):
+        Settings.load(bootstrap_servers=servers)
+
+
+@pytest.mark.parametrize("servers", ["localhost:9092", "kafka", "a:1, b:2", "[::1]:9092", "10.0.0.5:19092"])
+def test_bootstrap_lists_kafka_takes_are_taken(servers: str) -> None:
+    assert Settings.load(bootstrap_servers=servers).bootstrap_servers == servers
+
+
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Settings.load(tmp_path / "nope.toml")
