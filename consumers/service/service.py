@@ -132,12 +132,23 @@ class InferenceService:
         lower_routine_client_errors()
         # One call: each call that creates topics waits for their leaders to serve them.
         outputs = [t for t in (s.predictions_topic, s.deadletter_topic) if t not in self.input_topics]
-        partitions = await when_ready(
+        ready = asyncio.ensure_future(when_ready(
             lambda: ensure_topics(s.bootstrap_servers, [*self.input_topics, *outputs], s.partitions,
                                   security=security, any_partitions=outputs,  # outputs: any partition count
                                   create=s.create_topics, adopt=True),
             bootstrap=s.bootstrap_servers, security=security, wait_s=s.broker_wait_s,
-        )
+        ))
+        # SIGTERM while waiting for a broker stops now, not after broker_wait_s (an orchestrator's grace
+        # period is shorter: it would SIGKILL the process).
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not ready.done():
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+            log.info("stopped while waiting for the broker")
+            return
+        partitions = ready.result()
         if partitions != s.partitions:
             log.info("the input topics have %d partitions each (the partitions setting, %d, is for topics created "
                      "here): serving them as they are", partitions, s.partitions)

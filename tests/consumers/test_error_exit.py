@@ -70,3 +70,35 @@ def test_a_service_cancelled_while_stopping_on_an_error_exits_1_with_the_error(
     assert status == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("fusionstream: error: ") and err.endswith("LeaderNotAvailableError") and "\n" not in err
+
+
+def test_sigterm_while_waiting_for_the_broker_at_start_stops_at_once(tmp_path: Path) -> None:
+    """It logged "stopping" and went on retrying for the rest of broker_wait_s (57 s): an orchestrator's
+    grace period is shorter, so it would have been SIGKILLed."""
+    import os
+    import signal
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: every connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "FUSIONSTREAM_BROKER_WAIT_S": "120",
+           "FUSIONSTREAM_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    serve = subprocess.Popen([sys.executable, "-m", "fusionstream", "serve"], cwd=tmp_path, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert serve.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in serve.stdout:  # the engine loads first; then the broker is tried, and refused
+            if "not reachable yet" in line:
+                break
+            assert time.monotonic() < deadline, "never waited for the broker"
+        signalled = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        rest, _ = serve.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        serve.kill()
+    assert serve.returncode == 0, rest
+    assert took < 5, f"{took:.1f} s after SIGTERM"
+    assert "stopped while waiting for the broker" in rest
