@@ -24,7 +24,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import InvalidProducerIdMapping
+from aiokafka.errors import InvalidProducerIdMapping, ProducerFenced
 
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
@@ -66,7 +66,15 @@ def _describe(error: BaseException) -> str:
     text = f"{error!r}" if cause is None else f"{error!r} (caused by {cause!r})"
     if isinstance(error, InvalidProducerIdMapping) or isinstance(cause, InvalidProducerIdMapping):
         text += "; the broker no longer knows this producer (it lost its data, or the producer's id expired)"
+    if isinstance(error, ProducerFenced) or isinstance(cause, ProducerFenced):
+        text += f"; {FENCED}"
     return text
+
+
+#: What a fenced transactional producer means for an operator.
+FENCED = ("another instance took this instance's transactional id (<group_id>.<instance_id>): two live instances "
+          "with the same --instance-id fence each other; give each its own. (Or this one stood still longer than "
+          "the transaction timeout.)")
 
 
 class Publisher:
@@ -243,9 +251,11 @@ class Publisher:
                 self.failed.set()
                 raise error from exc
             except Exception as exc:
-                self.failure = self.failure or exc
+                failed = PredictionPublishError(f"committing the transaction failed: {_describe(exc)}")
+                failed.__cause__ = exc
+                self.failure = self.failure or failed
                 self.failed.set()
-                raise PredictionPublishError("committing the transaction failed") from exc
+                raise failed from exc
             finally:
                 self._in_transaction = False
             return chosen

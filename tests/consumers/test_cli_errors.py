@@ -167,3 +167,19 @@ def test_kafka_ctrl_c_in_tail_is_exit_status_130_without_a_traceback(kafka_boots
     done = _interrupt(["tail", "--bootstrap", kafka_bootstrap], "tailing ")
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+
+
+def test_a_fenced_producer_says_what_to_change() -> None:
+    """Two supervisors with the same --instance-id: each worker's one line was aiokafka's "There is a newer
+    producer using the same transactional_id or transaction timeout occurred", naming no setting."""
+    from aiokafka.errors import ProducerFenced
+
+    from fusionstream.consumers.service.publisher import _describe
+
+    for error in (ProducerFenced(), RuntimeError("send failed")):
+        if not isinstance(error, ProducerFenced):
+            error.__cause__ = ProducerFenced()
+        text = _describe(error)
+        assert "two live instances with the same --instance-id fence each other" in text
+        assert "\n" not in text
+    assert "--instance-id" not in _describe(RuntimeError("send failed"))
