@@ -245,7 +245,7 @@ class Feeder:
             key = message.key.decode("utf-8", "replace") if message.key is not None else None
             log.warning(
                 "dead letter (%s) %s[%d]@%d stream %s: %s", letter.reason, message.topic, message.partition,
-                message.offset, letter.stream_id or key, letter.detail,
+                message.offset, letter.stream_id or key or "(no key)", letter.detail,
             )
         elif count == DEAD_LETTER_LOG_PER_S:
             log.warning("more than %d dead letters this second: the rest of this second's are not logged "
