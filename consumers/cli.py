@@ -375,7 +375,7 @@ app.add_typer(topics_app, name="topics")
 
 @app.command()
 def tail(
-    as_json: Annotated[bool, typer.Option("--json", help="Print each prediction as its raw JSON value, one per line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each prediction as one JSON line: its value, with revision and final filled in where a service older than revisions left them out.")] = False,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest retained prediction instead of new ones.")] = False,
     stream: Annotated[Optional[list[str]], typer.Option("--stream", help="Only this stream id (repeat for several).")] = None,  # noqa: UP045
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N predictions.")] = None,  # noqa: UP045

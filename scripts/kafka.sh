@@ -297,6 +297,7 @@ stop() {
   if [[ "${KAFKA_KEEP_STATE:-0}" == 1 ]]; then
     log "keeping $STATE_DIR (KAFKA_KEEP_STATE=1)"
   elif [[ -f "$MARKER" ]]; then
+    log "deleting $STATE_DIR: topics, offsets and groups (KAFKA_KEEP_STATE=1 keeps them for a restart)"
     rm -rf "$STATE_DIR"
   elif [[ -e "$STATE_DIR" ]]; then
     log "leaving $STATE_DIR in place: it was not made by this script"
@@ -325,7 +326,7 @@ case "${1:-}" in
   status) status ;;
   bootstrap) bootstrap ;;
   *)
-    echo "usage: $0 start|stop|status|bootstrap" >&2
+    echo "usage: $0 start|stop|status|bootstrap   (stop deletes the broker's data unless KAFKA_KEEP_STATE=1)" >&2
     exit 2
     ;;
 esac

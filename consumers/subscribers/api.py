@@ -16,6 +16,7 @@ exactly-once mode).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import logging
@@ -47,6 +48,8 @@ FIELDS = (
 OPTIONAL_FIELDS = ("labels", "embedding", "revision", "final")
 #: Committed offsets are flushed this often while iterating (and always on close and on revocation).
 COMMIT_INTERVAL_S = 2.0
+#: Longest a commit may take before it is given up (the predictions since the last one then come again).
+COMMIT_TIMEOUT_S = 10.0
 _POLL_MS = 200
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -244,6 +247,8 @@ class Subscription:
         self.topic = topic
         self.group_id = group_id
         self.finals_only = finals_only
+        if isinstance(stream_ids, str):  # one stream id, not its characters
+            stream_ids = (stream_ids,)
         self.stream_ids: frozenset[str] | None = None if stream_ids is None else frozenset(stream_ids)
         #: Records skipped because they were not predictions (with ``on_error="skip"``).
         self.skipped = 0
@@ -264,6 +269,7 @@ class Subscription:
         self._ends: dict[TopicPartition, int] | None = None
         self._committed_at = time.monotonic()
         self._closed = False
+        self._topic_checked = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -337,6 +343,10 @@ class Subscription:
             if self._until_end and await self._at_end(consumer):
                 raise StopAsyncIteration
             batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            if not self._topic_checked and not batch and not consumer.assignment():
+                self._topic_checked = True  # once: a mistyped name must not look like a quiet topic
+                if self.topic not in await consumer.topics():
+                    log.warning("topic %s does not exist yet: waiting for it to be created", self.topic)
             # Across partitions in timestamp order; within one, in offset order (what commits rely on).
             self._buffer.extend(heapq.merge(*batch.values(), key=lambda m: m.timestamp))
 
@@ -392,9 +402,14 @@ class Subscription:
         from aiokafka.errors import CommitFailedError
 
         try:
-            await consumer.commit(offsets)
+            # aiokafka retries a commit for ever, e.g. to a topic deleted meanwhile: a close that never returned.
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await consumer.commit(offsets)
         except CommitFailedError as exc:  # the group rebalanced meanwhile: the new owner reads them again
             log.warning("commit failed, some predictions may be delivered again: %s", exc)
+        except TimeoutError:
+            log.warning("a commit did not finish in %g s (the topic deleted? the broker away?): the predictions "
+                        "since the last commit may be delivered again", COMMIT_TIMEOUT_S)
         for tp in offsets:
             self._done.pop(tp, None)
 
@@ -402,7 +417,11 @@ class Subscription:
         owned = consumer.assignment()
         if not owned:
             # No partitions: either the metadata is not in yet, or there is no such topic (nothing to read).
-            return self.topic not in await consumer.topics()
+            if self.topic in await consumer.topics():
+                return False
+            # Said, so that a mistyped name does not read as an empty topic.
+            log.warning("topic %s does not exist: nothing to read", self.topic)
+            return True
         if self._ends is None:
             self._ends = await consumer.end_offsets(list(owned))
         for tp, end in self._ends.items():
@@ -447,7 +466,7 @@ def subscribe(
     - ``from_beginning``: start at the oldest retained prediction instead of new ones
       only (in a group: only where the group has no committed offset).
     - ``read_committed``: skip predictions of aborted transactions and wait for open ones.
-    - ``stream_ids``: only these streams (the key is checked before the value is parsed).
+    - ``stream_ids``: only these streams, one id or several (the key is checked before the value is parsed).
     - ``until_end``: stop once every partition is read up to its end as of the first
       assignment, instead of waiting for more (group-less only); at once if the topic
       does not exist.

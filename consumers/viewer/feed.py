@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from aiokafka.errors import KafkaError
+
 from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
@@ -49,6 +51,7 @@ class KafkaFeed:
         self._looked_back: set[TopicPartition] = set()
         self._warned: set[tuple[str, str]] = set()
         self._stopping = False
+        self._listing_failed = False  # the topics could not be listed last time (the broker away)
 
     async def start(self) -> None:
         """Connect and subscribe; :class:`BrokerUnavailable` if no broker answers."""
@@ -98,7 +101,16 @@ class KafkaFeed:
                 await self._look_back(consumer)
             now = time.monotonic()
             if now - looked_at >= _TOPICS_EVERY_S:
-                await self._subscribe(consumer)
+                try:
+                    await self._subscribe(consumer)
+                except KafkaError as exc:  # the broker away: the consumer retries; ask again next time
+                    if not self._listing_failed:  # once per outage, not every few seconds
+                        log.warning("cannot list the topics (%s); showing what arrived, and trying again", exc)
+                    self._listing_failed = True
+                else:
+                    if self._listing_failed:
+                        log.info("the broker answers again")
+                    self._listing_failed = False
                 looked_at = now
             for tp, messages in batch.items():
                 for message in messages:

@@ -1,0 +1,74 @@
+"""What a docs-only subscriber tripped on: one stream id as a string, a topic that does not exist, and a group
+subscription whose topic was deleted under it (its close waited for a commit for ever)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from test_subscribe import DEADLINE_S, write_predictions
+
+from fusionstream.consumers.kafka import delete_topics
+from fusionstream.consumers.subscribers import api, subscribe
+
+
+def test_kafka_one_stream_id_as_a_string_is_that_stream_not_its_letters(kafka_bootstrap: str,
+                                                                         topic_prefix: str) -> None:
+    published = write_predictions(kafka_bootstrap, f"{topic_prefix}.predictions")
+    wanted = published.stream_ids[0]
+
+    async def read(stream_ids: object) -> list[str]:
+        async with asyncio.timeout(DEADLINE_S), subscribe(
+            kafka_bootstrap, published.topic, from_beginning=True, until_end=True,
+            stream_ids=stream_ids,  # type: ignore[arg-type]
+        ) as predictions:
+            return [p.stream_id async for p in predictions]
+
+    as_string, as_list = asyncio.run(read(wanted)), asyncio.run(read([wanted]))
+    assert as_string == as_list and set(as_string) == {wanted} and len(as_string) == len(published.of(wanted))
+
+
+def test_kafka_a_topic_that_does_not_exist_is_said_not_read_as_empty(
+    kafka_bootstrap: str, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def read_to_end() -> list:
+        async with asyncio.timeout(DEADLINE_S), subscribe(kafka_bootstrap, f"{topic_prefix}.no-such",
+                                                          until_end=True) as predictions:
+            return [p async for p in predictions]
+
+    async def wait_live() -> None:
+        async with subscribe(kafka_bootstrap, f"{topic_prefix}.no-such-either") as predictions:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3):
+                    await anext(predictions)
+
+    with caplog.at_level(logging.WARNING, logger="fusionstream.consumers.subscribers.api"):
+        assert asyncio.run(read_to_end()) == []
+        asyncio.run(wait_live())
+    said = [r.getMessage() for r in caplog.records]
+    assert f"topic {topic_prefix}.no-such does not exist: nothing to read" in said, said
+    assert f"topic {topic_prefix}.no-such-either does not exist yet: waiting for it to be created" in said, said
+
+
+def test_kafka_a_group_subscription_whose_topic_was_deleted_still_closes(
+    kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka retries the commit of a deleted topic's offsets for ever (388 lines in 40 s, then SIGINT)."""
+    monkeypatch.setattr(api, "COMMIT_TIMEOUT_S", 2.0)
+    published = write_predictions(kafka_bootstrap, f"{topic_prefix}.doomed")
+
+    async def read_two_then_delete() -> float:
+        async with subscribe(kafka_bootstrap, published.topic, group_id=f"{topic_prefix}-g",
+                             from_beginning=True) as predictions:
+            async with asyncio.timeout(DEADLINE_S):
+                for _ in range(2):
+                    await anext(predictions)
+            await delete_topics(kafka_bootstrap, [published.topic])
+            started = time.monotonic()
+        return time.monotonic() - started  # the close: its commit, then the consumer's stop
+
+    with caplog.at_level(logging.WARNING, logger="fusionstream.consumers.subscribers.api"):
+        took = asyncio.run(asyncio.wait_for(read_two_then_delete(), 60))
+    assert took < 15, f"closing took {took:.1f} s"
