@@ -196,8 +196,10 @@ class Settings(BaseSettings):
     def _host_port_list(cls, servers: str) -> str:
         # aiokafka raises a bare ValueError deep in its connect (a traceback) on "host:abc"; say it here.
         for server in servers.split(","):
-            host, _, port = server.strip().rpartition(":") if ":" in server else (server.strip(), "", "9092")
-            if not host.strip("[]") or not (port.isdigit() and 0 < int(port) < 65536):
+            server = server.strip()
+            bare = ":" not in server or (server.startswith("[") and server.endswith("]"))  # a host, or [IPv6]
+            host, _, port = (server, "", "9092") if bare else server.rpartition(":")
+            if "://" in server or not host.strip("[]") or not (port.isdigit() and 0 < int(port) < 65536):
                 raise ValueError(f"{server.strip()!r} is not host:port (e.g. localhost:9092; "
                                  "several separated by commas)")
         return servers

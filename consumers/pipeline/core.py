@@ -50,7 +50,7 @@ GIL_SWITCH_S = 0.001
 #: it, but not so small that encoding ahead falls behind at high load. Embedded real-time trials on
 #: 2 cores, 8 against 4 side by side: p99 lower in all 6 pairs (64-80 live streams).
 WARM_CHUNK = 8
-#: Failures of encoding ahead after which the pipeline stops trying (each loses only a head start).
+#: Failures in a row of encoding ahead after which the pipeline stops trying (each loses only a head start).
 WARM_FAILURES = 10
 #: Most windows held for encoding ahead (each holds its audio, 64 KiB at 16 kHz): those beyond
 #: wait in the aligner until there is room, or close first.
@@ -304,6 +304,7 @@ class Pipeline:
                     chunk = await self._decode_frames(chunk)  # the same frames the closing window samples
                     await loop.run_in_executor(self._engine_pool, self._prepare, chunk)
                     self.stats.windows_warmed += len(chunk)
+                    self._warm_failures = 0  # in a row: an occasional bad caption never switches it off
         except Exception:
             # Only a head start is lost: the windows are encoded in full when they close (where a window
             # whose data an encoder fails on is predicted without that modality). One such window must not

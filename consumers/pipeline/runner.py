@@ -31,6 +31,9 @@ from fusionstream.stream.windows import Window
 
 log = logging.getLogger(__name__)
 
+#: Least seconds between two warnings that a failed batch is being run window by window.
+ISOLATION_LOG_S = 60.0
+
 
 def _first_line(exc: BaseException, limit: int = 240) -> str:
     lines = str(exc).strip().splitlines()
@@ -73,6 +76,7 @@ class Runner:
         #: The side sampled JPEG frames are decoded at, at least (the video input's larger side).
         self.frame_side = runtime.frame_side
         self.embed = Embedder(runtime, reuse=reuse)
+        self._isolated_said = -ISOLATION_LOG_S
         self._declared = tuple(name in self.modalities for name in MODALITIES)
         #: Embeds frames open windows will sample (``Embedder.warm_frames``); ``None`` when the model's video
         #: encoder reads whole windows, or frames are not reused.
@@ -125,6 +129,11 @@ class Runner:
         Re-raises ``failure`` when a window fails however it is cut: the engine's fault, not the data's."""
         predictions: list[Prediction] = []
         degraded = 0
+        now = time.monotonic()
+        if now - self._isolated_said >= ISOLATION_LOG_S:  # an engine that fails only on big batches shows
+            self._isolated_said = now
+            log.warning("a batch of %d windows failed (%s): running them one by one (said once a minute)",
+                        len(closed), _first_line(failure))
         for item in closed:
             try:
                 predictions += self.run([item])

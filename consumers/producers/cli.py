@@ -367,12 +367,23 @@ def _produce(
 def _say_ended(settings: Settings, ended: list[Record]) -> None:
     """Tell the service that the streams stopped, so that it closes their windows now instead of
     waiting out the allowed lateness; best effort, a few seconds at most (a second Ctrl-C skips it)."""
-    from fusionstream.consumers.producers.publish import publish
+    from fusionstream.consumers.producers.publish import producer_for, publish
 
     if not ended:
         return
+
+    async def send() -> None:
+        # Its own producer with a short request timeout: aiokafka holds a batch (and a flush at stop waits
+        # for it) as long as that, which for the stream's producer is produce_hold_s.
+        producer = producer_for(settings, request_timeout_ms=int(ENDED_TIMEOUT_S * 1000))
+        try:
+            await producer.start()
+            await publish(ended, settings, producer=producer, create_topics=False)
+        finally:
+            await producer.stop()
+
     try:
-        asyncio.run(asyncio.wait_for(publish(ended, settings, create_topics=False), ENDED_TIMEOUT_S))
+        asyncio.run(asyncio.wait_for(send(), 2 * ENDED_TIMEOUT_S))
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # stopping anyway: say so and go on

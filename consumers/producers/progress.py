@@ -79,14 +79,11 @@ class ProgressAnnouncer:
                         reached[text] = max(reached.get(text, record.t_start_ns), record.t_start_ns)
                         yield progress_record(record.stream_id, Modality.TEXT, seq.get(text, 0), record.t_start_ns)
         except Exception:
-            yield from self._ended_once()  # a failed source (a camera that dropped) says so before its error
+            yield from self.ended()  # a failed source (a camera that dropped) says so before its error
             raise
-        yield from self._ended_once()
-
-    def _ended_once(self) -> list[Record]:
-        ended = self.ended()
-        self._said_ended.update((r.stream_id, r.modality) for r in ended)
-        return ended
+        # Not marked as said: they may still sit in a queue when the producer is stopped, which then sends
+        # them again (a repeated progress record does no harm).
+        yield from self.ended()
 
 
 def announce_progress(

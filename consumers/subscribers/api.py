@@ -17,6 +17,7 @@ exactly-once mode).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -29,6 +30,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.subscribers.errors import BadPrediction
 
@@ -345,8 +347,9 @@ class Subscription:
             batch = await consumer.getmany(timeout_ms=_POLL_MS)
             if not self._topic_checked and not batch and not consumer.assignment():
                 self._topic_checked = True  # once: a mistyped name must not look like a quiet topic
-                if self.topic not in await consumer.topics():
-                    log.warning("topic %s does not exist yet: waiting for it to be created", self.topic)
+                with contextlib.suppress(KafkaError):  # the broker away: nothing to say about the topic yet
+                    if self.topic not in await consumer.topics():
+                        log.warning("topic %s does not exist yet: waiting for it to be created", self.topic)
             # Across partitions in timestamp order; within one, in offset order (what commits rely on).
             self._buffer.extend(heapq.merge(*batch.values(), key=lambda m: m.timestamp))
 

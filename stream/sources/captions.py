@@ -91,7 +91,8 @@ def parse_captions(text: str, source: str = "<captions>", *, max_cue_s: float | 
     for first, block in _blocks(lines, skip_header=webvtt):
         cue = _parse_block(block, first, source, webvtt)
         if cue is not None and cue.text:
-            if max_cue_s is not None and cue.duration_s > max_cue_s:
+            # In whole nanoseconds, as the record will be: 4.004 -> 64.004 is 60 s exactly, not 60.000000001.
+            if max_cue_s is not None and round(cue.end_s * NS) - round(cue.start_s * NS) > round(max_cue_s * NS):
                 raise ValueError(
                     f"{source}:{cue.line}: cue lasts {cue.duration_s:.3f} s; a text record spans at most "
                     f"{max_cue_s:g} s (split the cue in two)"
@@ -135,13 +136,15 @@ def caption_records(
     *,
     language: str = "en",
     first_seq: int = 0,
+    max_cue_s: float | None = MAX_CUE_SECONDS,
 ) -> Iterator[Record]:
     """Final ``utf8`` text records, one per cue, at ``start_ns`` + cue times, in start order.
 
-    The file is parsed here, so a broken file (or a cue too long for one record) raises now
-    rather than at the first ``next()``.
+    The file is parsed here, so a broken file (or a cue longer than ``max_cue_s``, by default the
+    longest record the wire carries; None for records that never go over it) raises now rather
+    than at the first ``next()``.
     """
-    cues = load_cues(path_or_text, max_cue_s=MAX_CUE_SECONDS)
+    cues = load_cues(path_or_text, max_cue_s=max_cue_s)
     return _cue_records(cues, stream_id, start_ns, language, first_seq)
 
 

@@ -199,7 +199,8 @@ def media_file_records(
     if info.has_audio:
         sources.append(audio_track_records(path, stream_id, start, chunk_ms=chunk_ms, sample_rate=sample_rate))
     if captions is not None:
-        sources.append(caption_records(captions, stream_id, start, language=language))
+        # Training and the embedded demo never send these over the wire: a long cue is one long record.
+        sources.append(caption_records(captions, stream_id, start, language=language, max_cue_s=None))
     return heapq.merge(*sources, key=record_order)
 
 

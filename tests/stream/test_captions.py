@@ -150,8 +150,11 @@ def test_a_cue_longer_than_a_record_is_refused_before_anything_is_sent(tmp_path:
     assert [c.duration_s for c in read_captions(path)] == [1.0, 90.0]
     with pytest.raises(ValueError, match=r"music\.srt:6: cue lasts 90\.000 s; a text record spans at most 60 s"):
         caption_records(path, "cam", START)
-    path.write_text("1\n00:00:03,000 --> 00:01:03,000\n[music]\n")  # exactly the longest record
-    assert [r.t_end_ns - r.t_start_ns for r in caption_records(path, "cam", START)] == [60 * NS]
+    for start, end in (("00:00:03,000", "00:01:03,000"), ("00:00:04,004", "00:01:04,004")):  # exactly the longest
+        path.write_text(f"1\n{start} --> {end}\n[music]\n")  # (64.004 - 4.004 is 60.00000000000001 in floats)
+        assert [r.t_end_ns - r.t_start_ns for r in caption_records(path, "cam", START)] == [60 * NS]
+    path.write_text("1\n00:00:03,000 --> 00:01:33,000\n[music]\n")  # clips for training never go over the wire
+    assert [r.t_end_ns - r.t_start_ns for r in caption_records(path, "cam", START, max_cue_s=None)] == [90 * NS]
 
 
 def test_caption_records_from_file_and_text(tmp_path: Path) -> None:
