@@ -178,6 +178,21 @@ class Feeder:
         """Whether everything the broker has for ``tp`` was fetched, as far as the service knows."""
         return self._log_end(tp) is not None or self._merger.idle(tp, self._fetch_ms)
 
+    def broker_silent_s(self) -> float | None:
+        """Seconds since the broker last answered a fetch of any owned topic-partition (None: no answer yet,
+        or none owned). For ``/healthz``: an outage shows there, though the instance itself is well."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        try:
+            paused = consumer.paused()  # not fetched while paused (backpressure): not the broker's silence
+            owned = [TopicPartition(*tp) for tp in self._handover.owned]
+            answered = [consumer.last_poll_timestamp(tp) for tp in owned if tp not in paused]
+        except (AssertionError, IllegalStateError):
+            return None
+        latest = max((ms for ms in answered if ms is not None), default=None)
+        return None if latest is None else max(0.0, time.time() - latest / 1000)
+
     def _unanswered(self, tps: list[tuple[str, int]]) -> bool:
         """Whether the broker has stopped answering: every one of ``tps`` had a fetch response once, and
         none for ``unanswered_after_ms`` since. The last log end it reported would read as caught up, the

@@ -19,6 +19,10 @@ from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.service.handover import Handover
 from fusionstream.consumers.service.metrics import ServiceMetrics
 
+#: Seconds without a fetch answered after which ``/healthz`` says the broker is not answering. Fetches wait
+#: at most the consumer's fetch_max_wait (0.5 s) when nothing is new, so an idle topic still answers.
+BROKER_SILENT_S = 5.0
+
 
 class Health:
     """``/healthz``: running, in the group, engine alive and not stalled. Safe to read from any thread."""
@@ -35,7 +39,7 @@ class Health:
         return self._value
 
     def update(self, *, state: str, joined: bool, partitions: set[int], engine_alive: bool,
-               pipeline: Pipeline | None) -> None:
+               pipeline: Pipeline | None, broker_silent_s: float | None = None) -> None:
         detail: dict[str, Any] = {
             "state": state,
             "instance": self.instance_id,
@@ -54,6 +58,10 @@ class Health:
             detail["backlog_windows"] = backlog
         if not joined:
             detail["consumer"] = "waiting for a partition assignment"
+        if broker_silent_s is not None:
+            # Said, not judged: the instance is well while the broker is away (a restart would not help it).
+            detail["broker"] = ("answering" if broker_silent_s < BROKER_SILENT_S
+                                else f"no fetch answered for {broker_silent_s:.0f} s")
         self._value = (ok, detail)
 
 

@@ -404,7 +404,8 @@ class InferenceService:
         publish, publisher = self._tasks.get("publish"), self._publisher
         engine_alive = publish is not None and not publish.done() and publisher is not None and not publisher.failure
         self._health.update(state=self._state, joined=self._joined, partitions={tp[1] for tp in self.handover.owned},
-                            engine_alive=engine_alive, pipeline=self._pipeline)
+                            engine_alive=engine_alive, pipeline=self._pipeline,
+                            broker_silent_s=self._feeder.broker_silent_s())
 
     def _fail(self, error: BaseException) -> None:
         log.error("fatal error in a rebalance callback: %r", error)

@@ -41,3 +41,19 @@ def test_a_taken_port_is_one_error_naming_the_setting() -> None:
             MetricsServer(CollectorRegistry(), lambda: (True, {}), port, "127.0.0.1")
     message = str(raised.value)
     assert f"127.0.0.1:{port}" in message and "in use" in message and "FUSIONSTREAM_METRICS_PORT" in message
+
+
+def test_healthz_says_whether_the_broker_answers_without_judging_the_instance() -> None:
+    """An operator watched /healthz stay 200 "ok" through a 75 s outage with nothing in its body about the
+    broker. It still stays 200 (a restart would not bring the broker back), and now says so."""
+    from fusionstream.consumers.service.health import BROKER_SILENT_S, Health
+
+    health = Health("dog-0", stall_after_s=60)
+    running = {"state": "running", "joined": True, "partitions": {0, 1}, "engine_alive": True, "pipeline": None}
+    health.update(**running, broker_silent_s=None)  # no fetch answered yet: nothing to say
+    assert health()[0] and "broker" not in health()[1]
+    health.update(**running, broker_silent_s=0.3)
+    assert health() == (True, {**health()[1], "broker": "answering"})
+    health.update(**running, broker_silent_s=BROKER_SILENT_S + 7.4)
+    ok, detail = health()
+    assert ok and detail["broker"] == f"no fetch answered for {BROKER_SILENT_S + 7.4:.0f} s"

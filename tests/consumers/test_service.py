@@ -81,7 +81,7 @@ def test_kafka_service_predicts_every_window_exactly_once_with_metrics_and_healt
                     await asyncio.sleep(0.5)
                     status, body = await asyncio.to_thread(http_get, port, "/metrics")
                     assert status == 200
-                    assert service.health()[0]
+                    assert service.health()[0] and service.health()[1].get("broker") == "answering"
                 await reader.to_end()
                 await dead.to_end()
             with pytest.raises(OSError):
