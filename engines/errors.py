@@ -10,6 +10,16 @@ Like ``stream``'s errors, each class says whether retrying the same call could s
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line for a log or an error (ONNX Runtime's run to hundreds of
+    characters and several lines): its first line, cut at ``limit``; its type's name when it has none."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class EngineError(Exception):
     """Root of every error ``engines`` raises on purpose."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionstream.engines.errors import ModelDirError
+from fusionstream.engines.errors import ModelDirError, first_line
 from fusionstream.engines.manifest import (
     Manifest,
     ModalitySpec,
@@ -207,13 +207,9 @@ def _check_token_range(manifest: Manifest, modality: ModalitySpec, session: Any,
         try:
             (result,) = session.run([modality.encoder.output], feed)
         except Exception as exc:  # onnxruntime's own exception types
-            raise _fail(manifest, field, f"{what} ({_first_line(exc)})") from None
+            raise _fail(manifest, field, f"{what} ({first_line(exc)})") from None
         if not np.isfinite(np.asarray(result)).all():
             raise _fail(manifest, field, f"{what} (non-finite output)")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:

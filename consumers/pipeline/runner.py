@@ -25,6 +25,7 @@ import numpy as np
 
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.reuse import Embedder, EncoderRuntime
+from fusionstream.engines.errors import first_line
 from fusionstream.engines.manifest import FusionSpec, Manifest, TaskSpec
 from fusionstream.engines.spec import MODALITIES
 from fusionstream.stream.windows import Window
@@ -35,10 +36,8 @@ log = logging.getLogger(__name__)
 ISOLATION_LOG_S = 60.0
 
 
-def _first_line(exc: BaseException, limit: int = 240) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {line if len(line) <= limit else line[: limit - 1] + '…'}"
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {first_line(exc, 240)}"
 
 
 class Runtime(EncoderRuntime, Protocol):
@@ -133,7 +132,7 @@ class Runner:
         if now - self._isolated_said >= ISOLATION_LOG_S:  # an engine that fails only on big batches shows
             self._isolated_said = now
             log.warning("a batch of %d windows failed (%s): running them one by one (said once a minute)",
-                        len(closed), _first_line(failure))
+                        len(closed), _described(failure))
         for item in closed:
             try:
                 predictions += self.run([item])
@@ -147,7 +146,7 @@ class Runner:
             degraded += 1
             window = item.window
             log.error("the %s encoder failed on window %d of stream %s (%s): predicted without %s",
-                      dropped, window.t_start_ns, window.stream_id, _first_line(error), dropped)
+                      dropped, window.t_start_ns, window.stream_id, _described(error), dropped)
         return predictions, degraded
 
     def _without_failing_modality(self, item: ClosedWindow) -> tuple[Prediction | None, str]:

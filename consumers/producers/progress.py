@@ -86,17 +86,9 @@ class ProgressAnnouncer:
         yield from self.ended()
 
 
-def announce_progress(
-    records: Iterable[Record], *, follow_text: bool = False, every_ns: int = EVERY_NS
-) -> Iterator[Record]:
-    """``records`` with the complete flag on each media record, text progress when ``follow_text``
-    (captions merged in event time with the media), and ``ended`` progress when they end."""
-    return ProgressAnnouncer(follow_text=follow_text, every_ns=every_ns)(records)
-
-
 def without_progress_records(records: Iterable[Record]) -> Iterator[Record]:
     """``records`` less the progress records (for a service from before them); the flags stay."""
     return (r for r in records if r.encoding is not Encoding.PROGRESS)
 
 
-__all__ = ["EVERY_NS", "ProgressAnnouncer", "announce_progress", "without_progress_records"]
+__all__ = ["EVERY_NS", "ProgressAnnouncer", "without_progress_records"]

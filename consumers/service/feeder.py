@@ -184,13 +184,9 @@ class Feeder:
         consumer = self._consumer
         if consumer is None:
             return None
-        try:
-            paused = consumer.paused()  # not fetched while paused (backpressure): not the broker's silence
-            owned = [TopicPartition(*tp) for tp in self._handover.owned]
-            answered = [consumer.last_poll_timestamp(tp) for tp in owned if tp not in paused]
-        except (AssertionError, IllegalStateError):
-            return None
-        latest = max((ms for ms in answered if ms is not None), default=None)
+        paused = consumer.paused()  # not fetched while paused (backpressure): not the broker's silence
+        answered = self._answered_ms([tp for tp in self._handover.owned if TopicPartition(*tp) not in paused])
+        latest = max((ms for ms in answered or () if ms is not None), default=None)
         return None if latest is None else max(0.0, time.time() - latest / 1000)
 
     def _unanswered(self, tps: list[tuple[str, int]]) -> bool:
@@ -200,18 +196,19 @@ class Feeder:
         the records their producers hold meanwhile (a client's broker restart: 12 windows closed short, 90
         records late after it; test_faults' 12 s outage: 10 and 30). One topic-partition that cannot be
         read does not stop the clock for the others."""
+        answered = self._answered_ms(tps)
+        oldest = time.time() * 1000 - self._options.unanswered_after_ms
+        return bool(answered) and all(ms is not None and ms < oldest for ms in answered)
+
+    def _answered_ms(self, tps: list[tuple[str, int]]) -> list[float | None] | None:
+        """When the broker last answered a fetch of each of ``tps`` (ms; None: never), or None if unknown."""
         consumer = self._consumer
         if consumer is None or not tps:
-            return False
-        oldest = time.time() * 1000 - self._options.unanswered_after_ms
+            return None
         try:
-            for tp in tps:
-                reported = consumer.last_poll_timestamp(TopicPartition(*tp))
-                if reported is None or reported >= oldest:
-                    return False
+            return [consumer.last_poll_timestamp(TopicPartition(*tp)) for tp in tps]
         except (AssertionError, IllegalStateError):
-            return False
-        return True
+            return None
 
     def _log_end(self, tp: tuple[str, int]) -> float | None:
         """When the broker reported the log end ``tp``'s position has reached (the consumer's fetch time,
