@@ -49,6 +49,7 @@ from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.subscribers.errors import BadPrediction
+from fusionstream.consumers.subscribers.faust_offsets import gap_tolerant_transport
 from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
         autodiscover=False,
         **_kafka_options(settings),
     )
+    # Before anything reads app.transport: a topic written in transactions (serve --exactly-once) has offset
+    # gaps that Faust's own commits stall on (faust_offsets.py).
+    app.transport = gap_tolerant_transport(app)
     predictions = app.topic(
         settings.predictions_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
