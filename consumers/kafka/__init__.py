@@ -6,10 +6,16 @@ producers, co-partitioned topics, SASL/TLS on every client) are decided once.
 """
 
 from fusionstream.consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics, make_admin
-from fusionstream.consumers.kafka.clients import leave_group, make_consumer, make_producer
+from fusionstream.consumers.kafka.clients import (
+    CommitTimedOut,
+    commit_within,
+    leave_group,
+    make_consumer,
+    make_producer,
+)
 from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 
 __all__ = [
-    "BrokerAuthError", "MissingTopicsError", "TopicLayoutError", "delete_topics", "ensure_topics", "leave_group",
-    "make_admin", "make_consumer", "make_producer",
+    "BrokerAuthError", "CommitTimedOut", "MissingTopicsError", "TopicLayoutError", "commit_within", "delete_topics",
+    "ensure_topics", "leave_group", "make_admin", "make_consumer", "make_producer",
 ]

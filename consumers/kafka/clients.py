@@ -11,19 +11,24 @@ or its partitions stay with it until the session times out.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaError, for_code
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
+from aiokafka.structs import OffsetAndMetadata
 
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
 
 CLIENT_ID = "fusionstream"
+#: Longest a consumer's offset commit may take (:func:`commit_within`).
+COMMIT_TIMEOUT_S = 10.0
 
 # Settings a caller may not change: the service is only correct with these values.
 _CONSUMER_FIXED: dict[str, Any] = {
@@ -151,3 +156,25 @@ def _reject_overrides(kwargs: dict[str, Any], fixed: dict[str, Any]) -> None:
         if key in kwargs and kwargs[key] != value:
             raise ValueError(f"{key}={kwargs[key]!r} is not allowed: fusionstream needs {key}={value!r}")
         kwargs.pop(key, None)
+
+
+class CommitTimedOut(KafkaError):
+    """An offset commit that did not finish in :data:`COMMIT_TIMEOUT_S` (the records since the last commit
+    that did are delivered again after a restart or a rebalance)."""
+
+    retriable = True
+
+
+async def commit_within(
+    consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int | OffsetAndMetadata]
+) -> None:
+    """``consumer.commit(offsets)``, given up after :data:`COMMIT_TIMEOUT_S` with :class:`CommitTimedOut`.
+
+    aiokafka retries a commit for ever: to topics deleted under the consumer, or a broker back without its
+    data. A stop that waits on one (a service's last commit, a subscriber's close) never ended then."""
+    try:
+        async with asyncio.timeout(COMMIT_TIMEOUT_S):
+            await consumer.commit(dict(offsets))
+    except TimeoutError:
+        raise CommitTimedOut(f"the commit did not finish in {COMMIT_TIMEOUT_S:g} s (the topics deleted, or a "
+                             "broker back without its data?)") from None

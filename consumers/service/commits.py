@@ -18,22 +18,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from fusionstream.consumers.kafka import commit_within
 from fusionstream.consumers.service.handover import Handover, Offsets
 from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.consumers.service.publisher import Publisher
 
 log = logging.getLogger(__name__)
-
-#: At least once: longest a commit may take. aiokafka retries one for ever (to input topics deleted under the
-#: service, a broker that lost its data), and a stop that waits on it was never finished by SIGTERM.
-COMMIT_TIMEOUT_S = 10.0
-
-
-class CommitTimedOut(KafkaError):
-    """An at-least-once commit that did not finish in :data:`COMMIT_TIMEOUT_S` (retried at the next one)."""
-
-    retriable = True
-
 
 class Committer:
     """Commits, per owned partition, the lowest offset still needed and its checkpoint; one commit at a time."""
@@ -68,12 +58,7 @@ class Committer:
             else:
                 chosen = self._handover.to_commit()
                 if chosen:
-                    try:
-                        async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                            await self._consumer.commit(chosen)
-                    except TimeoutError:
-                        raise CommitTimedOut(f"the commit did not finish in {COMMIT_TIMEOUT_S:g} s (input topics "
-                                             "deleted, or a broker that lost its data?)") from None
+                    await commit_within(self._consumer, chosen)  # CommitTimedOut: the next commit tries again
             self._handover.committed(chosen)
             if chosen:
                 self._metrics.commits.inc()

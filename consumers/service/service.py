@@ -45,12 +45,19 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
 from fusionstream.consumers.engine import model_title
-from fusionstream.consumers.kafka import ensure_topics, leave_group, make_admin, make_consumer, make_producer
+from fusionstream.consumers.kafka import (
+    CommitTimedOut,
+    ensure_topics,
+    leave_group,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
 from fusionstream.consumers.kafka.readiness import when_ready
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.runner import Runner
-from fusionstream.consumers.service.commits import Committer, CommitTimedOut
+from fusionstream.consumers.service.commits import Committer
 from fusionstream.consumers.service.feeder import Feeder
 from fusionstream.consumers.service.freezes import FreezeWatch, freeze_threshold_s
 from fusionstream.consumers.service.handover import Handover, Offsets

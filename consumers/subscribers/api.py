@@ -16,7 +16,6 @@ exactly-once mode).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import json
@@ -50,8 +49,6 @@ FIELDS = (
 OPTIONAL_FIELDS = ("labels", "embedding", "revision", "final")
 #: Committed offsets are flushed this often while iterating (and always on close and on revocation).
 COMMIT_INTERVAL_S = 2.0
-#: Longest a commit may take before it is given up (the predictions since the last one then come again).
-COMMIT_TIMEOUT_S = 10.0
 _POLL_MS = 200
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -404,15 +401,14 @@ class Subscription:
             return
         from aiokafka.errors import CommitFailedError
 
+        from fusionstream.consumers.kafka import CommitTimedOut, commit_within
+
         try:
-            # aiokafka retries a commit for ever, e.g. to a topic deleted meanwhile: a close that never returned.
-            async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                await consumer.commit(offsets)
+            await commit_within(consumer, offsets)
         except CommitFailedError as exc:  # the group rebalanced meanwhile: the new owner reads them again
             log.warning("commit failed, some predictions may be delivered again: %s", exc)
-        except TimeoutError:
-            log.warning("a commit did not finish in %g s (the topic deleted? the broker away?): the predictions "
-                        "since the last commit may be delivered again", COMMIT_TIMEOUT_S)
+        except CommitTimedOut as exc:  # a topic deleted meanwhile: aiokafka retried for ever, and close never returned
+            log.warning("%s: the predictions since the last commit may be delivered again", exc)
         for tp in offsets:
             self._done.pop(tp, None)
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from test_subscribe import PARTITIONS, OnTopic, _get, faust_worker, make_prediction
 
 from fusionstream.consumers.kafka import ensure_topics, make_producer
-from tests.consumers.test_subscribe import PARTITIONS, OnTopic, _get, faust_worker, make_prediction
 
 STREAMS = ("cam-00", "cam-01", "cam-02", "lobby")
 #: Predictions per stream, each in a transaction of its own: about 50 control records per partition,

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from servicekit import PARTITIONS, Reader, Running, all_topics, produce, service_settings, synthetic
 
-from fusionstream.consumers.kafka import delete_topics, ensure_topics
-from fusionstream.consumers.service import commits
+from fusionstream.consumers.kafka import clients, delete_topics, ensure_topics
 
 
 def test_kafka_a_service_whose_input_topics_were_deleted_still_stops(
     kafka_bootstrap: str, topic_prefix: str, untrained_model: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(commits, "COMMIT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(clients, "COMMIT_TIMEOUT_S", 2.0)
     settings = service_settings(kafka_bootstrap, topic_prefix, untrained_model)
     records = list(synthetic(streams=2, seconds=6, seed=3).records())
     inputs = [settings.video_topic, settings.audio_topic, settings.text_topic]

@@ -10,8 +10,8 @@ import time
 import pytest
 from test_subscribe import DEADLINE_S, write_predictions
 
-from fusionstream.consumers.kafka import delete_topics
-from fusionstream.consumers.subscribers import api, subscribe
+from fusionstream.consumers.kafka import clients, delete_topics
+from fusionstream.consumers.subscribers import subscribe
 
 
 def test_kafka_one_stream_id_as_a_string_is_that_stream_not_its_letters(kafka_bootstrap: str,
@@ -56,7 +56,7 @@ def test_kafka_a_group_subscription_whose_topic_was_deleted_still_closes(
     kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """aiokafka retries the commit of a deleted topic's offsets for ever (388 lines in 40 s, then SIGINT)."""
-    monkeypatch.setattr(api, "COMMIT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(clients, "COMMIT_TIMEOUT_S", 2.0)
     published = write_predictions(kafka_bootstrap, f"{topic_prefix}.doomed")
 
     async def read_two_then_delete() -> float:
