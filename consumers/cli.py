@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -473,18 +472,12 @@ def serve(
     `<instance-id>-<i>`, and restarts one that dies; see docs/operations.md#workers.
     """
     from fusionstream.consumers.service import run_service
-    from fusionstream.consumers.service.supervisor import resolve_workers, run_supervisor
+    from fusionstream.consumers.service.supervisor import run_supervisor, workers_for
 
     settings = load_settings(config, model_dir=model, backend=backend, exactly_once=exactly_once,
                              bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port, workers=workers)
     _setup_logging(settings)
-    count = resolve_workers(settings)
-    if settings.workers == "auto":
-        cores = len(os.sched_getaffinity(0))
-        logging.getLogger("fusionstream.serve").info(
-            "--workers auto: %d worker%s for %d core%s and %d partitions%s", count, "s" if count > 1 else "",
-            cores, "s" if cores > 1 else "", settings.partitions,
-            "" if count > 1 else " (one process, no supervisor: a worker needs about two cores)")
+    count = workers_for(settings)
     if count > 1:
         raise typer.Exit(run_supervisor(settings, workers=count, instance_id=instance_id))
     raise typer.Exit(run_service(settings, instance_id=instance_id))

@@ -52,9 +52,10 @@ def load_model(model_dir: str | Path) -> Manifest:
 
 
 def model_title(model: Manifest) -> str:
-    """``<fusion method> v<version>``, for logs and banners."""
+    """``<fusion method> v<version>`` for a version that starts with a digit (``concat v2026.12.06``), else
+    ``<fusion method> <version>`` (``gmu vt-emb-1``), for logs and banners."""
     method = model.fusion.method if model.fusion is not None else "no head"
-    return f"{method} v{model.version}"
+    return f"{method} {'v' if model.version[:1].isdigit() else ''}{model.version}"
 
 
 def model_classes(model: Manifest) -> list[str]:

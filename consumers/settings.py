@@ -102,7 +102,8 @@ class Settings(BaseSettings):
         "before produce gives up with status 1; they are sent in order once it is back.",
     )
     create_topics: bool = Field(
-        True, description="serve: create missing topics at start; off: they must exist (a missing one is an error)."
+        True, description="serve and produce: create missing topics at start; off: they must exist (a missing one is "
+        "an error)."
     )
 
     # Model

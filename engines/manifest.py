@@ -407,8 +407,11 @@ def parse_manifest(doc: Any, directory: Path) -> Manifest:
         assert output_f is not None
         output_f.fail("softmax makes a multi_label model's classes compete (their scores sum to 1): use sigmoid, "
                       "or none when the graph outputs per-class probabilities", "activation")
+    version = top.get("version", str)
+    if not version.strip() or version != version.strip():  # it names the model in every prediction and log line
+        top.fail(f"must be a non-empty name without surrounding spaces, got {version!r}", "version")
     return Manifest(
-        version=top.get("version", str), window_ns=window_ns, hop_ns=hop_ns, modalities=modalities,
+        version=version, window_ns=window_ns, hop_ns=hop_ns, modalities=modalities,
         task=task, fusion=fusion, directory=directory, metrics=metrics,
     )
 

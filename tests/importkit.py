@@ -97,14 +97,15 @@ def bert_reference(source: Path, sentences: list[str], *, pooling: str = "mean",
     return feeds, pooled.numpy()
 
 
-def tiny_wav2vec2(path: Path, *, rate: int = 16_000, normalize: bool = True) -> Path:
-    """A tiny wav2vec2 in ``path`` with its feature extractor's config."""
+def tiny_wav2vec2(path: Path, *, rate: int = 16_000, normalize: bool = True, hidden: int = 32) -> Path:
+    """A tiny wav2vec2 in ``path`` with its feature extractor's config. From ``hidden`` 64 on, the exporter
+    computes the weight-normalised positional convolution's weight in the graph (as for real wav2vec2s)."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
     config = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
+        hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(16, 16),
         conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
         vocab_size=10,
     )  # fmt: skip

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    KafkaError,
     PolicyViolationError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
@@ -170,6 +171,21 @@ def make_admin(
     :class:`aiokafka.admin.AIOKafkaAdminClient`. Call it from a coroutine (aiokafka binds the running loop)."""
     # A secured cluster refuses an admin client without its credentials as it would a consumer.
     return AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(security or {}), **kwargs)
+
+
+async def partition_count(bootstrap: str, topic: str, security: Mapping[str, Any] | None = None, *,
+                          timeout_s: float = 5.0) -> int | None:
+    """How many partitions ``topic`` has, or None when it does not exist or the broker does not answer in
+    ``timeout_s``."""
+    admin = make_admin(bootstrap, security, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            return (await _describe(admin, [topic]))[topic][0]
+    except (TimeoutError, KafkaError, OSError):
+        return None
+    finally:
+        await admin.close()
 
 
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int | None, bool]]:

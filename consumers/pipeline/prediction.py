@@ -44,8 +44,8 @@ class Prediction:
     labels: dict[str, float] | None = None
     #: Embedding models (format 2): the fused vector. ``None`` for other tasks, and then not published.
     embedding: tuple[float, ...] | None = None
-    #: Predictions of this window made before this one (docs/predictions.md#revisions): 0, or 1 for the
-    #: final that follows a provisional prediction.
+    #: Predictions of this window made before this one (docs/predictions.md#revisions): 0; 1 for the final
+    #: that follows a provisional prediction, or an amended final without one; 2 for an amended final after both.
     revision: int = 0
     #: False for a provisional prediction (revisions on; a final of the same window follows).
     final: bool = True

@@ -105,7 +105,8 @@ async def started_producer(settings: Settings) -> AIOKafkaProducer:
 
 async def prepare_topics(settings: Settings) -> None:
     """Create the missing input topics with ``settings.partitions`` each, or with the count the existing ones
-    have (they must agree among themselves: co-partitioning)."""
+    have (they must agree among themselves: co-partitioning); with ``create_topics`` off, a missing one is
+    ``MissingTopicsError`` (where topics are made ahead of time, a typo in a name is not a new topic)."""
     from aiokafka.errors import KafkaConnectionError
 
     from fusionstream.consumers.kafka import ensure_topics
@@ -113,7 +114,7 @@ async def prepare_topics(settings: Settings) -> None:
 
     try:
         await ensure_topics(settings.bootstrap_servers, list(topics_of(settings).values()), settings.partitions,
-                            security=settings.kafka_security(), adopt=True)
+                            security=settings.kafka_security(), adopt=True, create=settings.create_topics)
     except KafkaConnectionError as exc:
         raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
 

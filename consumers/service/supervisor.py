@@ -60,17 +60,36 @@ WORKER_MODULE = "fusionstream.consumers.service.worker"
 MAX_BACKOFF_S = 30.0
 
 
-def resolve_workers(settings: Settings, cores: int | None = None) -> int:
+def resolve_workers(settings: Settings, cores: int | None = None, partitions: int | None = None) -> int:
     """``settings.workers`` as a count: ``auto`` is one worker per 2 cores (each needs one for its Python
-    half and some engine threads), at most one per partition (more would own nothing), and at most 4 on a
-    GPU (they share it: more contend for it without adding throughput; see docs/operations.md#workers)."""
+    half and some engine threads), at most one per partition (more would own nothing: ``partitions``, the
+    input topics' count, else ``settings.partitions``), and at most 4 on a GPU (they share it: more contend
+    for it without adding throughput; see docs/operations.md#workers)."""
     if settings.workers != "auto":
         return int(settings.workers)
     cores = cores or len(os.sched_getaffinity(0))
     count = max(1, cores // 2)
     if settings.device.startswith("cuda") or settings.backend == "tensorrt":
         count = min(count, 4)
-    return max(1, min(count, settings.partitions))
+    return max(1, min(count, partitions or settings.partitions))
+
+
+def workers_for(settings: Settings, cores: int | None = None) -> int:
+    """``serve``'s worker count (:func:`resolve_workers`), ``auto`` capped by the partitions the input topics
+    have when they exist (asked of the broker, 5 s at most), and said in one line."""
+    if settings.workers != "auto":
+        return resolve_workers(settings)
+    from fusionstream.consumers.kafka.admin import partition_count
+
+    found = asyncio.run(partition_count(settings.bootstrap_servers, settings.video_topic, settings.kafka_security()))
+    partitions = found or settings.partitions
+    cores = cores or len(os.sched_getaffinity(0))
+    count = resolve_workers(settings, cores, partitions)
+    log.info("--workers auto: %d worker%s for %d core%s and %d partitions (%s)%s", count, "s" if count > 1 else "",
+             cores, "s" if cores > 1 else "", partitions,
+             f"{settings.video_topic} has them" if found else "FUSIONSTREAM_PARTITIONS: no input topic found",
+             "" if count > 1 else " (one process, no supervisor: a worker needs about two cores)")
+    return count
 
 
 def threads_per_worker(settings: Settings, workers: int, cores: int | None = None) -> int:
@@ -373,4 +392,4 @@ def run_supervisor(settings: Settings, *, workers: int, instance_id: str | None 
         return 1
 
 
-__all__ = ["Supervisor", "resolve_workers", "run_supervisor", "threads_per_worker"]
+__all__ = ["Supervisor", "resolve_workers", "run_supervisor", "threads_per_worker", "workers_for"]

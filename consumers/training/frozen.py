@@ -127,6 +127,16 @@ def _table(fitted: dict[str, FittedHead], task: str) -> Table:
     return table
 
 
+def _warn_of_overlapping_labels(windows: EmbeddedSet, console: Console) -> None:
+    """A single-label head learns one class per window: spans of two classes that overlap cap its accuracy."""
+    several = int((windows.targets.sum(axis=1) > 1).sum())
+    if several:
+        console.print(f"[yellow]warning:[/] {several} of {len(windows)} windows have two or more labels at once "
+                      "(overlapping spans in labels.csv): a single_label head learns one per window, the one "
+                      "covering most, so it cannot be right on all of them; --task multi_label learns labels that "
+                      "apply together")
+
+
 def frozen_train_command(options: FrozenOptions, console: Console | None = None) -> FrozenResult:
     """Embed, fit, choose and export (module docstring); returns what was written and measured."""
     console = console or Console()
@@ -147,6 +157,8 @@ def frozen_train_command(options: FrozenOptions, console: Console | None = None)
                                           cache=options.cache, workers=options.workers)
             train_set, val_set = _split(everything, options.seed)
             cached = (hit, hit)
+            if options.task == "single_label":
+                _warn_of_overlapping_labels(everything, console)
         else:
             classes = DIGITS
             train_set, train_hit = embed_parts(

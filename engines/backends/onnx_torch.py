@@ -17,17 +17,22 @@ the torch backend's outputs are checked against ONNX Runtime's in tests/engines)
 - ``Identity`` of a weight (the TorchScript exporter's way to share a bias) → the weight itself,
   because onnx2torch reads a convolution's weights from initializers only;
 - ``GreaterOrEqual`` / ``LessOrEqual`` (transformers' attention masks) get converters here: onnx2torch
-  has none, and each is one torch comparison.
+  has none, and each is one torch comparison;
+- a convolution weight computed from constants (wav2vec2's weight-normalised positional convolution)
+  → an initializer holding its value (``onnx_folding``): onnx2torch reads convolution weights from
+  initializers only.
 
 A graph with an op it still cannot convert is refused with one line naming the file and the op.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-from fusionstream.engines.errors import BackendUnavailable, EngineError
+from fusionstream.engines.backends.onnx_folding import fold_computed_weights
+from fusionstream.engines.errors import BackendUnavailable, EngineError, first_line
 
 #: The newest opset onnx2torch converts.
 OPSET = 17
@@ -122,6 +127,7 @@ def prepare(model: Any, file: str = "graph") -> Any:
     ``file`` names it in errors."""
     import onnx
 
+    fold_computed_weights(model)  # first: ONNX's evaluator reads the graph at the opset it was written for
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
     if opset > OPSET:
         _to_opset_17(model, file)
@@ -167,6 +173,10 @@ def convert_graph(path: Path) -> Any:
     except ImportError as exc:
         raise BackendUnavailable(f"torch backend: format-2 models need onnx2torch ({exc})") from exc
     _register_comparisons()
+    # onnx2torch's Slice indexes with a list, which torch has warned about since 2.x and still runs the same
+    # way: one warning in every service log that says nothing to the user.
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            category=UserWarning, module="onnx2torch")
     model = prepare(onnx.load(str(path)), path.name)
     op = unsupported_op(model)
     if op is not None:
@@ -175,6 +185,9 @@ def convert_graph(path: Path) -> Any:
         return convert(model).eval()
     except NotImplementedError as exc:  # a supported op with an unsupported attribute value
         raise EngineError(f"torch backend: {path.name}: onnx2torch cannot convert it: {exc}") from None
+    except Exception as exc:  # onnx2torch's own failures on forms it does not expect (KeyError, ...): one line
+        raise EngineError(f"torch backend: {path.name}: onnx2torch failed to convert it ({first_line(exc)}); "
+                          "use backend onnxruntime") from None
 
 
 def graph_inputs(path: Path) -> list[str]:

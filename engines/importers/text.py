@@ -89,6 +89,7 @@ def inspect_source(path: Path, max_tokens: int | None, option: str) -> TextSourc
     if modules_file.is_file():
         model_dir, modes, normalize, declared = _sentence_transformers(path, modules_file)
     config = hf.check_dir(model_dir, option)
+    _not_a_speech_or_image_model(model_dir, config, option)
     if config.get("is_encoder_decoder"):
         # Its forward wants decoder inputs too: the exporter's own error said nothing about why.
         raise ImportSourceError(
@@ -111,6 +112,25 @@ def inspect_source(path: Path, max_tokens: int | None, option: str) -> TextSourc
             f"{model_dir / hf.CONFIG}: max_position_embeddings: {positions}, fewer than the {limit} tokens asked for"
         )
     return TextSource(path, model_dir, tokenizer, config, modes, normalize, limit)
+
+
+def _not_a_speech_or_image_model(model_dir: Path, config: dict, option: str) -> None:
+    """Refuse an audio or image model's folder by what it is, not by a tokenizer check it fails later."""
+    import json
+
+    try:
+        processor = json.loads((model_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if not isinstance(processor, dict):
+        return
+    kind = config.get("model_type", "?")
+    if "sampling_rate" in processor or "feature_extractor_type" in processor:
+        raise ImportSourceError(f"{model_dir}: model_type {kind!r} takes audio (its preprocessor_config.json has a "
+                                f"sampling rate): give it to --audio, not {option}")
+    if "image_processor_type" in processor or "image_mean" in processor:
+        raise ImportSourceError(f"{model_dir}: model_type {kind!r} takes images (its preprocessor_config.json is an "
+                                f"image processor's): import image models with --video, not {option}")
 
 
 def _sentence_transformers(path: Path, modules_file: Path) -> tuple[Path, tuple[str, ...], bool, int | None]:

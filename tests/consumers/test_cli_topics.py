@@ -147,3 +147,27 @@ def test_a_sasl_client_on_a_plaintext_listener_is_told_so_not_that_kafka_is_unre
     line = error_line(done)
     assert "does not accept SASL_PLAINTEXT with SASL mechanism PLAIN" in line and "cannot reach" not in line
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_kafka_produce_with_create_topics_off_refuses_missing_input_topics(
+    kafka_bootstrap: str, names: dict[str, str]
+) -> None:
+    """Where topics are made ahead of time, a producer's typo in a topic name is not a new topic."""
+    env = _env(names) | {"FUSIONSTREAM_CREATE_TOPICS": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fusionstream", "produce", "synthetic", "--bootstrap", kafka_bootstrap, "--streams", "1",
+         "--seconds", "1", "--fast"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=DEADLINE_S,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "do not exist and create_topics is off" in error_line(done) and names["video"] in error_line(done)
+
+    async def exists() -> set[str]:
+        admin = make_admin(kafka_bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    assert not set(names.values()) & asyncio.run(exists()), "nothing was created"

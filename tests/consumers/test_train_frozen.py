@@ -238,6 +238,19 @@ def test_coverage_and_multi_hot_targets_of_overlapping_spans() -> None:
     assert data.targets.tolist() == [[True, True, False], [False, False, False]]
     assert data.label.tolist() == [0, -1] and data.clear.tolist() == [True, False]
     assert data.certain.tolist() == [False, True]  # class b covers half of the first: neither in nor out
+    # A single_label head on such windows is warned of (it was capped at ~0.5 accuracy, silently).
+    from rich.console import Console
+
+    from fusionstream.consumers.training.frozen import _warn_of_overlapping_labels
+
+    console = Console(record=True, width=300)
+    _warn_of_overlapping_labels(data, console)
+    assert "1 of 2 windows have two or more labels at once" in console.export_text()
+    console = Console(record=True, width=300)
+    one_label = EmbeddedSet({"audio": np.zeros((1, 4), np.float32)}, np.ones((1, 1), bool),
+                            np.array([[1.0, 0.0, 0.0]], np.float32), ("a", "b", "c"))
+    _warn_of_overlapping_labels(one_label, console)
+    assert console.export_text() == ""
 
 
 def test_cli_default_head_epochs_match() -> None:

@@ -230,6 +230,20 @@ def test_sources_are_refused_in_one_line_naming_the_file(tmp_path: Path) -> None
     with pytest.raises(ImportSourceError, match=r"model_type 't5' is an encoder-decoder model; --text takes an "
                                                 r"encoder-only model"):
         text.plan(encoder_decoder)
+    # A speech or image model given as text (with a tokenizer.json, as a CTC speech model has) said its tokenizer
+    # was larger than config.json's vocab_size: true, and beside the point.
+    for kind, processor, expected in (
+        ("wav2vec2", {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "sampling_rate": 16000}, "--audio"),
+        ("vit", {"image_processor_type": "ViTImageProcessor", "image_mean": [0.5] * 3}, "--video"),
+    ):
+        other = tmp_path / kind
+        other.mkdir()
+        (other / "config.json").write_text(json.dumps({"model_type": kind, "vocab_size": 32}))
+        (other / "model.safetensors").write_bytes(b"")
+        (other / "preprocessor_config.json").write_text(json.dumps(processor))
+        (other / "tokenizer.json").write_text("{}")
+        with pytest.raises(ImportSourceError, match=f"model_type '{kind}' takes .*{expected}, not --text"):
+            text.plan(other)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ at load with the file and the field named."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,8 @@ BAD: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
         lambda d: d["window"].update(hop_ms=2000), "window.hop_ms: hop 2000 ms is longer than the window 1000 ms"
     ),
     "unknown format": (lambda d: d.update(format=3), "format: 3 is not supported"),
+    "empty version": (lambda d: d.update(version=""), "version: must be a non-empty name"),
+    "blank version": (lambda d: d.update(version=" 2 "), "version: must be a non-empty name without surrounding"),
     "format as a string": (lambda d: d.update(format="2"), "format: '2' is a string; write the number"),
     "softmax on a multi-label task": (
         lambda d: d.update(task={"kind": "multi_label", "classes": [str(i) for i in range(10)]})
@@ -115,6 +118,15 @@ def test_a_bad_model_is_refused_at_load_naming_the_file_and_field(av_model: Path
     text = str(caught.value)
     assert text.startswith(str(broken / "model.json")) and message in text, text
     assert "\n" not in text
+
+
+def test_a_version_is_shown_with_a_v_only_when_it_is_a_number(av_model: Path) -> None:
+    from fusionstream.consumers.engine import model_title
+
+    manifest = load_manifest(av_model)
+    method = manifest.fusion.method if manifest.fusion is not None else "no head"
+    assert model_title(dataclasses.replace(manifest, version="2026.12.06")) == f"{method} v2026.12.06"
+    assert model_title(dataclasses.replace(manifest, version="vt-emb-1")) == f"{method} vt-emb-1"
 
 
 def test_a_graph_file_that_is_not_onnx_is_refused_naming_it(av_model: Path, tmp_path: Path) -> None:

@@ -96,3 +96,25 @@ def test_every_train_encoders_head_converts_exactly(method: str, tmp_path: Path)
         got = module(*(torch.from_numpy(feed[name]) for name in graph_inputs(path)))
     got = (got[0] if isinstance(got, tuple | list) else got).numpy()
     assert _relative(got, ref) <= RTOL, method
+
+
+def test_a_wav2vec2_whose_graph_computes_its_convolution_weight_converts(tmp_path: Path) -> None:
+    """Real wav2vec2s export their positional convolution's weight as g * v / ||v|| (weight normalisation),
+    which onnx2torch cannot read (it failed with ``KeyError: 'mul'``): it is folded to a constant first."""
+    import onnx
+
+    out = tmp_path / "model"
+    import_encoders(out, [audio.plan(tiny_wav2vec2(tmp_path / "w2v", hidden=64))])
+    graph = onnx.load(str(out / "audio.onnx")).graph
+    weights = {w.name for w in graph.initializer}
+    assert [n for n in graph.node if n.op_type == "Conv" and n.input[1] not in weights], "no computed weight to fold"
+    module = convert_graph(out / "audio.onnx")
+    samples = np.random.default_rng(3).standard_normal((2, 16_000)).astype(np.float32)
+    name = graph_inputs(out / "audio.onnx")[0]
+    session = ort.InferenceSession(str(out / "audio.onnx"), providers=["CPUExecutionProvider"])
+    ref = session.run(None, {name: samples})[0]
+    with torch.no_grad():
+        got = module(torch.from_numpy(samples))
+    got = (got[0] if isinstance(got, tuple | list) else got).numpy()
+    assert np.abs(ref).max() > 1e-3
+    assert _relative(got, ref) <= RTOL
