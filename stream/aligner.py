@@ -112,6 +112,8 @@ class Aligner:
             first = emitted_until
         if first > last:
             self.stats.late += 1
+            if state is not None:
+                self._arrived_late(state, item, now_ns)
             return Admission((), missed)
         if isinstance(item, AudioChunk) and item.sample_rate != cfg.sample_rate:
             item = AudioChunk(
@@ -157,6 +159,17 @@ class Aligner:
         amended = tuple(amend(cfg, state, item, before)) if before else ()
         self.stats.amended += len(state.amended) - queued
         return Admission(amended + tuple(range(first, last + 1, cfg.hop_ns)), missed)
+
+    def _arrived_late(self, state: StreamState, item: MediaItem, now_ns: int) -> None:
+        """A late item joins no window, but its source is alive and has come this far: without it, a transcript
+        that fell behind stayed behind (and silent, to the idle timeout), so its next words were late too."""
+        buffer = state.buffers[item.modality]
+        if item.t_end_ns > buffer.latest_end_ns:
+            buffer.latest_end_ns = item.t_end_ns
+        buffer.ended = False
+        self._advance_newest(state, item.t_end_ns)
+        buffer.last_arrival_ns = now_ns
+        state.last_arrival_ns = now_ns
 
     @property
     def _amends(self) -> bool:

@@ -174,7 +174,10 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
                 if watermark is None or side < watermark:
                     watermark = side
             continue
-        if now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns:
+        # Silent for the idle timeout: not waited for, unless it has a wait budget, which bounds the wait anyway.
+        # A transcript is silent through every pause in speech, and its next word, published up to the budget
+        # late, was late when the pause had dropped it.
+        if now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns and budgets.get(modality) is None:
             continue
         latest, complete = b.latest_end_ns, b.complete_ns
         if latest == NEVER and complete == NEVER:
@@ -203,8 +206,10 @@ def _lead(b: ModalityBuffer) -> int:
 
 
 def _front(b: ModalityBuffer) -> int:
-    """How far a modality has come, for telling how far it lags: its latest item's start, or its promise."""
-    front = _lead(b)
+    """How far a modality has come, for telling how far it lags: the latest end it delivered (a late record's
+    included), its latest item's start, or its promise, whichever is furthest. By its start alone, a word
+    published 1.5 s after it ended looked 1.5 s plus its length behind, past ``max_skew_ms`` between words."""
+    front = b.latest_end_ns if b.latest_end_ns > _lead(b) else _lead(b)
     return b.complete_ns if b.complete_ns > front else front
 
 
