@@ -105,6 +105,9 @@ class Publisher:
         self._transactional = transactional
         self._group_id = group_id
         self._outstanding: set[asyncio.Future[Any]] = set()
+        #: When the broker last acknowledged a send, or the first of the sends waiting now was made.
+        self._answered = time.monotonic()
+        self._sending = 0  # sends waiting in aiokafka's send() itself (for metadata), not queued yet
         # Exactly-once: no send may slip between "wait for the transaction's sends" and its commit.
         self._lock = asyncio.Lock()
         self._in_transaction = False
@@ -156,18 +159,29 @@ class Publisher:
     async def _send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
         if self.failure is not None:
             raise PredictionPublishError("publishing stopped after an earlier failure") from self.failure
-        async with self._lock:
-            if self._transactional and not self._in_transaction:
-                await self._producer.begin_transaction()
-                self._in_transaction = True
-            future = await self._producer.send(topic, **kwargs)
+        if not self._outstanding and not self._sending:
+            self._answered = time.monotonic()
+        self._sending += 1  # aiokafka's send waits here for a partition leader the metadata lacks
+        try:
+            async with self._lock:
+                if self._transactional and not self._in_transaction:
+                    await self._producer.begin_transaction()
+                    self._in_transaction = True
+                future = await self._producer.send(topic, **kwargs)
+        finally:
+            self._sending -= 1
         self._outstanding.add(future)
         return future
 
     # -- acknowledgements -----------------------------------------------------------------------
 
+    def stalled_for(self) -> float:
+        """Seconds since the broker last acknowledged a send while some wait (0 when none waits)."""
+        return time.monotonic() - self._answered if self._outstanding or self._sending else 0.0
+
     def _on_prediction(self, future: asyncio.Future[Any], prediction: Prediction) -> None:
         self._outstanding.discard(future)
+        self._answered = time.monotonic()
         if self._check(future, f"prediction {prediction.window_id}"):
             close_to_ack_ms = (time.perf_counter_ns() - prediction.closed_at_ns) / 1e6
             self._metrics.close_to_ack.observe(close_to_ack_ms / 1000)
@@ -183,6 +197,7 @@ class Publisher:
 
     def _on_dead_letter(self, future: asyncio.Future[Any], ref: Ref) -> None:
         self._outstanding.discard(future)
+        self._answered = time.monotonic()
         if self._check(future, f"dead letter of {ref}"):
             self._acks.dead_letter_acknowledged(ref)
 

@@ -64,6 +64,7 @@ from fusionstream.consumers.service.handover import Handover, Offsets
 from fusionstream.consumers.service.health import Gauges, Health
 from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
+from fusionstream.consumers.service.outputs import watch_outputs
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.manifest import Manifest
@@ -235,6 +236,9 @@ class InferenceService:
                 "commit": asyncio.create_task(self._commit_loop(), name="fs-commit"),
                 **({"freezes": asyncio.create_task(self._freezes.run(on_freeze=self._publisher.fence),
                                                    name="fs-freezes")} if self._freezes else {}),
+                "outputs": asyncio.create_task(watch_outputs(admin, [s.predictions_topic, s.deadletter_topic],
+                                                             self._publisher.stalled_for,
+                                                             create_topics=s.create_topics), name="fs-outputs"),
             }
             stop = asyncio.create_task(self._stop.wait(), name="fs-stop")
             failed = asyncio.create_task(self._publisher.failed.wait(), name="fs-failed")
