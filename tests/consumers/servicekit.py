@@ -15,14 +15,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from fusionstream.consumers.engine import open_engine
-from fusionstream.consumers.kafka import make_producer
+from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
 from fusionstream.consumers.report import WindowCensus
 from fusionstream.consumers.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
@@ -260,6 +261,27 @@ class Running:
         finally:
             self._engine.__exit__(None, None, None)
 
+
+
+@asynccontextmanager
+async def serving(settings: Settings, records: list[Record]) -> AsyncIterator[tuple[Running, Reader]]:
+    """The settings' topics created and ``records`` produced, then a service running (``running.service``) and
+    a reader of its predictions; afterwards the service stopped (if it still runs) and the topics deleted."""
+    await ensure_topics(settings.bootstrap_servers, all_topics(settings), PARTITIONS)
+    try:
+        await produce(settings, records)
+        async with Reader(settings.bootstrap_servers, settings.predictions_topic) as reader:
+            running = Running(settings)
+            await running.__aenter__()
+            try:
+                yield running, reader
+            finally:
+                if not running.task.done():
+                    running.service.stop()
+                    await asyncio.wait({running.task}, timeout=60)
+                running._engine.__exit__(None, None, None)
+    finally:
+        await delete_topics(settings.bootstrap_servers, all_topics(settings))
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from servicekit import PARTITIONS, Reader, Running, all_topics, produce, service_settings, synthetic
+from servicekit import produce, service_settings, serving, synthetic
 
-from fusionstream.consumers.kafka import delete_topics, ensure_topics
+from fusionstream.consumers.kafka import delete_topics
 from fusionstream.consumers.kafka.errors import MissingTopicsError
 
 
@@ -25,29 +25,13 @@ def test_kafka_a_service_whose_predictions_topic_was_deleted_stops_saying_so(
     later = list(synthetic(streams=2, seconds=8, seed=4).records())
 
     async def scenario() -> tuple[BaseException | None, float]:
-        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
-        try:
-            await produce(settings, first)
-            async with Reader(kafka_bootstrap, settings.predictions_topic) as reader:
-                running = Running(settings)
-                service = await running.__aenter__()
-                try:
-                    await reader.until(lambda r: len(r.records) >= 2)
-                    await delete_topics(kafka_bootstrap, [settings.predictions_topic])
-                    deleted = time.monotonic()
-                    await produce(settings, later)  # windows to publish, to a topic that is gone
-                    try:
-                        await asyncio.wait_for(asyncio.shield(running.task), timeout=60)
-                    except MissingTopicsError:
-                        pass
-                    return service.failure, time.monotonic() - deleted
-                finally:
-                    if not running.task.done():
-                        service.stop()
-                        await asyncio.wait_for(running.task, timeout=60)
-                    running._engine.__exit__(None, None, None)
-        finally:
-            await delete_topics(kafka_bootstrap, all_topics(settings))
+        async with serving(settings, first) as (running, reader):
+            await reader.until(lambda r: len(r.records) >= 2)
+            await delete_topics(kafka_bootstrap, [settings.predictions_topic])
+            deleted = time.monotonic()
+            await produce(settings, later)  # windows to publish, to a topic that is gone
+            await asyncio.wait({running.task}, timeout=60)
+            return running.service.failure, time.monotonic() - deleted
 
     failure, took = asyncio.run(scenario())
     assert isinstance(failure, MissingTopicsError), failure

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from servicekit import PARTITIONS, Reader, Running, all_topics, produce, service_settings, synthetic
+from servicekit import service_settings, serving, synthetic
 
-from fusionstream.consumers.kafka import clients, delete_topics, ensure_topics
+from fusionstream.consumers.kafka import clients, delete_topics
 
 
 def test_kafka_a_service_whose_input_topics_were_deleted_still_stops(
@@ -24,24 +24,14 @@ def test_kafka_a_service_whose_input_topics_were_deleted_still_stops(
     inputs = [settings.video_topic, settings.audio_topic, settings.text_topic]
 
     async def scenario() -> float:
-        await ensure_topics(kafka_bootstrap, all_topics(settings), PARTITIONS)
-        try:
-            await produce(settings, records)
-            async with Reader(kafka_bootstrap, settings.predictions_topic) as reader:
-                running = Running(settings)
-                service = await running.__aenter__()
-                try:
-                    await reader.until(lambda r: len(r.records) >= 4)
-                    await delete_topics(kafka_bootstrap, inputs)  # with offsets of theirs held, not committed
-                    await asyncio.sleep(1.0)
-                finally:
-                    started = time.monotonic()
-                    service.stop()
-                    await asyncio.wait_for(running.task, timeout=60)
-                    running._engine.__exit__(None, None, None)
-                return time.monotonic() - started
-        finally:
-            await delete_topics(kafka_bootstrap, all_topics(settings))
+        async with serving(settings, records) as (running, reader):
+            await reader.until(lambda r: len(r.records) >= 4)
+            await delete_topics(kafka_bootstrap, inputs)  # with offsets of theirs held, not committed
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            running.service.stop()
+            await asyncio.wait_for(running.task, timeout=60)
+            return time.monotonic() - started
 
     took = asyncio.run(scenario())
     assert took < 20, f"the stop took {took:.1f} s"
