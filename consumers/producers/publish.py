@@ -237,7 +237,7 @@ class _Sender:
 
 
 def _failure(exc: BaseException | None, record: Record, topic: str, size: int) -> PublishError:
-    from aiokafka.errors import MessageSizeTooLargeError
+    from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 
     what = f"{record.modality.label} record {record.stream_id}#{record.seq} ({size} bytes) to {topic}"
     if isinstance(exc, MessageSizeTooLargeError):
@@ -245,6 +245,9 @@ def _failure(exc: BaseException | None, record: Record, topic: str, size: int) -
             f"{what} is too large for Kafka ({exc}); shrink frames with --size, or raise "
             "max_request_size and the broker's message.max.bytes"
         )
+    if isinstance(exc, UnknownTopicOrPartitionError):  # the sender retried for produce_hold_s first
+        return PublishError(f"{what} was not delivered: topic {topic} does not exist (deleted while producing, or "
+                            "the broker lost its data?); run produce again to create it")
     return PublishError(f"{what} was not delivered: {exc!r}", retriable=bool(getattr(exc, "retriable", False)))
 
 
