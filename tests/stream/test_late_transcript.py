@@ -75,3 +75,26 @@ def test_without_a_budget_a_late_word_does_not_make_the_next_ones_late(seed: int
     # Unset, text more than max_skew_ms (2 s) behind is not waited for: words delivered 1.5 s after they end,
     # with pauses, still lose some; it was 0.23-0.35 of them.
     assert _late_share(seed, WindowConfig()) <= 0.15
+
+
+def test_a_straggler_after_the_transcript_ended_does_not_make_windows_wait_for_text_again() -> None:
+    from fusionstream.stream.records import Progress
+
+    aligner = Aligner(WindowConfig(wait_ns=((Modality.TEXT, 1700 * MS),)))
+    closed_at: dict[int, int] = {}
+    now = T0
+    for step in range(0, 8000, 20):  # video and audio in real time, delivered as they end
+        now = T0 + (step + 20) * MS
+        start = T0 + step * MS
+        aligner.add(AudioChunk("s", start, start + 20 * MS, np.zeros(320, np.float32), 16_000), now)
+        if step % 60 == 0:
+            aligner.add(Frame("s", start, start + 60 * MS, np.zeros((4, 4, 3), np.uint8)), now)
+        if step == 400:
+            aligner.add(TextSegment("s", T0, T0 + 300 * MS, "seven"), now)
+            aligner.progress(Progress("s", Modality.TEXT, T0 + 400 * MS, ended=True), now)
+        if step == 5000:  # a word the captioner sent after saying it ended, too late for its windows
+            assert aligner.add(TextSegment("s", T0 + 1000 * MS, T0 + 1300 * MS, "eight"), now).late
+        for window in aligner.poll(now):
+            closed_at[window.t_end_ns] = now
+    after = {end: at for end, at in closed_at.items() if T0 + 5500 * MS <= end <= T0 + 7000 * MS}
+    assert after and all(at - end <= 300 * MS for end, at in after.items()), "windows waited for text again"
