@@ -156,7 +156,8 @@ class Settings(BaseSettings):
         "starts at a multiple of the hop.",
     )
     idle_timeout_ms: int = Field(
-        2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open."
+        2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open "
+        "(text with text_wait_ms set is held to its budget instead)."
     )
     evict_after_s: float = Field(
         30.0, gt=0, description="Processing time after which a silent stream's state is dropped."

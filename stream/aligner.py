@@ -145,9 +145,12 @@ class Aligner:
         buffer.insert(item, last_ns)
         if item.t_end_ns > buffer.latest_end_ns:
             buffer.latest_end_ns = item.t_end_ns
+        # A record from before the point its source said it ended (complete to there) is a straggler, not the
+        # source back: un-ended by it, a budgeted transcript was waited for by every later window.
+        if buffer.ended and item.t_start_ns >= buffer.complete_ns:
+            buffer.ended = False
         if item.complete and item.t_end_ns > buffer.complete_ns:
             buffer.complete_ns = item.t_end_ns
-        buffer.ended = False
         self._advance_newest(state, item.t_end_ns)
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
@@ -170,6 +173,7 @@ class Aligner:
         self._advance_newest(state, item.t_end_ns)
         buffer.last_arrival_ns = now_ns
         state.last_arrival_ns = now_ns
+        self._recent.add(item.stream_id)  # its watermark may have moved: polled after this fetch
 
     @property
     def _amends(self) -> bool:
@@ -406,8 +410,9 @@ class Aligner:
         or progress) within ``idle_timeout``, and has not said its source ended; one that has sent
         nothing yet, for ``max_skew`` (or its budget) past each window's end, during the stream's first
         ``idle_timeout``. A modality with a
-        wait budget (``wait_ns``, e.g. ``text_wait_ms``) holds each window at most that long behind
-        the newest: its side is never further back than the newest less its budget (neither: in :attr:`behind`)."""
+        wait budget (``wait_ns``, e.g. ``text_wait_ms``) is waited for, silent or lagging, but holds each window
+        at most that long behind the newest: its side is never further back than the newest less its budget
+        (no bound while it is in :attr:`behind` and not silent: its records are unread, not late)."""
         return stream_watermark(state, self.config, self._budgets, now_ns, without, self._awaited, self.behind)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:

@@ -177,7 +177,8 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         # Silent for the idle timeout: not waited for, unless it has a wait budget, which bounds the wait anyway.
         # A transcript is silent through every pause in speech, and its next word, published up to the budget
         # late, was late when the pause had dropped it.
-        if now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns and budgets.get(modality) is None:
+        silent = now_ns - b.last_arrival_ns >= cfg.idle_timeout_ns
+        if silent and budgets.get(modality) is None:
             continue
         latest, complete = b.latest_end_ns, b.complete_ns
         if latest == NEVER and complete == NEVER:
@@ -185,8 +186,10 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
         side = latest - lateness if latest - lateness > complete else complete
         # A modality ``behind`` has records waiting unread (a backlog; a log where streams with other clocks
         # follow each other): it lags because the service has not read it yet, not because its source fell
-        # behind, so neither its budget nor the allowed skew lets a window close without it.
-        lagging_allowed = modality not in behind
+        # behind, so neither its budget nor the allowed skew lets a window close without it. Unless it is
+        # silent too: the unread records may be other streams' (a dead captioner's windows waited for
+        # another stream's backlog), and its budget still bounds the wait, as the idle timeout did without one.
+        lagging_allowed = modality not in behind or silent
         budget = budgets.get(modality) if lagging_allowed else None
         if budget is not None:
             # Not dropped once it lags by its budget (that closed every window up to the others' side,

@@ -20,7 +20,8 @@ class WindowConfig:
     ``lateness_ns`` is how long the watermark waits behind the slowest modality.
     A modality more than ``max_skew_ns`` of event time behind the stream's newest
     record, or silent for ``idle_timeout_ns`` of processing time, is not waited for,
-    so a dead microphone cannot stall a camera's predictions. A stream silent for
+    so a dead microphone cannot stall a camera's predictions; one with a wait budget
+    (``wait_ns``) is waited for until its budget runs out instead. A stream silent for
     ``idle_timeout_ns`` has all its windows closed; after ``evict_after_ns`` its
     state is dropped so memory stays bounded.
     """

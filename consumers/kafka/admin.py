@@ -188,10 +188,21 @@ async def partition_count(bootstrap: str, topic: str, security: Mapping[str, Any
         await admin.close()
 
 
+async def describe_topics(admin: AIOKafkaAdminClient, names: Sequence[str]) -> list[dict[str, Any]]:
+    """``admin.describe_topics(names)`` without creating them: aiokafka's asks the broker to auto-create a topic
+    it looks up, and a broker with ``auto.create.topics.enable`` (Kafka's default) then made a missing one with
+    its own partition count, which every later check took for the operator's."""
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    response = await admin._send_request(MetadataRequest(list(names), allow_auto_topic_creation=False))
+    topics: list[dict[str, Any]] = response.to_object()["topics"]
+    return topics
+
+
 async def _describe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, tuple[int | None, bool]]:
     """Per topic: its partition count (None if it does not exist) and whether every partition has a leader."""
     layout: dict[str, tuple[int | None, bool]] = dict.fromkeys(names, (None, False))
-    described: list[dict[str, Any]] = await admin.describe_topics(names)
+    described = await describe_topics(admin, names)
     for topic in described:
         if topic["error_code"] or topic["topic"] not in layout:
             continue

@@ -21,6 +21,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from fusionstream.consumers.kafka.admin import describe_topics
 from fusionstream.consumers.kafka.errors import MissingTopicsError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def missing_topics(admin: AIOKafkaAdminClient, names: Sequence[str]) -> li
     """Those of ``names`` the broker says do not exist (none when it does not answer: an outage, not this)."""
     try:
         async with asyncio.timeout(STALL_S):
-            described: list[Mapping[str, Any]] = await admin.describe_topics(list(names))
+            described: list[Mapping[str, Any]] = await describe_topics(admin, names)
     except (TimeoutError, KafkaError, OSError):
         return []
     from aiokafka.errors import UnknownTopicOrPartitionError
@@ -42,9 +43,10 @@ async def missing_topics(admin: AIOKafkaAdminClient, names: Sequence[str]) -> li
 
 
 async def watch_outputs(admin: AIOKafkaAdminClient, names: Sequence[str], stalled_for: Callable[[], float],
-                        *, create_topics: bool) -> None:
-    """Raise :class:`MissingTopicsError` when sends have waited :data:`STALL_S` and an output topic is gone (in
-    two lookups in a row: a broker just back may answer one before it has loaded its topics)."""
+                        fail: Callable[[BaseException], None], *, create_topics: bool) -> None:
+    """``fail`` with :class:`MissingTopicsError`, and raise it, when sends have waited :data:`STALL_S` and an output
+    topic is gone (in two lookups in a row: a broker just back may answer one before it has loaded its topics).
+    ``fail`` (the publisher's) also ends a graceful stop or a revocation that waits for those sends."""
     seen_missing: set[str] = set()
     while True:
         await asyncio.sleep(STALL_S)
@@ -56,5 +58,7 @@ async def watch_outputs(admin: AIOKafkaAdminClient, names: Sequence[str], stalle
         if missing:
             after = ("a restart creates it again and publishes the windows since the last commit again"
                      if create_topics else "create it again (create_topics is off), then restart")
-            raise MissingTopicsError(f"topic {', '.join(missing)} no longer exists (deleted, or the broker lost its "
-                                     f"data): nothing can be published to it; {after}")
+            error = MissingTopicsError(f"topic {', '.join(missing)} no longer exists (deleted, or the broker lost "
+                                       f"its data): nothing can be published to it; {after}")
+            fail(error)
+            raise error

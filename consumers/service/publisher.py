@@ -223,10 +223,21 @@ class Publisher:
         self._raise_failure()
 
     async def settle(self) -> None:
-        """Wait for every outstanding send to be acknowledged."""
-        while self._outstanding:
-            await asyncio.gather(*list(self._outstanding), return_exceptions=True)
+        """Wait for every outstanding send to be acknowledged (or publishing failed: :meth:`fail`)."""
+        while self._outstanding and self.failure is None:
+            sends = asyncio.gather(*list(self._outstanding), return_exceptions=True)
+            failed = asyncio.ensure_future(self.failed.wait())
+            await asyncio.wait({sends, failed}, return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
         self._raise_failure()
+
+    def fail(self, error: BaseException) -> None:
+        """Publishing cannot go on (a topic gone): every wait for acknowledgements ends with ``error``."""
+        if self.failure is None:
+            log.error("%s; stopping without committing past what was published", error)
+            self.failure = error
+            self.failed.set()
+            self._progress.set()
 
     def _raise_failure(self) -> None:
         if self.failure is not None:

@@ -237,7 +237,7 @@ class InferenceService:
                 **({"freezes": asyncio.create_task(self._freezes.run(on_freeze=self._publisher.fence),
                                                    name="fs-freezes")} if self._freezes else {}),
                 "outputs": asyncio.create_task(watch_outputs(admin, [s.predictions_topic, s.deadletter_topic],
-                                                             self._publisher.stalled_for,
+                                                             self._publisher.stalled_for, self._publisher.fail,
                                                              create_topics=s.create_topics), name="fs-outputs"),
             }
             stop = asyncio.create_task(self._stop.wait(), name="fs-stop")

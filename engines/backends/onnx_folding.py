@@ -21,8 +21,10 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose"})
 def fold_computed_weights(model: Any) -> int:
     """Rewrite ``model`` (an ``onnx.ModelProto``) in place; returns how many weights were folded.
 
-    A weight computed from anything but initializers and ``Constant`` nodes (a graph input) is left
-    as it is: the converter then refuses the graph."""
+    A weight computed from anything but initializers and ``Constant`` nodes (a graph input), by an op
+    outside the default domain, or that the evaluator cannot compute, is left as it is: the converter
+    then refuses the graph, naming what it cannot convert. An ``Identity`` of an initializer is left to
+    ``onnx_torch.prepare``, which aliases it without evaluating anything."""
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
@@ -34,16 +36,25 @@ def fold_computed_weights(model: Any) -> int:
         if node.op_type in _WEIGHTED:
             for index in (1, 2):
                 name = node.input[index] if len(node.input) > index else ""
-                if name and name not in initializers and _constant(name, producers, initializers):
+                if not name or name in initializers or not _constant(name, producers, initializers):
+                    continue
+                source = producers[name]
+                if source.op_type == "Identity" and source.input[0] in initializers:
+                    continue
+                if all(n.domain in ("", "ai.onnx") for n in _ancestor_nodes([name], producers)):
                     wanted.append((node, index))
     if not wanted:
         return 0
     names = sorted({node.input[index] for node, index in wanted})
-    needed = _ancestors(names, producers)
+    needed = {id(n) for n in _ancestor_nodes(names, producers)}
     nodes = [node for node in graph.node if id(node) in needed]  # in the graph's (topological) order
+    read = {name for node in nodes for name in node.input}
     sub = helper.make_graph(nodes, "fold", [], [helper.make_empty_tensor_value_info(n) for n in names],
-                            list(graph.initializer))
-    values = ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})
+                            [w for w in graph.initializer if w.name in read])  # not every weight of the model
+    try:
+        values = ReferenceEvaluator(helper.make_model(sub, opset_imports=model.opset_import)).run(None, {})
+    except Exception:  # an op or form the reference evaluator lacks: the converter names it, in one line
+        return 0
     folded = {}
     for name, value in zip(names, values, strict=True):
         folded[name] = f"{name}__folded"
@@ -69,16 +80,16 @@ def _constant(name: str, producers: dict[str, Any], initializers: set[str]) -> b
     return True
 
 
-def _ancestors(names: list[str], producers: dict[str, Any]) -> set[int]:
-    """Ids of the nodes that compute ``names``."""
-    needed: set[int] = set()
+def _ancestor_nodes(names: list[str], producers: dict[str, Any]) -> list[Any]:
+    """The nodes that compute ``names``."""
+    found: dict[int, Any] = {}
     stack = list(names)
     while stack:
         node = producers.get(stack.pop())
-        if node is not None and id(node) not in needed:
-            needed.add(id(node))
+        if node is not None and id(node) not in found:
+            found[id(node)] = node
             stack.extend(node.input)
-    return needed
+    return list(found.values())
 
 
 def _drop_unused(graph: Any, candidates: set[int]) -> None:

@@ -118,3 +118,23 @@ def test_a_wav2vec2_whose_graph_computes_its_convolution_weight_converts(tmp_pat
     got = (got[0] if isinstance(got, tuple | list) else got).numpy()
     assert np.abs(ref).max() > 1e-3
     assert _relative(got, ref) <= RTOL
+
+
+def test_a_weight_computed_by_an_op_outside_onnx_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Folding leaves what it cannot evaluate to the converter's own check, which names the op (the reference
+    evaluator's NotImplementedError escaped as a traceback, and bench's naive stage crashed on it)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from fusionstream.engines.errors import EngineError
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).random((8, 3, 3, 3)).astype(np.float32), "v")
+    nodes = [helper.make_node("FusedWeight", ["v"], ["w"], domain="com.example"),
+             helper.make_node("Conv", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "enc.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
+         str(path))
+    with pytest.raises(EngineError, match=r"^torch backend: enc\.onnx: onnx2torch cannot convert op FusedWeight "
+                                          r"\(opset 1, domain com\.example\); use backend onnxruntime$"):
+        convert_graph(path)
