@@ -75,6 +75,10 @@ _BROKER_AWAY = {
     ("aiokafka.consumer.group_coordinator",
      "OffsetCommit failed for group %s due to a coordinator error (%s), will find new coordinator and retry"):
         logging.INFO,
+    # One per partition of a commit the group refused because it moved on while this member stood still (a
+    # freeze past the session): the member rejoins, and the caller says what it means (12 ERRORs in 20 ms).
+    ("aiokafka.consumer.group_coordinator", "OffsetCommit failed for group %s due to group error (%s), will rejoin"):
+        logging.WARNING,
 }
 #: Seconds between two lines of one kind while a broker stays away.
 REPEAT_S = 10.0

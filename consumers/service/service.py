@@ -67,6 +67,7 @@ from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.outputs import watch_outputs
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.settings import Settings
+from fusionstream.engines.errors import first_line
 from fusionstream.engines.manifest import Manifest
 from fusionstream.stream.records import Modality
 
@@ -353,7 +354,11 @@ class InferenceService:
             except (CommitFailedError, IllegalStateError) as exc:
                 # This member was already dropped from the group: the next owner starts from the last
                 # commit that went through and publishes the windows since then again (at-least-once).
-                log.warning("commit on revocation failed: %s", exc)
+                # aiokafka's CommitFailedError advises on poll intervals and batch sizes: beside the point here.
+                why = "the group moved on without this instance (it stood still past its session?)" \
+                    if isinstance(exc, CommitFailedError) else first_line(exc)
+                log.warning("commit on revocation failed: %s; the next owner publishes the windows since the last "
+                            "commit again", why)
             await self._await_visible(revoked)
             streams = self.handover.revoke(revoked)
             self._feeder.forget(revoked)
