@@ -165,8 +165,8 @@ class Aligner:
 
     def _arrived_late(self, state: StreamState, item: MediaItem, now_ns: int) -> None:
         """A late item joins no window, but its source is alive and has come this far: without it, a transcript
-        that fell behind stayed behind (and silent, to the idle timeout), so its next words were late too. A
-        straggler after the source said it ended does not make it waited for again (an on-time record does)."""
+        that fell behind stayed behind (and silent, to the idle timeout), so its next words were late too. It
+        never makes a source that said it ended waited for again (nor does an on-time straggler: see :meth:`add`)."""
         buffer = state.buffers[item.modality]
         if item.t_end_ns > buffer.latest_end_ns:
             buffer.latest_end_ns = item.t_end_ns

@@ -212,7 +212,8 @@ def _front(b: ModalityBuffer) -> int:
     """How far a modality has come, for telling how far it lags: the latest end it delivered (a late record's
     included), its latest item's start, or its promise, whichever is furthest. By its start alone, a word
     published 1.5 s after it ended looked 1.5 s plus its length behind, past ``max_skew_ms`` between words."""
-    front = b.latest_end_ns if b.latest_end_ns > _lead(b) else _lead(b)
+    lead = _lead(b)
+    front = b.latest_end_ns if b.latest_end_ns > lead else lead
     return b.complete_ns if b.complete_ns > front else front
 
 

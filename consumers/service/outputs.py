@@ -14,17 +14,14 @@ transaction) on partitions that no longer exist.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from fusionstream.consumers.kafka.admin import describe_topics
 from fusionstream.consumers.kafka.errors import MissingTopicsError
-
-log = logging.getLogger(__name__)
 
 #: Seconds without an acknowledgement, sends waiting, before the topics are looked up (then once per as long).
 STALL_S = 5.0
@@ -37,8 +34,6 @@ async def missing_topics(admin: AIOKafkaAdminClient, names: Sequence[str]) -> li
             described: list[Mapping[str, Any]] = await describe_topics(admin, names)
     except (TimeoutError, KafkaError, OSError):
         return []
-    from aiokafka.errors import UnknownTopicOrPartitionError
-
     return [t["topic"] for t in described if t["error_code"] == UnknownTopicOrPartitionError.errno]
 
 
