@@ -76,7 +76,7 @@ def roles(settings: Settings) -> dict[str, str]:
 
 @topics_app.command()
 def create(
-    partitions: Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions of each new topic (default: settings' partitions). Give the service the same count (FUSIONSTREAM_PARTITIONS): it refuses input topics with another.")] = None,  # noqa: E501, UP045
+    partitions: Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions of each new topic (default: settings' partitions). serve and produce then use the count the input topics have, whatever FUSIONSTREAM_PARTITIONS says.")] = None,  # noqa: E501, UP045
     replication_factor: Annotated[int, typer.Option("--replication-factor", min=1, help="Replicas of each partition of a new topic (1, as `serve` creates them; 3 is usual on a production cluster).")] = 1,  # noqa: E501
     as_json: JsonOpt = False,
     bootstrap: BootstrapOpt = None,
