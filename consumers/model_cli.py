@@ -171,7 +171,7 @@ def check(
     from fusionstream.engines.manifest_check import check_model_dir
 
     with one_line_errors(EngineError):
-        manifest, reports = check_model_dir(model_dir)
+        manifest, reports = check_model_dir(model_dir, log_warnings=False)
     task = manifest.task
     summary = {
         "directory": str(manifest.directory), "format": manifest.source_format, "version": manifest.version,
@@ -179,7 +179,8 @@ def check(
         "hop_ms": manifest.hop_ns // 1_000_000, "task": task.kind if task else None,
         "outputs": task.outputs if task else None, "servable": manifest.servable,
         "graphs": [{"graph": r.graph, "file": r.file, "inputs": list(r.inputs), "output": r.output,
-                    "output_size": r.output_size, "cpu_ms": round(r.cpu_ms, 2)} for r in reports],
+                    "output_size": r.output_size, "cpu_ms": round(r.cpu_ms, 2),
+                    "warnings": list(r.warnings)} for r in reports],
     }
     if as_json:
         typer.echo(json.dumps(summary, separators=(",", ":")))
@@ -199,4 +200,6 @@ def check(
     for r in reports:
         table.add_row(r.graph, r.file, "\n".join(r.inputs), r.output, str(r.output_size), f"{r.cpu_ms:.2f}")
     console.print(table)
+    for warning in (w for r in reports for w in r.warnings):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     console.print("[green]ok[/]: every graph loads and runs as the manifest declares")

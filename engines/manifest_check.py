@@ -8,6 +8,7 @@ field and the graph file, so a bad model is refused at load, not at the first wi
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +28,7 @@ from fusionstream.engines.preprocess import tokenizer_problem
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)",
               "int32": "tensor(int32)"}
 SAMPLE_TEXT = "one two three four five"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,16 @@ class GraphReport:
     output: str
     output_size: int
     cpu_ms: float
+    #: What the graph does that is allowed but is likely a mistake (``model check`` prints them).
+    warnings: tuple[str, ...] = ()
 
 
 def check_model_dir(
-    model_dir: Any, *, threads: int = 1, int8: bool | None = None
+    model_dir: Any, *, threads: int = 1, int8: bool | None = None, log_warnings: bool = True,
 ) -> tuple[Manifest, list[GraphReport]]:
     """Load and check ``model_dir``; returns its manifest and a report per graph, or raises
-    :class:`ModelDirError` naming the field and the file.
+    :class:`ModelDirError` naming the field and the file. Each report's warnings are logged too
+    unless ``log_warnings`` is off (``model check`` prints them itself).
 
     ``int8``: ``None`` checks every encoder's ``file`` and its ``int8_file`` (``model check``);
     ``False`` the fp32 graphs only, ``True`` the int8 graph of each encoder that has one (a runtime
@@ -61,6 +66,8 @@ def check_model_dir(
             reports.append(_check_encoder(manifest, quantized, threads, field="int8_file"))
     if manifest.fusion is not None:
         reports.append(_check_fusion(manifest, threads))
+    for warning in (w for r in reports for w in r.warnings) if log_warnings else ():
+        log.warning("%s", warning)
     return manifest, reports
 
 
@@ -226,7 +233,7 @@ def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
         raise _fail(manifest, "fusion.inputs",
                     f"{fusion.file} has inputs no modality feeds: {', '.join(sorted(extra))}")
     rng = np.random.default_rng(0)
-    cpu_ms = 0.0
+    cpu_ms, warnings = 0.0, ()
     for batch in (1, 2):
         feed = {fusion.inputs[m]: rng.standard_normal((batch, spec.encoder.size)).astype(np.float32)
                 for m, spec in manifest.modalities.items()}
@@ -239,7 +246,31 @@ def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:
             what = f"size {task.size}" if task.kind == "embedding" else f"{task.outputs} classes"
             raise _fail(manifest, "fusion.output", f"the task has {what}, {fusion.file} gives {list(result.shape)} "
                         f"for a batch of {batch}")
-    return GraphReport("fusion", fusion.file, _described(session), fusion.output, task.outputs, cpu_ms)
+        warnings = _not_probabilities(manifest, result)
+    return GraphReport("fusion", fusion.file, _described(session), fusion.output, task.outputs, cpu_ms, warnings)
+
+
+def _not_probabilities(manifest: Manifest, scores: np.ndarray) -> tuple[str, ...]:
+    """With ``activation: none`` the graph's output is published as the scores: a classifier's must
+    be probabilities already. Whatever the embeddings, a graph that outputs them gives values in
+    [0, 1] (summing to 1 for one label): anything else is logits published raw."""
+    fusion, task = manifest.fusion, manifest.task
+    assert fusion is not None and task is not None
+    if fusion.activation != "none" or task.kind == "embedding":
+        return ()
+    sums = scores.sum(axis=1)
+    in_range = bool(((scores >= -1e-6) & (scores <= 1 + 1e-6)).all())
+    if task.kind == "single_label" and (not in_range or not np.allclose(sums, 1.0, atol=1e-3)):
+        return (f"{manifest.directory / 'model.json'}: fusion.output.activation is none, but {fusion.file}'s scores "
+                f"on a dummy window are not probabilities (they sum to {float(sums[0]):.3g}, range "
+                f"{float(scores.min()):.3g} to {float(scores.max()):.3g}): predictions will publish them as they are; "
+                "set \"activation\": \"softmax\" if the graph outputs logits",)
+    if task.kind == "multi_label" and not in_range:
+        return (f"{manifest.directory / 'model.json'}: fusion.output.activation is none, but {fusion.file}'s scores "
+                f"on a dummy window lie outside [0, 1] ({float(scores.min()):.3g} to {float(scores.max()):.3g}): "
+                "thresholds will be compared with them as they are; set \"activation\": \"sigmoid\" if the "
+                "graph outputs logits",)
+    return ()
 
 
 def _described(session: Any) -> tuple[str, ...]:

@@ -39,3 +39,26 @@ def test_a_bad_model_is_one_line_naming_the_file_and_field(tmp_path: Path) -> No
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.json: modalities.audio.encoder.output.size: 32 declared" in lines[0], done.stderr
+
+
+def test_logits_declared_as_probabilities_are_warned_of(tmp_path: Path) -> None:
+    # The head outputs logits; `activation: none` would publish them raw as a window's scores.
+    raw = write_v2_model(tmp_path / "raw", ("audio",), activation="none")
+    report = subprocess.run([*CHECK, str(raw), "--json"], capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stderr
+    (fusion,) = [g for g in json.loads(report.stdout)["graphs"] if g["graph"] == "fusion"]
+    (warning,) = fusion["warnings"]
+    assert "activation is none" in warning and '"activation": "softmax"' in warning, warning
+    printed = subprocess.run([*CHECK, str(raw)], capture_output=True, text=True, timeout=120, check=False,
+                             env={**os.environ, "COLUMNS": "60"})
+    assert printed.returncode == 0 and "warning:" in printed.stdout and "not probabilities" in printed.stdout
+    multi = write_v2_model(tmp_path / "multi", ("audio",), activation="none",
+                           task={"kind": "multi_label", "classes": ["x", "y", "z"]})
+    report = subprocess.run([*CHECK, str(multi), "--json"], capture_output=True, text=True, timeout=120, check=False)
+    (fusion,) = [g for g in json.loads(report.stdout)["graphs"] if g["graph"] == "fusion"]
+    assert len(fusion["warnings"]) == 1 and '"sigmoid"' in fusion["warnings"][0]
+    for activation, task in (("softmax", None), ("sigmoid", {"kind": "multi_label", "classes": ["x", "y"]})):
+        fine = write_v2_model(tmp_path / activation, ("audio",), activation=activation, task=task)
+        report = subprocess.run([*CHECK, str(fine), "--json"], capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert all(not g["warnings"] for g in json.loads(report.stdout)["graphs"]), report.stdout
