@@ -8,7 +8,7 @@ also drawn by the second renderer): only the row's change differs. It is a small
 shipped model's figures, and mind the seed: run it with two.
 
     .venv/bin/python scripts/ablate.py [--modality audio|video] [--train-seconds 1200] [--epochs 4]
-        [--seed 0] [--rows 0 3] [--json]
+        [--seed 0] [--rows 0 3] [--by-voice] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from fusionstream.engines.encoders.image import ImageEncoder
 from fusionstream.engines.spec import MODALITIES, ModelSpec
 from fusionstream.stream.sources import Corruption, SyntheticConfig
 from fusionstream.stream.sources.augment import Augmentation
+from fusionstream.stream.sources.speech import SpeechBank
 
 #: The six voices of the first speech bank (the recipe before this table).
 FIRST_VOICES = "voice:en-us,en,en-gb-x-rp,en+f3,en+m3,en+klatt"
@@ -48,6 +49,14 @@ ROWS = (
     ("+ wider encoder (48, 96, 144, 192 channels)", "train", AUDIO_ONLY, SPEC_AUGMENT,
      {**SHIPPED, "channels": (48, 96, 144, 192)}),
     ("+ mean and max pooling over time", "train", AUDIO_ONLY, SPEC_AUGMENT, {**SHIPPED, "pooling": "mean+max"}),
+    ("+ vocal tract length perturbation, warp 0.85-1.18", "train", AUDIO_ONLY, SPEC_AUGMENT,
+     {**SHIPPED, "pooling": "mean+max", "vtlp": (0.85, 1.18)}),
+    ("+ cepstral smoothing, 16 coefficients", "train", AUDIO_ONLY, SPEC_AUGMENT,
+     {**SHIPPED, "pooling": "mean+max", "cepstra": 16}),
+    ("+ cepstral smoothing, 12 coefficients", "train", AUDIO_ONLY, SPEC_AUGMENT,
+     {**SHIPPED, "pooling": "mean+max", "cepstra": 12}),
+    ("+ vocal tract length perturbation, warp 0.9-1.1", "train", AUDIO_ONLY, SPEC_AUGMENT,
+     {**SHIPPED, "pooling": "mean+max", "vtlp": (0.9, 1.1)}),
 )
 
 
@@ -99,8 +108,10 @@ def train(x: np.ndarray, labels: np.ndarray, spec: ModelSpec, epochs: int, seed:
     if modality == "video":
         encoder: nn.Module = ImageEncoder(spec.embed_dim, spec.frames_per_window, spec.image_size, **options)
     else:
+        options = dict(options)
+        vtlp = options.pop("vtlp", None)
         encoder = AudioEncoder(spec.embed_dim, spec.sample_rate, spec.n_mels, **options)
-        encoder.spec_augment = masks
+        encoder.spec_augment, encoder.vtlp = masks, vtlp
     model = nn.Sequential(encoder, nn.Linear(spec.embed_dim, spec.n_classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * math.ceil(len(labels) / BATCH)
@@ -132,11 +143,12 @@ def score(
     return float(right.mean()), {d: float(right[labels == d].mean()) for d in range(10) if (labels == d).any()}
 
 
-def held_out(spec: ModelSpec, seconds: float, renderer: str, progress, cache: Path, modality: str):
-    configs = [SyntheticConfig(streams=c.streams, seconds=c.seconds, seed=c.seed, voices="test",
+def held_out(spec: ModelSpec, seconds: float, renderer: str, progress, cache: Path, modality: str,
+             voices: str = "test"):
+    configs = [SyntheticConfig(streams=c.streams, seconds=c.seconds, seed=c.seed, voices=voices,
                                corruption=Corruption.none(), renderer=renderer)
                for c in synthetic_configs(seconds, 10, "test")]
-    what = f"clean held-out windows ({renderer})"
+    what = f"clean held-out windows ({renderer}{'' if voices == 'test' else ', ' + voices})"
     return modality_rows(generate(spec, configs, what, 1, progress, cache), modality)
 
 
@@ -150,6 +162,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".cache/ablation"))
     parser.add_argument("--json", action="store_true", help="Also print the rows as one JSON line.")
     parser.add_argument("--rows", type=int, nargs="*", help="Only these rows (0-based), e.g. --rows 3 4 5.")
+    parser.add_argument("--by-voice", action="store_true",
+                        help="Audio: also score each test voice alone (their windows rendered apart).")
     args = parser.parse_args()
     torch.set_num_threads(1)
     modality = args.modality
@@ -162,6 +176,9 @@ def main() -> None:
         table_rows = list(ROWS)
     with progress_bar(console) as progress:
         sets = {r: held_out(spec, args.eval_seconds, r, progress, args.cache, modality) for r in renderers}
+        voices = SpeechBank.load("test").voices if args.by_voice and modality == "audio" else ()
+        by_voice = {v: held_out(spec, args.eval_seconds, "opencv", progress, args.cache, modality, f"voice:{v}")
+                    for v in voices}
         rows = [table_rows[i] for i in args.rows] if args.rows else table_rows
         for name, voices, augment, masks, options in rows:
             started = time.perf_counter()
@@ -175,6 +192,8 @@ def main() -> None:
                 suffix = "" if renderer == "opencv" else f"_{renderer}"
                 row |= {f"{modality}_clean{suffix}": round(overall, 4), f"worst_digit{suffix}": worst,
                         f"worst_digit_accuracy{suffix}": round(digits[worst], 4)}
+            for voice, (x, labels) in by_voice.items():
+                row[f"voice:{voice}"] = round(score(model, x, labels, modality)[0], 4)
             results.append(row | {"seconds": round(time.perf_counter() - started, 1)})
     windows = {r: len(labels) for r, (_, labels) in sets.items()}
     table = Table(title=f"{modality} alone, clean held-out windows {windows}, test voices, seed {args.seed}")
@@ -191,6 +210,14 @@ def main() -> None:
                       f"{r[f'worst_digit{suffix}']}: {r[f'worst_digit_accuracy{suffix}']:.2f}"]
         table.add_row(r["row"], *cells, f"{r['seconds']:.0f}")
     console.print(table)
+    if by_voice:
+        voice_table = Table(title=f"{modality} alone per test voice, clean held-out windows")
+        voice_table.add_column("recipe")
+        for voice in by_voice:
+            voice_table.add_column(voice, justify="right")
+        for r in results:
+            voice_table.add_row(r["row"], *(f"{r[f'voice:{v}']:.4f}" for v in by_voice))
+        console.print(voice_table)
     if args.json:
         print(json.dumps({"modality": modality, "windows": windows, "train_seconds": args.train_seconds,
                           "epochs": args.epochs, "seed": args.seed, "rows": results}))
