@@ -126,7 +126,9 @@ def _check_inputs(manifest: Manifest, modality: ModalitySpec, session: Any) -> N
                         f"(declared: {', '.join(declared) or 'none'})")
 
 
-def _dummy_inputs(modality: ModalitySpec, batch: int, tokenizer: Any = None) -> dict[str, np.ndarray]:
+def dummy_inputs(modality: ModalitySpec, batch: int, tokenizer: Any = None) -> dict[str, np.ndarray]:
+    """A harmless feed of ``batch`` rows for the modality's encoder: zeros (a text encoder without its
+    tokenizer: token id 0, unmasked nothing), or the tokenizer's ids of a sample sentence."""
     pre = modality.preprocess
     arrays: dict[str, np.ndarray] = {}
     if isinstance(pre, TextPreprocess) and tokenizer is not None:
@@ -180,7 +182,7 @@ def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, fie
         _check_token_range(manifest, modality, session, tokenizer)
     cpu_ms = 0.0
     for batch in (1, 2):
-        result, cpu_ms = _run(manifest, session, _dummy_inputs(modality, batch, tokenizer), encoder.output,
+        result, cpu_ms = _run(manifest, session, dummy_inputs(modality, batch, tokenizer), encoder.output,
                               f"{base}.output.name", encoder.file)
         if result.shape != (batch, encoder.size):
             raise _fail(manifest, f"{base}.output.size", f"{encoder.size} declared, {encoder.file} gives "

@@ -35,6 +35,7 @@ from typing import Any
 from fusionstream.consumers.pipeline.batcher import MicroBatcher, WindowQueue
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
+from fusionstream.consumers.pipeline.stats import PipelineStats
 from fusionstream.stream.aligner import Aligner
 from fusionstream.stream.errors import BadRecord
 from fusionstream.stream.jpeg import LazyJpeg
@@ -69,30 +70,6 @@ class DeadLetter:
     detail: str
     ref: Any
     stream_id: str | None = None
-
-
-@dataclass(slots=True)
-class PipelineStats:
-    records: int = 0
-    dead_letters: int = 0
-    windows_closed: int = 0
-    predictions: int = 0
-    batches: int = 0
-    #: Sampled JPEG frames that passed the intake check but failed to decode (shown black).
-    frames_undecodable: int = 0
-    #: Open windows encoded ahead of their close.
-    windows_warmed: int = 0
-    #: Frames of open windows embedded ahead of their close (``fusionstream.stream.frames_ahead``).
-    frames_warmed: int = 0
-    #: Records not aligned, their offsets released at once: of a modality the model does not use, interim
-    #: transcript results (``is_final`` false: their final replaces them), copies of items already buffered.
-    records_ignored: int = 0
-    #: Progress records taken (docs/wire-format.md#progress): they move the watermark, join no window.
-    progress_records: int = 0
-    #: Records that missed some of their windows (closed already) but joined others.
-    records_partly_late: int = 0
-    #: Windows predicted without a modality whose encoder failed on their data (``Runner.run_isolating``).
-    windows_degraded: int = 0
 
 
 #: A record to feed: wire bytes (or a record) and its ref, and, from Kafka, its key (checked against the stream id).
@@ -131,6 +108,7 @@ class Pipeline:
         decode_workers: int = 1,
         clock: Callable[[], int] = time.time_ns,
         on_admit: Callable[[Any, int], None] | None = None,
+        on_unpredicted: Callable[[Window], None] | None = None,
         speculate: bool = True,
     ) -> None:
         self.runner = runner
@@ -157,6 +135,9 @@ class Pipeline:
         # Told (ref, number of windows) for every admitted record: the service's offset
         # bookkeeping holds a record's offset until that many windows are published.
         self._on_admit = on_admit
+        # Told each window that will get no prediction (its data fails the engine): its records' share is
+        # released as a published window's would be, or their offsets would be held for ever.
+        self._on_unpredicted = on_unpredicted
         self.aligner = Aligner(window_config, [m for m in Modality if m not in self._ignored])
         self.stats = PipelineStats()
         self._clock = clock
@@ -416,7 +397,7 @@ class Pipeline:
             except Exception as failure:
                 try:
                     # The data's, or the engine's? Each window alone, then without the modality that fails.
-                    predictions, degraded = await loop.run_in_executor(
+                    predictions, degraded, unpredicted = await loop.run_in_executor(
                         self._engine_pool, self.runner.run_isolating, batch, failure)
                 except Exception:
                     # An engine failure is ours, not the input's: stop loudly rather than skip windows.
@@ -424,6 +405,9 @@ class Pipeline:
                     await self._predictions.put(None)
                     raise
                 self.stats.windows_degraded += degraded
+                self.stats.windows_failed += len(unpredicted)
+                for window in unpredicted if self._on_unpredicted else ():
+                    self._on_unpredicted(window)
             self.stats.batches += 1
             for prediction in predictions:
                 await self._predictions.put(prediction)

@@ -120,14 +120,18 @@ class Runner:
             )
         return predictions
 
-    def run_isolating(self, closed: Sequence[ClosedWindow], failure: Exception) -> tuple[list[Prediction], int]:
+    def run_isolating(
+        self, closed: Sequence[ClosedWindow], failure: Exception
+    ) -> tuple[list[Prediction], int, list[Window]]:
         """After :meth:`run` raised ``failure`` on ``closed``: each window alone, and a window that fails alone
         again without each of its modalities in turn (``MODALITIES`` order), so that data one encoder cannot
         take (a caption, a frame) costs that window that modality, logged, and never stops the service in a
-        restart loop on the same records. Returns the predictions and how many windows lost a modality.
-        Re-raises ``failure`` when a window fails however it is cut: the engine's fault, not the data's."""
+        restart loop on the same records. A window that fails however it is cut (its only modality's data, a
+        captions-only stream's caption) gets no prediction if the engine still runs a harmless window
+        (:meth:`_engine_runs`). Returns the predictions, how many windows lost a modality and the windows
+        that get no prediction. Re-raises ``failure`` when the engine fails on the harmless window too: its fault."""
         predictions: list[Prediction] = []
-        degraded = 0
+        degraded, unpredicted = 0, []
         now = time.monotonic()
         if now - self._isolated_said >= ISOLATION_LOG_S:  # an engine that fails only on big batches shows
             self._isolated_said = now
@@ -141,13 +145,38 @@ class Runner:
                 error = alone
             prediction, dropped = self._without_failing_modality(item)
             if prediction is None:
-                raise failure
+                if not self._engine_runs(item.window):
+                    raise failure
+                window = item.window
+                unpredicted.append(window)
+                used = [m for c, m in enumerate(MODALITIES) if window.mask[c] and m in self.modalities]
+                log.error("window %d of stream %s fails the engine with its %s however it is cut (%s), and the "
+                          "engine runs a harmless window: the data is at fault, so this window gets no prediction",
+                          window.t_start_ns, window.stream_id, " and ".join(used) or "nothing", _described(error))
+                continue
             predictions.append(prediction)
             degraded += 1
             window = item.window
             log.error("the %s encoder failed on window %d of stream %s (%s): predicted without %s",
                       dropped, window.t_start_ns, window.stream_id, _described(error), dropped)
-        return predictions, degraded
+        return predictions, degraded, unpredicted
+
+    def _engine_runs(self, window: Window) -> bool:
+        """Whether the encoders ``window`` used, and the fusion head, still run on a harmless input (``model
+        check``'s dummy window): a device gone or a broken graph fails it as it failed the window."""
+        from fusionstream.engines.manifest_check import dummy_inputs
+
+        used = [m for c, m in enumerate(MODALITIES) if window.mask[c] and m in self.modalities]
+        try:
+            embeddings = {m: self.runtime.encode(m, dummy_inputs(self.spec.modalities[m], 1)) for m in used}
+            for m in self.modalities:
+                embeddings.setdefault(m, np.zeros((1, self.runtime.sizes[m]), np.float32))
+            mask = np.array([[m in used for m in self.modalities]], np.float32)
+            self.runtime.fuse(embeddings, mask)
+        except Exception as exc:
+            log.error("the engine fails on a harmless window too (%s)", _described(exc))
+            return False
+        return True
 
     def _without_failing_modality(self, item: ClosedWindow) -> tuple[Prediction | None, str]:
         window = item.window

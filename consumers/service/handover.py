@@ -187,6 +187,12 @@ class Handover:
         """The record joined ``windows`` windows (the pipeline's ``on_admit``)."""
         self.tracker.admitted(ref, windows)
 
+    def unpredicted(self, window: Acknowledged) -> None:
+        """The window gets no prediction (its data fails the engine; the pipeline's ``on_unpredicted``):
+        its records are released as a published window's are. The stream's checkpoint stays: earlier
+        windows may still be on their way, and a restart tries this one again (and drops it again)."""
+        self.tracker.published(window.refs)
+
     def replayed(self, ref: Ref) -> bool:
         """Whether an earlier run already sent this record's dead letter; if so it is settled here."""
         if not self.tracker.is_replay(ref):

@@ -67,7 +67,7 @@ class Health:
 
 class Gauges:
     """Sets the service's gauges, and the counters the pipeline keeps (encoded ahead, ignored, progress, partly
-    late, degraded), from their sources."""
+    late, degraded, failed), from their sources."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
@@ -75,7 +75,7 @@ class Gauges:
         self._counted = {"windows_warmed": metrics.encoded_ahead, "frames_warmed": metrics.frames_ahead,
                          "records_ignored": metrics.ignored,
                          "progress_records": metrics.progress, "records_partly_late": metrics.partly_late,
-                         "windows_degraded": metrics.degraded}
+                         "windows_degraded": metrics.degraded, "windows_failed": metrics.failed}
         self._reported = dict.fromkeys(self._counted, 0)
 
     def reset(self) -> None:

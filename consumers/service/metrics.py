@@ -92,6 +92,11 @@ class ServiceMetrics:
             "windows_degraded", "Windows predicted without a modality whose encoder failed on their data (each "
             "logged at ERROR with its stream and window).", namespace=ns, registry=registry,
         )
+        self.failed = Counter(
+            "windows_failed", "Windows that got no prediction: their data failed the engine however the window "
+            "was cut (a single-modality window's), while a harmless window ran (each logged at ERROR).",
+            namespace=ns, registry=registry,
+        )
         self.published = Counter(
             "predictions_published", "Predictions acknowledged by the broker.", namespace=ns, registry=registry
         )

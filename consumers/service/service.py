@@ -186,6 +186,7 @@ class InferenceService:
                 speculate=s.speculate,
                 clock=self._feeder.clock,
                 on_admit=self.handover.admitted,
+                on_unpredicted=self.handover.unpredicted,
             )
             self._pipeline = await stack.enter_async_context(pipeline)
             self.handover.bind(self._pipeline.aligner)

@@ -1,16 +1,17 @@
-"""Data one encoder cannot take: the window is predicted without that modality, and the service goes on.
+"""Data one encoder cannot take: the window is predicted without that modality (or, with none left, not at all),
+and the service goes on.
 
 A graph that fails on one input only (here a text encoder that breaks on the word "eight") passes
 `model check` and would stop `serve` at that caption, and again after every restart on the same
 records. The pipeline retries the failed batch window by window, and a window that fails alone
-without each of its modalities in turn; a window that fails however it is cut is the engine's fault.
+without each of its modalities in turn; a window that fails however it is cut is the data's fault when the
+engine runs a harmless window, the engine's when it fails that too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fusionstream.consumers.embedded import run_embedded
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
+from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.settings import model_geometry
 from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.manifest_check import check_model_dir
@@ -34,7 +35,7 @@ T0 = 1_767_225_600 * NS
 RATE = 100
 
 
-def _poison_text_encoder(path: Path, size: int, trigger: str) -> None:
+def poison_text_encoder(path: Path, size: int, trigger: str) -> None:
     """The tiny text encoder, whose output is reshaped to ``size + 1`` columns when ``trigger`` is among the ids:
     one row of ``size`` values cannot be, so ONNX Runtime fails on exactly those captions."""
     model = onnx.load(str(path))
@@ -61,7 +62,7 @@ def _poison_text_encoder(path: Path, size: int, trigger: str) -> None:
 def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("poisoned")
     write_model(out, audio={"sample_rate": RATE}, text=True)
-    _poison_text_encoder(out / "text.onnx", 4, "eight")
+    poison_text_encoder(out / "text.onnx", 4, "eight")
     return out
 
 
@@ -107,16 +108,62 @@ def test_a_window_an_encoder_fails_on_is_predicted_without_that_modality(
     assert all(m.endswith("predicted without text") and len(m) < 400 for m in failures), failures
 
 
-def test_a_window_that_fails_however_it_is_cut_is_the_engines_fault(poisoned: Path) -> None:
-    class Broken(Runner):
-        def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
-            raise RuntimeError("the device is gone")
+def test_a_captions_only_window_its_encoder_fails_on_gets_no_prediction_and_the_rest_go_on(
+    poisoned: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A captions-only stream: a window holding "eight" has no modality to fall back on.
+    records = [r for r in _records() if r.modality.name == "TEXT"]
+    assert len(records) == 3
 
-    async def go() -> None:
+    async def go() -> tuple[list[Prediction], Pipeline]:
         with open_runtime("onnxruntime", poisoned) as runtime:
             frames, rate = model_geometry(runtime.manifest)
-            async with Pipeline(Broken(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate)) as p:
+            pipeline = Pipeline(Runner(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate))
+            async with pipeline:
+                result = await run_embedded(pipeline, records, realtime=False)
+            return result.predictions, pipeline
+
+    with caplog.at_level(logging.ERROR):
+        predictions, pipeline = asyncio.run(asyncio.wait_for(go(), 60))
+    starts = sorted((p.t_start_ns - T0) // MS for p in predictions)
+    # "one two" and "three" windows predicted from their text; the three holding "eight" none, and the
+    # pipeline went on to "three" after them.
+    assert starts == [-500, 0, 500, 3500, 4000, 4500], starts
+    assert all(p.mask == (False, False, True) for p in predictions)
+    assert pipeline.stats.windows_failed == 3 and pipeline.stats.windows_degraded == 0
+    failures = [r.getMessage() for r in caplog.records if "gets no prediction" in r.getMessage()]
+    assert [m.split(" fails the engine")[0] for m in failures] == [
+        f"window {T0 + s * MS} of stream s" for s in (1500, 2000, 2500)
+    ]
+    assert all("with its text however it is cut" in m and len(m) < 500 for m in failures), failures
+
+
+def test_a_window_the_engine_fails_on_as_it_fails_on_a_harmless_one_is_the_engines_fault(poisoned: Path) -> None:
+    async def go() -> None:
+        with open_runtime("onnxruntime", poisoned) as runtime:
+            def gone(*_: object, **__: object) -> None:
+                raise RuntimeError("the device is gone")
+
+            runtime.encode = gone  # type: ignore[method-assign]
+            frames, rate = model_geometry(runtime.manifest)
+            async with Pipeline(Runner(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate)) as p:
                 await run_embedded(p, _records(), realtime=False)
 
     with pytest.raises(RuntimeError, match="the device is gone"):
+        asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_a_broken_fusion_head_is_the_engines_fault_even_when_the_encoders_run(poisoned: Path) -> None:
+    async def go() -> None:
+        with open_runtime("onnxruntime", poisoned) as runtime:
+            def broken(*_: object, **__: object) -> None:
+                raise RuntimeError("the head is broken")
+
+            runtime.fuse = broken  # type: ignore[method-assign]
+            frames, rate = model_geometry(runtime.manifest)
+            clean = [r for r in _records() if r.t_start_ns != T0 + 2200 * MS]  # no "eight": only the head fails
+            async with Pipeline(Runner(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate)) as p:
+                await run_embedded(p, clean, realtime=False)
+
+    with pytest.raises(RuntimeError, match="the head is broken"):
         asyncio.run(asyncio.wait_for(go(), 60))
