@@ -149,10 +149,10 @@ class Runner:
                     raise failure
                 window = item.window
                 unpredicted.append(window)
-                used = [m for c, m in enumerate(MODALITIES) if window.mask[c] and m in self.modalities]
                 log.error("window %d of stream %s fails the engine with its %s however it is cut (%s), and the "
                           "engine runs a harmless window: the data is at fault, so this window gets no prediction",
-                          window.t_start_ns, window.stream_id, " and ".join(used) or "nothing", _described(error))
+                          window.t_start_ns, window.stream_id, " and ".join(self._used(window)) or "nothing",
+                          _described(error))
                 continue
             predictions.append(prediction)
             degraded += 1
@@ -166,7 +166,7 @@ class Runner:
         check``'s dummy window): a device gone or a broken graph fails it as it failed the window."""
         from fusionstream.engines.manifest_check import dummy_inputs
 
-        used = [m for c, m in enumerate(MODALITIES) if window.mask[c] and m in self.modalities]
+        used = self._used(window)
         try:
             embeddings = {m: self.runtime.encode(m, dummy_inputs(self.spec.modalities[m], 1)) for m in used}
             for m in self.modalities:
@@ -177,6 +177,10 @@ class Runner:
             log.error("the engine fails on a harmless window too (%s)", _described(exc))
             return False
         return True
+
+    def _used(self, window: Window) -> list[str]:
+        """The modalities the window holds that the model uses, in ``MODALITIES`` order."""
+        return [m for c, m in enumerate(MODALITIES) if window.mask[c] and m in self.modalities]
 
     def _without_failing_modality(self, item: ClosedWindow) -> tuple[Prediction | None, str]:
         window = item.window
