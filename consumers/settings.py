@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     )
     lateness_ms: int = Field(200, ge=0, description="How long the watermark waits behind the slowest modality.")
     max_skew_ms: int = Field(2000, ge=0, description="A modality this far behind the newest is not waited for.")
+    max_future_ms: int = Field(
+        3_600_000, ge=1000,
+        description="How far past the service's wall clock a record's event time may be; a record beyond it is "
+        "dead-lettered as future (taken, it would move its stream's watermark there and make every record after "
+        "it late).",
+    )
     text_wait_ms: int | None = Field(
         None, ge=0,
         description="The transcript's wait budget: a window waits for its text until the newest modality is this far "
@@ -289,6 +295,7 @@ class Settings(BaseSettings):
             sample_rate=sample_rate,
             lateness_ns=self.lateness_ms * MS,
             max_skew_ns=self.max_skew_ms * MS,
+            max_future_ns=self.max_future_ms * MS,
             idle_timeout_ns=self.idle_timeout_ms * MS,
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
             provisional_without=frozenset({Modality.TEXT}) if self.revisions else frozenset(),

@@ -34,6 +34,9 @@ class WindowConfig:
     max_skew_ns: int = 2 * NS
     idle_timeout_ns: int = 2 * NS
     evict_after_ns: int = 30 * NS
+    #: How far past the wall clock a record's event time may be. Beyond it the record is refused (``future``):
+    #: taken, it would carry its stream's watermark there, and every record after it would be late.
+    max_future_ns: int = 3600 * NS
     #: How many evicted streams keep a tombstone (their emitted-up-to time) to reject stale records.
     tombstones: int = 100_000
     #: Early predictions with revisions (docs/predictions.md#revisions): the modalities a provisional

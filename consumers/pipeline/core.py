@@ -42,6 +42,7 @@ from fusionstream.stream.jpeg import LazyJpeg
 from fusionstream.stream.media import decode_media, decode_wire
 from fusionstream.stream.records import MediaItem, Modality, Progress, Record, TextSegment
 from fusionstream.stream.windows import Window, WindowConfig
+from fusionstream.units import NS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class DeadLetter:
     detail: str
     ref: Any
     stream_id: str | None = None
+
+
+def _too_far_ahead(item: MediaItem | Progress, horizon: int, limit_ns: int) -> str:
+    """The ``future`` dead letter's detail: how far ahead of the wall clock ``item``'s event time is."""
+    ahead_s = ((item.t_ns if isinstance(item, Progress) else item.t_start_ns) - horizon + limit_ns) / NS
+    ahead = f"{ahead_s / 86400:.0f} days" if ahead_s >= 86400 else f"{ahead_s:.1f} s"
+    return (f"its event time is {ahead} ahead of the service's clock, more than max_future_ms "
+            f"({limit_ns // 1_000_000} ms) allows: its source's clock is wrong")
 
 
 #: A record to feed: wire bytes (or a record) and its ref, and, from Kafka, its key (checked against the stream id).
@@ -189,6 +198,8 @@ class Pipeline:
             return []
         items = await self._decode_all(records)
         now = self._clock()
+        # The wall clock, not the pipeline's (which stands still in a broker outage): what a source can stamp.
+        horizon = time.time_ns() + self.aligner.config.max_future_ns
         dead: list[DeadLetter] = []
         # Once per record the service consumes: the attributes it uses, looked up once per call.
         add, on_admit, ignored, stats = self.aligner.add, self._on_admit, self._ignored, self.stats
@@ -196,6 +207,10 @@ class Pipeline:
         for item in items:
             if isinstance(item, DeadLetter):
                 dead.append(item)
+                continue
+            if (item.t_ns if item.__class__ is Progress else item.t_start_ns) > horizon:
+                dead.append(DeadLetter("future", _too_far_ahead(item, horizon, self.aligner.config.max_future_ns),
+                                       item.ref, item.stream_id))
                 continue
             skipped = (ignored and item.modality in ignored) or (item.__class__ is TextSegment and not item.is_final)
             if not skipped and isinstance(item, Progress):

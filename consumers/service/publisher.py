@@ -132,7 +132,9 @@ class Publisher:
             self._predictions_topic,
             key=prediction.stream_id.encode("utf-8"),
             value=value,
-            timestamp_ms=prediction.t_end_ns // 1_000_000,
+            # Event time, but never ahead of now: a broker refuses a timestamp far ahead of its clock
+            # (an hour by default), and a window's end is ahead when its source's clock is.
+            timestamp_ms=min(prediction.t_end_ns // 1_000_000, time.time_ns() // 1_000_000),
         )
         future.add_done_callback(lambda f: self._on_prediction(f, prediction))
 
