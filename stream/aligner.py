@@ -134,7 +134,8 @@ class Aligner:
         if state is None:
             state = StreamState({m: ModalityBuffer() for m in MODALITIES}, emitted_until, first, now_ns,
                                 offset_ns=cfg.offset_ns(item.stream_id),
-                                provisional_until_ns=self._provisional_resume.pop(item.stream_id, NEVER),
+                                provisional_until_ns=(resumed := self._provisional_resume.pop(item.stream_id, NEVER)),
+                                resumed_provisional_ns=resumed,
                                 retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
                                 arrived_ns=now_ns)
             self._streams[item.stream_id] = state
@@ -279,6 +280,8 @@ class Aligner:
             window = self._build(stream_id, state, start, reason, final=final)
             if window is not None:
                 offered.append(window)
+                if not final:
+                    state.provisioned.add(start)
                 start += cfg.hop_ns
                 continue
             # A gap, or the end (``until`` is unbounded once every source ended): on to the next item, if any.
@@ -352,6 +355,7 @@ class Aligner:
             provisional_until_ns = self.config.first_start_from(provisional_until_ns, offset)
             if state is not None:
                 state.provisional_until_ns = max(state.provisional_until_ns, provisional_until_ns)
+                state.resumed_provisional_ns = max(state.resumed_provisional_ns, provisional_until_ns)
             else:
                 self._provisional_resume[stream_id] = provisional_until_ns
         if state is not None:
@@ -431,7 +435,8 @@ class Aligner:
             if watermark is not None and start + cfg.window_ns > watermark:
                 break
             # A window that had a provisional prediction gets its final as revision 1.
-            revision = 1 if start < state.provisional_until_ns else 0
+            revision = 1 if start in state.provisioned or start < state.resumed_provisional_ns else 0
+            state.provisioned.discard(start)
             window = self._build(stream_id, state, start, reason, revision=revision)
             if revision and state.retired is not None:
                 state.revisions[start] = revision  # an amendment of it is the revision after

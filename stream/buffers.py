@@ -107,6 +107,11 @@ class StreamState:
     offered_until_ns: int = NEVER
     #: Start of the first window without a provisional prediction (``Aligner.provisional``).
     provisional_until_ns: int = NEVER
+    #: Starts of the windows offered a provisional prediction: their finals are revision 1. (Not every window
+    #: before ``provisional_until_ns``: one with no data when the provisionals passed it has none.)
+    provisioned: set[int] = field(default_factory=set)
+    #: Windows before it had a provisional prediction published before a restart (``Aligner.resume``).
+    resumed_provisional_ns: int = NEVER
     #: The last window instant whose frame ``frames_ahead.frames_due`` gave out (to be encoded ahead).
     frames_due_until_ns: int = NEVER
     #: The start time of the last frame it gave out: neighbouring instants often pick the same frame.

@@ -66,6 +66,9 @@ class KafkaFeed:
             auto_offset_reset="latest",
             # New partitions of the topics read are found within seconds.
             metadata_max_age_ms=5_000,
+            # An exactly-once service's aborted predictions never show (its windows' committed copies do);
+            # the same as read_uncommitted on topics written without transactions.
+            isolation_level="read_committed",
             client_id=f"{self.settings.client_id}-view",
             **self.settings.kafka_security(),
         )
