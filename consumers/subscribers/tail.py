@@ -25,7 +25,7 @@ def format_line(p: PredictionRecord) -> Text:
     A multi-label prediction adds the labels at or above their thresholds (``labels: a 0.91, b 0.62``);
     an embedding model's, which has no label, shows the vector's size instead (``embedding[384]``). With
     revisions, a provisional prediction ends in ``provisional``, the final that follows it in
-    ``final (revision 1)``.
+    ``final (revision 1)``, and an amended final in ``amended (revision N)``.
     """
     from rich.text import Text
 
@@ -48,6 +48,8 @@ def format_line(p: PredictionRecord) -> Text:
         line.append(f"  labels: {shown or '(none)'}", style="bold")
     if not p.final:
         line.append("  provisional", style="yellow")
+    elif p.closed_by == "amended":  # a record that came after the window's final changed it
+        line.append(f"  amended (revision {p.revision})", style="magenta")
     elif p.revision:
         line.append(f"  final (revision {p.revision})", style="dim")
     return line

@@ -1,0 +1,31 @@
+"""`fusionstream tail`'s line says which prediction of its window each is: provisional, final, amended."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from test_subscribe import make_prediction
+
+from fusionstream.consumers.subscribers.api import parse_prediction
+from fusionstream.consumers.subscribers.tail import format_line
+
+
+def test_provisional_final_and_amended_lines_differ() -> None:
+    base = make_prediction("cam", 0, time.time_ns())
+    first = dataclasses.replace(base, closed_by="watermark", revision=0, final=True)
+    provisional = dataclasses.replace(base, closed_by="provisional", revision=0, final=False)
+    final = dataclasses.replace(base, closed_by="watermark", revision=1, final=True)
+    amended_alone = dataclasses.replace(base, closed_by="amended", revision=1, final=True)
+    amended_after_both = dataclasses.replace(base, closed_by="amended", revision=2, final=True)
+
+    def line(p: object) -> str:
+        return format_line(parse_prediction(json.loads(p.to_json(capture_to_publish_ms=40.0)))).plain  # type: ignore[attr-defined]
+
+    assert not line(first).rstrip().endswith(")") and "provisional" not in line(first)
+    assert line(provisional).endswith("provisional")
+    assert line(final).endswith("final (revision 1)")
+    # An amended final is told apart from the final after a provisional, whatever its revision.
+    assert line(amended_alone).endswith("amended (revision 1)")
+    assert line(amended_after_both).endswith("amended (revision 2)")
