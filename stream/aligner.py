@@ -88,7 +88,8 @@ class Aligner:
         # Evicted streams remember how far they were emitted, so a stale record
         # cannot re-open (and re-emit) a window that was already published.
         self._tombstones: OrderedDict[str, int] = OrderedDict()
-        #: Streams resumed with provisional predictions published past their finals, before they reopen.
+        #: Streams resumed, before they reopen: where their windows were published to, and their provisionals.
+        self._resumed: dict[str, int] = {}
         self._provisional_resume: dict[str, int] = {}
         #: Streams that took an item or progress since :meth:`take_recent` last asked.
         self._recent: set[str] = set()
@@ -108,7 +109,8 @@ class Aligner:
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
         missed = 0
         if emitted_until is not None and emitted_until > first:
-            missed = min(len(starts), -(-(emitted_until - first) // cfg.hop_ns))
+            resumed = state.resumed_until_ns if state else self._resumed.get(item.stream_id, NEVER)
+            missed = max(0, min(len(starts), -(-(emitted_until - max(first, resumed)) // cfg.hop_ns)))
             first = emitted_until
         if first > last:
             self.stats.late += 1
@@ -136,6 +138,7 @@ class Aligner:
                                 offset_ns=cfg.offset_ns(item.stream_id),
                                 provisional_until_ns=(resumed := self._provisional_resume.pop(item.stream_id, NEVER)),
                                 resumed_provisional_ns=resumed,
+                                resumed_until_ns=self._resumed.pop(item.stream_id, NEVER),
                                 retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
                                 arrived_ns=now_ns)
             self._streams[item.stream_id] = state
@@ -334,6 +337,7 @@ class Aligner:
             self._streams.pop(stream_id, None)
             self._tombstones.pop(stream_id, None)
             self._provisional_resume.pop(stream_id, None)
+            self._resumed.pop(stream_id, None)
         self.stats.open_streams = len(self._streams)
 
     def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None:
@@ -359,11 +363,13 @@ class Aligner:
             else:
                 self._provisional_resume[stream_id] = provisional_until_ns
         if state is not None:
+            state.resumed_until_ns = max(state.resumed_until_ns, until)
             if state.next_start_ns is None or state.next_start_ns < until:
                 state.next_start_ns = until
                 for buffer in state.buffers.values():
                     buffer.prune_before(until)
             return
+        self._resumed[stream_id] = max(self._resumed.get(stream_id, NEVER), until)
         if self._tombstones.get(stream_id, NEVER) < until:
             self._tombstones[stream_id] = until
             self._tombstones.move_to_end(stream_id)

@@ -112,6 +112,9 @@ class StreamState:
     provisioned: set[int] = field(default_factory=set)
     #: Windows before it had a provisional prediction published before a restart (``Aligner.resume``).
     resumed_provisional_ns: int = NEVER
+    #: Windows before it were published by an earlier run (``Aligner.resume``): a record re-read for the
+    #: open ones that missed those is not partly late, it was in them.
+    resumed_until_ns: int = NEVER
     #: The last window instant whose frame ``frames_ahead.frames_due`` gave out (to be encoded ahead).
     frames_due_until_ns: int = NEVER
     #: The start time of the last frame it gave out: neighbouring instants often pick the same frame.

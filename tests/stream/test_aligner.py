@@ -210,6 +210,9 @@ def test_resume_keeps_published_windows_closed_when_their_records_are_replayed()
     late = [item for item, a in zip(items, admissions, strict=True) if a.late]
     assert late == [item for item in items if last_instant(item) < T0 + 1000 * MS]
     assert all(min(a.window_starts) >= T0 + 1000 * MS for a in admissions if not a.late)
+    # One that straddles missed only windows an earlier run published, with it: not partly late (the metric
+    # rose by the records of one window on every restart); one that misses a window closed here is.
+    assert not any(a.partly_late for a in admissions) and aligner.stats.partly_late == 0
     # The rebuilt windows equal the ones of an uninterrupted run.
     for w in windows:
         assert w.mask == first_run[w.window_id].mask and len(w.refs) == len(first_run[w.window_id].refs)
@@ -219,6 +222,18 @@ def test_resume_keeps_published_windows_closed_when_their_records_are_replayed()
     aligner.drop(["s"])
     aligner.resume("t", T0)
     assert aligner.stream_ids == [] and not aligner.add(frame(0, "t"), 0).late
+
+
+def test_after_a_resume_only_windows_closed_here_make_a_record_partly_late() -> None:
+    aligner = Aligner(WindowConfig(lateness_ns=0))
+    aligner.resume("s", T0 + 1000 * MS)  # an earlier run published the windows before 1.0 s
+    replayed = aligner.add(chunk(900, 200), 0)  # in windows 0.5 (published) and 1.0 s
+    assert replayed.window_starts == (T0 + 1000 * MS,) and not replayed.partly_late
+    for item in sorted(av("s", 1100, 3000), key=lambda i: i.t_start_ns):
+        aligner.add(item, 0)
+    assert [(w.t_start_ns - T0) // MS for w in aligner.poll(0)] == [1000, 1500]
+    partly = aligner.add(chunk(1900, 200), 0)  # misses 1.0 and 1.5 s, closed here; joins 2.0 s
+    assert partly.partly_late and partly.missed == 2 and aligner.stats.partly_late == 1
 
 
 def test_overlapping_windows_share_records() -> None:
