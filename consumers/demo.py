@@ -116,6 +116,8 @@ def run_demo(
                 console.print("[dim]accuracy is not scored: the synthetic streams show the digits 0-9, not this "
                               "model's classes (give --video FILE --labels FILE.csv, or evaluate MODEL --data DIR)[/]")
         window_config = settings.model_window_config(spec)
+        if not realtime:  # a file replayed as fast as possible from now is ahead of the clock, rightly
+            window_config = dataclasses.replace(window_config, max_future_ns=2**62)
         census = WindowCensus(window_config, runner.modalities)
         if not silent:
             console.print(

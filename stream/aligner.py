@@ -343,12 +343,11 @@ class Aligner:
     def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None:
         """Treat every window of ``stream_id`` starting before ``emitted_until_ns`` as already emitted.
 
-        For a restart, or a new owner of the stream's partition: the windows published
-        before stay closed, so replayed records cannot emit them again (records that
-        belong only to them are late). The time is rounded up to a window start of the
-        stream's grid (as is ``provisional_until_ns``); a stream never moves backwards.
-        Meant for a stream with no open state: an open stream's buffered windows before
-        the time are discarded, not emitted.
+        For a restart, or a new owner of the stream's partition: the windows published before stay closed,
+        so replayed records cannot emit them again (records that belong only to them are late). The time is
+        rounded up to a window start of the stream's grid (as is ``provisional_until_ns``); a stream never
+        moves backwards. Meant for a stream with no open state: an open stream's buffered windows before the
+        time are discarded, not emitted.
         ``provisional_until_ns``: windows before it had their provisional prediction published
         (revisions on); they get none again, and their final is revision 1.
         """
@@ -366,6 +365,7 @@ class Aligner:
             state.resumed_until_ns = max(state.resumed_until_ns, until)
             if state.next_start_ns is None or state.next_start_ns < until:
                 state.next_start_ns = until
+                state.provisioned = {start for start in state.provisioned if start >= until}
                 for buffer in state.buffers.values():
                     buffer.prune_before(until)
             return

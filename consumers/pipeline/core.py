@@ -420,7 +420,7 @@ class Pipeline:
                     await self._predictions.put(None)
                     raise
                 self.stats.windows_degraded += degraded
-                self.stats.windows_failed += len(unpredicted)
+                self.stats.windows_failed += sum(w.final for w in unpredicted)  # a provisional's final fails too
                 for window in unpredicted if self._on_unpredicted else ():
                     self._on_unpredicted(window)
             self.stats.batches += 1

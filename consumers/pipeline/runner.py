@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 
 #: Least seconds between two warnings that a failed batch is being run window by window.
 ISOLATION_LOG_S = 60.0
+#: Windows in a row whose data failed the engine (none predicted between them) that are taken for the engine's
+#: fault after all, though it ran a harmless window: a preprocessing that fails on real inputs only, a device
+#: that runs a small batch but not a real one. One bad caption costs a captions-only stream two or three.
+MAX_UNPREDICTED_IN_ROW = 16
+#: The harmless window's stream (numbered, so that no reuse cache answers for the encoders) and transcript.
+PROBE_STREAM = "\x00fusionstream-probe-"
+PROBE_TEXT = "one two three"
+
+
+def _refs(refs: Sequence[Any], shown: int = 6) -> str:
+    """The first records of a window, as ``topic[partition]@offset`` (Kafka refs), to find them by."""
+    named = [f"{r[0]}[{r[1]}]@{r[2]}" if isinstance(r, tuple) and len(r) == 3 else str(r) for r in refs[:shown]]
+    return ", ".join(named) + (f" and {len(refs) - shown} more" if len(refs) > shown else "") or "none"
 
 
 def _described(exc: BaseException) -> str:
@@ -76,6 +89,8 @@ class Runner:
         self.frame_side = runtime.frame_side
         self.embed = Embedder(runtime, reuse=reuse)
         self._isolated_said = -ISOLATION_LOG_S
+        self._unpredicted_in_row = 0
+        self._probes = 0
         self._declared = tuple(name in self.modalities for name in MODALITIES)
         #: Embeds frames open windows will sample (``Embedder.warm_frames``); ``None`` when the model's video
         #: encoder reads whole windows, or frames are not reused.
@@ -88,6 +103,11 @@ class Runner:
         self.embed.warm(windows)
 
     def run(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
+        predictions = self._predict(closed)
+        self._unpredicted_in_row = 0
+        return predictions
+
+    def _predict(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
         started = time.perf_counter_ns()
         embeddings, mask = self.embed([c.window for c in closed])
         outputs = self.runtime.fuse(embeddings, mask)
@@ -147,12 +167,17 @@ class Runner:
             if prediction is None:
                 if not self._engine_runs(item.window):
                     raise failure
+                self._unpredicted_in_row += 1
+                if self._unpredicted_in_row >= MAX_UNPREDICTED_IN_ROW:
+                    log.error("%d windows in a row failed on their data and none was predicted: taking it for an "
+                              "engine failure", self._unpredicted_in_row)
+                    raise failure
                 window = item.window
                 unpredicted.append(window)
                 log.error("window %d of stream %s fails the engine with its %s however it is cut (%s), and the "
-                          "engine runs a harmless window: the data is at fault, so this window gets no prediction",
-                          window.t_start_ns, window.stream_id, " and ".join(self._used(window)) or "nothing",
-                          _described(error))
+                          "engine runs a harmless window: the data is at fault, so this window gets no prediction "
+                          "(its records: %s)", window.t_start_ns, window.stream_id,
+                          " and ".join(self._used(window)) or "nothing", _described(error), _refs(window.refs))
                 continue
             predictions.append(prediction)
             degraded += 1
@@ -162,17 +187,18 @@ class Runner:
         return predictions, degraded, unpredicted
 
     def _engine_runs(self, window: Window) -> bool:
-        """Whether the encoders ``window`` used, and the fusion head, still run on a harmless input (``model
-        check``'s dummy window): a device gone or a broken graph fails it as it failed the window."""
-        from fusionstream.engines.manifest_check import dummy_inputs
-
-        used = self._used(window)
+        """Whether the engine predicts ``window`` made harmless, the whole way a window goes (preprocessing,
+        the encoders it used, the head): black frames, silence, a plain transcript, in the same shapes. A
+        device gone or a broken graph fails it as it failed the window; then the fault is the engine's."""
+        self._probes += 1
+        stream = f"{PROBE_STREAM}{self._probes}"
+        probe = dataclasses.replace(
+            window, stream_id=stream, refs=(), audio=np.zeros_like(window.audio),
+            frames=tuple(np.zeros_like(f) if isinstance(f, np.ndarray) else f for f in window.frames),
+            text=tuple(dataclasses.replace(s, stream_id=stream, text=PROBE_TEXT) for s in window.text),
+        )
         try:
-            embeddings = {m: self.runtime.encode(m, dummy_inputs(self.spec.modalities[m], 1)) for m in used}
-            for m in self.modalities:
-                embeddings.setdefault(m, np.zeros((1, self.runtime.sizes[m]), np.float32))
-            mask = np.array([[m in used for m in self.modalities]], np.float32)
-            self.runtime.fuse(embeddings, mask)
+            self._predict([ClosedWindow(probe, time.perf_counter_ns())])
         except Exception as exc:
             log.error("the engine fails on a harmless window too (%s)", _described(exc))
             return False
@@ -184,7 +210,7 @@ class Runner:
 
     def _without_failing_modality(self, item: ClosedWindow) -> tuple[Prediction | None, str]:
         window = item.window
-        present = [c for c, name in enumerate(MODALITIES) if window.mask[c] and name in self.modalities]
+        present = [MODALITIES.index(name) for name in self._used(window)]
         for column in present if len(present) > 1 else ():  # one left: nothing to predict from without it
             mask = tuple(p and c != column for c, p in enumerate(window.mask))
             try:

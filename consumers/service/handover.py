@@ -189,8 +189,10 @@ class Handover:
 
     def unpredicted(self, window: Acknowledged) -> None:
         """The window gets no prediction (its data fails the engine; the pipeline's ``on_unpredicted``):
-        its records are released as a published window's are. The stream's checkpoint stays: earlier
-        windows may still be on their way, and a restart tries this one again (and drops it again)."""
+        its records are released as a published window's are. The stream's checkpoint stays where it is:
+        earlier windows may still be on their way. After a restart the window may be built again from
+        those of its records not committed yet (without the bad one, if that was committed: then it is
+        published)."""
         self.tracker.published(window.refs)
 
     def replayed(self, ref: Ref) -> bool:

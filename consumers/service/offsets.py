@@ -4,7 +4,8 @@ A record's offset is *held* from the moment it is fetched until nothing can ever
 it again:
 
 - it was dead-lettered and the dead-letter topic acknowledged it, or
-- every window it joined was published and the broker acknowledged the prediction.
+- every window it joined was published and the broker acknowledged the prediction (or was given up:
+  its data fails the engine, ``Handover.unpredicted``).
 
 Per partition, the committable offset is the lowest offset still held, or the last
 fetched offset + 1 when none is. A restart resumes from there and so reproduces every

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fusionstream.consumers.embedded import run_embedded
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
-from fusionstream.consumers.pipeline.runner import Runner
+from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.settings import model_geometry
 from fusionstream.engines.backends import open_runtime
 from fusionstream.engines.manifest_check import check_model_dir
@@ -167,3 +168,32 @@ def test_a_broken_fusion_head_is_the_engines_fault_even_when_the_encoders_run(po
 
     with pytest.raises(RuntimeError, match="the head is broken"):
         asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_windows_that_fail_in_a_row_while_a_harmless_one_runs_are_the_engines_fault_after_all(
+    poisoned: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that fails on every real window but runs the harmless one (a device that takes a small
+    batch but not a real one, a preprocessing that fails on real inputs only) must not drop windows for ever."""
+    from fusionstream.consumers.pipeline import runner as runner_module
+
+    class FailsOnRealWindows(Runner):
+        def _predict(self, closed: Sequence[ClosedWindow]) -> list[Prediction]:
+            if not all(c.window.stream_id.startswith(runner_module.PROBE_STREAM) for c in closed):
+                raise RuntimeError("out of memory on the device")
+            return super()._predict(closed)
+
+    records = [audio_record("s", i, T0 + i * 100 * MS, np.full(10, 0.1, np.float32), RATE) for i in range(150)]
+
+    async def go() -> None:
+        with open_runtime("onnxruntime", poisoned) as runtime:
+            frames, rate = model_geometry(runtime.manifest)
+            config = WindowConfig(frames_per_window=frames, sample_rate=rate)
+            async with Pipeline(FailsOnRealWindows(runtime), config) as p:
+                await run_embedded(p, records, realtime=False)
+
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="out of memory"):
+        asyncio.run(asyncio.wait_for(go(), 60))
+    dropped = [r for r in caplog.records if "gets no prediction" in r.getMessage()]
+    assert len(dropped) == runner_module.MAX_UNPREDICTED_IN_ROW - 1
+    assert any("windows in a row failed on their data" in r.getMessage() for r in caplog.records)
