@@ -107,7 +107,7 @@ class LogMel(nn.Module):
         """:meth:`forward` as another speaker's vocal tract would give it: each waveform's spectrum
         read through :func:`vtlp_warp` with a factor drawn from ``levels`` steps across ``factors``.
         A training augmentation: it never runs in eval mode, so never in an exported graph."""
-        key = (*factors, levels)
+        key = (*factors, levels, wave.device)
         if getattr(self, "_warp_key", None) != key:
             sample_rate, n_mels, n_fft = self._spec
             banks = [mel_filterbank(n_mels, n_fft, sample_rate, warp=a) for a in np.linspace(*factors, levels)]
