@@ -76,7 +76,7 @@ class DeadLetter:
 def _too_far_ahead(item: MediaItem | Progress, horizon: int, limit_ns: int) -> str:
     """The ``future`` dead letter's detail: how far ahead of the wall clock ``item``'s event time is."""
     ahead_s = ((item.t_ns if isinstance(item, Progress) else item.t_start_ns) - horizon + limit_ns) / NS
-    ahead = f"{ahead_s / 86400:.0f} days" if ahead_s >= 86400 else f"{ahead_s:.1f} s"
+    ahead = f"{ahead_s / 86400:.0f} days" if ahead_s >= 86400 else f"{ahead_s:.3f} s"
     return (f"its event time is {ahead} ahead of the service's clock, more than max_future_ms "
             f"({limit_ns // 1_000_000} ms) allows: its source's clock is wrong")
 
