@@ -220,6 +220,11 @@ def _agreed_count(layout: dict[str, tuple[int | None, bool]], partitions: int, f
 
 
 def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int, flexible: set[str]) -> None:
+    existing = {name: count for name, (count, _) in layout.items() if count is not None and name not in flexible}
+    if len(set(existing.values())) > 1:  # no count setting can serve them: they disagree among themselves
+        found = ", ".join(f"{name} has {count}" for name, count in existing.items())
+        raise TopicLayoutError(f"the input topics must have one partition count (co-partitioning), but {found}; "
+                               "recreate those that differ (fusionstream topics describe shows them)")
     wrong = {
         name: count for name, (count, _) in layout.items()
         if count is not None and count != partitions and name not in flexible

@@ -56,7 +56,8 @@ def test_a_record_beyond_max_future_is_dead_lettered_and_its_stream_goes_on(tmp_
 
     predictions, dead = asyncio.run(asyncio.wait_for(go(), 60))
     assert [d.reason for d in dead] == ["future"] * 3, [(d.reason, d.detail) for d in dead]
-    seconds = re.search(r"(\d+\.\d{3}) s ahead of the service's clock, more than max_future_ms \(5000 ms\)", dead[0].detail)
+    seconds = re.search(r"(\d+\.\d{3}) s ahead of the service's clock, more than max_future_ms \(5000 ms\)",
+                        dead[0].detail)
     assert seconds and 8 < float(seconds[1]) < 13, dead[0].detail  # 12 s ahead when it was made
     assert "365 days ahead" in dead[1].detail and dead[2].stream_id == "s"
     # None late: the stream's windows cover its 6 s, as without the records from the future.
