@@ -149,7 +149,8 @@ class Runner:
         restart loop on the same records. A window that fails however it is cut (its only modality's data, a
         captions-only stream's caption) gets no prediction if the engine still runs a harmless window
         (:meth:`_engine_runs`). Returns the predictions, how many windows lost a modality and the windows
-        that get no prediction. Re-raises ``failure`` when the engine fails on the harmless window too: its fault."""
+        that get no prediction. Re-raises ``failure`` when the engine fails on the harmless window too, or after
+        ``MAX_UNPREDICTED_IN_ROW`` windows in a row given up: the engine's fault."""
         predictions: list[Prediction] = []
         degraded, unpredicted = 0, []
         now = time.monotonic()
