@@ -32,6 +32,20 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny audio + text model whose text encoder fails on any caption with the word "eight"
+    (test_poison_windows.py, test_poison_service.py)."""
+    from test_poison_windows import RATE, poison_text_encoder
+
+    from tests.onnxgraphs import write_model
+
+    out = tmp_path_factory.mktemp("poisoned")
+    write_model(out, audio={"sample_rate": RATE}, text=True)
+    poison_text_encoder(out / "text.onnx", 4, "eight")
+    return out
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Callable[[Settings, str], ServiceProcess]]:
     """Starts service subprocesses; kills any still running at the end, and prints their logs on failure."""

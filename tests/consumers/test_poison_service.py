@@ -10,35 +10,14 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from servicekit import service_settings, serving
-from test_poison_windows import RATE, poison_text_encoder
+from test_faust_offsets import _committed
 
 from fusionstream.stream.media import text_record
 from fusionstream.units import MS, NS
-from tests.onnxgraphs import write_model
 
 T0 = 1_767_225_600 * NS
 CAPTIONS = ((200, "one two"), (2200, "eight"), (4200, "three"), (6200, "two one"), (8200, "three"))
-
-
-@pytest.fixture(scope="module")
-def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("poisoned")
-    write_model(out, audio={"sample_rate": RATE}, text=True)
-    poison_text_encoder(out / "text.onnx", 4, "eight")
-    return out
-
-
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
 def test_kafka_a_caption_the_encoder_breaks_on_costs_its_windows_only(
@@ -64,7 +43,7 @@ def test_kafka_a_caption_the_encoder_breaks_on_costs_its_windows_only(
             deadline = time.monotonic() + 30
             committed = 0
             while time.monotonic() < deadline:  # every record released: the commits reach the end
-                committed = await _committed(kafka_bootstrap, settings.group_id, settings.text_topic)
+                committed = sum((await _committed(kafka_bootstrap, settings.group_id, settings.text_topic)).values())
                 if committed >= len(records):
                     break
                 await asyncio.sleep(0.5)

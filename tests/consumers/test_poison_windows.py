@@ -30,7 +30,7 @@ from fusionstream.engines.manifest_check import check_model_dir
 from fusionstream.stream.media import audio_record, text_record
 from fusionstream.stream.windows import WindowConfig
 from fusionstream.units import MS, NS
-from tests.onnxgraphs import VOCAB, write_model
+from tests.onnxgraphs import VOCAB
 
 T0 = 1_767_225_600 * NS
 RATE = 100
@@ -57,14 +57,6 @@ def poison_text_encoder(path: Path, size: int, trigger: str) -> None:
     ])
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-
-
-@pytest.fixture(scope="module")
-def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("poisoned")
-    write_model(out, audio={"sample_rate": RATE}, text=True)
-    poison_text_encoder(out / "text.onnx", 4, "eight")
-    return out
 
 
 def _records() -> list[bytes | object]:
