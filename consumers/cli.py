@@ -472,11 +472,13 @@ def serve(
     `<instance-id>-<i>`, and restarts one that dies; see docs/operations.md#workers.
     """
     from fusionstream.consumers.service import run_service
+    from fusionstream.consumers.service.main import logs_to_stdout
     from fusionstream.consumers.service.supervisor import run_supervisor, workers_for
 
     settings = load_settings(config, model_dir=model, backend=backend, exactly_once=exactly_once,
                              bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port, workers=workers)
     _setup_logging(settings)
+    logs_to_stdout()  # stderr is for the one line that ends the process; `--workers auto` says its count as a log
     count = workers_for(settings)
     if count > 1:
         raise typer.Exit(run_supervisor(settings, workers=count, instance_id=instance_id))

@@ -18,19 +18,38 @@ import threading
 import time
 from collections.abc import Callable
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 from fusionstream.consumers.cli_errors import print_error
 from fusionstream.consumers.engine import load_model, open_engine
+from fusionstream.consumers.kafka.admin import TopicLayoutError
+from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 from fusionstream.consumers.service.service import InferenceService, ServiceOptions
-from fusionstream.consumers.settings import Settings
-from fusionstream.engines.errors import EngineError
+from fusionstream.consumers.settings import ModelWindowMismatch, Settings
+from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
 from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
 
 #: Failures that are the setup's, not the code's: reported as one line, without a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (FusionStreamError, EngineError, KafkaError)
+
+#: The setup failures that no restart mends: a refused login or ACL, topics missing or laid out wrongly, a
+#: window or model that cannot serve. A supervised worker exits with ``worker.REFUSED_STATUS`` on them, and a
+#: supervisor whose workers have not served yet stops the host with the one line instead of restarting them.
+#: (A broker that does not answer is not among them: it may be starting.)
+REFUSALS: tuple[type[Exception], ...] = (
+    BrokerAuthError, MissingTopicsError, TopicLayoutError, ModelWindowMismatch, ModelDirError, BackendUnavailable,
+    AuthenticationFailedError, ClusterAuthorizationFailedError, GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed,
+)
 
 
 def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
@@ -53,14 +72,16 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     return exit_status("the service", serve)
 
 
-def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | None = None) -> int:
+def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | None = None,
+                refused_status: int = 1) -> int:
     """Run ``body``; 0 when it returns, 1 when it raises: a setup failure (:data:`USER_ERRORS`) as one line
-    on stderr (``[tag()]`` first, a worker's instance id), anything else (a bug) logged with its traceback."""
+    on stderr (``[tag()]`` first, a worker's instance id), anything else (a bug) logged with its traceback.
+    One of the :data:`REFUSALS` exits with ``refused_status`` (a supervised worker's ``REFUSED_STATUS``)."""
     try:
         body()
     except USER_ERRORS as exc:
         print_error((f"[{tag()}] " if tag is not None else "") + (str(exc) or repr(exc)))
-        return 1
+        return refused_status if isinstance(exc, REFUSALS) else 1
     except Exception:
         log.exception("%s stopped on an error", what)
         return 1

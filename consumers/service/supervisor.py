@@ -35,6 +35,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -43,6 +44,7 @@ from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fusionstream.consumers.cli_errors import PROG
 from fusionstream.consumers.service.hostview import (
     NOT_ANSWERING,
     HostMetrics,
@@ -51,12 +53,14 @@ from fusionstream.consumers.service.hostview import (
     poll_health,
 )
 from fusionstream.consumers.service.metrics import MetricsServer
-from fusionstream.consumers.service.worker import settings_line
+from fusionstream.consumers.service.worker import REFUSED_STATUS, settings_line
 from fusionstream.consumers.settings import Settings
 
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "fusionstream.consumers.service.worker"
+ERROR_PREFIX = f"{PROG}: error:"
+_TAG = re.compile(r"^\[[^\]]*\] ")
 MAX_BACKOFF_S = 30.0
 
 
@@ -109,11 +113,31 @@ class _Worker:
         self.warm = False  # its engine is open
         self.killed = False  # by the supervisor, as stuck
         self.stuck_since: float | None = None  # when its /healthz first said it is frozen or will not exit
+        self.errors: list[str] = []  # its ``fusionstream: error:`` lines, held until its exit says what they mean
         self._ready = asyncio.create_task(self._await_ready(ready))
+        self._relay = asyncio.create_task(self._relay_stderr())
 
     async def _await_ready(self, ready: asyncio.StreamReader) -> None:
         with suppress(OSError, ValueError):
             self.warm = (await ready.readline()) == b"ready\n"
+
+    async def _relay_stderr(self) -> None:
+        """Pass its stderr on as it comes, but hold its error lines: N workers refused for one reason are one line."""
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            if text.startswith(ERROR_PREFIX):
+                self.errors.append(text)
+            else:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+
+    async def exited(self) -> tuple[int, list[str]]:
+        """Wait for it to exit; its status and its error lines."""
+        code = await self.proc.wait()
+        with suppress(Exception):
+            await asyncio.wait_for(self._relay, timeout=5.0)  # a grandchild may hold the pipe open
+        return code, self.errors
 
     def assign(self, view: WorkerView) -> None:
         """Give it its slot: it starts serving as soon as its engine is open (at once for a standby)."""
@@ -164,6 +188,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._signals = 0
         self._fatal: str | None = None
+        self._refusal: str | None = None  # a worker's refusal that stopped the host, without its [tag]
 
     # -- control --------------------------------------------------------------------------------
 
@@ -223,7 +248,8 @@ class Supervisor:
         read_fd, write_fd = os.pipe()  # the worker says "ready" on it when its engine is open
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
+                sys.executable, "-m", WORKER_MODULE, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
                 start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only; it forwards it once
             )
         finally:
@@ -239,7 +265,11 @@ class Supervisor:
         """The standby if it is alive (already warm), else a fresh process. The next standby is started by
         :meth:`_poll` once every worker serves again: on few cores its start would slow the recovery."""
         spare, self._spare = self._spare, None
-        if spare is None or spare.proc.returncode is not None:
+        if spare is not None and spare.proc.returncode is not None:
+            for line in (await spare.exited())[1]:
+                _pass_on(line)  # why the standby died
+            spare = None
+        if spare is None:
             spare = await self._spawn()
         return spare
 
@@ -251,8 +281,10 @@ class Supervisor:
         """Restart the slot's worker whenever it dies, until the supervisor stops."""
         while True:
             worker = self._workers[view.index]
-            code = await worker.proc.wait()
+            code, errors = await worker.exited()
             view.last_exit, view.healthy = code, False
+            if self._refused(view, code, errors):
+                return
             if self._stop.is_set():
                 view.state = "stopped"
                 return
@@ -289,6 +321,26 @@ class Supervisor:
             self._started(view, replacement)
             view.restarts += 1
             self.restarts.labels(str(view.index)).inc()
+
+    def _refused(self, view: WorkerView, code: int, errors: list[str]) -> bool:
+        """Pass the exited worker's error lines on; True if it refused a setup that no restart mends before the
+        host ever served (``main.REFUSALS``: bad topics, a refused login), which stops the host with that one
+        line, as ``serve`` without ``--workers`` would (the other workers' copies of it are dropped)."""
+        if self._refusal is not None:
+            errors = [line for line in errors if _untagged(line) != self._refusal]
+        host_served = any(v.healthy_at is not None for v in self.views)
+        if code == REFUSED_STATUS and not host_served and self._refusal is None and not self._stop.is_set():
+            self._refusal = _untagged(errors[-1]) if errors else f"worker {view.index} refused to start"
+            self._fatal = self._refusal
+            log.error("worker %d refused to start (%s); stopping", view.index, self._refusal)
+            for line in errors[:-1]:
+                _pass_on(line)
+            view.state = "stopped"
+            self.stop()
+            return True
+        for line in errors:
+            _pass_on(line)
+        return False
 
     async def _poll(self) -> None:
         """Refresh each worker's health (for /healthz and ``worker_up``); start the standby once all serve."""
@@ -366,6 +418,16 @@ class Supervisor:
             return 1
         log.info("all %d workers stopped (exit statuses %s)", self.count, codes[: self.count])
         return 0
+
+
+def _untagged(line: str) -> str:
+    """A worker's error line without ``fusionstream: error: [<instance>] ``: the same for every worker."""
+    return _TAG.sub("", line.removeprefix(ERROR_PREFIX).lstrip(), count=1)
+
+
+def _pass_on(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _free_port() -> int:

@@ -10,7 +10,8 @@ The supervisor (:mod:`fusionstream.consumers.service.supervisor`) talks to it ov
 Between the two it waits warm: the supervisor keeps one such standby, and hands it the slot of a worker
 that died, so a crash costs a group rejoin rather than a process start. When stdin closes (the supervisor
 is gone, however it went), a serving worker stops gracefully; a standby just exits. SIGTERM/SIGINT stop it
-as they stop `fusionstream serve`. Exit status as ``serve``'s: 0 after a graceful stop, 1 on an error.
+as they stop `fusionstream serve`. Exit status as ``serve``'s: 0 after a graceful stop, 1 on an error; 3 on a
+setup failure no restart mends (``main.REFUSALS``: a refused login, missing topics, a window the model refuses).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any
 from fusionstream.consumers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The exit status of a setup failure that no restart mends (``main.REFUSALS``).
+REFUSED_STATUS = 3
 
 #: The log format of ``serve``, with the worker's instance id, so the host's interleaved logs stay readable.
 LOG_FORMAT = "%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
@@ -75,7 +79,7 @@ def main() -> int:
                                        runner, spec, options=options)
             asyncio.run(serve_until_stopped(service, on_start=_stop_when_stdin_closes, tag=lambda: name[0]))
 
-    return exit_status("the worker", serve, tag=lambda: name[0])
+    return exit_status("the worker", serve, tag=lambda: name[0], refused_status=REFUSED_STATUS)
 
 
 def _say_ready(fd: int | None) -> None:
