@@ -16,14 +16,20 @@ keeps two things there, per input partition:
 Encoding (JSON, ASCII, at most :data:`MAX_CHARS` characters, because brokers refuse
 commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
 
-    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...}}
+    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...},"g":1}
 
-(``q`` only when some stream has one; readers from before it ignore it.)
+(``q`` only when some stream has one; ``g`` only when the windows were staggered; readers from before
+them ignore them.)
 
 where a stream's time is stored as ``(b + k) * h`` nanoseconds, rounded down to a multiple of the
 hop: a window start lies within one hop above it (exactly on it unless windows are staggered),
 and ``Aligner.resume`` rounds it up onto the stream's own grid. When the streams do not fit,
 the ones furthest behind are left out (they lose only the duplicate protection).
+
+A restart onto another grid (a model or setting with another hop, staggering switched) cannot round a
+staggered stream's time onto its old grid: :meth:`Checkpoint.on_grid` adds the stream's old offset back
+(``h`` and ``g`` say what the grid was), so the new grid resumes at its first window starting at or after
+the old one's first unpublished start, in every stream alike.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from fusionstream.stream.windows import stream_offset_ns
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +57,12 @@ class Checkpoint:
     streams: Mapping[str, int] = field(default_factory=dict)
     #: stream id -> start (ns) of the stream's first window without a provisional prediction.
     provisional: Mapping[str, int] = field(default_factory=dict)
+    #: The grid the times were written on (decoded checkpoints only): its hop, and whether it was staggered
+    #: (None: written before that was recorded).
+    hop_ns: int = 0
+    staggered: bool | None = None
 
-    def encode(self, hop_ns: int, *, max_chars: int = MAX_CHARS) -> str:
+    def encode(self, hop_ns: int, *, staggered: bool = False, max_chars: int = MAX_CHARS) -> str:
         """The metadata string; streams furthest behind are dropped when it would not fit."""
         if hop_ns <= 0:
             raise ValueError("hop_ns must be positive")
@@ -68,6 +80,8 @@ class Checkpoint:
             ahead = {s: self.provisional[s] // hop_ns - base for s, _ in chosen if s in self.provisional}
             if ahead:
                 doc["q"] = ahead
+            if staggered:
+                doc["g"] = 1
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
             if len(text) <= max_chars or keep == 0:
                 break
@@ -92,12 +106,28 @@ class Checkpoint:
             hop, base, mark = int(data["h"]), int(data["b"]), int(data["r"])
             streams = {str(sid): (base + int(k)) * hop for sid, k in dict(data["s"]).items()}
             provisional = {str(sid): (base + int(k)) * hop for sid, k in dict(data.get("q", {})).items()}
+            staggered = bool(data["g"]) if "g" in data else None
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring commit metadata that is not a fusionstream checkpoint: %.80r", text)
             return None
         if hop <= 0:
             return None
-        return cls(replay_mark=mark, streams=streams, provisional=provisional)
+        return cls(replay_mark=mark, streams=streams, provisional=provisional, hop_ns=hop, staggered=staggered)
+
+    def on_grid(self, hop_ns: int, staggered: bool) -> Checkpoint:
+        """These times for a service whose grid is ``hop_ns`` (``staggered`` or not): as they are on the grid
+        they were written on; on another, each staggered stream's time gets its old offset back (rounded down
+        to the old hop, it would otherwise resume up to a hop early on the new grid, before windows it
+        published). A checkpoint that does not say whether it was staggered is taken to be as ``staggered``."""
+        was_staggered = staggered if self.staggered is None else self.staggered
+        if not self.hop_ns or not was_staggered or (self.hop_ns == hop_ns and staggered):
+            return self
+
+        def exact(times: Mapping[str, int]) -> dict[str, int]:
+            return {sid: t + stream_offset_ns(sid, self.hop_ns) for sid, t in times.items()}
+
+        return replace(self, streams=exact(self.streams), provisional=exact(self.provisional), hop_ns=hop_ns,
+                       staggered=staggered)
 
     @staticmethod
     def merge(checkpoints: list[Checkpoint | None], *, provisional: bool = False) -> dict[str, int]:

@@ -83,8 +83,10 @@ R = TypeVar("R", bound=Fetched)
 class Handover:
     """Owns assigned partitions, streams per partition, published times, held offsets and last commits."""
 
-    def __init__(self, hop_ns: int, *, max_streams_per_partition: int = MAX_STREAMS_PER_PARTITION) -> None:
+    def __init__(self, hop_ns: int, *, staggered: bool = False,
+                 max_streams_per_partition: int = MAX_STREAMS_PER_PARTITION) -> None:
         self.hop_ns = hop_ns
+        self.staggered = staggered
         self.tracker = OffsetTracker()
         self._max_streams = max_streams_per_partition
         self._streams_of: StreamStates | None = None
@@ -121,6 +123,8 @@ class Handover:
         for tp, stored in committed.items():
             offset = stored.offset if stored is not None and stored.offset >= 0 else None
             checkpoint = Checkpoint.decode(stored.metadata) if stored is not None else None
+            if checkpoint is not None:
+                checkpoint = checkpoint.on_grid(self.hop_ns, self.staggered)
             self.tracker.resume(tp, committed=offset, replay_mark=checkpoint.replay_mark if checkpoint else -1)
             self._last_meta[tp] = stored.metadata if stored is not None else ""
             checkpoints.setdefault(tp[1], []).append(checkpoint)
@@ -249,7 +253,8 @@ class Handover:
             ahead = {sid: self._provisional[sid] for sid in streams
                      if self._provisional.get(sid, -(2**63)) > streams[sid]}
             mark = self.tracker.replay_mark(tp)
-            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead).encode(self.hop_ns)
+            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead).encode(
+                self.hop_ns, staggered=self.staggered)
             if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
                 continue
             chosen[tp] = (offset, metadata)

@@ -94,7 +94,7 @@ class InferenceService:
         # Refused here, before anything connects: windows the model was not trained on predict worse, silently.
         self.window_config = settings.model_window_config(spec)
         self.metrics = ServiceMetrics(registry)
-        self.handover = Handover(self.window_config.hop_ns)
+        self.handover = Handover(self.window_config.hop_ns, staggered=self.window_config.stagger)
         self._health = Health(self.instance_id, stall_after_s=options.stall_after_s)
         self._gauges = Gauges(self.metrics)
         self.input_topics = (settings.video_topic, settings.audio_topic, settings.text_topic)

@@ -132,7 +132,7 @@ def test_checkpoint_round_trips_times_to_the_window_start_the_aligner_resumes_at
     assert json.loads(text)["v"] == 1 and text.isascii()
     back = Checkpoint.decode(text)
     assert back == Checkpoint(replay_mark=42, streams={"cam-01": t0 + 3 * HOP, "cam-02": t0 + HOP,
-                                                       "cam-03": t0 + 5 * HOP})
+                                                       "cam-03": t0 + 5 * HOP}, hop_ns=HOP)
     assert staggered.first_start_from(back.streams["cam-03"], offset) == streams["cam-03"]
     shared = WindowConfig()
     assert shared.first_start_from(back.streams["cam-01"], 0) == streams["cam-01"]
