@@ -123,7 +123,8 @@ class _Worker:
 
     async def _relay_stderr(self) -> None:
         """Pass its stderr on as it comes, but hold its error lines: N workers refused for one reason are one line."""
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:
+            return  # its stderr is the supervisor's own
         while line := await self.proc.stderr.readline():
             text = line.decode("utf-8", "replace").rstrip("\n")
             if text.startswith(ERROR_PREFIX):
