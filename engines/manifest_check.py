@@ -157,11 +157,15 @@ def _tokenizer(manifest: Manifest, modality: ModalitySpec) -> Any:
                     f"{pre.tokenizer} {tokenizer_problem(manifest.directory / pre.tokenizer, exc)}") from None
 
 
-def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: str, field: str,
-         file: str) -> tuple[np.ndarray, float]:
+def _check_output(manifest: Manifest, session: Any, output: str, field: str, file: str) -> None:
     outputs = [o.name for o in session.get_outputs()]
     if output not in outputs:
         raise _fail(manifest, field, f"{file} has no output {output!r} (it has {', '.join(outputs)})")
+
+
+def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: str, field: str,
+         file: str) -> tuple[np.ndarray, float]:
+    _check_output(manifest, session, output, field, file)
     started = time.process_time()
     try:
         (result,) = session.run([output], feed)
@@ -171,14 +175,36 @@ def _run(manifest: Manifest, session: Any, feed: dict[str, np.ndarray], output: 
 
 
 def _check_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, field: str = "file") -> GraphReport:
+    if field == "file":
+        return _checked_encoder(manifest, modality, threads, field)
+    # The int8 graph is checked against the encoder's declaration: what does not fit is its int8_file's fault.
+    base = f"modalities.{modality.name}.encoder"
+    try:
+        return _checked_encoder(manifest, modality, threads, field)
+    except ModelDirError as exc:
+        reason = str(exc).removeprefix(f"{manifest.path}: ")
+        if reason.startswith(f"{base}.{field}:"):
+            raise
+        raise _fail(manifest, f"{base}.{field}", f"{modality.encoder.file} does not fit the encoder it quantizes "
+                    f"({reason})") from None
+
+
+def _checked_encoder(manifest: Manifest, modality: ModalitySpec, threads: int, field: str) -> GraphReport:
     encoder = modality.encoder
     base = f"modalities.{modality.name}.encoder"
     session = _session(manifest, encoder.file, f"{base}.{field}", threads)
     _check_inputs(manifest, modality, session)
+    # before anything runs the graph: a wrong output name would read as whatever that run was testing
+    _check_output(manifest, session, encoder.output, f"{base}.output.name", encoder.file)
     pre = modality.preprocess
     tokenizer = None
     if isinstance(pre, TextPreprocess) and pre.tokenizer is not None:
         tokenizer = _tokenizer(manifest, modality)  # a bad file named as such, before the graph runs what it gives
+        specials = tokenizer.num_special_tokens_to_add(False)
+        if pre.max_tokens <= specials:  # the tokenizer would ignore the truncation, or keep no word
+            raise _fail(manifest, f"modalities.{modality.name}.preprocess.max_tokens",
+                        f"{pre.max_tokens} leaves no room for words: {pre.tokenizer} adds {specials} special tokens "
+                        f"to every text; set at least {specials + 1}")
         _check_token_range(manifest, modality, session, tokenizer)
     cpu_ms = 0.0
     for batch in (1, 2):
@@ -203,22 +229,30 @@ def _check_token_range(manifest: Manifest, modality: ModalitySpec, session: Any,
     vocabulary = tokenizer.get_vocab_size(with_added_tokens=True)
     base = f"modalities.{modality.name}"
     sample = tokenizer.encode(SAMPLE_TEXT).ids[: pre.max_tokens] or [0]
-    for ids, field, what in (
-        ([*sample[:-1], vocabulary - 1], f"{base}.preprocess.tokenizer",
-         f"{pre.tokenizer} has {vocabulary} tokens, and {modality.encoder.file} fails on the last one (id "
-         f"{vocabulary - 1}): its embedding table is smaller than the tokenizer"),
-        ((sample * pre.max_tokens)[: pre.max_tokens], f"{base}.preprocess.max_tokens",
-         f"{modality.encoder.file} fails on {pre.max_tokens} tokens (max_tokens): more than its position "
-         "embeddings hold? Lower max_tokens"),
-    ):
+    def fails(ids: list[int]) -> str | None:
         fields = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
         feed = {spec.name: np.array([fields[role]], dtype=spec.dtype) for role, spec in modality.encoder.inputs.items()}
         try:
             (result,) = session.run([modality.encoder.output], feed)
         except Exception as exc:  # onnxruntime's own exception types
-            raise _fail(manifest, field, f"{what} ({first_line(exc)})") from None
-        if not np.isfinite(np.asarray(result)).all():
-            raise _fail(manifest, field, f"{what} (non-finite output)")
+            return first_line(exc)
+        return None if np.isfinite(np.asarray(result)).all() else "non-finite output"
+
+    if problem := fails([*sample[:-1], vocabulary - 1]):
+        raise _fail(manifest, f"{base}.preprocess.tokenizer",
+                    f"{pre.tokenizer} has {vocabulary} tokens, and {modality.encoder.file} fails on the last one (id "
+                    f"{vocabulary - 1}): its embedding table is smaller than the tokenizer ({problem})")
+    longest = (sample * pre.max_tokens)[: pre.max_tokens]
+    if fails(longest):
+        # The most tokens it takes (its position embeddings, usually): said as the number to set.
+        low, high = 0, len(longest)  # low works (or is 0), high fails
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fails(longest[:middle]) else (middle, high)
+        takes = f"takes at most {low} tokens (its position embeddings?)" if low else "fails on any number of tokens"
+        raise _fail(manifest, f"{base}.preprocess.max_tokens",
+                    f"{pre.max_tokens}, but {modality.encoder.file} {takes}: set max_tokens to {low} or less"
+                    if low else f"{modality.encoder.file} {takes}")
 
 
 def _check_fusion(manifest: Manifest, threads: int) -> GraphReport:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fusionstream.consumers.engine import model_title
 from fusionstream.consumers.pipeline.reuse import Embedder
 from fusionstream.consumers.pipeline.runner import Runtime
 from fusionstream.consumers.training.embed_cache import EmbeddedSet
@@ -83,8 +84,7 @@ def evaluate_command(
             result["by_digit"] = per_class(runtime, windows)
     described = ", ".join(f"{key} {value}" for key, value in options.items())
     task = result["task"]
-    console.print(evaluation_table(result, f"{manifest.fusion.method if manifest.fusion else ''} model "
-                                           f"v{manifest.version} ({task}) on {backend}"
+    console.print(evaluation_table(result, f"{model_title(manifest)} ({task}) on {backend}"
                                            f"{f' ({described})' if described else ''}, "
                                            f"{result['windows']} clear of {result['all_windows']} windows{drawn}"))
     print_breakdowns(console, result, what)

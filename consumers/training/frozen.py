@@ -129,7 +129,10 @@ def _table(fitted: dict[str, FittedHead], task: str) -> Table:
 
 def _warn_of_overlapping_labels(windows: EmbeddedSet, console: Console) -> None:
     """A single-label head learns one class per window: spans of two classes that overlap cap its accuracy."""
-    several = int((windows.targets.sum(axis=1) > 1).sum())
+    # Two classes at half or more each are two labels at once only where their spans overlap (more than the
+    # whole window covered): a window that straddles the boundary of two spans that merely touch has one each.
+    overlapping = windows.coverage.sum(axis=1) > 1 + 1e-4
+    several = int(((windows.targets.sum(axis=1) > 1) & overlapping).sum())
     if several:
         console.print(f"[yellow]warning:[/] {several} of {len(windows)} windows have two or more labels at once "
                       "(overlapping spans in labels.csv): a single_label head learns one per window, the one "
