@@ -15,7 +15,10 @@ has decoded, later frames that start with the same block and carry no marker seg
 their scan (a byte search) skip the eighth-scale decode: most of the intake's JPEG work.
 
 OpenCV checks (its verdict on a frame is the refusal rule above); the sampled frames' pixels come
-from libjpeg-turbo through simplejpeg, the same pixels without OpenCV's per-call work.
+from libjpeg-turbo through simplejpeg, the same pixels without OpenCV's per-call work, turned
+upright as the frame's EXIF orientation says (:mod:`fusionstream.stream.exif`). A frame's bytes
+end at its end-of-image marker: what follows it (an MJPEG stream's CRLF or part boundary, a
+buffer's padding) is not the image's, and is dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import cv2
 import numpy as np
 
 from fusionstream.stream.errors import BadRecord
+from fusionstream.stream.exif import exif_orientation, oriented, oriented_shape
 
 try:
     # libjpeg-turbo straight to RGB without OpenCV's per-call work: a 96x96 frame in 39 us instead of 71,
@@ -44,6 +48,7 @@ MAX_PIXELS = 7680 * 4320
 _SOS = 0xDA
 _DQT = 0xDB
 _DHT = 0xC4
+_APP1 = 0xE1
 #: Start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
 _SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 #: Markers without a length field.
@@ -60,46 +65,60 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
     Checks the marker segments up to the first scan the way libjpeg reads them: lengths,
     quantisation and Huffman tables, the frame header's size, precision, components and
     sampling factors, and that the scan only names components and tables that exist.
-    The entropy-coded data after it is not read (libjpeg survives damage there).
+    The entropy-coded data after it is not read (libjpeg survives damage there). The size is the
+    stored image's, before its EXIF orientation turns it.
     """
-    _check_soi_eoi(data)
-    return _checked_header(data)[0]
+    return _inspected(data)[0]
 
 
-def _check_soi_eoi(data: bytes) -> None:
+def _inspected(data: bytes) -> tuple[tuple[int, int], bytes, int, int]:
+    """A checked JPEG's stored ``(height, width)``, its header block, its EXIF orientation and the end of its
+    bytes (after its end-of-image marker)."""
     if not data.startswith(SOI):
         raise _bad("payload does not start with a JPEG SOI marker")
-    # libjpeg "recovers" from a truncated stream by returning a grey-padded image,
-    # so a missing end-of-image marker is the reliable sign of truncation.
-    if not (data.endswith(EOI) or data.rstrip(b"\x00").endswith(EOI)):
+    size, header, orientation = _checked_header(data)
+    return size, header, orientation, _image_end(data, len(header))
+
+
+def _image_end(data: bytes, scan_start: int) -> int:
+    """Where the image ends: after the end-of-image marker that follows its first scan header. libjpeg
+    "recovers" from a truncated stream by returning a grey-padded image, so a missing end-of-image marker is
+    the reliable sign of truncation (in entropy-coded data a 0xFF byte is always followed by 0x00 or a
+    restart marker, so the marker's two bytes cannot occur there by chance)."""
+    if data.endswith(EOI):
+        return len(data)
+    end = data.rfind(EOI, scan_start)
+    if end < 0:
         raise _bad("JPEG has no end-of-image marker (truncated)")
+    return end + 2
 
 
-def _checked_header(data: bytes) -> tuple[tuple[int, int], bytes]:
-    """:func:`check_jpeg`'s size, and the header block (SOI up to the end of the first scan header)."""
+def _checked_header(data: bytes) -> tuple[tuple[int, int], bytes, int]:
+    """:func:`check_jpeg`'s size, the header block (SOI up to the end of the first scan header), and the
+    EXIF orientation."""
     # A camera's encoder writes the same headers (tables, size) into every frame: a frame that
     # starts with headers already checked needs no second walk.
-    for header, size in _known_headers:
+    for header, size, orientation in _known_headers:
         if data.startswith(header) and len(data) > len(header):
-            return size, header
-    size, end = _walk(data)
+            return size, header, orientation
+    size, end, orientation = _walk(data)
     header = data[:end]
-    _remember(header, size)
-    return size, header
+    _remember(header, size, orientation)
+    return size, header, orientation
 
 
-#: Checked header blocks (SOI up to the end of the first scan header) and their frame sizes:
-#: a few encoders' worth, newest first. Replaced whole (never changed in place), so decode
-#: threads read it without a lock.
-_known_headers: tuple[tuple[bytes, tuple[int, int]], ...] = ()
+#: Checked header blocks (SOI up to the end of the first scan header), their frame sizes and EXIF
+#: orientations: a few encoders' worth, newest first. Replaced whole (never changed in place), so
+#: decode threads read it without a lock.
+_known_headers: tuple[tuple[bytes, tuple[int, int], int], ...] = ()
 _MAX_KNOWN_HEADERS = 16
 _remember_lock = threading.Lock()
 
 
-def _remember(header: bytes, size: tuple[int, int]) -> None:
+def _remember(header: bytes, size: tuple[int, int], orientation: int) -> None:
     global _known_headers
     with _remember_lock:
-        _known_headers = ((header, size), *_known_headers[: _MAX_KNOWN_HEADERS - 1])
+        _known_headers = ((header, size, orientation), *_known_headers[: _MAX_KNOWN_HEADERS - 1])
 
 
 #: Header blocks of frames that decoded (at eighth scale), newest first; replaced whole, like
@@ -123,13 +142,14 @@ def _needs_decode_check(data: bytes, header: bytes) -> bool:
     scans and tables, or damage)."""
     if header not in _decoded_headers:
         return True
-    end = len(data) - 2 if data.endswith(EOI) else len(data.rstrip(b"\x00")) - 2
-    return _MARKER_IN_SCAN.search(data, len(header), end) is not None
+    return _MARKER_IN_SCAN.search(data, len(header), len(data) - 2) is not None  # ``data`` ends at its EOI
 
 
-def _walk(data: bytes) -> tuple[tuple[int, int], int]:
-    """Check the segments up to the first scan; ``((height, width), offset after the scan header)``."""
+def _walk(data: bytes) -> tuple[tuple[int, int], int, int]:
+    """Check the segments up to the first scan; ``((height, width), offset after the scan header,
+    EXIF orientation)``."""
     frame: _FrameHeader | None = None
+    orientation = 1
     quant: set[int] = set()
     huffman: set[tuple[int, int]] = set()
     i, n = 2, len(data)
@@ -159,10 +179,12 @@ def _walk(data: bytes) -> tuple[tuple[int, int], int]:
             if frame is not None:
                 raise _bad("JPEG has two frame headers")
             frame = _frame_header(body)
+        elif marker == _APP1 and orientation == 1:
+            orientation = exif_orientation(body)
         elif marker == _SOS:
             _check_scan(body, frame, quant, huffman)
             assert frame is not None
-            return (frame.height, frame.width), i + 2 + length
+            return (frame.height, frame.width), i + 2 + length, orientation
         i += 2 + length
     raise _bad("JPEG has no scan")
 
@@ -282,39 +304,55 @@ def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
     the size whose sides are still at least that: a 1280x720 camera frame for a 96x96 model
     comes out 320x180 for about a quarter of a full decode, and its resize costs less too.
     """
+    shape, _, orientation, end = _inspected(data)
+    image = data[:end] if end < len(data) else data
     if min_side <= 0:
-        return decode_jpeg_reduced(data, 1)
-    shape = check_jpeg(data)
-    return decode_jpeg_reduced(data, reduction(*shape, min_side), shape)
+        return oriented(decode_jpeg_reduced(image, 1), orientation)
+    return oriented(decode_jpeg_reduced(image, reduction(*shape, min_side), shape), orientation)
 
 
 def decode_jpeg_reduced(data: bytes, factor: int, shape: tuple[int, int] | None = None) -> np.ndarray:
     """:func:`decode_jpeg` at 1/``factor`` of the size (1, 2, 4 or 8), for a caller that knows the frame's size
     (``shape``, height and width: without it a reduced decode is OpenCV's).
 
-    simplejpeg decodes when it can do so without a warning; anything else (a recoverable error libjpeg
-    would only warn about, a form it does not convert) is left to OpenCV, which decides as it always did
-    what is refused and what decodes with a warning (docs/wire-format.md).
+    simplejpeg decodes when it can (a frame with damaged entropy-coded data too, as libjpeg decodes it, with
+    its missing part grey: :func:`decode_jpeg_noting_damage` says so); anything else (a form it does not
+    convert) is left to OpenCV, which decides as it always did what is refused (docs/wire-format.md). The
+    pixels are as stored: the EXIF orientation is the caller's to apply (OpenCV is told to leave it, as
+    simplejpeg does).
     """
+    return decode_jpeg_noting_damage(data, factor, shape)[0]
+
+
+def decode_jpeg_noting_damage(data: bytes, factor: int,
+                              shape: tuple[int, int] | None = None) -> tuple[np.ndarray, str | None]:
+    """:func:`decode_jpeg_reduced`, and libjpeg's warning when the frame is damaged (None when it is sound).
+    libjpeg's warnings are taken from simplejpeg, which keeps them, not from OpenCV, which prints them on
+    stderr, once per frame, naming no camera."""
     if simplejpeg is not None and (factor == 1 or shape is not None):
         low = (-(-shape[0] // factor), -(-shape[1] // factor)) if shape is not None and factor > 1 else (0, 0)
+        damage = None
         try:
             rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=low[0], min_width=low[1])
-        except ValueError:
-            rgb = None
+        except ValueError as exc:
+            damage = str(exc) or "a recoverable error"
+            try:  # libjpeg's own recovery: what OpenCV would give, without its line on stderr
+                rgb = simplejpeg.decode_jpeg(data, "RGB", min_height=low[0], min_width=low[1], strict=False)
+            except ValueError:
+                rgb, damage = None, None
         # libjpeg-turbo scales by any eighth; the size OpenCV's factor gives is the one wanted (identical pixels).
         if rgb is not None and (factor == 1 or rgb.shape[:2] == low):
-            return rgb
+            return rgb, damage
     buffer = np.frombuffer(data, dtype=np.uint8)
     if _IMREAD_RGB is not None:
-        rgb = cv2.imdecode(buffer, _IMREAD_RGB | _REDUCED_BITS.get(factor, 0))
+        rgb = cv2.imdecode(buffer, _IMREAD_RGB | _REDUCED_BITS.get(factor, 0) | cv2.IMREAD_IGNORE_ORIENTATION)
         if rgb is None or rgb.size == 0:
             raise _bad("OpenCV could not decode the JPEG")
-        return rgb
-    bgr = cv2.imdecode(buffer, _REDUCED_BGR.get(factor, cv2.IMREAD_COLOR))
+        return rgb, None
+    bgr = cv2.imdecode(buffer, _REDUCED_BGR.get(factor, cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.size == 0:
         raise _bad("OpenCV could not decode the JPEG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None
 
 
 class LazyJpeg:
@@ -328,24 +366,30 @@ class LazyJpeg:
     already, so the caller counts it rather than dead-lettering it.
     """
 
-    __slots__ = ("_data", "_lock", "_pixels", "failed", "shape")
+    __slots__ = ("_data", "_lock", "_pixels", "_stored", "damage", "failed", "orientation", "shape")
 
     def __init__(self, data: bytes) -> None:
-        _check_soi_eoi(data)
-        (height, width), header = _checked_header(data)
+        (height, width), header, orientation, end = _inspected(data)
+        if end < len(data):
+            data = data[:end]
         # Sound marker segments can still be refused by libjpeg, which only decoding finds. An
         # eighth-scale grey decode does it for less than half the cost of a full decode, so a
         # broken JPEG is refused here, at intake, where it can still go to the dead-letter topic,
         # and not after it joined windows. Frames like one that decoded before skip it (module doc).
         if _needs_decode_check(data, header):
-            if cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+            flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_IGNORE_ORIENTATION
+            if cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) is None:
                 raise _bad("OpenCV could not decode the JPEG")
             _remember_decoded(header)
         self._data = data
         self._pixels: np.ndarray | None = None
         self._lock = threading.Lock()
-        self.shape = (height, width, 3)
+        self._stored = (height, width)
+        self.orientation = orientation
+        self.shape = (*oriented_shape(height, width, orientation), 3)  # upright, as decoded
         self.failed = False
+        #: libjpeg's warning when the decoded frame was damaged (its missing part grey), else None.
+        self.damage: str | None = None
 
     def decode(self, min_side: int = 0) -> np.ndarray:
         """The pixels, at full size or (``min_side``, see :func:`decode_jpeg`) as small as that allows."""
@@ -354,12 +398,14 @@ class LazyJpeg:
             with self._lock:  # two decode threads may reach a frame two windows share
                 pixels = self._pixels
                 if pixels is None or not self._serves(pixels, min_side):
-                    height, width = self.shape[:2]
+                    height, width = self._stored
                     factor = reduction(height, width, min_side)  # the header was read at construction
                     try:
-                        pixels = decode_jpeg_reduced(self._data, factor, (height, width))
+                        stored, self.damage = decode_jpeg_noting_damage(self._data, factor, (height, width))
+                        pixels = oriented(stored, self.orientation)
                     except BadRecord:
-                        pixels = np.zeros((-(-height // factor), -(-width // factor), 3), np.uint8)
+                        small = oriented_shape(-(-height // factor), -(-width // factor), self.orientation)
+                        pixels = np.zeros((*small, 3), np.uint8)
                         self.failed = True
                     self._pixels = pixels
         return pixels
@@ -371,7 +417,7 @@ class LazyJpeg:
 
     @property
     def data(self) -> bytes:
-        """The JPEG's bytes, as received."""
+        """The JPEG's bytes, as received up to its end-of-image marker."""
         return self._data
 
     @property

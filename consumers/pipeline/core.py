@@ -22,7 +22,6 @@ Nothing is dropped: a record is either in a window, or returned as a dead letter
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import sys
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusionstream.consumers.pipeline.batcher import MicroBatcher, WindowQueue
+from fusionstream.consumers.pipeline.frames import decode_frames, decode_sampled_frames
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.pipeline.stats import PipelineStats
@@ -456,33 +456,6 @@ def _thaw_heap() -> None:
     _pipelines_running -= 1
     if _pipelines_running == 0:
         gc.unfreeze()
-
-
-def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tuple[Window, Window, int]]:
-    """``(window, the window with its sampled JPEG frames decoded, frames that failed)`` for each window.
-
-    Runs on a decode thread; a frame two windows share is decoded once (``LazyJpeg`` keeps it).
-    ``min_side`` is the model's input side: larger frames are decoded no larger than needed for it
-    (``fusionstream.stream.jpeg.decode_jpeg``).
-    """
-    out = []
-    for window in windows:
-        frames, failures = decode_frames(window.frames, min_side)
-        out.append((window, dataclasses.replace(window, frames=tuple(frames)), failures))
-    return out
-
-
-def decode_frames(images: Sequence[Any], min_side: int = 0) -> tuple[list[Any], int]:
-    """Pixels of these frames (JPEGs decoded no smaller than ``min_side``), and how many failed to decode."""
-    pixels, failures = [], 0
-    for image in images:
-        if isinstance(image, LazyJpeg):
-            already = image.decoded
-            pixels.append(image.decode(min_side))
-            failures += image.failed and not already
-        else:
-            pixels.append(image)
-    return pixels, failures
 
 
 def decode_records(chunk: Sequence[Fed]) -> list[MediaItem | Progress | DeadLetter]:

@@ -180,9 +180,9 @@ def test_only_sampled_frames_are_decoded_and_each_is_embedded_once(
     from fusionstream.stream import jpeg
 
     decoded: list[int] = []
-    real_decode = jpeg.decode_jpeg_reduced
+    real_decode = jpeg.decode_jpeg_noting_damage
     monkeypatch.setattr(
-        jpeg, "decode_jpeg_reduced", lambda data, *size: decoded.append(1) or real_decode(data, *size)
+        jpeg, "decode_jpeg_noting_damage", lambda data, *size: decoded.append(1) or real_decode(data, *size)
     )
     source = SyntheticAV(SyntheticConfig(streams=2, seconds=10, seed=3))
     records = list(source.records())
