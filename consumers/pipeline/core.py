@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusionstream.consumers.pipeline.batcher import MicroBatcher, WindowQueue
-from fusionstream.consumers.pipeline.frames import decode_frames, decode_sampled_frames
+from fusionstream.consumers.pipeline.frames import Decoded, decode_frames, decode_sampled_frames
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.pipeline.stats import PipelineStats
@@ -325,10 +325,8 @@ class Pipeline:
             if len(keys) == FRAME_CHUNK:
                 break
         images = [self._frames_ahead.pop(key) for key in keys]
-        pixels, failed = await loop.run_in_executor(self._decode_pool, decode_frames, images, self._frame_side)
-        if failed:  # counted here: at close these frames are decoded already, and not counted again
-            self.stats.frames_undecodable += failed
-            log.warning("%d sampled JPEG frame(s) passed the intake check but did not decode; shown black", failed)
+        pixels, found = await loop.run_in_executor(self._decode_pool, decode_frames, images, self._frame_side)
+        self._count_decoded([found])  # counted here: at close these frames are decoded already, and not again
         await loop.run_in_executor(self._engine_pool, prepare, keys, pixels)
         self.stats.frames_warmed += len(keys)
 
@@ -370,6 +368,13 @@ class Pipeline:
         for window in windows:
             await self._windows.put(ClosedWindow(window, closed_at))
 
+    def _count_decoded(self, found: list[Decoded]) -> None:
+        failed = sum(f.failed for f in found)
+        self.stats.frames_damaged += sum(f.damaged for f in found)
+        if failed:
+            self.stats.frames_undecodable += failed
+            log.warning("%d sampled JPEG frame(s) passed the intake check but did not decode; shown black", failed)
+
     async def _decode_frames(self, windows: list[Window]) -> list[Window]:
         """Decode the JPEG frames these windows sampled (each frame once, however many windows share it)."""
         lazy = [w for w in windows if any(isinstance(f, LazyJpeg) for f in w.frames)]
@@ -383,10 +388,7 @@ class Pipeline:
               for i in range(0, len(lazy), size))
         )
         decoded = {id(old): new for part in done for old, new, _ in part}
-        failed = sum(failures for part in done for _, _, failures in part)
-        if failed:
-            self.stats.frames_undecodable += failed
-            log.warning("%d sampled JPEG frame(s) passed the intake check but did not decode; shown black", failed)
+        self._count_decoded([found for part in done for _, _, found in part])
         return [decoded.get(id(w), w) for w in windows]
 
     # -- output ---------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ class Decoded:
     damage: str | None = None
 
 
-def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tuple[Window, Window, int]]:
-    """``(window, the window with its sampled JPEG frames decoded, frames that failed)`` for each window.
+def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tuple[Window, Window, Decoded]]:
+    """``(window, the window with its sampled JPEG frames decoded, what decoding them found)`` for each window.
 
     Runs on a decode thread; a frame two windows share is decoded once (``LazyJpeg`` keeps it).
     ``min_side`` is the model's input side: larger frames are decoded no larger than needed for it
@@ -45,21 +45,16 @@ def decode_sampled_frames(windows: list[Window], min_side: int = 0) -> list[tupl
     """
     out = []
     for window in windows:
-        frames, found = decode_frames_of(window.frames, min_side)
+        frames, found = decode_frames(window.frames, min_side)
         if found.damaged:
             note_damage(window.stream_id, found)
-        out.append((window, dataclasses.replace(window, frames=tuple(frames)), found.failed))
+        out.append((window, dataclasses.replace(window, frames=tuple(frames)), found))
     return out
 
 
-def decode_frames(images: Sequence[Any], min_side: int = 0) -> tuple[list[Any], int]:
-    """Pixels of these frames (JPEGs decoded no smaller than ``min_side``), and how many failed to decode."""
-    pixels, found = decode_frames_of(images, min_side)
-    return pixels, found.failed
-
-
-def decode_frames_of(images: Sequence[Any], min_side: int = 0) -> tuple[list[Any], Decoded]:
-    """:func:`decode_frames`, with the damaged frames among them (each counted by the call that decoded it)."""
+def decode_frames(images: Sequence[Any], min_side: int = 0) -> tuple[list[Any], Decoded]:
+    """Pixels of these frames (JPEGs decoded no smaller than ``min_side``), and how many of them failed to
+    decode or were damaged (each counted by the call that decoded it)."""
     pixels, failed, damaged, damage = [], 0, 0, None
     for image in images:
         if isinstance(image, LazyJpeg):

@@ -16,6 +16,8 @@ class PipelineStats:
     batches: int = 0
     #: Sampled JPEG frames that passed the intake check but failed to decode (shown black).
     frames_undecodable: int = 0
+    #: Sampled frames whose compressed data was damaged: decoded with the missing part grey, and used.
+    frames_damaged: int = 0
     #: Open windows encoded ahead of their close.
     windows_warmed: int = 0
     #: Frames of open windows embedded ahead of their close (``fusionstream.stream.frames_ahead``).

@@ -75,7 +75,8 @@ class Gauges:
         self._counted = {"windows_warmed": metrics.encoded_ahead, "frames_warmed": metrics.frames_ahead,
                          "records_ignored": metrics.ignored,
                          "progress_records": metrics.progress, "records_partly_late": metrics.partly_late,
-                         "windows_degraded": metrics.degraded, "windows_failed": metrics.failed}
+                         "windows_degraded": metrics.degraded, "windows_failed": metrics.failed,
+                         "frames_damaged": metrics.frames_damaged}
         self._reported = dict.fromkeys(self._counted, 0)
 
     def reset(self) -> None:

@@ -75,6 +75,10 @@ class ServiceMetrics:
             "frames_encoded_ahead", "Frames open windows will sample, embedded before the windows closed (speculate).",
             namespace=ns, registry=registry,
         )
+        self.frames_damaged = Counter(
+            "frames_damaged", "Sampled JPEG frames whose compressed data was damaged (lost mid-scan): decoded with the "
+            "missing part grey and used; the log names the stream.", namespace=ns, registry=registry,
+        )
         self.ignored = Counter(
             "records_ignored", "Records not aligned, not waited for: of a modality the model does not use, "
             "interim transcript results (is_final false), copies of records already taken.",

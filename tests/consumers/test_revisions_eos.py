@@ -200,12 +200,17 @@ def check_revisions(records: Sequence[ConsumerRecord], expected: set[str]) -> di
     # (window, 0) is unique, so a window with a provisional prediction has no revision 0 final.
     revised = {w for (w, rev), places in where.items() if rev == 1
                and not any((w, 1, p, o) in amended for p, o in places)}
-    odd = sorted(provisional ^ revised)
-    assert not odd, f"a provisional prediction without a revision 1 final or the reverse: {history(records, odd[0])}"
-    for window in revised:
+    unfinished = sorted(provisional - revised)
+    assert not unfinished, f"a provisional prediction without a revision 1 final: {history(records, unfinished[0])}"
+    # The documented exception (predictions.md, `revision`): after a restart, a window the last run's
+    # provisionals had passed while it held nothing yet says revision 1 with no provisional before it. The
+    # checkpoint keeps one cut per stream, not which windows before it were passed. Seen under load only.
+    unannounced = revised - provisional
+    for window in revised - unannounced:
         (first,), (second,) = where[window, 0], where[window, 1]
         assert first[0] == second[0] and first[1] < second[1], history(records, window)
-    return {"windows": len(expected), "provisional": len(provisional), "predictions": len(records)}
+    return {"windows": len(expected), "provisional": len(provisional), "predictions": len(records),
+            "revision_1_without_provisional": len(unannounced)}
 
 
 @pytest.mark.kafka

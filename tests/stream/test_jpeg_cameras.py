@@ -142,8 +142,9 @@ def test_damaged_frames_are_one_warning_per_stream_naming_it(caplog: pytest.LogC
                       coverage=(1.0, 1.0, 0.0), closed_by="watermark")
 
     with caplog.at_level("WARNING", logger=frames.__name__):
-        frames.decode_sampled_frames([window("cam-damaged", t * 10**9) for t in range(5)]
-                                     + [window("cam-other", 0)])
+        done = frames.decode_sampled_frames([window("cam-damaged", t * 10**9) for t in range(5)]
+                                            + [window("cam-other", 0)])
+    assert [(found.damaged, found.failed) for _, _, found in done] == [(1, 0)] * 6  # counted for the metric
     lines = [r.getMessage() for r in caplog.records if r.name == frames.__name__]
     assert len(lines) == 2 and "stream cam-damaged: 1 sampled JPEG frame(s) damaged" in lines[0], lines
     assert "stream cam-other" in lines[1] and "premature end" in lines[0].lower()
