@@ -38,6 +38,11 @@ from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
 
+
+class AbortedStop(FusionStreamError):
+    """A second SIGTERM/SIGINT cut the graceful stop short: exit status 1, so that an operator (or a supervisor,
+    or ``restart: on-failure``) can tell it from a clean stop."""
+
 #: Failures that are the setup's, not the code's: reported as one line, without a traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (FusionStreamError, EngineError, KafkaError)
 
@@ -127,6 +132,9 @@ async def serve_until_stopped(service: InferenceService,
             # Cancelled while stopping on an error: the error is why it stopped (status 1, its one line on
             # stderr), or a supervisor or `restart: on-failure` would take it for a clean exit.
             raise service.failure from None
+        if signals > 1:
+            raise AbortedStop("aborted by a second signal: closed windows not published and offsets not committed "
+                              "since the last commit; the next start re-reads from it") from None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

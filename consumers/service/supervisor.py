@@ -62,6 +62,7 @@ WORKER_MODULE = "fusionstream.consumers.service.worker"
 ERROR_PREFIX = f"{PROG}: error:"
 _TAG = re.compile(r"^\[[^\]]*\] ")
 MAX_BACKOFF_S = 30.0
+STANDBY_RETRY_S = 2.0
 
 
 def resolve_workers(settings: Settings, cores: int | None = None, partitions: int | None = None) -> int:
@@ -190,6 +191,8 @@ class Supervisor:
         self._signals = 0
         self._fatal: str | None = None
         self._refusal: str | None = None  # a worker's refusal that stopped the host, without its [tag]
+        self._standby_after = 0.0  # when (monotonic) a standby that died may be replaced
+        self._standby_retry_s = STANDBY_RETRY_S
 
     # -- control --------------------------------------------------------------------------------
 
@@ -352,9 +355,31 @@ class Supervisor:
                 self.up.labels(str(view.index)).set(1 if view.healthy else 0)
                 self._kill_if_stuck(view, now)
             # The standby starts once every worker serves: on few cores it would slow their (re)start.
-            if self.standby and self._spare is None and all(v.healthy for v in self.views):
+            await self._replace_dead_standby(now)
+            if self._standby_due(now):
                 self._spare = await self._spawn()
             await asyncio.sleep(self.poll_s)
+
+    def _standby_due(self, now: float) -> bool:
+        """Whether to start a standby now: none is there, every worker serves (on few cores its start would slow a
+        recovery), and a standby that died was let go long enough ago."""
+        return (self.standby and self._spare is None and now >= self._standby_after
+                and all(v.healthy for v in self.views))
+
+    async def _replace_dead_standby(self, now: float) -> None:
+        """A standby that died (killed, out of memory) is said and let go; :meth:`_poll` starts another, after
+        ``STANDBY_RETRY_S`` (doubling while they keep dying before they are warm), so a crash finds one ready."""
+        spare = self._spare
+        if spare is None or spare.proc.returncode is None:
+            return
+        self._spare = None
+        code, errors = await spare.exited()
+        for line in errors:
+            _pass_on(line)
+        self._standby_retry_s = STANDBY_RETRY_S if spare.warm else min(2 * self._standby_retry_s, MAX_BACKOFF_S)
+        self._standby_after = now + self._standby_retry_s
+        log.warning("the standby (pid %s) exited with status %s; starting another in %.0f s", spare.proc.pid, code,
+                    self._standby_retry_s)
 
     def _kill_if_stuck(self, view: WorkerView, now: float) -> None:
         """SIGKILL a worker that served and then stopped answering its /healthz (frozen: SIGSTOP, swapping), or
