@@ -298,7 +298,8 @@ def reduction(height: int, width: int, min_side: int) -> int:
 
 
 def decode_jpeg(data: bytes, min_side: int = 0) -> np.ndarray:
-    """HxWx3 uint8 RGB; ``BadRecord("bad-jpeg")`` when OpenCV cannot decode it.
+    """HxWx3 uint8 RGB, upright; ``BadRecord("bad-jpeg")`` when :func:`check_jpeg` refuses it or OpenCV cannot
+    decode it.
 
     With ``min_side`` (a model's input side, say), decoded at the smallest of 1/2, 1/4, 1/8 of
     the size whose sides are still at least that: a 1280x720 camera frame for a 96x96 model

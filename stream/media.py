@@ -14,7 +14,7 @@ import numpy as np
 
 from fusionstream.stream import wire
 from fusionstream.stream.errors import BadRecord
-from fusionstream.stream.jpeg import LazyJpeg, check_jpeg, decode_jpeg
+from fusionstream.stream.jpeg import LazyJpeg, decode_jpeg
 from fusionstream.stream.records import (
     FLAG_COMPLETE,
     PROGRESS_VERSION,
@@ -102,8 +102,7 @@ def _raw_rgb24(payload: bytes, meta: Mapping[str, Any]) -> np.ndarray:
 
 
 def _jpeg(payload: bytes) -> np.ndarray:
-    check_jpeg(payload)
-    return decode_jpeg(payload)
+    return decode_jpeg(payload)  # which checks the markers first (``check_jpeg``'s walk, cached per header block)
 
 
 _S16 = np.dtype("<i2")

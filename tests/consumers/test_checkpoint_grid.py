@@ -94,5 +94,4 @@ def test_a_checkpoint_from_before_the_grid_was_recorded_is_taken_as_the_current_
     legacy = Checkpoint(streams=until).encode(OLD_HOP)  # no "g", as every build before it wrote
     assert '"g"' not in legacy
     resumed = _resume(legacy, NEW_HOP, staggered=True)
-    assert all(resumed.times[sid] >= until[sid] - stream_offset_ns(sid, OLD_HOP) for sid in STREAMS)
     assert resumed.times == until, "taken as staggered like the service reading it"
