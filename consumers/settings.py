@@ -145,10 +145,12 @@ class Settings(BaseSettings):
         "dead-lettered as future (taken, it would move its stream's watermark there and make every record after "
         "it late).",
     )
-    text_wait_ms: int | None = Field(
-        None, ge=0,
+    text_wait_ms: int | Literal["auto", "off"] = Field(
+        "auto",
         description="The transcript's wait budget: a window waits for its text until the newest modality is this far "
-        "past the window's end, no longer (unset: max_skew_ms, past which text is not waited for at all).",
+        "past the window's end, no longer. auto: each stream learns it from how late its words arrive "
+        "(docs/predictions.md#a-transcript-that-arrives-late); off: text more than max_skew_ms behind, or silent for "
+        "idle_timeout_ms, is not waited for at all.",
     )
     revisions: bool = Field(
         False,
@@ -163,7 +165,7 @@ class Settings(BaseSettings):
     )
     idle_timeout_ms: int = Field(
         2000, ge=0, description="Processing time after which a silent modality/stream stops holding windows open "
-        "(text with text_wait_ms set is held to its budget instead)."
+        "(text with a text_wait_ms budget, set or learned, is held to it instead)."
     )
     evict_after_s: float = Field(
         30.0, gt=0, description="Processing time after which a silent stream's state is dropped."
@@ -221,6 +223,20 @@ class Settings(BaseSettings):
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
         return name
+
+    @field_validator("text_wait_ms", mode="before")
+    @classmethod
+    def _budget_auto_or_off(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("auto", "off") or text.isdigit():
+                return int(text) if text.isdigit() else text
+            raise ValueError(f"text_wait_ms must be a whole number of milliseconds, 'auto' or 'off', not {value!r}")
+        if value is None:  # the setting's meaning before 'auto' was the default
+            return "off"
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"text_wait_ms must be at least 0, 'auto' or 'off', not {value}")
+        return value
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -299,7 +315,8 @@ class Settings(BaseSettings):
             idle_timeout_ns=self.idle_timeout_ms * MS,
             evict_after_ns=max(int(self.evict_after_s * 1e9), self.idle_timeout_ms * MS),
             provisional_without=frozenset({Modality.TEXT}) if self.revisions else frozenset(),
-            wait_ns=() if self.text_wait_ms is None else ((Modality.TEXT, self.text_wait_ms * MS),),
+            wait_ns=((Modality.TEXT, self.text_wait_ms * MS),) if isinstance(self.text_wait_ms, int) else (),
+            learn_wait=frozenset({Modality.TEXT}) if self.text_wait_ms == "auto" else frozenset(),
             stagger=self.stagger_windows,
         )
 

@@ -1,7 +1,7 @@
 """How accurate early predictions are (docs/predictions.md#revisions): provisional, final and amended
 predictions against the ground truth, beside the same windows with revisions off.
 
-    .venv/bin/python scripts/revision_accuracy.py --streams 8 --seconds 120 [--text-wait-ms 700]
+    .venv/bin/python scripts/revision_accuracy.py --streams 8 --seconds 120 [--text-wait-ms auto|off|700]
 
 Held-out synthetic streams (the speech bank's test voices, the default corruption) are delivered as
 `fusionstream bench`'s realistic profile delivers them (consumers/bench/delivery.py: words 300-700 ms
@@ -79,18 +79,18 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=10_000)
-    parser.add_argument("--text-wait-ms", type=int, default=None)
+    parser.add_argument("--text-wait-ms", default="auto", help="auto (the default), off or milliseconds")
     parser.add_argument("--model", type=Path, default=None)
     args = parser.parse_args()
     source = SyntheticAV(SyntheticConfig(streams=args.streams, seconds=args.seconds, seed=args.seed, voices="test"))
     records = list(source.records())
     schedule = REALISTIC.schedule(records)
-    base = Settings() if args.model is None else Settings(model_dir=args.model)
+    base = Settings(text_wait_ms=args.text_wait_ms, **({} if args.model is None else {"model_dir": args.model}))
     result: dict[str, Any] = {"streams": args.streams, "seconds": args.seconds, "seed": args.seed,
-                              "text_wait_ms": args.text_wait_ms, "profile": REALISTIC.describe()}
+                              "text_wait_ms": base.text_wait_ms, "profile": REALISTIC.describe()}
     with open_runtime("onnxruntime", base.model_dir) as runtime:
         for revisions in (False, True):
-            settings = base.model_copy(update={"revisions": revisions, "text_wait_ms": args.text_wait_ms})
+            settings = base.model_copy(update={"revisions": revisions})
             predictions = asyncio.run(_run(Runner(runtime), settings, list(schedule)))
             if not revisions:
                 result["off"] = _score(predictions, source.truth)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
 
+from fusionstream.stream.admission import Admission, AlignerStats
 from fusionstream.stream.amendments import amend, amendable, rebuild
 from fusionstream.stream.assemble import build_window
 from fusionstream.stream.buffers import ENDED, NEVER, ModalityBuffer, StreamState, stream_watermark
 from fusionstream.stream.frames_ahead import frames_due
+from fusionstream.stream.learned_wait import learn_wait
 from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import Window, WindowConfig
@@ -32,47 +33,6 @@ def last_instant(item: MediaItem | Record) -> int:
     if item.modality is Modality.VIDEO or item.t_end_ns <= item.t_start_ns:
         return item.t_start_ns
     return item.t_end_ns - 1
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What became of one item: the starts of the windows it joined, empty when it was late."""
-
-    window_starts: tuple[int, ...]
-    #: Windows it belongs to that had already closed: it is in the others only (partly late).
-    missed: int = 0
-    #: A copy of an item already buffered (a producer that resent it): taken once, in no window twice.
-    duplicate: bool = False
-
-    @property
-    def late(self) -> bool:
-        return not self.window_starts and not self.duplicate
-
-    @property
-    def partly_late(self) -> bool:
-        return bool(self.window_starts) and self.missed > 0
-
-
-@dataclass(slots=True)
-class AlignerStats:
-    """Counters for metrics; monotonic except ``open_streams``."""
-
-    items: int = 0
-    late: int = 0
-    #: Items that missed some of their windows (already closed) but joined others.
-    partly_late: int = 0
-    #: Progress records taken (docs/wire-format.md#progress).
-    progress: int = 0
-    #: Closed windows predicted again because a partly late record changed what they hold (revisions on).
-    amended: int = 0
-    #: Copies of items already buffered (``Admission.duplicate``): not buffered again.
-    duplicates: int = 0
-    windows: int = 0
-    closed_by_watermark: int = 0
-    closed_by_timeout: int = 0
-    closed_by_flush: int = 0
-    evicted_streams: int = 0
-    open_streams: int = 0
 
 
 class Aligner:
@@ -108,12 +68,23 @@ class Aligner:
         state = self._streams.get(item.stream_id)
         emitted_until = state.next_start_ns if state else self._tombstones.get(item.stream_id)
         missed = 0
+        # The stream learns its wait budget from this record (``text_wait_ms`` auto), unless its topic has
+        # records unread: then it is late because the service is behind, not its source.
+        learner = state if item.modality in cfg.learn_wait and item.modality not in self.behind else None
         if emitted_until is not None and emitted_until > first:
             resumed = state.resumed_until_ns if state else self._resumed.get(item.stream_id, NEVER)
             missed = max(0, min(len(starts), -(-(emitted_until - max(first, resumed)) // cfg.hop_ns)))
             first = emitted_until
+        elif (state is not None and first < state.first_start_ns
+              and starts[-1] + cfg.window_ns <= self._watermark(state, now_ns)):
+            # Before its first window closed, a stream takes records from before its first one, but not one
+            # whose every window the watermark has passed (a producer resending an old buffer): those
+            # windows would have closed before it came, and it made windows from before the stream began.
+            missed, first = len(starts), last + 1
         if first > last:
             self.stats.late += 1
+            if learner is not None:
+                learn_wait(learner, cfg, item.modality, starts.start, self._budgets)
             if state is not None:
                 self._arrived_late(state, item, now_ns)
             return Admission((), missed)
@@ -131,6 +102,8 @@ class Aligner:
                                   or (state.retired is not None and state.retired[item.modality].holds(item))):
             self.stats.duplicates += 1
             return Admission((), missed, duplicate=True)
+        if learner is not None:  # not a copy resent (a producer's retry): that says nothing of the feed
+            learn_wait(learner, cfg, item.modality, starts.start, self._budgets)
         amending = amendable(cfg, state, starts.start, first)
         before = {start: rebuild(cfg, item.stream_id, state, start) for start in amending}
         if state is None:
@@ -386,6 +359,12 @@ class Aligner:
         state = self._streams.get(stream_id)
         return None if state is None else self._watermark(state, now_ns)
 
+    def wait_budget(self, stream_id: str, modality: Modality) -> int | None:
+        """The wait budget ``modality`` of ``stream_id`` is held to now (set or learned; None: none)."""
+        state = self._streams.get(stream_id)
+        budgets = self._budgets if state is None or state.budgets is None else state.budgets
+        return budgets.get(modality)
+
     @property
     def stream_ids(self) -> list[str]:
         return list(self._streams)
@@ -423,7 +402,8 @@ class Aligner:
         wait budget (``wait_ns``, e.g. ``text_wait_ms``) is waited for, silent or lagging, but holds each window
         at most that long behind the newest: its side is never further back than the newest less its budget
         (no bound while it is in :attr:`behind` and not silent: its records are unread, not late)."""
-        return stream_watermark(state, self.config, self._budgets, now_ns, without, self._awaited, self.behind)
+        budgets = self._budgets if state.budgets is None else state.budgets
+        return stream_watermark(state, self.config, budgets, now_ns, without, self._awaited, self.behind)
 
     def _emit_until(self, stream_id: str, state: StreamState, watermark: int | None, reason: str) -> list[Window]:
         """Emit, in start order, the windows with data whose end is at or before ``watermark``."""

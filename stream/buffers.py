@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fusionstream.stream.jpeg import LazyJpeg
+from fusionstream.stream.learned_wait import LearnedWait
 from fusionstream.stream.records import AudioChunk, Frame, MediaItem, Modality, TextSegment
 
 if TYPE_CHECKING:
@@ -133,6 +134,10 @@ class StreamState:
     #: When its first record arrived (processing time): a modality that has sent nothing yet is waited for
     #: at most ``idle_timeout_ns`` from then (``stream_watermark``).
     arrived_ns: int = NEVER
+    #: Learned wait budgets (``WindowConfig.learn_wait``): by modality, and the budgets the watermark uses
+    #: (the fixed ones with the learned ones; ``None`` until one is learned).
+    learned: dict[Modality, LearnedWait] = field(default_factory=dict)
+    budgets: dict[Modality, int] | None = None
 
 
 def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Modality, int], now_ns: int,

@@ -45,6 +45,10 @@ class WindowConfig:
     #: Per modality, the most event time it may lag the newest modality and still be waited for (its
     #: wait budget, e.g. ``text_wait_ms``); modalities not listed use ``max_skew_ns``.
     wait_ns: tuple[tuple[Modality, int], ...] = ()
+    #: Modalities whose wait budget each stream learns from how late their records arrive
+    #: (``stream/learned_wait.py``, ``text_wait_ms = "auto"``), at most ``learned_wait_max_ns``.
+    learn_wait: frozenset[Modality] = frozenset()
+    learned_wait_max_ns: int = 10 * NS
     #: Staggered windows (docs/architecture.md#staggered-windows): each stream's window starts are offset
     #: from the hop grid by a fixed amount derived from its id, so many streams' windows do not all close
     #: at the same instant. False: every stream's windows start at multiples of the hop.

@@ -12,6 +12,7 @@ or its partitions stay with it until the session times out.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 from aiokafka.structs import OffsetAndMetadata
 
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
+
+log = logging.getLogger(__name__)
 
 CLIENT_ID = "fusionstream"
 #: Longest a consumer's offset commit may take (:func:`commit_within`).
@@ -176,5 +179,25 @@ async def commit_within(
         async with asyncio.timeout(COMMIT_TIMEOUT_S):
             await consumer.commit(dict(offsets))
     except TimeoutError:
-        raise CommitTimedOut(f"the commit did not finish in {COMMIT_TIMEOUT_S:g} s (the topics deleted, or a "
-                             "broker back without its data?)") from None
+        _quiet_orphaned_commits(asyncio.get_running_loop())
+        raise CommitTimedOut(f"the commit did not finish in {COMMIT_TIMEOUT_S:g} s (the broker paused or "
+                             "unreachable, the topics deleted, or a broker back without its data)") from None
+
+
+def _quiet_orphaned_commits(loop: asyncio.AbstractEventLoop) -> None:
+    """aiokafka runs each commit request in a shielded task: given up on, it goes on, and when it fails
+    (``UnknownMemberIdError`` once a paused broker is back and the group moved on) nothing awaits it, so
+    asyncio logged "Task exception was never retrieved" with a traceback, as an ERROR. Say it in one line:
+    :func:`commit_within`'s caller has already reported the commit as not done."""
+    if loop.get_exception_handler() is not None:
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error, task = context.get("exception"), context.get("future")
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        if isinstance(error, KafkaError) and getattr(coro, "__qualname__", "").endswith("_do_commit_offsets"):
+            log.info("a commit given up on ended later: %s", error)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
 from fusionstream.consumers.settings import Settings, SettingsFileError
+from fusionstream.stream.records import Modality
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
@@ -31,12 +32,28 @@ def test_an_empty_variable_means_the_default(tmp_path: Path, monkeypatch: pytest
     """Compose files write an unset variable as ``NAME=``: that is the default (or the file's value), not an error."""
     monkeypatch.setenv("FUSIONSTREAM_TEXT_WAIT_MS", "")
     monkeypatch.setenv("FUSIONSTREAM_MAX_BATCH", "")
-    assert Settings.load().text_wait_ms is None and Settings.load().max_batch == Settings().max_batch
+    assert Settings.load().text_wait_ms == "auto" and Settings.load().max_batch == Settings().max_batch
     config = tmp_path / "fs.toml"
     config.write_text("text_wait_ms = 700\n")
     assert Settings.load(config).text_wait_ms == 700
     monkeypatch.setenv("FUSIONSTREAM_TEXT_WAIT_MS", "500")
     assert Settings.load(config).text_wait_ms == 500
+
+
+@pytest.mark.parametrize(("value", "expected"), [(" Auto ", "auto"), ("OFF", "off"), ("0", 0), (None, "off")])
+def test_the_text_wait_is_a_budget_learned_or_off(value: str | None, expected: object) -> None:
+    settings = Settings(text_wait_ms=value)
+    assert settings.text_wait_ms == expected
+    config = settings.window_config(frames_per_window=8, sample_rate=16_000)
+    assert config.learn_wait == (frozenset({Modality.TEXT}) if expected == "auto" else frozenset())
+    assert config.wait_ns == (((Modality.TEXT, 0),) if expected == 0 else ())
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", -5, "1.5"])
+def test_a_text_wait_that_is_no_budget_is_one_line(value: object) -> None:
+    with pytest.raises(ValidationError, match="text_wait_ms must be") as caught:
+        Settings(text_wait_ms=value)
+    assert len(caught.value.errors()) == 1
 
 
 @pytest.mark.parametrize(("value", "expected"), [("3", 3), ("auto", "auto"), (" AUTO ", "auto"), (2, 2)])

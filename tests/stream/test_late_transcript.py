@@ -11,6 +11,7 @@ transcript's lag was measured from its last word's start, and the budget was dro
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,16 +39,18 @@ def _live_av(seconds: float) -> list[tuple[int, int, object]]:
     return out
 
 
-def _deliveries(seed: int) -> tuple[list[tuple[int, int, object]], int]:
-    """(delivered at, order, item) for every record, and how many words."""
+def _deliveries(seed: int, delay_ms: tuple[int, int] = (300, 1500),
+                stop_ms: int = (SECONDS - 3) * 1000) -> tuple[list[tuple[int, int, object]], int]:
+    """(delivered at, order, item) for every record, and how many words: each word published ``delay_ms``
+    after it ends; the transcript stops at ``stop_ms`` (the video and audio go on)."""
     rng = random.Random(seed)
     out = _live_av(SECONDS)
     t_ms, delivered, words = 0.0, 0, 0
-    while t_ms < (SECONDS - 3) * 1000:
+    while t_ms < stop_ms:
         length = rng.uniform(250, 500)
         start = T0 + round(t_ms * MS)
         end = start + round(length * MS)
-        delivered = max(delivered, end + round(rng.uniform(300, 1500) * MS))  # in spoken order
+        delivered = max(delivered, end + round(rng.uniform(*delay_ms) * MS))  # in spoken order
         out.append((delivered, len(out), TextSegment("s", start, end, "seven")))
         words += 1
         t_ms += length + (rng.uniform(2000, 4000) if rng.random() < 0.1 else rng.uniform(50, 300))
@@ -55,22 +58,30 @@ def _deliveries(seed: int) -> tuple[list[tuple[int, int, object]], int]:
     return out, words
 
 
-def _missed(seed: int, config: WindowConfig) -> tuple[float, float]:
+def _missed(seed: int, config: WindowConfig, **feed: Any) -> tuple[float, float]:
     """Shares of the words that were late (joined no window) and partly late (missed some of their windows)."""
-    deliveries, words = _deliveries(seed)
+    late, partly, _ = _replay(seed, config, **feed)
+    return late, partly
+
+
+def _replay(seed: int, config: WindowConfig, **feed: Any) -> tuple[float, float, list[int]]:
+    """:func:`_missed`'s shares, and how long after its end each window closed (ns), for ``_deliveries(seed,
+    **feed)`` polled as the service polls."""
+    deliveries, words = _deliveries(seed, **feed)
     aligner = Aligner(config)
     late = partly = 0
     poll = deliveries[0][0]
+    waits: list[int] = []
     for at, _, item in deliveries:
         while poll < at:  # the service polls between fetches
-            aligner.poll(poll)
+            waits += [poll - window.t_end_ns for window in aligner.poll(poll)]
             poll += POLL_NS
         admission = aligner.add(item, at)  # type: ignore[arg-type]
         if isinstance(item, TextSegment):
             late += admission.late
             partly += not admission.late and admission.missed > 0
-        aligner.poll(at)
-    return late / words, partly / words
+        waits += [at - window.t_end_ns for window in aligner.poll(at)]
+    return late / words, partly / words, waits
 
 
 def _budget(ms: int) -> WindowConfig:
