@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fusionstream.consumers.cli_errors import fail, load_settings, note, one_line_errors, run_app
+from fusionstream.consumers.cli_errors import fail, load_settings, note, one_line_errors, run_app, widen_for_files
 from fusionstream.consumers.settings import Settings, default_model_dir
 from fusionstream.consumers.training.frozen_cli import frozen_options
 
@@ -129,7 +129,7 @@ def train(
 ) -> None:
     """Train encoders and a fusion head on windows made by the serving aligner; write a model directory.
 
-    This is the source article's `fit`. Encoders are trained end to end with modality
+    Encoders are trained end to end with modality
     dropout; then every fusion head is fitted on the frozen embeddings and compared on
     held-out validation data, and the chosen one is exported with a parity check.
     """
@@ -282,7 +282,7 @@ def bench(
     revisions: Annotated[Optional[bool], typer.Option("--revisions/--no-revisions", help="Early predictions with revisions in the live trials (default: the settings' revisions).")] = None,  # noqa: UP045
     live_streams: Annotated[Optional[int], typer.Option("--live-streams", min=1, help="Only live trials at exactly N streams through the broker, revisions off then on (no stages, no search): what users see at N streams.")] = None,  # noqa: UP045
     workers: Annotated[Optional[str], typer.Option("--workers", metavar="N|LIST|auto", help="Also run the kafka stage and the real-time search (or, with --live-streams, one live trial) through W `serve --workers` processes for W = 1..N, the listed counts (1,2,4) or auto (adding one while it helps, up to the cores): windows/s, CPU ms per window, live streams and kafka_wW/engine per W. Without a broker: the search through W pipeline processes (auto: 1, 2, 4, ...), with the CPU and GPU load.")] = None,  # noqa: UP045
-    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")] = None,  # noqa: UP045
     as_json: JsonOpt = False,
     model: ModelOpt = None,
     backend: BackendOpt = None,
@@ -381,7 +381,7 @@ def tail(
     read_committed: Annotated[bool, typer.Option("--read-committed", help="Hide predictions of aborted transactions (exactly-once mode).")] = False,
     until_end: Annotated[bool, typer.Option("--until-end", help="Stop at the end of the topic instead of waiting for more.")] = False,
     finals_only: Annotated[bool, typer.Option("--finals-only", help="Skip provisional predictions (a service with revisions on sends one before each final).")] = False,
-    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")] = None,  # noqa: UP045
     topic: Annotated[Optional[str], typer.Option("--topic", help="Predictions topic (default: settings; with --dead-letters the dead-letter topic).")] = None,  # noqa: UP045
     dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Print the dead-letter topic instead: when, reason, where the record was read (topic[partition]@offset), stream, detail.")] = False,
     config: ConfigOpt = None,
@@ -397,6 +397,9 @@ def tail(
     from fusionstream.consumers.subscribers.tail import run_tail
     from fusionstream.stream.errors import FusionStreamError
 
+    # On stderr, beside the records on stdout: a broker that goes away is said (aiokafka's WARNINGs, held
+    # to one per kind per 10 s), not waited out in silence.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if dead_letters:
         from fusionstream.consumers.subscribers.deadletters import run_dead_letters
 
@@ -422,7 +425,7 @@ def view(
     lookback: Annotated[float, typer.Option("--lookback", min=0, help="Seconds of past predictions to show at start (by window end time); 0 = only new ones.")] = 30.0,
     stream: Annotated[Optional[list[str]], typer.Option("--stream", help="Only this stream id (repeat for several).")] = None,  # noqa: UP045
     sync: Annotated[bool, typer.Option("--sync/--no-sync", help="Delay the video by the prediction latency so each label is drawn on a frame of its own window; --no-sync shows the newest frame with the newest prediction.")] = True,
-    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")] = None,  # noqa: UP045
     config: ConfigOpt = None,
 ) -> None:
     """Serve a live web page: per stream, the latest frame with the prediction drawn on it, audio level, transcript, modality mask and a timeline.
@@ -453,7 +456,7 @@ def view(
 def serve(
     exactly_once: Annotated[Optional[bool], typer.Option("--exactly-once/--at-least-once", help="Publish predictions and commit offsets in one Kafka transaction (default: settings, at-least-once).")] = None,  # noqa: UP045
     instance_id: Annotated[Optional[str], typer.Option("--instance-id", envvar="FUSIONSTREAM_INSTANCE_ID", help="Stable name of this instance (default: host name). Exactly-once derives its transactional id from it, and an explicit one makes the instance a static group member that takes its partitions straight back after a crash: keep it across restarts, make it differ between instances.")] = None,  # noqa: UP045
-    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")] = None,  # noqa: UP045
+    bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")] = None,  # noqa: UP045
     group: Annotated[Optional[str], typer.Option("--group", help="Consumer group (default: settings).")] = None,  # noqa: UP045
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", min=0, max=65535, help="Port of /metrics and /healthz; 0 turns them off (default: settings).")] = None,  # noqa: UP045
     workers: Annotated[Optional[str], typer.Option("--workers", help="Service processes on this host: a number, or auto (one per 2 cores, at most one per partition). Above 1 a supervisor restarts any that dies and serves one /metrics and /healthz for all (default: settings, 1).")] = None,  # noqa: UP045
@@ -487,6 +490,7 @@ def serve(
 
 def main() -> None:
     """The console script (and ``python -m fusionstream``): errors as one line, see cli_errors."""
+    widen_for_files()
     sys.exit(run_app(app))
 
 

@@ -14,6 +14,7 @@ so that its usage errors come here too; :func:`fail` is for the commands' own er
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -120,8 +121,24 @@ def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
         source = ("the command line" if flags.get(name) is not None else variable if os.environ.get(variable)
                   else str(config) if name in in_file else None)
         field = ".".join(str(part) for part in error["loc"])
+        if not field:  # a check of several settings together: its message names them
+            clauses.append(message)
+            continue
         clauses.append(f"{field}{f' (from {source})' if source else ''}: {message}")
     return "invalid settings: " + "; ".join(clauses)
+
+
+#: The width rich lays out for when the output is a file or a pipe and ``COLUMNS`` is not set.
+FILE_COLUMNS = 160
+
+
+def widen_for_files() -> None:
+    """Output to a file or a pipe is laid out for ``FILE_COLUMNS``, not rich's 80: a log file's lines broke
+    mid-phrase, tables cut their cells and ``--help`` its environment variables' names. ``COLUMNS`` set by
+    the user (or a terminal) wins. Set before any console exists: rich reads it when one is made. For the
+    console script only: in a process that goes on (tests), it would stay set."""
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        os.environ["COLUMNS"] = str(FILE_COLUMNS)
 
 
 def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:

@@ -128,7 +128,8 @@ class TranscriptCensus:
         """``words``, ``progress_records``, ``digit_words``, ``heard`` (the first words, in time order);
         with ``truth``: ``words_naming_true_digit`` and ``segments_named`` (shares, 0..1)."""
         words = [item for items in self.words.values() for item in items]
-        first = sorted(next(iter(self.words.values()), []))[:heard]
+        # By time alone: a cue's words share one, and the sort is stable, so they stay in their order.
+        first = sorted(next(iter(self.words.values()), []), key=lambda item: item[0])[:heard]
         out: dict[str, Any] = {
             "words": len(words),
             "progress_records": self.progress,

@@ -244,8 +244,8 @@ class Settings(BaseSettings):
         # Before pydantic tries each member of the union, so a bad value is one message, not one per member.
         if isinstance(value, str):
             text = value.strip().lower()
-            if text == "auto" or text.isdigit():
-                return text if text == "auto" else int(text)
+            if text == "auto" or text.removeprefix("-").isdigit():
+                return text if text == "auto" else int(text)  # a negative count: the check below says so
             raise ValueError(f"workers must be a whole number of processes or 'auto', not {value!r}")
         return value
 

@@ -36,7 +36,7 @@ topics_app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (lowest precedence after defaults).")]  # noqa: E501, UP045
-BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")]  # noqa: E501, UP045
+BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")]  # noqa: E501, UP045
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the topics as one JSON array on stdout instead of a table.")]  # noqa: E501
 
 #: How long to wait for new topics' partitions to have serving leaders.

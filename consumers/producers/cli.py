@@ -46,12 +46,12 @@ produce_app = typer.Typer(
 )
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (lowest precedence after defaults).")]  # noqa: E501, UP045
-BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers (default: settings).")]  # noqa: E501, UP045
+BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")]  # noqa: E501, UP045
 PartitionsOpt = Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions of each input topic when creating them (default: settings).")]  # noqa: E501, UP045
 StreamOpt = Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (the Kafka key).")]  # noqa: UP045
 NoPacingOpt = Annotated[bool, typer.Option("--no-pacing", help="Send as fast as possible instead of in real time.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final counts as one JSON object on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line and no summary at the end (--json still prints its counts).")]  # noqa: E501
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Send no progress records (for a service older than them; docs/wire-format.md#progress). Records keep their complete flag.")]  # noqa: E501
 AsrOpt = Annotated[bool, typer.Option("--asr", help="Also publish the words PocketSphinx recognises in the audio (US English, on the CPU), one transcript record per word, with progress records.")]  # noqa: E501
@@ -116,7 +116,7 @@ def synthetic(
 
 @produce_app.command()
 def video(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A media file (video and audio tracks).")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A media file: its video and audio tracks (a file with one publishes that one alone).")],  # noqa: E501
     captions: Annotated[Optional[Path], typer.Option("--captions", exists=True, dir_okay=False, help="SRT or WebVTT captions of the file.")] = None,  # noqa: E501, UP045
     stream_id: StreamOpt = None,
     loop: Annotated[bool, typer.Option("--loop", help="Replay forever, each pass continuing the last one's timeline.")] = False,  # noqa: E501

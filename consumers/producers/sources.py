@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from fusionstream.stream.records import Modality, Record
 from fusionstream.units import NS
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fusionstream.stream.sources import GroundTruth, SyntheticConfig
@@ -85,6 +88,9 @@ def media_source(
     info = probe(path)  # FileNotFoundError / ValueError now, not at the first record
     if not (info.has_video or info.has_audio):
         raise ValueError(f"{path}: no video or audio stream")
+    if not (info.has_video and info.has_audio):
+        log.warning("%s has no %s track: its %s alone is published", path, "video" if info.has_audio else "audio",
+                    "audio" if info.has_audio else "video")
     if captions is not None:
         read_captions(captions, max_cue_s=MAX_CUE_SECONDS)  # a broken caption file fails now too
 

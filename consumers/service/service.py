@@ -226,8 +226,8 @@ class InferenceService:
             stack.push_async_callback(self._stop_consumer)
 
             log.info(
-                "serving %s -> %s (group %s, instance %s, %s), model %s",
-                ", ".join(self.input_topics), s.predictions_topic, s.group_id, self.instance_id,
+                "serving %s -> %s on %s (group %s, instance %s, %s), model %s",
+                ", ".join(self.input_topics), s.predictions_topic, s.bootstrap_servers, s.group_id, self.instance_id,
                 "exactly-once" if s.exactly_once else "at-least-once", model_title(self.spec),
             )
             self._state = "running"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -67,7 +68,12 @@ async def serve_viewer(
     feeding: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise OSError(f"cannot serve the viewer on {host}:{port}: {reason} (choose another with --port, or "
+                          "--port 0 for any free one)") from exc
         bound = runner.addresses[0]
         url = f"http://{_url_host(host)}:{bound[1]}/"
         log.info("viewer on %s", url)

@@ -64,6 +64,7 @@ def test_workers_is_a_count_or_auto(value: object, expected: object) -> None:
 @pytest.mark.parametrize(("value", "message"), [
     ("many", "invalid settings: workers: workers must be a whole number of processes or 'auto', not 'many'"),
     ("0", "invalid settings: workers: workers must be at least 1 or 'auto', not 0"),
+    ("-1", "invalid settings: workers: workers must be at least 1 or 'auto', not -1"),  # it is a whole number
 ])
 def test_a_bad_worker_count_is_one_plain_message(value: str, message: str) -> None:
     from pydantic import ValidationError
@@ -73,6 +74,18 @@ def test_a_bad_worker_count_is_one_plain_message(value: str, message: str) -> No
     with pytest.raises(ValidationError) as caught:
         Settings(workers=value)
     assert describe(caught.value) == message
+
+
+def test_a_check_of_several_settings_is_its_message_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from fusionstream.consumers.cli_errors import settings_error
+
+    monkeypatch.setenv("FUSIONSTREAM_SASL_MECHANISM", "PLAIN")
+    with pytest.raises(ValidationError) as caught:
+        Settings.load()
+    message = settings_error(caught.value, None, {})
+    assert message == "invalid settings: sasl_mechanism needs sasl_username and sasl_password"
 
 
 def test_a_settings_file_that_is_not_toml_is_refused_naming_it(tmp_path: Path) -> None:
