@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from fusionstream.stream.admission import Admission, AlignerStats
 from fusionstream.stream.amendments import amend, amendable, rebuild
 from fusionstream.stream.assemble import build_window
 from fusionstream.stream.buffers import ENDED, NEVER, ModalityBuffer, StreamState, stream_watermark
 from fusionstream.stream.frames_ahead import frames_due
-from fusionstream.stream.learned_wait import learn_wait
+from fusionstream.stream.learned_wait import learn_wait, learned_need, resume_waits
 from fusionstream.stream.records import MODALITIES, AudioChunk, Frame, MediaItem, Modality, Progress, Record
 from fusionstream.stream.resample import resample
 from fusionstream.stream.windows import Window, WindowConfig
@@ -54,6 +54,8 @@ class Aligner:
         #: Streams that took an item or progress since :meth:`take_recent` last asked.
         self._recent: set[str] = set()
         self._budgets: dict[Modality, int] = dict(self.config.wait_ns)
+        #: Streams resumed with a learnt wait budget (the worst need, by modality), before they reopen.
+        self._wait_resume: dict[str, dict[Modality, int]] = {}
         #: Modalities with input not read yet (set by the service): windows wait for them however far they lag.
         self.behind: frozenset[Modality] = frozenset()
 
@@ -84,7 +86,7 @@ class Aligner:
         if first > last:
             self.stats.late += 1
             if learner is not None:
-                learn_wait(learner, cfg, item.modality, starts.start, self._budgets)
+                learn_wait(learner, cfg, item.modality, (item.t_start_ns, item.t_end_ns), starts.start, self._budgets)
             if state is not None:
                 self._arrived_late(state, item, now_ns)
             return Admission((), missed)
@@ -103,7 +105,7 @@ class Aligner:
             self.stats.duplicates += 1
             return Admission((), missed, duplicate=True)
         if learner is not None:  # not a copy resent (a producer's retry): that says nothing of the feed
-            learn_wait(learner, cfg, item.modality, starts.start, self._budgets)
+            learn_wait(learner, cfg, item.modality, (item.t_start_ns, item.t_end_ns), starts.start, self._budgets)
         amending = amendable(cfg, state, starts.start, first)
         before = {start: rebuild(cfg, item.stream_id, state, start) for start in amending}
         if state is None:
@@ -115,6 +117,7 @@ class Aligner:
                                 retired={m: ModalityBuffer() for m in MODALITIES} if self._amends else None,
                                 arrived_ns=now_ns)
             self._streams[item.stream_id] = state
+            resume_waits(state, cfg, self._wait_resume.pop(item.stream_id, {}), self._budgets)
             self._tombstones.pop(item.stream_id, None)
             self.stats.open_streams = len(self._streams)
         self._recent.add(item.stream_id)
@@ -311,6 +314,7 @@ class Aligner:
             self._tombstones.pop(stream_id, None)
             self._provisional_resume.pop(stream_id, None)
             self._resumed.pop(stream_id, None)
+            self._wait_resume.pop(stream_id, None)
         self.stats.open_streams = len(self._streams)
 
     def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None:
@@ -358,6 +362,22 @@ class Aligner:
         """The stream's current watermark (None if unknown), for metrics and tests."""
         state = self._streams.get(stream_id)
         return None if state is None else self._watermark(state, now_ns)
+
+    def learned_waits(self, stream_ids: Iterable[str], modality: Modality) -> dict[str, int]:
+        """Per stream of ``stream_ids`` whose ``modality`` has a learnt wait budget past its warm-up, the
+        worst recent need it comes from: for the checkpoint, to :meth:`resume_waits` after a restart."""
+        if modality not in self.config.learn_wait:
+            return {}
+        return {sid: need for sid in stream_ids if (need := learned_need(self._streams.get(sid), modality,
+                                                                          self._wait_resume.get(sid))) is not None}
+
+    def resume_waits(self, stream_id: str, needs: dict[Modality, int]) -> None:
+        """Start ``stream_id``'s learnt wait budgets from an earlier run's :meth:`learned_waits`."""
+        state = self._streams.get(stream_id)
+        if state is None:
+            self._wait_resume[stream_id] = {m: need for m, need in needs.items() if m in self.config.learn_wait}
+        else:
+            resume_waits(state, self.config, needs, self._budgets)
 
     def wait_budget(self, stream_id: str, modality: Modality) -> int | None:
         """The wait budget ``modality`` of ``stream_id`` is held to now (set or learned; None: none)."""

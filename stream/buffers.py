@@ -180,7 +180,10 @@ def stream_watermark(state: StreamState, cfg: WindowConfig, budgets: Mapping[Mod
             # lags them by an unknown amount, so each window waits for it as for one that lags: until the
             # newest is its budget (or the allowed skew) past the window's end, or the stream has been open
             # for the idle timeout. A producer without this modality says so with an ``ended`` progress record.
-            if modality in awaited and (modality in behind or now_ns - state.arrived_ns < cfg.idle_timeout_ns):
+            # One whose budget was learnt before a restart (resumed from the checkpoint) is waited for as long
+            # as it is due: the stream had it, and its next words may be as late as the budget says.
+            if modality in awaited and (modality in behind or now_ns - state.arrived_ns < cfg.idle_timeout_ns
+                                        or modality in state.learned):
                 budget = budgets.get(modality)
                 # Behind: its first record may be among those not read yet.
                 side = NEVER if modality in behind else front_newest - (cfg.max_skew_ns if budget is None else budget)

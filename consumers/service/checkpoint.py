@@ -11,15 +11,19 @@ keeps two things there, per input partition:
   windows that were published before stay closed when their records are re-read;
 - ``provisional`` (revisions on): per stream whose provisional predictions ran ahead of its
   finals, the start of its first window without one, so a restart does not publish a
-  provisional prediction of the same window again (exactly once per window and revision).
+  provisional prediction of the same window again (exactly once per window and revision);
+- ``text_wait`` (``text_wait_ms`` auto): per stream whose transcript's wait budget was learnt, the worst
+  recent need it was learnt from (``stream/learned_wait.py``), so a restart waits for a slow transcript
+  at once instead of losing its first words while it learns again.
 
 Encoding (JSON, ASCII, at most :data:`MAX_CHARS` characters, because brokers refuse
 commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
 
-    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...},"g":1}
+    {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...},"g":1,
+     "w":{"<stream>":<ms>,...}}
 
-(``q`` only when some stream has one; ``g`` only when the windows were staggered; readers from before
-them ignore them.)
+(``q`` and ``w`` only when some stream has one; ``g`` only when the windows were staggered; readers from
+before them ignore them.)
 
 where a stream's time is stored as ``(b + k) * h`` nanoseconds, rounded down to a multiple of the
 hop: a window start lies within one hop above it (exactly on it unless windows are staggered),
@@ -61,6 +65,8 @@ class Checkpoint:
     #: (None: written before that was recorded).
     hop_ns: int = 0
     staggered: bool | None = None
+    #: stream id -> the worst need (ns) its transcript's learnt wait budget came from.
+    text_wait: Mapping[str, int] = field(default_factory=dict)
 
     def encode(self, hop_ns: int, *, staggered: bool = False, max_chars: int = MAX_CHARS) -> str:
         """The metadata string; streams furthest behind are dropped when it would not fit."""
@@ -82,6 +88,9 @@ class Checkpoint:
                 doc["q"] = ahead
             if staggered:
                 doc["g"] = 1
+            waits = {s: -(-self.text_wait[s] // 1_000_000) for s, _ in chosen if s in self.text_wait}
+            if waits:
+                doc["w"] = waits
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
             if len(text) <= max_chars or keep == 0:
                 break
@@ -107,12 +116,14 @@ class Checkpoint:
             streams = {str(sid): (base + int(k)) * hop for sid, k in dict(data["s"]).items()}
             provisional = {str(sid): (base + int(k)) * hop for sid, k in dict(data.get("q", {})).items()}
             staggered = bool(data["g"]) if "g" in data else None
+            text_wait = {str(sid): int(ms) * 1_000_000 for sid, ms in dict(data.get("w", {})).items()}
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring commit metadata that is not a fusionstream checkpoint: %.80r", text)
             return None
         if hop <= 0:
             return None
-        return cls(replay_mark=mark, streams=streams, provisional=provisional, hop_ns=hop, staggered=staggered)
+        return cls(replay_mark=mark, streams=streams, provisional=provisional, hop_ns=hop, staggered=staggered,
+                   text_wait=text_wait)
 
     def on_grid(self, hop_ns: int, staggered: bool) -> Checkpoint:
         """These times for a service whose grid is ``hop_ns`` (``staggered`` or not): as they are on the grid
@@ -130,14 +141,16 @@ class Checkpoint:
                        staggered=staggered)
 
     @staticmethod
-    def merge(checkpoints: list[Checkpoint | None], *, provisional: bool = False) -> dict[str, int]:
-        """The streams (or, with ``provisional``, the provisional marks) of several checkpoints (the three
-        topics of one partition), latest time per stream."""
+    def merge(checkpoints: list[Checkpoint | None], *, provisional: bool = False,
+              text_wait: bool = False) -> dict[str, int]:
+        """The streams (or, with ``provisional``, the provisional marks; with ``text_wait``, the learnt
+        waits) of several checkpoints (the three topics of one partition), the latest (largest) per stream."""
         merged: dict[str, int] = {}
         for checkpoint in checkpoints:
             if checkpoint is None:
                 continue
-            for sid, until in (checkpoint.provisional if provisional else checkpoint.streams).items():
+            times = checkpoint.text_wait if text_wait else checkpoint.provisional if provisional else checkpoint.streams
+            for sid, until in times.items():
                 if until > merged.get(sid, -(2**63)):
                     merged[sid] = until
         return merged

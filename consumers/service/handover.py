@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 
 from fusionstream.consumers.service.checkpoint import Checkpoint
 from fusionstream.consumers.service.offsets import OffsetTracker
+from fusionstream.stream.records import Modality
 
 TP = tuple[str, int]
 Ref = tuple[str, int, int]
@@ -37,11 +38,16 @@ MAX_STREAMS_PER_PARTITION = 10_000
 
 
 class StreamStates(Protocol):
-    """What the handover needs of the aligner: resume a stream after a commit, drop one handed over."""
+    """What the handover needs of the aligner: resume a stream after a commit (and its learnt waits), drop one
+    handed over."""
 
     def resume(self, stream_id: str, emitted_until_ns: int, provisional_until_ns: int | None = None) -> None: ...
 
     def drop(self, stream_ids: list[str]) -> None: ...
+
+    def learned_waits(self, stream_ids: Iterable[str], modality: Modality) -> dict[str, int]: ...
+
+    def resume_waits(self, stream_id: str, needs: dict[Modality, int]) -> None: ...
 
 
 class Stored(Protocol):
@@ -132,8 +138,11 @@ class Handover:
         for number, found in checkpoints.items():
             streams = self._streams.setdefault(number, OrderedDict())
             ahead = Checkpoint.merge(found, provisional=True)
+            waits = Checkpoint.merge(found, text_wait=True)
             for sid, until in Checkpoint.merge(found).items():
                 self._aligner().resume(sid, until, ahead.get(sid))
+                if sid in waits:
+                    self._aligner().resume_waits(sid, {Modality.TEXT: waits[sid]})
                 self._published[sid] = until
                 if sid in ahead:
                     self._provisional[sid] = ahead[sid]
@@ -253,7 +262,8 @@ class Handover:
             ahead = {sid: self._provisional[sid] for sid in streams
                      if self._provisional.get(sid, -(2**63)) > streams[sid]}
             mark = self.tracker.replay_mark(tp)
-            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead).encode(
+            waits = self._aligner().learned_waits(streams, Modality.TEXT)
+            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead, text_wait=waits).encode(
                 self.hop_ns, staggered=self.staggered)
             if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
                 continue

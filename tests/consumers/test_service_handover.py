@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from fusionstream.consumers.service.checkpoint import Checkpoint
 from fusionstream.consumers.service.handover import Handover
 from fusionstream.consumers.service.metrics import ServiceMetrics
 from fusionstream.consumers.service.publisher import Publisher
+from fusionstream.stream.records import Modality
 
 HOP = 500_000_000
 V0, A0, T0 = TopicPartition("fs.video", 0), TopicPartition("fs.audio", 0), TopicPartition("fs.text", 0)
@@ -32,6 +34,12 @@ class FakeAligner:
 
     def drop(self, stream_ids: list[str]) -> None:
         self.dropped.extend(stream_ids)
+
+    def learned_waits(self, stream_ids: Iterable[str], modality: Modality) -> dict[str, int]:
+        return {}
+
+    def resume_waits(self, stream_id: str, needs: dict[Modality, int]) -> None:
+        pass
 
 
 @dataclass

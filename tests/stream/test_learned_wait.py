@@ -117,3 +117,18 @@ def test_a_word_on_time_needs_nothing(need: int) -> None:
     for _ in range(WARM_UP):
         learned.observe(need)
     assert learned.budget_ns(margin_ns=0, floor_ns=NS, cap_ns=NS) == need + need // 4
+
+
+def test_a_copy_resent_after_its_windows_closed_teaches_nothing() -> None:
+    # An outside integrator's producer resent every word 3 s later: each copy was late (dead-lettered, as
+    # documented) and taught the budget as if the feed were 3 s late: windows with no word waited 1.5-3 s.
+    words = _words(20_000)
+    copies = [(at + 3 * NS, order, item) for at, order, item in words]
+    budgets = []
+    for feed in (words, words + copies):
+        aligner = Aligner(AUTO)
+        for at, _, item in sorted(_live_av(30) + feed, key=lambda d: (d[0], d[1])):
+            aligner.add(item, at)  # type: ignore[arg-type]
+            aligner.poll(at)
+        budgets.append(aligner.wait_budget("s", Modality.TEXT))
+    assert budgets[0] is not None and budgets[1] == budgets[0]
