@@ -17,9 +17,10 @@ flood.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiokafka.errors import KafkaError
 
@@ -127,4 +128,17 @@ def lower_routine_client_errors() -> None:
             logger.addFilter(away)
 
 
-__all__ = ["lower_routine_client_errors"]
+@contextlib.contextmanager
+def client_quiet() -> Iterator[None]:
+    """aiokafka says nothing meanwhile: around a client's start, whose failure the caller raises as one
+    line (its own ERROR line before it would say the same twice)."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+__all__ = ["client_quiet", "lower_routine_client_errors"]

@@ -277,6 +277,7 @@ class Subscription:
         from aiokafka.errors import KafkaConnectionError
 
         from fusionstream.consumers.kafka import make_consumer
+        from fusionstream.consumers.kafka.client_logs import client_quiet
 
         if self._consumer is not None:
             return
@@ -285,7 +286,8 @@ class Subscription:
         # group_id=None is aiokafka's group-less mode: every partition, no commits.
         consumer = make_consumer(bootstrap=self.bootstrap, group_id=self.group_id, **self._options)  # type: ignore[arg-type]
         try:
-            await consumer.start()
+            with client_quiet():  # its own log line would repeat the error this raises
+                await consumer.start()
         except KafkaConnectionError as exc:
             from fusionstream.consumers.kafka.readiness import unreachable
 

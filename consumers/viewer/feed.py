@@ -9,14 +9,13 @@ passed to the browser as they are.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
+from fusionstream.consumers.kafka.client_logs import client_quiet
 from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
@@ -73,7 +72,7 @@ class KafkaFeed:
             **self.settings.kafka_security(),
         )
         try:
-            with _quiet("aiokafka"):  # its own log line would repeat the error this raises
+            with client_quiet():  # its own log line would repeat the error this raises
                 await consumer.start()
         except KafkaConnectionError as exc:
             await consumer.stop()
@@ -193,17 +192,6 @@ class KafkaFeed:
         for tp, offset in found.items():
             if offset is not None:  # None: nothing that recent; stay at the end
                 consumer.seek(tp, offset.offset)
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 __all__ = ["KafkaFeed"]
