@@ -379,11 +379,10 @@ class Aligner:
         else:
             resume_waits(state, self.config, needs, self._budgets)
 
-    def wait_budget(self, stream_id: str, modality: Modality) -> int | None:
-        """The wait budget ``modality`` of ``stream_id`` is held to now (set or learned; None: none)."""
-        state = self._streams.get(stream_id)
-        budgets = self._budgets if state is None or state.budgets is None else state.budgets
-        return budgets.get(modality)
+    def wait_budgets(self, modality: Modality) -> dict[str, int]:
+        """Per open stream, the wait budget ``modality`` is held to now, set or learnt (none: left out)."""
+        return {sid: budget for sid, state in self._streams.items()
+                if (budget := (self._budgets if state.budgets is None else state.budgets).get(modality)) is not None}
 
     @property
     def stream_ids(self) -> list[str]:

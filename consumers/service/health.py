@@ -18,6 +18,7 @@ from aiokafka.errors import IllegalStateError
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.service.handover import Handover
 from fusionstream.consumers.service.metrics import ServiceMetrics
+from fusionstream.stream.records import Modality
 
 #: Seconds without a fetch answered after which ``/healthz`` says the broker is not answering. Fetches wait
 #: at most the consumer's fetch_max_wait (0.5 s) when nothing is new, so an idle topic still answers.
@@ -92,6 +93,7 @@ class Gauges:
             self._reported[name] = value
         m.held.set(handover.held)
         m.open_streams.set(pipeline.aligner.stats.open_streams)
+        m.text_wait_max.set(max(pipeline.aligner.wait_budgets(Modality.TEXT).values(), default=0) / 1e9)
         owned = handover.owned
         m.assigned.set(len(owned))
         m.paused.set(1 if consumer.paused() else 0)

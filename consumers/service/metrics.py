@@ -141,6 +141,10 @@ class ServiceMetrics:
         self.open_streams = Gauge(
             "open_streams", "Streams with state in the aligner.", namespace=ns, registry=registry
         )
+        self.text_wait_max = Gauge(
+            "text_wait_max_seconds", "The longest wait budget any stream's transcript is held to (text_wait_ms, "
+            "learnt or set); 0 with none.", namespace=ns, registry=registry
+        )
         self.assigned = Gauge(
             "assigned_partitions", "Input partitions owned by this instance.", namespace=ns, registry=registry
         )

@@ -51,6 +51,7 @@ METRIC_NAMES = (
     "fusionstream_consumer_lag",
     "fusionstream_backlog_windows",
     "fusionstream_held_records",
+    "fusionstream_text_wait_max_seconds",
     "fusionstream_commits_total",
 )
 

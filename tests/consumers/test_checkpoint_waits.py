@@ -66,7 +66,7 @@ def test_the_learnt_wait_survives_a_restart_through_the_checkpoint() -> None:
     handover.fetched(TP, [Fetched(i, b"asr") for i in range(len(before))])
     late_before = _run(aligner, before)
     assert len(late_before) <= 3  # only the first words, while the budget is learnt
-    learnt = aligner.wait_budget("asr", Modality.TEXT)
+    learnt = aligner.wait_budgets(Modality.TEXT).get("asr")
     assert learnt is not None and learnt >= 2_600 * MS
     handover.prediction_acknowledged(SimpleNamespace(stream_id="asr", t_start_ns=T0 + 25 * NS, refs=[]))
     offset, metadata = handover.to_commit()[TP]

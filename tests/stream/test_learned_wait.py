@@ -72,28 +72,28 @@ def _prompt_stream(aligner: Aligner, words_until_ms: int, until_ms: int = 30_000
 
 def test_a_resent_word_and_a_text_backlog_teach_nothing() -> None:
     aligner = Aligner(AUTO)
-    assert aligner.wait_budget("s", Modality.TEXT) is None  # nothing learnt: the allowed skew, as before
+    assert aligner.wait_budgets(Modality.TEXT).get("s") is None  # nothing learnt: the allowed skew, as before
     now = _prompt_stream(aligner, 20_000, until_ms=20_700)
-    learnt = aligner.wait_budget("s", Modality.TEXT)
+    learnt = aligner.wait_budgets(Modality.TEXT).get("s")
     assert learnt is not None and 0.2 * NS <= learnt <= 0.6 * NS
     # A producer's retry of the last word, 0.9 s after it ended, after its first window closed: a copy.
     resent = TextSegment("s", T0 + 19_500 * MS, T0 + 19_800 * MS, "seven")
     assert aligner.add(resent, now).duplicate
-    assert aligner.wait_budget("s", Modality.TEXT) == learnt
+    assert aligner.wait_budgets(Modality.TEXT).get("s") == learnt
     # Words read from a backlog on the text topic: late because the service is behind, not the feed.
     aligner.behind = frozenset({Modality.TEXT})
     for k in range(BUCKET * 2):
         aligner.add(TextSegment("s", T0 + (19_900 + k) * MS, T0 + (19_901 + k) * MS, "x"), now)
-    assert aligner.wait_budget("s", Modality.TEXT) == learnt
+    assert aligner.wait_budgets(Modality.TEXT).get("s") == learnt
     aligner.behind = frozenset()
     assert aligner.add(TextSegment("s", T0 + 19_000 * MS, T0 + 19_100 * MS, "eight"), now).late
-    assert aligner.wait_budget("s", Modality.TEXT) > 1.0 * NS  # a word this late, read as it comes, teaches
+    assert aligner.wait_budgets(Modality.TEXT).get("s") > 1.0 * NS  # a word this late, read as it comes, teaches
 
 
 def test_a_budget_set_by_hand_is_not_learnt_over() -> None:
     aligner = Aligner(WindowConfig(wait_ns=((Modality.TEXT, 700 * MS),)))
     _prompt_stream(aligner, 20_000)
-    assert aligner.wait_budget("s", Modality.TEXT) == 700 * MS
+    assert aligner.wait_budgets(Modality.TEXT).get("s") == 700 * MS
 
 
 def test_the_budget_is_the_worst_recent_need_with_a_margin() -> None:
@@ -130,5 +130,5 @@ def test_a_copy_resent_after_its_windows_closed_teaches_nothing() -> None:
         for at, _, item in sorted(_live_av(30) + feed, key=lambda d: (d[0], d[1])):
             aligner.add(item, at)  # type: ignore[arg-type]
             aligner.poll(at)
-        budgets.append(aligner.wait_budget("s", Modality.TEXT))
+        budgets.append(aligner.wait_budgets(Modality.TEXT).get("s"))
     assert budgets[0] is not None and budgets[1] == budgets[0]
