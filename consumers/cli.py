@@ -121,7 +121,7 @@ def train(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of data generation and initialisation.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
-    compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads (markdown) to this file.")] = None,  # noqa: UP045
+    compare: Annotated[Optional[Path], typer.Option("--compare", help="Also write the comparison of all heads on the synthetic held-out streams (markdown) to this file; not with --data.")] = None,  # noqa: UP045
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Keep rendered windows here and reuse them when the inputs are identical.")] = None,  # noqa: UP045
     init: Annotated[Optional[Path], typer.Option("--init", exists=True, file_okay=False, help="Fine-tune: start from this model directory's encoders.")] = None,  # noqa: UP045
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Perturb the synthetic training streams' words (pitch, tempo, room, gain) and scenes (affine, colour, blur, cheap JPEG, occlusion, elastic, stroke width, low resolution, TrueType typefaces), and mask the audio's log-mel (SpecAugment); docs/training.md#augmentation.")] = True,
@@ -216,10 +216,11 @@ def quantize(
     model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory to add int8 encoders to.")],
     seconds: Annotated[float, typer.Option(min=10, help="Seconds of synthetic streams (training voices) to calibrate on.")] = 120.0,
     seed: Annotated[int, typer.Option(help="Seed of the calibration streams.")] = 77,
+    data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Calibrate on your labelled clips (train --data's DIR) instead of synthetic streams: for a model trained on them.")] = None,  # noqa: UP045
 ) -> None:
     """Add int8 versions of a model directory's encoders (CPU speed), either format.
 
-    Format 1: static quantization in ONNX Runtime, calibrated on rendered windows; the CNN
+    Format 1: static quantization in ONNX Runtime, calibrated on rendered windows (or --data's); the CNN
     bodies become int8, the audio front end, the text encoder and the fusion head stay float32.
     Format 2: dynamic quantization of each encoder's MatMul and Gemm weights (no calibration;
     --seconds and --seed are not used), named in model.json as the encoder's int8_file.
@@ -228,7 +229,7 @@ def quantize(
     """
     from fusionstream.consumers.training.quantize_cli import quantize_command
 
-    quantize_command(model_dir, seconds=seconds, seed=seed)
+    quantize_command(model_dir, seconds=seconds, seed=seed, data=data)
 
 
 @app.command("build-engine")

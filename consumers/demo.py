@@ -20,7 +20,7 @@ from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.report import TranscriptCensus, WindowCensus, percentiles, summarize
 from fusionstream.consumers.settings import Settings
-from fusionstream.consumers.training.clips import Span
+from fusionstream.consumers.training.clips import Span, check_one_label_at_a_time
 from fusionstream.stream.errors import FusionStreamError
 from fusionstream.stream.records import Modality
 from fusionstream.stream.sources import GroundTruth, SyntheticAV, SyntheticConfig
@@ -253,11 +253,12 @@ def labels_truth(spans: Sequence[Span], stream_id: str, classes: Sequence[str], 
     unknown = sorted({s.label for s in spans} - set(classes))
     if unknown:
         raise LabelsError(f"labels {unknown} are not classes of the model ({', '.join(classes)})")
+    try:
+        check_one_label_at_a_time(stream_id, spans)
+    except ValueError as exc:
+        raise LabelsError(f"{exc}; the demo scores one label per window (evaluate --data DIR scores others)") from None
     segments = [
         Segment(start_ns + round(s.start_s * NS), start_ns + round(s.end_s * NS), list(classes).index(s.label))
         for s in sorted(spans, key=lambda s: s.start_s)
     ]
-    try:
-        return GroundTruth({stream_id: segments})
-    except ValueError as exc:  # overlapping spans
-        raise LabelsError(f"labels of {stream_id}: {exc}") from None
+    return GroundTruth({stream_id: segments})

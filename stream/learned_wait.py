@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from fusionstream.stream.windows import WindowConfig
 
 
+_NEVER = -(2**63)  # buffers.NEVER (buffers imports this module)
+#: How many records a bucket of needs spans: the worst need of the last 64–128 records is remembered.
+BUCKET = 64
+#: How many of a stream's latest records are remembered to tell a copy from a record that is late.
+RECENT = 16
+#: Until this many records were measured, the budget is at least ``max_skew_ns``: a few words do not say
+#: how late the feed's next ones may be, and the allowed skew is what was waited for before anything was learnt.
+WARM_UP = 8
+
+
 class _Reach(Protocol):
     latest_end_ns: int
     complete_ns: int
@@ -36,15 +46,6 @@ class StreamState(Protocol):
 
     learned: dict[Modality, LearnedWait]
     budgets: dict[Modality, int] | None
-
-_NEVER = -(2**63)  # buffers.NEVER (buffers imports this module)
-#: How many records a bucket of needs spans: the worst need of the last 64–128 records is remembered.
-BUCKET = 64
-#: How many of a stream's latest records are remembered to tell a copy from a record that is late.
-RECENT = 16
-#: Until this many records were measured, the budget is at least ``max_skew_ns``: a few words do not say
-#: how late the feed's next ones may be, and the allowed skew is what was waited for before anything was learnt.
-WARM_UP = 8
 
 
 @dataclass(slots=True)

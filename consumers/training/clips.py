@@ -11,6 +11,8 @@ window is labelled with the span covering most of it (clear when ≥ 75 %).
 from __future__ import annotations
 
 import csv
+import itertools
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +24,15 @@ from rich.progress import Progress
 from fusionstream.consumers.training.dataset import WindowSet, featurize_windows, window_config_for, windows_of
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.errors import FusionStreamError
-from fusionstream.stream.sources.files import media_file_records
+from fusionstream.stream.sources.files import media_file_records, probe
 from fusionstream.stream.sources.truth import GroundTruth, Segment
 from fusionstream.units import NS
 
 
 class ClipsError(FusionStreamError):
     """``--data`` cannot be used: labels.csv missing or wrong, a listed file missing or unreadable."""
+
+log = logging.getLogger(__name__)
 
 LABELS = "labels.csv"
 EPOCH_NS = 1_767_225_600 * 1_000_000_000
@@ -93,6 +97,8 @@ def load_clips(directory: Path, spec: ModelSpec, *, progress: Progress | None = 
     for file, file_spans in spans.items():
         media = directory / file
         stream_id = Path(file).stem
+        check_one_label_at_a_time(file, file_spans)
+        _note_what_the_clip_lacks(media, file, file_spans)
         truth = GroundTruth({stream_id: [
             Segment(EPOCH_NS + round(s.start_s * NS), EPOCH_NS + round(s.end_s * NS), spec.classes.index(s.label))
             for s in sorted(file_spans, key=lambda s: s.start_s)
@@ -102,6 +108,30 @@ def load_clips(directory: Path, spec: ModelSpec, *, progress: Progress | None = 
         if progress is not None and task is not None:
             progress.advance(task)
     return WindowSet.concat(parts)
+
+
+def check_one_label_at_a_time(file: str, spans: Sequence[Span]) -> None:
+    """A single-label model learns one class per instant: two spans of a file that overlap are refused,
+    named by their times and labels (the ground truth's own message gave an internal nanosecond time)."""
+    ordered = sorted(spans, key=lambda s: (s.start_s, s.end_s))
+    for before, after in itertools.pairwise(ordered):
+        if after.start_s < before.end_s:
+            raise ValueError(
+                f"{LABELS}: {file}: the spans {before.start_s:g}-{before.end_s:g} s ({before.label}) and "
+                f"{after.start_s:g}-{after.end_s:g} s ({after.label}) overlap: a single-label model learns one "
+                "label per instant (a multi_label head on imported encoders takes overlapping spans: "
+                "docs/training.md)")
+
+
+def _note_what_the_clip_lacks(media: Path, file: str, spans: Sequence[Span]) -> None:
+    """Warn of a span past the clip's end (minutes typed as seconds?) and of a clip without sound."""
+    info = probe(media)
+    if info.duration_s is not None and (late := [s for s in spans if s.end_s > info.duration_s + 0.5]):
+        log.warning("%s: %s: %d span(s) end after the clip's %.1f s (the first %g-%g s, %s): what lies past the "
+                    "end labels nothing", LABELS, file, len(late), info.duration_s, late[0].start_s, late[0].end_s,
+                    late[0].label)
+    if not info.has_audio:
+        log.warning("%s has no audio track: its windows are learnt from without audio", file)
 
 
 def split(data: WindowSet, fraction: float, seed: int) -> tuple[WindowSet, WindowSet]:

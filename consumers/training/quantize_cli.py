@@ -20,7 +20,7 @@ CALIBRATION_BATCH = 32
 CALIBRATION_WINDOWS = 512
 
 
-def quantize_command(model_dir: Path, *, seconds: float, seed: int) -> list[Path]:
+def quantize_command(model_dir: Path, *, seconds: float, seed: int, data: Path | None = None) -> list[Path]:
     console = Console()
     try:
         manifest = load_manifest(model_dir)
@@ -33,8 +33,19 @@ def quantize_command(model_dir: Path, *, seconds: float, seed: int) -> list[Path
 
     spec = ModelSpec.load(model_dir)
     with progress_bar(console) as progress:
-        # Training voices and a seed of its own: calibration never sees the held-out test data.
-        windows = generate(spec, synthetic_configs(seconds, seed, "train"), "calibration streams", 2, progress)
+        if data is not None:  # a model trained on clips: calibrated on frames and sounds like its own
+            from fusionstream.consumers.training.clips import load_clips
+
+            try:
+                windows = load_clips(data, spec, progress=progress)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"fusionstream: error: {exc}") from None
+        else:
+            if list(spec.classes) != [str(d) for d in range(10)]:
+                console.print("[yellow]warning:[/] this model's classes are not the synthetic streams' digits: "
+                              "calibrate it on your clips with --data DIR")
+            # Training voices and a seed of its own: calibration never sees the held-out test data.
+            windows = generate(spec, synthetic_configs(seconds, seed, "train"), "calibration streams", 2, progress)
     rows = np.flatnonzero(windows.mask.all(axis=1))[:CALIBRATION_WINDOWS]
     if len(rows) == 0:
         raise SystemExit("no calibration window has every modality: give more --seconds")
@@ -43,7 +54,7 @@ def quantize_command(model_dir: Path, *, seconds: float, seed: int) -> list[Path
         written = quantize_model(model_dir, batches, progress=lambda graph: console.print(f"  {graph} encoder"))
     for path in written:
         console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    console.print(f"next: fusionstream evaluate {model_dir} --int8")
+    console.print(f"next: fusionstream evaluate {model_dir} --int8" + (f" --data {data}" if data is not None else ""))
     return written
 
 

@@ -268,6 +268,12 @@ def train_command(options: TrainOptions) -> ModelSpec:
         spec = spec.replace(audio_pooling=init.audio_pooling, video_stem=init.video_stem)
     if options.fusion != "best" and options.fusion not in FUSION_HEADS:
         raise SystemExit(f"unknown fusion head {options.fusion!r}: choose one of {', '.join(FUSION_HEADS)} or best")
+    if options.compare is not None and options.data is not None:
+        import typer  # a usage error: refused before the training, which it failed after
+
+        raise typer.BadParameter("compares the heads on the synthetic digit streams, not on your clips (the table "
+                                 "printed after training compares them on your validation windows)",
+                                 param_hint="--compare")
     with progress_bar(console) as progress:
         if options.data is not None:
             from fusionstream.consumers.training.clips import ClipsError, classes_of, load_clips, read_labels, split
@@ -278,6 +284,7 @@ def train_command(options: TrainOptions) -> ModelSpec:
             except (OSError, ValueError) as exc:  # each names the file (and the line of labels.csv)
                 raise ClipsError(str(exc)) from None
             train_set, val_set = split(clips, 0.2, options.seed)
+            _warn_of_scarce_classes(spec, train_set, console)
         else:
             augment = Augmentation() if options.augment else Augmentation.none()
             try:
@@ -328,6 +335,21 @@ def train_command(options: TrainOptions) -> ModelSpec:
         compare_heads(encoders, {n: h for n, (h, _) in scored.items()}, spec, options.compare, console,
                       cache=options.cache)
     return spec
+
+
+#: Fewer clear training windows than this for a class, and it is unlikely to be learnt at all.
+SCARCE_WINDOWS = 5
+
+
+def _warn_of_scarce_classes(spec: ModelSpec, train_set: WindowSet, console: Console) -> None:
+    """A class whose spans give (almost) no clear window is in the model and never predicted: say so."""
+    clear = train_set.label[train_set.clear]
+    scarce = {name: n for index, name in enumerate(spec.classes) if (n := int((clear == index).sum())) < SCARCE_WINDOWS}
+    if scarce:
+        listed = ", ".join(f"{name} {n}" for name, n in scarce.items())
+        console.print(f"[yellow]warning:[/] too few clear training windows for {listed} (a window is clear when one "
+                      f"span covers 75 % of it; fewer than {SCARCE_WINDOWS}): label more of it, or it will hardly "
+                      "ever be predicted")
 
 
 def export_command(model_dir: Path, out: Path) -> None:

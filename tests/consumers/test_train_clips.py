@@ -54,6 +54,19 @@ def test_train_and_evaluate_on_labelled_clips(tmp_path: Path) -> None:
     assert torch_result["backend"] == "torch" and torch_result["backend_options"]["device"] == "cpu"
     assert torch_result["windows"] == result["windows"] and torch_result["fused"] == pytest.approx(result["fused"])
 
+    # int8 calibrated on the clips themselves (it was calibrated on synthetic digit streams, whatever the
+    # model had learnt from), then scored on them as the hint it prints says.
+    quantized = subprocess.run([*cmd, "quantize", str(out), "--data", str(data)],
+                               capture_output=True, text=True, timeout=600, check=False)
+    assert quantized.returncode == 0, quantized.stderr + quantized.stdout
+    assert "windowing clips" in quantized.stdout + quantized.stderr and "warning" not in quantized.stdout
+    hint = " ".join(quantized.stdout.split())
+    assert f"next: fusionstream evaluate {out} --int8 --data {data}" in hint, hint
+    on_int8 = subprocess.run([*cmd, "evaluate", str(out), "--int8", "--data", str(data), "--json"],
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert on_int8.returncode == 0, on_int8.stderr
+    assert json.loads(on_int8.stdout.strip().splitlines()[-1])["windows"] == result["windows"]
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
 def test_evaluate_on_a_missing_gpu_is_one_line_not_a_traceback(tmp_path: Path) -> None:
