@@ -224,10 +224,12 @@ class ModelSpec:
         unknown = sorted(set(doc) - names)
         if unknown:
             raise ModelDirError(f"unknown field(s) in model.json: {', '.join(unknown)}")
-        try:
-            spec = cls(**doc)
-        except TypeError as exc:  # a required field is missing
-            raise ModelDirError(f"model.json: {exc}") from None
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in doc]
+        if missing:  # (Python's own message named ModelSpec.__init__ and its keyword-only arguments)
+            raise ModelDirError(f"required field(s) missing: {', '.join(missing)}")
+        spec = cls(**doc)
         if inputs is not None:
             derived = {name: list(shape) for name, shape in spec.input_shapes.items()}
             if inputs != derived:

@@ -136,6 +136,21 @@ class InferenceService:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; raises if the service had to stop on an error."""
+        # /metrics and /healthz from the start: 503 "starting" while the broker is waited for (a liveness
+        # probe found no port at all then, for up to broker_wait_s, and failed the instance).
+        server = None
+        if self.settings.metrics_port:
+            server = MetricsServer(self.metrics.registry, self.health, self.settings.metrics_port,
+                                   self.options.metrics_host)
+            server.start()
+            self.metrics_port = server.port
+        try:
+            await self._serve()
+        finally:
+            if server is not None:
+                server.stop()
+
+    async def _serve(self) -> None:
         s = self.settings
         security = s.kafka_security()
         lower_routine_client_errors()
@@ -197,11 +212,6 @@ class InferenceService:
                 transactional=s.exactly_once, group_id=s.group_id, on_acknowledged=self.options.on_acknowledged,
                 freezes=self._freezes,
             )
-            if s.metrics_port:
-                server = MetricsServer(self.metrics.registry, self.health, s.metrics_port, self.options.metrics_host)
-                server.start()
-                stack.callback(server.stop)
-                self.metrics_port = server.port
 
             consumer = make_consumer(
                 bootstrap=s.bootstrap_servers,
@@ -236,6 +246,7 @@ class InferenceService:
                 "publish": asyncio.create_task(self._publisher.run(self._pipeline), name="fs-publish"),
                 "tick": asyncio.create_task(self._feeder.tick(), name="fs-tick"),
                 "commit": asyncio.create_task(self._commit_loop(), name="fs-commit"),
+                "gauges": asyncio.create_task(self._gauge_loop(), name="fs-gauges"),
                 **({"freezes": asyncio.create_task(self._freezes.run(on_freeze=self._publisher.fence),
                                                    name="fs-freezes")} if self._freezes else {}),
                 "outputs": asyncio.create_task(watch_outputs(admin, [s.predictions_topic, s.deadletter_topic],
@@ -282,7 +293,7 @@ class InferenceService:
             if self._feeder.fetching:
                 consume.cancel()
             await asyncio.wait({consume}, timeout=0.05)
-        await asyncio.gather(self._tasks["tick"], self._tasks["commit"])
+        await asyncio.gather(self._tasks["tick"], self._tasks["commit"], self._tasks["gauges"])
         async with self._lock:
             await self._publish_closed_windows()
             try:
@@ -403,6 +414,14 @@ class InferenceService:
                 if self.settings.exactly_once:
                     raise
                 log.warning("commit failed, retrying at the next interval: %s", exc)
+
+    async def _gauge_loop(self) -> None:
+        """The gauges and /healthz, refreshed on their own: after each commit they stood still for as long as
+        a commit was stuck (10 s steps through a broker outage, an outside SRE found)."""
+        while True:
+            await asyncio.sleep(self.options.commit_interval_s)
+            if self._feeder.stopping:
+                return
             if self._consumer is not None and self._pipeline is not None:
                 self._gauges.update(self._consumer, self._pipeline, self.handover)
             self._update_health()
