@@ -250,6 +250,9 @@ def read_video_labels(path: Path, video: Path) -> list[Span]:
 
 def labels_truth(spans: Sequence[Span], stream_id: str, classes: Sequence[str], start_ns: int) -> GroundTruth:
     """The ground truth of one replayed file whose 0:00 is ``start_ns``; segments hold class indices."""
+    if not classes:
+        raise LabelsError("an embedding model has no classes to score --labels against: give --labels with a "
+                          "classifier, or read the vectors from --out")
     unknown = sorted({s.label for s in spans} - set(classes))
     if unknown:
         raise LabelsError(f"labels {unknown} are not classes of the model ({', '.join(classes)})")

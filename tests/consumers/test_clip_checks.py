@@ -47,3 +47,10 @@ def test_a_class_with_almost_no_clear_window_is_warned_of() -> None:
     console = Console(record=True, width=300)
     _warn_of_scarce_classes(ModelSpec(version="t", fusion="concat", classes=["a", "b", "c"]), windows, console)
     assert "too few clear training windows for b 3, c 0" in console.export_text()
+
+
+def test_labels_for_an_embedding_model_say_it_has_no_classes() -> None:
+    from fusionstream.consumers.demo import LabelsError, labels_truth
+
+    with pytest.raises(LabelsError, match="an embedding model has no classes to score --labels against"):
+        labels_truth([Span(0, 2, "cat")], "s", [], 0)
