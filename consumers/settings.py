@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         "auto",
         description="The transcript's wait budget: a window waits for its text until the newest modality is this far "
         "past the window's end, no longer. auto: each stream learns it from how late its words arrive "
-        "(docs/predictions.md#a-transcript-that-arrives-late); off: text more than max_skew_ms behind, or silent for "
+        "(docs/predictions.md#revisions); off: text more than max_skew_ms behind, or silent for "
         "idle_timeout_ms, is not waited for at all.",
     )
     revisions: bool = Field(

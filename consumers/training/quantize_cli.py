@@ -53,8 +53,10 @@ def quantize_command(model_dir: Path, *, seconds: float, seed: int, data: Path |
     with console.status(f"quantizing, calibrated on {len(rows)} windows"):
         written = quantize_model(model_dir, batches, progress=lambda graph: console.print(f"  {graph} encoder"))
     for path in written:
-        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    console.print(f"next: fusionstream evaluate {model_dir} --int8" + (f" --data {data}" if data is not None else ""))
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", soft_wrap=True)
+    # Not wrapped at a narrow terminal: a path broken mid-name cannot be copied back as a command.
+    console.print(f"next: fusionstream evaluate {model_dir} --int8" + (f" --data {data}" if data is not None else ""),
+                  soft_wrap=True)
     return written
 
 
