@@ -54,7 +54,7 @@ class TimelineEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "n": self.n, "window_id": self.window_id, "t_start_ns": self.t_start_ns, "t_end_ns": self.t_end_ns,
-            "label": self.label, "score": round(self.score, 4), "mask": list(self.mask),
+            "label": self.label, "score": self.score, "mask": list(self.mask),
         }  # fmt: skip
 
 
@@ -253,8 +253,8 @@ class ViewerState:
             },
             "prediction": None if p is None else {
                 "window_id": p.window_id, "t_start_ns": p.t_start_ns, "t_end_ns": p.t_end_ns,
-                "label": shown_label(p), "score": _rounded(shown_score(p)), "top": _top(p.scores, 3),
-                "task": p.task, "labels": None if p.labels is None else [[k, round(v, 4)] for k, v in p.labels.items()],
+                "label": shown_label(p), "score": shown_score(p), "top": _top(p.scores, 3),
+                "task": p.task, "labels": None if p.labels is None else [[k, v] for k, v in p.labels.items()],
                 "embedding_size": None if p.embedding is None else len(p.embedding),
                 "modalities": dict(p.modalities), "coverage": dict(p.coverage), "closed_by": p.closed_by,
                 "model_version": p.model_version, "capture_to_publish_ms": p.capture_to_publish_ms,
@@ -363,13 +363,11 @@ def shown_score(p: PredictionRecord) -> float | None:
     return p.score
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
 def _top(scores: Any, k: int) -> list[list[Any]]:
     ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
-    return [[label, round(float(score), 4)] for label, score in ranked]
+    # Unrounded: the page rounds for display, and rounding twice (0.995001 -> 0.995 -> "0.99") would show
+    # a score other than the one published ("1.00").
+    return [[label, float(score)] for label, score in ranked]
 
 
 __all__ = ["StreamView", "TimelineEntry", "ViewerState", "to_jpeg"]

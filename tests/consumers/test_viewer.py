@@ -465,3 +465,15 @@ def test_the_viewer_rides_out_a_broker_that_stops_answering(
     said = [r.getMessage() for r in caplog.records]
     assert sum("cannot list the topics" in m for m in said) == 1, said  # once per outage
     assert any("the broker answers again" in m for m in said) and feed._subscribed == {"fs.predictions"}
+
+
+def test_the_page_gets_the_published_score_unrounded() -> None:
+    # Rounded to 4 places first, 0.995001 became 0.995 and the page's two places showed "0.99" for a
+    # prediction published (and read by any client) as 1.00.
+    state = ViewerState()
+    t0 = 1_800_000_000 * NS
+    assert state.on_prediction(prediction("cam", t0, label="4", score=0.995001), now=1)
+    snap = state.snapshot("cam", now=1) or {}
+    assert snap["prediction"]["score"] == 0.995001
+    assert snap["prediction"]["top"][0] == ["4", 0.995001]
+    assert snap["timeline"][0]["score"] == 0.995001
