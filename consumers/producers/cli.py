@@ -390,6 +390,10 @@ def _say_ended(settings: Settings, ended: list[Record]) -> None:
         typer.echo(f"fusionstream: warning: could not tell the service the streams ended: {describe(exc)}", err=True)
 
 
+#: Seconds between two status lines when stderr is no terminal (a file, a pipe, a container's log).
+PLAIN_EVERY_S = 10.0
+
+
 class _Status:
     """One live line on stderr: records acknowledged per modality, rate and throughput."""
 
@@ -399,11 +403,17 @@ class _Status:
         self._where = f"{settings.bootstrap_servers}"
         self._live: Live | None = None
         self._since = time.monotonic()
+        self._plain_at: float | None = None  # when the last plain line was printed (output that is no terminal)
 
     def start(self) -> None:
         from rich.live import Live
 
         if self._quiet or self._live is not None:
+            return
+        if not self._console.is_terminal:
+            # A live line is redrawn, which a log file or a pipe cannot show: a plain line now and then instead.
+            self._plain_at = time.monotonic()
+            self._console.print(self._line(None), soft_wrap=True)
             return
         live = Live(self._line(None), console=self._console, refresh_per_second=4, transient=True)
         live.start()
@@ -412,6 +422,9 @@ class _Status:
     def update(self, published: Published) -> None:
         if self._live is not None:
             self._live.update(self._line(published))
+        elif self._plain_at is not None and time.monotonic() - self._plain_at >= PLAIN_EVERY_S:
+            self._plain_at = time.monotonic()
+            self._console.print(self._line(published), soft_wrap=True)
 
     def stop(self) -> None:
         if self._live is not None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fusionstream.consumers.training.dataset import WindowSet, synthesize_many
+from fusionstream.consumers.training.progress_lines import LineProgress
 from fusionstream.engines.spec import ModelSpec
 from fusionstream.stream.sources import SyntheticConfig
 from fusionstream.stream.sources.augment import Augmentation
@@ -23,6 +24,10 @@ STREAMS_PER_RUN = 4
 
 
 def progress_bar(console: Console | None = None) -> Progress:
+    """A live bar on a terminal; elsewhere (a file, a pipe, CI) a line per task now and then (``LineProgress``)."""
+    console = console or Console()
+    if not console.is_terminal:
+        return LineProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

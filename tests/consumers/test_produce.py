@@ -384,6 +384,8 @@ def test_kafka_produce_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, topic_prefi
     _, err = producer.communicate(timeout=DEADLINE_S)
     assert producer.returncode == 130, err
     assert "stopped after 1 records" in err
+    # stderr is a pipe here, where a live status line shows nothing: a plain line says where it produces.
+    assert err.splitlines()[0].startswith(f"▶ producing to {kafka_bootstrap}"), err
     # Then an `ended` progress record, so the service closes the stream's windows now (wire-format.md#progress).
     line, ended = (decode(m.value) for m in read_topics(kafka_bootstrap, topics)[Modality.TEXT])
     assert ended.is_progress and ended.meta.get("ended") and ended.stream_id == "desk"
