@@ -150,7 +150,8 @@ def task_score(task: TaskSpec, outputs: np.ndarray, data: EmbeddedSet) -> float:
 
 def evaluate(runtime: Runtime, windows: EmbeddedSet) -> dict[str, Any]:
     """The scores of embedded ``windows`` through ``runtime``'s fusion head: fused, each declared
-    modality alone, each removed (when there are several), and the task's extra figure."""
+    modality alone (None for one that no window has), each removed (when there are several), and the task's
+    extra figure."""
     task = runtime.task
     names = windows.modalities
     started = time.perf_counter()
@@ -160,14 +161,16 @@ def evaluate(runtime: Runtime, windows: EmbeddedSet) -> dict[str, Any]:
     for i, name in enumerate(names):
         only = np.zeros_like(windows.mask)
         only[:, i] = windows.mask[:, i]
-        single[name] = task_score(task, fuse_all(runtime, windows, only), windows)
+        # A modality no window has (clips without captions) scores what an empty input guesses: no figure.
+        single[name] = task_score(task, fuse_all(runtime, windows, only), windows) if only.any() else None
         if len(names) > 1:
             removed = windows.mask.copy()
             removed[:, i] = False
             without[name] = task_score(task, fuse_all(runtime, windows, removed), windows)
     result: dict[str, Any] = {
         "task": task.kind, "metric": METRIC[task.kind], "fused": round(task_score(task, fused_out, windows), 4),
-        "single": {k: round(v, 4) for k, v in single.items()}, "without": {k: round(v, 4) for k, v in without.items()},
+        "single": {k: None if v is None else round(v, 4) for k, v in single.items()},
+        "without": {k: round(v, 4) for k, v in without.items()},
         "windows": int((windows.clear & (windows.label >= 0)).sum()), "all_windows": len(windows),
         "fusion_ms_per_window": round(1000 * fusion_s / max(1, len(windows)), 4),
     }

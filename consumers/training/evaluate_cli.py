@@ -114,7 +114,7 @@ def evaluation_table(result: dict[str, Any], title: str) -> Table:
                      justify="right")
     table.add_row("fused (all declared modalities)", f"{result['fused']:.4f}")
     for name, value in result["single"].items():
-        table.add_row(f"{name} alone", f"{value:.4f}")
+        table.add_row(f"{name} alone", f"{value:.4f}" if value is not None else f"– (no window has {name})")
     for name, value in result["without"].items():
         table.add_row(f"without {name}", f"{value:.4f}")
     if "fused_all" in result:

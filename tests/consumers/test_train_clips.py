@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,18 @@ def test_train_and_evaluate_on_labelled_clips(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=600, check=False)
     assert on_int8.returncode == 0, on_int8.stderr
     assert json.loads(on_int8.stdout.strip().splitlines()[-1])["windows"] == result["windows"]
+
+    # Clips without captions: no window has text, and "text alone" is no figure (it scored an empty input).
+    uncaptioned = tmp_path / "uncaptioned"
+    shutil.copytree(data, uncaptioned, ignore=shutil.ignore_patterns("*.srt"))
+    silent_text = subprocess.run([*cmd, "evaluate", str(out), "--data", str(uncaptioned)],
+                                 capture_output=True, text=True, timeout=600, check=False)
+    assert silent_text.returncode == 0, silent_text.stderr
+    assert "text alone" in silent_text.stdout and "no window has text" in silent_text.stdout, silent_text.stdout
+    as_json = subprocess.run([*cmd, "evaluate", str(out), "--data", str(uncaptioned), "--json"],
+                             capture_output=True, text=True, timeout=600, check=False)
+    scores = json.loads(as_json.stdout.strip().splitlines()[-1])
+    assert scores["single"]["text"] is None and scores["single"]["audio"] is not None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
