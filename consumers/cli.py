@@ -379,7 +379,7 @@ def tail(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest retained prediction instead of new ones.")] = False,
     stream: Annotated[Optional[list[str]], typer.Option("--stream", help="Only this stream id (repeat for several).")] = None,  # noqa: UP045
     limit: Annotated[Optional[int], typer.Option("--limit", min=0, help="Stop after N predictions.")] = None,  # noqa: UP045
-    read_committed: Annotated[bool, typer.Option("--read-committed", help="Hide predictions of aborted transactions (exactly-once mode).")] = False,
+    read_committed: Annotated[bool, typer.Option("--read-committed/--read-uncommitted", help="Hide predictions of transactions an exactly-once service aborted (the default), or show them too, a little sooner.")] = True,
     until_end: Annotated[bool, typer.Option("--until-end", help="Stop at the end of the topic instead of waiting for more.")] = False,
     finals_only: Annotated[bool, typer.Option("--finals-only", help="Skip provisional predictions (a service with revisions on sends one before each final).")] = False,
     bootstrap: Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka bootstrap servers, host:port[,host:port] (default: FUSIONSTREAM_BOOTSTRAP_SERVERS, else localhost:9092).")] = None,  # noqa: UP045

@@ -10,8 +10,8 @@ Without ``group_id`` the subscription reads every partition and commits nothing 
 ``tail``); with one it joins that consumer group (range assignment, like the service)
 and commits the offsets of the predictions it has handed out once the caller asks for
 the next one, so a restarted subscriber resumes after the last prediction it processed.
-``read_committed`` hides the predictions of aborted transactions (the service's
-exactly-once mode).
+It reads committed predictions only by default: ``read_committed=False`` also shows those of transactions
+an exactly-once service aborted (which the next owner publishes again), a little sooner.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class Subscription:
         *,
         group_id: str | None = None,
         from_beginning: bool = False,
-        read_committed: bool = False,
+        read_committed: bool = True,
         stream_ids: Iterable[str] | None = None,
         until_end: bool = False,
         on_error: Literal["skip", "raise"] = "skip",
@@ -452,7 +452,7 @@ def subscribe(
     *,
     group_id: str | None = None,
     from_beginning: bool = False,
-    read_committed: bool = False,
+    read_committed: bool = True,
     stream_ids: Iterable[str] | None = None,
     until_end: bool = False,
     on_error: Literal["skip", "raise"] = "skip",
@@ -466,7 +466,8 @@ def subscribe(
       predictions handed out since the last commit come again).
     - ``from_beginning``: start at the oldest retained prediction instead of new ones
       only (in a group: only where the group has no committed offset).
-    - ``read_committed``: skip predictions of aborted transactions and wait for open ones.
+    - ``read_committed`` (default): skip predictions of aborted transactions and wait for open ones (the
+      service's exactly-once mode publishes in transactions; an at-least-once service's are never held back).
     - ``stream_ids``: only these streams, one id or several (the key is checked before the value is parsed).
     - ``until_end``: stop once every partition is read up to its end as of the first
       assignment, instead of waiting for more (group-less only); at once if the topic

@@ -97,7 +97,7 @@ async def _read(settings: Settings, *, as_json: bool, from_beginning: bool, limi
 
 
 def run_dead_letters(settings: Settings, *, as_json: bool = False, from_beginning: bool = False,
-                     limit: int | None = None, read_committed: bool = False, until_end: bool = False) -> int:
+                     limit: int | None = None, read_committed: bool = True, until_end: bool = False) -> int:
     """Print dead letters until ``limit`` (or the end, with ``until_end``); return how many were printed."""
     console = tail_console(settings.deadletter_topic, settings.bootstrap_servers,
                            "from the beginning" if from_beginning else "new dead letters", banner=not as_json)

@@ -121,7 +121,7 @@ def run_tail(
     from_beginning: bool = False,
     stream_ids: Iterable[str] | None = None,
     limit: int | None = None,
-    read_committed: bool = False,
+    read_committed: bool = True,
     until_end: bool = False,
     finals_only: bool = False,
 ) -> int:
