@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import re
 import shlex
@@ -157,3 +158,13 @@ async def main():
     print("ready" if wanted <= names else "waiting")
 asyncio.run(main())
 """
+
+
+def test_the_fusion_heads_table_is_the_shipped_comparison() -> None:
+    """The README shows docs/fusion-heads.md (which `train --compare` writes with the shipped model): a retrained
+    model's comparison once left the README a model behind."""
+    shipped = [line for line in (ROOT / "docs" / "fusion-heads.md").read_text().splitlines() if line.startswith("|")]
+    section = README[README.index("### All seven fusion heads"):].splitlines()
+    first = next(i for i, line in enumerate(section) if line.startswith("| head |"))
+    shown = list(itertools.takewhile(lambda line: line.startswith("|"), section[first:]))
+    assert len(shipped) == 9 and shown == shipped

@@ -441,7 +441,8 @@ class _Status:
             line.append(f"{label} ", style=style)
             line.append(f"{published.records[label]:,}  ")
         mb_s = published.bytes / published.elapsed_s / 1e6 if published.elapsed_s > 0 else 0.0
-        line.append(f"│ {published.rate:,.0f} rec/s  {mb_s:.2f} MB/s  │ {len(published.streams)} streams  "
+        streams = len(published.streams)
+        line.append(f"│ {published.rate:,.0f} rec/s  {mb_s:.2f} MB/s  │ {streams} stream{'' if streams == 1 else 's'}  "
                     f"│ {published.elapsed_s:.1f} s", style="dim")
         return line
 
@@ -453,7 +454,8 @@ def _summary(console: Console, published: Published, *, interrupted: bool, quiet
     how = "stopped after" if interrupted else "published"
     console.print(
         f"[green]{how}[/] {published.total:,} records ({counts}; {published.bytes / 1e6:.1f} MB) "
-        f"from {len(published.streams)} stream(s) in {published.elapsed_s:.1f} s",
+        f"from {len(published.streams)} stream{'' if len(published.streams) == 1 else 's'} "
+        f"in {published.elapsed_s:.1f} s",
         highlight=False,
         soft_wrap=True,
     )
