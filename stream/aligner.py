@@ -146,13 +146,14 @@ class Aligner:
     def _arrived_late(self, state: StreamState, item: MediaItem, now_ns: int) -> None:
         """A late item joins no window, but its source is alive and has come this far: without it, a transcript
         that fell behind stayed behind (and silent, to the idle timeout), so its next words were late too. It
-        never makes a source that said it ended waited for again (nor does an on-time straggler: see :meth:`add`)."""
+        never makes a source that said it ended waited for again (nor does an on-time straggler: see :meth:`add`).
+        The stream is not kept alive by it: a device whose clock went back sends nothing but late records, and its
+        last windows waited for the idle timeout as long as it sent them (a minute and more)."""
         buffer = state.buffers[item.modality]
         if item.t_end_ns > buffer.latest_end_ns:
             buffer.latest_end_ns = item.t_end_ns
         self._advance_newest(state, item.t_end_ns)
         buffer.last_arrival_ns = now_ns
-        state.last_arrival_ns = now_ns
         self._recent.add(item.stream_id)  # its watermark may have moved: polled after this fetch
 
     @property
