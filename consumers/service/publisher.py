@@ -31,6 +31,7 @@ from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.service.freezes import FreezeWatch
 from fusionstream.consumers.service.handover import Offsets
 from fusionstream.consumers.service.metrics import ServiceMetrics
+from fusionstream.consumers.service.topic_settings import PRODUCER_DEFAULT_MAX_BYTES
 from fusionstream.stream.errors import FusionStreamError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ Ref = tuple[str, int, int]
 
 #: Exactly-once: how long a commit may take, the producer's transaction timeout (aiokafka's default 60 s).
 COMMIT_TIMEOUT_S = 60.0
+
+#: Bytes a record takes beyond its key, value and headers (its batch's and its own framing), with room to spare.
+RECORD_OVERHEAD = 256
 
 
 class PredictionPublishError(FusionStreamError):
@@ -104,6 +108,8 @@ class Publisher:
         self._deadletter_topic = deadletter_topic
         self._transactional = transactional
         self._group_id = group_id
+        #: The largest dead letter the producer and the dead-letter topic take (``topic_settings``, at start).
+        self.dead_letter_max_bytes = getattr(producer, "_max_request_size", PRODUCER_DEFAULT_MAX_BYTES)
         self._outstanding: set[asyncio.Future[Any]] = set()
         #: When the broker last acknowledged a send, or the first of the sends waiting now was made.
         self._answered = time.monotonic()
@@ -154,9 +160,24 @@ class Publisher:
         self._metrics.dead_letters.labels(dead.reason).inc()
         if dead.reason == "late":
             self._metrics.late.inc()
+        value = self._fitting(message.key, message.value, headers, ref)
         # Stamped now: the original timestamp (kept in fs.timestamp) may be older than the topic's retention.
-        future = await self._send(self._deadletter_topic, key=message.key, value=message.value, headers=headers)
+        future = await self._send(self._deadletter_topic, key=message.key, value=value, headers=headers)
         future.add_done_callback(lambda f: self._on_dead_letter(f, ref))
+
+    def _fitting(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+                 ref: Ref) -> bytes | None:
+        """``value``, or its start with an ``fs.truncated`` header (its size) when the record would exceed
+        :attr:`dead_letter_max_bytes`: refused, it stopped the service on every start (``topic_settings``)."""
+        around = RECORD_OVERHEAD + len(key or b"") + sum(len(k) + len(v) + 8 for k, v in headers)
+        if value is None or around + len(value) <= self.dead_letter_max_bytes:
+            return value
+        headers.append(("fs.truncated", str(len(value)).encode()))
+        kept = max(0, self.dead_letter_max_bytes - around - RECORD_OVERHEAD)
+        log.warning("dead letter of %s[%d]@%d: the record (%d bytes) is larger than the dead-letter topic or this "
+                    "producer takes (%d bytes); sent its first %d bytes, with an fs.truncated header", *ref,
+                    len(value), self.dead_letter_max_bytes, kept)
+        return value[:kept]
 
     async def _send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
         if self.failure is not None:

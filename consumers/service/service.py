@@ -66,6 +66,7 @@ from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
 from fusionstream.consumers.service.outputs import watch_outputs
 from fusionstream.consumers.service.publisher import Publisher
+from fusionstream.consumers.service.topic_settings import dead_letter_max_bytes, topic_settings, warn_of_compaction
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.errors import first_line
 from fusionstream.engines.manifest import Manifest
@@ -212,6 +213,10 @@ class InferenceService:
                 transactional=s.exactly_once, group_id=s.group_id, on_acknowledged=self.options.on_acknowledged,
                 freezes=self._freezes,
             )
+            configs = await topic_settings(admin, [*self.input_topics, s.deadletter_topic])
+            warn_of_compaction(configs, self.input_topics)
+            self._publisher.dead_letter_max_bytes = dead_letter_max_bytes(
+                configs, s.deadletter_topic, self._publisher.dead_letter_max_bytes)
 
             consumer = make_consumer(
                 bootstrap=s.bootstrap_servers,

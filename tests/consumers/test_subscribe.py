@@ -359,39 +359,6 @@ def test_kafka_tail_prints_json_lines(written: OnTopic) -> None:
     check_tail(written, stream_id=written.stream_ids[1])
 
 
-def test_kafka_subscribers_hide_aborted_transactions_unless_asked(kafka_bootstrap: str, topic_prefix: str) -> None:
-    topic = f"{topic_prefix}.predictions"
-    t0 = time.time_ns()
-    committed = [make_prediction("cam-tx", i, t0) for i in (0, 2)]
-    aborted = make_prediction("cam-tx", 1, t0)
-
-    async def scenario() -> None:
-        await ensure_topics(kafka_bootstrap, [topic], PARTITIONS)
-        producer = make_producer(kafka_bootstrap, transactional_id=f"{topic_prefix}-tx")
-        await producer.start()
-        try:
-            for prediction, commit in ((committed[0], True), (aborted, False), (committed[1], True)):
-                await producer.begin_transaction()
-                await producer.send_and_wait(topic, prediction.to_json(), key=b"cam-tx")
-                await (producer.commit_transaction() if commit else producer.abort_transaction())
-        finally:
-            await producer.stop()
-
-    asyncio.run(scenario())
-    published = OnTopic(kafka_bootstrap, topic, [])
-    # Committed only by default: the next owner publishes an aborted transaction's windows again.
-    seen = [p.window_id for p in asyncio.run(_read(published))]
-    assert seen == [p.window_id for p in committed]
-    everything = [p.window_id for p in asyncio.run(_read(published, read_committed=False))]
-    assert everything == [committed[0].window_id, aborted.window_id, committed[1].window_id]
-    env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": kafka_bootstrap, "FUSIONSTREAM_PREDICTIONS_TOPIC": topic}
-    for flags, expected in (([], seen), (["--read-uncommitted"], everything)):
-        tail = subprocess.run([*FUSIONSTREAM, "tail", "--json", "--from-beginning", "--until-end", *flags], env=env,
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
-        assert tail.returncode == 0, tail.stderr
-        assert [json.loads(line)["window_id"] for line in tail.stdout.splitlines()] == expected, flags
-
-
 def test_kafka_faust_app_views(written: OnTopic, topic_prefix: str, tmp_path: Path) -> None:
     # A re-delivered prediction (at-least-once) must not be counted twice; an amended final (revision 1,
     # another label: a partly late record changed the window) replaces the count of the one before it.
