@@ -5,7 +5,13 @@ design depends on (range assignment, manual commits, idempotent acks=all
 producers, co-partitioned topics, SASL/TLS on every client) are decided once.
 """
 
-from fusionstream.consumers.kafka.admin import TopicLayoutError, delete_topics, ensure_topics, make_admin
+from fusionstream.consumers.kafka.admin import (
+    TopicLayoutError,
+    check_copartitioned,
+    delete_topics,
+    ensure_topics,
+    make_admin,
+)
 from fusionstream.consumers.kafka.clients import (
     CommitTimedOut,
     commit_within,
@@ -16,6 +22,6 @@ from fusionstream.consumers.kafka.clients import (
 from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 
 __all__ = [
-    "BrokerAuthError", "CommitTimedOut", "MissingTopicsError", "TopicLayoutError", "commit_within", "delete_topics",
-    "ensure_topics", "leave_group", "make_admin", "make_consumer", "make_producer",
+    "BrokerAuthError", "CommitTimedOut", "MissingTopicsError", "TopicLayoutError", "check_copartitioned",
+    "commit_within", "delete_topics", "ensure_topics", "leave_group", "make_admin", "make_consumer", "make_producer",
 ]

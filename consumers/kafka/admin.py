@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     KafkaError,
@@ -235,3 +236,14 @@ def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int, f
             f"topics must have {partitions} partitions each (co-partitioning of the input topics), "
             f"but {found}; recreate them or configure the service with their partition count"
         )
+
+
+def check_copartitioned(cluster: ClusterMetadata, topics: Sequence[str]) -> None:
+    """Raise :class:`TopicLayoutError` when a client's metadata gives ``topics`` (the input topics) other partition
+    counts: partitions added to one of them while the service ran."""
+    counts = {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in topics}
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
+        raise TopicLayoutError(f"the input topics' partition counts changed while serving: {found}; they must have "
+                               "one count (co-partitioning: a stream's records on the same partition of each): give "
+                               "them all the same count, then restart")

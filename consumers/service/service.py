@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 from fusionstream.consumers.engine import model_title
 from fusionstream.consumers.kafka import (
     CommitTimedOut,
+    check_copartitioned,
     ensure_topics,
     leave_group,
     make_admin,
@@ -385,6 +386,7 @@ class InferenceService:
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._pipeline is not None and self._committer is not None
         self.metrics.rebalances.inc()
+        self._check_copartitioned()
         async with self._lock:
             committed = await self._committer.read(assigned)
             resumed = self.handover.assign({tp: committed.get(tp) for tp in assigned})
@@ -395,6 +397,13 @@ class InferenceService:
             "assigned partitions %s of %s (%d streams resumed from checkpoints)",
             sorted({tp.partition for tp in assigned}), ", ".join(self.input_topics), resumed,
         )
+
+    def _check_copartitioned(self) -> None:
+        """Refuse input topics whose partition counts came to differ while serving (partitions added to one):
+        a stream's video and its audio then hash to other partitions, other instances' maybe, and each published
+        its own copy of the stream's windows (an outside operator's run: 633 windows twice). Checked at start too."""
+        if self._consumer is not None:
+            check_copartitioned(self._consumer._client.cluster, self.input_topics)
 
     # -- publishing and committing --------------------------------------------------------------
 
