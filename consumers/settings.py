@@ -89,7 +89,12 @@ class Settings(BaseSettings):
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password; a secret, never printed.")
-    ssl_cafile: Path | None = Field(None, description="CA bundle for TLS to the brokers.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) for TLS to the brokers; unset: the system's.")
+    ssl_certfile: Path | None = Field(
+        None, description="This client's certificate (PEM, its chain after it; the key too unless ssl_keyfile), for "
+        "a broker that asks for one (ssl.client.auth=required: mutual TLS).",
+    )
+    ssl_keyfile: Path | None = Field(None, description="The private key of ssl_certfile (PEM, unencrypted).")
     exactly_once: bool = Field(False, description="Publish predictions and commit offsets in one Kafka transaction.")
     broker_wait_s: float = Field(
         60.0, ge=0,
@@ -264,7 +269,32 @@ class Settings(BaseSettings):
             raise ValueError(f"hop_ms {self.hop_ms} is longer than window_ms {self.window_ms}")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256 "
+                             "or SCRAM-SHA-512), sasl_username and sasl_password")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the certificate it is the key of)")
+        self._check_tls_files()
         return self
+
+    def _check_tls_files(self) -> None:
+        """Read the TLS files now: a missing or unreadable one was a traceback from deep in a client's start."""
+        import ssl
+
+        context = ssl.create_default_context()
+        for name, load in (("ssl_cafile", lambda: context.load_verify_locations(cafile=str(self.ssl_cafile))),
+                           ("ssl_certfile", lambda: context.load_cert_chain(
+                               str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None))):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            try:
+                load()
+            except FileNotFoundError:
+                raise ValueError(f"{name} {path}: no such file") from None
+            except (OSError, ssl.SSLError) as exc:
+                what = "certificates" if name == "ssl_cafile" else "a certificate and its key"
+                raise ValueError(f"{name} {path}: not {what} in PEM ({exc.strerror or exc})") from None
 
     @classmethod
     def settings_customise_sources(
@@ -380,5 +410,9 @@ class Settings(BaseSettings):
         if self.security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
-            options["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
         return options

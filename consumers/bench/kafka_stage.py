@@ -7,7 +7,7 @@ benchmark never touches production topics or another run's data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import multiprocessing
 import pickle
 import tempfile
@@ -37,6 +37,8 @@ from fusionstream.stream.windows import WindowConfig
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
+
+log = logging.getLogger(__name__)
 
 #: Longest a stage waits for its last prediction before giving up (a stalled service).
 STALL_S = 120.0
@@ -377,5 +379,7 @@ async def _alive(serving: asyncio.Task[None]) -> None:
 async def _delete(run: _Run) -> None:
     from fusionstream.consumers.kafka.admin import delete_topics
 
-    with contextlib.suppress(Exception):  # best effort: a leftover bench topic is harmless
-        await delete_topics(run.settings.bootstrap_servers, run.topics)
+    try:  # best effort: a leftover bench topic is harmless, but say so (a secured cluster's were left, unsaid)
+        await delete_topics(run.settings.bootstrap_servers, run.topics, security=run.settings.kafka_security())
+    except Exception as exc:
+        log.warning("could not delete the bench's topics %s: %s", ", ".join(run.topics), exc)

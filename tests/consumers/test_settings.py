@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from pydantic import ValidationError
 
+from fusionstream.consumers.cli_errors import settings_error
 from fusionstream.consumers.kafka import delete_topics, ensure_topics
 from fusionstream.consumers.settings import Settings, SettingsFileError
 from fusionstream.stream.records import Modality
@@ -152,3 +155,49 @@ def test_topic_administration_authenticates_like_the_clients(kafka_bootstrap: st
     plain = Settings.load().kafka_security()
     asyncio.run(ensure_topics(kafka_bootstrap, [topic], 1, security=plain, timeout_s=10))
     asyncio.run(delete_topics(kafka_bootstrap, [topic], security=plain))
+
+
+def _refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(f"FUSIONSTREAM_{name.upper()}", value)
+    with pytest.raises(ValidationError) as caught:
+        Settings.load()
+    return settings_error(caught.value, None, {})
+
+
+def test_tls_and_sasl_settings_that_cannot_work_are_one_line_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each was a traceback from inside a client's start, or a false "username and password required".
+    missing, garbage = tmp_path / "missing.pem", tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    assert _refusal(monkeypatch, ssl_cafile=str(missing)) == f"invalid settings: ssl_cafile {missing}: no such file"
+    assert _refusal(monkeypatch, ssl_cafile=str(garbage)).startswith(
+        f"invalid settings: ssl_cafile {garbage}: not certificates in PEM")
+    monkeypatch.delenv("FUSIONSTREAM_SSL_CAFILE")
+    assert _refusal(monkeypatch, security_protocol="SASL_SSL", sasl_username="u", sasl_password="p") == (
+        "invalid settings: security_protocol SASL_SSL needs sasl_mechanism (PLAIN, SCRAM-SHA-256 or "
+        "SCRAM-SHA-512), sasl_username and sasl_password")
+    for name in ("SECURITY_PROTOCOL", "SASL_USERNAME", "SASL_PASSWORD"):
+        monkeypatch.delenv(f"FUSIONSTREAM_{name}")
+    assert "ssl_keyfile needs ssl_certfile" in _refusal(monkeypatch, ssl_keyfile=str(garbage))
+    monkeypatch.delenv("FUSIONSTREAM_SSL_KEYFILE")
+    assert _refusal(monkeypatch, ssl_certfile=str(garbage)).startswith(
+        f"invalid settings: ssl_certfile {garbage}: not a certificate and its key in PEM")
+
+
+def test_a_client_certificate_goes_into_the_tls_context(tmp_path: Path) -> None:
+    """Mutual TLS (a broker with ssl.client.auth=required): the certificate and key are this client's."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=client",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    settings = Settings.load(security_protocol="SSL", ssl_cafile=cert, ssl_certfile=cert, ssl_keyfile=key)
+    context = settings.kafka_security()["ssl_context"]
+    assert context.get_ca_certs()[0]["subject"] == ((("commonName", "client"),),)
+    # The chain is this side's (no public getter for it): a key that is not the certificate's is refused.
+    other_key = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True, timeout=60)
+    with pytest.raises(ValidationError, match="ssl_certfile"):
+        Settings.load(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=other_key)
