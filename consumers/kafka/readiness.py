@@ -140,13 +140,24 @@ async def _probe(bootstrap: str, security: Mapping[str, Any] | None, timeout_s: 
         except ssl.SSLCertVerificationError as exc:
             raise BrokerAuthError(
                 f"the broker at {host}:{port} has a certificate this client does not trust ({_reason(exc)}): "
-                "check FUSIONSTREAM_SSL_CAFILE"
+                f"{_certificate_hint(exc)}"
             ) from None
         except (OSError, TimeoutError, KafkaError) as exc:
             reasons.append((f"{host}:{port}", _reason(exc)))
     if len(reasons) == 1:
         raise _NotReady("reachable", reasons[0][1])
     raise _NotReady("reachable", "; ".join(f"{where}: {why}" for where, why in reasons) or "no bootstrap server")
+
+
+def _certificate_hint(exc: ssl.SSLCertVerificationError) -> str:
+    """What to check for a refused certificate: the CA file is not always the cause."""
+    why = (exc.verify_message or "").lower()
+    if "expired" in why or "not yet valid" in why:
+        return "the broker's certificate is outside its validity dates: renew it (or check this machine's clock)"
+    if "mismatch" in why or "hostname" in why:
+        return ("the broker's certificate does not name the host this client connects to: use a host name it lists "
+                "in FUSIONSTREAM_BOOTSTRAP_SERVERS (and in the broker's advertised.listeners)")
+    return "check FUSIONSTREAM_SSL_CAFILE (the CA that signed the broker's certificate)"
 
 
 def _reason(exc: BaseException) -> str:

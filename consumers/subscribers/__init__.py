@@ -6,6 +6,7 @@ per-stream state tables and serves them over HTTP (it imports Faust, so it is no
 imported here).
 """
 
+from fusionstream.consumers.kafka.errors import BrokerAuthError
 from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.subscribers.api import (
     DEFAULT_TOPIC,
@@ -16,5 +17,5 @@ from fusionstream.consumers.subscribers.api import (
 )
 from fusionstream.consumers.subscribers.errors import BadPrediction
 
-__all__ = ["DEFAULT_TOPIC", "BadPrediction", "BrokerUnavailable", "PredictionRecord", "Subscription",
-           "parse_prediction", "subscribe"]
+__all__ = ["DEFAULT_TOPIC", "BadPrediction", "BrokerAuthError", "BrokerUnavailable", "PredictionRecord",
+           "Subscription", "parse_prediction", "subscribe"]

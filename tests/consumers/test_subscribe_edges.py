@@ -117,3 +117,19 @@ def test_kafka_subscribers_hide_aborted_transactions_unless_asked(kafka_bootstra
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=DEADLINE_S, check=False)
         assert tail.returncode == 0, tail.stderr
         assert [json.loads(line)["window_id"] for line in tail.stdout.splitlines()] == expected, flags
+
+
+def test_kafka_a_broker_that_refuses_the_client_raises_broker_auth_error(kafka_bootstrap: str,
+                                                                         topic_prefix: str) -> None:
+    from fusionstream.consumers.subscribers import BrokerAuthError, BrokerUnavailable
+
+    async def start() -> None:
+        async with asyncio.timeout(DEADLINE_S), subscribe(
+            kafka_bootstrap, f"{topic_prefix}.predictions", security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN", sasl_plain_username="u", sasl_plain_password="p",
+        ) as predictions:
+            await anext(predictions)
+
+    with pytest.raises(BrokerAuthError, match="FUSIONSTREAM_SECURITY_PROTOCOL") as refused:
+        asyncio.run(start())
+    assert not isinstance(refused.value, BrokerUnavailable)
