@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.kafka.client_logs import client_quiet
-from fusionstream.consumers.producers.errors import BrokerUnavailable
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.subscribers.errors import BadPrediction
@@ -53,10 +52,12 @@ class KafkaFeed:
         self._listing_failed = False  # the topics could not be listed last time (the broker away)
 
     async def start(self) -> None:
-        """Connect and subscribe; :class:`BrokerUnavailable` if no broker answers."""
+        """Connect and subscribe; ``BrokerUnavailable`` if no broker answers, ``BrokerAuthError`` if it refuses
+        this client."""
         from aiokafka.errors import KafkaConnectionError
 
         from fusionstream.consumers.kafka import make_consumer
+        from fusionstream.consumers.kafka.readiness import unreachable
 
         consumer = make_consumer(
             bootstrap=self.settings.bootstrap_servers,
@@ -76,7 +77,8 @@ class KafkaFeed:
                 await consumer.start()
         except KafkaConnectionError as exc:
             await consumer.stop()
-            raise BrokerUnavailable(self.settings.bootstrap_servers, str(exc)) from None
+            # A refused login or certificate is said as such (BrokerAuthError), not as a broker to start.
+            raise await unreachable(self.settings.bootstrap_servers, self.settings.kafka_security(), str(exc)) from None
         self._consumer = consumer
         await self._subscribe(consumer)
 

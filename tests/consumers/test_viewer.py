@@ -420,6 +420,17 @@ def test_view_without_a_broker_is_one_line_error() -> None:
     assert lines[0].startswith("fusionstream: error: cannot reach Kafka at 127.0.0.1:"), result.stderr
 
 
+def test_kafka_view_refused_by_the_broker_says_why(kafka_bootstrap: str) -> None:
+    # It said "cannot reach Kafka … start a local one with make kafka-start" to a wrong login or protocol.
+    env = {**os.environ, "FUSIONSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "FUSIONSTREAM_SASL_MECHANISM": "PLAIN",
+           "FUSIONSTREAM_SASL_USERNAME": "u", "FUSIONSTREAM_SASL_PASSWORD": "p"}
+    command = [sys.executable, "-m", "fusionstream", "view", "--bootstrap", kafka_bootstrap, "--port", "0"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert result.returncode == 1
+    assert " ".join(result.stderr.split()).startswith(
+        f"fusionstream: error: the broker at {kafka_bootstrap} does not accept SASL_PLAINTEXT"), result.stderr
+
+
 def test_the_viewer_rides_out_a_broker_that_stops_answering(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
