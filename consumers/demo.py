@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 from rich.console import Console
 
 from fusionstream.consumers.embedded import run_embedded
-from fusionstream.consumers.engine import model_classes, model_title, open_engine
+from fusionstream.consumers.engine import engine_title, model_classes, model_title, open_engine
 from fusionstream.consumers.pipeline.core import Pipeline
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.report import TranscriptCensus, WindowCensus, percentiles, summarize
@@ -121,7 +121,7 @@ def run_demo(
         census = WindowCensus(window_config, runner.modalities)
         if not silent:
             console.print(
-                f"[bold]fusionstream demo[/] {label}, model {model_title(spec)} on {settings.backend}, "
+                f"[bold]fusionstream demo[/] {label}, model {model_title(spec)} on {engine_title(settings)}, "
                 f"{'real time' if realtime else 'as fast as possible'}"
             )
         if not quiet and not silent:

@@ -58,6 +58,14 @@ def model_title(model: Manifest) -> str:
     return f"{method} {'v' if model.version[:1].isdigit() else ''}{model.version}"
 
 
+def engine_title(settings: Settings) -> str:
+    """``onnxruntime``, ``onnxruntime int8``, ``torch cuda fp16``: the backend and what was chosen of it, for
+    logs and banners (int8 ran unsaid: a user could not see the setting took)."""
+    device = f" {settings.device}" if settings.backend == "torch" and settings.device != "cpu" else ""
+    precision = f" {settings.precision}" if settings.precision != "auto" else ""
+    return f"{settings.backend}{device}{precision}"
+
+
 def model_classes(model: Manifest) -> list[str]:
     """The model's classes (none for an embedding model)."""
     return list(model.task.classes) if model.task is not None else []

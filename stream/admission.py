@@ -14,6 +14,8 @@ class Admission:
     missed: int = 0
     #: A copy of an item already buffered (a producer that resent it): taken once, in no window twice.
     duplicate: bool = False
+    #: Late: where the stream's windows were closed up to (the start of its first open one), if known.
+    closed_until_ns: int | None = None
 
     @property
     def late(self) -> bool:

@@ -89,7 +89,7 @@ class Aligner:
                 learn_wait(learner, cfg, item.modality, (item.t_start_ns, item.t_end_ns), starts.start, self._budgets)
             if state is not None:
                 self._arrived_late(state, item, now_ns)
-            return Admission((), missed)
+            return Admission((), missed, closed_until_ns=emitted_until)
         if isinstance(item, AudioChunk) and item.sample_rate != cfg.sample_rate:
             item = AudioChunk(
                 item.stream_id,

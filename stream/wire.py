@@ -219,8 +219,17 @@ def _validate_pcm(encoding: Encoding, payload: bytes, meta: Mapping[str, Any], t
     if abs(declared - actual) > max(DURATION_SLACK_NS, DURATION_TOLERANCE * actual):
         raise BadRecord(
             "sample-rate-mismatch",
-            f"{frames} frames at {rate} Hz last {actual / 1e6:.1f} ms, times span {declared / 1e6:.1f} ms",
+            f"{frames} frames at {rate} Hz last {actual / 1e6:.1f} ms, times span {declared / 1e6:.1f} ms"
+            + _unit_hint(declared, actual),
         )
+
+
+def _unit_hint(declared: float, actual: float) -> str:
+    """A chunk's times a thousand or a million times too short: a producer writing ms or µs, not ns."""
+    for unit, factor in (("milliseconds", 1e6), ("microseconds", 1e3)):
+        if declared > 0 and abs(declared * factor - actual) <= max(DURATION_SLACK_NS, DURATION_TOLERANCE * actual):
+            return f" (times in {unit}? t_start_ns and t_end_ns are nanoseconds since the Unix epoch)"
+    return ""
 
 
 def _validate_utf8(encoding: Encoding, payload: bytes, meta: Mapping[str, Any], t_start: int, t_end: int) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from fusionstream.consumers.pipeline.batcher import MicroBatcher, WindowQueue
 from fusionstream.consumers.pipeline.frames import Decoded, decode_frames, decode_sampled_frames
+from fusionstream.consumers.pipeline.late import late_detail
 from fusionstream.consumers.pipeline.prediction import Prediction
 from fusionstream.consumers.pipeline.runner import ClosedWindow, Runner
 from fusionstream.consumers.pipeline.stats import PipelineStats
@@ -229,7 +230,7 @@ class Pipeline:
                     on_admit(item.ref, 0)  # in no window: nothing to wait for
                 continue
             if admission.late:
-                dead.append(DeadLetter("late", "every window this record belongs to is closed", item.ref,
+                dead.append(DeadLetter("late", late_detail(item.t_end_ns, admission.closed_until_ns), item.ref,
                                        item.stream_id))
                 continue
             # In some of its windows only: counted (the closed ones were published without it).

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from fusionstream.consumers.pipeline.core import DeadLetter, Pipeline
+from fusionstream.consumers.service.deadletter_log import DeadLetterLog
 from fusionstream.consumers.service.handover import Handover
 from fusionstream.consumers.service.intake import IntakeClock, PartitionMerger
 from fusionstream.consumers.service.metrics import ServiceMetrics
@@ -26,10 +27,6 @@ from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.stream.records import Modality
 
 log = logging.getLogger(__name__)
-
-#: Dead letters logged per second at most (each is counted in the metrics regardless).
-DEAD_LETTER_LOG_PER_S = 20
-
 
 class Feeder:
     """Fetches input and feeds the pipeline; :meth:`attach` the clients before starting its tasks."""
@@ -51,7 +48,7 @@ class Feeder:
         self._fetch_ms = 0.0  # time spent waiting in getmany: the merger's clock
         self._ready = asyncio.Event()  # our assignment listener has run for the current assignment
         self._generation = 0  # bumped at every revocation: a batch fetched before it is discarded
-        self._log_budget = (0.0, 0)
+        self._dead_letter_log = DeadLetterLog()
         #: Dead letters not sent: re-read records an earlier run already handled (see Handover.replayed).
         self.replayed = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -248,22 +245,13 @@ class Feeder:
             self._metrics.replayed.inc()
             self.replayed += 1
             return
-        now = time.monotonic()
-        second, count = self._log_budget
-        if now - second >= 1.0:
-            second, count = now, 0
-        if count < DEAD_LETTER_LOG_PER_S:
-            # The key is the stream id's bytes: logged as text (cam-01, not b'cam-01').
-            key = message.key.decode("utf-8", "replace") if message.key is not None else None
-            log.warning(
-                "dead letter (%s) %s[%d]@%d stream %s: %s", letter.reason, message.topic, message.partition,
-                message.offset, letter.stream_id or key or "(no key)", letter.detail,
-            )
-        elif count == DEAD_LETTER_LOG_PER_S:
-            log.warning("more than %d dead letters this second: the rest of this second's are not logged "
-                        "(each is on the dead-letter topic and counted in fusionstream_dead_letters_total)",
-                        DEAD_LETTER_LOG_PER_S)
-        self._log_budget = (second, count + 1)
+        # The key is the stream id's bytes: logged as text (cam-01, not b'cam-01').
+        key = message.key.decode("utf-8", "replace") if message.key is not None else None
+        stream = letter.stream_id or key or "(no key)"
+        if self._dead_letter_log.due(stream, letter.reason):
+            log.warning("dead letter (%s) %s[%d]@%d stream %s: %s%s", letter.reason, message.topic,
+                        message.partition, message.offset, stream, letter.detail,
+                        self._dead_letter_log.since(stream, letter.reason))
         await self._publisher.dead_letter(message, letter)
 
     def _backpressure(self, consumer: AIOKafkaConsumer) -> None:

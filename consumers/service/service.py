@@ -44,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry
 
-from fusionstream.consumers.engine import model_title
+from fusionstream.consumers.engine import engine_title, model_title
 from fusionstream.consumers.kafka import (
     CommitTimedOut,
     check_copartitioned,
@@ -242,9 +242,9 @@ class InferenceService:
             stack.push_async_callback(self._stop_consumer)
 
             log.info(
-                "serving %s -> %s on %s (group %s, instance %s, %s), model %s",
+                "serving %s -> %s on %s (group %s, instance %s, %s), model %s on %s",
                 ", ".join(self.input_topics), s.predictions_topic, s.bootstrap_servers, s.group_id, self.instance_id,
-                "exactly-once" if s.exactly_once else "at-least-once", model_title(self.spec),
+                "exactly-once" if s.exactly_once else "at-least-once", model_title(self.spec), engine_title(s),
             )
             self._state = "running"
             self._tasks = {

@@ -30,9 +30,11 @@ def format_line(p: PredictionRecord) -> Text:
     from rich.text import Text
 
     start = datetime.fromtimestamp(p.t_start_ns / 1e9).astimezone()  # the reader's local time
+    # The date too when it is not today's: a stream on 1970 time or hours behind read as plausible times of day.
+    day = "" if start.date() == datetime.now().astimezone().date() else f"{start:%Y-%m-%d} "
     line = Text.assemble(
         (f"{p.stream_id:<12} ", "cyan"),
-        (f"{start:%H:%M:%S}.{start.microsecond // 1000:03d}  ", "dim"),
+        (f"{day}{start:%H:%M:%S}.{start.microsecond // 1000:03d}  ", "dim"),
     )
     if p.embedding is not None:
         line.append(f"{f'embedding[{len(p.embedding)}]':>18}  ", style="bold")

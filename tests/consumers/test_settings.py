@@ -201,3 +201,11 @@ def test_a_client_certificate_goes_into_the_tls_context(tmp_path: Path) -> None:
     subprocess.run(["openssl", "genrsa", "-out", str(other_key), "2048"], check=True, capture_output=True, timeout=60)
     with pytest.raises(ValidationError, match="ssl_certfile"):
         Settings.load(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=other_key)
+
+
+def test_logs_and_banners_say_the_backend_as_chosen() -> None:
+    from fusionstream.consumers.engine import engine_title
+
+    assert engine_title(Settings.load()) == "onnxruntime"
+    assert engine_title(Settings.load(precision="int8")) == "onnxruntime int8"
+    assert engine_title(Settings.load(backend="torch", device="cuda", precision="fp16")) == "torch cuda fp16"

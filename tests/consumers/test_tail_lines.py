@@ -29,3 +29,14 @@ def test_provisional_final_and_amended_lines_differ() -> None:
     # An amended final is told apart from the final after a provisional, whatever its revision.
     assert line(amended_alone).endswith("amended (revision 1)")
     assert line(amended_after_both).endswith("amended (revision 2)")
+
+
+def test_a_window_not_from_today_shows_its_date() -> None:
+    # A device on 1970 time, or hours behind, printed a plausible time of day (an outside tester's finding).
+    def line(t_ns: int) -> str:
+        p = make_prediction("cam", 0, t_ns)
+        return format_line(parse_prediction(json.loads(p.to_json(capture_to_publish_ms=40.0)))).plain
+
+    today = line(time.time_ns()).split()[1]
+    assert ":" in today and "-" not in today
+    assert line(6_392_000_000).split()[1] in ("1970-01-01", "1969-12-31")  # the reader's time zone decides

@@ -252,3 +252,17 @@ def test_the_intake_path_gives_what_decode_then_decode_media_gives() -> None:
         for name in ("image", "samples"):
             if hasattr(fast, name):
                 np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+
+
+def test_audio_times_in_milliseconds_or_microseconds_are_named_as_such() -> None:
+    # A producer writing time.time() * 1000 got "times span 0.0 ms", with no word of the unit.
+    import dataclasses
+
+    chunk = audio_record("s", 0, 0, np.zeros(1600, np.float32), 16_000)  # 100 ms
+    now_ms, now_us = 1_795_793_000_000, 1_795_793_000_000_000
+    for t0, t1, unit in ((now_ms, now_ms + 100, "milliseconds"), (now_us, now_us + 100_000, "microseconds"),
+                         (0, 50_000_000, None)):
+        with pytest.raises(BadRecord) as refused:
+            wire.decode(wire.encode(dataclasses.replace(chunk, t_start_ns=t0, t_end_ns=t1)))
+        assert refused.value.reason == "sample-rate-mismatch"
+        assert (f"times in {unit}?" in refused.value.detail) if unit else "times in" not in refused.value.detail
