@@ -80,6 +80,17 @@ _BROKER_AWAY = {
     # freeze past the session): the member rejoins, and the caller says what it means (12 ERRORs in 20 ms).
     ("aiokafka.consumer.group_coordinator", "OffsetCommit failed for group %s due to group error (%s), will rejoin"):
         logging.WARNING,
+    # Each partition of a topic deleted under the consumer, every try until the group rebalances (116 ERRORs
+    # in 10 s from an operator's deleted input topic).
+    ("aiokafka.consumer.group_coordinator", "OffsetCommit failed for group %s on partition %s with offset %s: %s"):
+        logging.WARNING,
+}
+#: What aiokafka logs too quietly: (logger, message) -> what an operator is to read after it.
+_RAISED = {
+    # Records deleted (retention, delete-records) before the consumer read them: lost input, said only at INFO.
+    ("aiokafka.consumer.fetcher", "Fetch offset %s is out of range for partition %s, resetting offset"):
+        " (records deleted before this client read them, by the topic's retention or an operator: they are "
+        "skipped, and windows of their time are missing)",
 }
 #: Seconds between two lines of one kind while a broker stays away.
 REPEAT_S = 10.0
@@ -109,6 +120,17 @@ class _BrokerAway(logging.Filter):
         return True
 
 
+class _Raised(logging.Filter):
+    """Logs :data:`_RAISED`'s lines as WARNINGs, with what they mean."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        meaning = _RAISED.get((record.name, record.msg))
+        if meaning is not None and record.levelno < logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg = f"{record.msg}{meaning}"
+        return True
+
+
 def lower_routine_client_errors() -> None:
     """Install the filters (once per process; calling it again changes nothing), and keep aiokafka's own
     DEBUG lines off unless its logger's level was set on purpose."""
@@ -121,6 +143,10 @@ def lower_routine_client_errors() -> None:
     logger = logging.getLogger(_COORDINATOR_LOGGER)
     if not any(isinstance(f, _RoutineCoordinatorLookup) for f in logger.filters):
         logger.addFilter(_RoutineCoordinatorLookup())
+    for name in sorted({name for name, _ in _RAISED}):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Raised) for f in logger.filters):
+            logger.addFilter(_Raised())
     away = _BrokerAway()
     for name in sorted({name for name, _ in _BROKER_AWAY}):
         logger = logging.getLogger(name)
