@@ -242,8 +242,9 @@ def _failure(exc: BaseException | None, record: Record, topic: str, size: int) -
     what = f"{record.modality.label} record {record.stream_id}#{record.seq} ({size} bytes) to {topic}"
     if isinstance(exc, MessageSizeTooLargeError):
         return PublishError(
-            f"{what} is too large for Kafka ({exc}); shrink frames with --size, or raise "
-            "max_request_size and the broker's message.max.bytes"
+            f"{what} is too large for Kafka ({exc}): shrink frames with --size; fusionstream produce sends "
+            f"records of up to 1 MiB, and {topic} takes up to its max.message.bytes (raise it with kafka-configs "
+            "--alter for larger ones)"
         )
     if isinstance(exc, UnknownTopicOrPartitionError):  # the sender retried for produce_hold_s first
         return PublishError(f"{what} was not delivered: topic {topic} does not exist (deleted while producing, or "
