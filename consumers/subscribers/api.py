@@ -6,10 +6,9 @@
         async for p in predictions:
             print(p.stream_id, p.t_start, p.label, p.score, p.capture_to_publish_ms)
 
-Without ``group_id`` the subscription reads every partition and commits nothing (a
-``tail``); with one it joins that consumer group (range assignment, like the service)
-and commits the offsets of the predictions it has handed out once the caller asks for
-the next one, so a restarted subscriber resumes after the last prediction it processed.
+Without ``group_id`` the subscription reads every partition and commits nothing (a ``tail``); with one it
+joins that consumer group (range assignment, like the service) and commits the offsets of the predictions it
+has handed out once the caller asks for the next one, so a restarted subscriber resumes after the last one.
 It reads committed predictions only by default: ``read_committed=False`` also shows those of transactions
 an exactly-once service aborted (which the next owner publishes again), a little sooner.
 """
@@ -32,6 +31,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.subscribers.errors import BadPrediction
+from fusionstream.consumers.subscribers.positions import Positions
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -269,6 +269,7 @@ class Subscription:
         self._committed_at = time.monotonic()
         self._closed = False
         self._topic_checked = False
+        self._positions = Positions() if group_id is None else None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -343,7 +344,10 @@ class Subscription:
                 await self._commit(consumer)
             if self._until_end and await self._at_end(consumer):
                 raise StopAsyncIteration
+            if self._positions is not None:  # group-less: partitions added must not move the others
+                await self._positions.settle(consumer)
             batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            batch = batch if self._positions is None else self._positions.taken(consumer, batch)
             if not self._topic_checked and not batch and not consumer.assignment():
                 self._topic_checked = True  # once: a mistyped name must not look like a quiet topic
                 with contextlib.suppress(KafkaError):  # the broker away: nothing to say about the topic yet

@@ -4,6 +4,7 @@ subscription whose topic was deleted under it (its close waited for a commit for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -133,3 +134,66 @@ def test_kafka_a_broker_that_refuses_the_client_raises_broker_auth_error(kafka_b
     with pytest.raises(BrokerAuthError, match="FUSIONSTREAM_SECURITY_PROTOCOL") as refused:
         asyncio.run(start())
     assert not isinstance(refused.value, BrokerUnavailable)
+
+
+@pytest.mark.parametrize("from_beginning", [False, True])
+def test_kafka_partitions_added_under_a_live_subscription_lose_and_repeat_nothing(
+    kafka_bootstrap: str, topic_prefix: str, from_beginning: bool
+) -> None:
+    """Without a group aiokafka assigned every partition afresh when partitions were added, each from the newest
+    record (a live tail missed 1-2 of 248 predictions) or, from the beginning, the oldest (the topic again)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+
+    topic = f"{topic_prefix}.predictions"
+    t0 = time.time_ns() // 1_000_000_000 * 1_000_000_000
+    streams = [f"cam-{i:02d}" for i in range(12)]
+
+    async def publish(producer: object, index: int) -> list[str]:
+        sent = []
+        for stream in streams:
+            prediction = make_prediction(stream, index, t0)
+            await producer.send_and_wait(topic, prediction.to_json(), key=stream.encode())  # type: ignore[attr-defined]
+            sent.append(prediction.window_id)
+        return sent
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await ensure_topics(kafka_bootstrap, [topic], 2)
+        producer = make_producer(kafka_bootstrap)
+        await producer.start()
+        seen: list[str] = []
+        try:
+            before = await publish(producer, 0) if from_beginning else []
+            async with subscribe(kafka_bootstrap, topic, from_beginning=from_beginning) as predictions:
+
+                async def read() -> None:
+                    async for p in predictions:
+                        seen.append(p.window_id)
+
+                reader = asyncio.create_task(read())
+                await asyncio.sleep(2.0)  # assigned, positioned
+                sent = before + await publish(producer, 1)
+                admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+                await admin.start()
+                try:
+                    await admin.create_partitions({topic: NewPartitions(total_count=6)})
+                finally:
+                    await admin.close()
+                # Published on every partition, old and new, while the subscription finds the new ones (5 s).
+                for index in range(2, 12):
+                    sent += await publish(producer, index)
+                    await asyncio.sleep(0.8)
+                deadline = time.monotonic() + DEADLINE_S
+                while len(seen) < len(sent) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(2.0)  # anything repeated would come by now
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        finally:
+            await producer.stop()
+            await delete_topics(kafka_bootstrap, [topic])
+        return sent, seen
+
+    sent, seen = asyncio.run(scenario())
+    assert len(seen) == len(set(seen)), "a prediction came twice"
+    assert set(seen) == set(sent), f"missed {len(set(sent) - set(seen))} of {len(sent)}"
