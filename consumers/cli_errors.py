@@ -47,7 +47,9 @@ def describe(exc: BaseException) -> str:
             for error in exc.errors()
         ]
         return "invalid settings: " + "; ".join(fields)
-    return str(exc) or repr(exc)
+    from fusionstream.consumers.kafka.errors import explain_denial
+
+    return explain_denial(exc) or str(exc) or repr(exc)
 
 
 def print_error(message: str) -> None:

@@ -149,12 +149,14 @@ async def _create(settings: Settings, replication_factor: int) -> list[Topic]:
 
 async def _describe(settings: Settings) -> list[Topic]:
     from fusionstream.consumers.kafka import make_admin
+    from fusionstream.consumers.kafka.admin import describe_topics
 
     named = roles(settings)
     admin = make_admin(settings.bootstrap_servers, settings.kafka_security(), client_id=f"{settings.client_id}-topics")
     try:
         await _reachable(settings, admin.start())
-        described = {d["topic"]: d for d in await admin.describe_topics(list(named))}
+        # Ours: aiokafka's asks the broker to create a topic it looks up (auto.create.topics.enable, Kafka's default).
+        described = {d["topic"]: d for d in await describe_topics(admin, list(named))}
     finally:
         await admin.close()
     topics = []

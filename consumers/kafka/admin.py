@@ -29,7 +29,7 @@ from aiokafka.errors import (
     for_code,
 )
 
-from fusionstream.consumers.kafka.errors import MissingTopicsError
+from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 from fusionstream.stream.errors import FusionStreamError
 
 _POLL_S = 0.1
@@ -197,6 +197,13 @@ async def describe_topics(admin: AIOKafkaAdminClient, names: Sequence[str]) -> l
 
     response = await admin._send_request(MetadataRequest(list(names), allow_auto_topic_creation=False))
     topics: list[dict[str, Any]] = response.to_object()["topics"]
+    # A topic this client may not describe is no missing topic: said as "missing", an operator went looking for
+    # topics that were there (and serve said the cluster refused to create them).
+    denied = [t["topic"] for t in topics if t["error_code"] == TopicAuthorizationFailedError.errno]
+    if denied:
+        raise BrokerAuthError(f"the broker refuses this client topic {', '.join(denied)} (an ACL denies DESCRIBE): "
+                              "grant its principal DESCRIBE on every topic it uses, READ on those it reads and WRITE "
+                              "on those it publishes to")
     return topics
 
 

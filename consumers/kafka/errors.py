@@ -18,4 +18,31 @@ class MissingTopicsError(FusionStreamError):
     cluster refused: ACLs, a creation policy)."""
 
 
-__all__ = ["BrokerAuthError", "MissingTopicsError"]
+def explain_denial(exc: BaseException) -> str | None:
+    """What an ACL refusal from aiokafka means and how to mend it (None for any other error): they said only
+    ``[Error 30] GroupAuthorizationFailedError: fusionstream``, naming neither the resource kind nor the fix."""
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+        TransactionalIdAuthorizationFailed,
+    )
+
+    text = str(exc)
+    name = text.split(": ", 1)[1] if ": " in text else ""
+    said = {
+        GroupAuthorizationFailedError: f"the broker refuses this client the consumer group {name!r} (an ACL): grant "
+        "its principal READ on that group, or set FUSIONSTREAM_GROUP_ID to one it may use",
+        TopicAuthorizationFailedError: f"the broker refuses this client topic {name or '(unnamed)'} (an ACL): grant "
+        "its principal DESCRIBE on every topic it uses, READ on those it reads and WRITE on those it publishes to "
+        "(serve: the predictions and dead-letter topics)",
+        TransactionalIdAuthorizationFailed: f"the broker refuses this client the transactional id {name!r} (an ACL; "
+        "exactly-once uses <group_id>.<instance_id>): grant its principal WRITE on transactional ids with the "
+        "group id as prefix, or serve at-least-once",
+        ClusterAuthorizationFailedError: "the broker refuses this client a cluster operation (an ACL): producers "
+        "here are idempotent and need IDEMPOTENT_WRITE on the cluster",
+    }
+    return next((message for kind, message in said.items() if isinstance(exc, kind)), None)
+
+
+__all__ = ["BrokerAuthError", "MissingTopicsError", "explain_denial"]

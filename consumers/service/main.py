@@ -27,7 +27,7 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-from fusionstream.consumers.cli_errors import print_error
+from fusionstream.consumers.cli_errors import describe, print_error
 from fusionstream.consumers.engine import load_model, open_engine
 from fusionstream.consumers.kafka.admin import TopicLayoutError
 from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
@@ -85,7 +85,7 @@ def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | No
     try:
         body()
     except USER_ERRORS as exc:
-        print_error((f"[{tag()}] " if tag is not None else "") + (str(exc) or repr(exc)))
+        print_error((f"[{tag()}] " if tag is not None else "") + describe(exc))
         return refused_status if isinstance(exc, REFUSALS) else 1
     except Exception:
         log.exception("%s stopped on an error", what)
