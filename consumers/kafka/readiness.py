@@ -143,7 +143,7 @@ async def _probe(bootstrap: str, security: Mapping[str, Any] | None, timeout_s: 
                 f"{_certificate_hint(exc)}"
             ) from None
         except (OSError, TimeoutError, KafkaError) as exc:
-            reasons.append((f"{host}:{port}", _reason(exc)))
+            reasons.append((f"{host}:{port}", _reason(exc) + _protocol_hint(exc, options.get("security_protocol"))))
     if len(reasons) == 1:
         raise _NotReady("reachable", reasons[0][1])
     raise _NotReady("reachable", "; ".join(f"{where}: {why}" for where, why in reasons) or "no bootstrap server")
@@ -158,6 +158,17 @@ def _certificate_hint(exc: ssl.SSLCertVerificationError) -> str:
         return ("the broker's certificate does not name the host this client connects to: use a host name it lists "
                 "in FUSIONSTREAM_BOOTSTRAP_SERVERS (and in the broker's advertised.listeners)")
     return "check FUSIONSTREAM_SSL_CAFILE (the CA that signed the broker's certificate)"
+
+
+def _protocol_hint(exc: BaseException, protocol: str | None) -> str:
+    """A connection the listener closed or a handshake it did not speak: most often a protocol that is not the
+    listener's (a plaintext client on a TLS or SASL listener, TLS on a plaintext one), said as unreachable."""
+    text = str(exc).lower()
+    if isinstance(exc, ssl.SSLError | ConnectionResetError) or "wrong version number" in text or (
+            "closed" in text and "connection" in text):
+        return (f" (this client speaks {protocol or 'PLAINTEXT'}: if the listener at that port is another protocol, "
+                "set FUSIONSTREAM_SECURITY_PROTOCOL to its own)")
+    return ""
 
 
 def _reason(exc: BaseException) -> str:
@@ -186,8 +197,9 @@ async def unreachable(bootstrap: str, client_options: Mapping[str, Any] | None, 
         await _probe(bootstrap, options, timeout_s)
     except BrokerAuthError as exc:
         return exc
-    except _NotReady:
-        pass
+    except _NotReady as failed:
+        if "FUSIONSTREAM_SECURITY_PROTOCOL" in failed.reason:  # the probe saw why: a protocol not the listener's
+            reason = failed.reason
     return BrokerUnavailable(bootstrap, reason)
 
 

@@ -28,3 +28,18 @@ def test_the_hint_follows_the_reason(why: str, hint: str) -> None:
     said = _certificate_hint(_refused(why))
     assert hint in said
     assert ("SSL_CAFILE" in said) == (hint == "check FUSIONSTREAM_SSL_CAFILE")
+
+
+def test_kafka_a_protocol_not_the_listeners_is_named(kafka_bootstrap: str) -> None:
+    # TLS to a plaintext listener said only "cannot reach Kafka … start a local one with make kafka-start".
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FUSIONSTREAM_SECURITY_PROTOCOL": "SSL"}
+    done = subprocess.run([sys.executable, "-m", "fusionstream", "topics", "describe", "--bootstrap", kafka_bootstrap],
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert "this client speaks SSL: if the listener at that port is another protocol, set " \
+           "FUSIONSTREAM_SECURITY_PROTOCOL" in said, said
