@@ -248,9 +248,10 @@ def _check_layout(layout: dict[str, tuple[int | None, bool]], partitions: int, f
 def check_copartitioned(cluster: ClusterMetadata, topics: Sequence[str]) -> None:
     """Raise :class:`TopicLayoutError` when a client's metadata gives ``topics`` (the input topics) other partition
     counts: partitions added to one of them while the service ran."""
-    counts = {topic: len(cluster.partitions_for_topic(topic) or ()) for topic in topics}
+    # A topic missing from the metadata (deleted, being recreated) is no count: the service waits for it.
+    counts = {topic: len(found) for topic in topics if (found := cluster.partitions_for_topic(topic))}
     if len(set(counts.values())) > 1:
-        found = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
-        raise TopicLayoutError(f"the input topics' partition counts changed while serving: {found}; they must have "
+        listed = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
+        raise TopicLayoutError(f"the input topics' partition counts changed while serving: {listed}; they must have "
                                "one count (co-partitioning: a stream's records on the same partition of each): give "
                                "them all the same count, then restart")

@@ -11,6 +11,7 @@ it came after the subscription started.
 from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 
 class Positions:
@@ -25,16 +26,19 @@ class Positions:
         owned = frozenset(consumer.assignment())
         if owned == self._assignment:
             return
-        if not self._assignment:  # the first: where the reset policy put each (newest, or oldest: from_beginning)
-            for tp in owned:
-                if tp not in self._next:  # none taken from it yet (those taken, in the fetch that assigned it, count)
-                    self._next[tp] = await consumer.position(tp)
-        else:
-            added = [tp for tp in owned if tp not in self._next]
-            for tp in owned - set(added):
-                consumer.seek(tp, self._next[tp])
-            if added:
-                await consumer.seek_to_beginning(*added)
+        try:
+            if not self._assignment:  # the first: where the reset policy put each (newest, or oldest: from_beginning)
+                for tp in owned:
+                    if tp not in self._next:  # none taken from it yet (those taken in the fetch that assigned it count)
+                        self._next[tp] = await consumer.position(tp)
+            else:
+                added = [tp for tp in owned if tp not in self._next]
+                for tp in owned - set(added):
+                    consumer.seek(tp, self._next[tp])
+                if added:
+                    await consumer.seek_to_beginning(*added)
+        except IllegalStateError:  # reassigned again meanwhile: settled at the next call
+            return
         self._assignment = owned
 
     def taken(self, consumer: AIOKafkaConsumer,
