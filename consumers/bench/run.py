@@ -183,8 +183,9 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
         if broker and options.workers:
             from fusionstream.consumers.bench.workers import worker_scaling
 
+            # The engine's figure as the report gives it (to 0.1), so that its ratios are those of its figures.
             report["workers"] = worker_scaling(kafka_settings, manifest, workload, options.workers, options,
-                                               stages["engine"].windows_per_s, console)
+                                               round(stages["engine"].windows_per_s, 1), console)
         elif options.workers and (options.realtime or options.live_streams):
             # No broker: the search (or the one live trial) through W embedded pipeline processes instead.
             from fusionstream.consumers.bench.embedded_workers import embedded_scaling
