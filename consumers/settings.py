@@ -82,10 +82,10 @@ class Settings(BaseSettings):
     group_id: str = Field("fusionstream", description="Consumer group of the inference service.")
     client_id: str = Field("fusionstream", description="Kafka client id prefix.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol."
+        "PLAINTEXT", description="Kafka security protocol (any case)."
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism (needs sasl_username and sasl_password)."
+        None, description="SASL mechanism, any case (needs sasl_username and sasl_password)."
     )
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password; a secret, never printed.")
@@ -201,10 +201,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "security_protocol", "sasl_mechanism", mode="before")
     @classmethod
-    def _level_in_any_case(cls, level: object) -> object:
-        return level.strip().upper() if isinstance(level, str) else level
+    def _name_in_any_case(cls, name: object) -> object:
+        # Java clients' configs and Kafka's docs write these in any case (`sasl_ssl`, `scram-sha-512`).
+        return name.strip().upper() if isinstance(name, str) else name
 
     @field_validator("bootstrap_servers")
     @classmethod

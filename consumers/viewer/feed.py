@@ -19,6 +19,7 @@ from fusionstream.consumers.kafka.client_logs import client_quiet
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.subscribers.errors import BadPrediction
+from fusionstream.consumers.subscribers.positions import Positions
 from fusionstream.consumers.viewer.state import ViewerState
 from fusionstream.stream import wire
 from fusionstream.stream.errors import BadRecord
@@ -47,6 +48,9 @@ class KafkaFeed:
         self._consumer: AIOKafkaConsumer | None = None
         self._subscribed: frozenset[str] = frozenset()
         self._looked_back: set[TopicPartition] = set()
+        # Partitions added to a topic read make aiokafka reassign them all from the newest record: the page
+        # missed the predictions published meanwhile. Each partition is put back where it was.
+        self._positions = Positions()
         self._warned: set[tuple[str, str]] = set()
         self._stopping = False
         self._listing_failed = False  # the topics could not be listed last time (the broker away)
@@ -101,7 +105,9 @@ class KafkaFeed:
             if not self._subscribed:
                 await asyncio.sleep(_POLL_MS / 1000)
             else:
+                await self._positions.settle(consumer)
                 batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=_MAX_RECORDS)
+                batch = self._positions.taken(consumer, batch)
                 await self._look_back(consumer)
             now = time.monotonic()
             if now - looked_at >= _TOPICS_EVERY_S:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from fusionstream.consumers.engine import open_engine
 from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
+from fusionstream.consumers.kafka.admin import make_admin
 from fusionstream.consumers.report import WindowCensus
 from fusionstream.consumers.service import InferenceService, ServiceOptions
 from fusionstream.consumers.settings import Settings
@@ -206,6 +208,17 @@ class Reader:
 
 def covers(expected: set[tuple[str, int]]) -> Callable[[Reader], bool]:
     return lambda reader: expected <= set(reader.windows())
+
+
+@asynccontextmanager
+async def admin_session(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client for an operator's action in a test (add partitions, delete records), closed after."""
+    admin = make_admin(bootstrap, client_id="fusionstream-test-admin")
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
+from servicekit import admin_session
 
 from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
 from fusionstream.consumers.kafka.client_logs import lower_routine_client_errors
@@ -29,12 +30,8 @@ def test_kafka_records_deleted_before_they_were_read_are_a_warning(
                 await producer.send_and_wait(topic, f"record {i}".encode(), key=b"cam")
         finally:
             await producer.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
+        async with admin_session(kafka_bootstrap) as admin:
             await admin.delete_records({tp: RecordsToDelete(before_offset=6)})
-        finally:
-            await admin.close()
         consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
         await consumer.start()
         try:

@@ -137,6 +137,18 @@ def test_secrets_never_show() -> None:
     assert settings.kafka_security()["sasl_plain_password"] == "hunter2"
 
 
+def test_protocol_and_mechanism_names_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Java clients' properties and many compose files write them in lower case; refusing them was a trap.
+    monkeypatch.setenv("FUSIONSTREAM_SECURITY_PROTOCOL", "sasl_plaintext")
+    monkeypatch.setenv("FUSIONSTREAM_SASL_MECHANISM", " scram-sha-512")
+    settings = Settings.load(sasl_username="svc", sasl_password="pw")
+    assert (settings.security_protocol, settings.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+    assert settings.kafka_security()["sasl_mechanism"] == "SCRAM-SHA-512"
+    monkeypatch.setenv("FUSIONSTREAM_SECURITY_PROTOCOL", "tls")
+    with pytest.raises(ValidationError, match="security_protocol"):
+        Settings.load()
+
+
 def test_every_setting_is_documented() -> None:
     text = DOC.read_text()
     for name, field in Settings.model_fields.items():

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+from servicekit import admin_session
 from test_subscribe import (
     DEADLINE_S,
     FUSIONSTREAM,
@@ -142,7 +143,7 @@ def test_kafka_partitions_added_under_a_live_subscription_lose_and_repeat_nothin
 ) -> None:
     """Without a group aiokafka assigned every partition afresh when partitions were added, each from the newest
     record (a live tail missed 1-2 of 248 predictions) or, from the beginning, the oldest (the topic again)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+    from aiokafka.admin import NewPartitions
 
     topic = f"{topic_prefix}.predictions"
     t0 = time.time_ns() // 1_000_000_000 * 1_000_000_000
@@ -172,12 +173,8 @@ def test_kafka_partitions_added_under_a_live_subscription_lose_and_repeat_nothin
                 reader = asyncio.create_task(read())
                 await asyncio.sleep(2.0)  # assigned, positioned
                 sent = before + await publish(producer, 1)
-                admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-                await admin.start()
-                try:
+                async with admin_session(kafka_bootstrap) as admin:
                     await admin.create_partitions({topic: NewPartitions(total_count=6)})
-                finally:
-                    await admin.close()
                 # Published on every partition, old and new, while the subscription finds the new ones (5 s).
                 for index in range(2, 12):
                     sent += await publish(producer, index)
