@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fusionstream.stream.jpeg import LazyJpeg
+from fusionstream.stream.printable import printable
 from fusionstream.stream.windows import Window
 
 log = logging.getLogger(__name__)
@@ -81,5 +82,5 @@ def note_damage(stream_id: str, found: Decoded) -> None:
             del _damage_seen[min(_damage_seen, key=lambda s: _damage_seen[s][0])]
     if due:
         log.warning("stream %s: %d sampled JPEG frame(s) damaged (%s), decoded with the missing part grey; its "
-                    "camera or network is losing data (next report in %g s at most)", stream_id, since,
+                    "camera or network is losing data (next report in %g s at most)", printable(stream_id), since,
                     found.damage, DAMAGE_LOG_INTERVAL_S)

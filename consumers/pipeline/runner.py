@@ -28,6 +28,7 @@ from fusionstream.consumers.pipeline.reuse import Embedder, EncoderRuntime
 from fusionstream.engines.errors import first_line
 from fusionstream.engines.manifest import FusionSpec, Manifest, TaskSpec
 from fusionstream.engines.spec import MODALITIES
+from fusionstream.stream.printable import printable
 from fusionstream.stream.windows import Window
 
 log = logging.getLogger(__name__)
@@ -177,14 +178,14 @@ class Runner:
                 unpredicted.append(window)
                 log.error("window %d of stream %s fails the engine with its %s however it is cut (%s), and the "
                           "engine runs a harmless window: the data is at fault, so this window gets no prediction "
-                          "(its records: %s)", window.t_start_ns, window.stream_id,
+                          "(its records: %s)", window.t_start_ns, printable(window.stream_id),
                           " and ".join(self._used(window)) or "nothing", _described(error), _refs(window.refs))
                 continue
             predictions.append(prediction)
             degraded += 1
             window = item.window
             log.error("the %s encoder failed on window %d of stream %s (%s): predicted without %s",
-                      dropped, window.t_start_ns, window.stream_id, _described(error), dropped)
+                      dropped, window.t_start_ns, printable(window.stream_id), _described(error), dropped)
         return predictions, degraded, unpredicted
 
     def _engine_runs(self, window: Window) -> bool:

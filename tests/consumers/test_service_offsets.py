@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -272,6 +273,40 @@ def test_the_feeder_tells_the_merger_when_each_log_end_was_reported_and_when_rec
     assert feeder._log_end(A) == 2_100, "caught up with the log end a fetch at 2.1 s reported"
     assert feeder._log_end(V) is None, "114 records left to fetch"
     assert feeder._fetched_ms(V) == 2_700
+
+
+@dataclass
+class PausingConsumer(FetchedConsumer):
+    paused_tps: frozenset[tuple[str, int]] = frozenset()
+
+    def paused(self) -> frozenset[tuple[str, int]]:
+        return self.paused_tps
+
+
+def test_a_partition_paused_for_backpressure_is_unread_not_caught_up() -> None:
+    """Paused, a partition is not fetched, so the log end it last reported is as old as the pause while live
+    input goes on arriving. Counted as caught up, it let the clock run and the skew rule close its modality's
+    windows without those records: an overloaded service dead-lettered 12 % of on-time input as late."""
+    from types import SimpleNamespace
+
+    from fusionstream.stream.records import Modality
+
+    handover = Handover(HOP)
+    handover.assign({V: None, A: None})
+    fetch(handover.tracker, V, range(0, 100))
+    fetch(handover.tracker, A, range(0, 250))
+    feeder = Feeder(handover, ServiceMetrics(), ServiceOptions(), lock=asyncio.Lock(), max_backlog=10,
+                    modalities_of_topic={V[0]: frozenset({Modality.VIDEO}), A[0]: frozenset({Modality.AUDIO})})
+    now_ms = int(time.time() * 1000)
+    consumer = PausingConsumer({V: 100, A: 250}, {V: now_ms, A: now_ms})  # both at the log end they were told
+    pipeline = SimpleNamespace(backlog=lambda: 0, aligner=SimpleNamespace(behind=frozenset()))
+    feeder.attach(consumer, pipeline, None)  # type: ignore[arg-type]  # the consumer's fetch state and the backlog
+    feeder._observe_input()
+    assert pipeline.aligner.behind == frozenset() and not feeder.clock._behind, "caught up: the clock runs"
+    consumer.paused_tps = frozenset({A})  # the service stopped fetching audio: what came since is unread
+    feeder._observe_input()
+    assert pipeline.aligner.behind == frozenset({Modality.AUDIO}), "audio's lag is the service's, not its source's"
+    assert feeder.clock._behind, "no window closes by timeout while input waits unread"
 
 
 def test_a_topic_paused_by_the_service_is_never_idle_and_an_idle_one_counts_as_caught_up() -> None:

@@ -40,3 +40,25 @@ def test_a_window_not_from_today_shows_its_date() -> None:
     today = line(time.time_ns()).split()[1]
     assert ":" in today and "-" not in today
     assert line(6_392_000_000).split()[1] in ("1970-01-01", "1969-12-31")  # the reader's time zone decides
+
+
+HOSTILE = "cam\x1b[2J\x1b]0;pwned\x07\n09:99:99.000  late  other-cam \u202eevil"
+
+
+def test_escape_sequences_in_a_producers_text_never_reach_the_terminal() -> None:
+    """A stream id with ESC, BEL, a newline and a bidi override cleared an operator's screen, retitled the window
+    and forged a `tail` line blaming another stream (an outside tester's finding). Each is shown escaped."""
+    from fusionstream.consumers.subscribers.deadletters import DeadLetterRecord, format_dead_letter
+    from fusionstream.stream.printable import printable
+
+    p = make_prediction(HOSTILE, 0, time.time_ns())
+    line = format_line(parse_prediction(json.loads(p.to_json(capture_to_publish_ms=40.0)))).plain
+    letter = DeadLetterRecord(reason="bad-utf8", detail=f"text of {HOSTILE}", topic="fs.text", partition=2,
+                              offset=7, timestamp_ms=0, stream_id=HOSTILE, value_bytes=3, dead_lettered_ms=0,
+                              headers={})
+    for shown in (line, format_dead_letter(letter).plain):
+        assert not any(ch in shown for ch in "\x1b\x07\n\u202e"), repr(shown)
+        assert "cam\\x1b[2J\\x1b]0;pwned\\x07\\n09:99:99.000" in shown and "\\u202eevil" in shown
+    # Every script and emoji is text, not a control: left as it is (and the same object when nothing is escaped).
+    plain = "kamera-東京-😀-ñ"
+    assert printable(plain) is plain
