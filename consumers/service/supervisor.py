@@ -15,9 +15,9 @@ The supervisor
   replaced by the standby at once (and a new standby started), so a crash costs a rejoin and a re-read,
   not a process start; without a standby (``standby=False``) a fresh process is started;
 - restarts a worker that dies: at once after a run of ``stable_s`` or more (unless it refused: an ACL found
-  at its first publish), otherwise with exponential backoff (0.5 s doubling to 30 s), and gives up (exit
-  status 1) after ``max_failed_starts`` starts in a row that never served (a bad setting or an unreachable
-  broker, not a crash);
+  at its first publish), otherwise with exponential backoff (0.5 s doubling to 30 s), and, before any worker
+  of the host has served, gives up (exit status 1) after ``max_failed_starts`` starts in a row (a bad setting
+  or an unreachable broker, not a crash); once one has, it never gives up;
 - kills a worker that is stuck (its /healthz unanswered, or stopping without exiting, for
   ``stuck_after_s``), which restarts it;
 - forwards SIGTERM/SIGINT to every worker (the first: graceful stop, each leaves the group; a second:
@@ -302,7 +302,11 @@ class Supervisor:
                 self._failed_starts[view.index], delay = 0, 0.0
             else:
                 self._failed_starts[view.index] += 1
-                if not served and self._failed_starts[view.index] >= self.max_failed_starts:
+                # Only a host that never served gives up (a bad setting, no broker). Once it has, the other
+                # workers go on serving, and what fails this one's starts (a model directory being copied, a
+                # topic or ACL changed) may be put back: a stopped host would stay stopped (37 s in one case).
+                host_served = any(v.healthy_at is not None for v in self.views)
+                if not host_served and self._failed_starts[view.index] >= self.max_failed_starts:
                     self._fatal = (f"worker {view.index} failed {self._failed_starts[view.index]} starts in a row "
                                    f"(last exit status {code}): see its log above")
                     log.error("%s; stopping", self._fatal)

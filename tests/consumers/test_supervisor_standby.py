@@ -97,3 +97,47 @@ def test_a_refusal_after_serving_is_backed_off_where_a_crash_is_restarted_at_onc
         assert lines[0].endswith("restarting in 0.5 s") and replaced_after is None, (lines, replaced_after)
     else:
         assert lines[0].endswith("restarting") and replaced_after is not None and replaced_after < 5.0, lines
+
+
+def test_a_host_that_served_never_gives_up_on_a_worker_whose_restarts_fail(caplog: pytest.LogCaptureFixture) -> None:
+    """An outside operator cut the model a `--workers 2` host served to half its size while one worker restarted:
+    after 5 failed starts in 37 s the supervisor stopped the whole host, the healthy worker with it. Once the host
+    has served, a worker's failed starts are retried with backoff for as long as it runs."""
+    import time
+
+    from fusionstream.consumers.service import supervisor as module
+
+    refuses = ("import sys; sys.stdin.readline(); print('fusionstream: error: [standby] fusion.onnx is not a "
+               "loadable ONNX graph', file=sys.stderr); sys.exit(3)")
+
+    async def scenario() -> tuple[int, str | None, str]:
+        supervisor = module.Supervisor(Settings(), workers=2, max_failed_starts=2)
+        view = supervisor.views[1]
+        supervisor.views[0].healthy_at = time.monotonic() - 60.0  # the host has served
+        started = 0
+
+        async def replacement() -> module._Worker:
+            nonlocal started
+            started += 1
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", refuses, stdin=subprocess.PIPE,
+                                                        stderr=subprocess.PIPE)
+            return module._Worker(proc, asyncio.StreamReader())
+
+        supervisor._replacement = replacement  # type: ignore[method-assign]
+        supervisor._workers[1] = await replacement()
+        watching = asyncio.create_task(supervisor._watch(view))
+        supervisor._workers[1].assign(view)
+        deadline = time.monotonic() + 30
+        while started < 4 and time.monotonic() < deadline and not watching.done():
+            await asyncio.sleep(0.1)
+        supervisor.stop()
+        await asyncio.wait_for(watching, 40)
+        return started, supervisor._fatal, view.state
+
+    with caplog.at_level(logging.WARNING, logger="fusionstream.consumers.service.supervisor"):
+        started, fatal, state = asyncio.run(scenario())
+    assert fatal is None and started >= 4, (started, fatal)  # it stopped the host after 2 before the fix
+    assert state == "stopped"
+    delays = [r.getMessage().rsplit("restarting in ", 1)[-1] for r in caplog.records
+              if "restarting in" in r.getMessage()]
+    assert delays[:3] == ["0.5 s", "1.0 s", "2.0 s"], delays
