@@ -87,6 +87,22 @@ def test_a_size_claim_beyond_8k_is_refused_before_anything_is_allocated() -> Non
         LazyJpeg(bytes(data))
 
 
+def test_progressive_frames_beyond_full_hd_are_refused_and_full_hd_ones_pass() -> None:
+    """Every progressive frame is decoded at intake, at ten times a baseline frame's cost: a 195 kB progressive 8K
+    frame at 30 fps held its partition back for minutes (an outside tester). Baseline frames keep the 8K limit."""
+    small = picture(8, 8)
+
+    def frame(height: int, width: int, progressive: int) -> bytes:
+        return jpeg(cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST),
+                    cv2.IMWRITE_JPEG_PROGRESSIVE, progressive)
+
+    assert check_jpeg(frame(1080, 1920, 1)) == (1080, 1920)
+    assert check_jpeg(frame(1088, 1920, 0)) == (1088, 1920)
+    with pytest.raises(BadRecord, match="progressive JPEG of 1920x1088, more than 2,073,600 pixels") as refused:
+        LazyJpeg(frame(1088, 1920, 1))
+    assert refused.value.reason == "bad-jpeg" and "send baseline JPEG" in refused.value.detail
+
+
 def test_a_missing_quantisation_table_is_refused() -> None:
     data = bytearray(jpeg())
     while b"\xff\xdb" in data:
