@@ -36,7 +36,10 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        # The cores this process may run on (taskset, a container's cpuset), as `serve --workers auto` counts
+        # them: a bench pinned to one core of a 2-core box measured one core, and said 2.
+        "cores": len(os.sched_getaffinity(0)),
+        "host_cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,

@@ -30,7 +30,7 @@ from fusionstream.consumers.bench.stages import (
     pipeline_stage,
 )
 from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from fusionstream.consumers.engine import backend_options, model_title, service_options
+from fusionstream.consumers.engine import backend_options, engine_title, model_title, service_options
 from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import open_runtime
@@ -102,6 +102,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                       "task": runtime.task.kind, "modalities": list(runtime.modalities),
                       "fusion": runtime.fusion.method},
             "backend": settings.backend,
+            "precision": settings.precision,
             "backend_options": {k: str(v) for k, v in options_of_backend.items()},
             "workload": {"streams": options.streams, "seconds": options.seconds,
                          "window_ms": config.window_ns // 1_000_000, "hop_ms": config.hop_ns // 1_000_000,
@@ -117,7 +118,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
             f"[bold]fusionstream bench[/]: {options.streams} streams x {options.seconds:g} s = {len(windows)} windows, "
             f"{len(workload.records)} records of {', '.join(runtime.modalities)}, {frame_size} frames; "
             f"model {model_title(manifest)} (format {manifest.source_format}, {runtime.task.kind}) "
-            f"on {settings.backend}"
+            f"on {engine_title(settings)}"
         )
 
         # The stages with a pipeline beside the engine run it with the service's engine threads (one core

@@ -145,3 +145,16 @@ def test_bench_runs_every_stage_on_the_same_windows(kafka_bootstrap: str, tmp_pa
     half = report["half_load"]
     assert half["streams"] == report["max_realtime_streams"] // 2 and half["close_to_ack_ms"]["p99"] > 0
     assert report["machine"]["cores"] >= 1 and report["model"]["fusion"]
+
+
+def test_the_machine_line_counts_the_cores_the_bench_may_run_on() -> None:
+    """Pinned to one core (taskset, a container's cpuset) the bench measured one core and said the host's count:
+    an edge integrator could not tell it measured what `serve --workers auto` would get."""
+    import os
+
+    code = ("import os, json; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from fusionstream.consumers.bench.common import machine; m = machine(); "
+            "print(json.dumps([m['cores'], m['host_cores']]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    cores, host_cores = json.loads(done.stdout.strip().splitlines()[-1])
+    assert cores == 1 and host_cores == os.cpu_count()
