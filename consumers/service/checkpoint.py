@@ -14,16 +14,18 @@ keeps two things there, per input partition:
   provisional prediction of the same window again (exactly once per window and revision);
 - ``text_wait`` (``text_wait_ms`` auto): per stream whose transcript's wait budget was learnt, the worst
   recent need it was learnt from (``stream/learned_wait.py``), so a restart waits for a slow transcript
-  at once instead of losing its first words while it learns again.
+  at once instead of losing its first words while it learns again;
+- ``output``: the predictions topic the group publishes to, so that another group's service starting on the
+  same input topics can tell it would publish every window a second time there (``other_groups.py``).
 
 Encoding (JSON, ASCII, at most :data:`MAX_CHARS` characters, because brokers refuse
 commit metadata above ``offset.metadata.max.bytes``, 4096 by default)::
 
     {"v":1,"r":<replay_mark>,"h":<hop_ns>,"b":<base>,"s":{"<stream>":<k>,...},"q":{"<stream>":<k>,...},"g":1,
-     "w":{"<stream>":<ms>,...}}
+     "w":{"<stream>":<ms>,...},"o":"<predictions topic>"}
 
-(``q`` and ``w`` only when some stream has one; ``g`` only when the windows were staggered; readers from
-before them ignore them.)
+(``q`` and ``w`` only when some stream has one; ``g`` only when the windows were staggered; ``o`` when the
+service said; readers from before them ignore them.)
 
 where a stream's time is stored as ``(b + k) * h`` nanoseconds, rounded down to a multiple of the
 hop: a window start lies within one hop above it (exactly on it unless windows are staggered),
@@ -67,6 +69,8 @@ class Checkpoint:
     staggered: bool | None = None
     #: stream id -> the worst need (ns) its transcript's learnt wait budget came from.
     text_wait: Mapping[str, int] = field(default_factory=dict)
+    #: The predictions topic of the service that committed it (None: not said).
+    output: str | None = None
 
     def encode(self, hop_ns: int, *, staggered: bool = False, max_chars: int = MAX_CHARS) -> str:
         """The metadata string; streams furthest behind are dropped when it would not fit."""
@@ -91,6 +95,8 @@ class Checkpoint:
             waits = {s: -(-self.text_wait[s] // 1_000_000) for s, _ in chosen if s in self.text_wait}
             if waits:
                 doc["w"] = waits
+            if self.output is not None:
+                doc["o"] = self.output
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
             if len(text) <= max_chars or keep == 0:
                 break
@@ -117,13 +123,14 @@ class Checkpoint:
             provisional = {str(sid): (base + int(k)) * hop for sid, k in dict(data.get("q", {})).items()}
             staggered = bool(data["g"]) if "g" in data else None
             text_wait = {str(sid): int(ms) * 1_000_000 for sid, ms in dict(data.get("w", {})).items()}
+            output = str(data["o"]) if "o" in data else None
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring commit metadata that is not a fusionstream checkpoint: %.80r", text)
             return None
         if hop <= 0:
             return None
         return cls(replay_mark=mark, streams=streams, provisional=provisional, hop_ns=hop, staggered=staggered,
-                   text_wait=text_wait)
+                   text_wait=text_wait, output=output)
 
     def on_grid(self, hop_ns: int, staggered: bool) -> Checkpoint:
         """These times for a service whose grid is ``hop_ns`` (``staggered`` or not): as they are on the grid

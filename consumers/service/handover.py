@@ -90,9 +90,10 @@ class Handover:
     """Owns assigned partitions, streams per partition, published times, held offsets and last commits."""
 
     def __init__(self, hop_ns: int, *, staggered: bool = False,
-                 max_streams_per_partition: int = MAX_STREAMS_PER_PARTITION) -> None:
+                 max_streams_per_partition: int = MAX_STREAMS_PER_PARTITION, output: str | None = None) -> None:
         self.hop_ns = hop_ns
         self.staggered = staggered
+        self.output = output  # the predictions topic, said in every checkpoint
         self.tracker = OffsetTracker()
         self._max_streams = max_streams_per_partition
         self._streams_of: StreamStates | None = None
@@ -263,8 +264,8 @@ class Handover:
                      if self._provisional.get(sid, -(2**63)) > streams[sid]}
             mark = self.tracker.replay_mark(tp)
             waits = self._aligner().learned_waits(streams, Modality.TEXT)
-            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead, text_wait=waits).encode(
-                self.hop_ns, staggered=self.staggered)
+            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead, text_wait=waits,
+                                  output=self.output).encode(self.hop_ns, staggered=self.staggered)
             if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
                 continue
             chosen[tp] = (offset, metadata)

@@ -65,6 +65,7 @@ from fusionstream.consumers.service.handover import Handover, Offsets
 from fusionstream.consumers.service.health import Gauges, Health
 from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
+from fusionstream.consumers.service.other_groups import warn_of_other_services
 from fusionstream.consumers.service.outputs import watch_outputs
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.service.topic_settings import dead_letter_max_bytes, topic_settings, warn_of_compaction
@@ -96,7 +97,8 @@ class InferenceService:
         # Refused here, before anything connects: windows the model was not trained on predict worse, silently.
         self.window_config = settings.model_window_config(spec)
         self.metrics = ServiceMetrics(registry)
-        self.handover = Handover(self.window_config.hop_ns, staggered=self.window_config.stagger)
+        self.handover = Handover(self.window_config.hop_ns, staggered=self.window_config.stagger,
+                                 output=settings.predictions_topic)
         self._health = Health(self.instance_id, stall_after_s=options.stall_after_s)
         self._gauges = Gauges(self.metrics)
         self.input_topics = (settings.video_topic, settings.audio_topic, settings.text_topic)
@@ -216,6 +218,7 @@ class InferenceService:
             )
             configs = await topic_settings(admin, [*self.input_topics, s.deadletter_topic])
             warn_of_compaction(configs, self.input_topics)
+            await warn_of_other_services(admin, self.input_topics, s.group_id, s.predictions_topic)
             self._publisher.dead_letter_max_bytes = dead_letter_max_bytes(
                 configs, s.deadletter_topic, self._publisher.dead_letter_max_bytes)
 

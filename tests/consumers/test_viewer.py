@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -288,6 +289,7 @@ async def paced(settings: Settings, records: list[Record]) -> int:
 
 
 # What the page shows, per stream card: read from the DOM only (what a user sees).
+STATES = """() => [...document.querySelectorAll("section.stream[data-stream] .state")].map((el) => el.textContent)"""
 DOM_SNAPSHOT = """() => [...document.querySelectorAll("section.stream[data-stream]")].map((el) => {
   const canvas = el.querySelector("canvas.frame");
   let lit = 0;
@@ -355,7 +357,7 @@ def test_kafka_viewer_page_shows_live_frames_with_published_predictions(
     records = list(source.records())
     screenshot = tmp_path / "viewer.png"
 
-    async def scenario() -> tuple[list[dict[str, Any]], dict[str, int], float]:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, int], float, list[str]]:
         viewer = ViewerProcess(settings, tmp_path).start()
         viewer_process.append(viewer)
         await viewer.ready(all_topics(settings)[:4])
@@ -374,17 +376,23 @@ def test_kafka_viewer_page_shows_live_frames_with_published_predictions(
                 waited = time.monotonic() - started
                 events = await count_events(viewer.port, 2.0)
                 await page.screenshot(path=str(screenshot), full_page=True)
+                producing.cancel()  # the cameras stop; their last windows close by timeout, 3 s on
+                await asyncio.sleep(10.0)
+                later = await browser.new_page()
+                await later.goto(viewer.url)
+                await asyncio.sleep(1.5)  # connected, and a second for the page's stale check
+                states = await later.evaluate(STATES)
             finally:
                 await browser.close()
                 producing.cancel()  # the rest of the cameras' minutes adds nothing
                 with contextlib.suppress(asyncio.CancelledError):
                     await producing
         assert viewer.terminate() == 0, viewer.output()
-        return cards, events, waited
+        return cards, events, waited, states
 
     asyncio.run(ensure_topics(kafka_bootstrap, all_topics(settings), 4))
     try:
-        cards, events, waited = asyncio.run(scenario())
+        cards, events, waited, states = asyncio.run(scenario())
         published = {v["window_id"]: v for v in read_published(kafka_bootstrap, settings.predictions_topic).values}
     finally:
         asyncio.run(delete_topics(kafka_bootstrap, all_topics(settings)))
@@ -406,6 +414,9 @@ def test_kafka_viewer_page_shows_live_frames_with_published_predictions(
     # Throttled: at most FPS updates per stream and second reach a browser (plus the first, at connect).
     assert events and all(n <= FPS * 2 + 2 for n in events.values()), events
     assert screenshot.stat().st_size > 10_000
+    # A page opened after the streams fell silent counts from their last input, not from its own load.
+    idle = [int(m.group(1)) for state in states if (m := re.fullmatch(r"no input for (\d+) s", state))]
+    assert len(idle) == len(states) == STREAMS and min(idle) >= 4, states
     print(f"page complete after {waited:.1f}s; {len(published)} predictions; screenshot {screenshot}")
 
 

@@ -63,7 +63,9 @@ function remove(streamId) {
 function update(s) {
   const c = card(s.stream);
   c.data = s;
-  c.received = performance.now();
+  // The server's idle time, not this page's: a page loaded (or reconnected) after a stream fell silent
+  // showed "no input for 3 s" for a stream silent for minutes.
+  c.received = performance.now() - 1000 * (s.idle_s || 0);
   const el = c.el;
   const p = s.prediction;
   if (p) {
