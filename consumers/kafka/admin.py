@@ -29,6 +29,7 @@ from aiokafka.errors import (
     for_code,
 )
 
+from fusionstream.consumers.kafka.client_logs import client_quiet
 from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
 from fusionstream.stream.errors import FusionStreamError
 
@@ -181,7 +182,8 @@ async def partition_count(bootstrap: str, topic: str, security: Mapping[str, Any
     admin = make_admin(bootstrap, security, request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
-            await admin.start()
+            with client_quiet():  # a broker not up yet is the caller's to say (its ERROR line said it first)
+                await admin.start()
             return (await _describe(admin, [topic]))[topic][0]
     except (TimeoutError, KafkaError, OSError):
         return None

@@ -93,7 +93,8 @@ def workers_for(settings: Settings, cores: int | None = None) -> int:
     count = resolve_workers(settings, cores, partitions)
     log.info("--workers auto: %d worker%s for %d core%s and %d partitions (%s)%s", count, "s" if count > 1 else "",
              cores, "s" if cores > 1 else "", partitions,
-             f"{settings.video_topic} has them" if found else "FUSIONSTREAM_PARTITIONS: no input topic found",
+             f"{settings.video_topic} has them" if found
+             else "FUSIONSTREAM_PARTITIONS: the broker did not say, no input topic yet or no answer within 5 s",
              "" if count > 1 else " (one process, no supervisor: a worker needs about two cores)")
     return count
 

@@ -378,8 +378,7 @@ def test_kafka_viewer_page_shows_live_frames_with_published_predictions(
                 await page.screenshot(path=str(screenshot), full_page=True)
                 producing.cancel()  # the cameras stop; their last windows close by timeout, 3 s on
                 await asyncio.sleep(10.0)
-                later = await browser.new_page()
-                await later.goto(viewer.url)
+                await (later := await browser.new_page()).goto(viewer.url)
                 await asyncio.sleep(1.5)  # connected, and a second for the page's stale check
                 states = await later.evaluate(STATES)
             finally:
