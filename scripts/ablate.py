@@ -57,7 +57,8 @@ ROWS = (
      {**SHIPPED, "pooling": "mean+max", "cepstra": 12}),
     ("+ vocal tract length perturbation, warp 0.9-1.1", "train", AUDIO_ONLY, SPEC_AUGMENT,
      {**SHIPPED, "pooling": "mean+max", "vtlp": (0.9, 1.1)}),
-    ("row 5 without MBROLA's voices (the bank before them)", "voice:" + ",".join(
+    # Row 5 against this on a bank made with WITH_MBROLA=1 (scripts/make_speech_bank.sh); the same on the other.
+    ("row 5 without MBROLA's voices", "voice:" + ",".join(
         v for v in voices_of("train") if not v.startswith("mb-")), AUDIO_ONLY, SPEC_AUGMENT,
      {**SHIPPED, "pooling": "mean+max"}),
 )
