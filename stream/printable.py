@@ -12,8 +12,6 @@ import re
 
 # C0 and C1 controls, DEL, and the bidi embeddings, overrides and isolates (with the marks that steer them).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
