@@ -132,6 +132,17 @@ class Checkpoint:
         return cls(replay_mark=mark, streams=streams, provisional=provisional, hop_ns=hop, staggered=staggered,
                    text_wait=text_wait, output=output)
 
+    @staticmethod
+    def output_of(text: str | None) -> str | None:
+        """The predictions topic a checkpoint names, without a word for metadata that is not one (another
+        application's, read by :mod:`.other_groups`): None then, or when the checkpoint does not say."""
+        try:
+            data = json.loads(text or "")
+        except ValueError:
+            return None
+        output = data.get("o") if isinstance(data, dict) and data.get("v") == VERSION else None
+        return output if isinstance(output, str) else None
+
     def on_grid(self, hop_ns: int, staggered: bool) -> Checkpoint:
         """These times for a service whose grid is ``hop_ns`` (``staggered`` or not): as they are on the grid
         they were written on; on another, each staggered stream's time gets its old offset back (rounded down

@@ -17,12 +17,13 @@ offsets to this user says nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+from fusionstream.consumers.service.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,12 @@ async def other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str]
     async def publishes_there(group: str) -> bool:
         async with asking:
             offsets = await admin.list_consumer_group_offsets(group)
-        return any(tp.topic in inputs and _output(committed.metadata) == predictions_topic
+        return any(tp.topic in inputs and Checkpoint.output_of(committed.metadata) == predictions_topic
                    for tp, committed in offsets.items())
 
     chosen = candidates[:MAX_GROUPS]
     answers = await asyncio.gather(*(publishes_there(group) for group in chosen))
     return [group for group, there in zip(chosen, answers, strict=True) if there]
-
-
-def _output(metadata: str | None) -> str | None:
-    """The predictions topic a checkpoint names; None for anything else (another application's metadata)."""
-    try:
-        document = json.loads(metadata or "")
-    except ValueError:
-        return None
-    output = document.get("o") if isinstance(document, dict) and document.get("v") == 1 else None
-    return output if isinstance(output, str) else None
 
 
 async def warn_of_other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str], own_group: str,

@@ -20,6 +20,9 @@ def test_a_checkpoint_names_its_predictions_topic_and_reads_back_without_one() -
     text = Checkpoint(7, {"cam": 2_000_000_000}, output="site.predictions").encode(500_000_000)
     assert Checkpoint.decode(text).output == "site.predictions"  # type: ignore[union-attr]
     assert Checkpoint.decode(Checkpoint(7, {"cam": 0}).encode(500_000_000)).output is None  # type: ignore[union-attr]
+    assert Checkpoint.output_of(text) == "site.predictions"
+    # Another application's commit metadata names nothing, and is no reason for a warning.
+    assert [Checkpoint.output_of(m) for m in (None, "", "offset 7", '{"o": "x"}', '{"v": 1, "o": 3}')] == [None] * 5
 
 
 def test_kafka_a_second_group_publishing_to_the_same_predictions_is_warned_of_at_its_start(
