@@ -402,6 +402,11 @@ class Pipeline:
                 return
             yield prediction
 
+    def engine_failure(self) -> BaseException | None:
+        """What stopped the inference loop, once it has stopped on an error (its predictions then end)."""
+        task = self._task
+        return task.exception() if task is not None and task.done() and not task.cancelled() else None
+
     def backlog(self) -> int:
         """Windows closed but not yet predicted."""
         return self._in_flight

@@ -77,6 +77,28 @@ def run_service(settings: Settings, *, instance_id: str | None = None) -> int:
     return exit_status("the service", serve)
 
 
+#: What a process that ran out of memory says instead of a traceback through whichever allocation failed.
+OUT_OF_MEMORY = (
+    "out of memory (a limit on address space, such as `ulimit -v` or `prlimit --as`, counts the ~1 GB a worker "
+    "reserves but does not use: limit resident memory with a cgroup instead; see docs/operations.md, "
+    "'Small boxes')"
+)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: Python's (numpy's too) MemoryError, or ONNX Runtime's C++ ``bad_alloc``, also as
+    the cause of another error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or "bad_alloc" in str(current) \
+                or "Failed to allocate memory" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | None = None,
                 refused_status: int = 1) -> int:
     """Run ``body``; 0 when it returns, 1 when it raises: a setup failure (:data:`USER_ERRORS`) as one line
@@ -87,7 +109,10 @@ def exit_status(what: str, body: Callable[[], None], tag: Callable[[], str] | No
     except USER_ERRORS as exc:
         print_error((f"[{tag()}] " if tag is not None else "") + describe(exc))
         return refused_status if isinstance(exc, REFUSALS) else 1
-    except Exception:
+    except Exception as exc:
+        if out_of_memory(exc):
+            print_error((f"[{tag()}] " if tag is not None else "") + OUT_OF_MEMORY)
+            return 1
         log.exception("%s stopped on an error", what)
         return 1
     return 0

@@ -268,7 +268,8 @@ class InferenceService:
                 done, _ = await asyncio.wait(
                     {stop, failed, *self._tasks.values()}, return_when=asyncio.FIRST_COMPLETED
                 )
-                error = self._fatal or self._publisher.failure or _task_error(self._tasks.values())
+                error = (self._fatal or self._publisher.failure or _task_error(self._tasks.values())
+                         or self._pipeline.engine_failure())
                 if error is None and stop not in done:
                     error = RuntimeError(f"task {[t.get_name() for t in done]} ended unexpectedly")
                 if error is None:

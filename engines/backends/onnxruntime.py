@@ -70,7 +70,11 @@ class OnnxRuntimeBackend(Runtime):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise BackendUnavailable(f"onnxruntime backend: cannot import onnxruntime ({exc})") from exc
+            # The dynamic loader's words for an address-space limit (ulimit -v) too low to map the library.
+            hint = ("; the process may map no more memory: a limit such as `ulimit -v` is too low (a worker "
+                    "reserves about 1 GB of address space; docs/operations.md, 'Small boxes')"
+                    if "failed to map segment" in str(exc) or "cannot allocate memory" in str(exc).lower() else "")
+            raise BackendUnavailable(f"onnxruntime backend: cannot import onnxruntime ({exc}){hint}") from exc
         from fusionstream.engines.manifest_check import check_model_dir
 
         providers = list(self.options["providers"])

@@ -102,3 +102,39 @@ def test_sigterm_while_waiting_for_the_broker_at_start_stops_at_once(tmp_path: P
     assert serve.returncode == 0, rest
     assert took < 5, f"{took:.1f} s after SIGTERM"
     assert "stopped while waiting for the broker" in rest
+
+
+@pytest.mark.parametrize("failure", ["numpy", "onnxruntime"])
+def test_running_out_of_memory_is_one_line_not_a_traceback(failure: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under `ulimit -v` a service decoding audio died with 50 lines of traceback ending in numpy's
+    `_ArrayMemoryError` (ONNX Runtime's failures say `std::bad_alloc` in a RuntimeException)."""
+    import numpy as np
+
+    from fusionstream.consumers.service.main import exit_status
+
+    def body() -> None:
+        if failure == "numpy":
+            np.empty(1 << 62, dtype=np.uint8)  # more than any machine: numpy raises its MemoryError
+        try:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                               "running Conv node. Status Message: std::bad_alloc")
+        except RuntimeError as exc:
+            raise ValueError("the batch failed") from exc  # the allocation failure as another error's cause
+
+    status = exit_status("the worker", body, tag=lambda: "w1")
+    assert status == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("fusionstream: error: [w1] out of memory") and "\n" not in err, err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_a_bug_still_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    from fusionstream.consumers.service.main import exit_status
+
+    def body() -> None:
+        raise ValueError("a bug, not a lack of memory")
+
+    with caplog.at_level("ERROR"):
+        assert exit_status("the service", body) == 1
+    assert any(record.exc_info for record in caplog.records)
