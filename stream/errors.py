@@ -20,7 +20,7 @@ class FusionStreamError(Exception):
 #: alert on it works before the first such record.
 DEAD_LETTER_REASONS: tuple[str, ...] = (
     "truncated", "trailing-bytes", "bad-magic", "unsupported-version", "unknown-modality", "unknown-encoding",
-    "encoding-mismatch", "t_end-before-t_start", "too-long", "bad-stream-id", "bad-meta", "bad-size",
+    "encoding-mismatch", "t_end-before-t_start", "bad-time", "too-long", "bad-stream-id", "bad-meta", "bad-size",
     "bad-sample-rate", "bad-channels", "bad-pcm-size", "sample-rate-mismatch", "bad-pcm", "bad-utf8",
     "bad-progress", "key-mismatch", "bad-jpeg", "late", "future",
 )

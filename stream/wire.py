@@ -53,6 +53,10 @@ DURATION_SLACK_NS = 2_000_000
 # The longest media unit (a transcript segment, a slow camera's frame). A record joins every
 # window it overlaps, so an unbounded t_end (one flipped bit) would open billions of windows.
 MAX_DURATION_NS = 60_000_000_000
+# Event times within ±2^62 ns (the years 1823 to 2116), so that a window's bounds (a record's time plus a
+# window's length) and every time a prediction reports stay within a signed 64-bit integer, which is what
+# clients in other languages read them into. Beyond it is a clock or a unit gone wrong, not media.
+MAX_ABS_TIME_NS = 2**62
 
 # Read-only, so records sharing it cannot change each other's meta.
 _EMPTY_META: Mapping[str, Any] = MappingProxyType({})
@@ -128,6 +132,9 @@ def parse(data: bytes | bytearray | memoryview) -> Fields:
         raise BadRecord("encoding-mismatch", f"{encoding.label} is not a {modality.label} encoding")
     if t_end < t_start:
         raise BadRecord("t_end-before-t_start", f"t_end {t_end} < t_start {t_start}")
+    if t_start < -MAX_ABS_TIME_NS or t_end > MAX_ABS_TIME_NS:
+        raise BadRecord("bad-time", f"event time {t_start if t_start < -MAX_ABS_TIME_NS else t_end} ns is outside "
+                        "±2^62 ns (the years 1823 to 2116): a clock or a unit gone wrong")
     if t_end - t_start > MAX_DURATION_NS:
         raise BadRecord("too-long", f"lasts {(t_end - t_start) / 1e9:.6g} s, at most {MAX_DURATION_NS / 1e9:g} s")
     if not 0 < sid_len <= MAX_STREAM_ID_BYTES:
@@ -262,4 +269,4 @@ _VALIDATORS = {
     Encoding.PROGRESS: _validate_progress,
 }
 
-__all__ = ["HEADER_SIZE", "MAGIC", "MAX_DURATION_NS", "Fields", "decode", "encode", "parse"]
+__all__ = ["HEADER_SIZE", "MAGIC", "MAX_ABS_TIME_NS", "MAX_DURATION_NS", "Fields", "decode", "encode", "parse"]

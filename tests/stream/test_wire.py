@@ -88,6 +88,11 @@ def _raw(**overrides: object) -> bytes:
         (_raw(encoding=9), "unknown-encoding"),
         (_raw(encoding=1), "encoding-mismatch"),
         (_raw(t1=T - 1), "t_end-before-t_start"),
+        # Times near the int64 ends: a window's end (start + length) would overflow what clients read.
+        (_raw(t0=2**63 - 40_000_001, t1=2**63 - 1), "bad-time"),
+        (_raw(t0=-(2**63), t1=-(2**63) + 40_000_000), "bad-time"),
+        (_raw(modality=3, encoding=5, meta=b"", payload=b"one", t0=wire.MAX_ABS_TIME_NS, t1=wire.MAX_ABS_TIME_NS + 1),
+         "bad-time"),
         (_raw(modality=3, encoding=5, meta=b"", payload=b"one", t1=T + wire.MAX_DURATION_NS + 1), "too-long"),
         (_raw(sid=b""), "bad-stream-id"),
         (_raw(sid=b"\xff\xfe"), "bad-stream-id"),
@@ -131,7 +136,7 @@ def test_encode_refuses_what_decode_would_reject() -> None:
 
 texts = st.text(min_size=0, max_size=50)
 stream_ids = st.text(min_size=1, max_size=40).filter(lambda s: len(s.encode()) <= 1024)
-times = st.integers(min_value=-(2**62), max_value=2**62)
+times = st.integers(min_value=-wire.MAX_ABS_TIME_NS, max_value=wire.MAX_ABS_TIME_NS - wire.MAX_DURATION_NS)
 
 
 @settings(max_examples=300, deadline=None)
