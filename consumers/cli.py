@@ -133,11 +133,12 @@ def train(
     dropout; then every fusion head is fitted on the frozen embeddings and compared on
     held-out validation data, and the chosen one is exported with a parity check.
     """
+    from fusionstream.consumers.cli_errors import TRAINING_INTERRUPTED
     from fusionstream.consumers.training.train import TrainOptions, train_command
     from fusionstream.engines.errors import EngineError
     from fusionstream.stream.errors import FusionStreamError
 
-    with one_line_errors(FusionStreamError, EngineError):  # --data's clips, --init's model directory
+    with one_line_errors(FusionStreamError, EngineError, interrupted=TRAINING_INTERRUPTED.format(out=out)):
         train_command(
             TrainOptions(out=out, fusion=fusion, data=data, train_seconds=train_seconds, epochs=epochs, seed=seed,
                          workers=workers, compare=compare, cache=cache, init=init, augment=augment,

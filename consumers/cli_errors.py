@@ -74,13 +74,21 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
+#: What Ctrl-C during a training says (``interrupted=`` of :func:`one_line_errors`, formatted with ``out``).
+TRAINING_INTERRUPTED = "interrupted: {out} is as it was (a model directory is written only once complete and checked)"
+
+
 @contextmanager
-def one_line_errors(*errors: type[BaseException], code: int = EXIT_FAILURE) -> Iterator[None]:
+def one_line_errors(*errors: type[BaseException], code: int = EXIT_FAILURE,
+                    interrupted: str | None = None) -> Iterator[None]:
     """Turn the expected ``errors`` (the user's setup, not bugs) into the one error line and exit ``code``;
-    Ctrl-C into exit status 130 without a traceback. Anything else propagates: a bug keeps its traceback."""
+    Ctrl-C into exit status 130 without a traceback (after the line ``interrupted``, if given). Anything else
+    propagates: a bug keeps its traceback."""
     try:
         yield
     except KeyboardInterrupt:
+        if interrupted:
+            note(interrupted)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except errors as exc:
         fail(describe(exc), code)

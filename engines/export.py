@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,7 +165,27 @@ def export_model(
     """
     _check_compatible(model, spec)
     out = Path(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written and checked in a staging folder beside ``out``, then moved in (model.json last): a training
+    # stopped with Ctrl-C, or a failed check, used to leave ``out`` with new graphs beside the old head and
+    # manifest, which `model check` could not tell from a model.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        staged = _export_into(model, spec, staging, opset=opset)
+        if check:
+            check_parity(copy.deepcopy(model).float().cpu().eval(), staging, rtol=rtol)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in staged:  # model.json is the last of them
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / path.name for path in staged]
+
+
+def _export_into(model: MultimodalModel, spec: ModelSpec, out: Path, *, opset: int) -> list[Path]:
+    """:func:`export_model`'s files, written into ``out``, ``model.json`` last in the list."""
     frozen = copy.deepcopy(model).float().cpu().eval()
     example = random_batch(spec, _TRACE_BATCH, 0, p_present=1.0)
     d = spec.embed_dim
@@ -196,10 +217,7 @@ def export_model(
             )
     weights = out / TORCH_WEIGHTS
     torch.save(frozen.state_dict(), weights)
-    written += [weights, spec.save(out)]
-    if check:
-        check_parity(frozen, out, rtol=rtol)
-    return written
+    return [*written, weights, spec.save(out)]
 
 
 def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:

@@ -22,5 +22,5 @@ def assemble(encoders, head_name: str, head, spec: ModelSpec):
 def export_dir(model, spec: ModelSpec, out: Path) -> dict[str, float]:
     from fusionstream.engines.export import check_parity, export_model
 
-    export_model(model, spec, out, check=False)
+    export_model(model, spec, out)  # checked before it replaces anything in ``out``
     return check_parity(model, out)

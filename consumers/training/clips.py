@@ -98,7 +98,7 @@ def load_clips(directory: Path, spec: ModelSpec, *, progress: Progress | None = 
         media = directory / file
         stream_id = Path(file).stem
         check_one_label_at_a_time(file, file_spans)
-        _note_what_the_clip_lacks(media, file, file_spans)
+        note_what_the_clip_lacks(media, file, file_spans)
         truth = GroundTruth({stream_id: [
             Segment(EPOCH_NS + round(s.start_s * NS), EPOCH_NS + round(s.end_s * NS), spec.classes.index(s.label))
             for s in sorted(file_spans, key=lambda s: s.start_s)
@@ -123,7 +123,7 @@ def check_one_label_at_a_time(file: str, spans: Sequence[Span]) -> None:
                 "docs/training.md)")
 
 
-def _note_what_the_clip_lacks(media: Path, file: str, spans: Sequence[Span]) -> None:
+def note_what_the_clip_lacks(media: Path, file: str, spans: Sequence[Span]) -> None:
     """Warn of a span past the clip's end (minutes typed as seconds?) and of a clip without sound."""
     info = probe(media)
     if info.duration_s is not None and (late := [s for s in spans if s.end_s > info.duration_s + 0.5]):
@@ -141,4 +141,6 @@ def split(data: WindowSet, fraction: float, seed: int) -> tuple[WindowSet, Windo
     return data.select(np.sort(index[cut:])), data.select(np.sort(index[:cut]))
 
 
-__all__: Sequence[str] = ["ClipsError", "Span", "classes_of", "load_clips", "read_labels", "split"]
+__all__: Sequence[str] = [
+    "ClipsError", "Span", "classes_of", "load_clips", "note_what_the_clip_lacks", "read_labels", "split",
+]

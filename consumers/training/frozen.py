@@ -35,10 +35,11 @@ from fusionstream.consumers.training.frozen_heads import (
     rows_for,
 )
 from fusionstream.consumers.training.generate import progress_bar
-from fusionstream.consumers.training.train import VALIDATION_SECONDS, model_version
+from fusionstream.consumers.training.train import VALIDATION_SECONDS, model_version, warn_of_scarce_classes
 from fusionstream.engines.errors import ModelDirError
 from fusionstream.engines.manifest import TASKS, Manifest
 from fusionstream.engines.spec import FUSION_HEADS
+from fusionstream.stream.sources.truth import CLEAR_SHARE
 
 #: Share of ``--data`` windows held out for validation (as ``train --data``).
 VALIDATION_SHARE = 0.2
@@ -160,6 +161,9 @@ def frozen_train_command(options: FrozenOptions, console: Console | None = None)
                                           cache=options.cache, workers=options.workers)
             train_set, val_set = _split(everything, options.seed)
             cached = (hit, hit)
+            if options.task != "embedding":  # a class the labels name but (almost) never cover: it is never learnt
+                clear = train_set.coverage >= CLEAR_SHARE
+                warn_of_scarce_classes({name: int(clear[:, c].sum()) for c, name in enumerate(classes)}, console)
             if options.task == "single_label":
                 _warn_of_overlapping_labels(everything, console)
         else:

@@ -55,7 +55,7 @@ def frozen_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _run_frozen(train: dict[str, Any], ours: dict[str, Any], defaults: dict[str, Any]) -> None:
-    from fusionstream.consumers.cli_errors import fail, one_line_errors
+    from fusionstream.consumers.cli_errors import TRAINING_INTERRUPTED, fail, one_line_errors
     from fusionstream.consumers.training.frozen import DEFAULT_EMBEDDING_SIZE, FrozenOptions, frozen_train_command
     from fusionstream.engines.errors import EngineError
     from fusionstream.stream.errors import FusionStreamError
@@ -71,7 +71,8 @@ def _run_frozen(train: dict[str, Any], ours: dict[str, Any], defaults: dict[str,
         train_seconds=train["train_seconds"], head_epochs=ours["head_epochs"], seed=train["seed"],
         workers=train["workers"], cache=train["cache"], version=train["version"],
     )
-    with one_line_errors(FusionStreamError, EngineError):  # the encoders directory, --data's clips
+    # the encoders directory, --data's clips
+    with one_line_errors(FusionStreamError, EngineError, interrupted=TRAINING_INTERRUPTED.format(out=train["out"])):
         frozen_train_command(options)
 
 

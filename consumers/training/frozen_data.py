@@ -26,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionstream.consumers.training.clips import EPOCH_NS, LABELS, Span, classes_of, read_labels
+from fusionstream.consumers.training.clips import (
+    EPOCH_NS,
+    LABELS,
+    Span,
+    classes_of,
+    note_what_the_clip_lacks,
+    read_labels,
+)
 from fusionstream.consumers.training.dataset import windows_of
 from fusionstream.consumers.training.generate import synthetic_configs
 from fusionstream.engines.manifest import Manifest
@@ -118,6 +125,8 @@ def clip_parts(directory: Path, classes: Sequence[str] | None = None) -> tuple[t
     unknown = sorted(set(found) - set(names))
     if unknown:
         raise ValueError(f"{directory / LABELS}: labels {unknown} are not classes of the model ({list(names)})")
+    for file, file_spans in spans.items():
+        note_what_the_clip_lacks(directory / file, file, file_spans)
     parts = [ClipPart(directory, file, tuple((s.start_s, s.end_s, names.index(s.label)) for s in file_spans))
              for file, file_spans in spans.items()]
     return names, parts

@@ -344,9 +344,14 @@ SCARCE_WINDOWS = 5
 def _warn_of_scarce_classes(spec: ModelSpec, train_set: WindowSet, console: Console) -> None:
     """A class whose spans give (almost) no clear window is in the model and never predicted: say so."""
     clear = train_set.label[train_set.clear]
-    scarce = {name: n for index, name in enumerate(spec.classes) if (n := int((clear == index).sum())) < SCARCE_WINDOWS}
+    warn_of_scarce_classes({name: int((clear == index).sum()) for index, name in enumerate(spec.classes)}, console)
+
+
+def warn_of_scarce_classes(clear_windows: dict[str, int], console: Console) -> None:
+    """Warn of the classes with fewer than :data:`SCARCE_WINDOWS` clear training windows (counts by class)."""
+    scarce = {name: n for name, n in clear_windows.items() if n < SCARCE_WINDOWS}
     if scarce:
-        listed = ", ".join(f"{name} {n}" for name, n in scarce.items())
+        listed = ", ".join(f"{name!r} ({n})" for name, n in scarce.items())
         console.print(f"[yellow]warning:[/] too few clear training windows for {listed} (a window is clear when one "
                       f"span covers 75 % of it; fewer than {SCARCE_WINDOWS}): label more of it, or it will hardly "
                       "ever be predicted")

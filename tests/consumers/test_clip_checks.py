@@ -46,7 +46,7 @@ def test_a_class_with_almost_no_clear_window_is_warned_of() -> None:
                         clear=labels != 2)  # the third class's windows are all across a change
     console = Console(record=True, width=300)
     _warn_of_scarce_classes(ModelSpec(version="t", fusion="concat", classes=["a", "b", "c"]), windows, console)
-    assert "too few clear training windows for b 3, c 0" in console.export_text()
+    assert "too few clear training windows for 'b' (3), 'c' (0)" in console.export_text()
 
 
 def test_labels_for_an_embedding_model_say_it_has_no_classes() -> None:

@@ -268,8 +268,13 @@ def test_cli_default_head_epochs_match() -> None:
     assert frozen_cli.HEAD_EPOCHS == frozen_heads.HEAD_EPOCHS
 
 
-def test_multi_label_clips_with_overlapping_spans(tmp_path: Path, encoders: Path) -> None:
-    # labels.csv may give a span several labels: "speech" covers clips 0 and 1 beside their digits.
+def test_multi_label_clips_with_overlapping_spans(tmp_path: Path, encoders: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # labels.csv may give a span several labels: "speech" covers clips 0 and 1 beside their digits. A "cross"
+    # span past a clip's end labels nothing: the class is warned of (it was accepted silently with --encoders,
+    # and the model declared a class it never saw), and so is the span.
+    from rich.console import Console
+
     data = tmp_path / "clips"
     data.mkdir()
     rows = ["file,start_s,end_s,label"]
@@ -280,13 +285,17 @@ def test_multi_label_clips_with_overlapping_spans(tmp_path: Path, encoders: Path
         rows += [f"{name},{2 * i},{2 * i + 2},{'one' if d == 1 else 'four'}" for i, d in enumerate(digits)]
         if n < 2:
             rows.append(f"{name},0,6,speech")
+    rows.append("clip2.mp4,20,25,cross")
     (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    console = Console(record=True, width=300)
     result = frozen_train_command(FrozenOptions(out=tmp_path / "model", encoders=encoders, data=data, workers=1,
                                                 task="multi_label", fusion="concat", head_epochs=EPOCHS,
-                                                cache=tmp_path / "cache"))
+                                                cache=tmp_path / "cache"), console)
+    assert "too few clear training windows for 'cross' (0)" in console.export_text()
+    assert any("clip2.mp4: 1 span(s) end after the clip's" in r.getMessage() for r in caplog.records)
     manifest, _ = check_model_dir(tmp_path / "model")
     assert manifest.task is not None and manifest.task.kind == "multi_label"
-    assert manifest.task.classes == ("four", "one", "speech") and len(manifest.task.thresholds) == 3
+    assert manifest.task.classes == ("cross", "four", "one", "speech") and len(manifest.task.thresholds) == 4
     windows = EmbeddedSet.load(next((tmp_path / "cache").glob("embeddings-*.npz")))
     assert (windows.targets.sum(axis=1) == 2).sum() >= 10  # a digit and speech at once
     assert result.metrics["validation"]["windows"] >= 5
