@@ -344,7 +344,9 @@ def _produce(
 
     interrupted = False
     # SIGTERM (a supervisor, `kill`) stops as Ctrl-C does: the summary, and the recognisers and sources closed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Raised as SIGINT, so that asyncio.run's own handler cancels the main task and its producer is stopped
+    # before the loop closes (a KeyboardInterrupt raised inside the loop left aiokafka's close pending).
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
         latest = asyncio.run(main())
     except KeyboardInterrupt:
