@@ -286,6 +286,7 @@ def promql_metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
     expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\boffset\s+-?\w+", "", expr)  # offset modifiers (`offset 1d`)
     expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
     expr = re.sub(r"\$\{?\w+\}?", "", expr)  # dashboard variables
     names = set()
@@ -304,6 +305,7 @@ def promql_metric_names(expr: str) -> set[str]:
         ("sum(rate(a_sum[5m])) / sum(rate(a_count[5m]))", {"a_sum", "a_count"}),
         ('max by (instance) (b{x="by (y)"}) > bool 0', {"b"}),
         ("count(c) or vector(0)", {"c"}),
+        ("rate(d_count[1d] offset 1d) > 0", {"d_count"}),
     ],
 )
 def test_promql_metric_names(expr: str, names: set[str]) -> None:
@@ -317,7 +319,17 @@ def _exported_names() -> dict[str, set[str]]:
     registry = CollectorRegistry()
     ServiceMetrics(registry)
     # Labelled metrics without children export no samples yet, so names come from the family type.
-    return {family.name: {family.name + s for s in suffixes[family.type]} for family in registry.collect()}
+    names = {family.name: {family.name + s for s in suffixes[family.type]} for family in registry.collect()}
+    # A `serve --workers N` host adds its supervisor's own (worker restarts, workers up).
+    from fusionstream.consumers.service.supervisor import Supervisor
+
+    host = CollectorRegistry()
+    Supervisor(Settings(), workers=1, registry=host)
+    for family in host.collect():
+        if family.name.startswith("fusionstream_worker"):
+            names[family.name] = {family.name + s for s in suffixes[family.type]}
+    assert {"fusionstream_worker_restarts", "fusionstream_worker_up"} <= set(names)
+    return names
 
 
 def _dashboard_queries() -> Iterator[tuple[str, str]]:
@@ -374,3 +386,19 @@ def test_dashboard_uses_the_provisioned_datasource() -> None:
     mounts = _services(COMPOSE)["grafana"]["volumes"]
     path = provider["providers"][0]["options"]["path"]
     assert any(m.endswith(f":{path}:ro") and "grafana/dashboards" in m for m in mounts)
+
+
+def test_the_alerts_operations_md_suggests_query_exported_metrics() -> None:
+    """Every PromQL expression of operations.md's alert table names metrics (and the coverage bucket label)
+    that the service or a `--workers` host exports: an operator copies them as they are."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text[text.index("Alerts worth having"):text.index("## Sizing")]
+    exprs = [e for e in re.findall(r"`([^`]+)`", table) if "fusionstream_" in e]
+    assert len(exprs) >= 8
+    exported = set().union(*_exported_names().values())
+    for expr in exprs:
+        unknown = promql_metric_names(expr) - exported - {"N"}  # N: the operator's own number of processes
+        assert not unknown, f"operations.md's alert {expr!r} queries {sorted(unknown)}, which nothing exports"
+        for bucket in re.findall(r'le="([^"]+)"', expr):
+            # prometheus_client writes bucket bounds as Go floats: "0.0", "2.5", "+Inf".
+            assert bucket in {"0.0", "+Inf"} or "." in bucket, f"bucket label {bucket!r} in {expr!r}"

@@ -26,6 +26,8 @@ class DeadLetterLog:
         #: Per (stream, reason): when one was last logged, and how many were not since.
         self._seen: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
         self._said: tuple[tuple[str, str], float, int] | None = None
+        #: The kinds with dead letters not logged yet (what :meth:`overdue` looks at, every tick).
+        self._pending: set[tuple[str, str]] = set()
         self._second = (float("-inf"), 0)  # the current second's start and the lines logged in it
 
     def due(self, stream: str, reason: str) -> bool:
@@ -37,14 +39,30 @@ class DeadLetterLog:
             second, lines = now, 0
         if now - logged_at < self.every_s or lines >= MAX_PER_S:
             self._seen[key] = (logged_at, unlogged + 1)
+            self._pending.add(key)
             return False
         self._second = (second, lines + 1)
         self._said = (key, now - logged_at, unlogged)
         self._seen[key] = (now, 0)
+        self._pending.discard(key)
         self._seen.move_to_end(key)
         while len(self._seen) > REMEMBERED:
-            self._seen.popitem(last=False)
+            self._pending.discard(self._seen.popitem(last=False)[0])
         return True
+
+    def overdue(self) -> list[tuple[str, str, float, int]]:
+        """(stream, reason, seconds, count) for each kind whose dead letters were not logged one by one and
+        whose next line is due, and none came since to carry it: a burst that stopped is still told (the
+        count came only with the next dead letter of its kind, so a burst of 500 read as one line). Each is
+        counted as logged now."""
+        if not self._pending:
+            return []
+        now = self._clock()
+        due = [(key, *self._seen[key]) for key in self._pending if now - self._seen[key][0] >= self.every_s]
+        for key, _, _ in due:
+            self._seen[key] = (now, 0)
+            self._pending.discard(key)
+        return [(stream, reason, now - logged_at, unlogged) for (stream, reason), logged_at, unlogged in due]
 
     def since(self, stream: str, reason: str) -> str:
         """What the line :meth:`due` just allowed adds: how many of its kind were not logged before it."""

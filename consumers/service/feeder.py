@@ -121,6 +121,9 @@ class Feeder:
             self._observe_input()
             async with self._lock:
                 await self._pipeline.tick()
+            for stream, reason, seconds, count in self._dead_letter_log.overdue():
+                log.warning("dead letters (%s) stream %s: %s more in the last %.0f s, not logged one by one",
+                            reason, printable(stream), f"{count:,}", seconds)
 
     # -- intake ---------------------------------------------------------------------------------
 

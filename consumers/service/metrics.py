@@ -21,7 +21,9 @@ from fusionstream.stream.errors import DEAD_LETTER_REASONS, FusionStreamError
 
 log = logging.getLogger(__name__)
 
-_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Up to 10 minutes: a service catching up after an outage publishes minutes late, and a quantile beyond the
+# last finite bucket reads as that bucket.
+_LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _COVERAGE = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 

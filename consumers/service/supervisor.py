@@ -316,7 +316,7 @@ class Supervisor:
                     return
                 delay = min(0.5 * 2 ** (self._failed_starts[view.index] - 1), MAX_BACKOFF_S)
             log.warning("worker %d (%s, pid %s) exited with status %s after %.1f s; restarting%s", view.index,
-                        view.instance_id, worker.proc.pid, code, ran_s, f" in {delay:.1f} s" if delay else "")
+                        view.instance_id, worker.proc.pid, _status(code), ran_s, f" in {delay:.1f} s" if delay else "")
             if delay:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
@@ -386,8 +386,8 @@ class Supervisor:
             _pass_on(line)
         self._standby_retry_s = STANDBY_RETRY_S if spare.warm else min(2 * self._standby_retry_s, MAX_BACKOFF_S)
         self._standby_after = now + self._standby_retry_s
-        log.warning("the standby (pid %s) exited with status %s; starting another in %.0f s", spare.proc.pid, code,
-                    self._standby_retry_s)
+        log.warning("the standby (pid %s) exited with status %s; starting another in %.0f s", spare.proc.pid,
+                    _status(code), self._standby_retry_s)
 
     def _kill_if_stuck(self, view: WorkerView, now: float) -> None:
         """SIGKILL a worker that served and then stopped answering its /healthz (frozen: SIGSTOP, swapping), or
@@ -452,6 +452,13 @@ class Supervisor:
             return 1
         log.info("all %d workers stopped (exit statuses %s)", self.count, codes[: self.count])
         return 0
+
+
+def _status(code: int | None) -> str:
+    """An exit status as operators read it: ``-9`` (asyncio's killed-by-signal) as ``-9 (SIGKILL)``."""
+    with suppress(ValueError, TypeError):
+        return f"{code} ({signal.Signals(-code).name})" if code is not None and code < 0 else str(code)
+    return str(code)
 
 
 def _untagged(line: str) -> str:

@@ -53,3 +53,23 @@ def test_a_late_detail_says_how_far_and_names_a_clock_that_went_back() -> None:
     assert "57 years before the stream's first open window" in reset and "clock went back" in reset
     assert "clock" not in late_detail(start - 5 * NS, start)
     assert late_detail(start, None) == "every window this record belongs to is closed"
+
+
+def test_a_burst_that_stopped_is_told_once_its_interval_is_over() -> None:
+    """500 bad records in 2 s, then nothing: the log had the first line only, and the count never came
+    (it rode on the next dead letter of the kind, which did not come)."""
+    clock = Clock()
+    log = DeadLetterLog(every_s=10.0, clock=clock)
+    for i in range(500):
+        clock.now = 1000.0 + i / 250
+        log.due("cam", "bad-magic")
+    assert log.due("mic", "late")  # one alone: logged at once, nothing pending for it
+    clock.now = 1009.0
+    assert log.overdue() == []  # not yet: within the interval the first line opened
+    clock.now = 1010.0
+    assert log.overdue() == [("cam", "bad-magic", 10.0, 499)]
+    assert log.overdue() == []  # told once
+    clock.now = 1011.0
+    assert not log.due("cam", "bad-magic")  # the interval restarted when it was told
+    clock.now = 1021.0
+    assert log.overdue() == [("cam", "bad-magic", 11.0, 1)]
