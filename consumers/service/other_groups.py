@@ -1,4 +1,5 @@
-"""Another consumer group's fusionstream service on the same input topics and predictions topic, said at start.
+"""Another consumer group's fusionstream service on the same input topics and predictions topic, said at start
+and every 5 minutes while serving.
 
 Each consumer group reads every record of its topics, so a second deployment started with another group id on
 the same input topics publishes every window again. An outside operator's accident did: 988 windows came twice in
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: At most this many other groups are asked for their offsets (one request each, this many at once).
 MAX_GROUPS = 200
 CONCURRENT = 20
+#: Seconds between two looks while serving.
+EVERY_S = 300.0
 
 
 async def other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str], own_group: str,
@@ -52,8 +55,9 @@ async def other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str]
 
 
 async def warn_of_other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str], own_group: str,
-                                 predictions_topic: str, timeout_s: float = 5.0) -> list[str]:
-    """Log a WARNING for each group :func:`other_services` finds; the groups."""
+                                 predictions_topic: str, timeout_s: float = 5.0,
+                                 already: Collection[str] = ()) -> list[str]:
+    """Log a WARNING for each group :func:`other_services` finds that is not ``already`` named; the groups."""
     try:
         async with asyncio.timeout(timeout_s):
             groups = await other_services(admin, input_topics, own_group, predictions_topic)
@@ -61,6 +65,8 @@ async def warn_of_other_services(admin: AIOKafkaAdminClient, input_topics: Seque
         log.debug("cannot look for other services on the input topics: %r", exc)
         return []
     for group in groups:
+        if group in already:
+            continue
         log.warning("consumer group %s, another fusionstream service, has read %s and published to %s too: "
                     "if it still runs, every window is published twice, once by each group (by two models, if "
                     "theirs differ). Stop one, or give it its own predictions topic "
@@ -68,4 +74,14 @@ async def warn_of_other_services(admin: AIOKafkaAdminClient, input_topics: Seque
     return groups
 
 
-__all__ = ["other_services", "warn_of_other_services"]
+async def watch_other_services(admin: AIOKafkaAdminClient, input_topics: Sequence[str], own_group: str,
+                               predictions_topic: str, named: Collection[str], every_s: float = EVERY_S) -> None:
+    """Look again every ``every_s``, and name each group found since: a second deployment started after this
+    one (another group: no rebalance here tells of it) was otherwise named only by the one started last."""
+    seen = set(named)
+    while True:
+        await asyncio.sleep(every_s)
+        seen |= set(await warn_of_other_services(admin, input_topics, own_group, predictions_topic, already=seen))
+
+
+__all__ = ["other_services", "warn_of_other_services", "watch_other_services"]

@@ -65,7 +65,7 @@ from fusionstream.consumers.service.handover import Handover, Offsets
 from fusionstream.consumers.service.health import Gauges, Health
 from fusionstream.consumers.service.metrics import MetricsServer, ServiceMetrics
 from fusionstream.consumers.service.options import ServiceOptions
-from fusionstream.consumers.service.other_groups import warn_of_other_services
+from fusionstream.consumers.service.other_groups import warn_of_other_services, watch_other_services
 from fusionstream.consumers.service.outputs import watch_outputs
 from fusionstream.consumers.service.publisher import Publisher
 from fusionstream.consumers.service.topic_settings import dead_letter_max_bytes, topic_settings, warn_of_compaction
@@ -218,7 +218,7 @@ class InferenceService:
             )
             configs = await topic_settings(admin, [*self.input_topics, s.deadletter_topic])
             warn_of_compaction(configs, self.input_topics)
-            await warn_of_other_services(admin, self.input_topics, s.group_id, s.predictions_topic)
+            others = await warn_of_other_services(admin, self.input_topics, s.group_id, s.predictions_topic)
             self._publisher.dead_letter_max_bytes = dead_letter_max_bytes(
                 configs, s.deadletter_topic, self._publisher.dead_letter_max_bytes)
 
@@ -258,6 +258,8 @@ class InferenceService:
                 "gauges": asyncio.create_task(self._gauge_loop(), name="fs-gauges"),
                 **({"freezes": asyncio.create_task(self._freezes.run(on_freeze=self._publisher.fence),
                                                    name="fs-freezes")} if self._freezes else {}),
+                "others": asyncio.create_task(watch_other_services(admin, self.input_topics, s.group_id,
+                                                                   s.predictions_topic, others), name="fs-others"),
                 "outputs": asyncio.create_task(watch_outputs(admin, [s.predictions_topic, s.deadletter_topic],
                                                              self._publisher.stalled_for, self._publisher.fail,
                                                              create_topics=s.create_topics), name="fs-outputs"),
