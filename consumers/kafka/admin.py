@@ -31,6 +31,7 @@ from aiokafka.errors import (
 
 from fusionstream.consumers.kafka.client_logs import client_quiet
 from fusionstream.consumers.kafka.errors import BrokerAuthError, MissingTopicsError
+from fusionstream.consumers.kafka.stop import stop_consumer
 from fusionstream.stream.errors import FusionStreamError
 
 _POLL_S = 0.1
@@ -144,7 +145,7 @@ async def _until_served(
     except TimeoutError:
         raise TimeoutError(f"new partitions not served by their leaders after {timeout_s}s") from None
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def delete_topics(

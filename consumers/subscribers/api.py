@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from fusionstream.consumers.kafka.stop import stop_consumer
 from fusionstream.consumers.subscribers.errors import BadPrediction
 from fusionstream.consumers.subscribers.positions import Positions
 
@@ -299,14 +300,13 @@ class Subscription:
 
     async def close(self) -> None:
         """Commit what was processed (in a group) and stop the consumer. Idempotent."""
-        consumer, self._consumer = self._consumer, None
-        self._closed = True
+        consumer, self._consumer, self._closed = self._consumer, None, True
         if consumer is None:
             return
         try:
             await self._commit(consumer)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.kafka.client_logs import client_quiet
+from fusionstream.consumers.kafka.stop import stop_consumer
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.subscribers.errors import BadPrediction
@@ -136,7 +137,7 @@ class KafkaFeed:
     async def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -470,3 +470,24 @@ def test_kafka_subscribe_group_resumes_after_what_it_processed(written: OnTopic,
     first = asyncio.run(take(5))
     rest = asyncio.run(take(total - 5))
     assert sorted(first + rest) == sorted(v["window_id"] for v in written.values)
+
+
+def test_kafka_leaving_a_subscription_before_reading_keeps_the_blocks_own_exception(written: OnTopic) -> None:
+    """Leaving a group-less subscription before its first record raised CancelledError (aiokafka awaited a task
+    it had cancelled before it ran), in place of the app's own exception; a clean exit raised it too."""
+
+    async def scenario() -> tuple[BaseException | None, bool]:
+        caught: BaseException | None = None
+        try:
+            async with subscribe(written.bootstrap, written.topic):
+                raise ValueError("the app's own error")
+        except BaseException as exc:
+            caught = exc
+        async with subscribe(written.bootstrap, written.topic, from_beginning=True):
+            pass
+        task = asyncio.current_task()
+        return caught, task is not None and task.cancelling() > 0
+
+    caught, cancelled = asyncio.run(scenario())
+    assert isinstance(caught, ValueError) and str(caught) == "the app's own error", repr(caught)
+    assert not cancelled
