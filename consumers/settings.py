@@ -198,6 +198,8 @@ class Settings(BaseSettings):
 
     # Observability
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics and /healthz port (0 = off).")
+    metrics_host: str = Field("0.0.0.0", description="Address /metrics and /healthz listen on: every interface "
+                              "(0.0.0.0, for a Prometheus elsewhere), or 127.0.0.1 for this host only.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
 

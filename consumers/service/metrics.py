@@ -226,6 +226,14 @@ class MetricsServer:
 
 def _handler(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]) -> type:
     class Handler(BaseHTTPRequestHandler):
+        # Seconds a client may take to send its request: a thread per connection, and slow clients that never
+        # finished (600 of them, slowloris) held as many threads for ever and delayed the scrapes.
+        timeout = 10
+
+        def do_HEAD(self) -> None:  # load balancers' health checks
+            self._head_only = True
+            self.do_GET()
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -242,7 +250,8 @@ def _handler(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not getattr(self, "_head_only", False):
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("metrics http: " + format, *args)

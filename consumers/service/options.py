@@ -26,8 +26,9 @@ class ServiceOptions:
     #: explicit, unique instance id (two members with one id fence each other); a graceful stop leaves
     #: the group explicitly so its partitions move at once (docs/architecture.md#handover).
     static_membership: bool = False
-    #: Address /metrics and /healthz listen on (a supervised worker's: 127.0.0.1, read by its supervisor).
-    metrics_host: str = "0.0.0.0"
+    #: Address /metrics and /healthz listen on, instead of the ``metrics_host`` setting (a supervised worker's:
+    #: 127.0.0.1, read by its supervisor).
+    metrics_host: str | None = None
     fetch_timeout_ms: int = 100
     #: The broker answers a fetch once it has this many bytes, or after ``fetch_max_wait_ms``. Live
     #: traffic otherwise comes back a record or two per fetch, and aiokafka's (pure Python) protocol

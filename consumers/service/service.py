@@ -145,7 +145,7 @@ class InferenceService:
         server = None
         if self.settings.metrics_port:
             server = MetricsServer(self.metrics.registry, self.health, self.settings.metrics_port,
-                                   self.options.metrics_host)
+                                   self.options.metrics_host or self.settings.metrics_host)
             server.start()
             self.metrics_port = server.port
         try:

@@ -226,7 +226,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self.on_signal, signum)
         server = None
         if self.settings.metrics_port:
-            server = MetricsServer(self.registry, self.health, self.settings.metrics_port)
+            server = MetricsServer(self.registry, self.health, self.settings.metrics_port, self.settings.metrics_host)
             server.start()
             self.metrics_port = server.port
         log.info("supervising %d workers (%s-0..%d, %d engine threads each%s)", self.count, self.instance_id,

@@ -57,3 +57,42 @@ def test_healthz_says_whether_the_broker_answers_without_judging_the_instance() 
     health.update(**running, broker_silent_s=BROKER_SILENT_S + 7.4)
     ok, detail = health()
     assert ok and detail["broker"] == f"no fetch answered for {BROKER_SILENT_S + 7.4:.0f} s"
+
+
+def test_head_is_answered_and_a_client_that_never_sends_its_request_is_dropped() -> None:
+    """A load balancer's HEAD /healthz got 501; 600 slow clients (slowloris) each held a thread for ever."""
+    import urllib.request
+
+    from fusionstream.consumers.service import metrics
+
+    registry = CollectorRegistry()
+    Counter("probes", "something to export", registry=registry)
+    server = MetricsServer(registry, lambda: (False, {"state": "starting"}), 0, "127.0.0.1")
+    server.start()
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/metrics", method="HEAD")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200 and answer.read() == b""
+            assert int(answer.headers["Content-Length"]) > 0  # what a GET would carry
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{server.port}/healthz", method="HEAD"),
+                                   timeout=5)
+        assert unhealthy.value.code == 503
+        unhealthy.value.close()
+        timeout = metrics._handler(CollectorRegistry(), lambda: (True, {})).timeout
+        assert 0 < timeout <= 30
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            slow.sendall(b"GET /metr")  # and never the rest
+            slow.settimeout(timeout + 10)
+            started = time.monotonic()
+            assert slow.recv(100) == b""  # the server hung up
+            assert time.monotonic() - started < timeout + 5
+    finally:
+        server.stop()
+
+
+def test_the_metrics_address_is_a_setting() -> None:
+    from fusionstream.consumers.settings import Settings
+
+    assert Settings().metrics_host == "0.0.0.0"
+    assert Settings(metrics_host="127.0.0.1").metrics_host == "127.0.0.1"
