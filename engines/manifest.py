@@ -11,7 +11,6 @@ Parsing only: nothing here opens a graph (see :mod:`fusionstream.engines.manifes
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,7 +18,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fusionstream.engines.errors import ModelDirError
-from fusionstream.engines.spec import FRAME_GRAPH, FUSION_HEADS, INT8, MODALITIES, SPEC_FILE, ModelSpec
+from fusionstream.engines.spec import (
+    FRAME_GRAPH,
+    FUSION_HEADS,
+    INT8,
+    MODALITIES,
+    SPEC_FILE,
+    ModelSpec,
+    read_model_json,
+)
 from fusionstream.units import MS, NS
 
 FORMAT = 2
@@ -451,10 +458,7 @@ def load_manifest(model_dir: str | os.PathLike[str]) -> Manifest:
     path = directory / SPEC_FILE
     if not path.is_file():
         raise ModelDirError(f"no {SPEC_FILE} at {path}: not a model directory")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelDirError(f"cannot read {path}: {exc}") from None
+    doc = read_model_json(path)
     fmt = doc.get("format", 1) if isinstance(doc, dict) else None
     if fmt == 1:
         return manifest_of_v1(ModelSpec.load(directory), directory)

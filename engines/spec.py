@@ -260,11 +260,27 @@ class ModelSpec:
             path = path / SPEC_FILE
         if not path.is_file():
             raise ModelDirError(f"no {SPEC_FILE} at {path}: not a model directory")
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelDirError(f"cannot read {path}: {exc}") from None
+        doc = read_model_json(path)
         try:
             return cls.from_dict(doc)
         except ModelDirError as exc:
             raise ModelDirError(f"{path}: {exc}") from None
+
+
+#: A model.json is a few kilobytes (vocabularies and weights live in files of their own); past this, a wrong file.
+MAX_MODEL_JSON_BYTES = 16 * 1024 * 1024
+
+
+def read_model_json(path: Path) -> Any:
+    """The parsed ``model.json`` at ``path``; :class:`ModelDirError` in one line for anything unreadable (a file
+    of hundreds of MB was read whole before it was refused; JSON nested 100,000 deep raised a RecursionError)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_JSON_BYTES:
+            raise ModelDirError(f"{path} is {size / 2**20:.0f} MB: not a model.json (at most "
+                                f"{MAX_MODEL_JSON_BYTES // 2**20} MB)")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise ModelDirError(f"cannot read {path}: JSON nested too deep") from None

@@ -160,3 +160,16 @@ def test_the_manifest_keeps_the_declared_preprocessing(av_model: Path) -> None:
     video = manifest.modalities["video"].preprocess
     assert (video.frames, video.height, video.width, video.layout) == (4, 64, 64, "nchw")  # type: ignore[union-attr]
     assert manifest.fusion is not None and manifest.fusion.inputs == {"video": "emb_video", "audio": "emb_audio"}
+
+
+def test_a_model_json_nested_too_deep_or_too_large_is_refused_in_one_line(tmp_path: Path) -> None:
+    """JSON nested 100,000 deep gave a 62-line RecursionError traceback; a 200 MB file was read whole first."""
+    from fusionstream.engines.spec import MAX_MODEL_JSON_BYTES
+
+    (tmp_path / "model.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelDirError, match="JSON nested too deep"):
+        load_manifest(tmp_path)
+    with (tmp_path / "model.json").open("wb") as big:
+        big.truncate(MAX_MODEL_JSON_BYTES + 1)  # sparse: its size alone refuses it, nothing is read
+    with pytest.raises(ModelDirError, match="not a model.json"):
+        load_manifest(tmp_path)
