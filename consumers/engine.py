@@ -59,11 +59,17 @@ def model_title(model: Manifest) -> str:
 
 
 def engine_title(settings: Settings) -> str:
-    """``onnxruntime``, ``onnxruntime int8``, ``torch cuda fp16``: the backend and what was chosen of it, for
-    logs and banners (int8 ran unsaid: a user could not see the setting took)."""
+    """``onnxruntime fp32``, ``onnxruntime int8``, ``torch cuda fp16``: the backend and what was chosen of it,
+    for logs and banners (int8 ran unsaid: a user could not see the setting took; fp32 too, as ``auto``)."""
     device = f" {settings.device}" if settings.backend == "torch" and settings.device != "cpu" else ""
-    precision = f" {settings.precision}" if settings.precision != "auto" else ""
-    return f"{settings.backend}{device}{precision}"
+    return f"{settings.backend}{device} {effective_precision(settings)}"
+
+
+def effective_precision(settings: Settings) -> str:
+    """What ``precision`` runs as: ``auto`` is fp16 on tensorrt and fp32 elsewhere (settings.md)."""
+    if settings.precision != "auto":
+        return settings.precision
+    return "fp16" if settings.backend == "tensorrt" else "fp32"
 
 
 def model_classes(model: Manifest) -> list[str]:

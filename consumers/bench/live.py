@@ -17,7 +17,7 @@ from rich.console import Console
 from fusionstream.consumers.bench.common import broker_available, machine
 from fusionstream.consumers.bench.realtime import trial_line
 from fusionstream.consumers.bench.workload import Workload
-from fusionstream.consumers.engine import engine_title, model_title, service_options
+from fusionstream.consumers.engine import effective_precision, engine_title, model_title, service_options
 from fusionstream.consumers.pipeline.runner import Runner
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import open_runtime
@@ -63,7 +63,7 @@ def run_live(settings: Settings, options: Any, console: Console) -> dict[str, An
             "machine": machine(),
             "model": {"dir": str(settings.model_dir), "version": manifest.version, "format": manifest.source_format},
             "backend": settings.backend,
-            "precision": settings.precision,
+            "precision": effective_precision(settings),
             "live": {"streams": streams, "trial_seconds": options.trial_seconds, "warmup_s": options.warmup_s,
                      "bound_ms": options.bound_ms, "delivery": options.delivery.describe(),
                      "text_wait_ms": settings.text_wait_ms, "max_skew_ms": settings.max_skew_ms,

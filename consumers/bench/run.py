@@ -30,7 +30,13 @@ from fusionstream.consumers.bench.stages import (
     pipeline_stage,
 )
 from fusionstream.consumers.bench.workload import DEFAULT_FRAME_SIZE, Workload
-from fusionstream.consumers.engine import backend_options, engine_title, model_title, service_options
+from fusionstream.consumers.engine import (
+    backend_options,
+    effective_precision,
+    engine_title,
+    model_title,
+    service_options,
+)
 from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import open_runtime
@@ -102,7 +108,7 @@ def run_bench(settings: Settings, options: BenchOptions, console: Console) -> di
                       "task": runtime.task.kind, "modalities": list(runtime.modalities),
                       "fusion": runtime.fusion.method},
             "backend": settings.backend,
-            "precision": settings.precision,
+            "precision": effective_precision(settings),
             "backend_options": {k: str(v) for k, v in options_of_backend.items()},
             "workload": {"streams": options.streams, "seconds": options.seconds,
                          "window_ms": config.window_ns // 1_000_000, "hop_ms": config.hop_ns // 1_000_000,

@@ -218,6 +218,7 @@ def test_a_client_certificate_goes_into_the_tls_context(tmp_path: Path) -> None:
 def test_logs_and_banners_say_the_backend_as_chosen() -> None:
     from fusionstream.consumers.engine import engine_title
 
-    assert engine_title(Settings.load()) == "onnxruntime"
+    assert engine_title(Settings.load()) == "onnxruntime fp32"
+    assert engine_title(Settings.load(backend="tensorrt")) == "tensorrt fp16"
     assert engine_title(Settings.load(precision="int8")) == "onnxruntime int8"
     assert engine_title(Settings.load(backend="torch", device="cuda", precision="fp16")) == "torch cuda fp16"

@@ -171,5 +171,5 @@ def test_a_model_json_nested_too_deep_or_too_large_is_refused_in_one_line(tmp_pa
         load_manifest(tmp_path)
     with (tmp_path / "model.json").open("wb") as big:
         big.truncate(MAX_MODEL_JSON_BYTES + 1)  # sparse: its size alone refuses it, nothing is read
-    with pytest.raises(ModelDirError, match="not a model.json"):
+    with pytest.raises(ModelDirError, match=r"not a model\.json"):
         load_manifest(tmp_path)
