@@ -232,7 +232,10 @@ def _handler(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[
 
         def do_HEAD(self) -> None:  # load balancers' health checks
             self._head_only = True
-            self.do_GET()
+            try:
+                self.do_GET()
+            finally:
+                self._head_only = False
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

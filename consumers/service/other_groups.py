@@ -81,7 +81,10 @@ async def watch_other_services(admin: AIOKafkaAdminClient, input_topics: Sequenc
     seen = set(named)
     while True:
         await asyncio.sleep(every_s)
-        seen |= set(await warn_of_other_services(admin, input_topics, own_group, predictions_topic, already=seen))
+        try:
+            seen |= set(await warn_of_other_services(admin, input_topics, own_group, predictions_topic, already=seen))
+        except Exception as exc:  # a courtesy to the operator: never a reason to stop serving
+            log.debug("cannot look for other services on the input topics: %r", exc)
 
 
 __all__ = ["other_services", "warn_of_other_services", "watch_other_services"]
