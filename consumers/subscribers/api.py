@@ -102,11 +102,7 @@ class PredictionRecord:
     @property
     def present(self) -> tuple[bool, bool, bool]:
         """Which of video, audio and text the window had, in that order."""
-        return (
-            bool(self.modalities.get("video")),
-            bool(self.modalities.get("audio")),
-            bool(self.modalities.get("text")),
-        )
+        return tuple(bool(self.modalities.get(m)) for m in ("video", "audio", "text"))  # type: ignore[return-value]
 
     @property
     def task(self) -> str:
@@ -376,6 +372,7 @@ class Subscription:
             )
         except BadPrediction as exc:
             if self._on_error == "raise":
+                self._handed = message  # as a prediction handed out: done once the app asks for the next
                 raise
             self.skipped += 1
             log.warning("skipping a record that is not a prediction: %s", exc)
