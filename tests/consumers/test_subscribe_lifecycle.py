@@ -1,0 +1,77 @@
+"""A subscription's life cycle at its edges: leaving it before the first record, and a bad record raised and
+caught in a group at the end of its partition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_subscribe import OnTopic, _send, make_prediction, write_predictions
+
+from fusionstream.consumers.kafka import ensure_topics
+from fusionstream.consumers.subscribers import BadPrediction, subscribe
+
+
+@pytest.fixture
+def written(kafka_bootstrap: str, topic_prefix: str) -> OnTopic:
+    return write_predictions(kafka_bootstrap, f"{topic_prefix}.predictions")
+
+
+def test_kafka_leaving_a_subscription_before_reading_keeps_the_blocks_own_exception(written: OnTopic) -> None:
+    """Leaving a group-less subscription before its first record raised CancelledError (aiokafka awaited a task
+    it had cancelled before it ran), in place of the app's own exception; a clean exit raised it too."""
+
+    async def scenario() -> tuple[BaseException | None, bool]:
+        caught: BaseException | None = None
+        try:
+            async with subscribe(written.bootstrap, written.topic):
+                raise ValueError("the app's own error")
+        except BaseException as exc:
+            caught = exc
+        async with subscribe(written.bootstrap, written.topic, from_beginning=True):
+            pass
+        task = asyncio.current_task()
+        return caught, task is not None and task.cancelling() > 0
+
+    caught, cancelled = asyncio.run(scenario())
+    assert isinstance(caught, ValueError) and str(caught) == "the app's own error", repr(caught)
+    assert not cancelled
+
+
+def test_kafka_a_bad_record_raised_and_caught_in_a_group_is_committed_past_even_at_a_partitions_end(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """A record raised as BadPrediction was marked done only when a later record of its partition was handed
+    out: last in its partition, it was raised again at every restart, though the app had caught it and gone on."""
+    import contextlib
+
+    topic, group = f"{topic_prefix}.tail-junk", f"{topic_prefix}-junk"
+    good = make_prediction("cam-1", 0, time.time_ns()).to_json(capture_to_publish_ms=1.0)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await ensure_topics(kafka_bootstrap, [topic], 1)
+        await _send(kafka_bootstrap, topic, [(b"cam-1", good), (b"cam-1", b"junk-tail")])
+
+        async def run() -> list[str]:
+            seen: list[str] = []
+            async with subscribe(kafka_bootstrap, topic, group_id=group, from_beginning=True,
+                                 on_error="raise") as predictions:
+                while True:
+                    try:
+                        async with asyncio.timeout(4):
+                            seen.append((await anext(predictions)).window_id)
+                    except BadPrediction as bad:
+                        seen.append(f"bad {bad.where}")  # caught: the app goes on to the next record
+                    except TimeoutError:
+                        break
+                with contextlib.suppress(TimeoutError):  # nothing more is coming
+                    async with asyncio.timeout(0.1):
+                        await anext(predictions)
+            return seen
+
+        return await run(), await run()
+
+    first, second = asyncio.run(scenario())
+    assert len(first) == 2 and first[1] == f"bad {topic}[0]@1", first
+    assert second == [], "the caught bad record came again after a restart"
