@@ -354,8 +354,9 @@ class _Transcriber:
         for event in events:
             if isinstance(event, Utterance):
                 for word in event.words:
+                    # Complete: a recogniser's words follow one another, none starts inside another.
                     record = text_record(sid, self.seq[sid], word.t_start_ns, word.t_end_ns, word.text,
-                                         language=self.language)
+                                         language=self.language, complete=True)
                     meta = {**record.meta, "confidence": word.confidence, "utterance": self.utterances[sid]}
                     out.append(dataclasses.replace(record, meta=meta))
                     self.seq[sid] += 1

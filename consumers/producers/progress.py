@@ -5,7 +5,8 @@ caption file, the recogniser) knows more than its records say: nothing earlier w
 so lets the service close a window as soon as every modality is complete past its end, instead of
 waiting out the allowed lateness, or, for a sparse transcript, the next word:
 
-- every media record gets the complete flag (``FLAG_COMPLETE``; readers of version 1 ignore it);
+- every video and audio record gets the complete flag (``FLAG_COMPLETE``; readers of version 1 ignore it);
+  a text source sets it itself, where no later cue starts before a cue's end;
 - a file's captions, merged in event time with its frames and audio, are complete up to the time
   of the newest frame or chunk sent: a progress record says so every ``every_ns`` of event time,
   so windows between cues need not wait for the next cue;
@@ -69,7 +70,12 @@ class ProgressAnnouncer:
                     continue
                 self._said_ended.discard(key)
                 reached[key] = max(reached.get(key, record.t_end_ns), record.t_end_ns)
-                yield dataclasses.replace(record, flags=record.flags | FLAG_COMPLETE)
+                if record.modality is Modality.TEXT:
+                    # Only a text source knows whether a later cue starts inside this one (cues of two
+                    # speakers overlap): it sets the flag itself where it holds.
+                    yield record
+                else:
+                    yield dataclasses.replace(record, flags=record.flags | FLAG_COMPLETE)
                 if self.follow_text and record.modality is not Modality.TEXT:
                     # Merged by start time: every cue starting before this record's start has been sent.
                     told = text_told.get(record.stream_id)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusionstream.consumers.producers.errors import PublishError
 from fusionstream.consumers.settings import Settings
-from fusionstream.stream.records import MODALITIES, Modality, Record
+from fusionstream.stream.records import MODALITIES, Encoding, Modality, Record
 from fusionstream.stream.wire import encode
 
 if TYPE_CHECKING:
@@ -41,25 +41,29 @@ PROGRESS_INTERVAL_S = 0.25
 
 @dataclass(slots=True)
 class Published:
-    """What :func:`publish` got acknowledged: records per modality, bytes, streams, time taken."""
+    """What :func:`publish` got acknowledged: media records per modality, progress records apart (a file's
+    frames are counted as its frames, not one more for its ``ended``), bytes, streams, time taken."""
 
     records: dict[str, int] = field(default_factory=lambda: {m.label: 0 for m in MODALITIES})
+    progress: int = 0
     bytes: int = 0
     streams: set[str] = field(default_factory=set)
     elapsed_s: float = 0.0
 
     @property
     def total(self) -> int:
+        """Media records acknowledged (progress records are not counted)."""
         return sum(self.records.values())
 
     @property
     def rate(self) -> float:
-        """Acknowledged records per second so far."""
+        """Acknowledged media records per second so far."""
         return self.total / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "records": dict(self.records),
+            "progress": self.progress,
             "total": self.total,
             "bytes": self.bytes,
             "streams": sorted(self.streams),
@@ -100,6 +104,9 @@ async def started_producer(settings: Settings) -> AIOKafkaProducer:
     except KafkaConnectionError as exc:
         await producer.stop()
         raise await unreachable(settings.bootstrap_servers, settings.kafka_security(), str(exc)) from None
+    except BaseException:  # Ctrl-C while it connects: stopped, or aiokafka says "Unclosed AIOKafkaProducer"
+        await producer.stop()
+        raise
     return producer
 
 
@@ -222,7 +229,10 @@ class _Sender:
             self._room.set()  # a sender waiting for room raises it at once
             return
         published = self.published
-        published.records[record.modality.label] += 1
+        if record.encoding is Encoding.PROGRESS:
+            published.progress += 1
+        else:
+            published.records[record.modality.label] += 1
         published.bytes += size
         published.streams.add(record.stream_id)
         now = time.monotonic()

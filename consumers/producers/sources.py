@@ -95,9 +95,10 @@ def media_source(
         read_captions(captions, max_cue_s=MAX_CUE_SECONDS)  # a broken caption file fails now too
 
     def passes(start: int) -> Iterator[Record]:
-        return _passes(
+        every = _passes(
             path, stream_id, start, info.has_video, info.has_audio, captions, loop, max_fps, size, sample_rate, language
         )
+        return every if loop else _said_if_short(every, path, start, info.duration_s)
 
     return _paced(_started(passes, start_ns, clock), realtime, clock)
 
@@ -113,13 +114,15 @@ def audio_source(
     clock: Clock = time.time_ns,
 ) -> Iterator[Record]:
     """The first audio track of a file (audio or video) as mono ``pcm-s16le`` chunks."""
-    from fusionstream.stream.sources import audio_track_records, has_audio
+    from fusionstream.stream.sources import audio_track_records, probe
 
-    if not has_audio(path):
+    info = probe(path)
+    if not info.has_audio:
         raise ValueError(f"{path}: no audio track")
 
     def records(start: int) -> Iterator[Record]:
-        return audio_track_records(path, stream_id, start, chunk_ms=chunk_ms, sample_rate=sample_rate)
+        tracks = audio_track_records(path, stream_id, start, chunk_ms=chunk_ms, sample_rate=sample_rate)
+        return _said_if_short(tracks, path, start, info.duration_s)
 
     return _paced(_started(records, start_ns, clock), realtime, clock)
 
@@ -141,6 +144,7 @@ def captions_source(
     """
     import sys
 
+    from fusionstream.consumers.producers.progress import EVERY_NS
     from fusionstream.stream.sources import caption_records, read_captions, stdin_caption_records
     from fusionstream.stream.sources.captions import MAX_CUE_SECONDS
 
@@ -148,10 +152,12 @@ def captions_source(
         return stdin_caption_records(stdin or sys.stdin, stream_id, clock, language=language)
     if not Path(path).is_file():
         raise FileNotFoundError(2, "no such caption file", path)
-    read_captions(path, max_cue_s=MAX_CUE_SECONDS)  # a broken file fails now
+    if not read_captions(path, max_cue_s=MAX_CUE_SECONDS):  # a broken file fails now
+        raise ValueError(f"{path}: no caption cues in it (an SRT or WebVTT file)")
 
     def records(start: int) -> Iterator[Record]:
-        return caption_records(path, stream_id, start, language=language)
+        return caption_records(path, stream_id, start, language=language, progress_every_ns=EVERY_NS,
+                               clip_overlaps=True)
 
     return _paced(_started(records, start_ns, clock), realtime, clock)
 
@@ -213,6 +219,20 @@ def _passes(
         if end == start:
             return  # nothing decoded: looping would spin
         start = end
+
+
+def _said_if_short(records: Iterable[Record], path: str | os.PathLike[str], start: int,
+                   declared_s: float | None) -> Iterator[Record]:
+    """``records``, and a WARNING at their end when the file held much less than its header declares: a copy cut
+    short (a download or transfer that stopped) is published as far as it goes, which an archive job should hear."""
+    end = start
+    for record in records:
+        end = max(end, record.t_end_ns)
+        yield record
+    held_s = (end - start) / NS
+    if declared_s is not None and held_s < declared_s - max(1.0, 0.05 * declared_s):
+        log.warning("%s ended at %.1f s of the %.1f s its header declares: the file may be truncated", path, held_s,
+                    declared_s)
 
 
 def _shifted(records: Iterable[Record], shift: int) -> Iterator[Record]:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusionstream.stream.media import text_record
-from fusionstream.stream.records import Record
+from fusionstream.stream.media import progress_record, text_record
+from fusionstream.stream.records import Modality, Record
 from fusionstream.stream.wire import MAX_DURATION_NS
 from fusionstream.units import NS
 
@@ -137,15 +137,42 @@ def caption_records(
     language: str = "en",
     first_seq: int = 0,
     max_cue_s: float | None = MAX_CUE_SECONDS,
+    progress_every_ns: int | None = None,
+    clip_overlaps: bool = False,
 ) -> Iterator[Record]:
-    """Final ``utf8`` text records, one per cue, at ``start_ns`` + cue times, in start order.
+    """Final ``utf8`` text records, one per cue, at ``start_ns`` + cue times, in start order, with the
+    complete flag where it holds, and text progress records between cues every ``progress_every_ns``
+    of event time (none by default: a source merged with frames has them said by its frames' times).
+    ``clip_overlaps``: cues as :func:`clip_overlapping` makes them (a transcript on its own).
 
     The file is parsed here, so a broken file (or a cue longer than ``max_cue_s``, by default the
     longest record the wire carries; None for records that never go over it) raises now rather
     than at the first ``next()``.
     """
     cues = load_cues(path_or_text, max_cue_s=max_cue_s)
-    return _cue_records(cues, stream_id, start_ns, language, first_seq)
+    if clip_overlaps:
+        cues = clip_overlapping(cues)
+    return _cue_records(cues, stream_id, start_ns, language, first_seq, progress_every_ns)
+
+
+def clip_overlapping(cues: list[Cue]) -> list[Cue]:
+    """Cues (in start order) that never overlap: one that a later cue starts inside ends where that one
+    starts, as a roll-up caption gives way to the next line, and cues that start together are one.
+
+    A transcript on its own moves its stream's event time by the ends it delivers: a cue sent after a
+    longer one it sits inside (a second speaker, a sound-effect line), or one of rolling captions that
+    stay on screen until the next-but-one, came seconds behind that end and was dead-lettered ``late``."""
+    out: list[Cue] = []
+    for cue in cues:
+        last = out[-1] if out else None
+        if last is not None and cue.start_s <= last.start_s:
+            out[-1] = Cue(last.start_s, max(last.end_s, cue.end_s), f"{last.text} {cue.text}", last.line)
+        elif last is not None and cue.start_s < last.end_s:
+            out[-1] = Cue(last.start_s, cue.start_s, last.text, last.line)
+            out.append(cue)
+        else:
+            out.append(cue)
+    return out
 
 
 def stdin_caption_records(
@@ -179,16 +206,33 @@ def stdin_caption_records(
         if last_end is not None:
             t_end = max(t_end, last_end)
             t_start = min(max(t_start, last_end), t_end)
-        yield text_record(stream_id, seq, t_start, t_end, text, language=language, is_final=True)
+        # Complete: the next line's speech starts after this one's end (above).
+        yield text_record(stream_id, seq, t_start, t_end, text, language=language, is_final=True, complete=True)
         seq += 1
         last_end = t_end
 
 
-def _cue_records(cues: list[Cue], stream_id: str, start_ns: int, language: str, first_seq: int) -> Iterator[Record]:
-    for seq, cue in enumerate(cues, first_seq):
-        t_start = start_ns + round(cue.start_s * NS)
-        t_end = start_ns + round(cue.end_s * NS)
-        yield text_record(stream_id, seq, t_start, t_end, cue.text, language=language, is_final=True)
+def _cue_records(cues: list[Cue], stream_id: str, start_ns: int, language: str, first_seq: int,
+                 progress_every_ns: int | None = None) -> Iterator[Record]:
+    """The cues in start order, each with the complete flag where no later cue starts before its end (two
+    speakers' cues overlap, a sound-effect line sits inside a longer cue: a flag on the outer cue made the
+    inner one late). With ``progress_every_ns``, progress records step through each gap up to the next
+    cue's start (paced, each leaves at its own time), so windows between cues need not wait for the next."""
+    times = [(start_ns + round(cue.start_s * NS), start_ns + round(cue.end_s * NS)) for cue in cues]
+    seq = first_seq
+    for i, (cue, (t_start, t_end)) in enumerate(zip(cues, times, strict=True)):
+        next_start = times[i + 1][0] if i + 1 < len(times) else None
+        complete = next_start is None or next_start >= t_end
+        yield text_record(stream_id, seq, t_start, t_end, cue.text, language=language, is_final=True,
+                          complete=complete)
+        seq += 1
+        if progress_every_ns is None or next_start is None:
+            continue
+        t = (t_end if complete else t_start) + progress_every_ns
+        while t < next_start:
+            yield progress_record(stream_id, Modality.TEXT, seq, t)
+            seq += 1
+            t += progress_every_ns
 
 
 def _blocks(lines: list[str], *, skip_header: bool) -> Iterator[tuple[int, list[str]]]:
@@ -251,6 +295,7 @@ __all__ = [
     "Cue",
     "caption_records",
     "clean_text",
+    "clip_overlapping",
     "load_cues",
     "parse_captions",
     "read_captions",
