@@ -112,6 +112,12 @@ class Runner:
         started = time.perf_counter_ns()
         embeddings, mask = self.embed([c.window for c in closed])
         outputs = self.runtime.fuse(embeddings, mask)
+        if not np.isfinite(outputs).all():
+            # Published, NaN is not JSON (a browser's or Java's parser refuses the record) and no class: a
+            # window's data the model overflows on is isolated like one an encoder raises on.
+            bad = int((~np.isfinite(outputs)).any(axis=tuple(range(1, outputs.ndim))).sum())
+            raise FloatingPointError(f"the model gave non-finite outputs (NaN or infinity) for {bad} of "
+                                     f"{len(closed)} windows")
         finished = time.perf_counter_ns()
         inference_ms = (finished - started) / 1e6
         predictions = []

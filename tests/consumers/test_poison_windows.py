@@ -68,6 +68,19 @@ def _records() -> list[bytes | object]:
     return sorted(records, key=lambda r: r.t_start_ns)
 
 
+def predict_all(model: Path, records: Sequence[object]) -> tuple[list[Prediction], Pipeline]:
+    """Every prediction of ``records`` through a pipeline on ``model``, and the pipeline (for its stats)."""
+    async def go() -> tuple[list[Prediction], Pipeline]:
+        with open_runtime("onnxruntime", model) as runtime:
+            frames, rate = model_geometry(runtime.manifest)
+            pipeline = Pipeline(Runner(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate))
+            async with pipeline:
+                result = await run_embedded(pipeline, records, realtime=False)
+            return result.predictions, pipeline
+
+    return asyncio.run(asyncio.wait_for(go(), 60))
+
+
 def test_the_model_check_cannot_see_a_failure_that_depends_on_the_data(poisoned: Path) -> None:
     check_model_dir(poisoned)  # the dummy inputs, the largest id and the longest input all pass
 
@@ -107,17 +120,8 @@ def test_a_captions_only_window_its_encoder_fails_on_gets_no_prediction_and_the_
     # A captions-only stream: a window holding "eight" has no modality to fall back on.
     records = [r for r in _records() if r.modality.name == "TEXT"]
     assert len(records) == 3
-
-    async def go() -> tuple[list[Prediction], Pipeline]:
-        with open_runtime("onnxruntime", poisoned) as runtime:
-            frames, rate = model_geometry(runtime.manifest)
-            pipeline = Pipeline(Runner(runtime), WindowConfig(frames_per_window=frames, sample_rate=rate))
-            async with pipeline:
-                result = await run_embedded(pipeline, records, realtime=False)
-            return result.predictions, pipeline
-
     with caplog.at_level(logging.ERROR):
-        predictions, pipeline = asyncio.run(asyncio.wait_for(go(), 60))
+        predictions, pipeline = predict_all(poisoned, records)
     starts = sorted((p.t_start_ns - T0) // MS for p in predictions)
     # "one two" and "three" windows predicted from their text; the three holding "eight" none, and the
     # pipeline went on to "three" after them.
