@@ -103,7 +103,7 @@ async def when_ready(
                 raise BrokerUnavailable(
                     bootstrap,
                     f"not {failed.what} after {wait_s:g} s ({tries}; last: {failed.reason}); "
-                    "FUSIONSTREAM_BROKER_WAIT_S sets how long serve waits",
+                    "FUSIONSTREAM_BROKER_WAIT_S sets how long to wait",
                 ) from None
             delay = min(delay, remaining)
             log.warning("broker %s not %s yet (attempt %d, retrying in %.1f s; giving up after %g s): %s",
@@ -188,10 +188,11 @@ _CONNECTION_KEYS = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_
 
 
 async def unreachable(bootstrap: str, client_options: Mapping[str, Any] | None, reason: str,
-                      timeout_s: float = 3.0) -> Exception:
+                      timeout_s: float = 3.0, hint: str | None = None) -> Exception:
     """The error to raise for a client that could not connect: the broker's own refusal (SASL, TLS) when
     one probe shows it (aiokafka's clients say only that they could not connect), else
-    :class:`BrokerUnavailable` with ``reason``. The probe is short: the client has waited already."""
+    :class:`BrokerUnavailable` with ``reason`` (and ``hint``, what to do, when given). The probe is short: the
+    client has waited already."""
     options = {k: v for k, v in (client_options or {}).items() if k in _CONNECTION_KEYS}
     try:
         await _probe(bootstrap, options, timeout_s)
@@ -200,7 +201,7 @@ async def unreachable(bootstrap: str, client_options: Mapping[str, Any] | None, 
     except _NotReady as failed:
         if "FUSIONSTREAM_SECURITY_PROTOCOL" in failed.reason:  # the probe saw why: a protocol not the listener's
             reason = failed.reason
-    return BrokerUnavailable(bootstrap, reason)
+    return BrokerUnavailable(bootstrap, reason) if hint is None else BrokerUnavailable(bootstrap, reason, hint)
 
 
 __all__ = ["Backoff", "unreachable", "when_ready"]

@@ -13,10 +13,10 @@ class BrokerUnavailable(FusionStreamError):
 
     retriable = True
 
-    def __init__(self, bootstrap: str, detail: str = "") -> None:
+    def __init__(self, bootstrap: str, detail: str = "", hint: str = BROKER_HINT) -> None:
         self.bootstrap = bootstrap
         reason = f": {detail}" if detail else ""
-        super().__init__(f"cannot reach Kafka at {bootstrap}{reason}; {BROKER_HINT}")
+        super().__init__(f"cannot reach Kafka at {bootstrap}{reason}; {hint}")
 
 
 class PublishError(FusionStreamError):

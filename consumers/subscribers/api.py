@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from types import MappingProxyType, TracebackType
+from collections.abc import Collection, Iterable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka.abc import ConsumerRebalanceListener
@@ -33,6 +30,8 @@ from aiokafka.errors import KafkaError
 from fusionstream.consumers.kafka.stop import stop_consumer
 from fusionstream.consumers.subscribers.errors import BadPrediction
 from fusionstream.consumers.subscribers.positions import Positions
+from fusionstream.consumers.subscribers.record import PredictionRecord, parse_prediction
+from fusionstream.stream.errors import FusionStreamError
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -40,177 +39,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TOPIC = "fs.predictions"
-#: The keys of a prediction's JSON value (consumers/pipeline/prediction.py writes them).
-FIELDS = (
-    "window_id", "stream_id", "t_start_ns", "t_end_ns", "label", "score", "scores", "modalities", "coverage",
-    "model_version", "closed_by", "latency_ms", "batch_size",
-)  # fmt: skip
-#: Keys only some predictions have: ``labels`` (multi-label), ``embedding`` (embedding models), ``revision``
-#: and ``final`` (services since revisions; absent means 0 and true).
-OPTIONAL_FIELDS = ("labels", "embedding", "revision", "final")
 #: Committed offsets are flushed this often while iterating (and always on close and on revocation).
 COMMIT_INTERVAL_S = 2.0
 _POLL_MS = 200
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_UNREACHABLE_HINT = "check the bootstrap address given to subscribe(), and that the broker is running"
 
 
-def _empty() -> Mapping[str, Any]:
-    return _EMPTY
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionRecord:
-    """One window's prediction as read from the predictions topic, with where it was read from.
-
-    The fields are the JSON value's (docs/predictions.md); keys this version does not know
-    are kept in ``extra``. ``topic``, ``partition``, ``offset`` and ``timestamp_ms`` (the
-    Kafka record's) are -1 / "" for a record parsed outside Kafka.
-    """
-
-    window_id: str
-    stream_id: str
-    t_start_ns: int
-    t_end_ns: int
-    label: str
-    score: float
-    scores: Mapping[str, float] = field(default_factory=_empty)
-    modalities: Mapping[str, bool] = field(default_factory=_empty)
-    coverage: Mapping[str, float] = field(default_factory=_empty)
-    model_version: str = ""
-    closed_by: str = ""
-    latency_ms: Mapping[str, float | None] = field(default_factory=_empty)
-    batch_size: int = 0
-    #: Multi-label models: every class at or above its threshold → its score, best first (else None).
-    labels: Mapping[str, float] | None = None
-    #: Embedding models: the fused vector (else None); their ``label`` is empty and ``score`` 0.
-    embedding: tuple[float, ...] | None = None
-    #: Predictions of this window made before this one (docs/predictions.md#revisions).
-    revision: int = 0
-    #: False for a provisional prediction: a final one of the same window follows.
-    final: bool = True
-    topic: str = ""
-    partition: int = -1
-    offset: int = -1
-    timestamp_ms: int = -1
-    extra: Mapping[str, Any] = field(default_factory=_empty, repr=False)
-
-    @property
-    def t_start(self) -> datetime:
-        """The window's start as an aware UTC datetime (microsecond precision)."""
-        return datetime.fromtimestamp(self.t_start_ns / 1e9, tz=UTC)
-
-    @property
-    def present(self) -> tuple[bool, bool, bool]:
-        """Which of video, audio and text the window had, in that order."""
-        return tuple(bool(self.modalities.get(m)) for m in ("video", "audio", "text"))  # type: ignore[return-value]
-
-    @property
-    def task(self) -> str:
-        """What kind of model made it, read from its fields: ``embedding``, ``multi_label`` or ``single_label``."""
-        if self.embedding is not None:
-            return "embedding"
-        return "multi_label" if self.labels is not None else "single_label"
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        """The classes it asserts: its ``label`` (single-label), every label at or above its threshold
-        (multi-label, best first, possibly none), none for an embedding."""
-        if self.embedding is not None:
-            return ()
-        return tuple(self.labels) if self.labels is not None else (self.label,)
-
-    @property
-    def capture_to_publish_ms(self) -> float | None:
-        """Event time (the window's newest media) to publication, as the service measured it."""
-        return self.latency_ms.get("capture_to_publish")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON value as published (unknown keys included), without the Kafka coordinates."""
-        value: dict[str, Any] = {name: getattr(self, name) for name in FIELDS}
-        for name in ("scores", "modalities", "coverage", "latency_ms"):
-            value[name] = dict(value[name])
-        if self.labels is not None:
-            value["labels"] = dict(self.labels)
-        if self.embedding is not None:
-            value["embedding"] = list(self.embedding)
-        value["revision"], value["final"] = self.revision, self.final
-        return value | dict(self.extra)
-
-
-def parse_prediction(
-    value: bytes | str | Mapping[str, Any] | None,
-    *,
-    topic: str = "",
-    partition: int = -1,
-    offset: int = -1,
-    timestamp_ms: int = -1,
-) -> PredictionRecord:
-    """Parse and check one prediction value; :class:`BadPrediction` says what is wrong with it."""
-    where = f"{topic}[{partition}]@{offset}" if topic else ""
-    if isinstance(value, Mapping):
-        data: Any = value
+def _bootstrap_text(bootstrap: object) -> str:
+    """``host:port[,host:port]``, from that string or a list of them; a TypeError now rather than from aiokafka
+    at the first record (with a consumer left open)."""
+    if isinstance(bootstrap, str):
+        servers = [part.strip() for part in bootstrap.split(",")]
+    elif isinstance(bootstrap, list | tuple) and all(isinstance(part, str) for part in bootstrap):
+        servers = [part.strip() for part in bootstrap]
     else:
-        try:
-            data = json.loads(value)
-        except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:  # TypeError: no value at all
-            raise BadPrediction("not-json", str(exc), where) from None
-    if not isinstance(data, Mapping):
-        raise BadPrediction("not-json", f"a JSON {type(data).__name__}, not an object", where)
-
-    def need(name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if name not in data:
-            if default is ...:
-                raise BadPrediction("missing-field", f"no {name!r}", where)
-            return default
-        item = data[name]
-        # bool is an int to Python; a true/false where a number belongs is still a broken record.
-        if not isinstance(item, kind) or (isinstance(item, bool) and bool not in _kinds(kind)):
-            raise BadPrediction("bad-field", f"{name!r} is {item!r}", where)
-        return item
-
-    stream_id = need("stream_id", str)
-    t_start_ns = need("t_start_ns", int)
-    t_end_ns = need("t_end_ns", int)
-    if t_end_ns < t_start_ns:
-        raise BadPrediction("bad-field", f"t_end_ns {t_end_ns} < t_start_ns {t_start_ns}", where)
-    # Only multi-label (labels) and embedding (embedding) models publish these; null counts as absent.
-    labels, embedding = data.get("labels"), data.get("embedding")
-    if labels is not None and not (isinstance(labels, Mapping) and all(map(_is_number, labels.values()))):
-        raise BadPrediction("bad-field", f"'labels' is {labels!r}, not an object of class scores", where)
-    if embedding is not None and not (isinstance(embedding, list) and all(map(_is_number, embedding))):
-        raise BadPrediction("bad-field", "'embedding' is not a list of numbers", where)
-    return PredictionRecord(
-        window_id=need("window_id", str, f"{stream_id}@{t_start_ns}"),
-        stream_id=stream_id,
-        t_start_ns=t_start_ns,
-        t_end_ns=t_end_ns,
-        label=str(need("label", (str, int))),
-        score=float(need("score", (int, float))),
-        scores=MappingProxyType(dict(need("scores", Mapping, _EMPTY))),
-        modalities=MappingProxyType(dict(need("modalities", Mapping, _EMPTY))),
-        coverage=MappingProxyType(dict(need("coverage", Mapping, _EMPTY))),
-        model_version=str(need("model_version", (str, int), "")),
-        closed_by=need("closed_by", str, ""),
-        latency_ms=MappingProxyType(dict(need("latency_ms", Mapping, _EMPTY))),
-        batch_size=need("batch_size", int, 0),
-        labels=None if labels is None else MappingProxyType({str(k): float(v) for k, v in labels.items()}),
-        embedding=None if embedding is None else tuple(float(v) for v in embedding),
-        revision=need("revision", int, 0),
-        final=need("final", bool, True),
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp_ms=timestamp_ms,
-        extra=MappingProxyType({k: v for k, v in data.items() if k not in FIELDS and k not in OPTIONAL_FIELDS}),
-    )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+        raise TypeError(f"bootstrap must be 'host:port[,host:port]' or a list of such strings, not {bootstrap!r}")
+    if not all(servers):
+        raise ValueError(f"bootstrap must be 'host:port[,host:port]', not {bootstrap!r}")
+    return ",".join(servers)
 
 
 class Subscription:
@@ -220,6 +66,11 @@ class Subscription:
     the consumer (and commits, in a group) however the loop ends. Iterating without it
     starts the consumer on the first ``__anext__``; call :meth:`close` when done.
     """
+
+    #: What :class:`BrokerUnavailable` tells to do (a command that reads the address from settings says so).
+    unreachable_hint = _UNREACHABLE_HINT
+    #: With ``until_end``, a topic that does not exist raises (a command's exit status) instead of a WARNING.
+    missing_topic_fails = False
 
     def __init__(
         self,
@@ -239,7 +90,7 @@ class Subscription:
             raise ValueError("until_end needs group_id=None: a group's partitions move between members")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
-        self.bootstrap = bootstrap
+        self.bootstrap = _bootstrap_text(bootstrap)
         self.topic = topic
         self.group_id = group_id
         self.finals_only = finals_only
@@ -290,7 +141,7 @@ class Subscription:
             from fusionstream.consumers.kafka.readiness import unreachable
 
             await consumer.stop()
-            raise await unreachable(self.bootstrap, self._options, str(exc)) from None
+            raise await unreachable(self.bootstrap, self._options, str(exc), hint=self.unreachable_hint) from None
         consumer.subscribe([self.topic], listener=_CommitOnRevoke(self) if self.group_id else None)
         self._consumer = consumer
 
@@ -422,6 +273,9 @@ class Subscription:
             if self.topic in await consumer.topics():
                 return False
             # Said, so that a mistyped name does not read as an empty topic.
+            if self.missing_topic_fails:
+                raise FusionStreamError(f"topic {self.topic} does not exist: nothing to read (is its name right? "
+                                        "--topic, or the FUSIONSTREAM_*_TOPIC settings)")
             log.warning("topic %s does not exist: nothing to read", self.topic)
             return True
         if self._ends is None:

@@ -22,7 +22,8 @@ Tables (in memory, backed by Faust changelog topics ``<app id>-<table>-changelog
 HTTP views (Faust's web server, port ``FUSIONSTREAM_SUBSCRIBER_WEB_PORT`` or ``--web-port``):
 ``GET /streams/`` lists every stream with its newest prediction; ``GET /streams/{id}/`` adds
 the class counts per window. Each worker serves the streams of the partitions it owns, so
-run one worker (predictions are small) or ask each.
+run one worker (predictions are small) or ask each. Both answer 503 while a worker's tables are not
+whole yet: until its partitions are assigned and restored from their changelogs after a (re)start.
 
 Settings: ``FUSIONSTREAM_BOOTSTRAP_SERVERS``, ``FUSIONSTREAM_PREDICTIONS_TOPIC`` (and the
 other Kafka settings, see docs/settings.md), and ``FUSIONSTREAM_SUBSCRIBER_*`` for this app
@@ -66,6 +67,11 @@ class FaustSettings(BaseSettings):
     window_s: int = Field(60, ge=1, description="Tumbling window of the class counts, seconds of event time.")
     keep_s: int = Field(
         3600, ge=0, description="Wall-clock seconds a counts window is kept after it ends (0 = forever)."
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership id of this worker (unique per worker): a worker restarted after a "
+        "crash takes its partitions straight back instead of waiting out its old session (about a minute).",
     )
     data_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "fusionstream-faust",
@@ -122,6 +128,7 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
         datadir=str(conf.data_dir / conf.app_id),
         topic_partitions=settings.partitions,  # changelogs must match the predictions topic; see main()
         consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=conf.instance_id,
         autodiscover=False,
         **_kafka_options(settings),
     )
@@ -203,6 +210,8 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
         """Every stream with its newest prediction and counters."""
 
         async def get(self, request: Request) -> Response:
+            if (busy := not_ready(app)) is not None:
+                return self.json({"error": busy}, status=503)
             streams = sorted(k for k, v in latest.items() if v is not None)
             return self.json({"window_s": conf.window_s, "streams": [stream_summary(s) for s in streams]})
 
@@ -211,6 +220,8 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
         """One stream: newest prediction, counters, class counts per tumbling window."""
 
         async def get(self, request: Request, stream_id: str) -> Response:
+            if (busy := not_ready(app)) is not None:
+                return self.json({"error": busy}, status=503)
             if latest.get(stream_id) is None:
                 raise self.NotFound(f"no predictions of stream {stream_id!r} here")
             totals: dict[str, int] = defaultdict(int)
@@ -224,6 +235,17 @@ def create_app(settings: Settings | None = None, faust_settings: FaustSettings |
             )
 
     return app
+
+
+def not_ready(app: faust.App) -> str | None:
+    """Why the tables cannot be shown yet, or None. Until its partitions are assigned and their tables
+    restored from the changelogs, a restarted worker's tables are empty or partial: its views answered
+    with counts that dropped and climbed back for a minute after every restart."""
+    if app.in_recovery:
+        return "recovering: the tables are being restored from their changelog topics"
+    if app.rebalancing or not app.tables.recovery.completed.is_set():
+        return "starting: waiting for this worker's partitions of the predictions topic"
+    return None
 
 
 def changelog_topics(app: faust.App) -> dict[str, dict[str, str]]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from fusionstream.consumers.producers.errors import BROKER_HINT
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
 from fusionstream.stream.printable import printable
@@ -78,6 +79,9 @@ async def print_all(subscription: Any, format_text: Callable[[Any], Text], *, as
     shown = 0
     if limit == 0:
         return 0
+    # The commands read the address from the settings, not from a subscribe() call; a mistyped topic is an error.
+    subscription.unreachable_hint = BROKER_HINT
+    subscription.missing_topic_fails = True
     async with subscription as records:
         async for record in records:
             if as_json:

@@ -4,6 +4,7 @@ caught in a group at the end of its partition."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -75,3 +76,32 @@ def test_kafka_a_bad_record_raised_and_caught_in_a_group_is_committed_past_even_
     first, second = asyncio.run(scenario())
     assert len(first) == 2 and first[1] == f"bad {topic}[0]@1", first
     assert second == [], "the caught bad record came again after a restart"
+
+
+def test_a_bootstrap_that_is_not_an_address_is_refused_at_the_call() -> None:
+    """An int or None reached aiokafka at the first record, as a bare TypeError with a consumer left open."""
+    for bad in (9092, None, ["127.0.0.1:9092", 9093]):
+        with pytest.raises(TypeError, match="bootstrap must be 'host:port"):
+            subscribe(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bootstrap must be"):
+        subscribe("127.0.0.1:9092,")
+    assert subscribe(["127.0.0.1:9092", " 127.0.0.1:9093"]).bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
+
+
+def test_an_unreachable_broker_names_the_address_given_to_subscribe() -> None:
+    """The message named FUSIONSTREAM_BOOTSTRAP_SERVERS, which subscribe() does not read."""
+    from fusionstream.consumers.subscribers import BrokerUnavailable
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def start() -> None:
+        async with subscribe(address, request_timeout_ms=2_000) as predictions:
+            await anext(predictions)
+
+    with pytest.raises(BrokerUnavailable) as unreachable:
+        asyncio.run(asyncio.wait_for(start(), 60))
+    message = str(unreachable.value)
+    assert address in message and "given to subscribe()" in message, message
+    assert "FUSIONSTREAM_BOOTSTRAP_SERVERS" not in message, message

@@ -104,11 +104,14 @@ def test_kafka_tail_dead_letters_prints_why_and_where_each_record_was_refused(
     assert limited.returncode == 0 and len(limited.stdout.splitlines()) == 1
 
 
-def test_kafka_tail_dead_letters_of_a_topic_that_does_not_exist_prints_nothing(
+def test_kafka_tail_dead_letters_of_a_topic_that_does_not_exist_prints_nothing_and_fails(
     kafka_bootstrap: str, topic_prefix: str
 ) -> None:
+    """Every service creates its dead-letter topic at start: one that does not exist is a mistyped name (it
+    exited 0, which a script could not tell from no dead letters)."""
     done = tail(kafka_bootstrap, f"{topic_prefix}.nothing-here", "--json")
-    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert f"topic {topic_prefix}.nothing-here does not exist" in done.stderr.splitlines()[-1]
 
 
 def test_tail_dead_letters_refuses_prediction_filters() -> None:
