@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     exactly_once: bool = Field(False, description="Publish predictions and commit offsets in one Kafka transaction.")
     broker_wait_s: float = Field(
         60.0, ge=0,
-        description="serve: how long to keep trying to reach the broker at start (backoff 0.5 s doubling to 5 s) "
-        "before exiting with status 1.",
+        description="serve and view: how long to keep trying to reach the broker at start (backoff 0.5 s doubling "
+        "to 5 s) before exiting with status 1.",
     )
     produce_hold_s: float = Field(
         300.0, ge=40,
@@ -318,7 +318,8 @@ class Settings(BaseSettings):
     def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
         """Build settings from all sources; ``flags`` left as ``None`` fall through to lower sources."""
         if config_file is not None and not config_file.is_file():
-            raise FileNotFoundError(f"settings file {config_file} does not exist")
+            what = "is a directory, not a TOML file" if config_file.is_dir() else "does not exist"
+            raise FileNotFoundError(f"settings file {config_file} {what}")
         if config_file is not None:
             import tomllib
 

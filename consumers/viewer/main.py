@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,11 +41,15 @@ async def serve_viewer(
     """
     from aiohttp import web
 
+    from fusionstream.consumers.kafka.readiness import when_ready
     from fusionstream.consumers.viewer.server import make_app
 
     state = ViewerState(stream_ids=stream_ids, sync=sync)
     feed = KafkaFeed(settings, state, lookback_s=lookback_s)
-    await feed.start()  # first, so an unreachable broker fails before a page promises anything
+    # First, so an unreachable broker fails before a page promises anything; waited for as serve waits for it
+    # (a viewer started beside its broker, as compose starts them, exited while the service waited).
+    await when_ready(feed.start, bootstrap=settings.bootstrap_servers, security=settings.kafka_security(),
+                     wait_s=settings.broker_wait_s)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -70,6 +75,9 @@ async def serve_viewer(
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
+        except socket.gaierror as exc:  # a host name or address that does not resolve: the host is wrong
+            raise OSError(f"cannot serve the viewer on {host}:{port}: {exc.strerror or exc} (--host takes an "
+                          "address of this machine, e.g. 127.0.0.1 or 0.0.0.0)") from exc
         except OSError as exc:
             reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise OSError(f"cannot serve the viewer on {host}:{port}: {reason} (choose another with --port, or "
@@ -101,7 +109,8 @@ async def serve_viewer(
 
 def _url_host(host: str) -> str:
     if host in ("", "0.0.0.0", "::"):
-        return "localhost"  # listening everywhere: this machine's own name reaches it
+        # Listening everywhere: its host name is what other machines use ("localhost" is no URL for them).
+        return socket.gethostname() or "localhost"
     return f"[{host}]" if ":" in host else host
 
 

@@ -36,6 +36,9 @@ FRAME_HISTORY_NS = 5 * NS
 FRAME_GAP_NS = 100_000_000
 #: How many recent measurements of "video ahead of predictions" set the delay of synced video.
 LAG_SAMPLES = 8
+#: --no-sync: how much further behind the newest frame than recently a prediction may be and still be drawn as
+#: current (a service stopped or fallen behind makes it fall further every second).
+NO_SYNC_SLACK_NS = NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,12 +264,23 @@ class ViewerState:
                 "revision": p.revision, "final": p.final,
                 # Whether the frame shown lies in this prediction's window (what --sync aims for).
                 "on_frame": frame is not None and p.t_start_ns <= frame.t_start_ns < p.t_end_ns,
+                "current": self._current(view, frame, p),
             },
             "predictions_seen": view.predictions_seen,
             "timeline": [e.to_json() for e in view.timeline if e.n > since],
         }  # fmt: skip
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _current(self, view: StreamView, frame: Record | None, p: PredictionRecord) -> bool:
+        """Whether the label is drawn as current (else faded). Synced: the frame is in its window. Not synced,
+        the newest prediction is always of a window before the newest frame (its label was drawn faded for
+        ever): it is current while it is no further behind than predictions recently were, plus a second."""
+        if frame is None:
+            return False
+        if self.sync:
+            return p.t_start_ns <= frame.t_start_ns < p.t_end_ns
+        return frame.t_start_ns - p.t_end_ns <= max(view.lags, default=0) + NO_SYNC_SLACK_NS
 
     def _view(self, stream_id: str, now: float) -> StreamView | None:
         view = self.streams.get(stream_id)

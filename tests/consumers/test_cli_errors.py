@@ -72,7 +72,8 @@ def test_usage_errors_are_one_line_with_exit_status_2(long_dir: Path, columns: s
 def test_failures_are_one_line_with_exit_status_1(long_dir: Path, columns: str) -> None:
     bootstrap = f"127.0.0.1:{_closed_port()}"
     for args in (["tail", "--json"], ["view", "--port", "0"], ["topics", "describe"]):
-        done = fusionstream(*args, "--bootstrap", bootstrap, columns=columns)
+        # view waits broker_wait_s for a broker to come, as serve does: not here.
+        done = fusionstream(*args, "--bootstrap", bootstrap, columns=columns, FUSIONSTREAM_BROKER_WAIT_S="0")
         assert done.returncode == 1, (args, done.stderr)
         line = error_line(done)
         assert f"cannot reach Kafka at {bootstrap}" in line and "make kafka-start" in line, args

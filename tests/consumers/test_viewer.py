@@ -423,7 +423,7 @@ def test_view_without_a_broker_is_one_line_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fusionstream", "view", "--bootstrap", f"127.0.0.1:{free_port()}", "--port", "0"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
+        env={**os.environ, "FUSIONSTREAM_BROKER_WAIT_S": "0"})  # else it waits for a broker to start, as serve
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -176,8 +176,9 @@ function draw(c) {
     const bx = x0 + 8, by = y0 + 8;
     ctx.fillStyle = "rgba(0, 0, 0, 0.62)";
     ctx.fillRect(bx, by, bw, 84);
-    // A prediction of another window than the frame's (no prediction for it yet) is drawn faded.
-    ctx.globalAlpha = p.on_frame ? 1 : 0.45;
+    // Faded: with --sync, a prediction of another window than the frame's (none for it yet); without,
+    // one further behind the newest frame than predictions recently were (the service stopped or is behind).
+    ctx.globalAlpha = p.current ? 1 : 0.45;
     ctx.fillStyle = `hsl(${hue(p.label)} 85% 70%)`;
     ctx.fillText(p.label, bx + 14, by + 46);
     if (p.score != null) {
