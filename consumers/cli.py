@@ -54,7 +54,7 @@ def _engine_errors() -> Iterator[None]:
 
 @app.command()
 def demo(
-    streams: Annotated[int, typer.Option(min=1, help="Synthetic streams to run side by side.")] = 2,
+    streams: Annotated[int, typer.Option(min=1, max=10_000, help="Synthetic streams to run side by side.")] = 2,
     seconds: Annotated[float, typer.Option(min=1, help="Length of each synthetic stream.")] = 30.0,
     fast: Annotated[bool, typer.Option("--fast", help="Replay as fast as possible instead of in real time.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic source (held-out voices are used).")] = 1234,
@@ -114,10 +114,10 @@ def demo(
 @app.command()
 @frozen_options  # --encoders DIR and its options: a head on frozen pretrained encoders (training/frozen_cli.py)
 def train(
-    out: Annotated[Path, typer.Argument(help="Model directory to write (ONNX files + model.json).")],
+    out: Annotated[Path, typer.Argument(file_okay=False, help="Model directory to write (ONNX files + model.json).")],
     fusion: Annotated[str, typer.Option(help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Your labelled clips (see docs/training.md) instead of the synthetic source.")] = None,  # noqa: UP045
-    train_seconds: Annotated[float, typer.Option(help="Seconds of synthetic streams to train on.")] = 4800.0,
+    train_seconds: Annotated[float, typer.Option(min=1, help="Seconds of synthetic streams to train on.")] = 4800.0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of data generation and initialisation.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes generating synthetic data.")] = 2,
@@ -198,7 +198,7 @@ def evaluate(
 @app.command()
 def export(
     model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Model directory holding model.pt and model.json.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the ONNX files here instead of in place.")] = None,  # noqa: UP045
+    out: Annotated[Optional[Path], typer.Option("--out", file_okay=False, help="Write the ONNX files here instead of in place.")] = None,  # noqa: UP045
 ) -> None:
     """Re-export a model directory's torch weights to ONNX and check parity against torch on random inputs.
 
@@ -274,7 +274,7 @@ def bench(
     realtime: Annotated[bool, typer.Option("--realtime/--no-realtime", help="Search the most live streams sustained (about three minutes through the broker).")] = True,
     trial_seconds: Annotated[float, typer.Option(min=6, help="Length of each real-time trial (the first 2 s and the last 3.2 s are not measured, so a 20 s trial measures 14.8 s: a p99 over about 40 windows per stream).")] = 20.0,
     trial_attempts: Annotated[int, typer.Option(min=1, help="Trials a stream count gets before it counts as not sustained (one stall of a shared machine can fail a trial; an unsustainable load fails every one).")] = 2,
-    bound_ms: Annotated[float, typer.Option(help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
+    bound_ms: Annotated[float, typer.Option(min=1, help="p99 latency (and intake lag) a real-time trial must stay under.")] = 100.0,
     start_streams: Annotated[int, typer.Option(min=1, help="Live streams of the first real-time trial (doubled until one fails, then bisected).")] = 8,
     max_streams: Annotated[int, typer.Option(min=1, help="Most live streams the real-time search tries.")] = 512,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the int8 encoders when the model has them (fusionstream quantize).")] = True,

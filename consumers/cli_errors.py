@@ -14,14 +14,18 @@ so that its usage errors come here too; :func:`fail` is for the commands' own er
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+import typer.main
+import typer.rich_utils
 
 from fusionstream.consumers.settings import Settings, SettingsFileError
 
@@ -140,6 +144,8 @@ def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
 
 #: The width rich lays out for when the output is a file or a pipe and ``COLUMNS`` is not set.
 FILE_COLUMNS = 160
+#: The narrowest ``--help`` is laid out for.
+HELP_MIN_COLUMNS = 80
 
 
 def widen_for_files() -> None:
@@ -167,8 +173,13 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     # last-resort handler would print those beside our one-line error; commands that set up
     # logging (serve, view, demo, bench) still get them through the root logger.
     logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+    if shutil.get_terminal_size().columns < HELP_MIN_COLUMNS:
+        # At 40 columns --help cut the options' own names (`--from…`); wrapped lines still read.
+        typer.rich_utils.MAX_WIDTH = HELP_MIN_COLUMNS
+    command = typer.main.get_command(app)
+    _refuse_non_finite(command)
     try:
-        result = app(args=None if args is None else list(args), prog_name=PROG, standalone_mode=False)
+        result = command(args=None if args is None else list(args), prog_name=PROG, standalone_mode=False)
     except usage_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             # The help was printed when the error was made (rich help prints as it formats it).
@@ -194,6 +205,28 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
         raise
     # Without standalone mode a command's typer.Exit(n) comes back as n, and a normal return as None.
     return result if isinstance(result, int) else 0
+
+
+def _refuse_non_finite(command: Any) -> None:
+    """Make every option and argument of ``command`` and its subcommands refuse ``inf`` and ``nan`` as a usage
+    error: a range check lets ``--seconds inf`` through (it is >= 1), and it ended in an OverflowError traceback."""
+    for param in command.params:
+        param.process_value = _finite(param)
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_non_finite(sub)
+
+
+def _finite(param: Any) -> Callable[[Any, Any], Any]:
+    process_value = param.process_value
+
+    def finite(ctx: Any, value: Any) -> Any:
+        value = process_value(ctx, value)
+        for number in value if isinstance(value, list | tuple) else (value,):
+            if isinstance(number, float) and not math.isfinite(number):
+                raise typer.BadParameter(f"{number} is not a finite number.", ctx=ctx, param=param)
+        return value
+
+    return finite
 
 
 def _help_hint(exc: Exception) -> str:

@@ -50,7 +50,7 @@ BootstrapOpt = Annotated[Optional[str], typer.Option("--bootstrap", help="Kafka 
 PartitionsOpt = Annotated[Optional[int], typer.Option("--partitions", min=1, help="Partitions of each input topic when creating them (default: settings).")]  # noqa: E501, UP045
 StreamOpt = Annotated[Optional[str], typer.Option("--stream-id", help="Stream id (the Kafka key).")]  # noqa: UP045
 NoPacingOpt = Annotated[bool, typer.Option("--no-pacing", help="Send as fast as possible instead of in real time.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final counts as one JSON object on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the final counts as one JSON object on stdout: media records per modality ('records'), progress records apart ('progress').")]  # noqa: E501
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line and no summary at the end (--json still prints its counts).")]  # noqa: E501
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Send no progress records (for a service older than them; docs/wire-format.md#progress). Records keep their complete flag.")]  # noqa: E501
@@ -254,18 +254,21 @@ def captions(
     partitions: PartitionsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Transcript segments: a caption file's cues from now on, or one segment per stdin line as it arrives."""
+    """Transcript segments: a caption file's cues from now on, or one segment per stdin line as it arrives.
+
+    Cues that overlap are sent one after another: a cue that a later one starts inside ends where that one
+    starts, and cues that start together go as one (docs/wire-format.md#progress says why)."""
     settings = _settings(config, bootstrap, partitions)
     if file != "-" and not Path(file).is_file():
-        fail(f"no such caption file: {file}")
+        fail(f"{file} is a directory, not a caption file" if Path(file).is_dir() else f"no such caption file: {file}")
     sid = stream_id or (_live_stream_id() if file == "-" else Path(file).stem)
+    from fusionstream.consumers.producers.sources import captions_source
 
-    def records() -> Iterator[Record]:
-        from fusionstream.consumers.producers.sources import captions_source
-
-        return captions_source(file, sid, realtime=not no_pacing, language=language)
-
-    _produce(settings, records, as_json=as_json, quiet=quiet, announce=not no_progress)
+    try:  # read now (the clock starts at the first record): a broken or empty file is said before the broker
+        source = captions_source(file, sid, realtime=not no_pacing, language=language)
+    except ValueError as exc:
+        fail(str(exc))
+    _produce(settings, lambda: source, as_json=as_json, quiet=quiet, announce=not no_progress)
 
 
 def _asr(
@@ -453,6 +456,8 @@ def _summary(console: Console, published: Published, *, interrupted: bool, quiet
     if quiet:
         return
     counts = ", ".join(f"{label} {n:,}" for label, n in published.records.items())
+    if published.progress:
+        counts += f", and {published.progress:,} progress"
     how = "stopped after" if interrupted else "published"
     console.print(
         f"[green]{how}[/] {published.total:,} records ({counts}; {published.bytes / 1e6:.1f} MB) "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -202,6 +203,10 @@ class MetricsServer:
         handler = _handler(registry, health)
         try:
             self._server = _Server((host, port), handler)
+        except socket.gaierror as exc:  # a host name or address that does not resolve: the host is wrong
+            raise MetricsPortError(
+                f"cannot serve /metrics and /healthz on {host}:{port}: {exc.strerror or exc} (metrics_host, "
+                "FUSIONSTREAM_METRICS_HOST, takes an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)") from exc
         except OSError as exc:
             raise MetricsPortError(
                 f"cannot serve /metrics and /healthz on {host}:{port}: {exc.strerror or exc} (set another "

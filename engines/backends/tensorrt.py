@@ -30,7 +30,7 @@ import numpy as np
 
 from fusionstream.engines.backends.base import FUSION, Runtime, RuntimeChoices, half_precision_options, row_shape
 from fusionstream.engines.errors import BackendUnavailable, EngineError, ModelDirError
-from fusionstream.engines.manifest import Manifest, TextPreprocess
+from fusionstream.engines.manifest import Manifest, TextPreprocess, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,8 @@ class TensorRTBackend(Runtime):
 def build_engines(model_dir: Any, **options: Any) -> dict[str, tuple[Path, bool]]:
     """Build (or find) the cached engine of every graph of ``model_dir`` (either format):
     ``{graph: (plan path, built now)}``, a graph being a modality or ``fusion``."""
-    backend = TensorRTBackend(model_dir, **options)
+    # Read first: a directory that is no model says so, not that tensorrt is missing (a CPU box checking it).
+    backend = TensorRTBackend(load_manifest(model_dir), **options)
     with backend:
         return {graph: (backend.key(graph).plan_path(backend.cache_dir, graph), graph in backend.built)
                 for graph in backend.graphs()}

@@ -1,0 +1,82 @@
+"""Values a hurried operator types that passed the command line's checks and ended in a traceback: `inf` through
+every `x >= N` range (an OverflowError deep inside), `train` into an existing file (a whole training run lost to
+the FileExistsError at its end), `--train-seconds 0`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli_errors import error_line, fusionstream
+
+
+@pytest.mark.parametrize(("command", "option"), [
+    (["demo", "--fast", "--quiet", "--seconds", "inf"], "--seconds"),
+    (["demo", "--fast", "--quiet", "--seconds", "1e400"], "--seconds"),
+    (["produce", "synthetic", "--fast", "-q", "--seconds", "inf"], "--seconds"),
+    (["view", "--lookback", "inf", "--port", "0"], "--lookback"),
+    (["train", "OUT", "--train-seconds", "inf"], "--train-seconds"),
+])
+def test_a_value_that_is_not_a_finite_number_is_a_usage_error(tmp_path: Path, command: list[str],
+                                                              option: str) -> None:
+    done = fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
+    assert done.returncode == 2, done.stderr
+    line = error_line(done)
+    assert f"Invalid value for '{option}'" in line and "is not a finite number" in line, line
+
+
+def test_train_refuses_an_existing_file_as_its_model_directory_before_it_trains(tmp_path: Path) -> None:
+    taken = tmp_path / "clip.mp4"
+    taken.write_bytes(b"not a directory")
+    done = fusionstream("train", str(taken), "--epochs", "1", "--train-seconds", "10")
+    assert done.returncode == 2 and "is a file" in error_line(done)
+    assert taken.read_bytes() == b"not a directory"
+    done = fusionstream("train", str(tmp_path / "out"), "--train-seconds", "0")
+    assert done.returncode == 2 and "--train-seconds" in error_line(done)
+    assert not (tmp_path / "out").exists()
+
+
+def test_kafka_tail_until_the_end_of_a_topic_that_does_not_exist_fails(kafka_bootstrap: str,
+                                                                       topic_prefix: str) -> None:
+    """It printed a WARNING and exited 0: a mistyped --topic read as an empty one in a script."""
+    done = fusionstream("tail", "--until-end", "--bootstrap", kafka_bootstrap, "--topic",
+                        f"{topic_prefix}.no-such-topic")
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"fusionstream: error: topic {topic_prefix}.no-such-topic does not exist: nothing to read (is "
+                    "its name right? --topic, or the FUSIONSTREAM_*_TOPIC settings)"), done.stderr
+
+
+def test_a_directory_where_a_file_belongs_and_a_host_that_does_not_resolve_are_said_as_such(tmp_path: Path) -> None:
+    """They read "does not exist", "no such caption file" and "unknown error -2 (choose another with --port)"."""
+    done = fusionstream("topics", "describe", "--config", str(tmp_path))
+    assert done.returncode == 1 and f"settings file {tmp_path} is a directory, not a TOML file" in error_line(done)
+    done = fusionstream("produce", "captions", str(tmp_path))
+    assert done.returncode == 1 and f"{tmp_path} is a directory, not a caption file" in error_line(done)
+
+
+def test_kafka_view_on_a_host_that_does_not_resolve_names_the_host(kafka_bootstrap: str) -> None:
+    done = fusionstream("view", "--host", "no-such-host.invalid", "--port", "0", "--bootstrap", kafka_bootstrap)
+    assert done.returncode == 1, done.stderr
+    line = error_line(done)
+    assert line.startswith("fusionstream: error: cannot serve the viewer on no-such-host.invalid:0: "), line
+    assert line.endswith("(--host takes an address of this machine, e.g. 127.0.0.1 or 0.0.0.0)"), line
+
+
+def test_an_empty_caption_file_and_a_directory_that_is_no_model_say_what_is_wrong(tmp_path: Path) -> None:
+    """An empty .srt was "published 0 records", exit 0; build-engine on a CPU box said tensorrt was missing
+    before it looked at the directory."""
+    empty = tmp_path / "empty.srt"
+    empty.write_text("")
+    done = fusionstream("produce", "captions", str(empty), "--bootstrap", "127.0.0.1:1")
+    assert done.returncode == 1 and error_line(done).endswith(f"{empty}: no caption cues in it (an SRT or WebVTT file)")
+    done = fusionstream("build-engine", str(tmp_path))
+    assert done.returncode == 1 and "not a model directory" in error_line(done)
+
+
+def test_help_on_a_narrow_terminal_keeps_the_options_names() -> None:
+    """At 40 columns `tail --help` showed `--from…`, `--unti…`: no flag could be told from another."""
+    done = fusionstream("tail", "--help", columns="40")
+    assert done.returncode == 0
+    for name in ("--from-beginning", "--until-end", "--finals-only", "--dead-letters"):
+        assert name in done.stdout, name
