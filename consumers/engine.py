@@ -16,6 +16,7 @@ from pathlib import Path
 from fusionstream.consumers.pipeline.runner import Runner, Runtime
 from fusionstream.consumers.settings import Settings
 from fusionstream.engines.backends import RuntimeChoices, backend_class, open_runtime
+from fusionstream.engines.errors import EngineError
 from fusionstream.engines.manifest import Manifest, load_manifest
 
 
@@ -66,10 +67,15 @@ def engine_title(settings: Settings) -> str:
 
 
 def effective_precision(settings: Settings) -> str:
-    """What ``precision`` runs as: ``auto`` is fp16 on tensorrt and fp32 elsewhere (settings.md)."""
-    if settings.precision != "auto":
+    """What ``precision`` runs as, read from the backend's own options and defaults (``auto`` is fp16 on
+    tensorrt and fp32 elsewhere: settings.md); the setting itself where the backend refuses it."""
+    try:
+        options = backend_class(settings.backend).defaults | backend_options(settings)
+    except EngineError:  # said where the engine is opened
         return settings.precision
-    return "fp16" if settings.backend == "tensorrt" else "fp32"
+    if "precision" in options:
+        return str(options["precision"])
+    return "fp16" if options.get("fp16") else "fp32"
 
 
 def model_classes(model: Manifest) -> list[str]:

@@ -163,8 +163,21 @@ def export_model(
     files are then compared with torch (:func:`check_parity`), raising :class:`EngineError`
     beyond ``rtol``. Returns the written paths.
     """
+    return _export_staged(model, spec, Path(model_dir), opset=opset, rtol=rtol if check else None)[0]
+
+
+def export_checked(
+    model: MultimodalModel, spec: ModelSpec, model_dir: str | os.PathLike[str], *, opset: int = 18, rtol: float = 1e-4
+) -> dict[str, float]:
+    """:func:`export_model` with its check, returning :func:`check_parity`'s errors per graph (what ``train``
+    reports) rather than the paths: the check runs once, before the files replace anything."""
+    return _export_staged(model, spec, Path(model_dir), opset=opset, rtol=rtol)[1]
+
+
+def _export_staged(
+    model: MultimodalModel, spec: ModelSpec, out: Path, *, opset: int, rtol: float | None
+) -> tuple[list[Path], dict[str, float]]:
     _check_compatible(model, spec)
-    out = Path(model_dir)
     # Written and checked in a staging folder beside ``out``, then moved in (model.json last): a training
     # stopped with Ctrl-C, or a failed check, used to leave ``out`` with new graphs beside the old head and
     # manifest, which `model check` could not tell from a model.
@@ -174,14 +187,13 @@ def export_model(
     staging.mkdir()
     try:
         staged = _export_into(model, spec, staging, opset=opset)
-        if check:
-            check_parity(copy.deepcopy(model).float().cpu().eval(), staging, rtol=rtol)
+        errors = {} if rtol is None else check_parity(copy.deepcopy(model).float().cpu().eval(), staging, rtol=rtol)
         out.mkdir(parents=True, exist_ok=True)
         for path in staged:  # model.json is the last of them
             os.replace(path, out / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [out / path.name for path in staged]
+    return [out / path.name for path in staged], errors
 
 
 def _export_into(model: MultimodalModel, spec: ModelSpec, out: Path, *, opset: int) -> list[Path]:

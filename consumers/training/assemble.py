@@ -20,7 +20,6 @@ def assemble(encoders, head_name: str, head, spec: ModelSpec):
 
 
 def export_dir(model, spec: ModelSpec, out: Path) -> dict[str, float]:
-    from fusionstream.engines.export import check_parity, export_model
+    from fusionstream.engines.export import export_checked
 
-    export_model(model, spec, out)  # checked before it replaces anything in ``out``
-    return check_parity(model, out)
+    return export_checked(model, spec, out)  # checked before it replaces anything in ``out``
