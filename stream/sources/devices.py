@@ -321,10 +321,15 @@ def microphone_records(
 
 def _open_capture(source: int | str) -> Any:
     what = f"camera {source}" if isinstance(source, int) else f"video stream {source!r}"
+    # OpenCV's own WARN lines about each backend it tried (V4L2, FFmpeg) came before the one line below.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     try:
         capture = cv2.VideoCapture(source)
     except cv2.error as exc:
         raise DeviceError(f"cannot open {what}: {exc}") from exc
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not capture.isOpened():
         capture.release()
         hint = " (is a camera connected, and is this user allowed to read /dev/video*?)" if "camera" in what else ""

@@ -80,3 +80,10 @@ def test_help_on_a_narrow_terminal_keeps_the_options_names() -> None:
     assert done.returncode == 0
     for name in ("--from-beginning", "--until-end", "--finals-only", "--dead-letters"):
         assert name in done.stdout, name
+
+
+def test_kafka_a_camera_that_cannot_be_opened_is_one_line(kafka_bootstrap: str) -> None:
+    """OpenCV's WARN lines about each backend it tried came before the error."""
+    done = fusionstream("produce", "camera", "99", "--bootstrap", kafka_bootstrap)
+    assert done.returncode == 1
+    assert error_line(done).startswith("fusionstream: error: cannot open camera 99 (is a camera connected")
