@@ -55,6 +55,7 @@ class KafkaFeed:
         self._warned: set[tuple[str, str]] = set()
         self._stopping = False
         self._listing_failed = False  # the topics could not be listed last time (the broker away)
+        self._silent_since: float | None = None  # monotonic time of the first listing that failed, in an outage
 
     async def start(self) -> None:
         """Connect and subscribe; ``BrokerUnavailable`` if no broker answers, ``BrokerAuthError`` if it refuses
@@ -116,12 +117,14 @@ class KafkaFeed:
                     await self._subscribe(consumer)
                 except KafkaError as exc:  # the broker away: the consumer retries; ask again next time
                     if not self._listing_failed:  # once per outage, not every few seconds
+                        self._silent_since = now
                         log.warning("cannot list the topics (%s); showing what arrived, and trying again", exc)
                     self._listing_failed = True
                 else:
                     if self._listing_failed:
                         log.info("the broker answers again")
                     self._listing_failed = False
+                    self._silent_since = None
                 looked_at = now
             for tp, messages in batch.items():
                 for message in messages:
@@ -129,6 +132,11 @@ class KafkaFeed:
             if now - evicted_at >= _EVICT_EVERY_S:
                 self.state.evict(now)
                 evicted_at = now
+
+    def broker(self, now: float) -> str:
+        """``answering``, or how long the topics could not be listed (the page itself only shows idle streams)."""
+        since = self._silent_since
+        return "answering" if since is None else f"not answering for {now - since:.0f} s (topics cannot be listed)"
 
     def stop(self) -> None:
         """Make :meth:`run` return after its current poll."""

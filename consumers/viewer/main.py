@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,8 +60,8 @@ async def serve_viewer(
             installed.append(signum)
 
     def health() -> dict[str, Any]:
-        return {"streams": len(state.streams), "assigned": feed.assignment(), "counts": state.counts,
-                "ignored": state.ignored}
+        return {"streams": len(state.streams), "assigned": feed.assignment(), "broker": feed.broker(time.monotonic()),
+                "counts": state.counts, "ignored": state.ignored}
 
     config = {
         "bootstrap": settings.bootstrap_servers,
