@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     """Every knob of fusionstream; see docs/settings.md."""
 
     # An empty variable (`FUSIONSTREAM_TEXT_WAIT_MS=`, as compose files write an unset one) means the default.
-    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_", frozen=True, extra="forbid", env_ignore_empty=True)
+    # allow_inf_nan off: `inf` from the environment or a file passed every range check (>= 0 holds) and ended in
+    # an OverflowError traceback, or a broker_wait_s that never ran out.
+    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_", frozen=True, extra="forbid", env_ignore_empty=True,
+                                      allow_inf_nan=False)
 
     # Kafka
     bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated.")

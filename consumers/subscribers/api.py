@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.conn import collect_hosts
 from aiokafka.errors import KafkaError
 
 from fusionstream.consumers.kafka.stop import stop_consumer
@@ -54,7 +55,11 @@ def _bootstrap_text(bootstrap: object) -> str:
         servers = [part.strip() for part in bootstrap]
     else:
         raise TypeError(f"bootstrap must be 'host:port[,host:port]' or a list of such strings, not {bootstrap!r}")
-    if not all(servers):
+    try:
+        ports = [port for _, port, _ in collect_hosts(",".join(servers), randomize=False)]
+    except ValueError:  # a port that is no number: a bare ValueError when the subscription started, before
+        ports = []
+    if not servers or not all(servers) or not all(0 < port < 65536 for port in ports) or len(ports) != len(servers):
         raise ValueError(f"bootstrap must be 'host:port[,host:port]', not {bootstrap!r}")
     return ",".join(servers)
 
@@ -142,6 +147,9 @@ class Subscription:
 
             await consumer.stop()
             raise await unreachable(self.bootstrap, self._options, str(exc), hint=self.unreachable_hint) from None
+        if self._until_end and self.missing_topic_fails and self.topic not in await consumer.topics():
+            await stop_consumer(consumer)  # before subscribing, whose metadata lookups would log the topic missing
+            raise self._missing_topic()
         consumer.subscribe([self.topic], listener=_CommitOnRevoke(self) if self.group_id else None)
         self._consumer = consumer
 
@@ -266,6 +274,10 @@ class Subscription:
         for tp in offsets:
             self._done.pop(tp, None)
 
+    def _missing_topic(self) -> FusionStreamError:
+        return FusionStreamError(f"topic {self.topic} does not exist: nothing to read (is its name right? --topic, "
+                                 "or the FUSIONSTREAM_*_TOPIC settings)")
+
     async def _at_end(self, consumer: AIOKafkaConsumer) -> bool:
         owned = consumer.assignment()
         if not owned:
@@ -274,8 +286,7 @@ class Subscription:
                 return False
             # Said, so that a mistyped name does not read as an empty topic.
             if self.missing_topic_fails:
-                raise FusionStreamError(f"topic {self.topic} does not exist: nothing to read (is its name right? "
-                                        "--topic, or the FUSIONSTREAM_*_TOPIC settings)")
+                raise self._missing_topic()
             log.warning("topic %s does not exist: nothing to read", self.topic)
             return True
         if self._ends is None:

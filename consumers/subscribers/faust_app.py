@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 class FaustSettings(BaseSettings):
     """The Faust app's own settings, from ``FUSIONSTREAM_SUBSCRIBER_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_SUBSCRIBER_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="FUSIONSTREAM_SUBSCRIBER_", frozen=True, extra="forbid",
+                                      allow_inf_nan=False)
 
     app_id: str = Field("fusionstream-subscriber", description="Faust app id: consumer group and changelog prefix.")
     web_host: str = Field("0.0.0.0", description="Interface of the HTTP views.")
