@@ -55,12 +55,15 @@ def _bootstrap_text(bootstrap: object) -> str:
         servers = [part.strip() for part in bootstrap]
     else:
         raise TypeError(f"bootstrap must be 'host:port[,host:port]' or a list of such strings, not {bootstrap!r}")
-    try:
+    refused = ValueError(f"bootstrap must be 'host:port[,host:port]', not {bootstrap!r}")
+    if not servers or not all(servers):
+        raise refused
+    try:  # aiokafka's own parsing: a port that is no number raised a bare ValueError when the subscription started
         ports = [port for _, port, _ in collect_hosts(",".join(servers), randomize=False)]
-    except ValueError:  # a port that is no number: a bare ValueError when the subscription started, before
-        ports = []
-    if not servers or not all(servers) or not all(0 < port < 65536 for port in ports) or len(ports) != len(servers):
-        raise ValueError(f"bootstrap must be 'host:port[,host:port]', not {bootstrap!r}")
+    except ValueError:
+        raise refused from None
+    if not all(0 < port < 65536 for port in ports):
+        raise refused
     return ",".join(servers)
 
 

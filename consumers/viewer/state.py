@@ -241,6 +241,7 @@ class ViewerState:
         level = view.level_db()
         transcript = view.current_transcript()
         frame = shown[1] if shown else None
+        on_frame = frame is not None and p is not None and p.t_start_ns <= frame.t_start_ns < p.t_end_ns
         return {
             "stream": view.stream_id,
             "version": view.version,
@@ -263,8 +264,8 @@ class ViewerState:
                 "model_version": p.model_version, "capture_to_publish_ms": p.capture_to_publish_ms,
                 "revision": p.revision, "final": p.final,
                 # Whether the frame shown lies in this prediction's window (what --sync aims for).
-                "on_frame": frame is not None and p.t_start_ns <= frame.t_start_ns < p.t_end_ns,
-                "current": self._current(view, frame, p),
+                "on_frame": on_frame,
+                "current": on_frame if self.sync else self._current_unsynced(view, frame, p),
             },
             "predictions_seen": view.predictions_seen,
             "timeline": [e.to_json() for e in view.timeline if e.n > since],
@@ -272,15 +273,12 @@ class ViewerState:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _current(self, view: StreamView, frame: Record | None, p: PredictionRecord) -> bool:
-        """Whether the label is drawn as current (else faded). Synced: the frame is in its window. Not synced,
-        the newest prediction is always of a window before the newest frame (its label was drawn faded for
+    @staticmethod
+    def _current_unsynced(view: StreamView, frame: Record | None, p: PredictionRecord) -> bool:
+        """Whether an unsynced label is drawn as current (else faded; synced: when the frame is in its window).
+        The newest prediction is always of a window before the newest frame (its label was drawn faded for
         ever): it is current while it is no further behind than predictions recently were, plus a second."""
-        if frame is None:
-            return False
-        if self.sync:
-            return p.t_start_ns <= frame.t_start_ns < p.t_end_ns
-        return frame.t_start_ns - p.t_end_ns <= max(view.lags, default=0) + NO_SYNC_SLACK_NS
+        return frame is not None and frame.t_start_ns - p.t_end_ns <= max(view.lags, default=0) + NO_SYNC_SLACK_NS
 
     def _view(self, stream_id: str, now: float) -> StreamView | None:
         view = self.streams.get(stream_id)
