@@ -15,7 +15,7 @@ import typer
 
 from fusionstream.consumers.cli_errors import fail, load_settings, note, one_line_errors, run_app, widen_for_files
 from fusionstream.consumers.settings import Settings, default_model_dir
-from fusionstream.consumers.training.frozen_cli import frozen_options
+from fusionstream.consumers.training.frozen_cli import check_fusion, frozen_options
 
 app = typer.Typer(
     name="fusionstream",
@@ -115,7 +115,7 @@ def demo(
 @frozen_options  # --encoders DIR and its options: a head on frozen pretrained encoders (training/frozen_cli.py)
 def train(
     out: Annotated[Path, typer.Argument(file_okay=False, help="Model directory to write (ONNX files + model.json).")],
-    fusion: Annotated[str, typer.Option(help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",
+    fusion: Annotated[str, typer.Option(callback=check_fusion, help="Fusion head: concat, weighted, gmu, attention, decision, graph, vae, or 'best' (train all, keep the best on validation).")] = "best",
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False, help="Your labelled clips (see docs/training.md) instead of the synthetic source.")] = None,  # noqa: UP045
     train_seconds: Annotated[float, typer.Option(min=1, help="Seconds of synthetic streams to train on.")] = 4800.0,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs of encoder training.")] = 8,

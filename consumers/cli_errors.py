@@ -106,8 +106,37 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
         with one_line_errors(FileNotFoundError, SettingsFileError):
             return Settings.load(config, **flags)
     except ValidationError as exc:
-        fail(settings_error(exc, config, flags))
+        message = settings_error(exc, config, flags)
+        if any(str(error["loc"][0]) in flags and flags[str(error["loc"][0])] is not None
+               for error in exc.errors() if error["loc"]):
+            usage_error(message)  # an option's value: exit status 2 and the --help pointer, as click's own
+        fail(message)
     raise AssertionError("unreachable")  # pragma: no cover  (one_line_errors exits)
+
+
+def usage_error(message: str) -> NoReturn:
+    """Refuse the command line as click refuses a bad option: the one error line with a pointer to the
+    command's ``--help`` and exit status 2 (through :func:`run_app`), for checks made after parsing."""
+    import importlib
+
+    # typer >= 0.20 vendors click as typer._click; older versions use click: the module beside BadParameter's.
+    package = typer.BadParameter.__module__.rsplit(".", 1)[0]
+    context = importlib.import_module(f"{package}.globals").get_current_context(silent=True)
+    ancestors = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    raise ancestors["UsageError"](message, ctx=context)
+
+
+def one_of(choices: Callable[[], Sequence[str]]) -> Callable[[Any], Any]:
+    """A typer callback that refuses a value not among ``choices()`` as a usage error. ``choices`` is called
+    only when the option is parsed, so ``--help`` imports nothing for it."""
+
+    def check(value: Any) -> Any:
+        names = choices()
+        if value is not None and value not in names:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(names)}.")
+        return value
+
+    return check
 
 
 def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
@@ -238,5 +267,5 @@ def _help_hint(exc: Exception) -> str:
 
 __all__ = [
     "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_USAGE", "PROG", "describe", "fail", "load_settings", "note",
-    "one_line", "one_line_errors", "print_error", "run_app",
+    "one_line", "one_line_errors", "one_of", "print_error", "run_app", "usage_error",
 ]

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from fusionstream.engines.errors import InputError, ModelDirError
-from fusionstream.engines.features import _pick, text_to_ids
+from fusionstream.engines.features import TEXT_CHARS_PER_TOKEN, _pick, text_to_ids
 from fusionstream.engines.manifest import (
     AudioPreprocess,
     Manifest,
@@ -191,7 +191,8 @@ class TextPreparer:
             ids = np.stack([text_to_ids(t, self._hashed) for t in texts])  # type: ignore[arg-type]
             spec = self.inputs["ids"]
             return {spec.name: ids.astype(spec.dtype, copy=False)}
-        encodings = self._tokenizer.encode_batch(list(texts))
+        chars = self.pre.max_tokens * TEXT_CHARS_PER_TOKEN
+        encodings = self._tokenizer.encode_batch([text[:chars] for text in texts])
         length = max(1, min(self.pre.max_tokens, max((len(e.ids) for e in encodings), default=1)))
         fields = {
             "input_ids": np.full((len(texts), length), self._pad_id, np.int64),

@@ -11,10 +11,11 @@ the build maps them under this package, so an installed wheel has ``fusionstream
 top-level name.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+from pathlib import Path as _Path
 
-_HERE = Path(__file__).resolve().parent
+_HERE = _Path(__file__).resolve().parent
 if not (_HERE / "stream").is_dir() and (_HERE.parent / "stream" / "__init__.py").is_file():
     # A source checkout run without installing (PYTHONPATH=<repo>, as scripts/gpu_check.sh does on a
     # bare GPU machine): the three parts sit beside this folder, so look for subpackages there too.
@@ -22,8 +23,8 @@ if not (_HERE / "stream").is_dir() and (_HERE.parent / "stream" / "__init__.py")
     __path__.append(str(_HERE.parent))
 
 try:
-    __version__ = version("fusionstream")
-except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = _version("fusionstream")
+except _PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = ["__version__"]

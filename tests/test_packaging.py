@@ -49,7 +49,7 @@ def test_the_only_top_level_import_name_is_fusionstream(wheel: Path) -> None:
 def test_every_package_and_data_file_of_the_tree_is_in_the_wheel(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-    expected = {"fusionstream/__init__.py", "fusionstream/__main__.py"}
+    expected = {"fusionstream/__init__.py", "fusionstream/__main__.py", "fusionstream/py.typed"}  # PEP 561
     for part in PARTS:
         for path in (ROOT / part).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from fusionstream.consumers.cli_errors import EXIT_INTERRUPTED, describe, fail, load_settings
+from fusionstream.consumers.cli_errors import EXIT_INTERRUPTED, describe, fail, load_settings, usage_error
 from fusionstream.consumers.settings import Settings
 
 #: How long a stopped producer may spend telling the service its streams ended.
@@ -137,7 +137,7 @@ def video(
     """A media file's frames (JPEG), its audio track (PCM) and optional captions, as one stream (default id: FILE's stem)."""  # noqa: E501
     settings = _settings(config, bootstrap, partitions)
     if asr and captions is not None:
-        fail("--asr and --captions both make the transcript: choose one")
+        usage_error("--asr and --captions both make the transcript: choose one")
     recognise = _asr(asr, asr_grammar, asr_max_segment, inline=no_pacing, media=file)
 
     def records() -> Iterator[Record]:
@@ -288,7 +288,7 @@ def _asr(
     from fusionstream.stream.sources.asr import ASR_MIN_SAMPLE_RATE, AsrConfig, AsrError
 
     if sample_rate is not None and sample_rate < ASR_MIN_SAMPLE_RATE:
-        fail(f"--asr needs audio at {ASR_MIN_SAMPLE_RATE} Hz or more (speech reaches 4 kHz), not --sample-rate "
+        usage_error(f"--asr needs audio at {ASR_MIN_SAMPLE_RATE} Hz or more (speech reaches 4 kHz), not --sample-rate "
              f"{sample_rate}")
     try:
         if media is not None and not has_audio(media):

@@ -149,7 +149,10 @@ def captions_source(
     from fusionstream.stream.sources.captions import MAX_CUE_SECONDS
 
     if path == "-":
-        return stdin_caption_records(stdin or sys.stdin, stream_id, clock, language=language)
+        if stdin is None:
+            # The wire's text is UTF-8 whatever the locale says (a Latin-1 locale read UTF-8 as mojibake).
+            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # type: ignore[attr-defined]
+        return stdin_caption_records(_caption_lines(stdin or sys.stdin), stream_id, clock, language=language)
     if not Path(path).is_file():
         raise FileNotFoundError(2, "no such caption file", path)
     if not read_captions(path, max_cue_s=MAX_CUE_SECONDS):  # a broken file fails now
@@ -233,6 +236,28 @@ def _said_if_short(records: Iterable[Record], path: str | os.PathLike[str], star
     if declared_s is not None and held_s < declared_s - max(1.0, 0.05 * declared_s):
         log.warning("%s ended at %.1f s of the %.1f s its header declares: the file may be truncated", path, held_s,
                     declared_s)
+
+
+#: The most of one stdin line sent as a caption: a minute of speech is about a kilobyte, and a line of
+#: megabytes (a binary piped by mistake) would end the live feed at Kafka's record limit.
+MAX_CAPTION_LINE_BYTES = 64 * 1024
+
+
+def _caption_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Live lines that can be sent: a line that is not UTF-8 is skipped and one too long is cut, each with a
+    WARNING naming the line; either ended the producer (and every line after it) with a codec or size error."""
+    for number, line in enumerate(lines, 1):
+        try:
+            data = line.rstrip("\r\n").encode("utf-8")  # stdin decodes bad bytes as lone surrogates
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start:exc.end].encode("utf-8", "surrogateescape")
+            log.warning("stdin line %d is not valid UTF-8 (bytes %s at character %d): skipped; convert the feed to "
+                        "UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)", number, bad.hex(" "), exc.start)
+            continue
+        if len(data) > MAX_CAPTION_LINE_BYTES:
+            log.warning("stdin line %d has %d bytes: sent its first %d", number, len(data), MAX_CAPTION_LINE_BYTES)
+            line = data[:MAX_CAPTION_LINE_BYTES].decode("utf-8", "ignore")  # "ignore": a character cut in two
+        yield line
 
 
 def _shifted(records: Iterable[Record], shift: int) -> Iterator[Record]:

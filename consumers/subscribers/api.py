@@ -20,7 +20,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -32,6 +32,7 @@ from fusionstream.consumers.kafka.stop import stop_consumer
 from fusionstream.consumers.subscribers.errors import BadPrediction
 from fusionstream.consumers.subscribers.positions import Positions
 from fusionstream.consumers.subscribers.record import PredictionRecord, parse_prediction
+from fusionstream.consumers.subscribers.silence import BrokerSilence
 from fusionstream.stream.errors import FusionStreamError
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class Subscription:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | Sequence[str],
         topic: str = DEFAULT_TOPIC,
         *,
         group_id: str | None = None,
@@ -99,6 +100,8 @@ class Subscription:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
         self.bootstrap = _bootstrap_text(bootstrap)
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic must be a topic's name, not {topic!r}")
         self.topic = topic
         self.group_id = group_id
         self.finals_only = finals_only
@@ -126,6 +129,7 @@ class Subscription:
         self._closed = False
         self._topic_checked = False
         self._positions = Positions() if group_id is None else None
+        self._silence = BrokerSilence(self.bootstrap)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -205,6 +209,7 @@ class Subscription:
             if self._positions is not None:  # group-less: partitions added must not move the others
                 await self._positions.settle(consumer)
             batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            self._silence.check(consumer)
             batch = batch if self._positions is None else self._positions.taken(consumer, batch)
             if not self._topic_checked and not batch and not consumer.assignment():
                 self._topic_checked = True  # once: a mistyped name must not look like a quiet topic
@@ -316,7 +321,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 
 
 def subscribe(
-    bootstrap: str,
+    bootstrap: str | Sequence[str],
     topic: str = DEFAULT_TOPIC,
     *,
     group_id: str | None = None,
@@ -329,6 +334,10 @@ def subscribe(
     **consumer_options: Any,
 ) -> Subscription:
     """Predictions from ``topic`` as :class:`PredictionRecord` objects, in an async iterator.
+
+    - ``bootstrap``: ``"host:port[,host:port]"`` or a list of such strings (a host without a port is
+      port 9092, as with every Kafka client); anything else raises :class:`TypeError` at once, an empty
+      one or a port that is no number from 1 to 65535 :class:`ValueError`.
 
     - ``group_id``: None reads every partition and commits nothing; a name joins that
       consumer group and commits processed offsets (at least once: after a crash, the
@@ -347,6 +356,11 @@ def subscribe(
       one before the final of a window; docs/predictions.md#revisions).
 
     Other keywords go to :class:`aiokafka.AIOKafkaConsumer` (security settings, ...).
+
+    Starting (``async with`` or the first record) raises :class:`BrokerUnavailable` when no broker answers,
+    at once, and :class:`BrokerAuthError` when the broker refuses this client. A broker that goes away later
+    raises nothing: the subscription waits and goes on where it was, with a WARNING once it has not answered
+    for 10 s and another once it answers again. docs/subscribers.md has the details.
     """
     return Subscription(
         bootstrap,

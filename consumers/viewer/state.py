@@ -29,6 +29,9 @@ LEVEL_FLOOR_DB = -90.0
 #: Transcript segments kept, and how far back (event time) the "current" transcript reaches.
 TRANSCRIPT_SEGMENTS = 16
 TRANSCRIPT_SPAN_NS = 6 * NS
+#: The most of the transcript shown (its newest characters): six seconds of speech is about a hundred, and one
+#: caption of a megabyte made every update of its stream megabytes (JSON-escaped) to every open page.
+TRANSCRIPT_CHARS = 1000
 #: A record this much older than the newest one seen means the producer restarted (a replay), not disorder.
 RESTART_NS = 10 * NS
 #: Frames kept to show video in step with its predictions: this much event time, at most one per gap.
@@ -124,7 +127,7 @@ class StreamView:
         ordered = sorted(self.transcript)
         newest = ordered[-1][1]
         words = [text.strip() for t0, t1, text, _ in ordered if t1 > newest - TRANSCRIPT_SPAN_NS and text.strip()]
-        return " ".join(words), ordered[-1][3], newest
+        return _newest_chars(" ".join(words)), ordered[-1][3], newest
 
 
 class ViewerState:
@@ -332,9 +335,14 @@ class ViewerState:
             view.transcript.clear()
         if view.transcript and not view.transcript[-1][3]:
             view.transcript.pop()  # a partial (is_final false) result is replaced by whatever follows it
-        text = record.payload.decode("utf-8")
+        text = _newest_chars(record.payload.decode("utf-8"))
         view.transcript.append((record.t_start_ns, record.t_end_ns, text, bool(record.meta.get("is_final", True))))
         return True
+
+
+def _newest_chars(text: str) -> str:
+    """``text``, or its last ``TRANSCRIPT_CHARS`` characters after an ellipsis."""
+    return text if len(text) <= TRANSCRIPT_CHARS else "…" + text[-TRANSCRIPT_CHARS:]
 
 
 def to_jpeg(frame: Record) -> bytes:

@@ -100,3 +100,26 @@ def test_a_setting_that_is_not_a_finite_number_is_one_line_from_the_environment_
     done = fusionstream("topics", "describe", "--config", str(config))
     assert done.returncode == 1
     assert f"broker_wait_s (from {config}): Input should be a finite number" in error_line(done)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    (["train", "OUT", "--fusion", "foo"], "Invalid value for '--fusion': 'foo' is not one of concat, weighted"),
+    (["serve", "--workers", "lots"], "workers (from the command line): workers must be a whole number"),
+    (["demo", "--fast", "--quiet", "--backend", "nope"], "backend (from the command line): unknown backend 'nope'"),
+])
+def test_a_choice_the_command_line_gets_wrong_is_a_usage_error_like_any_other(tmp_path: Path, command: list[str],
+                                                                            expected: str) -> None:
+    """They exited 1 while a value out of range exited 2: a script could not tell a typo from a failure."""
+    done = fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
+    assert done.returncode == 2, done.stderr
+    line = error_line(done)
+    assert expected in line and line.endswith(f"(see 'fusionstream {command[0]} --help')"), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_setting_from_the_environment_stays_a_failure_not_a_usage_error() -> None:
+    """No option was mistyped: the environment names the culprit, and no --help would show it."""
+    done = fusionstream("serve", FUSIONSTREAM_WORKERS="lots")
+    assert done.returncode == 1, done.stderr
+    line = error_line(done)
+    assert "workers (from FUSIONSTREAM_WORKERS)" in line and "--help" not in line, line

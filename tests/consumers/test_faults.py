@@ -239,3 +239,49 @@ def test_kafka_service_under_bursts_at_ten_times_real_time_stays_bounded_and_cat
     assert dead.records == []
     # Bounded: later bursts, each as large as the first, do not take more memory than it did.
     assert max(peaks[1:]) < peaks[0] * 1.10, f"RSS peaks per burst grow: {peaks}"
+
+
+def test_kafka_a_subscription_says_when_its_broker_stops_answering_and_when_it_answers_again(
+    private_broker: PrivateBroker, topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscriber app that logs at WARNING saw one line in a 41 s outage (none without a group): aiokafka
+    says next to nothing while the broker of a consumer that only fetches is away."""
+    from fusionstream.consumers.subscribers import silence, subscribe
+
+    monkeypatch.setattr(silence, "SILENT_AFTER_S", 2.0)
+    broker, topic = private_broker, f"{topic_prefix}.silence"
+    said = "fusionstream.consumers.subscribers"
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == said]
+
+    async def until(condition: Callable[[], bool], deadline_s: float) -> None:
+        deadline = time.monotonic() + deadline_s
+        while not condition():
+            assert time.monotonic() < deadline, lines()
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        await ensure_topics(broker.bootstrap, [topic], partitions=1, replication=1)
+        async with subscribe(broker.bootstrap, topic) as predictions:
+            reading = asyncio.create_task(anext(predictions))  # a quiet topic: it waits, fetching
+            consumer = predictions._consumer
+            assert consumer is not None
+            await until(lambda: any(consumer.last_poll_timestamp(tp) for tp in consumer.assignment()), 30)
+            await asyncio.sleep(3)
+            assert lines() == [], "a quiet topic is not a silent broker"
+            broker.stop(keep_state=True)
+            try:
+                await until(lambda: len(lines()) == 1, 30)
+            finally:
+                broker.start()
+            await until(lambda: len(lines()) == 2, 60)
+            assert not reading.done(), "nothing raised meanwhile"
+            reading.cancel()
+
+    with caplog.at_level("WARNING", logger=said):
+        asyncio.run(scenario())
+    away, back = lines()
+    assert away.startswith(f"the broker at {broker.bootstrap} has not answered for ") and "waiting for it" in away
+    assert back.startswith(f"the broker at {broker.bootstrap} answers again, after "), back

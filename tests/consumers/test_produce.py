@@ -477,7 +477,7 @@ def test_kafka_produce_asr_refusals(kafka_bootstrap: str, topic_prefix: str, tmp
     mp4, srt = write_mp4(tmp_path / "c.mp4"), tmp_path / "c.srt"
     srt.write_text(SRT)
     both = subprocess.run([*FUSIONSTREAM, "produce", "video", str(mp4), "--captions", str(srt), "--asr"], **run)
-    assert both.returncode == 1 and "--asr and --captions" in _one_error_line(both)
+    assert both.returncode == 2 and "--asr and --captions" in _one_error_line(both)
     mic = subprocess.run([*FUSIONSTREAM, "produce", "mic", "--asr"], **run)
     assert mic.returncode == 1 and "PortAudio" in _one_error_line(mic)
 
@@ -488,7 +488,7 @@ def test_produce_asr_with_nothing_to_recognise_is_refused_at_once(tmp_path: Path
     env = {**os.environ, "FUSIONSTREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}"}
     run = {"env": env, "cwd": REPO_ROOT, "capture_output": True, "text": True, "timeout": DEADLINE_S}
     low = subprocess.run([*FUSIONSTREAM, "produce", "mic", "--asr", "--sample-rate", "4000"], **run)
-    assert low.returncode == 1 and "--asr needs audio at 8000 Hz or more" in _one_error_line(low)
+    assert low.returncode == 2 and "--asr needs audio at 8000 Hz or more" in _one_error_line(low)
     silent = write_mp4(tmp_path / "silent.mp4", audio=False)
     for command in ("video", "audio"):
         mute = subprocess.run([*FUSIONSTREAM, "produce", command, str(silent), "--asr"], **run)

@@ -87,6 +87,9 @@ def test_a_bootstrap_that_is_not_an_address_is_refused_at_the_call() -> None:
         with pytest.raises(ValueError, match="bootstrap must be"):
             subscribe(bad)  # type: ignore[arg-type]
     assert subscribe(["127.0.0.1:9092", " 127.0.0.1:9093"]).bootstrap == "127.0.0.1:9092,127.0.0.1:9093"
+    # An empty topic got past as far as the broker ("'' is not a valid topic name", logged at ERROR).
+    with pytest.raises(ValueError, match="topic must be a topic's name, not ''"):
+        subscribe("127.0.0.1:9092", "", until_end=True)
 
 
 def test_an_unreachable_broker_names_the_address_given_to_subscribe() -> None:

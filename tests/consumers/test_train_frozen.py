@@ -157,16 +157,16 @@ def test_the_trained_model_serves(single: tuple[Path, object]) -> None:
 
 def test_refusals_are_one_line(work: Path, encoders: Path) -> None:
     done = run("train", str(work / "x"), "--task", "multi_label")
-    assert done.returncode == 1 and "--task: only with --encoders" in done.stderr
+    assert done.returncode == 2 and "--task: only with --encoders" in done.stderr
     done = run("train", str(work / "x"), "--encoders", str(encoders), "--epochs", "3")
-    assert done.returncode == 1 and "--epochs: not with --encoders" in done.stderr
+    assert done.returncode == 2 and "--epochs: not with --encoders" in done.stderr
     done = run("train", str(encoders), "--encoders", str(encoders))
     assert done.returncode == 1 and "this is the encoders directory" in done.stderr
     done = run("train", str(work / "x"), "--encoders", str(SHIPPED))
     assert done.returncode == 1 and "a format-1 model directory" in done.stderr
     assert "Traceback" not in done.stderr
     done = run("train", str(work / "x"), "--encoders", str(encoders), "--no-augment")
-    assert done.returncode == 1 and "--no-augment: not with --encoders" in done.stderr
+    assert done.returncode == 2 and "--no-augment: not with --encoders" in done.stderr
 
 
 def test_export_refuses_a_format_2_model_in_one_line(single: tuple[Path, object]) -> None:

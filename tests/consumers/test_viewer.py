@@ -32,7 +32,7 @@ from test_subscribe import read_published
 from fusionstream.consumers.kafka import delete_topics, ensure_topics, make_producer
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
-from fusionstream.consumers.viewer.state import LEVEL_FLOOR_DB, TIMELINE_LENGTH, ViewerState, to_jpeg
+from fusionstream.consumers.viewer.state import LEVEL_FLOOR_DB, TIMELINE_LENGTH, TRANSCRIPT_CHARS, ViewerState, to_jpeg
 from fusionstream.stream import wire
 from fusionstream.stream.media import audio_record, image_record, progress_record, text_record
 from fusionstream.stream.records import Encoding, Modality, Record
@@ -186,9 +186,13 @@ def test_audio_level_transcript_filter_and_eviction() -> None:
     state.on_record(text_record("cam", 2, t0 + NS, t0 + 2 * NS, "three"), now=1)
     transcript = (state.snapshot("cam", now=1) or {})["transcript"]
     assert transcript["text"] == "seven three" and transcript["is_final"], "a partial result is replaced"
+    # A caption of a megabyte went to every page on every update of its stream (2.6 MB, JSON-escaped).
+    state.on_record(text_record("cam", 3, t0 + 2 * NS, t0 + 3 * NS, "Grüße " * 200_000 + "ende"), now=1)
+    text = (state.snapshot("cam", now=1) or {})["transcript"]["text"]
+    assert len(text) == TRANSCRIPT_CHARS + 1 and text.startswith("…Grüße") and text.endswith("Grüße ende"), text
 
     assert not state.on_record(frame("other", t0), now=1), "--stream filters"
-    assert list(state.streams) == ["cam"] and state.counts == {"audio": 11, "text": 3}
+    assert list(state.streams) == ["cam"] and state.counts == {"audio": 11, "text": 4}
     assert state.evict(now=5) == [] and state.evict(now=12) == ["cam"] and not state.streams
 
 

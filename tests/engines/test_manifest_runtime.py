@@ -118,6 +118,43 @@ def test_a_tokenizer_truncates_pads_to_the_batch_longest_and_feeds_the_declared_
     assert short["ids"].shape == (2, 1)  # padded to the longest in the batch, not to max_tokens
 
 
+class _Recording:
+    """The real tokenizer, noting how many characters each text it is given has."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.lengths = tokenizer, []  # type: ignore[var-annotated]
+
+    def encode_batch(self, texts: list[str]) -> Any:
+        self.lengths += [len(text) for text in texts]
+        return self.tokenizer.encode_batch(texts)
+
+
+def test_a_caption_of_a_megabyte_is_cut_before_it_is_tokenized_with_the_same_ids(tmp_path: Path) -> None:
+    """The tokenizers library reads all of a text before truncating it: 900 KB cost 2 s of engine time."""
+    from fusionstream.engines.features import TEXT_CHARS_PER_TOKEN
+
+    manifest = _text_manifest(tmp_path, {"input_ids": "ids", "attention_mask": "am"}, max_tokens=4)
+    preparer = TextPreparer(manifest.modalities["text"], manifest)
+    huge, short = "seven eight nine zero " * 50_000, "one two"
+    whole = preparer([huge, short])
+    preparer._tokenizer = recording = _Recording(preparer._tokenizer)
+    cut = preparer([huge, short])
+    assert recording.lengths == [4 * TEXT_CHARS_PER_TOKEN, len(short)]
+    for name in ("ids", "am"):
+        np.testing.assert_array_equal(cut[name], whole[name])
+
+
+def test_hashed_ngrams_of_a_megabyte_caption_read_only_what_fills_the_ids() -> None:
+    from fusionstream.engines.features import TEXT_CHARS_PER_TOKEN
+
+    spec = ModelSpec(version="x", fusion="concat")
+    words = "seven eight nine " * 100_000
+    np.testing.assert_array_equal(text_to_ids(words, spec), text_to_ids(words[:10_000], spec))
+    # The cut's one cost: words after that many characters of punctuation alone are not read.
+    assert not text_to_ids("." * spec.text_max_len * TEXT_CHARS_PER_TOKEN + " seven", spec).any()
+    assert text_to_ids("." * 100 + " seven", spec).any()
+
+
 def test_a_tokenizer_file_that_is_not_one_is_refused_naming_the_field(tmp_path: Path) -> None:
     manifest = _text_manifest(tmp_path, {"input_ids": "ids"})
     (tmp_path / "tokenizer.json").write_text("{not json")
