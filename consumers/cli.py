@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -63,7 +63,7 @@ def demo(
     labels: Annotated[Optional[Path], typer.Option("--labels", exists=True, dir_okay=False, help="Labelled spans of --video: a CSV file with columns file,start_s,end_s,label (docs/training.md; rows of other files are ignored): the summary then has the video's accuracy.")] = None,  # noqa: UP045
     out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write every prediction to this file, one JSON object per line (docs/predictions.md), whatever --json does.")] = None,  # noqa: UP045
     asr: Annotated[bool, typer.Option("--asr", help="The transcript is what PocketSphinx recognises in the audio (with progress records), instead of the synthetic one or --captions; in real time at most 1 stream (general) or 8 (digits).")] = False,
-    asr_grammar: Annotated[str, typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")] = "general",
+    asr_grammar: Annotated[Literal["general", "digits"], typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")] = "general",
     asr_max_segment: Annotated[float, typer.Option("--asr-max-segment", min=0.9, max=30, help="Seconds of speech after which a transcript is published even without a pause.")] = 1.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the summary, no line per window.")] = False,
     as_json: JsonOpt = False,

@@ -26,6 +26,8 @@ from typing import Any, NoReturn
 import typer
 import typer.main
 import typer.rich_utils
+from rich.measure import Measurement
+from rich.table import Table
 
 from fusionstream.consumers.settings import Settings, SettingsFileError
 
@@ -102,9 +104,18 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
     """:meth:`Settings.load`, with an invalid value or a missing ``--config`` file as the one error line."""
     from pydantic import ValidationError
 
+    model_dir = flags.get("model_dir")
+    if model_dir is not None and not Path(model_dir).is_dir():  # the command line's path: a typo, as click's checks
+        usage_error(f"model directory {model_dir} " + ("is a file" if Path(model_dir).exists() else "does not exist"))
     try:
-        with one_line_errors(FileNotFoundError, SettingsFileError):
+        try:
             return Settings.load(config, **flags)
+        except (FileNotFoundError, SettingsFileError) as exc:
+            if config is not None and not config.is_file():  # the path given, not what the file holds
+                usage_error(describe(exc))
+            raise
+    except (FileNotFoundError, SettingsFileError) as exc:
+        fail(describe(exc))
     except ValidationError as exc:
         message = settings_error(exc, config, flags)
         if any(str(error["loc"][0]) in flags and flags[str(error["loc"][0])] is not None
@@ -205,6 +216,7 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     if shutil.get_terminal_size().columns < HELP_MIN_COLUMNS:
         # At 40 columns --help cut the options' own names (`--from…`); wrapped lines still read.
         typer.rich_utils.MAX_WIDTH = HELP_MIN_COLUMNS
+    _fold_long_words()
     command = typer.main.get_command(app)
     _refuse_non_finite(command)
     try:
@@ -216,7 +228,8 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
             if help_text.strip():
                 sys.stderr.write(help_text + "\n")
             return int(exc.exit_code)  # type: ignore[attr-defined]
-        print_error(exc.format_message() + _help_hint(exc))  # type: ignore[attr-defined]
+        # typer validates some types with pydantic, whose messages start "Value error, ".
+        print_error(exc.format_message().replace("Value error, ", "") + _help_hint(exc))  # type: ignore[attr-defined]
         return int(exc.exit_code)  # type: ignore[attr-defined]
     except click_exception as exc:
         print_error(exc.format_message())  # type: ignore[attr-defined]
@@ -234,6 +247,49 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
         raise
     # Without standalone mode a command's typer.Exit(n) comes back as n, and a normal return as None.
     return result if isinstance(result, int) else 0
+
+
+def _fold_long_words() -> None:
+    """Make ``--help`` fold a word longer than its column instead of cutting it: at 80 columns it read
+    ``FUSIONSTREAM_INSTA…``, ``host:port[,host:po…`` and ``--read-uncommit…`` (rich's table cells end with an
+    ellipsis by default). typer builds each option's help in a private function and its options panel with
+    rich's Table; where a later typer differs, help stays as it lays it out."""
+    build = getattr(typer.rich_utils, "_get_parameter_help", None)
+    if build is None or getattr(build, "folds", False):
+        return
+
+    def folding(**options: Any) -> Any:
+        columns = build(**options)
+        if isinstance(getattr(columns, "renderables", None), list):
+            columns.renderables = [_Folded(item) for item in columns.renderables]
+        return columns
+
+    folding.folds = True  # type: ignore[attr-defined]
+    typer.rich_utils._get_parameter_help = folding
+    if getattr(typer.rich_utils, "Table", None) is Table:
+        typer.rich_utils.Table = _FoldingTable  # type: ignore[misc]
+
+
+class _Folded:
+    """A renderable drawn with long words folded, not cut."""
+
+    def __init__(self, renderable: Any) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield from console.render(self.renderable, options.update(overflow="fold"))
+
+    def __rich_measure__(self, console: Any, options: Any) -> Measurement:
+        return Measurement.get(console, options, self.renderable)
+
+
+class _FoldingTable(Table):
+    """rich's table, whose columns (made by the rows typer adds) fold long words."""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        while len(self.columns) < len(renderables):
+            self.add_column(overflow="fold")
+        super().add_row(*renderables, **options)
 
 
 def _refuse_non_finite(command: Any) -> None:

@@ -7,6 +7,7 @@ so they never appear in logs or ``repr``. docs/settings.md lists every field.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,6 +66,12 @@ class ModelWindowMismatch(FusionStreamError):
     """``window_ms``/``hop_ms`` disagree with the windows the model was trained on (``model.json``)."""
 
 
+#: What the broker takes as a topic's name (Kafka's Topic.validate).
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_TOPICS = ("video_topic", "audio_topic", "text_topic", "predictions_topic", "deadletter_topic")
+_CUDA_DEVICE = re.compile(r"cuda(:\d+)?")
+
+
 class Settings(BaseSettings):
     """Every knob of fusionstream; see docs/settings.md."""
 
@@ -118,7 +125,7 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=default_model_dir, description="Model directory (ONNX files + model.json).")
     backend: str = Field("onnxruntime", description="Inference backend: onnxruntime, torch or tensorrt (any name "
                          "registered in fusionstream.engines.backends.BACKENDS).")
-    device: str = Field("cpu", description="Device for the torch backend: cpu or cuda.")
+    device: str = Field("cpu", description="Device for the torch backend: cpu, cuda or cuda:N (a GPU's index).")
     threads: int = Field(
         0, ge=0, description="Intra-op threads for ONNX Runtime / torch (0 = auto: one per core but one where a "
         "pipeline runs beside the engine, as in serve and demo, so its Python thread keeps a core; every core for "
@@ -212,6 +219,34 @@ class Settings(BaseSettings):
         # Java clients' configs and Kafka's docs write these in any case (`sasl_ssl`, `scram-sha-512`).
         return name.strip().upper() if isinstance(name, str) else name
 
+    @field_validator("backend", "precision", "device", mode="before")
+    @classmethod
+    def _lower_name(cls, name: object) -> object:
+        return name.strip().lower() if isinstance(name, str) else name  # INT8 and ONNXRUNTIME, as EXACTLY_ONCE=YES
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, device: str) -> str:
+        # torch's own refusal of "tpu" was a 54-line traceback at the first window.
+        if device != "cpu" and not _CUDA_DEVICE.fullmatch(device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N (a GPU's index), not {device!r}")
+        return device
+
+    @field_validator("video_topic", "audio_topic", "text_topic", "predictions_topic", "deadletter_topic")
+    @classmethod
+    def _topic_name(cls, topic: str) -> str:
+        # The broker's own rule; an empty name went as far as "missing topic(s): ; create them ...".
+        if not _TOPIC.fullmatch(topic):
+            raise ValueError(f"{topic!r} is not a Kafka topic name (1 to 249 of the letters, digits, '.', '_', '-')")
+        return topic
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_named(cls, group: str) -> str:
+        if not group.strip():
+            raise ValueError("group_id must not be empty (the broker refuses it: InvalidGroupIdError)")
+        return group
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port_list(cls, servers: str) -> str:
@@ -240,12 +275,16 @@ class Settings(BaseSettings):
     def _budget_auto_or_off(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip().lower()
-            if text in ("auto", "off") or text.isdigit():
-                return int(text) if text.isdigit() else text
-            raise ValueError(f"text_wait_ms must be a whole number of milliseconds, 'auto' or 'off', not {value!r}")
+            if text in ("auto", "off"):
+                return text
+            if not text.removeprefix("-").isdigit():
+                raise ValueError(f"text_wait_ms must be a whole number of milliseconds, 'auto' or 'off', not {value!r}")
+            value = int(text)  # a negative one: said below
         if value is None:  # the setting's meaning before 'auto' was the default
             return "off"
-        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        if not isinstance(value, int) or isinstance(value, bool):  # 1.5 in TOML: one line, not one per union member
+            raise ValueError(f"text_wait_ms must be a whole number of milliseconds, 'auto' or 'off', not {value!r}")
+        if value < 0:
             raise ValueError(f"text_wait_ms must be at least 0, 'auto' or 'off', not {value}")
         return value
 
@@ -273,6 +312,12 @@ class Settings(BaseSettings):
         # window set alone, with its own hop, is no conflict with the default hop of 500.
         if {"hop_ms", "window_ms"} <= self.model_fields_set and self.hop_ms > self.window_ms:
             raise ValueError(f"hop_ms {self.hop_ms} is longer than window_ms {self.window_ms}")
+        topics = {name: getattr(self, name) for name in _TOPICS}
+        for name, topic in topics.items():
+            others = [other for other in _TOPICS if other != name and topics[other] == topic]
+            if others and name < others[0]:  # each pair said once
+                raise ValueError(f"{name} and {others[0]} are both {topic!r}: every topic has one job (the service "
+                                 "would read its own predictions as input, or mix two modalities)")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
@@ -329,9 +374,13 @@ class Settings(BaseSettings):
             # Parsed here too, so that a syntax error is the one line that names the file, not a traceback
             # from inside pydantic-settings.
             try:
-                tomllib.loads(config_file.read_text(encoding="utf-8"))
+                data = tomllib.loads(config_file.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
                 raise SettingsFileError(f"settings file {config_file} is not valid TOML: {exc}") from None
+            from fusionstream.consumers.settings_toml import toml_type_errors
+
+            if errors := toml_type_errors(data, cls.model_fields):
+                raise SettingsFileError(f"settings file {config_file}: {'; '.join(errors)}")
         token = _CONFIG_FILE.set(config_file)
         try:
             return cls(**{k: v for k, v in flags.items() if v is not None})

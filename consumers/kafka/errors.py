@@ -1,12 +1,26 @@
 """Errors of talking to the cluster that a user has to fix, each with the fix in its message.
 
-A broker that does not answer (yet) is :class:`~fusionstream.consumers.producers.errors.BrokerUnavailable`,
-shared with the producers; these are the ones no amount of waiting mends.
+A broker that does not answer (yet) is :class:`BrokerUnavailable`, shared by producers, subscribers and the
+service; the others are the ones no amount of waiting mends.
 """
 
 from __future__ import annotations
 
 from fusionstream.stream.errors import FusionStreamError
+
+#: Said whenever a broker cannot be reached: the usual cause during development.
+BROKER_HINT = "start a local one with `make kafka-start`, or set FUSIONSTREAM_BOOTSTRAP_SERVERS (or --bootstrap)"
+
+
+class BrokerUnavailable(FusionStreamError):
+    """No Kafka broker answers at the bootstrap address. Retriable: start it, or fix the address."""
+
+    retriable = True
+
+    def __init__(self, bootstrap: str, detail: str = "", hint: str = BROKER_HINT) -> None:
+        self.bootstrap = bootstrap
+        reason = f": {detail}" if detail else ""
+        super().__init__(f"cannot reach Kafka at {bootstrap}{reason}; {hint}")
 
 
 class BrokerAuthError(FusionStreamError):
@@ -45,4 +59,4 @@ def explain_denial(exc: BaseException) -> str | None:
     return next((message for kind, message in said.items() if isinstance(exc, kind)), None)
 
 
-__all__ = ["BrokerAuthError", "MissingTopicsError", "explain_denial"]
+__all__ = ["BROKER_HINT", "BrokerAuthError", "BrokerUnavailable", "MissingTopicsError", "explain_denial"]

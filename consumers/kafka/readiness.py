@@ -34,8 +34,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from fusionstream.consumers.kafka.errors import BrokerAuthError
-from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.kafka.errors import BrokerAuthError, BrokerUnavailable
 
 log = logging.getLogger(__name__)
 

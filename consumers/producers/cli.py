@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
@@ -55,7 +55,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No status line an
 SizeOpt = Annotated[Optional[int], typer.Option("--size", min=8, help="Fit frames inside SIZE x SIZE pixels (aspect kept).")]  # noqa: E501, UP045
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Send no progress records (for a service older than them; docs/wire-format.md#progress). Records keep their complete flag.")]  # noqa: E501
 AsrOpt = Annotated[bool, typer.Option("--asr", help="Also publish the words PocketSphinx recognises in the audio (US English, on the CPU), one transcript record per word, with progress records.")]  # noqa: E501
-AsrGrammarOpt = Annotated[str, typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")]  # noqa: E501
+AsrGrammarOpt = Annotated[Literal["general", "digits"], typer.Option("--asr-grammar", help="general: the US-English language model; digits: only the digit words.")]  # noqa: E501
 AsrMaxOpt = Annotated[float, typer.Option("--asr-max-segment", min=0.9, max=30, help="Seconds of speech after which a transcript is published even without a pause.")]  # noqa: E501
 FpsOpt = Annotated[Optional[float], typer.Option("--fps", min=0.1, help="Highest frame rate to publish (frames are dropped to hold it).")]  # noqa: E501, UP045
 
@@ -260,7 +260,8 @@ def captions(
     starts, and cues that start together go as one (docs/wire-format.md#progress says why)."""
     settings = _settings(config, bootstrap, partitions)
     if file != "-" and not Path(file).is_file():
-        fail(f"{file} is a directory, not a caption file" if Path(file).is_dir() else f"no such caption file: {file}")
+        usage_error(f"{file} is a directory, not a caption file" if Path(file).is_dir()
+                    else f"no such caption file: {file}")
     sid = stream_id or (_live_stream_id() if file == "-" else Path(file).stem)
     from fusionstream.consumers.producers.sources import captions_source
 
@@ -460,7 +461,8 @@ def _summary(console: Console, published: Published, *, interrupted: bool, quiet
         counts += f", and {published.progress:,} progress"
     how = "stopped after" if interrupted else "published"
     console.print(
-        f"[green]{how}[/] {published.total:,} records ({counts}; {published.bytes / 1e6:.1f} MB) "
+        f"[green]{how}[/] {published.total:,} record{'' if published.total == 1 else 's'} "
+        f"({counts}; {published.bytes / 1e6:.1f} MB) "
         f"from {len(published.streams)} stream{'' if len(published.streams) == 1 else 's'} "
         f"in {published.elapsed_s:.1f} s",
         highlight=False,

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
+# Defined beside the other cluster errors, so a subscriber imports none of the producers' parts for them.
+from fusionstream.consumers.kafka.errors import BROKER_HINT, BrokerUnavailable
 from fusionstream.stream.errors import FusionStreamError
-
-#: Said whenever a broker cannot be reached: the usual cause during development.
-BROKER_HINT = "start a local one with `make kafka-start`, or set FUSIONSTREAM_BOOTSTRAP_SERVERS (or --bootstrap)"
-
-
-class BrokerUnavailable(FusionStreamError):
-    """No Kafka broker answers at the bootstrap address. Retriable: start it, or fix the address."""
-
-    retriable = True
-
-    def __init__(self, bootstrap: str, detail: str = "", hint: str = BROKER_HINT) -> None:
-        self.bootstrap = bootstrap
-        reason = f": {detail}" if detail else ""
-        super().__init__(f"cannot reach Kafka at {bootstrap}{reason}; {hint}")
 
 
 class PublishError(FusionStreamError):

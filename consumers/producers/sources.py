@@ -255,8 +255,8 @@ def _caption_lines(lines: Iterable[str]) -> Iterator[str]:
                         "UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)", number, bad.hex(" "), exc.start)
             continue
         if len(data) > MAX_CAPTION_LINE_BYTES:
-            log.warning("stdin line %d has %d bytes: sent its first %d", number, len(data), MAX_CAPTION_LINE_BYTES)
             line = data[:MAX_CAPTION_LINE_BYTES].decode("utf-8", "ignore")  # "ignore": a character cut in two
+            log.warning("stdin line %d has %d bytes: sent its first %d", number, len(data), len(line.encode()))
         yield line
 
 

@@ -6,8 +6,7 @@ per-stream state tables and serves them over HTTP (it imports Faust, so it is no
 imported here).
 """
 
-from fusionstream.consumers.kafka.errors import BrokerAuthError
-from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.kafka.errors import BrokerAuthError, BrokerUnavailable
 from fusionstream.consumers.subscribers.api import (
     DEFAULT_TOPIC,
     PredictionRecord,

@@ -338,7 +338,6 @@ def subscribe(
     - ``bootstrap``: ``"host:port[,host:port]"`` or a list of such strings (a host without a port is
       port 9092, as with every Kafka client); anything else raises :class:`TypeError` at once, an empty
       one or a port that is no number from 1 to 65535 :class:`ValueError`.
-
     - ``group_id``: None reads every partition and commits nothing; a name joins that
       consumer group and commits processed offsets (at least once: after a crash, the
       predictions handed out since the last commit come again).

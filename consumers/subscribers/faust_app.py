@@ -46,7 +46,7 @@ from faust.web import Request, Response, View
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fusionstream.consumers.producers.errors import BrokerUnavailable
+from fusionstream.consumers.kafka.errors import BrokerUnavailable
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import parse_prediction
 from fusionstream.consumers.subscribers.errors import BadPrediction

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fusionstream.consumers.producers.errors import BROKER_HINT
+from fusionstream.consumers.kafka.errors import BROKER_HINT
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
 from fusionstream.stream.printable import printable

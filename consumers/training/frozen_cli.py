@@ -18,15 +18,7 @@ import typer
 
 from fusionstream.consumers.cli_errors import one_of, usage_error
 
-#: ``frozen_heads.HEAD_EPOCHS``, not imported: ``cli.py`` imports this module, and ``--help`` stays light.
-HEAD_EPOCHS = 40
 
-_EXTRA = {
-    "encoders": (Annotated[Optional[Path], typer.Option("--encoders", exists=True, file_okay=False, help="Train only a fusion head, on the frozen encoders of this encoders directory (`fusionstream model import`); OUT becomes a complete format-2 model (docs/model-format.md).")], None),  # noqa: E501, UP045
-    "task": (Annotated[str, typer.Option("--task", callback=one_of(lambda: tasks()), help="With --encoders: single_label (softmax), multi_label (per-class sigmoid, thresholds chosen on validation) or embedding (the fused vector).")], "single_label"),  # noqa: E501
-    "embedding_size": (Annotated[Optional[int], typer.Option("--embedding-size", min=1, help="With --task embedding: the fused vector's size (default 128).")], None),  # noqa: E501, UP045
-    "head_epochs": (Annotated[int, typer.Option("--head-epochs", min=1, help="With --encoders: epochs of fusion-head training on the cached embeddings.")], HEAD_EPOCHS),  # noqa: E501
-}
 def fusion_heads() -> tuple[str, ...]:
     """What ``train --fusion`` takes: every head, or ``best`` (train all, keep the best on validation)."""
     from fusionstream.engines.spec import FUSION_HEADS
@@ -44,6 +36,16 @@ def tasks() -> tuple[str, ...]:
 
     return TASKS
 
+
+#: ``frozen_heads.HEAD_EPOCHS``, not imported: ``cli.py`` imports this module, and ``--help`` stays light.
+HEAD_EPOCHS = 40
+
+_EXTRA = {
+    "encoders": (Annotated[Optional[Path], typer.Option("--encoders", exists=True, file_okay=False, help="Train only a fusion head, on the frozen encoders of this encoders directory (`fusionstream model import`); OUT becomes a complete format-2 model (docs/model-format.md).")], None),  # noqa: E501, UP045
+    "task": (Annotated[str, typer.Option("--task", callback=one_of(tasks), help="With --encoders: single_label (softmax), multi_label (per-class sigmoid, thresholds chosen on validation) or embedding (the fused vector).")], "single_label"),  # noqa: E501
+    "embedding_size": (Annotated[Optional[int], typer.Option("--embedding-size", min=1, help="With --task embedding: the fused vector's size (default 128).")], None),  # noqa: E501, UP045
+    "head_epochs": (Annotated[int, typer.Option("--head-epochs", min=1, help="With --encoders: epochs of fusion-head training on the cached embeddings.")], HEAD_EPOCHS),  # noqa: E501
+}
 
 #: train's options that have no meaning for a head on frozen encoders.
 _ENCODER_TRAINING = {"epochs": "--epochs", "compare": "--compare", "init": "--init", "augment": "--no-augment"}
@@ -63,7 +65,6 @@ def frozen_options(command: Callable[..., None]) -> Callable[..., None]:
         if ours["encoders"] is None:
             given = [f"--{n.replace('_', '-')}" for n, (_, d) in _EXTRA.items() if ours[n] != d]
             if given:
-
                 usage_error(f"{', '.join(given)}: only with --encoders DIR (a fusion head on frozen encoders)")
             return command(**kwargs)
         _run_frozen(kwargs, ours, defaults)

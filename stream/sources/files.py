@@ -76,7 +76,21 @@ def probe(path: PathLike) -> MediaInfo:
             rate = video.average_rate or video.guessed_rate
             fps = float(rate) if rate else None
         duration = container.duration / 1_000_000 if container.duration is not None else None
+        if container.format.name == "wav":
+            duration = _wav_header_s(path) or duration
         return MediaInfo(video is not None, bool(container.streams.audio), offset, fps, duration)
+
+
+def _wav_header_s(path: PathLike) -> float | None:
+    """What a PCM WAV's header declares (its data chunk's size), or None: FFmpeg reports a WAV's duration
+    from the bytes the file holds, so a copy cut short looked whole. The stdlib reads PCM only."""
+    import wave
+
+    try:
+        with wave.open(os.fspath(path), "rb") as header:
+            return header.getnframes() / header.getframerate() if header.getframerate() else None
+    except (wave.Error, EOFError, OSError):  # float or compressed WAV, or not one the stdlib reads
+        return None
 
 
 def has_audio(path: PathLike) -> bool:

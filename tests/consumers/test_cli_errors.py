@@ -85,7 +85,7 @@ def test_failures_are_one_line_with_exit_status_1(long_dir: Path, columns: str) 
     assert info.startswith("tailing ") and error.startswith("fusionstream: error: cannot reach Kafka")
 
     done = fusionstream("tail", "--config", str(long_dir / "fs.toml"), columns=columns)
-    assert done.returncode == 1 and f"settings file {long_dir / 'fs.toml'} does not exist" in error_line(done)
+    assert done.returncode == 2 and f"settings file {long_dir / 'fs.toml'} does not exist" in error_line(done)
 
     bad_toml = long_dir / "bad.toml"
     bad_toml.write_text("bootstrap_servers = 127.0.0.1:9392\n")  # unquoted: a TOML syntax error
@@ -100,11 +100,15 @@ def test_failures_are_one_line_with_exit_status_1(long_dir: Path, columns: str) 
             in error_line(done))
     # A bad value and a misspelt key in the file: each named with where it came from.
     typo = long_dir / "typo.toml"
-    typo.write_text('max_batchh = 8\nhop_ms = "x"\n')
+    typo.write_text('max_batchh = 8\nhop_ms = -5\n')
     done = fusionstream("tail", "--config", str(typo), columns=columns)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert f"hop_ms (from {typo}): Input should be a valid integer" in error_line(done)
+    assert f"hop_ms (from {typo}): Input should be greater than" in error_line(done)
     assert f"unknown setting 'max_batchh' in {typo} (did you mean max_batch?)" in error_line(done)
+    typo.write_text('hop_ms = "x"\n')  # a string where TOML has integers: said before pydantic converts anything
+    done = fusionstream("tail", "--config", str(typo), columns=columns)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{typo}: hop_ms: 'x' is a string, where the setting takes an integer" in error_line(done)
 
 
 def test_an_engine_error_is_one_line(long_dir: Path) -> None:

@@ -51,9 +51,9 @@ def test_kafka_tail_until_the_end_of_a_topic_that_does_not_exist_fails(kafka_boo
 def test_a_directory_where_a_file_belongs_and_a_host_that_does_not_resolve_are_said_as_such(tmp_path: Path) -> None:
     """They read "does not exist", "no such caption file" and "unknown error -2 (choose another with --port)"."""
     done = fusionstream("topics", "describe", "--config", str(tmp_path))
-    assert done.returncode == 1 and f"settings file {tmp_path} is a directory, not a TOML file" in error_line(done)
+    assert done.returncode == 2 and f"settings file {tmp_path} is a directory, not a TOML file" in error_line(done)
     done = fusionstream("produce", "captions", str(tmp_path))
-    assert done.returncode == 1 and f"{tmp_path} is a directory, not a caption file" in error_line(done)
+    assert done.returncode == 2 and f"{tmp_path} is a directory, not a caption file" in error_line(done)
 
 
 def test_kafka_view_on_a_host_that_does_not_resolve_names_the_host(kafka_bootstrap: str) -> None:
@@ -83,6 +83,18 @@ def test_help_on_a_narrow_terminal_keeps_the_options_names() -> None:
         assert name in done.stdout, name
 
 
+@pytest.mark.parametrize("columns", ["60", "80"])
+@pytest.mark.parametrize("command", [["serve"], ["tail"], ["produce", "video"]])
+def test_help_folds_a_long_word_instead_of_cutting_it(command: list[str], columns: str) -> None:
+    """At 80 columns (and any width under 100) help read `FUSIONSTREAM_INSTA…`, `host:port[,host:po…` and
+    `--read-uncommit…`: an environment variable's name could not be read at any width."""
+    done = fusionstream(*command, "--help", columns=columns)
+    assert done.returncode == 0
+    assert "…" not in done.stdout, [line for line in done.stdout.splitlines() if "…" in line]
+    text = "".join(line.strip("│ ") for line in done.stdout.splitlines())  # the folded pieces, joined again
+    assert "FUSIONSTREAM_BOOTSTRAP_SERVERS" in text
+
+
 def test_kafka_a_camera_that_cannot_be_opened_is_one_line(kafka_bootstrap: str) -> None:
     """OpenCV's WARN lines about each backend it tried came before the error."""
     done = fusionstream("produce", "camera", "99", "--bootstrap", kafka_bootstrap)
@@ -106,6 +118,9 @@ def test_a_setting_that_is_not_a_finite_number_is_one_line_from_the_environment_
     (["train", "OUT", "--fusion", "foo"], "Invalid value for '--fusion': 'foo' is not one of concat, weighted"),
     (["serve", "--workers", "lots"], "workers (from the command line): workers must be a whole number"),
     (["demo", "--fast", "--quiet", "--backend", "nope"], "backend (from the command line): unknown backend 'nope'"),
+    # It was taken without a word, and the demo ran (or, with --asr, refused it as a failure, exit 1).
+    (["demo", "--fast", "--quiet", "--asr-grammar", "klingon"], "'--asr-grammar': 'klingon' is not one of 'general'"),
+    (["produce", "synthetic", "--asr-grammar", "klingon"], "'--asr-grammar': 'klingon' is not one of 'general'"),
 ])
 def test_a_choice_the_command_line_gets_wrong_is_a_usage_error_like_any_other(tmp_path: Path, command: list[str],
                                                                             expected: str) -> None:
@@ -113,7 +128,7 @@ def test_a_choice_the_command_line_gets_wrong_is_a_usage_error_like_any_other(tm
     done = fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
     assert done.returncode == 2, done.stderr
     line = error_line(done)
-    assert expected in line and line.endswith(f"(see 'fusionstream {command[0]} --help')"), line
+    assert expected in line and f"(see 'fusionstream {command[0]}" in line and line.endswith(" --help')"), line
     assert not (tmp_path / "out").exists()
 
 

@@ -349,11 +349,11 @@ def test_produce_errors_are_one_clear_line(tmp_path: Path, columns: str) -> None
     assert line.endswith("(see 'fusionstream produce video --help')")
 
     captions = run("captions", str(long / "nope.srt"))
-    assert captions.returncode == 1
+    assert captions.returncode == 2
     assert f"no such caption file: {long / 'nope.srt'}" in _one_error_line(captions)
 
     config = run("synthetic", "--config", str(long / "nope.toml"))
-    assert config.returncode == 1
+    assert config.returncode == 2
     assert f"settings file {long / 'nope.toml'} does not exist" in _one_error_line(config)
 
     # A file given to `camera` would be read as fast as OpenCV can, every frame stamped at once.

@@ -4,6 +4,7 @@ of what its header declares it held: an archive job published a third of a file 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -35,11 +36,27 @@ def _mkv(path: Path, keep: float) -> Path:
     return path
 
 
+def _wav(path: Path, keep: float) -> Path:
+    """{SECONDS} s of PCM in a WAV (its data chunk's size declares the duration), cut to ``keep`` of its bytes."""
+    import wave
+
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((np.sin(np.arange(SECONDS * RATE) * 0.05) * 8000).astype("<i2").tobytes())
+    data = path.read_bytes()
+    path.write_bytes(data[: round(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("make", [_mkv, _wav], ids=["mkv", "wav"])
 @pytest.mark.parametrize(("keep", "warned"), [(1 / 3, True), (1.0, False)])
 def test_a_file_shorter_than_its_header_says_is_published_and_said(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, keep: float, warned: bool
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, keep: float, warned: bool, make: Callable[[Path, float], Path]
 ) -> None:
-    path = _mkv(tmp_path / "cut.mkv", keep)
+    """A WAV's duration came from FFmpeg, which counts the bytes the file holds: a WAV cut short looked whole."""
+    path = make(tmp_path / f"cut.{make.__name__[1:]}", keep)
     with caplog.at_level(logging.WARNING):
         records = list(audio_source(str(path), "cut", realtime=False, start_ns=0))
     held_s = (records[-1].t_end_ns - records[0].t_start_ns) / NS

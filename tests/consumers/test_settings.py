@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import uuid
@@ -59,6 +60,36 @@ def test_a_text_wait_that_is_no_budget_is_one_line(value: object) -> None:
     assert len(caught.value.errors()) == 1
 
 
+@pytest.mark.parametrize(("value", "said"), [("-5", "at least 0"), (-5, "at least 0"), (1.5, "a whole number"),
+                                           (True, "a whole number")])
+def test_a_text_wait_says_what_is_wrong_with_it(value: object, said: str) -> None:
+    """-5 from the environment read "must be a whole number" (it is one); 1.5 from TOML gave pydantic's union
+    internals (``text_wait_ms.int``, ``text_wait_ms.literal['auto','off']``)."""
+    with pytest.raises(ValidationError, match=f"text_wait_ms must be {said}") as caught:
+        Settings(text_wait_ms=value)
+    assert len(caught.value.errors()) == 1
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("device", "tpu", "device must be cpu, cuda or cuda:N (a GPU's index), not 'tpu'"),
+    ("video_topic", "", "'' is not a Kafka topic name"),
+    ("deadletter_topic", "dead letters", "'dead letters' is not a Kafka topic name"),
+    ("group_id", " ", "group_id must not be empty"),
+    ("predictions_topic", "fs.video", "predictions_topic and video_topic are both 'fs.video': every topic has one job"),
+    ("audio_topic", "fs.text", "audio_topic and text_topic are both 'fs.text'"),
+])
+def test_settings_the_service_cannot_run_with_are_refused_at_load(field: str, value: str, message: str) -> None:
+    """A device torch refuses was a 54-line traceback at the first window; a predictions topic that is an input
+    topic fed the service its own output; empty names reached the broker."""
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(**{field: value})
+
+
+def test_backend_precision_and_device_are_taken_in_any_case() -> None:
+    settings = Settings(backend=" ONNXRuntime", precision="INT8", device="CUDA:1")
+    assert (settings.backend, settings.precision, settings.device) == ("onnxruntime", "int8", "cuda:1")
+
+
 @pytest.mark.parametrize(("value", "expected"), [("3", 3), ("auto", "auto"), (" AUTO ", "auto"), (2, 2)])
 def test_workers_is_a_count_or_auto(value: object, expected: object) -> None:
     assert Settings(workers=value).workers == expected
@@ -89,6 +120,32 @@ def test_a_check_of_several_settings_is_its_message_alone(monkeypatch: pytest.Mo
         Settings.load()
     message = settings_error(caught.value, None, {})
     assert message == "invalid settings: sasl_mechanism needs sasl_username and sasl_password"
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ("max_batch = true", "max_batch: True is a boolean, where the setting takes an integer"),
+    ('exactly_once = "yes"', "exactly_once: 'yes' is a string, where the setting takes a boolean"),
+    ("exactly_once = 1", "exactly_once: 1 is an integer, where the setting takes a boolean"),
+    ('partitions = "4"', "partitions: '4' is a string, where the setting takes an integer"),
+    ("workers = 2.0", "workers: 2.0 is a number, where the setting takes a string or an integer"),
+    ('bootstrap_servers = ["a:1"]', "bootstrap_servers: ['a:1'] is a TOML array, where the setting takes a string"),
+])
+def test_a_toml_value_of_the_wrong_type_is_refused_naming_it(tmp_path: Path, line: str, said: str) -> None:
+    """pydantic's lax conversion (which environment variables, all strings, need) took them without a word:
+    `max_batch = true` served batches of one."""
+    config = tmp_path / "fs.toml"
+    config.write_text(line + "\n")
+    with pytest.raises(SettingsFileError, match=re.escape(f"settings file {config}: {said}")):
+        Settings.load(config)
+
+
+def test_toml_values_of_the_settings_own_types_are_taken(tmp_path: Path) -> None:
+    config = tmp_path / "fs.toml"
+    config.write_text('workers = "auto"\ntext_wait_ms = 700\nevict_after_s = 30\nexactly_once = true\n'
+                      'model_dir = "/tmp"\nlog_level = "info"\nprecision = "int8"\n')
+    settings = Settings.load(config)
+    assert (settings.workers, settings.text_wait_ms, settings.evict_after_s, settings.exactly_once) == \
+        ("auto", 700, 30.0, True)
 
 
 def test_a_settings_file_that_is_not_toml_is_refused_naming_it(tmp_path: Path) -> None:

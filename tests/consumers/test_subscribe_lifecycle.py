@@ -109,3 +109,18 @@ def test_an_unreachable_broker_names_the_address_given_to_subscribe() -> None:
     message = str(unreachable.value)
     assert address in message and "given to subscribe()" in message, message
     assert "FUSIONSTREAM_BOOTSTRAP_SERVERS" not in message, message
+
+
+def test_the_subscriber_api_imports_neither_numpy_nor_the_settings_nor_the_producers() -> None:
+    """An app that only reads predictions imported the whole pipeline's parts on its way (0.7-1.6 s)."""
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "pydantic", "fusionstream.consumers.settings", "fusionstream.consumers.producers.publish",
+             "fusionstream.consumers.kafka.admin", "fusionstream.stream.records")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom fusionstream.consumers.subscribers import subscribe, "
+         "BadPrediction, BrokerAuthError, BrokerUnavailable, PredictionRecord\n"
+         f"print(sorted(name for name in {heavy!r} if name in sys.modules))"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
