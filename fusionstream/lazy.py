@@ -11,7 +11,11 @@ from typing import Any
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package``: each name of ``exports`` from its module (a submodule's
-    name relative to ``package``), imported when the name is first read and kept in the package from then on."""
+    name relative to ``package``), imported when the name is first read and kept in the package from then on.
+
+    An exported name must not also be a submodule's: importing that submodule (from anywhere) sets the
+    package's attribute of that name to the module, and the export would read as the module from then on.
+    """
     namespace = importlib.import_module(package).__dict__
 
     def attribute(name: str) -> Any:

@@ -81,6 +81,10 @@ def probe(path: PathLike) -> MediaInfo:
         return MediaInfo(video is not None, bool(container.streams.audio), offset, fps, duration)
 
 
+#: A data chunk this large (within a frame of the 32-bit maximum) is the "size unknown" of a streamed WAV.
+_WAV_UNKNOWN_SIZE = 0xFFFFFFFF - 64
+
+
 def _wav_header_s(path: PathLike) -> float | None:
     """What a PCM WAV's header declares (its data chunk's size), or None: FFmpeg reports a WAV's duration
     from the bytes the file holds, so a copy cut short looked whole. The stdlib reads PCM only."""
@@ -88,9 +92,12 @@ def _wav_header_s(path: PathLike) -> float | None:
 
     try:
         with wave.open(os.fspath(path), "rb") as header:
-            return header.getnframes() / header.getframerate() if header.getframerate() else None
+            frames, rate = header.getnframes(), header.getframerate()
+            data_bytes = frames * header.getsampwidth() * header.getnchannels()
     except (wave.Error, EOFError, OSError):  # float or compressed WAV, or not one the stdlib reads
         return None
+    # A WAV written to a pipe as it was recorded (ffmpeg, sox, arecord) declares 0 or 0xFFFFFFFF: no size known.
+    return frames / rate if rate and 0 < data_bytes < _WAV_UNKNOWN_SIZE else None
 
 
 def has_audio(path: PathLike) -> bool:

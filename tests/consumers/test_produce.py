@@ -386,7 +386,7 @@ def test_kafka_produce_stops_cleanly_on_ctrl_c(kafka_bootstrap: str, topic_prefi
     producer.send_signal(signal.SIGINT)
     _, err = producer.communicate(timeout=DEADLINE_S)
     assert producer.returncode == 130, err
-    assert "stopped after 1 records" in err
+    assert "stopped after 1 record (" in err
     # stderr is a pipe here, where a live status line shows nothing: a plain line says where it produces.
     assert err.splitlines()[0].startswith(f"▶ producing to {kafka_bootstrap}"), err
     # Then an `ended` progress record, so the service closes the stream's windows now (wire-format.md#progress).

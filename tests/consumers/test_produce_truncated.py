@@ -64,3 +64,22 @@ def test_a_file_shorter_than_its_header_says_is_published_and_said(
     said = [r.getMessage() for r in caplog.records if "may be truncated" in r.getMessage()]
     assert said == ([f"{path} ended at {held_s:.1f} s of the 4.0 s its header declares: the file may be "
                      "truncated"] if warned else []), said
+
+
+@pytest.mark.parametrize("declared", [0xFFFFFFFF, 0])
+def test_a_wav_recorded_to_a_pipe_is_not_taken_for_a_truncated_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, declared: int
+) -> None:
+    """ffmpeg, sox and arecord writing to a pipe cannot go back to fill in the sizes: they declare 0 or
+    0xFFFFFFFF, which reads as hours of audio that the file does not hold."""
+    import struct
+
+    pcm = (np.sin(np.arange(SECONDS * RATE) * 0.05) * 8000).astype("<i2").tobytes()
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, RATE, 2 * RATE, 2, 16)
+    path = tmp_path / "piped.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + fmt + b"data" + struct.pack("<I", declared)
+                     + pcm)
+    with caplog.at_level(logging.WARNING):
+        records = list(audio_source(str(path), "piped", realtime=False, start_ns=0))
+    assert (records[-1].t_end_ns - records[0].t_start_ns) / NS == pytest.approx(SECONDS, abs=0.1)
+    assert not [r for r in caplog.records if "may be truncated" in r.getMessage()]

@@ -167,8 +167,10 @@ def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_w
                 await reader.until(lambda r: {v["t_start_ns"] for v in r.values() if v["final"]} >= set(closed_before),
                                    timeout_s=60)
                 await produce(settings, [late_word, *ended])
+                # The open window's final, not its provisional (revisions on: that comes first, without text).
                 await reader.until(lambda r: any(v["closed_by"] == "amended" for v in r.values())
-                                   and t0 + 2000 * MS in {v["t_start_ns"] for v in r.values()}, timeout_s=60)
+                                   and t0 + 2000 * MS in {v["t_start_ns"] for v in r.values() if v["final"]},
+                                   timeout_s=60)
                 return reader.values()
         finally:
             await delete_topics(kafka_bootstrap, all_topics(settings))
@@ -180,4 +182,5 @@ def test_kafka_a_word_delivered_past_its_budget_amends_the_windows_that_closed_w
         earlier = [u for u in values if u["t_start_ns"] == start and u is not v]
         assert earlier and all(u["final"] and not u["modalities"]["text"] for u in earlier), "closed without the word"
         assert v["final"] and v["modalities"]["text"] and v["revision"] == max(u["revision"] for u in earlier) + 1
-    assert [v for v in values if v["t_start_ns"] == t0 + 2000 * MS][-1]["modalities"]["text"], "the open one has it"
+    assert [v for v in values if v["t_start_ns"] == t0 + 2000 * MS and v["final"]][-1]["modalities"]["text"], \
+        "the open one has it"
