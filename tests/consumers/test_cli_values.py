@@ -4,11 +4,16 @@ the FileExistsError at its end), `--train-seconds 0`."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from test_cli_errors import error_line, fusionstream
 
+
+def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``fusionstream COMMAND``, with ``OUT`` standing for a directory under ``tmp_path`` that does not exist."""
+    return fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
 
 @pytest.mark.parametrize(("command", "option"), [
     (["demo", "--fast", "--quiet", "--seconds", "inf"], "--seconds"),
@@ -19,7 +24,7 @@ from test_cli_errors import error_line, fusionstream
 ])
 def test_a_value_that_is_not_a_finite_number_is_a_usage_error(tmp_path: Path, command: list[str],
                                                               option: str) -> None:
-    done = fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
+    done = _run(command, tmp_path)
     assert done.returncode == 2, done.stderr
     line = error_line(done)
     assert f"Invalid value for '{option}'" in line and "is not a finite number" in line, line
@@ -125,7 +130,7 @@ def test_a_setting_that_is_not_a_finite_number_is_one_line_from_the_environment_
 def test_a_choice_the_command_line_gets_wrong_is_a_usage_error_like_any_other(tmp_path: Path, command: list[str],
                                                                             expected: str) -> None:
     """They exited 1 while a value out of range exited 2: a script could not tell a typo from a failure."""
-    done = fusionstream(*(str(tmp_path / "out") if part == "OUT" else part for part in command))
+    done = _run(command, tmp_path)
     assert done.returncode == 2, done.stderr
     line = error_line(done)
     assert expected in line and f"(see 'fusionstream {command[0]}" in line and line.endswith(" --help')"), line
