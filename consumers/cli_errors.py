@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -155,7 +156,6 @@ def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
     ``FUSIONSTREAM_*`` variable or the ``--config`` file, in that precedence) and an unknown key with the
     setting it is closest to."""
     import difflib
-    import os
     import tomllib
 
     try:
@@ -171,15 +171,24 @@ def settings_error(exc: Any, config: Path | None, flags: dict[str, Any]) -> str:
             clauses.append(f"unknown setting {name!r}" + (f" in {config}" if name in in_file else "")
                            + (f" (did you mean {close[0]}?)" if close else ""))
             continue
-        variable = f"FUSIONSTREAM_{name.upper()}"
-        source = ("the command line" if flags.get(name) is not None else variable if os.environ.get(variable)
-                  else str(config) if name in in_file else None)
         field = ".".join(str(part) for part in error["loc"])
-        if not field:  # a check of several settings together: its message names them
-            clauses.append(message)
+        if not field:  # a check of several settings together: its message names them (not in a
+            # path it quotes), and each one set is said with its source
+            named = dict.fromkeys(re.findall(r"(?<![\w/.\\-])[a-z][a-z0-9_]*(?![\w/.\\-])", message))
+            given = [f"{setting} from {source}" for setting in named if setting in Settings.model_fields
+                     and (source := _source(setting, flags, config, in_file))]
+            clauses.append(message + (f" ({', '.join(given)})" if given else ""))
             continue
+        source = _source(name, flags, config, in_file)
         clauses.append(f"{field}{f' (from {source})' if source else ''}: {message}")
     return "invalid settings: " + "; ".join(clauses)
+
+
+def _source(name: str, flags: dict[str, Any], config: Path | None, in_file: set[str]) -> str | None:
+    """Where setting ``name``'s value came from, in the settings' precedence; ``None`` for its default."""
+    variable = f"FUSIONSTREAM_{name.upper()}"
+    return ("the command line" if flags.get(name) is not None else variable if os.environ.get(variable)
+            else str(config) if name in in_file else None)
 
 
 #: The width rich lays out for when the output is a file or a pipe and ``COLUMNS`` is not set.

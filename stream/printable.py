@@ -26,4 +26,13 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
 
 
-__all__ = ["printable"]
+def column(text: str, cells: int) -> str:
+    """``printable(text)`` padded to ``cells`` terminal cells: a CJK character or an emoji takes two, a combining mark
+    none, so a column of stream ids stays in line whatever their script (``str.ljust`` counts characters)."""
+    from rich.cells import cell_len
+
+    shown = printable(text)
+    return shown + " " * max(0, cells - cell_len(shown))
+
+
+__all__ = ["column", "printable"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from fusionstream.stream.errors import FusionStreamError
 
 #: Said whenever a broker cannot be reached: the usual cause during development.
-BROKER_HINT = "start a local one with `make kafka-start`, or set FUSIONSTREAM_BOOTSTRAP_SERVERS (or --bootstrap)"
+BROKER_HINT = ("start a local one with `make kafka-start`, or give its address: --bootstrap, "
+               "FUSIONSTREAM_BOOTSTRAP_SERVERS or bootstrap_servers in the --config file")
 
 
 class BrokerUnavailable(FusionStreamError):

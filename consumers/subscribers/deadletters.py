@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import Subscription
 from fusionstream.consumers.subscribers.tail import print_all, tail_console
-from fusionstream.stream.printable import printable
+from fusionstream.stream.printable import column, printable
 
 if TYPE_CHECKING:
     from aiokafka import ConsumerRecord
@@ -74,7 +74,7 @@ def format_dead_letter(letter: DeadLetterRecord) -> Text:
         (f"{when:%H:%M:%S}.{when.microsecond // 1000:03d}  ", "dim"),
         (f"{letter.reason:<20} ", "bold red"),
         (f"{origin:<22} ", "dim"),
-        (f"{printable(letter.stream_id or '-'):<12} ", "cyan"),  # both a producer's text, escaped
+        (column(letter.stream_id or "-", 12) + " ", "cyan"),  # both a producer's text, escaped
         printable(letter.detail),
     )
 

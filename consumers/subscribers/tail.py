@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fusionstream.consumers.kafka.errors import BROKER_HINT
 from fusionstream.consumers.settings import Settings
 from fusionstream.consumers.subscribers.api import PredictionRecord, subscribe
-from fusionstream.stream.printable import printable
+from fusionstream.stream.printable import column
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,7 +35,7 @@ def format_line(p: PredictionRecord) -> Text:
     # The date too when it is not today's: a stream on 1970 time or hours behind read as plausible times of day.
     day = "" if start.date() == datetime.now().astimezone().date() else f"{start:%Y-%m-%d} "
     line = Text.assemble(
-        (f"{printable(p.stream_id):<12} ", "cyan"),  # a producer's text: no escape sequence reaches the terminal
+        (column(p.stream_id, 12) + " ", "cyan"),  # a producer's text: no escape sequence reaches the terminal
         (f"{day}{start:%H:%M:%S}.{start.microsecond // 1000:03d}  ", "dim"),
     )
     if p.embedding is not None:

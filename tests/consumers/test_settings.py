@@ -110,7 +110,10 @@ def test_a_bad_worker_count_is_one_plain_message(value: str, message: str) -> No
     assert describe(caught.value) == message
 
 
-def test_a_check_of_several_settings_is_its_message_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_check_of_several_settings_says_where_each_given_one_came_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # It used to be the message alone: an operator with settings in three places could not tell which to mend.
     from pydantic import ValidationError
 
     from fusionstream.consumers.cli_errors import settings_error
@@ -119,7 +122,26 @@ def test_a_check_of_several_settings_is_its_message_alone(monkeypatch: pytest.Mo
     with pytest.raises(ValidationError) as caught:
         Settings.load()
     message = settings_error(caught.value, None, {})
-    assert message == "invalid settings: sasl_mechanism needs sasl_username and sasl_password"
+    assert message == ("invalid settings: sasl_mechanism needs sasl_username and sasl_password "
+                       "(sasl_mechanism from FUSIONSTREAM_SASL_MECHANISM)")
+    config = tmp_path / "fs.toml"
+    config.write_text('sasl_username = "svc"\nworkers = 2\n', encoding="utf-8")
+    monkeypatch.delenv("FUSIONSTREAM_SASL_MECHANISM")
+    monkeypatch.setenv("FUSIONSTREAM_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ValidationError) as caught:
+        Settings.load(config, sasl_password="pw")
+    assert settings_error(caught.value, config, {"sasl_password": "pw"}).endswith(
+        "sasl_username and sasl_password (security_protocol from FUSIONSTREAM_SECURITY_PROTOCOL, "
+        f"sasl_username from {config}, sasl_password from the command line)")
+    # A setting's name inside a path the message quotes is not taken for the setting.
+    for name in ("SECURITY_PROTOCOL", "SASL_MECHANISM"):
+        monkeypatch.delenv(f"FUSIONSTREAM_{name}", raising=False)
+    cafile = tmp_path / "workers" / "ca.pem"
+    monkeypatch.setenv("FUSIONSTREAM_SSL_CAFILE", str(cafile))
+    with pytest.raises(ValidationError) as caught:
+        Settings.load(config)
+    assert settings_error(caught.value, config, {}) == (
+        f"invalid settings: ssl_cafile {cafile}: no such file (ssl_cafile from FUSIONSTREAM_SSL_CAFILE)")
 
 
 @pytest.mark.parametrize(("line", "said"), [
@@ -240,13 +262,15 @@ def test_tls_and_sasl_settings_that_cannot_work_are_one_line_at_load(
     # Each was a traceback from inside a client's start, or a false "username and password required".
     missing, garbage = tmp_path / "missing.pem", tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    assert _refusal(monkeypatch, ssl_cafile=str(missing)) == f"invalid settings: ssl_cafile {missing}: no such file"
+    assert _refusal(monkeypatch, ssl_cafile=str(missing)) == (
+        f"invalid settings: ssl_cafile {missing}: no such file (ssl_cafile from FUSIONSTREAM_SSL_CAFILE)")
     assert _refusal(monkeypatch, ssl_cafile=str(garbage)).startswith(
         f"invalid settings: ssl_cafile {garbage}: not certificates in PEM")
     monkeypatch.delenv("FUSIONSTREAM_SSL_CAFILE")
     assert _refusal(monkeypatch, security_protocol="SASL_SSL", sasl_username="u", sasl_password="p") == (
         "invalid settings: security_protocol SASL_SSL needs sasl_mechanism (PLAIN, SCRAM-SHA-256 or "
-        "SCRAM-SHA-512), sasl_username and sasl_password")
+        "SCRAM-SHA-512), sasl_username and sasl_password (security_protocol from FUSIONSTREAM_SECURITY_PROTOCOL, "
+        "sasl_username from FUSIONSTREAM_SASL_USERNAME, sasl_password from FUSIONSTREAM_SASL_PASSWORD)")
     for name in ("SECURITY_PROTOCOL", "SASL_USERNAME", "SASL_PASSWORD"):
         monkeypatch.delenv(f"FUSIONSTREAM_{name}")
     assert "ssl_keyfile needs ssl_certfile" in _refusal(monkeypatch, ssl_keyfile=str(garbage))

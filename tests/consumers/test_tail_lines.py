@@ -62,3 +62,23 @@ def test_escape_sequences_in_a_producers_text_never_reach_the_terminal() -> None
     # Every script and emoji is text, not a control: left as it is (and the same object when nothing is escaped).
     plain = "kamera-東京-😀-ñ"
     assert printable(plain) is plain
+
+
+def test_columns_stay_in_line_with_wide_stream_ids() -> None:
+    """A CJK character or an emoji takes two terminal cells: padded by characters, a `tail` column after such an
+    id moved right of the others' (an outside tester's finding). Padded by cells, the time starts in one column."""
+    from rich.cells import cell_len
+
+    from fusionstream.consumers.subscribers.deadletters import DeadLetterRecord, format_dead_letter
+
+    ids = ("cam-1", "東京カメラ", "😀😀-cam", "é-cafe\u0301")
+    now = time.time_ns()
+    lines = [format_line(parse_prediction(json.loads(make_prediction(i, 0, now).to_json(capture_to_publish_ms=4.0))))
+             .plain for i in ids]
+    letters = [format_dead_letter(DeadLetterRecord(
+        reason="late", detail="d", topic="fs.text", partition=0, offset=1, timestamp_ms=0, stream_id=i,
+        value_bytes=3, dead_lettered_ms=0, headers={})).plain for i in ids]
+    for shown, after in ((lines, ":"), (letters, " d")):
+        columns = {cell_len(line[: line.index(i) + len(i)]) + cell_len(line[line.index(i) + len(i):].split(after)[0])
+                   for line, i in zip(shown, ids, strict=True)}
+        assert len(columns) == 1, shown
