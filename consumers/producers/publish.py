@@ -2,7 +2,8 @@
 
 :func:`publish` takes any iterable of :class:`~fusionstream.stream.records.Record` (a file, a camera,
 the synthetic source; paced or not) and sends each one to the topic of its modality,
-keyed by its stream id, stamped with its event time in ms (docs/wire-format.md). Sources are
+keyed by its stream id, stamped with its event time in ms (docs/wire-format.md; the send time for one
+stamped far ahead: :func:`kafka_timestamp`). Sources are
 blocking iterators (decoding, JPEG encoding, ``time.sleep`` while pacing, a camera's
 ``grab``), so they run in a daemon thread that feeds the event loop through a bounded
 queue: aiokafka's sender runs on the loop and must never wait behind a source.
@@ -37,6 +38,20 @@ SOURCE_QUEUE = 1024
 MAX_IN_FLIGHT = 10_000
 #: How often ``progress`` is called, at most.
 PROGRESS_INTERVAL_S = 0.25
+#: A record stamped further ahead of this host's clock goes with the send time as its Kafka timestamp. A Kafka 4
+#: broker refuses a timestamp more than ``log.message.timestamp.after.max.ms`` (1 h by default) ahead of its own
+#: clock, with ``INVALID_TIMESTAMP`` for every record of the batch it travels in: one camera with a wrong clock
+#: lost its neighbours' records. Stamped now, it reaches the topic, and the service dead-letters it as ``future``
+#: by the event time in its envelope (which stays as it is).
+STAMP_AHEAD_LIMIT_MS = 10 * 60 * 1000
+
+
+def kafka_timestamp(t_start_ns: int, now_ms: int | None = None) -> int:
+    """The Kafka timestamp of a record starting at ``t_start_ns``: its event time in ms, or the send time
+    ``now_ms`` when that is more than :data:`STAMP_AHEAD_LIMIT_MS` ahead of it."""
+    event_ms = t_start_ns // 1_000_000
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    return now_ms if event_ms - now_ms > STAMP_AHEAD_LIMIT_MS else event_ms
 
 
 @dataclass(slots=True)
@@ -136,7 +151,7 @@ async def publish(
 ) -> Published:
     """Send every record to its modality's topic; return once all of them are acknowledged.
 
-    Key = stream id (UTF-8), timestamp = ``t_start_ns // 1_000_000``, value = the wire
+    Key = stream id (UTF-8), timestamp = ``t_start_ns // 1_000_000`` (:func:`kafka_timestamp`), value = the wire
     bytes. The topics are created first (``create_topics``) with equal partition counts.
     Without ``producer`` one is made from ``settings`` and stopped at the end; a given
     producer must be started and is left running. ``progress`` is called with the running
@@ -194,7 +209,8 @@ class _Sender:
         topic = self.topics[record.modality]
         try:
             future = await self.producer.send(
-                topic, value=value, key=record.stream_id.encode("utf-8"), timestamp_ms=record.t_start_ns // 1_000_000
+                topic, value=value, key=record.stream_id.encode("utf-8"),
+                timestamp_ms=kafka_timestamp(record.t_start_ns),
             )
         except KafkaError as exc:
             raise _failure(exc, record, topic, len(value)) from exc
@@ -343,4 +359,5 @@ class _Pump:
         return False
 
 
-__all__ = ["Published", "prepare_topics", "producer_for", "publish", "topics_of"]
+__all__ = ["STAMP_AHEAD_LIMIT_MS", "Published", "kafka_timestamp", "prepare_topics", "producer_for", "publish",
+           "topics_of"]
