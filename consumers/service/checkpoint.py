@@ -29,8 +29,9 @@ service said; readers from before them ignore them.)
 
 where a stream's time is stored as ``(b + k) * h`` nanoseconds, rounded down to a multiple of the
 hop: a window start lies within one hop above it (exactly on it unless windows are staggered),
-and ``Aligner.resume`` rounds it up onto the stream's own grid. When the streams do not fit,
-the ones furthest behind are left out (they lose only the duplicate protection).
+and ``Aligner.resume`` rounds it up onto the stream's own grid. When the streams do not fit, the
+ones a restart would not read again go first (streams that ended: they keep only the rejection
+of their stale records), then the ones furthest behind (they lose only the duplicate protection).
 
 A restart onto another grid (a model or setting with another hop, staggering switched) cannot round a
 staggered stream's time onto its old grid: :meth:`Checkpoint.on_grid` adds the stream's old offset back
@@ -42,7 +43,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 from fusionstream.stream.windows import stream_offset_ns
@@ -52,6 +54,9 @@ log = logging.getLogger(__name__)
 VERSION = 1
 #: Kafka's default ``offset.metadata.max.bytes`` is 4096; keep clear of it.
 MAX_CHARS = 3900
+#: A checkpoint that leaves streams out is said at most this often.
+WARNING_INTERVAL_S = 60.0
+_warned_at = -WARNING_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +77,20 @@ class Checkpoint:
     #: The predictions topic of the service that committed it (None: not said).
     output: str | None = None
 
-    def encode(self, hop_ns: int, *, staggered: bool = False, max_chars: int = MAX_CHARS) -> str:
-        """The metadata string; streams furthest behind are dropped when it would not fit."""
+    def encode(self, hop_ns: int, *, staggered: bool = False, max_chars: int = MAX_CHARS,
+               first: Collection[str] = ()) -> str:
+        """The metadata string. When it would not fit, streams are left out: those furthest behind, and the
+        streams named in ``first`` (the ones a restart reads again) only after every other one; a warning
+        (once a minute at most) says so only when one of those is left out."""
         if hop_ns <= 0:
             raise ValueError("hop_ns must be positive")
         # Rounded down: a staggered stream's start ``offset + k * hop`` (offset < hop) is stored as ``k``, and
         # Aligner.resume rounds ``k * hop`` up onto the stream's grid, back to the same start.
         ticks = {sid: until // hop_ns for sid, until in self.streams.items()}
-        ordered = sorted(ticks.items(), key=lambda kv: kv[1], reverse=True)
+        needed = frozenset(first) & ticks.keys()
+        ordered = sorted(ticks.items(), key=lambda kv: (kv[0] in needed, kv[1]), reverse=True)
+        # Each stream takes at least 6 characters ("a":0,): no more than that many can fit, whatever their ids.
+        ordered = ordered[: max(len(needed), max_chars // 6 + 1)]
         keep = len(ordered)
         while True:
             chosen = ordered[:keep]
@@ -102,10 +113,13 @@ class Checkpoint:
                 break
             # Shrink proportionally to the excess, at least by one stream.
             keep = min(keep - 1, int(keep * max_chars / len(text)))
-        if keep < len(ordered):
+        global _warned_at
+        if keep < len(needed) and time.monotonic() - _warned_at >= WARNING_INTERVAL_S:
+            _warned_at = time.monotonic()  # a partition's checkpoint is encoded up to five times a second
             log.warning(
-                "commit metadata holds %d of %d streams (limit %d characters); the %d furthest behind lose "
-                "duplicate protection on restart", keep, len(ordered), max_chars, len(ordered) - keep,
+                "commit metadata holds %d of the %d streams a restart would read again on one partition (limit %d "
+                "characters); the %d furthest behind lose duplicate protection on restart: use more partitions "
+                "(said once a minute at most)", keep, len(needed), max_chars, len(needed) - keep,
             )
         return text
 

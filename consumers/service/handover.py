@@ -4,7 +4,9 @@ Handing a partition over without losing or repeating a window takes five things 
 change together:
 
 - which input partitions this instance owns;
-- which streams it has seen on each partition number (their checkpoints go with the partition);
+- which streams it has seen on each partition number (their checkpoints go with the partition), and the
+  offset of each one's last record on each partition it owns: a stream with a record at or above the offset
+  committed there is one a restart reads again, and goes first into that partition's checkpoint;
 - per stream, how far its windows were published and acknowledged (``published_until``);
 - per input offset, whether anything still needs it (the :class:`OffsetTracker`);
 - what was committed last (offset and checkpoint), so an unchanged commit is not repeated.
@@ -105,6 +107,12 @@ class Handover:
         #: Per stream, the start of its first window without an acknowledged provisional prediction.
         self._provisional: dict[str, int] = {}
         self._last_meta: dict[TP, str] = {}
+        #: Per owned partition, the offset of each stream's last record on it, while at or above the commit.
+        self._last_offset: dict[TP, dict[str, int]] = {}
+        #: A count bumped by whatever can change a checkpoint; per partition, the last checkpoint computed, with
+        #: the offset and count it was computed at (an idle service computes none).
+        self._changes = 0
+        self._computed: dict[TP, tuple[int, int, str]] = {}
 
     def bind(self, aligner: StreamStates) -> None:
         """The aligner whose streams follow the partitions (it exists once the pipeline is open)."""
@@ -134,6 +142,11 @@ class Handover:
                 checkpoint = checkpoint.on_grid(self.hop_ns, self.staggered)
             self.tracker.resume(tp, committed=offset, replay_mark=checkpoint.replay_mark if checkpoint else -1)
             self._last_meta[tp] = stored.metadata if stored is not None else ""
+            # Where its records are is not known until they are read again: at or above the commit, so it counts
+            # as read again until the partition's position has passed every record read since.
+            self._last_offset[tp] = dict.fromkeys(checkpoint.streams, offset if offset is not None else 0) \
+                if checkpoint is not None else {}
+            self._changes += 1
             checkpoints.setdefault(tp[1], []).append(checkpoint)
         resumed = 0
         for number, found in checkpoints.items():
@@ -170,6 +183,8 @@ class Handover:
         self.tracker.forget(revoked)
         for tp in revoked:
             self._last_meta.pop(tp, None)
+            self._last_offset.pop(tp, None)
+            self._computed.pop(tp, None)
         return streams
 
     # -- what was seen --------------------------------------------------------------------------
@@ -184,13 +199,18 @@ class Handover:
             accepted = batch[skipped:]
         else:
             accepted = [r for r in batch if self.tracker.fetched((tp[0], tp[1], r.offset))]
-        # Each stream once, in the order of its last record here: the order that moving it to the end at
-        # every record would leave (least recently seen first).
-        for key in reversed(dict.fromkeys(r.key for r in reversed(accepted))):
+        # Each stream once, at the offset of its last record here, in that order: the order that moving it to
+        # the end at every record would leave (least recently seen first).
+        last = {r.key: r.offset for r in accepted}
+        offsets = self._last_offset.setdefault(tp, {})
+        for key in sorted(last, key=last.__getitem__):
             if key is not None:
                 stream_id = key.decode("utf-8", "replace")
                 streams[stream_id] = None
                 streams.move_to_end(stream_id)
+                offsets[stream_id] = last[key]
+        if accepted:
+            self._changes += 1
         while len(streams) > self._max_streams:
             forgotten, _ = streams.popitem(last=False)
             self._published.pop(forgotten, None)
@@ -231,6 +251,7 @@ class Handover:
         until = prediction.t_start_ns + self.hop_ns
         if until > self._published.get(prediction.stream_id, until - 1):
             self._published[prediction.stream_id] = until
+        self._changes += 1
 
     def provisional_acknowledged(self, prediction: Acknowledged) -> None:
         """The broker has a provisional prediction: its window gets none again after a restart."""
@@ -241,6 +262,7 @@ class Handover:
         # published time: without one, a restart would predict these windows again as revision 0. Nothing
         # before this window is unpublished: every earlier window got its final or a provisional one first.
         self._published.setdefault(prediction.stream_id, prediction.t_start_ns)
+        self._changes += 1
 
     def published_until(self, stream_id: str) -> int | None:
         """The start of the stream's first window not yet acknowledged, if known."""
@@ -256,20 +278,38 @@ class Handover:
             offset = self.tracker.position(tp)
             if offset is None:
                 continue
-            streams = per_number.get(tp[1])
-            if streams is None:
-                known = self._streams.get(tp[1], {})
-                streams = per_number[tp[1]] = {sid: self._published[sid] for sid in known if sid in self._published}
-            ahead = {sid: self._provisional[sid] for sid in streams
-                     if self._provisional.get(sid, -(2**63)) > streams[sid]}
-            mark = self.tracker.replay_mark(tp)
-            waits = self._aligner().learned_waits(streams, Modality.TEXT)
-            metadata = Checkpoint(-1 if mark is None else mark, streams, ahead, text_wait=waits,
-                                  output=self.output).encode(self.hop_ns, staggered=self.staggered)
+            metadata = self._checkpoint(tp, offset, per_number)
             if offset == self.tracker.committed(tp) and metadata == self._last_meta.get(tp):
                 continue
             chosen[tp] = (offset, metadata)
         return chosen
+
+    def _checkpoint(self, tp: TP, offset: int, per_number: dict[int, dict[str, int]]) -> str:
+        """``tp``'s checkpoint at ``offset``: computed again only when the offset or what it holds changed.
+
+        The streams a restart would read again on ``tp`` (a record at or above ``offset``) go first; then the
+        others, whose windows cannot be built again from this partition but whose published times still turn
+        away their stale records (a camera that came and went: 2,000 of them filled every checkpoint, and it
+        was rebuilt and said too full five times a second while the service was idle)."""
+        changes = self._changes
+        cached = self._computed.get(tp)
+        if cached is not None and cached[:2] == (offset, changes):
+            return cached[2]
+        streams = per_number.get(tp[1])
+        if streams is None:
+            known = self._streams.get(tp[1], {})
+            streams = per_number[tp[1]] = {sid: self._published[sid] for sid in known if sid in self._published}
+        offsets = self._last_offset.get(tp, {})
+        for sid in [sid for sid, last in offsets.items() if last < offset]:
+            del offsets[sid]  # its records here are all below the commit: never read again
+        ahead = {sid: self._provisional[sid] for sid in streams if self._provisional.get(sid, -(2**63)) > streams[sid]}
+        mark = self.tracker.replay_mark(tp)
+        waits = self._aligner().learned_waits(streams, Modality.TEXT)
+        metadata = Checkpoint(-1 if mark is None else mark, streams, ahead, text_wait=waits,
+                              output=self.output).encode(self.hop_ns, staggered=self.staggered,
+                                                         first=[sid for sid in offsets if sid in streams])
+        self._computed[tp] = (offset, changes, metadata)
+        return metadata
 
     def committed(self, chosen: Offsets) -> None:
         """The broker took these offsets (and checkpoints)."""

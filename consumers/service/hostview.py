@@ -12,6 +12,7 @@ counter reset, which ``rate()`` handles. ``/healthz`` is unhealthy while any wor
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -57,6 +58,13 @@ def read_worker(port: int, path: str) -> tuple[int, bytes]:
     except urllib.error.HTTPError as error:  # /healthz answers 503 with its details
         with error:
             return error.code, error.read()
+
+
+def free_port() -> int:
+    """A port for a worker's /metrics on 127.0.0.1 (kept for the slot: its restarts reuse it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def poll_health(view: WorkerView, now: float) -> None:
@@ -134,4 +142,4 @@ def merge_families(texts: Sequence[tuple[str, str]]) -> list[Metric]:
     return list(merged.values())
 
 
-__all__ = ["HostMetrics", "WorkerView", "host_health", "merge_families", "poll_health", "read_worker"]
+__all__ = ["HostMetrics", "WorkerView", "free_port", "host_health", "merge_families", "poll_health", "read_worker"]

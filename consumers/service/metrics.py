@@ -211,7 +211,9 @@ class MetricsServer:
             raise MetricsPortError(
                 f"cannot serve /metrics and /healthz on {host}:{port}: {exc.strerror or exc} (set another "
                 "metrics_port: --metrics-port, FUSIONSTREAM_METRICS_PORT; 0 turns them off)") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fs-metrics", daemon=True)
+        # serve_forever looks for a shutdown every poll interval (0.5 s by default): a stopping service waited for it.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="fs-metrics", daemon=True)
         self._host = host
 
     @property

@@ -50,6 +50,7 @@ from fusionstream.consumers.service.hostview import (
     NOT_ANSWERING,
     HostMetrics,
     WorkerView,
+    free_port,
     host_health,
     poll_health,
 )
@@ -176,7 +177,7 @@ class Supervisor:
         self.stuck_after_s, self.stop_timeout_s = stuck_after_s, stop_timeout_s
         self.max_failed_starts = max_failed_starts
         self.threads = threads_per_worker(settings, workers)
-        self.views = [WorkerView(i, f"{self.instance_id}-{i}", _free_port()) for i in range(workers)]
+        self.views = [WorkerView(i, f"{self.instance_id}-{i}", free_port()) for i in range(workers)]
         self.registry = registry = registry or CollectorRegistry()
         self.restarts = Counter("worker_restarts", "Worker processes restarted after they died.", ["worker"],
                                 namespace="fusionstream", registry=registry)
@@ -204,6 +205,8 @@ class Supervisor:
 
     def health(self) -> tuple[bool, dict[str, object]]:
         ok, detail = host_health(self.views, self.grace_s)
+        if self._stop.is_set():  # its workers are leaving the group: a load balancer should look elsewhere now
+            ok, detail = False, {**detail, "state": "stopping"}
         spare = self._spare
         standby = ("off" if not self.standby else "none" if spare is None or spare.proc.returncode is not None
                    else "warm" if spare.warm else "warming")
@@ -426,6 +429,7 @@ class Supervisor:
         for view in self.views:
             if view.state in ("starting", "running"):
                 view.state = "stopping"
+            self.up.labels(str(view.index)).set(0)  # the poller that kept it is gone
         for worker in self._workers.values():
             worker.signal(signal.SIGTERM)
         everyone = [*self._workers.values(), *([self._spare] if self._spare else [])]
@@ -469,13 +473,6 @@ def _untagged(line: str) -> str:
 def _pass_on(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _free_port() -> int:
-    """A port for a worker's /metrics on 127.0.0.1 (kept for the slot: its restarts reuse it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_supervisor(settings: Settings, *, workers: int, instance_id: str | None = None) -> int:
