@@ -337,6 +337,12 @@ def _produce(
     announcer = ProgressAnnouncer(follow_text=follow_text)
 
     async def main() -> Published:
+        # SIGTERM (a supervisor, `kill`) stops as Ctrl-C does: the summary, and the recognisers and sources closed.
+        # The main task is cancelled, as asyncio.run's Ctrl-C handler cancels it, so its producer is stopped before
+        # the loop closes. (Raising SIGINT instead did nothing where SIGINT is ignored: a script's background job.)
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         await prepare_topics(settings)
         source = records()
         if announce is not None:
@@ -347,13 +353,9 @@ def _produce(
         return await publish(source, settings, create_topics=False, progress=progress)
 
     interrupted = False
-    # SIGTERM (a supervisor, `kill`) stops as Ctrl-C does: the summary, and the recognisers and sources closed.
-    # Raised as SIGINT, so that asyncio.run's own handler cancels the main task and its producer is stopped
-    # before the loop closes (a KeyboardInterrupt raised inside the loop left aiokafka's close pending).
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
         latest = asyncio.run(main())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         interrupted = True
         if announce:
             status.stop()
