@@ -13,6 +13,8 @@
 #   with WITH_MBROLA=1, MBROLA's voices from Debian's non-free component (add "contrib non-free" to the apt
 #   sources, then apt-get install mbrola mbrola-us1 mbrola-us2 mbrola-en1 mbrola-de1 mbrola-de2 mbrola-de3
 #   mbrola-de5 mbrola-fr1 mbrola-fr4 mbrola-pl1 mbrola-sw2 mbrola-hu1)
+#   with WITH_PICO_RHVOICE=1, SVOX Pico's and RHVoice's voices (apt-get install libttspico-utils, from the non-free
+#   component, and rhvoice rhvoice-english),
 #   and a Python with praat-parselmouth (.venv/bin/pip install -e '.[bank]'; PYTHON names it, default python3:
 #   PYTHON=.venv/bin/python scripts/make_speech_bank.sh)
 # Usage: scripts/make_speech_bank.sh [OUTPUT_DIR]
@@ -82,7 +84,21 @@ if [[ "${WITH_MBROLA:-0}" == 1 ]]; then
     train_mbrola_voices=(mb-us1 mb-de1-en mb-de3-en mb-de5-en mb-fr4-en mb-pl1-en mb-sw2-en mb-hu1-en
                          mb-us2 mb-en1 mb-de2-en mb-fr1-en)
 fi
-train_voices+=("${train_engine_voices[@]}" "${train_language_voices[@]}" "${train_mbrola_voices[@]}")
+# SVOX Pico (en-US, en-GB: two women, HMM voices of recorded speakers) and RHVoice (clb and lyubov, women; alan,
+# bdl and evgeniy-eng, men: statistical voices of recorded speakers, lyubov and evgeniy reading English with a
+# Russian accent). RHVoice's slt is the held-out speaker's own recordings, so it stays out. Only with
+# WITH_PICO_RHVOICE=1: tried on the ablation budget (docs/training.md), not in the shipped model yet.
+train_pico_rhvoice_voices=()
+if [[ "${WITH_PICO_RHVOICE:-0}" == 1 ]]; then
+    for tool in pico2wave RHVoice-test; do
+        command -v "$tool" >/dev/null \
+            || { echo "error: $tool is not installed (apt-get install libttspico-utils rhvoice rhvoice-english)" >&2; exit 1; }
+    done
+    train_pico_rhvoice_voices=(pico-en-US pico-en-GB rhvoice-clb rhvoice-lyubov rhvoice-alan rhvoice-bdl
+                               rhvoice-evgeniy-eng)
+fi
+train_voices+=("${train_engine_voices[@]}" "${train_language_voices[@]}" "${train_mbrola_voices[@]}"
+               "${train_pico_rhvoice_voices[@]}")
 test_voices+=("${test_engine_voices[@]}")
 speeds=(140 190)  # words per minute (espeak-ng default is 175)
 # The first bank's six voices and the test voices are spoken at both speeds; each later training
@@ -94,7 +110,9 @@ for i in "${!train_voices[@]}"; do
     (( i < first_voices )) || voice_speeds["${train_voices[$i]}"]="${one_speed[$(( i % 3 ))]}"
 done
 # Each other engine's training voice at all three speeds: there are few of them.
-for voice in "${train_engine_voices[@]}" "${train_mbrola_voices[@]}"; do voice_speeds["$voice"]="${one_speed[*]}"; done
+for voice in "${train_engine_voices[@]}" "${train_mbrola_voices[@]}" "${train_pico_rhvoice_voices[@]}"; do
+    voice_speeds["$voice"]="${one_speed[*]}"
+done
 speeds_of() { echo "${voice_speeds[$1]:-${speeds[*]}}"; }
 digits=(zero one two three four five six seven eight nine)
 rate=16000
@@ -116,6 +134,12 @@ synthesise() {
         festival-*)
             echo "$word" | text2wave -eval "(voice_${voice#festival-}_diphone)" \
                 -eval "(Parameter.set 'Duration_Stretch $stretch)" -o "$wav" ;;
+        pico-*)  # no rate option: sox changes the tempo, not the pitch
+            pico2wave -l "${voice#pico-}" -w "$tmp/pico.wav" "$word"
+            sox -D "$tmp/pico.wav" "$wav" tempo -s "$(awk -v s="$speed" 'BEGIN { printf "%.4f", s / 175 }')" ;;
+        rhvoice-*)  # -r: the rate in percent of the voice's own
+            echo "$word" | RHVoice-test -p "${voice#rhvoice-}" \
+                -r "$(awk -v s="$speed" 'BEGIN { printf "%d", s / 175 * 100 }')" -o "$wav" ;;
         *) espeak-ng -v "$voice" -s "$speed" -w "$wav" "$word" ;;
     esac
 }
@@ -152,10 +176,15 @@ json_list() {  # json_list a b c -> "a", "b", "c"
     done
 }
 
+other_engines=""
+if ((${#train_pico_rhvoice_voices[@]})); then
+    other_engines=", libttspico $(dpkg-query -W -f='${Version}' libttspico-utils), rhvoice-english $(dpkg-query -W -f='${Version}' rhvoice-english)"
+fi
+
 cat >"$out/index.json" <<EOF
 {
   "format": "fusionstream-speech-bank/1",
-  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), $(flite --version | awk 'NR==2 {print $2}'), festival $(festival --version | awk '{print $6}' | cut -d: -f1), sox $(sox --version | awk 'NR==1 {print $3}'), praat-parselmouth $("$python" -c 'import parselmouth; print(parselmouth.__version__)'))",
+  "generator": "scripts/make_speech_bank.sh (espeak-ng $(espeak-ng --version | awk 'NR==1 {print $4}'), $(flite --version | awk 'NR==2 {print $2}'), festival $(festival --version | awk '{print $6}' | cut -d: -f1), sox $(sox --version | awk 'NR==1 {print $3}'), praat-parselmouth $("$python" -c 'import parselmouth; print(parselmouth.__version__)')${other_engines})",
   "sample_rate": $rate,
   "file_pattern": "{voice}_{speed}_{digit}.wav",
   "digits": [$(json_list "${digits[@]}")],
