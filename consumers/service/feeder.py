@@ -142,7 +142,7 @@ class Feeder:
             if self._options.on_fetched_record is not None and records:
                 self._options.on_fetched_record(records[0])
             self._merger.add(tp, self._handover.fetched(tp, records), now_ms, fetched_ms=self._fetched_ms(tp))
-        released = self._merger.release(self._handover.owned, self._log_end, now_ms)
+        released = self._merger.release(self._handover.owned, self._log_end, now_ms, self._records_left)
         self._observe_input()
         if not released:
             return
@@ -234,6 +234,27 @@ class Feeder:
         # Offsets taken by transaction markers are never fetched as records: the merger stops waiting
         # for a topic-partition that has delivered nothing for a while.
         return reported if position >= highwater else None
+
+    def _records_left(self, tp: tuple[str, int]) -> bool:
+        """Whether the broker reported records of ``tp`` past the consumer's position that it may read: its
+        last stable offset (read_committed: an open transaction's records cannot be read yet), else its log
+        end. The consumer's own position is past control batches and aborted records, which are never
+        delivered: they leave nothing to wait for."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        partition = TopicPartition(*tp)
+        try:
+            end = consumer.last_stable_offset(partition)
+            if end is None or end < 0:
+                end = consumer.highwater(partition)
+            # Where aiokafka keeps it: its position() is a coroutine, and this runs inside the merger's release.
+            state = consumer._subscription.subscription.assignment.state_value(partition)
+        except (AssertionError, AttributeError, IllegalStateError):
+            return False
+        if end is None or state is None or not state.has_valid_position:
+            return False
+        return int(state.position) < end
 
     def _fetched_ms(self, tp: tuple[str, int]) -> float:
         """When the records just taken from ``tp`` were fetched: its last fetch (the client fetches a

@@ -12,6 +12,11 @@ format's rule). A record goes only when each of its partition's other topics is 
 to have nothing older still to come: it has fetched a record at least as new, or it
 is *caught up*, or it has delivered nothing for ``max_idle_ms`` (a processing-time
 bound, so that a topic-partition the consumer cannot read does not stall the others).
+A topic-partition known to have records left to fetch (its position behind the log end
+the broker reported) is waited for ``backlog_idle_ms`` instead: over a slow or stalled
+link its next fetch takes seconds, and a 1 s bound let the other topics' backlog run
+ahead of it (an outside trial: a 30 kB/s link, or a 20 s stall and the rebalance after
+it, dead-lettered one modality's records as late and left windows without them).
 
 Caught up means: its position has reached the log end the broker reported, and that
 report is no older than the fetch that brought the record. A log end is only as
@@ -65,8 +70,9 @@ class _Lane(Generic[R]):
 class PartitionMerger(Generic[R]):
     """Buffers fetched records per topic-partition; releases each partition's records in timestamp order."""
 
-    def __init__(self, *, max_idle_ms: float = 1000.0) -> None:
+    def __init__(self, *, max_idle_ms: float = 1000.0, backlog_idle_ms: float = 60_000.0) -> None:
         self.max_idle_ms = max_idle_ms
+        self.backlog_idle_ms = backlog_idle_ms
         self._lanes: dict[TP, _Lane[R]] = {}
 
     def add(self, tp: TP, records: Iterable[R], now_ms: float, *, fetched_ms: float) -> None:
@@ -80,11 +86,13 @@ class PartitionMerger(Generic[R]):
         lane.last_arrival_ms = now_ms
 
     def release(self, owned: Iterable[TP], log_end: Callable[[TP], float | None],
-                now_ms: float) -> list[tuple[TP, R]]:
+                now_ms: float, left: Callable[[TP], bool] | None = None) -> list[tuple[TP, R]]:
         """Records that can go to the aligner now, each partition's merged by timestamp.
 
         ``log_end(tp)``: when the broker reported the log end that ``tp``'s position has
         reached (the clock of ``fetched_ms``), or None while ``tp`` has records left to fetch.
+        ``left(tp)``: whether ``tp`` is known to have records left to fetch (its position behind a
+        log end the broker reported); such a topic-partition is idle only after ``backlog_idle_ms``.
         """
         groups: dict[int, list[TP]] = {}
         for tp in owned:
@@ -100,14 +108,15 @@ class PartitionMerger(Generic[R]):
                 reported = log_end(tp)
                 if isinstance(reported, bool):
                     raise TypeError("log_end returns when the log end was reported, or None; not a bool")
-                seen.append(_INF if self._idle(lane, now_ms) else -_INF if reported is None else reported)
+                bound = self.backlog_idle_ms if left is not None and left(tp) else self.max_idle_ms
+                seen.append(_INF if self._idle(lane, now_ms, bound) else -_INF if reported is None else reported)
             _merge(lanes, seen, out)
         return out
 
-    def _idle(self, lane: _Lane[R], now_ms: float) -> bool:
+    def _idle(self, lane: _Lane[R], now_ms: float, bound: float | None = None) -> bool:
         if lane.records or lane.last_arrival_ms is None:
             return False
-        return now_ms - lane.last_arrival_ms >= self.max_idle_ms
+        return now_ms - lane.last_arrival_ms >= (self.max_idle_ms if bound is None else bound)
 
     def touch(self, tps: Iterable[TP], now_ms: float) -> None:
         """Restart the idle timers of these topic-partitions (the service paused them: not their fault)."""

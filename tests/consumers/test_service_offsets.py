@@ -354,3 +354,25 @@ def test_a_stalled_service_does_not_age_its_streams_by_the_whole_stall() -> None
     clock.observe(False)
     assert clock() == 700, "ordinary gaps between observations count in full"
 
+
+
+def test_a_topic_with_records_left_to_fetch_holds_its_partition_back_past_the_idle_bound() -> None:
+    """Over a slow link a topic-partition's next fetch takes seconds: idle after 1 s, it let the other topics'
+    backlog run ahead, and the aligner dead-lettered its records as late (an outside trial: a 30 kB/s link).
+    Known to have records left, it is waited for up to ``backlog_idle_ms``; a topic with none left, or whose
+    log end is unknown, still stops holding the others back after ``max_idle_ms``."""
+    merger: PartitionMerger[Rec] = PartitionMerger(max_idle_ms=1000, backlog_idle_ms=30_000)
+    owned = [A, V]
+    merger.add(A, lane("a", range(0, 10_000, 20)), now_ms=0, fetched_ms=0)  # ten seconds of audio
+    merger.add(V, lane("v", range(0, 2000, 66)), now_ms=0, fetched_ms=0)  # two of video so far: a slow link
+    merger.release(owned, log_ends(0), now_ms=0, left=lambda tp: tp == V)
+    assert merger.buffered(V) == 0 and merger.buffered(A) > 0
+    assert merger.release(owned, log_ends(0), now_ms=5_000, left=lambda tp: tp == V) == [], "video still to come"
+    out = merger.release(owned, log_ends(0), now_ms=31_000, left=lambda tp: tp == V)
+    assert out and merger.buffered(A) == 0, "a topic that delivers nothing for backlog_idle_ms is let go"
+
+    merger = PartitionMerger(max_idle_ms=1000, backlog_idle_ms=30_000)
+    merger.add(A, lane("a", range(0, 10_000, 20)), now_ms=0, fetched_ms=0)
+    merger.add(V, lane("v", range(0, 2000, 66)), now_ms=0, fetched_ms=0)
+    merger.release(owned, log_ends(0), now_ms=0, left=lambda tp: False)
+    assert merger.release(owned, log_ends(0), now_ms=1_500, left=lambda tp: False), "nothing known left: 1 s"
