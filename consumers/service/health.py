@@ -84,8 +84,11 @@ class Gauges:
         """A new pipeline counts from zero."""
         self._reported = dict.fromkeys(self._counted, 0)
 
-    def update(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, handover: Handover) -> None:
+    def update(self, consumer: AIOKafkaConsumer, pipeline: Pipeline, handover: Handover,
+               broker_silent_s: float | None = None) -> None:
         m = self._metrics
+        # consumer_lag is as the last answered fetch left it: flat while the service is cut off from its broker.
+        m.broker_silent.set(broker_silent_s or 0.0)
         m.backlog.set(pipeline.backlog())
         for name, counter in self._counted.items():
             value = getattr(pipeline.stats, name)

@@ -154,6 +154,10 @@ class ServiceMetrics:
         self.paused = Gauge(
             "paused", "1 while fetching is paused for backpressure.", namespace=ns, registry=registry
         )
+        self.broker_silent = Gauge(
+            "broker_silent_seconds", "Seconds since the broker last answered a fetch of an owned, unpaused input "
+            "partition (0 before the first answer).", namespace=ns, registry=registry
+        )
         # The labelled children used per window or per fetch, looked up once: ``labels()`` takes a lock
         # and builds its key each call (these families' children are never removed).
         self._coverage_of = tuple(self.coverage.labels(modality) for modality in MODALITY_NAMES)

@@ -443,7 +443,7 @@ class InferenceService:
             if self._feeder.stopping:
                 return
             if self._consumer is not None and self._pipeline is not None:
-                self._gauges.update(self._consumer, self._pipeline, self.handover)
+                self._gauges.update(self._consumer, self._pipeline, self.handover, self._feeder.broker_silent_s())
             self._update_health()
 
     async def _commit(self) -> Offsets:

@@ -55,6 +55,7 @@ METRIC_NAMES = (
     "fusionstream_held_records",
     "fusionstream_text_wait_max_seconds",
     "fusionstream_commits_total",
+    "fusionstream_broker_silent_seconds",
 )
 
 

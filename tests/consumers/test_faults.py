@@ -153,16 +153,20 @@ def test_kafka_service_holds_its_windows_while_the_broker_is_away(
         while time.monotonic() - stopped < outage_s:
             service.alive()
             await asyncio.sleep(0.5)
+        # consumer_lag cannot show an outage (it is as the last answered fetch left it): this gauge does.
+        silent.append(total(await asyncio.to_thread(scrape, service.port), "fusionstream_broker_silent_seconds"))
         await asyncio.to_thread(broker.start)
         await produce(settings, held)
         async with Reader(broker.bootstrap, settings.predictions_topic) as reader, \
                 Reader(broker.bootstrap, settings.deadletter_topic) as dead:
             await until_covered(reader, census.expected, DEADLINE_S, service.alive)
+            silent.append(total(await asyncio.to_thread(scrape, service.port), "fusionstream_broker_silent_seconds"))
             rc = service.terminate()
             await reader.to_end()
             await dead.to_end()
         return reader, dead, rc
 
+    silent: list[float] = []
     try:
         reader, dead, rc = asyncio.run(scenario())
     finally:
@@ -175,6 +179,7 @@ def test_kafka_service_holds_its_windows_while_the_broker_is_away(
     report("broker_outage_held_records", {**figures, "dead_letters": len(dead.records),
                                           "closed_by_timeout_at_the_outage": len(short)})
     assert rc == 0 and figures["windows_lost"] == 0
+    assert silent[0] >= 5 and silent[1] < 5, silent
     assert dead.records == [], f"late: {[(r.headers, r.key) for r in dead.records[:3]]}"
     assert short == [], f"closed by timeout during the outage: {[(p['stream_id'], p['t_start_ns']) for p in short[:3]]}"
 
